@@ -1,0 +1,70 @@
+package builder
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+)
+
+// StepCheckCache looks for a disk already built from the same recipe (same
+// mirror, suite, packages and scripts). A hit skips the bootstrap,
+// provision, disk and convert steps.
+//
+// Reads "config", "mirror", "workdir". Writes "recipe_hash", and on a hit
+// "qcow2" and "cache_hit". No cleanup (the copy lives in the workdir).
+type StepCheckCache struct{}
+
+func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	cfg := state.Get("config").(*Config)
+	hash := cfg.RecipeHash(state.Get("mirror").(string))
+	state.Put("recipe_hash", hash)
+	if cfg.CacheDir == "" {
+		return multistep.ActionContinue
+	}
+	cached := cachePath(cfg, hash)
+	if !fileExists(cached) {
+		return multistep.ActionContinue
+	}
+	dst := filepath.Join(state.Get("workdir").(string), "disk.qcow2")
+	if err := linkOrCopy(cached, dst); err != nil {
+		cfg.say("cache unreadable, rebuilding: %v", err)
+		return multistep.ActionContinue
+	}
+	cfg.say("recipe %s already built: using cached disk %s", hash[:12], cached)
+	state.Put("qcow2", dst)
+	state.Put("cache_hit", true)
+	return multistep.ActionContinue
+}
+
+func (s *StepCheckCache) Cleanup(multistep.StateBag) {}
+
+// linkOrCopy hard-links src to dst, copying when they are on different
+// file systems.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".part"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
+}

@@ -1,0 +1,46 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+)
+
+// StepBootstrapRootfs builds the root file system from the package mirror
+// with mmdebstrap, which resolves dependencies with apt (debootstrap's own
+// resolver fails on virtual packages such as python3-cffi-backend-api).
+//
+// Reads "config", "mirror", "workdir"; skipped when "qcow2" is set.
+// Writes "rootfs". Cleanup: the folder lives in the workdir.
+type StepBootstrapRootfs struct{}
+
+func (s *StepBootstrapRootfs) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	if _, ok := state.GetOk("qcow2"); ok {
+		return multistep.ActionContinue
+	}
+	cfg := state.Get("config").(*Config)
+	rootfs := filepath.Join(state.Get("workdir").(string), "rootfs")
+	cfg.say("bootstrapping %s root file system (%d packages and their dependencies)...", cfg.Suite, len(cfg.Packages))
+	_, err := cfg.Runner.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: MmdebstrapArgs(cfg.Suite, state.Get("mirror").(string), rootfs, cfg.Packages)})
+	if err != nil {
+		return halt(state, fmt.Errorf("bootstrap %s: %w", cfg.Name, err))
+	}
+	state.Put("rootfs", rootfs)
+	return multistep.ActionContinue
+}
+
+func (s *StepBootstrapRootfs) Cleanup(multistep.StateBag) {}
+
+// MmdebstrapArgs builds the mmdebstrap command line.
+func MmdebstrapArgs(suite, mirror, target string, packages []string) []string {
+	return []string{
+		"--mode=root", "--variant=apt", "--quiet",
+		"--include=" + strings.Join(packages, ","),
+		suite, target,
+		fmt.Sprintf("deb %s %s main", mirror, suite),
+	}
+}

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/spf13/cobra"
+)
+
+type machineOpts struct {
+	image  string
+	cpus   int
+	memory string
+	force  bool
+}
+
+func (o *machineOpts) addFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: ubuntu-24.04 if built, else debian-12)")
+	cmd.Flags().IntVar(&o.cpus, "cpus", 2, "virtual CPUs per machine")
+	cmd.Flags().StringVar(&o.memory, "memory", "2G", "memory per machine (e.g. 2048M, 4G)")
+	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines")
+}
+
+func (o *machineOpts) request(g *globals, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
+	mem, err := parseMemory(o.memory)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
+	store := imageStore(c.Layout)
+	ref := o.image
+	if ref == "" {
+		ref = "ubuntu-24.04"
+		if _, err := store.Resolve(ref); err != nil {
+			ref = "debian-12"
+		}
+	}
+	img, err := store.Resolve(ref)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
+	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}}, nil
+}
+
+func newSpawnCmd(g *globals) *cobra.Command {
+	o := &machineOpts{}
+	cmd := &cobra.Command{
+		Use:   "spawn N",
+		Short: "Create and boot N linked-clone machines in the fleet",
+		Long: `Plans N machines, clones them from the base image (qcow2 overlays, milliseconds
+each) and boots them in parallel, returning when every one answers SSH with
+its pinned host key. Machines are named <fleet>-1 ... <fleet>-N; spawning into
+an existing fleet adds machines. If any machine fails (or Ctrl-C), everything
+this spawn created is removed again.`,
+		Example: `  fleet spawn 4
+  fleet spawn 2 --image debian-12 --cpus 2 --memory 4G
+  fleet spawn 1 --name scratch`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseCount(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req, err := o.request(g, c, n)
+			if err != nil {
+				return err
+			}
+			warnTCG(cmd.ErrOrStderr(), c)
+			ms, err := c.Spawn(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				fmt.Fprintln(cmd.OutOrStdout(), m.Name)
+			}
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	return cmd
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	o := &machineOpts{}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "One throwaway VM for this project: create it, or start it if it exists",
+		Example: `  cd ~/src/myproj && fleet up && fleet ssh myproj-1
+  fleet up --memory 4G`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.Store().Load()
+			if err != nil {
+				return err
+			}
+			warnTCG(cmd.ErrOrStderr(), c)
+			var name string
+			if len(s.Machines) > 0 {
+				m := s.Machines[0]
+				name = m.Name
+				st, err := c.Status(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if st[0].State != fleet.StateRunning {
+					if err := c.Start(cmd.Context(), []string{name}, false); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s is already running\n", name)
+				}
+			} else {
+				req, err := o.request(g, c, 1)
+				if err != nil {
+					return err
+				}
+				ms, err := c.Spawn(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				name = ms[0].Name
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is up: fleet ssh %s\n", name, name)
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	return cmd
+}
+
+func newLsCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Short:   "List the fleet's machines: state, image, address, uptime",
+		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			if len(st) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "fleet %s has no machines (create some with: fleet spawn N)\n", c.Fleet)
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY")
+			for _, m := range st {
+				up := "-"
+				if m.State == fleet.StateRunning && m.UptimeSec > 0 {
+					up = (time.Duration(m.UptimeSec) * time.Second).String()
+				}
+				addr := m.Address
+				if addr == "" {
+					addr = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\n", m.Name, m.State, m.Image, addr, up, m.CPUs, m.MemoryMiB)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newExecCmd(g *globals) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "exec VM|--all -- CMD [ARG...]",
+		Short: "Run a command in machines over their kept SSH connection",
+		Long: `Runs CMD in the named machine (or all, in parallel) as the agent user.
+Each argument arrives in the guest exactly as given. The exit status is the
+command's; with --all, each output line is prefixed with the machine's name
+and the status is the first non-zero one.`,
+		Example: `  fleet exec myproj-1 -- uname -a
+  fleet exec --all -- sh -c 'cd /workspace && git log --oneline | head -3'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			var names, argv []string
+			if dash < 0 {
+				return fmt.Errorf("put the command after --, e.g. fleet exec %s -- hostname", "VM")
+			}
+			names, argv = args[:dash], args[dash:]
+			if len(argv) == 0 {
+				return fmt.Errorf("no command given after --")
+			}
+			if err := machineArgs(names, all); err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.Store().Load()
+			if err != nil {
+				return err
+			}
+			ms, err := c.Select(s, names, all)
+			if err != nil {
+				return err
+			}
+			res := c.Exec(cmd.Context(), ms, argv, os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr(), all || len(ms) > 1)
+			var errs []error
+			code := 0
+			for _, r := range res {
+				if r.Err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", r.Machine, r.Err))
+					if code == 0 {
+						code = 255
+					}
+				} else if r.ExitCode != 0 && code == 0 {
+					code = r.ExitCode
+				}
+			}
+			if len(errs) > 0 {
+				return errors.Join(errs...)
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "run in every machine of the fleet")
+	return cmd
+}
+
+func lifecycleCmd(g *globals, use, short, example string, run func(*fleet.Controller, *cobra.Command, []string, bool) error) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use: use + " VM...|--all", Short: short, Example: example,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := machineArgs(args, all); err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return run(c, cmd, args, all)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet")
+	return cmd
+}
+
+func newStartCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, "start", "Boot stopped or dead machines and wait for SSH",
+		"  fleet start myproj-2\n  fleet start --all",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			warnTCG(cmd.ErrOrStderr(), c)
+			return c.Start(cmd.Context(), args, all)
+		})
+}
+
+func newStopCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, "stop", "Power machines off (ACPI, then forced after 60s); disks are kept",
+		"  fleet stop myproj-2\n  fleet stop --all",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			return c.Stop(cmd.Context(), args, all)
+		})
+}
+
+func newDestroyCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, "destroy", "Remove machines: process, disk, seed, port forward and state",
+		"  fleet destroy myproj-2\n  fleet destroy --all --name myproj",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			return c.Destroy(cmd.Context(), args, all)
+		})
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+)
+
+type globals struct {
+	fleetName string
+	accel     string
+	debug     bool
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "fleet",
+		Short: "Run coding agents in throwaway VMs",
+		Long: `fleet bakes a VM base image and runs fleets of linked-clone VMs, one agent
+per VM, reached over SSH with host keys pinned at creation.
+
+State, images and caches live under FLEET_HOME (default ~/.local/share/agentfleet).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.fleetName, "name", "", "fleet name (default: the current folder's name)")
+	root.PersistentFlags().StringVar(&g.accel, "accel", os.Getenv("FLEET_ACCEL"), "QEMU accelerator: kvm, hvf or tcg (default: detect; env FLEET_ACCEL)")
+	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "print debug logs")
+	root.AddCommand(
+		newSpawnCmd(g), newUpCmd(g), newLsCmd(g), newExecCmd(g), newSSHCmd(g), newSSHConfigCmd(g),
+		newStartCmd(g), newStopCmd(g), newDestroyCmd(g), newDoctorCmd(g), newImageCmd(g),
+	)
+	return root
+}
+
+func (g *globals) logger() hclog.Logger {
+	lvl := hclog.Warn
+	if g.debug {
+		lvl = hclog.Debug
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "fleet", Level: lvl, Output: os.Stderr})
+}
+
+func (g *globals) layout() (fleet.Layout, error) {
+	h, err := fleet.Home()
+	return fleet.Layout{Root: h}, err
+}
+
+func (g *globals) resolveFleet() (string, error) {
+	if g.fleetName != "" {
+		return g.fleetName, fleet.ValidateFleetName(g.fleetName)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return fleet.FleetNameFromDir(wd)
+}
+
+// controller builds the controller for the selected fleet.
+func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
+	name, err := g.resolveFleet()
+	if err != nil {
+		return nil, err
+	}
+	l, err := g.layout()
+	if err != nil {
+		return nil, err
+	}
+	accel := qemu.Accel(g.accel)
+	switch accel {
+	case "", qemu.AccelKVM, qemu.AccelHVF, qemu.AccelTCG:
+	default:
+		return nil, fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
+	}
+	log := g.logger()
+	d := qemu.New(execx.Local{}, accel, log)
+	return &fleet.Controller{
+		Layout: l, Fleet: name, Driver: d, Log: log, Progress: cmd.ErrOrStderr(),
+		BootTimeout: bootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
+	}, nil
+}
+
+// bootTimeout is generous under TCG, where a guest boots 10-50x slower.
+func bootTimeout(a qemu.Accel) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv("FLEET_BOOT_TIMEOUT")); err == nil && v > 0 {
+		return v
+	}
+	if a == qemu.AccelTCG {
+		return 10 * time.Minute
+	}
+	return 3 * time.Minute
+}
+
+// warnTCG says once, in one line, that there is no hardware acceleration.
+func warnTCG(w io.Writer, c *fleet.Controller) {
+	if d, ok := c.Driver.(*qemu.Driver); ok && d.Accel == qemu.AccelTCG {
+		_, why := qemu.KVMUsable()
+		fmt.Fprintf(w, "warning: no hardware virtualization (%s); using TCG software emulation, VMs will be slow\n", why)
+	}
+}
+
+func imageStore(l fleet.Layout) images.Store {
+	return images.Store{Root: filepath.Join(l.Root, "images")}
+}
+
+// parseCount parses a machine count: a positive integer.
+func parseCount(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("machine count must be a whole number, got %q", s)
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("machine count must be at least 1, got %d", n)
+	}
+	if n > fleet.MaxMachines {
+		return 0, fmt.Errorf("machine count %d is more than the %d a fleet can hold", n, fleet.MaxMachines)
+	}
+	return n, nil
+}
+
+// parseMemory accepts "2048", "2048M", "2G", "2GiB".
+func parseMemory(s string) (int, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
+	mult := 1
+	switch {
+	case strings.HasSuffix(t, "G"):
+		mult, t = 1024, strings.TrimSuffix(t, "G")
+	case strings.HasSuffix(t, "M"):
+		t = strings.TrimSuffix(t, "M")
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("invalid memory size %q (examples: 2048M, 4G)", s)
+	}
+	return n * mult, nil
+}
+
+// machineArgs validates "VM... | --all" arguments.
+func machineArgs(args []string, all bool) error {
+	if all && len(args) > 0 {
+		return fmt.Errorf("name machines or pass --all, not both")
+	}
+	if !all && len(args) == 0 {
+		return fmt.Errorf("name a machine or pass --all")
+	}
+	return nil
+}

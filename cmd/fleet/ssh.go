@@ -1,0 +1,137 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
+)
+
+func newSSHCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh VM [-- CMD...]",
+		Short: "Open a shell in a machine (with a PTY), or run one command",
+		Example: `  fleet ssh myproj-1
+  fleet ssh myproj-1 -- sudo journalctl -b --no-pager | tail`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if d := cmd.ArgsLenAtDash(); d > 1 || (d < 0 && len(args) > 1) {
+				return fmt.Errorf("name one machine, then the command after --")
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.Store().Load()
+			if err != nil {
+				return err
+			}
+			ms, err := c.Select(s, args[:1], false)
+			if err != nil {
+				return err
+			}
+			cl, err := c.Connect(cmd.Context(), ms[0])
+			if err != nil {
+				return err
+			}
+			if len(args) > 1 {
+				code, err := sshx.Run(cmd.Context(), cl, execx.ShellJoin(args[1:]), os.Stdin, os.Stdout, os.Stderr)
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return exitError{code}
+				}
+				return nil
+			}
+			return interactiveShell(cl)
+		},
+	}
+}
+
+// interactiveShell runs a login shell with a PTY sized like the local
+// terminal, in raw mode, following window size changes.
+func interactiveShell(cl *ssh.Client) error {
+	sess, err := cl.NewSession()
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	sess.Stdin, sess.Stdout, sess.Stderr = os.Stdin, os.Stdout, os.Stderr
+	fd := int(os.Stdin.Fd())
+	if term.IsTerminal(fd) {
+		w, h, _ := term.GetSize(fd)
+		tt := os.Getenv("TERM")
+		if tt == "" {
+			tt = "xterm-256color"
+		}
+		if err := sess.RequestPty(tt, h, w, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
+			return err
+		}
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return err
+		}
+		defer term.Restore(fd, old)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if w, h, err := term.GetSize(fd); err == nil {
+					_ = sess.WindowChange(h, w)
+				}
+			}
+		}()
+	}
+	if err := sess.Shell(); err != nil {
+		return err
+	}
+	if err := sess.Wait(); err != nil {
+		if ee, ok := err.(*ssh.ExitError); ok {
+			return exitError{ee.ExitStatus()}
+		}
+		return err
+	}
+	return nil
+}
+
+func newSSHConfigCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh-config [VM...]",
+		Short: "Print an OpenSSH config with pinned host keys for the fleet's machines",
+		Long: `Prints one Host block per running machine. Host keys are checked against the
+fleet's known_hosts (StrictHostKeyChecking yes), so ssh, scp, rsync -e and
+editors' remote-SSH work without ever trusting an unknown key.`,
+		Example: `  fleet ssh-config > ~/.ssh/fleet.conf && ssh -F ~/.ssh/fleet.conf myproj-1
+  ssh -F <(fleet ssh-config) myproj-1 uptime
+  rsync -a -e "ssh -F $(fleet ssh-config > /tmp/f.conf; echo /tmp/f.conf)" ./src myproj-1:`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			s, err := c.Store().Load()
+			if err != nil {
+				return err
+			}
+			ms, err := c.Select(s, args, len(args) == 0)
+			if err != nil {
+				return err
+			}
+			out, err := c.SSHConfig(s, ms)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), out)
+			return err
+		},
+	}
+}

@@ -1,0 +1,165 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/crypto/ssh"
+)
+
+// GuestUser is the unprivileged login (with passwordless sudo) in every VM.
+const GuestUser = "agent"
+
+// Controller runs fleet operations for one fleet.
+type Controller struct {
+	Layout Layout
+	Fleet  string
+	Driver vm.Driver
+	Log    hclog.Logger
+	// Progress receives one-line, human-readable progress messages.
+	Progress io.Writer
+	// BootTimeout bounds waiting for SSH after a start (TCG is slow).
+	BootTimeout time.Duration
+	// StopGrace is how long a guest gets to power off before it is killed.
+	StopGrace time.Duration
+	// Parallel limits concurrent clone+boot operations.
+	Parallel int
+
+	pool     *sshx.Pool
+	poolOnce sync.Once
+	outMu    sync.Mutex
+}
+
+// Store returns the fleet's state store.
+func (c *Controller) Store() Store { return Store{Layout: c.Layout, Fleet: c.Fleet} }
+
+func (c *Controller) say(format string, args ...any) {
+	if c.Progress == nil {
+		return
+	}
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	fmt.Fprintf(c.Progress, format+"\n", args...)
+}
+
+func (c *Controller) sshPool() *sshx.Pool {
+	c.poolOnce.Do(func() { c.pool = sshx.NewPool() })
+	return c.pool
+}
+
+// Close releases kept SSH connections.
+func (c *Controller) Close() {
+	if c.pool != nil {
+		c.pool.Close()
+	}
+}
+
+// spec turns a machine record into a driver spec.
+func (c *Controller) spec(m *Machine, seed vm.Seed) vm.Spec {
+	return vm.Spec{Name: m.Name, Dir: m.Dir, BaseImage: m.BaseImage, CPUs: m.CPUs, MemoryMiB: m.MemoryMiB, Seed: seed}
+}
+
+// fleetKey loads the fleet's client key, creating it on first use.
+func (c *Controller) fleetKey(create bool) (ssh.Signer, string, error) {
+	path := c.Layout.KeyFile(c.Fleet)
+	if s, err := sshx.LoadSigner(path); err == nil {
+		return s, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))), nil
+	} else if !errors.Is(err, os.ErrNotExist) || !create {
+		return nil, "", fmt.Errorf("fleet key: %w", err)
+	}
+	kp, err := sshx.NewKeyPair("agentfleet-" + c.Fleet)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := WriteFileAtomic(path, kp.PrivatePEM, 0o600); err != nil {
+		return nil, "", err
+	}
+	if err := WriteFileAtomic(path+".pub", []byte(kp.AuthorizedKey+"\n"), 0o644); err != nil {
+		return nil, "", err
+	}
+	s, err := sshx.LoadSigner(path)
+	return s, kp.AuthorizedKey, err
+}
+
+// target describes how to SSH into m.
+func (c *Controller) target(m *Machine) (sshx.Target, error) {
+	signer, _, err := c.fleetKey(false)
+	if err != nil {
+		return sshx.Target{}, err
+	}
+	hk, err := sshx.ParseAuthorizedKey(m.HostKey)
+	if err != nil {
+		return sshx.Target{}, fmt.Errorf("%s: pinned host key: %w", m.Name, err)
+	}
+	return sshx.Target{Addr: m.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, nil
+}
+
+// Connect returns the kept SSH connection to a running machine.
+func (c *Controller) Connect(ctx context.Context, m *Machine) (*ssh.Client, error) {
+	if m.SSHAddr == "" {
+		return nil, fmt.Errorf("%s is not running (start it with: fleet start %s)", m.Name, m.Name)
+	}
+	t, err := c.target(m)
+	if err != nil {
+		return nil, err
+	}
+	return c.sshPool().Get(ctx, m.Name, t)
+}
+
+// waitSSH waits for m's sshd with the boot timeout.
+func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
+	wctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
+	defer cancel()
+	_, err := c.Connect(wctx, m)
+	if err != nil {
+		return fmt.Errorf("%s: waiting for SSH: %w%s", m.Name, err, c.consoleHint(m))
+	}
+	return nil
+}
+
+// consoleHint points at the serial log of a machine that failed to boot.
+func (c *Controller) consoleHint(m *Machine) string {
+	return fmt.Sprintf(" (serial console: %s/serial.log)", m.Dir)
+}
+
+// MachineNames resolves a user's machine argument (or --all) to records.
+func (c *Controller) Select(s *State, names []string, all bool) ([]*Machine, error) {
+	if all {
+		if len(s.Machines) == 0 {
+			return nil, fmt.Errorf("fleet %s has no machines", c.Fleet)
+		}
+		return append([]*Machine(nil), s.Machines...), nil
+	}
+	if len(names) == 0 {
+		return nil, errors.New("name a machine or pass --all")
+	}
+	var out []*Machine
+	for _, n := range names {
+		m := s.Find(n)
+		if m == nil {
+			return nil, unknownMachine(c.Fleet, n, s)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func unknownMachine(fleet, name string, s *State) error {
+	var have []string
+	for _, m := range s.Machines {
+		have = append(have, m.Name)
+	}
+	if len(have) == 0 {
+		return fmt.Errorf("unknown machine %q: fleet %s has no machines", name, fleet)
+	}
+	return fmt.Errorf("unknown machine %q in fleet %s (machines: %s)", name, fleet, strings.Join(have, ", "))
+}

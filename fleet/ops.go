@@ -1,0 +1,202 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"golang.org/x/sync/errgroup"
+)
+
+// Machine states shown by ls.
+const (
+	StateRunning = "running"
+	StateStopped = "stopped"
+	StateDead    = "dead" // should run, but its hypervisor process is gone
+)
+
+// MachineStatus is one row of `fleet ls`.
+type MachineStatus struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Image     string `json:"image"`
+	Address   string `json:"address,omitempty"`
+	UptimeSec int64  `json:"uptime_seconds,omitempty"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	PID       int    `json:"pid,omitempty"`
+}
+
+// Status reports every machine of the fleet.
+func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
+	s, err := c.Store().Load()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]MachineStatus, 0, len(s.Machines))
+	for _, m := range s.Machines {
+		ms := MachineStatus{Name: m.Name, Image: m.Image, CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		case ds.Power == vm.PowerOn:
+			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
+			if !m.StartedAt.IsZero() {
+				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
+			}
+		case m.Desired == WantRunning:
+			ms.State = StateDead
+		default:
+			ms.State = StateStopped
+		}
+		out = append(out, ms)
+	}
+	return out, nil
+}
+
+// Start boots stopped or dead machines and waits for SSH.
+func (c *Controller) Start(ctx context.Context, names []string, all bool) error {
+	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
+		c.sshPool().Drop(m.Name)
+		rt, err := c.Driver.Start(gctx, c.spec(m, vm.Seed{}))
+		if err != nil {
+			return err
+		}
+		m.SSHAddr, m.PID, m.Desired, m.StartedAt = rt.SSHAddr, rt.PID, WantRunning, time.Now().UTC()
+		c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+		if err := c.waitSSH(gctx, m); err != nil {
+			return err
+		}
+		c.say("%s: ready", m.Name)
+		return nil
+	})
+}
+
+// Stop powers machines off gracefully (then forcibly after StopGrace).
+func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
+	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
+		c.sshPool().Drop(m.Name)
+		if err := c.Driver.Stop(gctx, c.spec(m, vm.Seed{}), c.StopGrace); err != nil {
+			return err
+		}
+		m.SSHAddr, m.PID, m.Desired = "", 0, WantStopped
+		c.say("%s: stopped", m.Name)
+		return nil
+	})
+}
+
+// mutate runs fn on the selected machines in parallel under the fleet lock
+// and saves whatever each fn changed, even if another failed.
+func (c *Controller) mutate(ctx context.Context, names []string, all bool, fn func(context.Context, *Machine) error) error {
+	st := c.Store()
+	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s, err := st.Load()
+	if err != nil {
+		return err
+	}
+	ms, err := c.Select(s, names, all)
+	if err != nil {
+		return err
+	}
+	var g errgroup.Group
+	if c.Parallel > 0 {
+		g.SetLimit(c.Parallel)
+	}
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		g.Go(func() error { errs[i] = fn(ctx, m); return nil })
+	}
+	_ = g.Wait()
+	if err := st.Save(s); err != nil {
+		return err
+	}
+	if err := c.writeKnownHosts(s); err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}
+
+// Destroy removes machines completely: process, disk, seed, forward and
+// state. Unknown names are an error; destroying an already-gone machine
+// is not. With all, leftovers of interrupted spawns are swept too, and an
+// empty fleet's folder (key, known_hosts, state) is removed.
+func (c *Controller) Destroy(ctx context.Context, names []string, all bool) error {
+	st := c.Store()
+	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	if err != nil {
+		return err
+	}
+	s, err := st.Load()
+	if err != nil {
+		unlock()
+		return err
+	}
+	var ms []*Machine
+	if all {
+		ms = append(ms, s.Machines...)
+	} else if ms, err = c.Select(s, names, false); err != nil {
+		unlock()
+		return err
+	}
+	// Teardown must finish even if the user presses Ctrl-C again.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	for i := len(ms) - 1; i >= 0; i-- {
+		m := ms[i]
+		c.sshPool().Drop(m.Name)
+		if err := c.Driver.Delete(cctx, c.spec(m, vm.Seed{})); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.Remove(m.Name)
+		c.say("%s: destroyed", m.Name)
+	}
+	if all {
+		errs = append(errs, c.sweepOrphans(cctx, s))
+	}
+	empty := len(s.Machines) == 0
+	if err := st.Save(s); err != nil {
+		errs = append(errs, err)
+	} else if err := c.writeKnownHosts(s); err != nil {
+		errs = append(errs, err)
+	}
+	unlock()
+	if empty && errors.Join(errs...) == nil {
+		if err := os.RemoveAll(c.Layout.FleetDir(c.Fleet)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sweepOrphans deletes machine folders that no state record owns: what a
+// spawn killed with SIGKILL (no chance to roll back) leaves behind.
+func (c *Controller) sweepOrphans(ctx context.Context, s *State) error {
+	entries, err := os.ReadDir(c.Layout.MachinesDir(c.Fleet))
+	if err != nil {
+		return nil
+	}
+	var errs []error
+	for _, e := range entries {
+		if !e.IsDir() || s.Find(e.Name()) != nil {
+			continue
+		}
+		dir := filepath.Join(c.Layout.MachinesDir(c.Fleet), e.Name())
+		if err := c.Driver.Delete(ctx, vm.Spec{Name: e.Name(), Dir: dir}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.say("%s: removed leftover machine", e.Name())
+	}
+	return errors.Join(errs...)
+}

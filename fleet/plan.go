@@ -1,0 +1,68 @@
+package fleet
+
+import (
+	"fmt"
+)
+
+// MaxMachines bounds one fleet: far above what a workstation runs, low
+// enough that a typo (spawn 100000) is refused before anything is made.
+const MaxMachines = 64
+
+// SpawnRequest is what the user asked spawn for.
+type SpawnRequest struct {
+	Fleet     string
+	Count     int
+	Image     ImageRef
+	CPUs      int
+	MemoryMiB int
+	Force     bool // skip the free-memory check
+}
+
+// ImageRef is a resolved base image.
+type ImageRef struct {
+	Name, Version string
+	Disk          string // path to the read-only base disk
+}
+
+func (r ImageRef) String() string { return r.Name + "@" + r.Version }
+
+// PlannedMachine is one machine spawn will make.
+type PlannedMachine struct {
+	Name  string
+	Index int
+	Dir   string
+}
+
+// Plan decides names and folders for a spawn. It is pure: it reads the
+// current state and the request and touches nothing, so it can be tested
+// and so bad input is refused before anything is created.
+func Plan(cur *State, req SpawnRequest, l Layout) ([]PlannedMachine, error) {
+	if err := ValidateFleetName(req.Fleet); err != nil {
+		return nil, err
+	}
+	if req.Count < 1 {
+		return nil, fmt.Errorf("machine count must be at least 1, got %d", req.Count)
+	}
+	if len(cur.Machines)+req.Count > MaxMachines {
+		return nil, fmt.Errorf("a fleet holds at most %d machines; %s has %d, asked for %d more", MaxMachines, req.Fleet, len(cur.Machines), req.Count)
+	}
+	if req.CPUs < 1 || req.CPUs > 64 {
+		return nil, fmt.Errorf("cpus must be 1-64, got %d", req.CPUs)
+	}
+	if req.MemoryMiB < 256 {
+		return nil, fmt.Errorf("memory must be at least 256M, got %dM", req.MemoryMiB)
+	}
+	next := 1
+	for _, m := range cur.Machines {
+		if m.Index >= next {
+			next = m.Index + 1
+		}
+	}
+	out := make([]PlannedMachine, 0, req.Count)
+	for i := 0; i < req.Count; i++ {
+		idx := next + i
+		name := fmt.Sprintf("%s-%d", req.Fleet, idx)
+		out = append(out, PlannedMachine{Name: name, Index: idx, Dir: l.MachineDir(req.Fleet, name)})
+	}
+	return out, nil
+}

@@ -1,0 +1,140 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"golang.org/x/sync/errgroup"
+)
+
+// cleanupTimeout bounds rollback and teardown, which run on a fresh context
+// so that Ctrl-C (which cancelled the work) does not also cancel cleanup.
+const cleanupTimeout = 2 * time.Minute
+
+// Spawn plans and makes req.Count machines: clones and boots run in
+// parallel; if any fails, or ctx is cancelled, every machine this spawn
+// made is removed again (newest first) and the state file is untouched.
+func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, error) {
+	st := c.Store()
+	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := st.Load()
+	if err != nil {
+		return nil, err
+	}
+	plan, err := Plan(cur, req, c.Layout)
+	if err != nil {
+		return nil, err
+	}
+	if !req.Force {
+		if err := CheckMemory(req.Count, req.MemoryMiB); err != nil {
+			return nil, err
+		}
+	}
+	_, pub, err := c.fleetKey(true)
+	if err != nil {
+		return nil, err
+	}
+
+	// Identity for each machine: a host key generated here, so it is
+	// pinned before the machine ever answers.
+	machines := make([]*Machine, len(plan))
+	seeds := make([]vm.Seed, len(plan))
+	for i, p := range plan {
+		hk, err := sshx.NewKeyPair("")
+		if err != nil {
+			return nil, err
+		}
+		id := randomID()
+		machines[i] = &Machine{
+			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk,
+			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
+			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(),
+		}
+		seeds[i] = vm.Seed{InstanceID: id, Hostname: p.Name, User: GuestUser, AuthorizedKey: pub,
+			HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
+	}
+
+	var created []*Machine // in creation order, for LIFO rollback
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	limit := c.Parallel
+	if limit < 1 {
+		limit = len(plan)
+	}
+	g.SetLimit(limit)
+	start := time.Now()
+	for i := range machines {
+		m, seed := machines[i], seeds[i]
+		g.Go(func() error {
+			spec := c.spec(m, seed)
+			t0 := time.Now()
+			mu.Lock()
+			created = append(created, m) // Create may leave files even when it fails
+			mu.Unlock()
+			if err := c.Driver.Create(gctx, spec); err != nil {
+				return err
+			}
+			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
+			rt, err := c.Driver.Start(gctx, spec)
+			if err != nil {
+				return err
+			}
+			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
+			c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+			if err := c.waitSSH(gctx, m); err != nil {
+				return err
+			}
+			c.say("%s: ready in %s", m.Name, time.Since(t0).Round(100*time.Millisecond))
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("spawn cancelled: %w", ctx.Err())
+		}
+		c.rollback(created)
+		return nil, err
+	}
+	cur.Driver = c.Driver.Name()
+	cur.Machines = append(cur.Machines, machines...)
+	if err := st.Save(cur); err != nil {
+		c.rollback(created)
+		return nil, fmt.Errorf("save state: %w", err)
+	}
+	if err := c.writeKnownHosts(cur); err != nil {
+		return machines, err
+	}
+	c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
+	return machines, nil
+}
+
+// rollback deletes machines newest first on a fresh, time-boxed context.
+func (c *Controller) rollback(created []*Machine) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	for i := len(created) - 1; i >= 0; i-- {
+		m := created[i]
+		c.sshPool().Drop(m.Name)
+		if err := c.Driver.Delete(ctx, c.spec(m, vm.Seed{})); err != nil {
+			c.say("%s: rollback failed: %v", m.Name, err)
+			continue
+		}
+		c.say("%s: rolled back", m.Name)
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "i-" + hex.EncodeToString(b)
+}

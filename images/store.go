@@ -1,0 +1,174 @@
+// Package images knows the image definitions agentfleet can build and keeps
+// the local image store: FLEET_HOME/images/<name>/<version>/ holding a
+// read-only disk.qcow2 and manifest.json, with a "latest" symlink per name
+// that moves atomically when a new version is promoted.
+package images
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Known lists the image names agentfleet can build.
+var Known = []string{"ubuntu-24.04", "debian-12"}
+
+// IsKnown reports whether name is a buildable image.
+func IsKnown(name string) bool {
+	for _, k := range Known {
+		if k == name {
+			return true
+		}
+	}
+	return false
+}
+
+const (
+	DiskFile     = "disk.qcow2"
+	ManifestFile = "manifest.json"
+	latestLink   = "latest"
+)
+
+// Manifest records what an image version is made of.
+type Manifest struct {
+	Name         string            `json:"name"`
+	Version      string            `json:"version"`
+	Source       string            `json:"source"`        // e.g. "mmdebstrap bookworm from <mirror>"
+	SourceDigest string            `json:"source_digest"` // digest of the source (cloud image or package set)
+	RecipeHash   string            `json:"recipe_hash"`
+	Packages     map[string]string `json:"packages,omitempty"` // notable package versions
+	DiskSHA256   string            `json:"disk_sha256"`
+	DiskBytes    int64             `json:"disk_bytes"`
+	BuiltAt      time.Time         `json:"built_at"`
+	BuildSeconds float64           `json:"build_seconds"`
+}
+
+// Image is one stored version.
+type Image struct {
+	Manifest
+	Dir    string `json:"dir"`
+	Disk   string `json:"disk"`
+	Latest bool   `json:"latest"`
+}
+
+// Store is the local image store rooted at Root (FLEET_HOME/images).
+type Store struct{ Root string }
+
+// Resolve finds "name" (its latest version) or "name@version".
+func (s Store) Resolve(ref string) (Image, error) {
+	name, version, hasVersion := strings.Cut(ref, "@")
+	if !IsKnown(name) {
+		return Image{}, fmt.Errorf("unknown image %q (known images: %s)", name, strings.Join(Known, ", "))
+	}
+	if !hasVersion {
+		target, err := os.Readlink(filepath.Join(s.Root, name, latestLink))
+		if err != nil {
+			return Image{}, fmt.Errorf("image %s is not built yet; build it with: fleet image build %s", name, name)
+		}
+		version = filepath.Base(target)
+	}
+	img, err := s.load(name, version)
+	if err != nil {
+		return Image{}, fmt.Errorf("image %s@%s: %w", name, version, err)
+	}
+	return img, nil
+}
+
+func (s Store) load(name, version string) (Image, error) {
+	dir := filepath.Join(s.Root, name, version)
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return Image{}, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Image{}, fmt.Errorf("corrupt manifest: %w", err)
+	}
+	disk := filepath.Join(dir, DiskFile)
+	if _, err := os.Stat(disk); err != nil {
+		return Image{}, err
+	}
+	latest, _ := os.Readlink(filepath.Join(s.Root, name, latestLink))
+	return Image{Manifest: m, Dir: dir, Disk: disk, Latest: filepath.Base(latest) == version}, nil
+}
+
+// List returns every stored version, newest first within each name.
+func (s Store) List() ([]Image, error) {
+	var out []Image
+	for _, name := range Known {
+		entries, err := os.ReadDir(filepath.Join(s.Root, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			if img, err := s.load(name, e.Name()); err == nil {
+				out = append(out, img)
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Version > out[j].Version
+	})
+	return out, nil
+}
+
+// Add moves a finished disk into the store as name/version, makes it
+// read-only (clones link to it) and writes its manifest. It does not
+// promote: a version becomes "latest" only after it passes verification.
+func (s Store) Add(m Manifest, disk string) (Image, error) {
+	dir := filepath.Join(s.Root, m.Name, m.Version)
+	if _, err := os.Stat(dir); err == nil {
+		return Image{}, fmt.Errorf("image %s@%s already exists", m.Name, m.Version)
+	}
+	staging := filepath.Join(s.Root, m.Name, ".staging-"+m.Version)
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		return Image{}, err
+	}
+	defer os.RemoveAll(staging)
+	dst := filepath.Join(staging, DiskFile)
+	if err := os.Rename(disk, dst); err != nil {
+		return Image{}, fmt.Errorf("move disk into store: %w", err)
+	}
+	if err := os.Chmod(dst, 0o444); err != nil {
+		return Image{}, err
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(staging, ManifestFile), append(b, '\n'), 0o444); err != nil {
+		return Image{}, err
+	}
+	if err := os.Rename(staging, dir); err != nil {
+		return Image{}, err
+	}
+	return s.load(m.Name, m.Version)
+}
+
+// Promote points name's "latest" at version atomically (a new symlink
+// renamed over the old one), so a reader sees the old or the new version.
+func (s Store) Promote(name, version string) error {
+	if _, err := s.load(name, version); err != nil {
+		return fmt.Errorf("promote %s@%s: %w", name, version, err)
+	}
+	link := filepath.Join(s.Root, name, latestLink)
+	tmp := link + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(version, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, link)
+}
+
+// NewVersion returns a sortable version string for a build started at t.
+func NewVersion(t time.Time) string { return t.UTC().Format("20060102-150405") }

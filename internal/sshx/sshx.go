@@ -1,0 +1,214 @@
+// Package sshx is agentfleet's SSH client. It trusts exactly one host key per
+// target (generated on the host and injected at first boot), treats a machine
+// as ready only once a full SSH handshake succeeds (QEMU's port forward
+// accepts TCP long before sshd listens), and keeps one connection per
+// machine so many commands share it.
+package sshx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Target says where a machine's sshd is and how to authenticate both ways.
+type Target struct {
+	Addr    string        // host:port
+	User    string        // login user in the guest
+	Signer  ssh.Signer    // the client's private key
+	HostKey ssh.PublicKey // the only host key accepted
+}
+
+// HostKeyMismatchError means the server presented a key other than the pinned
+// one: never retried, never accepted.
+type HostKeyMismatchError struct {
+	Addr      string
+	Want, Got string // SHA256 fingerprints
+}
+
+func (e *HostKeyMismatchError) Error() string {
+	return fmt.Sprintf("host key mismatch for %s: expected %s, server offered %s (refusing to connect)", e.Addr, e.Want, e.Got)
+}
+
+func pinnedHostKey(want ssh.PublicKey) ssh.HostKeyCallback {
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		if want == nil {
+			return errors.New("no pinned host key configured")
+		}
+		if !bytes.Equal(key.Marshal(), want.Marshal()) {
+			return &HostKeyMismatchError{Addr: hostname, Want: ssh.FingerprintSHA256(want), Got: ssh.FingerprintSHA256(key)}
+		}
+		return nil
+	}
+}
+
+// Dial makes one connection attempt, bounded by ctx and by handshakeTimeout.
+func Dial(ctx context.Context, t Target, handshakeTimeout time.Duration) (*ssh.Client, error) {
+	if t.Signer == nil {
+		return nil, errors.New("sshx: no client key")
+	}
+	cfg := &ssh.ClientConfig{
+		User:              t.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(t.Signer)},
+		HostKeyCallback:   pinnedHostKey(t.HostKey),
+		HostKeyAlgorithms: []string{t.HostKey.Type()},
+		Timeout:           handshakeTimeout,
+	}
+	d := net.Dialer{Timeout: handshakeTimeout}
+	conn, err := d.DialContext(ctx, "tcp", t.Addr)
+	if err != nil {
+		return nil, err
+	}
+	// Bound the handshake itself: a forwarder that accepts and then stalls
+	// would otherwise hang us.
+	deadline := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	c, chans, reqs, err := ssh.NewClientConn(conn, t.Addr, cfg)
+	if err != nil {
+		conn.Close()
+		var mm *HostKeyMismatchError
+		if errors.As(err, &mm) {
+			return nil, mm
+		}
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// Backoff controls WaitReady's retry pacing.
+type Backoff struct {
+	Initial, Max time.Duration
+}
+
+// DefaultBackoff suits a guest that is still booting.
+var DefaultBackoff = Backoff{Initial: 250 * time.Millisecond, Max: 3 * time.Second}
+
+// WaitReady retries Dial until a handshake succeeds or ctx ends. A host key
+// mismatch or an authentication failure stops it at once: waiting would not
+// change the answer and retrying would hide an attack or a misconfiguration.
+func WaitReady(ctx context.Context, t Target, b Backoff) (*ssh.Client, error) {
+	delay := b.Initial
+	var last error
+	for attempt := 1; ; attempt++ {
+		c, err := Dial(ctx, t, 20*time.Second)
+		if err == nil {
+			return c, nil
+		}
+		var mm *HostKeyMismatchError
+		if errors.As(err, &mm) {
+			return nil, err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("ssh %s not ready after %d attempts: %w (last error: %v)", t.Addr, attempt, ctx.Err(), last)
+		case <-time.After(delay):
+		}
+		delay *= 2
+		if delay > b.Max {
+			delay = b.Max
+		}
+	}
+}
+
+// Run executes one command string in a new session on c. It returns the
+// command's exit status; err is non-nil only when the command could not be
+// run or its status is unknown (connection lost, ctx cancelled).
+func Run(ctx context.Context, c *ssh.Client, command string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	s, err := c.NewSession()
+	if err != nil {
+		return -1, fmt.Errorf("open ssh session: %w", err)
+	}
+	defer s.Close()
+	s.Stdin, s.Stdout, s.Stderr = stdin, stdout, stderr
+	done := make(chan error, 1)
+	go func() { done <- s.Run(command) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = s.Signal(ssh.SIGKILL)
+		s.Close()
+		return -1, ctx.Err()
+	}
+	if err == nil {
+		return 0, nil
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitStatus(), nil
+	}
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return -1, fmt.Errorf("remote command ended without an exit status (connection lost?)")
+	}
+	return -1, err
+}
+
+// Pool keeps one connection per machine name and reuses it for every session.
+type Pool struct {
+	mu      sync.Mutex
+	clients map[string]*ssh.Client
+	backoff Backoff
+}
+
+// NewPool returns an empty pool.
+func NewPool() *Pool { return &Pool{clients: map[string]*ssh.Client{}, backoff: DefaultBackoff} }
+
+// Get returns the kept connection for name, connecting (and waiting for
+// readiness within ctx) if there is none or the old one died.
+func (p *Pool) Get(ctx context.Context, name string, t Target) (*ssh.Client, error) {
+	p.mu.Lock()
+	c := p.clients[name]
+	p.mu.Unlock()
+	if c != nil {
+		// A cheap liveness probe: a dead transport fails this immediately.
+		if _, _, err := c.SendRequest("keepalive@agentfleet", true, nil); err == nil {
+			return c, nil
+		}
+		c.Close()
+	}
+	c, err := WaitReady(ctx, t, p.backoff)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if old := p.clients[name]; old != nil && old != c {
+		old.Close()
+	}
+	p.clients[name] = c
+	p.mu.Unlock()
+	return c, nil
+}
+
+// Drop closes and forgets name's connection.
+func (p *Pool) Drop(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.clients[name]; c != nil {
+		c.Close()
+		delete(p.clients, name)
+	}
+}
+
+// Close closes every kept connection.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n, c := range p.clients {
+		c.Close()
+		delete(p.clients, n)
+	}
+}

@@ -1,0 +1,207 @@
+package sshx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+type testServer struct {
+	ln       net.Listener
+	hostKey  ssh.Signer
+	accepted atomic.Int32
+}
+
+// startServer runs an in-process sshd that accepts clientKey and answers
+// "exit N" with status N and anything else by echoing it.
+func startServer(t *testing.T, ln net.Listener, hostKey ssh.Signer, clientKey ssh.PublicKey) *testServer {
+	t.Helper()
+	srv := &testServer{ln: ln, hostKey: hostKey}
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(c ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
+			if bytes.Equal(k.Marshal(), clientKey.Marshal()) {
+				return nil, nil
+			}
+			return nil, errors.New("unknown key")
+		},
+	}
+	cfg.AddHostKey(hostKey)
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				sc, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+				if err != nil {
+					return
+				}
+				srv.accepted.Add(1)
+				defer sc.Close()
+				go ssh.DiscardRequests(reqs)
+				for nch := range chans {
+					ch, creqs, _ := nch.Accept()
+					go func() {
+						defer ch.Close()
+						for r := range creqs {
+							if r.Type != "exec" {
+								r.Reply(false, nil)
+								continue
+							}
+							r.Reply(true, nil)
+							cmd := string(r.Payload[4:])
+							status := 0
+							if _, err := fmt.Sscanf(cmd, "exit %d", &status); err != nil {
+								fmt.Fprint(ch, cmd)
+							}
+							ch.SendRequest("exit-status", false, ssh.Marshal(struct{ S uint32 }{uint32(status)}))
+							return
+						}
+					}()
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return srv
+}
+
+func newSigner(t *testing.T) ssh.Signer {
+	kp, err := NewKeyPair("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.ParsePrivateKey(kp.PrivatePEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPinnedKeyAcceptedAndExitCodesReturned(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	startServer(t, ln, host, client.PublicKey())
+	tgt := Target{Addr: ln.Addr().String(), User: "agent", Signer: client, HostKey: host.PublicKey()}
+	c, err := WaitReady(context.Background(), tgt, DefaultBackoff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	code, err := Run(context.Background(), c, "hello", nil, &out, &out)
+	if err != nil || code != 0 || out.String() != "hello" {
+		t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
+	}
+	code, err = Run(context.Background(), c, "exit 7", nil, &out, &out)
+	if err != nil || code != 7 {
+		t.Fatalf("code=%d err=%v", code, err)
+	}
+}
+
+func TestWrongHostKeyRefusedWithoutRetry(t *testing.T) {
+	host, impostor, client := newSigner(t), newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	startServer(t, ln, impostor, client.PublicKey())
+	tgt := Target{Addr: ln.Addr().String(), User: "agent", Signer: client, HostKey: host.PublicKey()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := WaitReady(ctx, tgt, DefaultBackoff)
+	var mm *HostKeyMismatchError
+	if !errors.As(err, &mm) {
+		t.Fatalf("want host key mismatch, got %v", err)
+	}
+	if !strings.Contains(err.Error(), ssh.FingerprintSHA256(impostor.PublicKey())) {
+		t.Errorf("error should name the offered key: %v", err)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Error("a key mismatch must fail at once, not be retried")
+	}
+}
+
+func TestLateServerIsWaitedFor(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	// A listener that accepts and drops connections stands in for QEMU's
+	// forwarder before sshd is up: TCP connects, the handshake fails.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		ln.Close()
+		ln2, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		startServer(t, ln2, host, client.PublicKey())
+	}()
+	tgt := Target{Addr: addr, User: "agent", Signer: client, HostKey: host.PublicKey()}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := WaitReady(ctx, tgt, Backoff{Initial: 50 * time.Millisecond, Max: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+func TestWaitReadyGivesUpAtDeadline(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	_, err := WaitReady(ctx, Target{Addr: addr, User: "a", Signer: client, HostKey: host.PublicKey()}, Backoff{Initial: 50 * time.Millisecond, Max: 100 * time.Millisecond})
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestPoolKeepsOneConnection(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := startServer(t, ln, host, client.PublicKey())
+	tgt := Target{Addr: ln.Addr().String(), User: "agent", Signer: client, HostKey: host.PublicKey()}
+	p := NewPool()
+	defer p.Close()
+	for i := 0; i < 5; i++ {
+		c, err := p.Get(context.Background(), "vm-1", tgt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, err := Run(context.Background(), c, "exit 0", nil, nil, nil); err != nil || code != 0 {
+			t.Fatal(code, err)
+		}
+	}
+	if n := srv.accepted.Load(); n != 1 {
+		t.Fatalf("pool opened %d connections for 5 commands, want 1", n)
+	}
+	// A dropped connection is replaced transparently.
+	p.Drop("vm-1")
+	if _, err := p.Get(context.Background(), "vm-1", tgt); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.accepted.Load(); n != 2 {
+		t.Fatalf("after drop want a second connection, got %d", n)
+	}
+}

@@ -1,0 +1,245 @@
+// Package qemu is the QEMU driver: qcow2 overlays as linked clones, a
+// daemonized qemu-system per machine (so machines outlive the fleet
+// command), QMP for state and graceful shutdown, user-mode networking with
+// an SSH forward on a port QEMU picks itself.
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Files inside a machine's folder.
+const (
+	DiskFile   = "disk.qcow2"
+	SeedFile   = "seed.iso"
+	SerialFile = "serial.log"
+	PIDFile    = "qemu.pid"
+	qmpFile    = "qmp.sock"
+)
+
+// Driver runs machines with qemu-system-x86_64.
+type Driver struct {
+	Runner execx.Runner
+	Accel  Accel
+	Binary string // qemu-system binary, default qemu-system-x86_64
+	ImgBin string // qemu-img binary, default qemu-img
+	Log    hclog.Logger
+}
+
+// New returns a driver with the given accelerator ("" picks the fastest).
+func New(r execx.Runner, accel Accel, log hclog.Logger) *Driver {
+	if accel == "" {
+		accel = DetectAccel()
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Driver{Runner: r, Accel: accel, Binary: "qemu-system-x86_64", ImgBin: "qemu-img", Log: log.Named("qemu")}
+}
+
+var _ vm.Driver = (*Driver)(nil)
+
+func (d *Driver) Name() string { return "qemu" }
+
+func (d *Driver) Capabilities() vm.Capabilities {
+	return vm.Capabilities{LinkedClones: true}
+}
+
+// Create makes the overlay disk and the seed ISO.
+func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
+	if _, err := os.Stat(s.BaseImage); err != nil {
+		return fmt.Errorf("base image: %w", err)
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	disk := filepath.Join(s.Dir, DiskFile)
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.ImgBin, Args: OverlayArgs(s.BaseImage, disk)}); err != nil {
+		return fmt.Errorf("create linked clone for %s: %w", s.Name, err)
+	}
+	if err := vm.WriteSeedISO(filepath.Join(s.Dir, SeedFile), s.Seed); err != nil {
+		return fmt.Errorf("write seed for %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// qmpPath returns the QMP socket path. Unix socket paths are limited to
+// about 104 bytes, so long machine folders get a short path under the
+// system temp dir, derived from the folder so it is stable.
+func qmpPath(dir string) string {
+	p := filepath.Join(dir, qmpFile)
+	if len(p) < 100 {
+		return p
+	}
+	h := sha256.Sum256([]byte(dir))
+	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+".qmp")
+}
+
+// Start boots the machine and reads back its SSH port.
+func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	disk := filepath.Join(s.Dir, DiskFile)
+	if _, err := os.Stat(disk); err != nil {
+		return vm.Runtime{}, fmt.Errorf("%s: %w", s.Name, vm.ErrNotCreated)
+	}
+	if st, err := d.Status(ctx, s); err == nil && st.Power == vm.PowerOn {
+		return st.Runtime, nil
+	}
+	sock := qmpPath(s.Dir)
+	pidf := filepath.Join(s.Dir, PIDFile)
+	_ = os.Remove(sock)
+	_ = os.Remove(pidf)
+	args := SystemArgs(MachineArgs{
+		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
+		QMPSocket: sock, SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
+	})
+	d.Log.Debug("starting", "vm", s.Name, "accel", d.Accel)
+	// -daemonize: the command returns once the guest is set up; QEMU's
+	// errors (bad disk, no accelerator) arrive here before it detaches.
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args}); err != nil {
+		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	pid, err := readPID(pidf)
+	if err != nil {
+		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		d.kill(pid)
+		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	defer q.Close()
+	port, err := q.sshPort()
+	if err != nil {
+		d.kill(pid)
+		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	return vm.Runtime{SSHAddr: fmt.Sprintf("127.0.0.1:%d", port), PID: pid}, nil
+}
+
+// Status checks the QEMU process and asks it over QMP for its state.
+func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
+	pid, err := readPID(filepath.Join(s.Dir, PIDFile))
+	if err != nil || !ownsProcess(pid, s.Dir) {
+		return vm.Status{Power: vm.PowerOff}, nil
+	}
+	q, err := dialQMP(ctx, qmpPath(s.Dir))
+	if err != nil {
+		// The process exists but does not answer: report it on, without
+		// an address; Stop or Delete will deal with it.
+		return vm.Status{Power: vm.PowerOn, Runtime: vm.Runtime{PID: pid}}, nil
+	}
+	defer q.Close()
+	rt := vm.Runtime{PID: pid}
+	if port, err := q.sshPort(); err == nil {
+		rt.SSHAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	return vm.Status{Power: vm.PowerOn, Runtime: rt}, nil
+}
+
+// Stop sends an ACPI power-down and waits up to grace for the guest to
+// halt, then kills QEMU.
+func (d *Driver) Stop(ctx context.Context, s vm.Spec, grace time.Duration) error {
+	pid, err := readPID(filepath.Join(s.Dir, PIDFile))
+	if err != nil || !ownsProcess(pid, s.Dir) {
+		return nil
+	}
+	if q, err := dialQMP(ctx, qmpPath(s.Dir)); err == nil {
+		_, err = q.execute("system_powerdown", nil)
+		q.Close()
+		if err == nil && waitExit(ctx, pid, s.Dir, grace) {
+			d.cleanupRuntime(s.Dir)
+			return nil
+		}
+		d.Log.Warn("guest did not power off in time; killing", "vm", s.Name, "grace", grace)
+	}
+	d.kill(pid)
+	if !waitExit(context.Background(), pid, s.Dir, 10*time.Second) {
+		return fmt.Errorf("stop %s: qemu (pid %d) did not exit", s.Name, pid)
+	}
+	d.cleanupRuntime(s.Dir)
+	return nil
+}
+
+// Delete kills the machine and removes its folder.
+func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
+	if pid, err := readPID(filepath.Join(s.Dir, PIDFile)); err == nil && ownsProcess(pid, s.Dir) {
+		d.kill(pid)
+		if !waitExit(context.Background(), pid, s.Dir, 10*time.Second) {
+			return fmt.Errorf("delete %s: qemu (pid %d) did not exit", s.Name, pid)
+		}
+	}
+	_ = os.Remove(qmpPath(s.Dir))
+	if err := os.RemoveAll(s.Dir); err != nil {
+		return fmt.Errorf("delete %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+func (d *Driver) cleanupRuntime(dir string) {
+	_ = os.Remove(qmpPath(dir))
+	_ = os.Remove(filepath.Join(dir, PIDFile))
+}
+
+func (d *Driver) kill(pid int) { _ = syscall.Kill(pid, syscall.SIGKILL) }
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("bad pid file %s", path)
+	}
+	return pid, nil
+}
+
+// ownsProcess says whether pid is alive and is this machine's QEMU (its
+// command line names the machine folder), so a recycled PID is never
+// mistaken for, or killed as, a machine.
+func ownsProcess(pid int, dir string) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist) // no /proc (macOS): trust kill(0)
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// A zombie has exited; only its parent has not reaped it yet.
+		if i := strings.LastIndexByte(string(st), ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+			return false
+		}
+	}
+	return strings.Contains(string(cmdline), filepath.Join(dir, DiskFile))
+}
+
+func waitExit(ctx context.Context, pid int, dir string, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if !ownsProcess(pid, dir) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !ownsProcess(pid, dir)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return !ownsProcess(pid, dir)
+}

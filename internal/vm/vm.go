@@ -1,0 +1,75 @@
+// Package vm defines the small runtime interface every hypervisor driver
+// implements (qemu/ today, virtualbox/ next) and what they share: the
+// per-machine spec and the cloud-init identity seed.
+//
+// A driver is stateless: everything it knows about a machine lives in
+// Spec.Dir, a folder the driver owns. The fleet controller owns intent
+// (should this machine be running?) and records it in its state file.
+package vm
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Power is what a driver observes about a machine's process.
+type Power string
+
+const (
+	PowerOn  Power = "on"  // the hypervisor process runs the guest
+	PowerOff Power = "off" // no hypervisor process for this machine
+)
+
+// Spec is everything a driver needs to make and run one machine.
+type Spec struct {
+	Name      string // unique on this host, e.g. "myproj-2"
+	Dir       string // folder the driver owns for this machine
+	BaseImage string // path to the read-only base disk the clone links to
+	CPUs      int
+	MemoryMiB int
+	Seed      Seed
+}
+
+// Runtime is how to reach a running machine.
+type Runtime struct {
+	SSHAddr string // host:port forwarded to the guest's sshd
+	PID     int    // hypervisor process, 0 if not applicable
+}
+
+// Status is a driver's view of a machine.
+type Status struct {
+	Power   Power
+	Runtime Runtime // valid when Power is PowerOn
+}
+
+// Capabilities are optional driver features, stated as data rather than
+// discovered by calling methods that fail.
+type Capabilities struct {
+	LinkedClones bool // Create is a copy-on-write clone, not a full copy
+	// SerializeRegistry means Create/Delete must not run concurrently
+	// (VirtualBox's registry); the driver serializes them itself.
+	SerializeRegistry bool
+}
+
+// Driver makes, runs and removes machines on one hypervisor.
+type Driver interface {
+	Name() string
+	Capabilities() Capabilities
+	// Create makes the machine's disk (a linked clone of Spec.BaseImage) and
+	// identity seed. It does not boot it.
+	Create(ctx context.Context, s Spec) error
+	// Start boots a created machine and returns how to reach it. It returns
+	// once the hypervisor runs; the guest may still be booting.
+	Start(ctx context.Context, s Spec) (Runtime, error)
+	// Stop asks the guest to power off and waits up to grace, then forces it.
+	Stop(ctx context.Context, s Spec, grace time.Duration) error
+	// Status reports whether the machine's process runs.
+	Status(ctx context.Context, s Spec) (Status, error)
+	// Delete forces the machine off and removes everything Create made.
+	// Deleting a machine that does not exist is not an error.
+	Delete(ctx context.Context, s Spec) error
+}
+
+// ErrNotCreated is returned by Start for a machine whose disk is missing.
+var ErrNotCreated = errors.New("machine has not been created")

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Runs in the image's root file system (chroot). Makes a generic,
+# fast-booting cloud guest: DHCP on any wired NIC through systemd-networkd,
+# cloud-init reading only the NoCloud seed, serial console, no boot menu.
+set -eu
+
+mkdir -p /etc/systemd/network /etc/cloud/cloud.cfg.d
+cat > /etc/systemd/network/20-wired.network <<'NET'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+NET
+systemctl enable systemd-networkd systemd-resolved
+
+# cloud-init: only the local seed (no network probing of metadata
+# services, which costs minutes under emulation), and it leaves the network
+# to systemd-networkd.
+cat > /etc/cloud/cloud.cfg.d/90-agentfleet.cfg <<'CFG'
+datasource_list: [NoCloud, None]
+network: {config: disabled}
+CFG
+
+# Units that only slow a throwaway VM's boot or wake it up later.
+systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer \
+  e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+  systemd-networkd-wait-online.service
+
+cat > /etc/default/grub <<'GRUB'
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=ttyS0,115200"
+GRUB_TERMINAL="serial"
+GRUB_SERIAL_COMMAND="serial --speed=115200"
+GRUB_DISABLE_OS_PROBER=true
+GRUB
