@@ -33,6 +33,10 @@ type Controller struct {
 	StopGrace time.Duration
 	// Parallel limits concurrent clone+boot operations.
 	Parallel int
+	// BeforeBoot, if set, runs once input has been validated and machines
+	// are about to boot (the CLI warns about slow software emulation here,
+	// not on commands that fail validation).
+	BeforeBoot func()
 
 	pool     *sshx.Pool
 	poolOnce sync.Once

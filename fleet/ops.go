@@ -61,6 +61,9 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 
 // Start boots stopped or dead machines and waits for SSH.
 func (c *Controller) Start(ctx context.Context, names []string, all bool) error {
+	if c.BeforeBoot != nil {
+		c.BeforeBoot()
+	}
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
 		c.sshPool().Drop(m.Name)
 		rt, err := c.Driver.Start(gctx, c.spec(m, vm.Seed{}))

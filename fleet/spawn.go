@@ -44,6 +44,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	if err != nil {
 		return nil, err
 	}
+	if c.BeforeBoot != nil {
+		c.BeforeBoot()
+	}
 
 	// Identity for each machine: a host key generated here, so it is
 	// pinned before the machine ever answers.

@@ -75,7 +75,6 @@ this spawn created is removed again.`,
 			if err != nil {
 				return err
 			}
-			warnTCG(cmd.ErrOrStderr(), c)
 			ms, err := c.Spawn(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -108,7 +107,6 @@ func newUpCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			warnTCG(cmd.ErrOrStderr(), c)
 			var name string
 			if len(s.Machines) > 0 {
 				m := s.Machines[0]
@@ -275,7 +273,6 @@ func newStartCmd(g *globals) *cobra.Command {
 	return lifecycleCmd(g, "start", "Boot stopped or dead machines and wait for SSH",
 		"  fleet start myproj-2\n  fleet start --all",
 		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
-			warnTCG(cmd.ErrOrStderr(), c)
 			return c.Start(cmd.Context(), args, all)
 		})
 }

@@ -35,6 +35,15 @@ State, images and caches live under FLEET_HOME (default ~/.local/share/agentflee
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// "spawn -1" parses as a flag; say what is wrong with the count instead.
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		for _, a := range os.Args[1:] {
+			if n, convErr := strconv.Atoi(a); convErr == nil && n < 0 && strings.Contains(err.Error(), strings.TrimPrefix(a, "-")) {
+				return fmt.Errorf("machine count must be at least 1, got %d", n)
+			}
+		}
+		return err
+	})
 	root.PersistentFlags().StringVar(&g.fleetName, "name", "", "fleet name (default: the current folder's name)")
 	root.PersistentFlags().StringVar(&g.accel, "accel", os.Getenv("FLEET_ACCEL"), "QEMU accelerator: kvm, hvf or tcg (default: detect; env FLEET_ACCEL)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "print debug logs")
@@ -87,10 +96,12 @@ func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
 	}
 	log := g.logger()
 	d := qemu.New(execx.Local{}, accel, log)
-	return &fleet.Controller{
+	c := &fleet.Controller{
 		Layout: l, Fleet: name, Driver: d, Log: log, Progress: cmd.ErrOrStderr(),
 		BootTimeout: bootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
-	}, nil
+	}
+	c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), c) }
+	return c, nil
 }
 
 // bootTimeout is generous under TCG, where a guest boots 10-50x slower.
@@ -126,7 +137,7 @@ func parseCount(s string) (int, error) {
 		return 0, fmt.Errorf("machine count must be at least 1, got %d", n)
 	}
 	if n > fleet.MaxMachines {
-		return 0, fmt.Errorf("machine count %d is more than the %d a fleet can hold", n, fleet.MaxMachines)
+		return 0, fmt.Errorf("machine count %d is too many: a fleet holds at most %d machines", n, fleet.MaxMachines)
 	}
 	return n, nil
 }

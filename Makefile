@@ -1,0 +1,26 @@
+GO ?= go
+export FLEET_CACHE ?= /var/cache/agentfleet
+
+.PHONY: build test e2e bench lint demo
+
+build:
+	$(GO) build -o bin/fleet ./cmd/fleet
+
+test:
+	$(GO) test ./...
+
+# Boots real VMs (needs root for the image build).
+e2e:
+	FLEET_E2E=1 $(GO) test -count=1 -timeout 75m -v ./e2e/
+
+# Prints a table of ratios measured side by side in one run (boots VMs).
+bench:
+	FLEET_E2E=1 FLEET_BENCH=1 $(GO) test -count=1 -timeout 60m -run TestBench -v ./e2e/ | grep -vE '^(=== RUN|    e2e_test|    bench_test.go:[0-9]+: fleet )'
+
+lint:
+	$(GO) vet ./...
+	test -z "$$(gofmt -l .)"
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+demo:
+	scripts/demo.sh

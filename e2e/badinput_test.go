@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Each bad input gives a one-line error, a non-zero exit and makes nothing.
+func TestBadInput(t *testing.T) {
+	requireE2E(t)
+	cases := []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"spawn 0", nil, []string{"spawn", "0", "--name", "bad"}, "at least 1"},
+		{"spawn -1", nil, []string{"spawn", "-1", "--name", "bad"}, "at least 1"},
+		{"spawn abc", nil, []string{"spawn", "abc", "--name", "bad"}, "whole number"},
+		{"spawn 100000", nil, []string{"spawn", "100000", "--name", "bad"}, "at most"},
+		{"unknown image", nil, []string{"spawn", "1", "--name", "bad", "--image", "plan9"}, "unknown image"},
+		{"unknown machine", nil, []string{"exec", "bad-7", "--name", "bad", "--", "true"}, "unknown machine"},
+		{"fleet name with slash", nil, []string{"spawn", "1", "--name", "a/b"}, "invalid fleet name"},
+		{"fleet name dotdot", nil, []string{"ls", "--name", ".."}, "invalid fleet name"},
+		{"bad memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "lots"}, "invalid memory"},
+		{"too much memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "100000G"}, "not enough memory"},
+		{"qemu not installed", []string{"PATH=/nonexistent"}, []string{"spawn", "1", "--name", "bad", "--memory", "512M"}, "qemu-img is not installed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := fleetWithEnv(t, time.Minute, tc.env, tc.args...)
+			if r.code == 0 {
+				t.Fatalf("exit 0 for bad input")
+			}
+			msg := strings.TrimSpace(r.stderr)
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("stderr %q lacks %q", msg, tc.want)
+			}
+			if strings.Count(msg, "\n") > 0 && tc.name != "qemu not installed" {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			if strings.Contains(r.stderr, "panic") || strings.Contains(r.stderr, "goroutine") {
+				t.Errorf("panicked: %s", r.stderr)
+			}
+			if ms, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "machines", "*")); len(ms) > 0 {
+				t.Errorf("bad input left machines behind: %v", ms)
+			}
+		})
+	}
+	t.Run("corrupted state file", func(t *testing.T) {
+		state := filepath.Join(fleetHome, "fleets", "corrupt", "state.json")
+		os.MkdirAll(filepath.Dir(state), 0o700)
+		garbage := []byte("{\"version\":1,\"fleet\":\"corrupt\",\"machines\":[{")
+		os.WriteFile(state, garbage, 0o600)
+		for _, args := range [][]string{{"ls", "--name", "corrupt"}, {"spawn", "1", "--name", "corrupt", "--memory", "512M"}} {
+			r := fleet(t, time.Minute, args...)
+			if r.code == 0 || !strings.Contains(r.stderr, "corrupt") {
+				t.Errorf("%v: want corrupt-state error, got %d %q", args, r.code, r.stderr)
+			}
+		}
+		if b, _ := os.ReadFile(state); string(b) != string(garbage) {
+			t.Error("corrupt state file was changed")
+		}
+		os.RemoveAll(filepath.Dir(state))
+	})
+}

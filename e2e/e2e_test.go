@@ -1,0 +1,150 @@
+// Package e2e boots real VMs with QEMU through the fleet binary. It runs
+// only with FLEET_E2E=1 (see the README); `go test ./...` skips it.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	fleetBin  string
+	fleetHome string
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("FLEET_E2E") != "1" {
+		fmt.Println("e2e: skipped (set FLEET_E2E=1 to boot real VMs)")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "fleet-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	fleetBin = filepath.Join(dir, "fleet")
+	_, self, _, _ := runtime.Caller(0)
+	build := exec.Command("go", "build", "-o", fleetBin, "./cmd/fleet")
+	build.Dir = filepath.Join(filepath.Dir(self), "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("build fleet: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	fleetHome = filepath.Join(dir, "home")
+	// The image is built once per run; its disk comes from FLEET_CACHE when
+	// the recipe is unchanged, so a second run skips the bootstrap.
+	cmd := exec.Command(fleetBin, "image", "build", "debian-12")
+	cmd.Env = fleetEnv()
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		fmt.Printf("e2e: image build failed: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("e2e: image ready in %s\n", time.Since(start).Round(time.Second))
+	code := m.Run()
+	// Whatever a failed test left behind must not outlive the run.
+	destroy := exec.Command(fleetBin, "destroy", "--all", "--name", "e2e")
+	destroy.Env = fleetEnv()
+	_ = destroy.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func fleetEnv(extra ...string) []string {
+	env := append(os.Environ(), "FLEET_HOME="+fleetHome)
+	if os.Getenv("FLEET_CACHE") == "" {
+		env = append(env, "FLEET_CACHE=/var/cache/agentfleet")
+	}
+	return append(env, extra...)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// fleet runs the fleet binary and returns its output and exit status.
+func fleet(t *testing.T, timeout time.Duration, args ...string) result {
+	t.Helper()
+	return fleetWithEnv(t, timeout, nil, args...)
+}
+
+func fleetWithEnv(t *testing.T, timeout time.Duration, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, fleetBin, args...)
+	cmd.Env = fleetEnv(env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("fleet %v: %v", args, err)
+	}
+	t.Logf("fleet %s -> %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
+	return result{out.String(), errb.String(), code}
+}
+
+func mustFleet(t *testing.T, timeout time.Duration, args ...string) string {
+	t.Helper()
+	r := fleet(t, timeout, args...)
+	if r.code != 0 {
+		t.Fatalf("fleet %v failed (%d): %s", args, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+type lsRow struct {
+	Name    string `json:"name"`
+	State   string `json:"state"`
+	Address string `json:"address"`
+	PID     int    `json:"pid"`
+}
+
+func ls(t *testing.T) map[string]lsRow {
+	t.Helper()
+	var rows []lsRow
+	if err := json.Unmarshal([]byte(mustFleet(t, time.Minute, "ls", "--json", "--name", "e2e")), &rows); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]lsRow{}
+	for _, r := range rows {
+		m[r.Name] = r
+	}
+	return m
+}
+
+func requireE2E(t *testing.T) {
+	if os.Getenv("FLEET_E2E") != "1" {
+		t.Skip("set FLEET_E2E=1 to boot real VMs")
+	}
+}
+
+// dumpConsoles prints the serial console tail of every machine when a test
+// failed: under TCG that is usually the only clue.
+func dumpConsoles(t *testing.T) {
+	if !t.Failed() {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "machines", "*", "serial.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("=== console tail %s ===\n%s", l, strings.Join(lines, "\n"))
+	}
+}

@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Under TCG a boot takes about a minute per VM and two VMs share two
+// cores: deadlines are generous so slowness is never mistaken for failure.
+const bootDeadline = 15 * time.Minute
+
+func TestFleetLifecycle(t *testing.T) {
+	requireE2E(t)
+	t.Cleanup(func() { dumpConsoles(t) })
+
+	// Spawn 2: both boot and answer SSH with their pinned keys.
+	out := mustFleet(t, bootDeadline, "spawn", "2", "--name", "e2e", "--memory", "1G")
+	if strings.Fields(out)[0] != "e2e-1" || strings.Fields(out)[1] != "e2e-2" {
+		t.Fatalf("spawn printed %q", out)
+	}
+	rows := ls(t)
+	for _, n := range []string{"e2e-1", "e2e-2"} {
+		if rows[n].State != "running" || rows[n].Address == "" {
+			t.Fatalf("%s: %+v", n, rows[n])
+		}
+	}
+	ports := []string{rows["e2e-1"].Address, rows["e2e-2"].Address}
+
+	t.Run("exec --all gives distinct hostnames and machine-ids", func(t *testing.T) {
+		out := mustFleet(t, 5*time.Minute, "exec", "--all", "--name", "e2e", "--", "sh", "-c", "echo $(hostname) $(cat /etc/machine-id)")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("want 2 lines, got %q", out)
+		}
+		seen := map[string]bool{}
+		for _, l := range lines {
+			f := strings.Fields(l) // "e2e-1: e2e-1 <machine-id>"
+			if len(f) != 3 || strings.TrimSuffix(f[0], ":") != f[1] {
+				t.Fatalf("line %q: prefix and hostname should match", l)
+			}
+			if len(f[2]) != 32 || seen[f[2]] {
+				t.Fatalf("machine-id %q missing or shared", f[2])
+			}
+			seen[f[2]] = true
+		}
+	})
+
+	t.Run("exit codes come back and arguments arrive verbatim", func(t *testing.T) {
+		r := fleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "sh", "-c", "exit 7")
+		if r.code != 7 {
+			t.Fatalf("exit code %d, want 7", r.code)
+		}
+		arg := `it's "$(rm -rf /)" ; ` + "`x` ü"
+		out := mustFleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "printf", "%s", arg)
+		if out != arg {
+			t.Fatalf("argument mangled: %q", out)
+		}
+		out = mustFleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "sudo", "-n", "id", "-u")
+		if strings.TrimSpace(out) != "0" {
+			t.Fatalf("passwordless sudo: %q", out)
+		}
+	})
+
+	t.Run("OpenSSH with ssh-config and StrictHostKeyChecking=yes", func(t *testing.T) {
+		cfg := filepath.Join(t.TempDir(), "ssh_config")
+		os.WriteFile(cfg, []byte(mustFleet(t, time.Minute, "ssh-config", "--name", "e2e")), 0o600)
+		out, err := exec.Command("ssh", "-F", cfg, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "e2e-2", "hostname").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "e2e-2" {
+			t.Fatalf("ssh -F: %v %s", err, out)
+		}
+		// The same config with one key swapped in known_hosts is refused.
+		kh := filepath.Join(fleetHome, "fleets", "e2e", "known_hosts")
+		orig, _ := os.ReadFile(kh)
+		lines := strings.Split(strings.TrimSpace(string(orig)), "\n")
+		k1, k2 := strings.Fields(lines[0]), strings.Fields(lines[1])
+		swapped := filepath.Join(t.TempDir(), "known_hosts")
+		os.WriteFile(swapped, []byte(k1[0]+" "+k2[1]+" "+k2[2]+"\n"+lines[1]+"\n"), 0o600)
+		bad := strings.ReplaceAll(string(mustFleet(t, time.Minute, "ssh-config", "--name", "e2e")), kh, swapped)
+		os.WriteFile(cfg, []byte(bad), 0o600)
+		out, err = exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", "e2e-1", "hostname").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Host key verification failed") {
+			t.Fatalf("swapped known_hosts key was accepted: %v %s", err, out)
+		}
+	})
+
+	t.Run("fleet's own client refuses a swapped host key", func(t *testing.T) {
+		state := filepath.Join(fleetHome, "fleets", "e2e", "state.json")
+		orig, _ := os.ReadFile(state)
+		defer os.WriteFile(state, orig, 0o600)
+		rows := strings.Split(string(orig), "\"host_key\": \"")
+		if len(rows) != 3 {
+			t.Fatalf("unexpected state layout")
+		}
+		key1 := rows[1][:strings.Index(rows[1], "\"")]
+		key2 := rows[2][:strings.Index(rows[2], "\"")]
+		os.WriteFile(state, []byte(strings.Replace(string(orig), key1, key2, 1)), 0o600)
+		r := fleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "true")
+		if r.code == 0 || !strings.Contains(r.stderr, "host key mismatch") {
+			t.Fatalf("want host key mismatch, got %d %q", r.code, r.stderr)
+		}
+	})
+
+	t.Run("stop then start keeps a file", func(t *testing.T) {
+		mustFleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "sh", "-c", "echo kept > ~/marker && sync")
+		mustFleet(t, 5*time.Minute, "stop", "e2e-1", "--name", "e2e")
+		if s := ls(t)["e2e-1"].State; s != "stopped" {
+			t.Fatalf("after stop: %s", s)
+		}
+		mustFleet(t, bootDeadline, "start", "e2e-1", "--name", "e2e")
+		out := mustFleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "cat", "marker")
+		if strings.TrimSpace(out) != "kept" {
+			t.Fatalf("file lost across stop/start: %q", out)
+		}
+		ports[0] = ls(t)["e2e-1"].Address
+	})
+
+	t.Run("kill -9 shows dead, start brings it back", func(t *testing.T) {
+		pid := ls(t)["e2e-2"].PID
+		if pid == 0 {
+			t.Fatal("no pid for e2e-2")
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+		deadline := time.Now().Add(30 * time.Second)
+		for ls(t)["e2e-2"].State != "dead" {
+			if time.Now().After(deadline) {
+				t.Fatalf("e2e-2 not dead after kill -9: %+v", ls(t)["e2e-2"])
+			}
+			time.Sleep(time.Second)
+		}
+		mustFleet(t, bootDeadline, "start", "e2e-2", "--name", "e2e")
+		if s := ls(t)["e2e-2"]; s.State != "running" {
+			t.Fatalf("after start: %+v", s)
+		}
+		mustFleet(t, 2*time.Minute, "exec", "e2e-2", "--name", "e2e", "--", "true")
+		ports[1] = ls(t)["e2e-2"].Address
+	})
+
+	t.Run("destroy --all leaves nothing", func(t *testing.T) {
+		mustFleet(t, 5*time.Minute, "destroy", "--all", "--name", "e2e")
+		if out, _ := exec.Command("pgrep", "-f", fleetHome).Output(); len(strings.TrimSpace(string(out))) > 0 {
+			t.Fatalf("processes left: %s", out)
+		}
+		if _, err := os.Stat(filepath.Join(fleetHome, "fleets", "e2e")); !os.IsNotExist(err) {
+			entries, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "e2e", "*"))
+			t.Fatalf("fleet folder left: %v", entries)
+		}
+		for _, addr := range ports {
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				c.Close()
+				t.Fatalf("%s still listening", addr)
+			}
+		}
+		// destroy is idempotent.
+		mustFleet(t, time.Minute, "destroy", "--all", "--name", "e2e")
+		if out := mustFleet(t, time.Minute, "ls", "--json", "--name", "e2e"); strings.TrimSpace(out) != "[]" {
+			t.Fatalf("ls after destroy: %s", out)
+		}
+	})
+}

@@ -1,0 +1,103 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func argAfter(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func TestSystemArgs(t *testing.T) {
+	base := MachineArgs{Name: "proj-1", CPUs: 2, MemoryMiB: 2048, Disk: "/f/proj-1/disk.qcow2", Seed: "/f/proj-1/seed.iso",
+		QMPSocket: "/f/proj-1/qmp.sock", SerialLog: "/f/proj-1/serial.log", PIDFile: "/f/proj-1/qemu.pid"}
+	tests := []struct {
+		name string
+		edit func(*MachineArgs)
+		flag string
+		want []string
+	}{
+		{"tcg uses max cpu", func(m *MachineArgs) { m.Accel = AccelTCG }, "-cpu", []string{"max"}},
+		{"kvm uses host cpu", func(m *MachineArgs) { m.Accel = AccelKVM }, "-cpu", []string{"host"}},
+		{"accel passed", func(m *MachineArgs) { m.Accel = AccelHVF }, "-accel", []string{"hvf"}},
+		{"cpus and memory", func(m *MachineArgs) { m.CPUs, m.MemoryMiB = 4, 4096 }, "-m", []string{"4096M"}},
+		{"ssh port 0 lets qemu choose", func(m *MachineArgs) {}, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"}},
+		{"explicit ssh port", func(m *MachineArgs) { m.SSHHostPort = 2222 }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"}},
+		{"disk overlay and read-only seed", func(m *MachineArgs) {}, "-drive", []string{
+			"if=virtio,file=/f/proj-1/disk.qcow2,format=qcow2,discard=unmap",
+			"if=virtio,file=/f/proj-1/seed.iso,format=raw,readonly=on"}},
+		{"comma in path cannot inject options", func(m *MachineArgs) { m.Disk = "/x,snapshot=on/disk.qcow2" }, "-drive", []string{
+			"if=virtio,file=/x,,snapshot=on/disk.qcow2,format=qcow2,discard=unmap",
+			"if=virtio,file=/f/proj-1/seed.iso,format=raw,readonly=on"}},
+		{"serial to file", func(m *MachineArgs) {}, "-serial", []string{"file:/f/proj-1/serial.log"}},
+		{"qmp socket", func(m *MachineArgs) {}, "-qmp", []string{"unix:/f/proj-1/qmp.sock,server=on,wait=off"}},
+		{"pid file", func(m *MachineArgs) {}, "-pidfile", []string{"/f/proj-1/qemu.pid"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := base
+			m.Accel = AccelTCG
+			tt.edit(&m)
+			args := SystemArgs(m)
+			if got := argAfter(args, tt.flag); !slices.Equal(got, tt.want) {
+				t.Errorf("%s = %q, want %q", tt.flag, got, tt.want)
+			}
+			for _, must := range []string{"-daemonize", "-nodefaults", "-no-user-config"} {
+				if !slices.Contains(args, must) {
+					t.Errorf("missing %s", must)
+				}
+			}
+			if got := strings.Join(argAfter(args, "-device"), " "); !strings.Contains(got, "romfile=") {
+				t.Errorf("NIC should skip the option ROM: %s", got)
+			}
+		})
+	}
+}
+
+func TestOverlayArgsLinkToReadOnlyBase(t *testing.T) {
+	got := OverlayArgs("/img/base.qcow2", "/m/disk.qcow2")
+	want := []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "/img/base.qcow2", "/m/disk.qcow2"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestParseHostFwdPort(t *testing.T) {
+	out := "Hub -1 (net0):\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  TCP[HOST_FORWARD]  13       127.0.0.1 35323       10.0.2.15    22     0     0\n"
+	if p, ok := parseHostFwdPort(out); !ok || p != 35323 {
+		t.Fatalf("got %d %v", p, ok)
+	}
+	if _, ok := parseHostFwdPort("Hub -1 (net0):\n"); ok {
+		t.Fatal("no forward should not parse")
+	}
+}
+
+func TestHasVirtFlag(t *testing.T) {
+	if !hasVirtFlag([]byte("processor: 0\nflags\t\t: fpu vme vmx sse\n")) {
+		t.Error("vmx not seen")
+	}
+	if hasVirtFlag([]byte("flags\t\t: fpu vme hypervisor sse\n")) {
+		t.Error("no vmx/svm should mean no hardware virtualization")
+	}
+}
+
+func TestQMPPathStaysShort(t *testing.T) {
+	long := "/" + strings.Repeat("d", 150)
+	if p := qmpPath(long); len(p) > 104 {
+		t.Fatalf("socket path too long: %d", len(p))
+	}
+	if qmpPath(long) != qmpPath(long) {
+		t.Fatal("short path must be stable")
+	}
+	if p := qmpPath("/short"); p != "/short/qmp.sock" {
+		t.Fatalf("got %s", p)
+	}
+}
