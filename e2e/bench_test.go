@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	fleetpkg "github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+)
+
+func median(ds []time.Duration) time.Duration {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2]
+}
+
+func timeIt(n int, f func()) time.Duration {
+	var ds []time.Duration
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		f()
+		ds = append(ds, time.Since(t0))
+	}
+	return median(ds)
+}
+
+// TestBench prints the fleet-core ratios, each measured side by side in
+// this one run (make bench). It asserts nothing about speed: numbers on a
+// loaded CI machine are for reading, not for failing builds.
+func TestBench(t *testing.T) {
+	requireE2E(t)
+	if os.Getenv("FLEET_BENCH") != "1" {
+		t.Skip("set FLEET_BENCH=1 (make bench)")
+	}
+	ctx := context.Background()
+	r := execx.Local{}
+	var rows [][3]string
+	add := func(what, value, target string) { rows = append(rows, [3]string{what, value, target}) }
+
+	// 1. Linked clone of an 8 GiB base vs a 1 GiB base.
+	dir := t.TempDir()
+	clone := func(size string) time.Duration {
+		base := filepath.Join(dir, "base-"+size+".qcow2")
+		if _, err := r.Run(ctx, execx.Cmd{Name: "qemu-img", Args: []string{"create", "-q", "-f", "qcow2", base, size}}); err != nil {
+			t.Fatal(err)
+		}
+		i := 0
+		return timeIt(15, func() {
+			i++
+			ov := filepath.Join(dir, fmt.Sprintf("ov-%s-%d.qcow2", size, i))
+			if _, err := r.Run(ctx, execx.Cmd{Name: "qemu-img", Args: qemu.OverlayArgs(base, ov)}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	c1, c8 := clone("1G"), clone("8G")
+	add("clone 8 GiB base / 1 GiB base", fmt.Sprintf("%.2f (%s vs %s)", float64(c8)/float64(c1), c8.Round(time.Millisecond), c1.Round(time.Millisecond)), "<= 1.2, each < 100ms")
+
+	// 2. Spawn 1 vs spawn 2, wall time to SSH-ready.
+	spawn := func(name string, n int) time.Duration {
+		t0 := time.Now()
+		mustFleet(t, bootDeadline, "spawn", fmt.Sprint(n), "--name", name, "--memory", "1G")
+		return time.Since(t0)
+	}
+	s1 := spawn("bench1", 1)
+	boot := mustFleet(t, time.Minute, "exec", "bench1-1", "--name", "bench1", "--", "sh", "-c", "systemd-analyze blame --no-pager | head -5 | awk '{print $2\"=\"$1}' | paste -sd' '")
+	mustFleet(t, 5*time.Minute, "destroy", "--all", "--name", "bench1")
+	s2 := spawn("bench2", 2)
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--name", "bench2")
+	add("spawn 2 / spawn 1 (to SSH-ready)", fmt.Sprintf("%.2f (%s vs %s)", s2.Seconds()/s1.Seconds(), s2.Round(time.Second), s1.Round(time.Second)), "<= 1.4 on 2 cores")
+
+	// 3. exec round trip on the kept connection vs a fresh OpenSSH ssh.
+	c := &fleetpkg.Controller{Layout: fleetpkg.Layout{Root: fleetHome}, Fleet: "bench2", Driver: qemu.New(r, "", nil), BootTimeout: time.Minute}
+	defer c.Close()
+	st, err := c.Store().Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := st.Machines[:1]
+	if res := c.Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil {
+		t.Fatal(res[0].Err)
+	}
+	kept := timeIt(20, func() {
+		if res := c.Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil || res[0].ExitCode != 0 {
+			t.Fatal(res[0])
+		}
+	})
+	cfg := filepath.Join(dir, "ssh_config")
+	os.WriteFile(cfg, []byte(mustFleet(t, time.Minute, "ssh-config", "--name", "bench2")), 0o600)
+	fresh := timeIt(7, func() {
+		if out, err := exec.Command("ssh", "-F", cfg, "-o", "BatchMode=yes", m[0].Name, "true").CombinedOutput(); err != nil {
+			t.Fatalf("ssh: %v %s", err, out)
+		}
+	})
+	add("exec on kept conn / fresh ssh", fmt.Sprintf("%.3f (%s vs %s)", float64(kept)/float64(fresh), kept.Round(100*time.Microsecond), fresh.Round(time.Millisecond)), "<= 0.2")
+	add("boot to SSH, debian-12 (spawn 1)", fmt.Sprintf("%.1fs", s1.Seconds()), "TCG here")
+	add("slowest boot units", strings.TrimSpace(boot), "")
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%-36s | %-44s | %s\n%s\n", "measure", "value", "target", strings.Repeat("-", 100))
+	for _, row := range rows {
+		fmt.Fprintf(&b, "%-36s | %-44s | %s\n", row[0], row[1], row[2])
+	}
+	fmt.Print(b.String())
+}
