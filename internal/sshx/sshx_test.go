@@ -57,12 +57,13 @@ func startServer(t *testing.T, ln net.Listener, hostKey ssh.Signer, clientKey ss
 								r.Reply(false, nil)
 								continue
 							}
-							r.Reply(true, nil)
 							cmd := string(r.Payload[4:])
+							r.Reply(true, nil)
 							status := 0
 							if _, err := fmt.Sscanf(cmd, "exit %d", &status); err != nil {
 								fmt.Fprint(ch, cmd)
 							}
+							ch.CloseWrite() // EOF before the status, as sshd does
 							ch.SendRequest("exit-status", false, ssh.Marshal(struct{ S uint32 }{uint32(status)}))
 							return
 						}
@@ -73,6 +74,17 @@ func startServer(t *testing.T, ln net.Listener, hostKey ssh.Signer, clientKey ss
 	}()
 	t.Cleanup(func() { ln.Close() })
 	return srv
+}
+
+// waitAccepted lets the server goroutine record a handshake the client has
+// already finished.
+func (s *testServer) waitAccepted(want int32) int32 {
+	deadline := time.Now().Add(2 * time.Second)
+	for s.accepted.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // and see no extra one arrive
+	return s.accepted.Load()
 }
 
 func newSigner(t *testing.T) ssh.Signer {
@@ -97,8 +109,8 @@ func TestPinnedKeyAcceptedAndExitCodesReturned(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var out bytes.Buffer
-	code, err := Run(context.Background(), c, "hello", nil, &out, &out)
+	var out, errOut bytes.Buffer
+	code, err := Run(context.Background(), c, "hello", nil, &out, &errOut)
 	if err != nil || code != 0 || out.String() != "hello" {
 		t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
 	}
@@ -193,7 +205,7 @@ func TestPoolKeepsOneConnection(t *testing.T) {
 			t.Fatal(code, err)
 		}
 	}
-	if n := srv.accepted.Load(); n != 1 {
+	if n := srv.waitAccepted(1); n != 1 {
 		t.Fatalf("pool opened %d connections for 5 commands, want 1", n)
 	}
 	// A dropped connection is replaced transparently.
@@ -201,7 +213,7 @@ func TestPoolKeepsOneConnection(t *testing.T) {
 	if _, err := p.Get(context.Background(), "vm-1", tgt); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.accepted.Load(); n != 2 {
+	if n := srv.waitAccepted(2); n != 2 {
 		t.Fatalf("after drop want a second connection, got %d", n)
 	}
 }
