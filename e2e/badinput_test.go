@@ -27,7 +27,7 @@ func TestBadInput(t *testing.T) {
 		{"fleet name dotdot", nil, []string{"ls", "--name", ".."}, "invalid fleet name"},
 		{"bad memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "lots"}, "invalid memory"},
 		{"too much memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "100000G"}, "not enough memory"},
-		{"qemu not installed", []string{"PATH=/nonexistent"}, []string{"spawn", "1", "--name", "bad", "--memory", "512M"}, "qemu-img is not installed"},
+		{"qemu not installed", []string{"PATH=/nonexistent"}, []string{"spawn", "1", "--name", "bad", "--memory", "512M"}, "qemu-system-x86_64 is not installed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

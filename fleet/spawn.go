@@ -35,6 +35,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	if err != nil {
 		return nil, err
 	}
+	if err := c.Driver.Validate(ctx); err != nil {
+		return nil, err
+	}
 	if !req.Force {
 		if err := CheckMemory(req.Count, req.MemoryMiB); err != nil {
 			return nil, err

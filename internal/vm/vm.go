@@ -56,6 +56,9 @@ type Capabilities struct {
 type Driver interface {
 	Name() string
 	Capabilities() Capabilities
+	// Validate checks that the hypervisor's programs are installed, so a
+	// spawn fails before it makes anything rather than rolling back.
+	Validate(ctx context.Context) error
 	// Create makes the machine's disk (a linked clone of Spec.BaseImage) and
 	// identity seed. It does not boot it.
 	Create(ctx context.Context, s Spec) error

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,6 +58,16 @@ func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
 	return vm.Capabilities{LinkedClones: true}
+}
+
+// Validate checks that qemu-system and qemu-img are on PATH.
+func (d *Driver) Validate(ctx context.Context) error {
+	for _, bin := range []string{d.Binary, d.ImgBin} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s is not installed (Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils)", bin)
+		}
+	}
+	return nil
 }
 
 // Create makes the overlay disk and the seed ISO.
