@@ -151,3 +151,22 @@ func TestPrefixWriterKeepsLinesWhole(t *testing.T) {
 		t.Fatalf("got %q", out.String())
 	}
 }
+
+func TestBaseImagesInUseAcrossFleetsAndRefusesCorruptState(t *testing.T) {
+	l := Layout{Root: t.TempDir()}
+	for fleet, base := range map[string]string{"a": "/img/v1/disk.qcow2", "b": "/img/v2/disk.qcow2"} {
+		st := Store{Layout: l, Fleet: fleet}
+		os.MkdirAll(l.FleetDir(fleet), 0o700)
+		if err := st.Save(&State{Version: stateVersion, Fleet: fleet, Machines: []*Machine{{Name: fleet + "-1", Index: 1, BaseImage: base}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := BaseImagesInUse(l)
+	if err != nil || !got["/img/v1/disk.qcow2"] || !got["/img/v2/disk.qcow2"] || len(got) != 2 {
+		t.Fatalf("in use = %v, %v", got, err)
+	}
+	os.WriteFile(l.StateFile("b"), []byte("{torn"), 0o600)
+	if _, err := BaseImagesInUse(l); err == nil {
+		t.Fatal("a corrupt state file must stop a prune, not hide a machine's base")
+	}
+}

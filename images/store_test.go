@@ -1,0 +1,171 @@
+package images
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// addVersion stores a fake disk as name@version.
+func addVersion(t *testing.T, s Store, name, version string) Image {
+	t.Helper()
+	disk := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(disk, []byte("disk of "+version), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Add(Manifest{Name: name, Version: version, RecipeHash: "r-" + version}, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestAddStoresReadOnlyDiskAndDoesNotPromote(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	img := addVersion(t, s, "debian-12", "v1")
+	fi, err := os.Stat(img.Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o444 {
+		t.Errorf("disk mode %v, want read-only", fi.Mode().Perm())
+	}
+	if _, err := s.Resolve("debian-12"); err == nil {
+		t.Fatal("an added but unpromoted version must not resolve as latest")
+	}
+	if got, err := s.Resolve("debian-12@v1"); err != nil || got.RecipeHash != "r-v1" {
+		t.Fatalf("resolve by version: %+v %v", got, err)
+	}
+	if _, err := s.Add(Manifest{Name: "debian-12", Version: "v1"}, img.Disk); err == nil {
+		t.Fatal("adding an existing version must fail")
+	}
+	entries, _ := os.ReadDir(filepath.Join(s.Root, "debian-12"))
+	if len(entries) != 1 {
+		t.Fatalf("staging left behind: %v", entries)
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	for ref, want := range map[string]string{
+		"windows-95":      `unknown image "windows-95" (known images: ubuntu-24.04, debian-12)`,
+		"debian-12":       "image debian-12 is not built yet; build it with: fleet image build debian-12",
+		"debian-12@nope":  "image debian-12@nope: open",
+		"ubuntu-24.04@x/": "image ubuntu-24.04@x/: open",
+	} {
+		_, err := s.Resolve(ref)
+		if err == nil || len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
+			t.Errorf("Resolve(%q) = %v, want prefix %q", ref, err, want)
+		}
+	}
+}
+
+func TestPromoteMovesLatestAtomically(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	addVersion(t, s, "debian-12", "v1")
+	addVersion(t, s, "debian-12", "v2")
+	if err := s.Promote("debian-12", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Promote("debian-12", "v9"); err == nil {
+		t.Fatal("promoting a missing version must fail")
+	}
+	// A reader racing with repeated promotions sees v1 or v2, never nothing.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			img, err := s.Resolve("debian-12")
+			if err != nil || (img.Version != "v1" && img.Version != "v2") {
+				bad = err
+				if err == nil {
+					bad = os.ErrInvalid
+				}
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for i := 0; time.Now().Before(deadline); i++ {
+		v := []string{"v1", "v2"}[i%2]
+		if err := s.Promote("debian-12", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if bad != nil {
+		t.Fatalf("reader saw a torn latest: %v", bad)
+	}
+}
+
+func TestListNewestFirstWithLatestMarked(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	addVersion(t, s, "debian-12", "20260101-000000")
+	addVersion(t, s, "debian-12", "20260301-000000")
+	addVersion(t, s, "ubuntu-24.04", "20260201-000000")
+	s.Promote("debian-12", "20260101-000000")
+	os.MkdirAll(filepath.Join(s.Root, "debian-12", ".staging-x"), 0o755) // in-progress add
+	imgs, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, i := range imgs {
+		mark := ""
+		if i.Latest {
+			mark = "*"
+		}
+		got = append(got, i.Name+"@"+i.Version+mark)
+	}
+	want := []string{"debian-12@20260301-000000", "debian-12@20260101-000000*", "ubuntu-24.04@20260201-000000"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v want %v", got, want)
+		}
+	}
+}
+
+func TestPruneKeepsNewestLatestAndInUse(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	var all []Image
+	for _, v := range []string{"v1", "v2", "v3", "v4", "v5"} {
+		all = append(all, addVersion(t, s, "debian-12", v))
+	}
+	s.Promote("debian-12", "v2")                // an older version is latest (new ones failed checks)
+	inUse := map[string]bool{all[0].Disk: true} // a machine still links to v1
+	removed, err := s.Prune(2, inUse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0].Version != "v3" {
+		t.Fatalf("removed %+v, want only v3", removed)
+	}
+	left, _ := s.List()
+	var vs []string
+	for _, i := range left {
+		vs = append(vs, i.Version)
+	}
+	if len(vs) != 4 || vs[0] != "v5" || vs[1] != "v4" || vs[2] != "v2" || vs[3] != "v1" {
+		t.Fatalf("left %v", vs)
+	}
+	if _, err := s.Resolve("debian-12"); err != nil {
+		t.Fatalf("latest broken after prune: %v", err)
+	}
+	if _, err := s.Prune(0, nil); err == nil {
+		t.Fatal("--keep 0 must be refused")
+	}
+}
