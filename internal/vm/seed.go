@@ -33,7 +33,10 @@ func (s Seed) UserData() string {
 	b.WriteString("#cloud-config\n")
 	fmt.Fprintf(&b, "hostname: %s\n", yamlQuote(s.Hostname))
 	b.WriteString("preserve_hostname: false\nmanage_etc_hosts: true\n")
-	b.WriteString("disable_root: true\nssh_pwauth: false\n")
+	// No ssh_pwauth: setting it makes cloud-init restart sshd after boot,
+	// which resets connections made right after readiness. Images turn
+	// password login off in sshd_config instead.
+	b.WriteString("disable_root: true\n")
 	b.WriteString("users:\n")
 	fmt.Fprintf(&b, "  - name: %s\n", yamlQuote(s.User))
 	b.WriteString("    shell: /bin/bash\n    lock_passwd: true\n")
