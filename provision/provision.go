@@ -1,16 +1,19 @@
 // Package provision holds what goes into an image: numbered shell scripts,
-// embedded in the binary, run in order in the image's root file system.
+// embedded in the binary, run in order as root in the image, in a chroot or
+// over SSH in a booted guest. Recipes name which scripts run.
 package provision
 
 import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"sort"
+	"strings"
 )
 
-//go:embed rootfs/*.sh
+//go:embed scripts/*.sh
 var files embed.FS
 
 // Script is one provisioning script.
@@ -19,25 +22,86 @@ type Script struct {
 	Body []byte
 }
 
-// RootfsScripts returns the scripts for a root file system, in run order.
-func RootfsScripts() []Script {
-	entries, _ := fs.ReadDir(files, "rootfs")
+// Recipe is an ordered set of scripts and the checks that prove them.
+type Recipe struct {
+	Name    string
+	Scripts []Script
+	Checks  []Check
+}
+
+// Check is one verification command run as the agent user in a booted
+// clone of the new image.
+type Check struct {
+	What    string // shown to the user, e.g. "docker info"
+	Command string // shell command; exit 0 passes
+}
+
+// base is the light recipe: a bootable, generalized image with the agent
+// user, and none of the toolchain. Tests of the SSH path use it, since
+// installing packages inside an emulated guest takes far too long.
+var base = []string{"10-boot.sh", "15-ca-certs.sh", "60-agent.sh", "80-versions.sh", "90-generalize.sh"}
+
+// RecipeNames lists the recipes a build can use.
+var RecipeNames = []string{"full", "base"}
+
+var baseChecks = []Check{
+	{"agent user with passwordless sudo", "sudo -n true"},
+	{"/workspace owned by agent", `test "$(stat -c %U /workspace)" = "$(id -un)"`},
+	{"versions recorded", "test -s /etc/agentfleet/versions.json"},
+}
+
+var fullChecks = []Check{
+	{"docker info", "docker info --format '{{.ServerVersion}}'"},
+	{"docker build (FROM scratch)", "d=$(mktemp -d) && printf 'FROM scratch\\nCOPY f /f\\n' > $d/Dockerfile && echo ok > $d/f && " +
+		"DOCKER_BUILDKIT=0 docker build -q -t fleet-verify $d >/dev/null && docker image rm fleet-verify >/dev/null && rm -rf $d"},
+	{"node --version", "node --version"},
+	{"claude --version", "claude --version"},
+	{"Claude first-run state", `jq -e '.hasCompletedOnboarding and .bypassPermissionsModeAccepted and .projects["/workspace"].hasTrustDialogAccepted' ~/.claude.json >/dev/null`},
+	{"bubblewrap sandbox", "bwrap --ro-bind / / --unshare-all true"},
+}
+
+// Get returns a named recipe.
+func Get(name string) (Recipe, error) {
+	all := scripts()
+	switch name {
+	case "full", "":
+		return Recipe{Name: "full", Scripts: all, Checks: append(append([]Check{}, baseChecks...), fullChecks...)}, nil
+	case "base":
+		var out []Script
+		for _, s := range all {
+			for _, b := range base {
+				if s.Name == b {
+					out = append(out, s)
+				}
+			}
+		}
+		return Recipe{Name: "base", Scripts: out, Checks: baseChecks}, nil
+	}
+	return Recipe{}, fmt.Errorf("unknown recipe %q (recipes: %s)", name, strings.Join(RecipeNames, ", "))
+}
+
+func scripts() []Script {
+	entries, _ := fs.ReadDir(files, "scripts")
 	out := make([]Script, 0, len(entries))
 	for _, e := range entries {
-		b, _ := files.ReadFile("rootfs/" + e.Name())
+		b, _ := files.ReadFile("scripts/" + e.Name())
 		out = append(out, Script{Name: e.Name(), Body: b})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Hash digests scripts' names and bodies, for the recipe hash.
-func Hash(scripts []Script) string {
+// Hash digests the recipe's scripts and checks, for the recipe hash.
+func (r Recipe) Hash() string {
 	h := sha256.New()
-	for _, s := range scripts {
+	for _, s := range r.Scripts {
 		h.Write([]byte(s.Name))
 		h.Write([]byte{0})
 		h.Write(s.Body)
+		h.Write([]byte{0})
+	}
+	for _, c := range r.Checks {
+		h.Write([]byte(c.Command))
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil))

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Runs in the image's root file system (chroot). Makes a generic,
-# fast-booting cloud guest: DHCP on any wired NIC through systemd-networkd,
-# cloud-init reading only the NoCloud seed, serial console, no boot menu.
+# Makes a generic, fast-booting cloud guest: DHCP on any wired NIC through
+# systemd-networkd, cloud-init reading only the NoCloud seed, serial
+# console, no boot menu. Runs as root in a chroot (FLEET_SOURCE=rootfs) or
+# over SSH in a booted cloud image (FLEET_SOURCE=ssh), like every script here.
 set -eu
 
 mkdir -p /etc/systemd/network /etc/cloud/cloud.cfg.d
@@ -22,16 +23,29 @@ datasource_list: [NoCloud, None]
 network: {config: disabled}
 CFG
 
+# Keys only. Set here rather than by cloud-init's ssh_pwauth, which
+# restarts sshd after boot and resets the first connections.
+mkdir -p /etc/ssh/sshd_config.d
+cat > /etc/ssh/sshd_config.d/50-agentfleet.conf <<'SSHD'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+SSHD
+
 # Units that only slow a throwaway VM's boot or wake it up later.
 systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer \
   e2scrub_all.timer e2scrub_reap.service fstrim.timer \
   systemd-networkd-wait-online.service
 
-cat > /etc/default/grub <<'GRUB'
+# The GRUB defaults only apply to disks this builder assembles; a cloud
+# image keeps its own boot setup.
+[ "${FLEET_SOURCE:-rootfs}" = rootfs ] || exit 0
+. /etc/os-release
+cat > /etc/default/grub <<GRUB
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
 GRUB_TIMEOUT_STYLE=hidden
-GRUB_DISTRIBUTOR=Debian
+GRUB_DISTRIBUTOR="$NAME"
 GRUB_CMDLINE_LINUX_DEFAULT=""
 GRUB_CMDLINE_LINUX="console=ttyS0,115200"
 GRUB_TERMINAL="serial"

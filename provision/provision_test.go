@@ -1,0 +1,71 @@
+package provision
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestRecipesOrderAndSubset(t *testing.T) {
+	full, err := Get("full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(full.Scripts); i++ {
+		if full.Scripts[i-1].Name >= full.Scripts[i].Name {
+			t.Fatalf("scripts out of order: %s before %s", full.Scripts[i-1].Name, full.Scripts[i].Name)
+		}
+	}
+	if full.Scripts[len(full.Scripts)-1].Name != "90-generalize.sh" {
+		t.Fatal("generalize must run last")
+	}
+	b, _ := Get("base")
+	var names []string
+	for _, s := range b.Scripts {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, " ") != "10-boot.sh 15-ca-certs.sh 60-agent.sh 80-versions.sh 90-generalize.sh" {
+		t.Fatalf("base recipe = %v", names)
+	}
+	if full.Hash() == b.Hash() {
+		t.Fatal("recipes must hash differently")
+	}
+	if _, err := Get("kitchen-sink"); err == nil || !strings.Contains(err.Error(), "full, base") {
+		t.Fatalf("unknown recipe: %v", err)
+	}
+}
+
+// Every script is valid POSIX sh and stops on the first error.
+func TestScriptsParseAndSetErrexit(t *testing.T) {
+	full, _ := Get("full")
+	dir := t.TempDir()
+	for _, s := range full.Scripts {
+		if !strings.Contains(string(s.Body), "set -eu") {
+			t.Errorf("%s does not set -eu", s.Name)
+		}
+		p := filepath.Join(dir, s.Name)
+		os.WriteFile(p, s.Body, 0o755)
+		if out, err := exec.Command("sh", "-n", p).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s", s.Name, err, out)
+		}
+	}
+}
+
+// The seeded Claude state is valid JSON with what an unattended session
+// needs, whatever the version string looks like.
+func TestClaudeStateScriptWritesTheFirstRunAnswers(t *testing.T) {
+	full, _ := Get("full")
+	var body string
+	for _, s := range full.Scripts {
+		if s.Name == "70-claude-state.sh" {
+			body = string(s.Body)
+		}
+	}
+	for _, want := range []string{`"hasCompletedOnboarding": true`, `"bypassPermissionsModeAccepted": true`, `"/workspace": {`, `"hasTrustDialogAccepted": true`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("70-claude-state.sh lacks %s", want)
+		}
+	}
+}
