@@ -2,6 +2,8 @@ package builder
 
 import (
 	"os"
+
+	"github.com/agentfleet/agentfleet/provision"
 	"path/filepath"
 	"testing"
 )
@@ -36,22 +38,33 @@ Suites: bookworm-security
 }
 
 func TestRecipeHashChangesWithInputs(t *testing.T) {
-	c, err := Definition("debian-12")
+	c, err := Definition("debian-12", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h1 := c.RecipeHash("http://a")
-	if h1 != c.RecipeHash("http://a") {
+	h1 := c.RecipeHash("http://a", "sha256:1", "2.1.0")
+	if h1 != c.RecipeHash("http://a", "sha256:1", "2.1.0") {
 		t.Fatal("hash not stable")
 	}
-	if h1 == c.RecipeHash("http://b") {
-		t.Fatal("mirror must change the hash")
+	for what, h := range map[string]string{
+		"mirror":         c.RecipeHash("http://b", "sha256:1", "2.1.0"),
+		"source digest":  c.RecipeHash("http://a", "sha256:2", "2.1.0"),
+		"claude version": c.RecipeHash("http://a", "sha256:1", "2.1.1"),
+	} {
+		if h == h1 {
+			t.Errorf("%s must change the hash", what)
+		}
 	}
 	c.Packages = append(c.Packages, "jq")
-	if h1 == c.RecipeHash("http://a") {
+	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0") {
 		t.Fatal("packages must change the hash")
 	}
-	if _, err := Definition("nope"); err == nil {
+	c.Packages = c.Packages[:len(c.Packages)-1]
+	c.Recipe, _ = provision.Get("base")
+	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0") {
+		t.Fatal("the recipe must change the hash")
+	}
+	if _, err := Definition("nope", ""); err == nil {
 		t.Fatal("unknown image accepted")
 	}
 }

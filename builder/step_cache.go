@@ -13,14 +13,13 @@ import (
 // mirror, suite, packages and scripts). A hit skips the bootstrap,
 // provision, disk and convert steps.
 //
-// Reads "config", "mirror", "workdir". Writes "recipe_hash", and on a hit
-// "qcow2" and "cache_hit". No cleanup (the copy lives in the workdir).
+// Reads "config", "recipe_hash", "workdir". Writes, on a hit, "qcow2" and
+// "cache_hit". No cleanup (the copy lives in the workdir).
 type StepCheckCache struct{}
 
 func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	cfg := state.Get("config").(*Config)
-	hash := cfg.RecipeHash(state.Get("mirror").(string))
-	state.Put("recipe_hash", hash)
+	hash := state.Get("recipe_hash").(string)
 	if cfg.CacheDir == "" {
 		return multistep.ActionContinue
 	}
@@ -33,6 +32,8 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 		cfg.say("cache unreadable, rebuilding: %v", err)
 		return multistep.ActionContinue
 	}
+	// Remember where it came from, for the versions recorded beside it.
+	_ = os.Symlink(cached, dst+".source")
 	cfg.say("recipe %s already built: using cached disk %s", hash[:12], cached)
 	state.Put("qcow2", dst)
 	state.Put("cache_hit", true)

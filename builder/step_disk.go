@@ -94,7 +94,7 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 		return err
 	}
 	undo.push(func() { cleanupRun("umount", mnt) })
-	if _, err := run("cp", "-a", rootfs+"/.", mnt+"/"); err != nil {
+	if _, err := run("cp", "-a", "--one-file-system", rootfs+"/.", mnt+"/"); err != nil {
 		return err
 	}
 	uuid, err := run("blkid", "-s", "UUID", "-o", "value", part)

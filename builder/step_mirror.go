@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -111,9 +110,4 @@ func oneLineURIs(s string) []string {
 		}
 	}
 	return out
-}
-
-// describe is used in the manifest's Source field.
-func describeSource(cfg *Config, mirror string) string {
-	return fmt.Sprintf("mmdebstrap %s from %s", cfg.Suite, mirror)
 }

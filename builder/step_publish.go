@@ -7,17 +7,21 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// StepPublish adds the disk to the image store with its manifest and
-// promotes it to latest.
+// StepPublish adds the verified disk and its exports to the image store
+// with a manifest, then promotes it to latest (an atomic symlink swap).
+// It is the last step, so a failure anywhere before it leaves the old
+// latest in place.
 //
-// Reads "config", "qcow2", "mirror", "recipe_hash". Writes "image".
-// No cleanup: once added, a version belongs to the store.
+// Reads "config", "qcow2", "version", "recipe_hash", "source_digest",
+// "mirror", "versions", "outputs". Writes "image". No cleanup: once added,
+// a version belongs to the store (fleet image prune removes it).
 type StepPublish struct{ Started time.Time }
 
 func (s *StepPublish) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -27,27 +31,44 @@ func (s *StepPublish) Run(ctx context.Context, state multistep.StateBag) multist
 	if err != nil {
 		return halt(state, err)
 	}
-	mirror := state.Get("mirror").(string)
+	versions, _ := state.Get("versions").(map[string]string)
+	outputs, _ := state.Get("outputs").(map[string]string)
 	m := images.Manifest{
-		Name: cfg.Name, Version: images.NewVersion(time.Now()),
-		Source: describeSource(cfg, mirror), SourceDigest: state.Get("recipe_hash").(string),
-		RecipeHash: state.Get("recipe_hash").(string), DiskSHA256: sum, DiskBytes: size,
+		Name: cfg.Name, Version: state.Get("version").(string),
+		Source: describeSource(cfg, state), SourceDigest: state.Get("source_digest").(string),
+		RecipeHash: state.Get("recipe_hash").(string), Recipe: cfg.Recipe.Name, Packages: versions,
+		DiskSHA256: sum, DiskBytes: size, Outputs: map[string]images.Output{},
 		BuiltAt: time.Now().UTC(), BuildSeconds: time.Since(s.Started).Seconds(),
 	}
-	img, err := cfg.Store.Add(m, disk)
+	for kind, p := range outputs {
+		osum, osize, err := sha256File(p)
+		if err != nil {
+			return halt(state, err)
+		}
+		m.Outputs[kind] = images.Output{File: filepath.Base(p), SHA256: osum, Bytes: osize}
+	}
+	img, err := cfg.Store.Add(m, disk, outputs)
 	if err != nil {
 		return halt(state, err)
 	}
 	if err := cfg.Store.Promote(m.Name, m.Version); err != nil {
 		return halt(state, err)
 	}
-	cfg.say("image %s@%s ready (%d MiB)", m.Name, m.Version, size>>20)
+	cfg.say("image %s@%s verified and promoted to latest (%d MiB)", m.Name, m.Version, size>>20)
 	img.Latest = true
 	state.Put("image", img)
 	return multistep.ActionContinue
 }
 
 func (s *StepPublish) Cleanup(multistep.StateBag) {}
+
+func describeSource(cfg *Config, state multistep.StateBag) string {
+	if cfg.Source == SourceCloud {
+		return cfg.CloudImageURL
+	}
+	mirror, _ := state.Get("mirror").(string)
+	return fmt.Sprintf("mmdebstrap %s from %s", cfg.Suite, mirror)
+}
 
 func sha256File(p string) (string, int64, error) {
 	f, err := os.Open(p)

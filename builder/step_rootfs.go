@@ -25,7 +25,7 @@ func (s *StepBootstrapRootfs) Run(ctx context.Context, state multistep.StateBag)
 	cfg := state.Get("config").(*Config)
 	rootfs := filepath.Join(state.Get("workdir").(string), "rootfs")
 	cfg.say("bootstrapping %s root file system (%d packages and their dependencies)...", cfg.Suite, len(cfg.Packages))
-	_, err := cfg.Runner.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: MmdebstrapArgs(cfg.Suite, state.Get("mirror").(string), rootfs, cfg.Packages)})
+	_, err := cfg.Runner.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: MmdebstrapArgs(cfg.Suite, state.Get("mirror").(string), rootfs, cfg.Components, cfg.Packages)})
 	if err != nil {
 		return halt(state, fmt.Errorf("bootstrap %s: %w", cfg.Name, err))
 	}
@@ -36,11 +36,14 @@ func (s *StepBootstrapRootfs) Run(ctx context.Context, state multistep.StateBag)
 func (s *StepBootstrapRootfs) Cleanup(multistep.StateBag) {}
 
 // MmdebstrapArgs builds the mmdebstrap command line.
-func MmdebstrapArgs(suite, mirror, target string, packages []string) []string {
+func MmdebstrapArgs(suite, mirror, target string, components, packages []string) []string {
+	if len(components) == 0 {
+		components = []string{"main"}
+	}
 	return []string{
 		"--mode=root", "--variant=apt", "--quiet",
 		"--include=" + strings.Join(packages, ","),
 		suite, target,
-		fmt.Sprintf("deb %s %s main", mirror, suite),
+		fmt.Sprintf("deb %s %s %s", mirror, suite, strings.Join(components, " ")),
 	}
 }

@@ -41,11 +41,20 @@ type Manifest struct {
 	Source       string            `json:"source"`        // e.g. "mmdebstrap bookworm from <mirror>"
 	SourceDigest string            `json:"source_digest"` // digest of the source (cloud image or package set)
 	RecipeHash   string            `json:"recipe_hash"`
-	Packages     map[string]string `json:"packages,omitempty"` // notable package versions
+	Recipe       string            `json:"recipe"`             // provision recipe name
+	Packages     map[string]string `json:"packages,omitempty"` // kernel, docker, node, claude-code versions
 	DiskSHA256   string            `json:"disk_sha256"`
 	DiskBytes    int64             `json:"disk_bytes"`
+	Outputs      map[string]Output `json:"outputs,omitempty"` // exported formats by kind
 	BuiltAt      time.Time         `json:"built_at"`
 	BuildSeconds float64           `json:"build_seconds"`
+}
+
+// Output is one exported file in a version's folder.
+type Output struct {
+	File   string `json:"file"` // name inside the version folder
+	SHA256 string `json:"sha256"`
+	Bytes  int64  `json:"bytes"`
 }
 
 // Image is one stored version.
@@ -125,10 +134,11 @@ func (s Store) List() ([]Image, error) {
 	return out, nil
 }
 
-// Add moves a finished disk into the store as name/version, makes it
-// read-only (clones link to it) and writes its manifest. It does not
-// promote: a version becomes "latest" only after it passes verification.
-func (s Store) Add(m Manifest, disk string) (Image, error) {
+// Add moves a finished disk (and any exported files, named in
+// m.Outputs and found at extras[kind]) into the store as name/version,
+// makes them read-only (clones link to the disk) and writes the manifest.
+// It does not promote: the caller promotes a verified version.
+func (s Store) Add(m Manifest, disk string, extras ...map[string]string) (Image, error) {
 	dir := filepath.Join(s.Root, m.Name, m.Version)
 	if _, err := os.Stat(dir); err == nil {
 		return Image{}, fmt.Errorf("image %s@%s already exists", m.Name, m.Version)
@@ -144,6 +154,18 @@ func (s Store) Add(m Manifest, disk string) (Image, error) {
 	}
 	if err := os.Chmod(dst, 0o444); err != nil {
 		return Image{}, err
+	}
+	for _, ex := range extras {
+		for kind, src := range ex {
+			out, ok := m.Outputs[kind]
+			if !ok || out.File == "" || out.File != filepath.Base(out.File) {
+				return Image{}, fmt.Errorf("output %s has no file name in the manifest", kind)
+			}
+			if err := os.Rename(src, filepath.Join(staging, out.File)); err != nil {
+				return Image{}, fmt.Errorf("move %s into store: %w", kind, err)
+			}
+			_ = os.Chmod(filepath.Join(staging, out.File), 0o444)
+		}
 	}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if err := os.WriteFile(filepath.Join(staging, ManifestFile), append(b, '\n'), 0o444); err != nil {
@@ -172,3 +194,34 @@ func (s Store) Promote(name, version string) error {
 
 // NewVersion returns a sortable version string for a build started at t.
 func NewVersion(t time.Time) string { return t.UTC().Format("20060102-150405") }
+
+// Prune removes all but the newest keep versions of each image. It never
+// removes the latest version, nor a version whose disk is in inUse (the
+// base disk of a machine that still links to it): deleting it would break
+// that machine's clone.
+func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err error) {
+	if keep < 1 {
+		return nil, fmt.Errorf("--keep must be at least 1, got %d", keep)
+	}
+	all, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]int{}
+	for _, img := range all { // newest first within each name
+		seen[img.Name]++
+		if seen[img.Name] <= keep || img.Latest || inUse[img.Disk] {
+			continue
+		}
+		// Rename first, so a half-removed version never looks loadable.
+		trash := filepath.Join(s.Root, img.Name, ".prune-"+img.Version)
+		if err := os.Rename(img.Dir, trash); err != nil {
+			return removed, fmt.Errorf("prune %s@%s: %w", img.Name, img.Version, err)
+		}
+		if err := os.RemoveAll(trash); err != nil {
+			return removed, fmt.Errorf("prune %s@%s: %w", img.Name, img.Version, err)
+		}
+		removed = append(removed, img)
+	}
+	return removed, nil
+}

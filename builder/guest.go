@@ -1,0 +1,120 @@
+package builder
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"golang.org/x/crypto/ssh"
+)
+
+// guest is a VM the builder boots from a disk: to provision a cloud image
+// over SSH, or to verify a finished image. Its disk is a linked clone, so
+// the disk it boots from is never written.
+type guest struct {
+	driver *qemu.Driver
+	spec   vm.Spec
+	target sshx.Target
+	client *ssh.Client
+}
+
+// bootGuest clones base into dir, boots it with a throwaway key for user
+// and a host key generated here, and waits for SSH with that key pinned.
+func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (*guest, error) {
+	client, err := sshx.NewKeyPair("fleet-build")
+	if err != nil {
+		return nil, err
+	}
+	host, err := sshx.NewKeyPair("")
+	if err != nil {
+		return nil, err
+	}
+	signer, err := ssh.ParsePrivateKey(client.PrivatePEM)
+	if err != nil {
+		return nil, err
+	}
+	hostKey, err := sshx.ParseAuthorizedKey(host.AuthorizedKey)
+	if err != nil {
+		return nil, err
+	}
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	g := &guest{
+		driver: qemu.New(cfg.Runner, qemu.Accel(cfg.Accel), nil),
+		spec: vm.Spec{Name: name, Dir: dir, BaseImage: base, CPUs: 2, MemoryMiB: 2048, Seed: vm.Seed{
+			InstanceID: hex.EncodeToString(id), Hostname: name, User: user, AuthorizedKey: client.AuthorizedKey,
+			HostKeyPrivate: string(host.PrivatePEM), HostKeyPublic: host.AuthorizedKey,
+		}},
+	}
+	if err := g.driver.Validate(ctx); err != nil {
+		return nil, err
+	}
+	if err := g.driver.Create(ctx, g.spec); err != nil {
+		return nil, err
+	}
+	rt, err := g.driver.Start(ctx, g.spec)
+	if err != nil {
+		g.remove()
+		return nil, fmt.Errorf("boot %s: %w", name, err)
+	}
+	g.target = sshx.Target{Addr: rt.SSHAddr, User: user, Signer: signer, HostKey: hostKey}
+	wctx, cancel := context.WithTimeout(ctx, cfg.bootTimeout())
+	defer cancel()
+	g.client, err = sshx.WaitReady(wctx, g.target, sshx.DefaultBackoff)
+	if err != nil {
+		g.remove()
+		return nil, fmt.Errorf("%s never answered on SSH (serial console: %s/serial.log): %w", name, dir, err)
+	}
+	return g, nil
+}
+
+// sshConfig is the client config for the SDK's SSH communicator: the same
+// key and the same pinned host key.
+func (g *guest) sshConfig() *ssh.ClientConfig {
+	return &ssh.ClientConfig{
+		User:            g.target.User,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(g.target.Signer)},
+		HostKeyCallback: ssh.FixedHostKey(g.target.HostKey),
+		Timeout:         30 * time.Second,
+	}
+}
+
+func (g *guest) dial() (net.Conn, error) {
+	return net.DialTimeout("tcp", g.target.Addr, 30*time.Second)
+}
+
+// shutdown powers the guest off gracefully, keeping its disk.
+func (g *guest) shutdown(ctx context.Context) error {
+	if g.client != nil {
+		g.client.Close()
+		g.client = nil
+	}
+	return g.driver.Stop(ctx, g.spec, 3*time.Minute)
+}
+
+// remove forces the guest off and deletes its clone, on a fresh context so
+// that it also runs after Ctrl-C.
+func (g *guest) remove() {
+	if g.client != nil {
+		g.client.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_ = g.driver.Delete(ctx, g.spec)
+}
+
+// stopOnly forces the guest off and keeps its disk (--keep-on-failure).
+func (g *guest) stopOnly() {
+	if g.client != nil {
+		g.client.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_ = g.driver.Stop(ctx, g.spec, 0)
+}

@@ -1,0 +1,119 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+)
+
+// StepVerify boots a linked clone of the new disk exactly as a fleet
+// machine boots (NoCloud seed, the agent user, a pinned host key) and runs
+// the recipe's checks as the agent user. Only a disk that passes is cached
+// or published; a cached disk passed when it was cached.
+//
+// Reads "config", "qcow2", "workdir", "recipe_hash", "versions". Writes
+// "versions" on a cache hit (from the cache's record). Cleanup deletes the
+// verification VM unless the build failed and KeepOnFailure is set.
+type StepVerify struct{ g *guest }
+
+func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	cfg := state.Get("config").(*Config)
+	disk := state.Get("qcow2").(string)
+	if _, hit := state.GetOk("cache_hit"); hit {
+		if v, err := readVersions(disk); err == nil {
+			state.Put("versions", v)
+		}
+		cfg.say("verify: skipped, the cached disk passed when it was built")
+		return multistep.ActionContinue
+	}
+	cfg.say("verify: booting a clone of the new image...")
+	t0 := time.Now()
+	g, err := bootGuest(ctx, cfg, "fleet-verify-"+cfg.Name, disk, filepath.Join(state.Get("workdir").(string), "verify-vm"), "agent")
+	if err != nil {
+		return halt(state, fmt.Errorf("verify: %w", err))
+	}
+	s.g = g
+	cfg.say("verify: SSH ready after %s", time.Since(t0).Round(time.Second))
+	// Checks need the boot finished (dockerd starting, cloud-init done).
+	_, _ = sshx.Run(ctx, g.client, "systemctl is-system-running --wait", nil, nil, nil)
+	for _, c := range cfg.Recipe.Checks {
+		var out bytes.Buffer
+		code, err := sshx.Run(ctx, g.client, c.Command, nil, &out, &out)
+		if err != nil {
+			return halt(state, fmt.Errorf("verify %q: %w", c.What, err))
+		}
+		if code != 0 {
+			return halt(state, fmt.Errorf("verify: %s failed (exit %d): %s; the image was not promoted", c.What, code, strings.TrimSpace(lastLines(out.String(), 8))))
+		}
+		cfg.say("verify: %-34s ok %s", c.What, firstLine(out.String()))
+	}
+	if cfg.CacheDir != "" {
+		cacheDisk(cfg, state, disk)
+	}
+	return multistep.ActionContinue
+}
+
+func (s *StepVerify) Cleanup(state multistep.StateBag) {
+	if s.g == nil {
+		return
+	}
+	cfg := state.Get("config").(*Config)
+	if failed(state) && cfg.KeepOnFailure {
+		cfg.say("keeping the verification VM's disk for debugging: %s", s.g.spec.Dir)
+		s.g.stopOnly()
+		return
+	}
+	s.g.remove()
+}
+
+// cacheDisk keeps a verified disk, and what it contains, under its recipe
+// hash so the same recipe never builds twice on this machine.
+func cacheDisk(cfg *Config, state multistep.StateBag, disk string) {
+	cached := cachePath(cfg, state.Get("recipe_hash").(string))
+	if err := ensureDir(filepath.Dir(cached)); err != nil {
+		return
+	}
+	if err := linkOrCopy(disk, cached); err != nil {
+		cfg.say("could not cache the disk: %v", err)
+		return
+	}
+	if v, ok := state.Get("versions").(map[string]string); ok {
+		b, _ := json.Marshal(v)
+		_ = os.WriteFile(cached+".versions.json", b, 0o644)
+	}
+}
+
+// readVersions reads the versions recorded beside a cached disk, found
+// through the workdir copy's link to it.
+func readVersions(disk string) (map[string]string, error) {
+	src, _ := os.Readlink(disk + ".source")
+	b, err := os.ReadFile(src + ".versions.json")
+	if err != nil {
+		return nil, err
+	}
+	return parseVersions(b)
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	if len(l) > 60 {
+		l = l[:60] + "..."
+	}
+	return l
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
