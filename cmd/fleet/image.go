@@ -2,62 +2,162 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/agentfleet/agentfleet/builder"
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"github.com/agentfleet/agentfleet/provision"
 	"github.com/spf13/cobra"
-	"os"
 )
 
+// Exit statuses of `fleet image build`, so a nightly job can tell them
+// apart: 0 built (and promoted), 1 failed (nothing promoted), 3 skipped.
+const exitSkipped = 3
+
 func newImageCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "image", Short: "Build and list base images"}
-	var mirror string
-	var keep bool
+	cmd := &cobra.Command{Use: "image", Short: "Build, list and prune base images"}
+	cmd.AddCommand(newImageBuildCmd(g), newImageLsCmd(g), newImagePruneCmd(g))
+	return cmd
+}
+
+func newImageBuildCmd(g *globals) *cobra.Command {
+	var o struct {
+		mirror, sourceURL, checksumURL, recipe, claude, npm, outputs string
+		caCerts                                                      []string
+		keep, ifChanged, noHostCA                                    bool
+	}
 	build := &cobra.Command{
 		Use:   "build NAME",
-		Short: "Build a base image (debian-12) and promote it to latest",
-		Long: `Builds a bootable image from a package mirror: root file system with
-mmdebstrap, provisioned in a chroot, made disk-bootable with GRUB, stored as
-qcow2 under FLEET_HOME/images/NAME/VERSION and promoted to latest. Needs root
-(loop devices, mount, chroot). A disk built from the same recipe is reused
-from the cache (FLEET_CACHE, default FLEET_HOME/cache).`,
+		Short: "Bake a base image, verify it in a booted VM, then promote it to latest",
+		Long: `Bakes NAME (ubuntu-24.04 or debian-12) with Docker, Node.js and Claude Code,
+boots a clone of the result and checks it (docker info, docker build, node,
+claude, the seeded Claude state), and only then stores it under
+FLEET_HOME/images/NAME/VERSION and moves NAME's latest to it. A failed bake
+or check leaves the previous latest, and every running fleet, untouched.
+
+Sources:
+  ubuntu-24.04   the official cloud image (downloaded with resume, checked
+                 against SHA256SUMS), provisioned over SSH in a booted VM;
+                 with --mirror URL, a root file system from that mirror
+  debian-12      a root file system from the mirror in /etc/apt (or
+                 --mirror), provisioned in a chroot at host speed
+  --source-url/--checksum-url point either name at another cloud image.
+
+Mirror builds need root (loop devices, mount, chroot). Disks built from the
+same recipe are reused from FLEET_CACHE (default FLEET_HOME/cache).
+
+Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 		Example: `  sudo fleet image build debian-12
-  sudo fleet image build debian-12 --mirror http://mirror.internal/debian`,
+  sudo fleet image build ubuntu-24.04 --mirror http://ubuntu-mirror.internal/ubuntu
+  fleet image build ubuntu-24.04 --output qcow2,ova,vagrant
+  sudo fleet image build debian-12 --claude-version 2.1.330 --if-changed
+
+  # nightly, from cron (3: nothing changed):
+  15 3 * * * root fleet image build debian-12 --if-changed; [ $? -ne 1 ]`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := builder.Definition(args[0])
+			source := ""
+			if o.mirror != "" {
+				source = builder.SourceMirror
+			}
+			if o.sourceURL != "" || o.checksumURL != "" {
+				if o.mirror != "" {
+					return errors.New("--mirror and --source-url pick different sources: give one")
+				}
+				source = builder.SourceCloud
+			}
+			cfg, err := builder.Definition(args[0], source)
 			if err != nil {
 				return err
 			}
-			if os.Geteuid() != 0 {
-				return fmt.Errorf("building an image needs root (loop devices, mount, chroot); run it with sudo")
+			if o.sourceURL != "" {
+				cfg.CloudImageURL = o.sourceURL
+			}
+			if o.checksumURL != "" {
+				cfg.ChecksumURL = o.checksumURL
+			}
+			if cfg.Recipe, err = provision.Get(o.recipe); err != nil {
+				return err
+			}
+			if o.outputs != "" {
+				cfg.Outputs = strings.Split(o.outputs, ",")
+			}
+			if cfg.Source == builder.SourceMirror && os.Geteuid() != 0 {
+				return fmt.Errorf("building %s from a package mirror needs root (loop devices, mount, chroot); run it with sudo", cfg.Name)
 			}
 			l, err := g.layout()
 			if err != nil {
 				return err
 			}
-			cfg.Mirror, cfg.KeepOnFailure = mirror, keep
+			cfg.Mirror, cfg.KeepOnFailure, cfg.IfChanged = o.mirror, o.keep, o.ifChanged
+			cfg.ClaudeVersion, cfg.NpmRegistry = o.claude, o.npm
+			accel := qemu.Accel(g.accel)
+			if accel == "" {
+				accel = qemu.DetectAccel()
+			}
+			cfg.Accel, cfg.BootTimeout = string(accel), bootTimeout(accel)
 			cfg.Store = imageStore(l)
 			cfg.TmpDir = filepath.Join(l.Root, "tmp")
 			cfg.CacheDir = os.Getenv("FLEET_CACHE")
 			if cfg.CacheDir == "" {
 				cfg.CacheDir = filepath.Join(l.Root, "cache")
 			}
+			if !o.noHostCA {
+				if cfg.CACerts, err = builder.HostCACerts("/"); err != nil {
+					return err
+				}
+			}
+			for _, f := range o.caCerts {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return fmt.Errorf("--ca-cert: %w", err)
+				}
+				if !strings.Contains(string(b), "BEGIN CERTIFICATE") {
+					return fmt.Errorf("--ca-cert %s: not a PEM certificate", f)
+				}
+				cfg.CACerts = append(append(cfg.CACerts, b...), '\n')
+			}
 			cfg.Runner = execx.Local{}
 			cfg.Progress = cmd.ErrOrStderr()
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			warnTCG(cmd.ErrOrStderr(), accel)
 			res, err := builder.Build(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", res.Image.Name, res.Image.Version)
+			if res.Skipped {
+				return exitError{exitSkipped}
+			}
 			return nil
 		},
 	}
-	build.Flags().StringVar(&mirror, "mirror", "", "package mirror URL (default: the one in /etc/apt)")
-	build.Flags().BoolVar(&keep, "keep-on-failure", false, "keep the build folder when the build fails")
+	f := build.Flags()
+	f.StringVar(&o.mirror, "mirror", "", "build from this package mirror (default for debian-12: the one in /etc/apt)")
+	f.StringVar(&o.sourceURL, "source-url", "", "build from the cloud image at this URL")
+	f.StringVar(&o.checksumURL, "checksum-url", "", "SHA256SUMS file that lists the cloud image")
+	f.StringVar(&o.recipe, "recipe", "full", "provision recipe: "+strings.Join(provision.RecipeNames, ", ")+" (base: no Docker, Node or Claude Code)")
+	f.StringVar(&o.claude, "claude-version", "latest", "Claude Code npm version or dist-tag to install")
+	f.StringVar(&o.npm, "npm-registry", "", "npm registry URL (default https://registry.npmjs.org/)")
+	f.StringVar(&o.outputs, "output", "", "also export: "+strings.Join(builder.OutputKinds, ",")+" (comma-separated)")
+	f.BoolVar(&o.ifChanged, "if-changed", false, "skip (exit 3) when recipe, source and resolved versions match latest")
+	f.StringArrayVar(&o.caCerts, "ca-cert", nil, "PEM file of a certificate authority the image must trust (repeatable)")
+	f.BoolVar(&o.noHostCA, "no-host-ca", false, "do not copy this host's added CAs (/usr/local/share/ca-certificates) into the image")
+	f.BoolVar(&o.keep, "keep-on-failure", false, "keep the build folder and stopped VMs when the build fails")
+	return build
+}
+
+func newImageLsCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	ls := &cobra.Command{
 		Use:     "ls",
@@ -74,23 +174,80 @@ from the cache (FLEET_CACHE, default FLEET_HOME/cache).`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(imgs)
+				return printJSON(cmd, imgs)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tLATEST\tSIZE\tBUILT")
+			fmt.Fprintln(tw, "NAME\tVERSION\tLATEST\tSIZE\tCLAUDE\tDOCKER\tNODE\tBUILT")
 			for _, i := range imgs {
 				latest := ""
 				if i.Latest {
 					latest = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\n", i.Name, i.Version, latest, i.DiskBytes>>20, i.BuiltAt.Format("2006-01-02 15:04"))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\n", i.Name, i.Version, latest, i.DiskBytes>>20,
+					dash(i.Packages["claude-code"]), dash(i.Packages["docker"]), dash(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"))
 			}
 			return tw.Flush()
 		},
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(build, ls)
-	return cmd
+	return ls
+}
+
+func newImagePruneCmd(g *globals) *cobra.Command {
+	var keep int
+	var asJSON bool
+	prune := &cobra.Command{
+		Use:   "prune --keep N",
+		Short: "Remove old image versions, keeping the newest N, latest, and any in use",
+		Long: `Removes all but the newest N versions of each image. The latest version
+and every version a machine still links to (in any fleet) are always kept.`,
+		Example: "  fleet image prune --keep 2\n  fleet image prune --keep 1 --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("keep") {
+				return errors.New("say how many versions to keep: --keep N")
+			}
+			l, err := g.layout()
+			if err != nil {
+				return err
+			}
+			inUse, err := fleet.BaseImagesInUse(l)
+			if err != nil {
+				return fmt.Errorf("cannot tell which images machines use, so nothing was pruned: %w", err)
+			}
+			removed, err := imageStore(l).Prune(keep, inUse)
+			if asJSON {
+				if removed == nil {
+					removed = []images.Image{}
+				}
+				if jerr := printJSON(cmd, removed); jerr != nil {
+					return jerr
+				}
+			} else {
+				for _, i := range removed {
+					fmt.Fprintf(cmd.OutOrStdout(), "removed %s@%s (%dM)\n", i.Name, i.Version, i.DiskBytes>>20)
+				}
+				if len(removed) == 0 && err == nil {
+					fmt.Fprintln(cmd.OutOrStdout(), "nothing to prune")
+				}
+			}
+			return err
+		},
+	}
+	prune.Flags().IntVar(&keep, "keep", 0, "versions to keep per image (at least 1)")
+	prune.Flags().BoolVar(&asJSON, "json", false, "print the removed versions as JSON")
+	return prune
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

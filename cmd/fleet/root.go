@@ -100,7 +100,7 @@ func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
 		Layout: l, Fleet: name, Driver: d, Log: log, Progress: cmd.ErrOrStderr(),
 		BootTimeout: bootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
 	}
-	c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), c) }
+	c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
 	return c, nil
 }
 
@@ -116,8 +116,8 @@ func bootTimeout(a qemu.Accel) time.Duration {
 }
 
 // warnTCG says once, in one line, that there is no hardware acceleration.
-func warnTCG(w io.Writer, c *fleet.Controller) {
-	if d, ok := c.Driver.(*qemu.Driver); ok && d.Accel == qemu.AccelTCG {
+func warnTCG(w io.Writer, a qemu.Accel) {
+	if a == qemu.AccelTCG {
 		_, why := qemu.KVMUsable()
 		fmt.Fprintf(w, "warning: no hardware virtualization (%s); using TCG software emulation, VMs will be slow\n", why)
 	}
