@@ -51,6 +51,18 @@ func TestFleetLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("the baked toolchain works as agent in each VM", func(t *testing.T) {
+		out := mustFleet(t, 5*time.Minute, "exec", "--all", "--name", "e2e", "--", "sh", "-c",
+			"id -un && docker info --format 'docker {{.ServerVersion}}' && node --version && claude --version")
+		for _, n := range []string{"e2e-1", "e2e-2"} {
+			for _, want := range []string{n + ": agent", n + ": docker ", n + ": v", "(Claude Code)"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("%s: output lacks %q:\n%s", n, want, out)
+				}
+			}
+		}
+	})
+
 	t.Run("exit codes come back and arguments arrive verbatim", func(t *testing.T) {
 		r := fleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "sh", "-c", "exit 7")
 		if r.code != 7 {
