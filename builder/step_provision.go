@@ -35,6 +35,11 @@ func (s *StepProvision) Run(ctx context.Context, state multistep.StateBag) multi
 	cfg := state.Get("config").(*Config)
 	comm := state.Get("communicator").(packersdk.Communicator)
 	env := s.env(cfg, state)
+	// scp into a missing folder would write a file named like the folder.
+	mk := &packersdk.RemoteCmd{Command: "mkdir -p " + scriptDir}
+	if err := mk.RunWithUi(ctx, comm, &scriptUi{}); err != nil || mk.ExitStatus() != 0 {
+		return halt(state, fmt.Errorf("create %s in the image: exit %d %v", scriptDir, mk.ExitStatus(), err))
+	}
 	if len(cfg.CACerts) > 0 {
 		if err := comm.Upload(path.Join(scriptDir, "extra-ca.crt"), bytes.NewReader(cfg.CACerts), nil); err != nil {
 			return halt(state, fmt.Errorf("upload CA certificates: %w", err))

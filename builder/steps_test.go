@@ -335,6 +335,10 @@ func TestStepProvisionRunsScriptsInOrderWithEnv(t *testing.T) {
 	comm := &fakeComm{files: map[string]string{"/etc/agentfleet/versions.json": `{"node": "18.19.0", "claude-code": "2.1.330"}`}}
 	s := bag(cfg, "communicator", comm, "claude_version", "2.1.330")
 	mustContinue(t, &StepProvision{}, s)
+	if comm.commands[0] != "mkdir -p /tmp/fleet-provision" {
+		t.Fatalf("the script folder must exist before uploads: %v", comm.commands[0])
+	}
+	comm.commands = comm.commands[1:]
 	if len(comm.commands) != len(cfg.Recipe.Scripts) {
 		t.Fatalf("ran %d of %d scripts", len(comm.commands), len(cfg.Recipe.Scripts))
 	}
@@ -353,8 +357,8 @@ func TestStepProvisionRunsScriptsInOrderWithEnv(t *testing.T) {
 	cfg.Source = SourceCloud
 	comm = &fakeComm{}
 	mustContinue(t, &StepProvision{}, bag(cfg, "communicator", comm, "claude_version", ""))
-	if !strings.HasPrefix(comm.commands[0], "sudo -n env ") || !strings.Contains(comm.commands[0], "FLEET_SOURCE=ssh") {
-		t.Fatalf("ssh command: %s", comm.commands[0])
+	if !strings.HasPrefix(comm.commands[1], "sudo -n env ") || !strings.Contains(comm.commands[1], "FLEET_SOURCE=ssh") {
+		t.Fatalf("ssh command: %s", comm.commands[1])
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,6 +59,7 @@ func (g *globals) logger() hclog.Logger {
 	lvl := hclog.Warn
 	if g.debug {
 		lvl = hclog.Debug
+		log.SetOutput(os.Stderr)
 	}
 	return hclog.New(&hclog.LoggerOptions{Name: "fleet", Level: lvl, Output: os.Stderr})
 }
