@@ -2,7 +2,7 @@
 # Installs what fleet needs on a Debian or Ubuntu host: QEMU, qemu-img, the
 # image build tools (mmdebstrap, sfdisk) and OpenSSH/rsync for users' tools.
 set -euo pipefail
-need=(qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs mount rsync openssh-client procps)
+need=(qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs mount rsync openssh-client procps iproute2)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
