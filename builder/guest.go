@@ -11,6 +11,7 @@ import (
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -60,7 +61,7 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (
 	}
 	rt, err := g.driver.Start(ctx, g.spec)
 	if err != nil {
-		g.remove()
+		g.stop(false)
 		return nil, fmt.Errorf("boot %s: %w", name, err)
 	}
 	g.target = sshx.Target{Addr: rt.SSHAddr, User: user, Signer: signer, HostKey: hostKey}
@@ -68,7 +69,7 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (
 	defer cancel()
 	g.client, err = sshx.WaitReady(wctx, g.target, sshx.DefaultBackoff)
 	if err != nil {
-		g.remove()
+		g.stop(false)
 		return nil, fmt.Errorf("%s never answered on SSH (serial console: %s/serial.log): %w", name, dir, err)
 	}
 	return g, nil
@@ -98,23 +99,32 @@ func (g *guest) shutdown(ctx context.Context) error {
 	return g.driver.Stop(ctx, g.spec, 3*time.Minute)
 }
 
-// remove forces the guest off and deletes its clone, on a fresh context so
-// that it also runs after Ctrl-C.
-func (g *guest) remove() {
-	if g.client != nil {
-		g.client.Close()
+// cleanup is a step's cleanup of the guest it booted (nil: none): the
+// guest is deleted, or with --keep-on-failure after a failed build only
+// stopped, its disk kept for debugging.
+func (g *guest) cleanup(state multistep.StateBag, role string) {
+	if g == nil {
+		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	_ = g.driver.Delete(ctx, g.spec)
+	cfg := state.Get("config").(*Config)
+	keep := failed(state) && cfg.KeepOnFailure
+	if keep {
+		cfg.say("keeping the %s VM's disk for debugging: %s (the VM is stopped)", role, g.spec.Dir)
+	}
+	g.stop(keep)
 }
 
-// stopOnly forces the guest off and keeps its disk (--keep-on-failure).
-func (g *guest) stopOnly() {
+// stop forces the guest off on a fresh context, so that it also runs after
+// Ctrl-C, and deletes its clone unless keepDisk.
+func (g *guest) stop(keepDisk bool) {
 	if g.client != nil {
 		g.client.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_ = g.driver.Stop(ctx, g.spec, 0)
+	if keepDisk {
+		_ = g.driver.Stop(ctx, g.spec, 0)
+		return
+	}
+	_ = g.driver.Delete(ctx, g.spec)
 }

@@ -43,15 +43,4 @@ func (s *StepBootSource) Run(ctx context.Context, state multistep.StateBag) mult
 	return multistep.ActionContinue
 }
 
-func (s *StepBootSource) Cleanup(state multistep.StateBag) {
-	if s.g == nil {
-		return
-	}
-	cfg := state.Get("config").(*Config)
-	if failed(state) && cfg.KeepOnFailure {
-		cfg.say("keeping the build VM's disk for debugging: %s (the VM is stopped)", s.g.spec.Dir)
-		s.g.stopOnly()
-		return
-	}
-	s.g.remove()
-}
+func (s *StepBootSource) Cleanup(state multistep.StateBag) { s.g.cleanup(state, "build") }

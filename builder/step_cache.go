@@ -13,8 +13,8 @@ import (
 // mirror, suite, packages and scripts). A hit skips the bootstrap,
 // provision, disk and convert steps.
 //
-// Reads "config", "recipe_hash", "workdir". Writes, on a hit, "qcow2" and
-// "cache_hit". No cleanup (the copy lives in the workdir).
+// Reads "config", "recipe_hash", "workdir". Writes, on a hit, "qcow2",
+// "cache_hit" and "versions" (recorded beside the cached disk). No cleanup (the copy lives in the workdir).
 type StepCheckCache struct{}
 
 func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -32,8 +32,11 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 		cfg.say("cache unreadable, rebuilding: %v", err)
 		return multistep.ActionContinue
 	}
-	// Remember where it came from, for the versions recorded beside it.
-	_ = os.Symlink(cached, dst+".source")
+	if b, err := os.ReadFile(cached + ".versions.json"); err == nil {
+		if v, err := parseVersions(b); err == nil {
+			state.Put("versions", v)
+		}
+	}
 	cfg.say("recipe %s already built: using cached disk %s", hash[:12], cached)
 	state.Put("qcow2", dst)
 	state.Put("cache_hit", true)

@@ -19,18 +19,15 @@ import (
 // the recipe's checks as the agent user. Only a disk that passes is cached
 // or published; a cached disk passed when it was cached.
 //
-// Reads "config", "qcow2", "workdir", "recipe_hash", "versions". Writes
-// "versions" on a cache hit (from the cache's record). Cleanup deletes the
-// verification VM unless the build failed and KeepOnFailure is set.
+// Reads "config", "qcow2", "workdir", "recipe_hash", "versions",
+// "cache_hit". Writes nothing. Cleanup deletes the verification VM unless
+// the build failed and KeepOnFailure is set.
 type StepVerify struct{ g *guest }
 
 func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	cfg := state.Get("config").(*Config)
 	disk := state.Get("qcow2").(string)
 	if _, hit := state.GetOk("cache_hit"); hit {
-		if v, err := readVersions(disk); err == nil {
-			state.Put("versions", v)
-		}
 		cfg.say("verify: skipped, the cached disk passed when it was built")
 		return multistep.ActionContinue
 	}
@@ -61,18 +58,7 @@ func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multiste
 	return multistep.ActionContinue
 }
 
-func (s *StepVerify) Cleanup(state multistep.StateBag) {
-	if s.g == nil {
-		return
-	}
-	cfg := state.Get("config").(*Config)
-	if failed(state) && cfg.KeepOnFailure {
-		cfg.say("keeping the verification VM's disk for debugging: %s", s.g.spec.Dir)
-		s.g.stopOnly()
-		return
-	}
-	s.g.remove()
-}
+func (s *StepVerify) Cleanup(state multistep.StateBag) { s.g.cleanup(state, "verification") }
 
 // cacheDisk keeps a verified disk, and what it contains, under its recipe
 // hash so the same recipe never builds twice on this machine.
@@ -89,17 +75,6 @@ func cacheDisk(cfg *Config, state multistep.StateBag, disk string) {
 		b, _ := json.Marshal(v)
 		_ = os.WriteFile(cached+".versions.json", b, 0o644)
 	}
-}
-
-// readVersions reads the versions recorded beside a cached disk, found
-// through the workdir copy's link to it.
-func readVersions(disk string) (map[string]string, error) {
-	src, _ := os.Readlink(disk + ".source")
-	b, err := os.ReadFile(src + ".versions.json")
-	if err != nil {
-		return nil, err
-	}
-	return parseVersions(b)
 }
 
 func firstLine(s string) string {

@@ -18,26 +18,23 @@ func qemuFor(dir string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// Ctrl-C in the middle of a spawn cancels it, removes every machine it
-// made and exits non-zero, leaving no qemu process and no machine folder.
-func TestSpawnInterruptedRollsBack(t *testing.T) {
-	requireE2E(t)
-	defer dumpConsoles(t)
-	fleetDir := filepath.Join(fleetHome, "fleets", "ctrlc")
-	cmd := exec.Command(fleetBin, "spawn", "2", "--name", "ctrlc", "--memory", "512M")
-	cmd.Env = fleetEnv()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+// interruptOnceRunning starts fleet with args, waits (up to wait) until
+// running says the work is under way, sends SIGINT a moment later and
+// requires a non-zero exit within 3 minutes. It returns fleet's stderr.
+func interruptOnceRunning(t *testing.T, wait time.Duration, env []string, running func() bool, args ...string) *bytes.Buffer {
+	t.Helper()
+	cmd := exec.Command(fleetBin, args...)
+	cmd.Env = env
+	stderr := new(bytes.Buffer)
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Interrupt once both guests are booting: the rollback has real VMs
-	// to remove, not just files.
-	deadline := time.Now().Add(time.Minute)
-	for strings.Count(qemuFor(fleetDir), "\n") < 1 {
+	deadline := time.Now().Add(wait)
+	for !running() {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			t.Fatalf("qemu never started: %s", stderr.String())
+			t.Fatalf("fleet %v: qemu never started: %s", args, stderr)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -48,12 +45,26 @@ func TestSpawnInterruptedRollsBack(t *testing.T) {
 	select {
 	case err := <-done:
 		if err == nil {
-			t.Fatalf("interrupted spawn exited 0: %s", stderr.String())
+			t.Fatalf("interrupted fleet %v exited 0: %s", args, stderr)
 		}
 	case <-time.After(3 * time.Minute):
 		cmd.Process.Kill()
-		t.Fatalf("spawn did not stop within 3 minutes of Ctrl-C: %s", stderr.String())
+		t.Fatalf("fleet %v did not stop within 3 minutes of Ctrl-C: %s", args, stderr)
 	}
+	return stderr
+}
+
+// Ctrl-C in the middle of a spawn cancels it, removes every machine it
+// made and exits non-zero, leaving no qemu process and no machine folder.
+func TestSpawnInterruptedRollsBack(t *testing.T) {
+	requireE2E(t)
+	defer dumpConsoles(t)
+	fleetDir := filepath.Join(fleetHome, "fleets", "ctrlc")
+	// Interrupt once both guests are booting: the rollback has real VMs
+	// to remove, not just files.
+	stderr := interruptOnceRunning(t, time.Minute, fleetEnv(), func() bool {
+		return strings.Count(qemuFor(fleetDir), "\n") >= 1
+	}, "spawn", "2", "--name", "ctrlc", "--memory", "512M")
 	t.Logf("stderr:\n%s", stderr.String())
 	if !strings.Contains(stderr.String(), "cancel") {
 		t.Errorf("the error should say the spawn was cancelled: %q", stderr.String())

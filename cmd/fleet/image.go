@@ -127,7 +127,6 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 			}
 			cfg.Runner = execx.Local{}
 			cfg.Progress = cmd.ErrOrStderr()
-			g.logger() // --debug also shows the SDK communicators' log
 			if err := cfg.Validate(); err != nil {
 				return err
 			}

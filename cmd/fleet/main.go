@@ -19,8 +19,8 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
-	// The Packer SDK's communicators log through the standard logger;
-	// that is debug output (--debug turns it on).
+	// The Packer SDK's communicators log through the standard logger:
+	// debug output, which the root command's --debug turns back on.
 	log.SetOutput(io.Discard)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -48,6 +48,13 @@ State, images and caches live under FLEET_HOME (default ~/.local/share/agentflee
 	root.PersistentFlags().StringVar(&g.fleetName, "name", "", "fleet name (default: the current folder's name)")
 	root.PersistentFlags().StringVar(&g.accel, "accel", os.Getenv("FLEET_ACCEL"), "QEMU accelerator: kvm, hvf or tcg (default: detect; env FLEET_ACCEL)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "print debug logs")
+	// The Packer SDK's communicators log through the standard logger
+	// (main discards it); --debug shows it with the rest.
+	root.PersistentPreRun = func(*cobra.Command, []string) {
+		if g.debug {
+			log.SetOutput(os.Stderr)
+		}
+	}
 	root.AddCommand(
 		newSpawnCmd(g), newUpCmd(g), newLsCmd(g), newExecCmd(g), newSSHCmd(g), newSSHConfigCmd(g),
 		newStartCmd(g), newStopCmd(g), newDestroyCmd(g), newDoctorCmd(g), newImageCmd(g),
@@ -59,7 +66,6 @@ func (g *globals) logger() hclog.Logger {
 	lvl := hclog.Warn
 	if g.debug {
 		lvl = hclog.Debug
-		log.SetOutput(os.Stderr)
 	}
 	return hclog.New(&hclog.LoggerOptions{Name: "fleet", Level: lvl, Output: os.Stderr})
 }
