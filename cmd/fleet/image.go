@@ -4,15 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/agentfleet/agentfleet/builder"
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/images"
-	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/spf13/cobra"
@@ -29,11 +26,8 @@ func newImageCmd(g *globals) *cobra.Command {
 }
 
 func newImageBuildCmd(g *globals) *cobra.Command {
-	var o struct {
-		mirror, sourceURL, checksumURL, recipe, claude, npm, outputs string
-		caCerts                                                      []string
-		keep, ifChanged, noHostCA                                    bool
-	}
+	var o builder.Options
+	var outputs string
 	build := &cobra.Command{
 		Use:   "build NAME",
 		Short: "Bake a base image, verify it in a booted VM, then promote it to latest",
@@ -64,72 +58,21 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
   15 3 * * * root fleet image build debian-12 --if-changed; [ $? -ne 1 ]`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			source := ""
-			if o.mirror != "" {
-				source = builder.SourceMirror
-			}
-			if o.sourceURL != "" || o.checksumURL != "" {
-				if o.mirror != "" {
-					return errors.New("--mirror and --source-url pick different sources: give one")
-				}
-				source = builder.SourceCloud
-			}
-			cfg, err := builder.Definition(args[0], source)
-			if err != nil {
-				return err
-			}
-			if o.sourceURL != "" {
-				cfg.CloudImageURL = o.sourceURL
-			}
-			if o.checksumURL != "" {
-				cfg.ChecksumURL = o.checksumURL
-			}
-			if cfg.Recipe, err = provision.Get(o.recipe); err != nil {
-				return err
-			}
-			if o.outputs != "" {
-				cfg.Outputs = strings.Split(o.outputs, ",")
-			}
-			if cfg.Source == builder.SourceMirror && os.Geteuid() != 0 {
-				return fmt.Errorf("building %s from a package mirror needs root (loop devices, mount, chroot); run it with sudo", cfg.Name)
-			}
 			l, err := g.layout()
 			if err != nil {
 				return err
 			}
-			cfg.Mirror, cfg.KeepOnFailure, cfg.IfChanged = o.mirror, o.keep, o.ifChanged
-			cfg.ClaudeVersion, cfg.NpmRegistry = o.claude, o.npm
-			accel := qemu.Accel(g.accel)
-			if accel == "" {
-				accel = qemu.DetectAccel()
+			opts := o
+			opts.Name, opts.Home, opts.Accel = args[0], l.Root, g.accel
+			if outputs != "" {
+				opts.Outputs = strings.Split(outputs, ",")
 			}
-			cfg.Accel, cfg.BootTimeout = string(accel), bootTimeout(accel)
-			cfg.Store = imageStore(l)
-			cfg.TmpDir = filepath.Join(l.Root, "tmp")
-			cfg.CacheDir = os.Getenv("FLEET_CACHE")
-			if cfg.CacheDir == "" {
-				cfg.CacheDir = filepath.Join(l.Root, "cache")
-			}
-			if !o.noHostCA {
-				if cfg.CACerts, err = builder.HostCACerts("/"); err != nil {
-					return err
-				}
-			}
-			for _, f := range o.caCerts {
-				b, err := os.ReadFile(f)
-				if err != nil {
-					return fmt.Errorf("--ca-cert: %w", err)
-				}
-				if !strings.Contains(string(b), "BEGIN CERTIFICATE") {
-					return fmt.Errorf("--ca-cert %s: not a PEM certificate", f)
-				}
-				cfg.CACerts = append(append(cfg.CACerts, b...), '\n')
-			}
-			cfg.Runner = execx.Local{}
-			cfg.Progress = cmd.ErrOrStderr()
-			if err := cfg.Validate(); err != nil {
+			cfg, err := opts.Config()
+			if err != nil {
 				return err
 			}
+			cfg.Progress = cmd.ErrOrStderr()
+			accel := qemu.Accel(cfg.Accel)
 			warnTCG(cmd.ErrOrStderr(), accel)
 			res, err := builder.Build(cmd.Context(), cfg)
 			if err != nil {
@@ -143,17 +86,17 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 		},
 	}
 	f := build.Flags()
-	f.StringVar(&o.mirror, "mirror", "", "build from this package mirror (default for debian-12: the one in /etc/apt)")
-	f.StringVar(&o.sourceURL, "source-url", "", "build from the cloud image at this URL")
-	f.StringVar(&o.checksumURL, "checksum-url", "", "SHA256SUMS file that lists the cloud image")
-	f.StringVar(&o.recipe, "recipe", "full", "provision recipe: "+strings.Join(provision.RecipeNames, ", ")+" (base: no Docker, Node or Claude Code)")
-	f.StringVar(&o.claude, "claude-version", "latest", "Claude Code npm version or dist-tag to install")
-	f.StringVar(&o.npm, "npm-registry", "", "npm registry URL (default https://registry.npmjs.org/)")
-	f.StringVar(&o.outputs, "output", "", "also export: "+strings.Join(builder.OutputKinds, ",")+" (comma-separated)")
-	f.BoolVar(&o.ifChanged, "if-changed", false, "skip (exit 3) when recipe, source and resolved versions match latest")
-	f.StringArrayVar(&o.caCerts, "ca-cert", nil, "PEM file of a certificate authority the image must trust (repeatable)")
-	f.BoolVar(&o.noHostCA, "no-host-ca", false, "do not copy this host's added CAs (/usr/local/share/ca-certificates) into the image")
-	f.BoolVar(&o.keep, "keep-on-failure", false, "keep the build folder and stopped VMs when the build fails")
+	f.StringVar(&o.Mirror, "mirror", "", "build from this package mirror (default for debian-12: the one in /etc/apt)")
+	f.StringVar(&o.SourceURL, "source-url", "", "build from the cloud image at this URL")
+	f.StringVar(&o.ChecksumURL, "checksum-url", "", "SHA256SUMS file that lists the cloud image")
+	f.StringVar(&o.Recipe, "recipe", "full", "provision recipe: "+strings.Join(provision.RecipeNames, ", ")+" (base: no Docker, Node or Claude Code)")
+	f.StringVar(&o.ClaudeVersion, "claude-version", "latest", "Claude Code npm version or dist-tag to install")
+	f.StringVar(&o.NpmRegistry, "npm-registry", "", "npm registry URL (default https://registry.npmjs.org/)")
+	f.StringVar(&outputs, "output", "", "also export: "+strings.Join(builder.OutputKinds, ",")+" (comma-separated)")
+	f.BoolVar(&o.IfChanged, "if-changed", false, "skip (exit 3) when recipe, source and resolved versions match latest")
+	f.StringArrayVar(&o.CACertFiles, "ca-cert", nil, "PEM file of a certificate authority the image must trust (repeatable)")
+	f.BoolVar(&o.NoHostCA, "no-host-ca", false, "do not copy this host's added CAs (/usr/local/share/ca-certificates) into the image")
+	f.BoolVar(&o.KeepOnFailure, "keep-on-failure", false, "keep the build folder and stopped VMs when the build fails")
 	return build
 }
 

@@ -106,21 +106,10 @@ func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
 	d := qemu.New(execx.Local{}, accel, log)
 	c := &fleet.Controller{
 		Layout: l, Fleet: name, Driver: d, Log: log, Progress: cmd.ErrOrStderr(),
-		BootTimeout: bootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
+		BootTimeout: qemu.BootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
 	}
 	c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
 	return c, nil
-}
-
-// bootTimeout is generous under TCG, where a guest boots 10-50x slower.
-func bootTimeout(a qemu.Accel) time.Duration {
-	if v, err := time.ParseDuration(os.Getenv("FLEET_BOOT_TIMEOUT")); err == nil && v > 0 {
-		return v
-	}
-	if a == qemu.AccelTCG {
-		return 10 * time.Minute
-	}
-	return 3 * time.Minute
 }
 
 // warnTCG says once, in one line, that there is no hardware acceleration.

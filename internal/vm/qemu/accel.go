@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,4 +72,17 @@ func hasVirtFlag(cpuinfo []byte) bool {
 		}
 	}
 	return false
+}
+
+// BootTimeout is how long to wait for a guest's SSH: software emulation
+// boots several times slower, and FLEET_BOOT_TIMEOUT (a Go duration)
+// overrides both.
+func BootTimeout(a Accel) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv("FLEET_BOOT_TIMEOUT")); err == nil && v > 0 {
+		return v
+	}
+	if a == AccelTCG {
+		return 10 * time.Minute
+	}
+	return 3 * time.Minute
 }
