@@ -1,10 +1,17 @@
 GO ?= go
 export FLEET_CACHE ?= /var/cache/agentfleet
 
-.PHONY: build test e2e bench lint demo
+.PHONY: build plugin generate test e2e bench lint demo
 
 build:
 	$(GO) build -o bin/fleet ./cmd/fleet
+
+plugin:
+	$(GO) build -o bin/packer-plugin-agentfleet ./cmd/packer-plugin-agentfleet
+
+# Regenerates the plugin's HCL2 config spec after Config changes.
+generate:
+	$(GO) generate ./cmd/packer-plugin-agentfleet/
 
 test:
 	$(GO) test ./...
