@@ -28,6 +28,7 @@ type Options struct {
 	NpmRegistry   string   // "" means https://registry.npmjs.org/
 	Outputs       []string // exports besides the store's disk
 	CACertFiles   []string // PEM files of extra CAs the image trusts
+	ScriptFiles   []string // the user's own scripts, run after the toolchain
 	NoHostCA      bool     // do not copy this host's added CAs
 	IfChanged     bool
 	KeepOnFailure bool
@@ -68,6 +69,11 @@ func (o Options) Config() (Config, error) {
 	if cfg.Recipe, err = provision.Get(recipe); err != nil {
 		return Config{}, err
 	}
+	extra, err := readScripts(o.ScriptFiles)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg.Recipe = cfg.Recipe.WithUserScripts(extra)
 	if cfg.Source == SourceMirror && os.Geteuid() != 0 {
 		return Config{}, fmt.Errorf("building %s from a package mirror needs root (loop devices, mount, chroot); run it with sudo", cfg.Name)
 	}
@@ -111,4 +117,28 @@ func (o Options) Config() (Config, error) {
 	}
 	cfg.Runner = execx.Local{}
 	return cfg, cfg.Validate()
+}
+
+// readScripts loads the user's scripts. Their names become file names in
+// the image, so anything but letters, digits, dot, dash and underscore is
+// replaced.
+func readScripts(paths []string) ([]provision.Script, error) {
+	var out []provision.Script
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("provision script: %w", err)
+		}
+		if len(strings.TrimSpace(string(b))) == 0 {
+			return nil, fmt.Errorf("provision script %s is empty", p)
+		}
+		name := strings.Map(func(r rune) rune {
+			if r == '.' || r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+				return r
+			}
+			return '_'
+		}, filepath.Base(p))
+		out = append(out, provision.Script{Name: name, Body: b})
+	}
+	return out, nil
 }

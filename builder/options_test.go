@@ -12,6 +12,8 @@ func TestOptionsConfigRejectsBadChoicesBeforeMakingAnything(t *testing.T) {
 	home := t.TempDir()
 	notPEM := filepath.Join(home, "ca.txt")
 	os.WriteFile(notPEM, []byte("hello"), 0o644)
+	empty := filepath.Join(home, "empty.sh")
+	os.WriteFile(empty, []byte(" \n"), 0o644)
 	cloud := Options{Name: "ubuntu-24.04", Home: home, NoHostCA: true}
 	for _, tc := range []struct {
 		name string
@@ -24,6 +26,8 @@ func TestOptionsConfigRejectsBadChoicesBeforeMakingAnything(t *testing.T) {
 		{"unknown output", func(o *Options) { o.Outputs = []string{"vhd"} }, `unknown output "vhd"`},
 		{"missing CA file", func(o *Options) { o.CACertFiles = []string{filepath.Join(home, "none.crt")} }, "no such file"},
 		{"CA not PEM", func(o *Options) { o.CACertFiles = []string{notPEM} }, "not a PEM certificate"},
+		{"missing script", func(o *Options) { o.ScriptFiles = []string{filepath.Join(home, "none.sh")} }, "provision script"},
+		{"empty script", func(o *Options) { o.ScriptFiles = []string{empty} }, "is empty"},
 		{"no home", func(o *Options) { o.Home = "" }, "no fleet home"},
 		{"cloud without checksums", func(o *Options) { o.Name, o.SourceURL = "debian-12", "http://c/x.img" }, "SHA256SUMS"},
 	} {
@@ -36,7 +40,7 @@ func TestOptionsConfigRejectsBadChoicesBeforeMakingAnything(t *testing.T) {
 			}
 		})
 	}
-	if entries, _ := os.ReadDir(home); len(entries) != 1 {
+	if entries, _ := os.ReadDir(home); len(entries) != 2 {
 		t.Fatalf("Config made files: %v", entries)
 	}
 }
@@ -44,12 +48,14 @@ func TestOptionsConfigRejectsBadChoicesBeforeMakingAnything(t *testing.T) {
 func TestOptionsConfigFillsStoreCacheAndOverrides(t *testing.T) {
 	home := t.TempDir()
 	t.Setenv("FLEET_CACHE", "")
+	script := filepath.Join(home, "my tools.sh")
+	os.WriteFile(script, []byte("apt-get install -y corp-tools\n"), 0o644)
 	ca := filepath.Join(home, "corp.crt")
 	os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----"), 0o644)
 	cfg, err := Options{
 		Name: "debian-12", SourceURL: "http://c/d.qcow2", ChecksumURL: "http://c/SHA256SUMS",
 		Recipe: "base", ClaudeVersion: "2.1.0", Outputs: []string{"ova"}, CACertFiles: []string{ca},
-		NoHostCA: true, IfChanged: true, Home: home, Accel: "tcg",
+		NoHostCA: true, IfChanged: true, Home: home, Accel: "tcg", ScriptFiles: []string{script},
 	}.Config()
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +65,9 @@ func TestOptionsConfigFillsStoreCacheAndOverrides(t *testing.T) {
 	}
 	if cfg.Recipe.Name != "base" || cfg.ClaudeVersion != "2.1.0" || !cfg.IfChanged || len(cfg.Outputs) != 1 {
 		t.Errorf("choices lost: %+v", cfg)
+	}
+	if n := len(cfg.Recipe.Scripts); n < 2 || cfg.Recipe.Scripts[n-3].Name != "user-1-my_tools.sh" {
+		t.Errorf("user script not placed before versions and generalize: %+v", cfg.Recipe.Scripts)
 	}
 	if cfg.Store.Root != filepath.Join(home, "images") || cfg.CacheDir != filepath.Join(home, "cache") || cfg.TmpDir != filepath.Join(home, "tmp") {
 		t.Errorf("paths: store %s cache %s tmp %s", cfg.Store.Root, cfg.CacheDir, cfg.TmpDir)

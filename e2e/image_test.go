@@ -138,6 +138,30 @@ func TestImageFromCloudSourceOverSSH(t *testing.T) {
 		}
 	})
 
+	t.Run("a failing script shows its output and leaves no VM, no scratch disk and the old latest", func(t *testing.T) {
+		script := filepath.Join(t.TempDir(), "corp-tools.sh")
+		os.WriteFile(script, []byte("echo 'E: Unable to locate package corp-tools' >&2\nexit 42\n"), 0o644)
+		r := fleetWithEnv(t, 2*bootDeadline, env, append(build, "--script", script)...)
+		if r.code != 1 {
+			t.Fatalf("want exit 1, got %d", r.code)
+		}
+		for _, want := range []string{"user-1-corp-tools.sh failed with exit status 42", "E: Unable to locate package corp-tools"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("error output lacks %q", want)
+			}
+		}
+		if p := qemuFor(home); p != "" {
+			t.Fatalf("VM left running after a failed script:\n%s", p)
+		}
+		if left, _ := os.ReadDir(filepath.Join(home, "tmp")); len(left) != 0 {
+			t.Fatalf("scratch left after a failed script: %v", left)
+		}
+		rows := imageLs(t, env...)
+		if len(rows) != 1 || rows[0].Version != first || !rows[0].Latest {
+			t.Fatalf("latest moved or a version appeared: %+v", rows)
+		}
+	})
+
 	t.Run("Ctrl-C mid-bake leaves no VM, no scratch disk and the old latest", func(t *testing.T) {
 		// --no-host-ca is another recipe: no cache hit, so a VM boots.
 		interruptOnceRunning(t, 2*time.Minute, fleetEnv(append(env, "FLEET_CACHE="+t.TempDir())...),

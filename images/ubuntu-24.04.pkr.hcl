@@ -54,6 +54,12 @@ variable "claude_version" {
   description = "Claude Code npm version or dist-tag"
 }
 
+variable "scripts" {
+  type        = list(string)
+  default     = []
+  description = "your own shell scripts, run as root after the toolchain and before generalize"
+}
+
 variable "outputs" {
   type        = list(string)
   default     = ["qcow2", "ova"]
@@ -79,6 +85,7 @@ source "agentfleet" "base" {
   checksum_url   = var.checksum_url
   recipe         = var.recipe
   claude_version = var.claude_version
+  scripts        = var.scripts
   outputs        = var.outputs
   if_changed     = var.if_changed
   fleet_home     = var.fleet_home

@@ -80,6 +80,34 @@ func Get(name string) (Recipe, error) {
 	return Recipe{}, fmt.Errorf("unknown recipe %q (recipes: %s)", name, strings.Join(RecipeNames, ", "))
 }
 
+// userScriptsBefore is the first recipe script the user's own scripts run
+// ahead of: they see the whole toolchain and the agent user, and
+// versions.json and generalize still come after them.
+const userScriptsBefore = "80-"
+
+// WithUserScripts returns the recipe with extra scripts (a team's own
+// packages or settings) run as root after the toolchain and before
+// generalize. Their bodies count in Hash, so changing one is a new image.
+// Each is named "user-N-<name>" in the build output and in the image.
+func (r Recipe) WithUserScripts(extra []Script) Recipe {
+	if len(extra) == 0 {
+		return r
+	}
+	at := len(r.Scripts)
+	for i, s := range r.Scripts {
+		if s.Name >= userScriptsBefore {
+			at = i
+			break
+		}
+	}
+	out := append([]Script{}, r.Scripts[:at]...)
+	for i, s := range extra {
+		out = append(out, Script{Name: fmt.Sprintf("user-%d-%s", i+1, s.Name), Body: s.Body})
+	}
+	r.Scripts = append(out, r.Scripts[at:]...)
+	return r
+}
+
 func scripts() []Script {
 	entries, _ := fs.ReadDir(files, "scripts")
 	out := make([]Script, 0, len(entries))

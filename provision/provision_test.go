@@ -37,6 +37,32 @@ func TestRecipesOrderAndSubset(t *testing.T) {
 	}
 }
 
+func TestUserScriptsRunAfterTheToolchainAndBeforeGeneralize(t *testing.T) {
+	full, _ := Get("full")
+	r := full.WithUserScripts([]Script{{"corp.sh", []byte("apt-get install -y corp-tools\n")}, {"b.sh", []byte("true\n")}})
+	var names []string
+	for _, s := range r.Scripts {
+		names = append(names, s.Name)
+	}
+	got := strings.Join(names, " ")
+	if !strings.Contains(got, "75-apparmor-bwrap.sh user-1-corp.sh user-2-b.sh 80-versions.sh 90-generalize.sh") {
+		t.Fatalf("order: %s", got)
+	}
+	if len(full.Scripts) != len(r.Scripts)-2 {
+		t.Fatal("WithUserScripts changed the recipe it was called on")
+	}
+	if r.Hash() == full.Hash() {
+		t.Fatal("a user script must change the recipe hash")
+	}
+	r2 := full.WithUserScripts([]Script{{"corp.sh", []byte("apt-get install -y corp-tools2\n")}, {"b.sh", []byte("true\n")}})
+	if r2.Hash() == r.Hash() {
+		t.Fatal("a changed script body must change the recipe hash")
+	}
+	if full.WithUserScripts(nil).Hash() != full.Hash() {
+		t.Fatal("no user scripts must leave the recipe as it is")
+	}
+}
+
 // Every script is valid POSIX sh and stops on the first error.
 func TestScriptsParseAndSetErrexit(t *testing.T) {
 	full, _ := Get("full")

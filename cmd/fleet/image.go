@@ -52,6 +52,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 		Example: `  sudo fleet image build debian-12
   sudo fleet image build ubuntu-24.04 --mirror http://ubuntu-mirror.internal/ubuntu
   fleet image build ubuntu-24.04 --output qcow2,ova,vagrant
+  sudo fleet image build debian-12 --script ./corp-tools.sh
   sudo fleet image build debian-12 --claude-version 2.1.330 --if-changed
 
   # nightly, from cron (3: nothing changed):
@@ -94,6 +95,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 	f.StringVar(&o.NpmRegistry, "npm-registry", "", "npm registry URL (default https://registry.npmjs.org/)")
 	f.StringVar(&outputs, "output", "", "also export: "+strings.Join(builder.OutputKinds, ",")+" (comma-separated)")
 	f.BoolVar(&o.IfChanged, "if-changed", false, "skip (exit 3) when recipe, source and resolved versions match latest")
+	f.StringArrayVar(&o.ScriptFiles, "script", nil, "your own shell script, run as root after the toolchain and before generalize (repeatable; part of the recipe hash)")
 	f.StringArrayVar(&o.CACertFiles, "ca-cert", nil, "PEM file of a certificate authority the image must trust (repeatable)")
 	f.BoolVar(&o.NoHostCA, "no-host-ca", false, "do not copy this host's added CAs (/usr/local/share/ca-certificates) into the image")
 	f.BoolVar(&o.KeepOnFailure, "keep-on-failure", false, "keep the build folder and stopped VMs when the build fails")

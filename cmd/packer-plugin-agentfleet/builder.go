@@ -50,7 +50,7 @@ func (b *Builder) Prepare(raws ...any) ([]string, []string, error) {
 	b.build, err = builder.Options{
 		Name: c.ImageName, Mirror: c.Mirror, SourceURL: c.SourceURL, ChecksumURL: c.ChecksumURL,
 		Recipe: c.Recipe, ClaudeVersion: c.ClaudeVersion, NpmRegistry: c.NpmRegistry,
-		Outputs: c.Outputs, CACertFiles: c.CACerts, NoHostCA: c.NoHostCA, IfChanged: c.IfChanged,
+		Outputs: c.Outputs, ScriptFiles: c.Scripts, CACertFiles: c.CACerts, NoHostCA: c.NoHostCA, IfChanged: c.IfChanged,
 		// `packer build -on-error=abort` keeps what failed, as --keep-on-failure does.
 		KeepOnFailure: c.PackerOnError == "abort",
 		Home:          home, CacheDir: c.CacheDir, Accel: c.Accelerator, BootTimeout: c.BootTimeout,

@@ -29,6 +29,10 @@ type Config struct {
 	NpmRegistry   string `mapstructure:"npm_registry"`
 	// Exports besides the store's disk: qcow2, ova, vagrant.
 	Outputs []string `mapstructure:"outputs"`
+	// Your own shell scripts, run as root after the toolchain and before
+	// generalize; part of the recipe hash. This, not a provisioner block,
+	// is how a template adds to the image.
+	Scripts []string `mapstructure:"scripts"`
 	// PEM files of extra certificate authorities the image trusts.
 	CACerts  []string `mapstructure:"ca_certs"`
 	NoHostCA bool     `mapstructure:"no_host_ca"`

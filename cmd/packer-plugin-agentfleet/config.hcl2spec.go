@@ -26,6 +26,7 @@ type FlatConfig struct {
 	ClaudeVersion       *string           `mapstructure:"claude_version" cty:"claude_version" hcl:"claude_version"`
 	NpmRegistry         *string           `mapstructure:"npm_registry" cty:"npm_registry" hcl:"npm_registry"`
 	Outputs             []string          `mapstructure:"outputs" cty:"outputs" hcl:"outputs"`
+	Scripts             []string          `mapstructure:"scripts" cty:"scripts" hcl:"scripts"`
 	CACerts             []string          `mapstructure:"ca_certs" cty:"ca_certs" hcl:"ca_certs"`
 	NoHostCA            *bool             `mapstructure:"no_host_ca" cty:"no_host_ca" hcl:"no_host_ca"`
 	IfChanged           *bool             `mapstructure:"if_changed" cty:"if_changed" hcl:"if_changed"`
@@ -63,6 +64,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"claude_version":             &hcldec.AttrSpec{Name: "claude_version", Type: cty.String, Required: false},
 		"npm_registry":               &hcldec.AttrSpec{Name: "npm_registry", Type: cty.String, Required: false},
 		"outputs":                    &hcldec.AttrSpec{Name: "outputs", Type: cty.List(cty.String), Required: false},
+		"scripts":                    &hcldec.AttrSpec{Name: "scripts", Type: cty.List(cty.String), Required: false},
 		"ca_certs":                   &hcldec.AttrSpec{Name: "ca_certs", Type: cty.List(cty.String), Required: false},
 		"no_host_ca":                 &hcldec.AttrSpec{Name: "no_host_ca", Type: cty.Bool, Required: false},
 		"if_changed":                 &hcldec.AttrSpec{Name: "if_changed", Type: cty.Bool, Required: false},

@@ -15,9 +15,11 @@ import (
 
 func TestPrepareMapsTheSourceBlockOntoTheSameOptions(t *testing.T) {
 	home := t.TempDir()
+	script := filepath.Join(home, "corp.sh")
+	os.WriteFile(script, []byte("echo corp\n"), 0o644)
 	var b Builder
 	_, _, err := b.Prepare(map[string]any{
-		"image_name": "ubuntu-24.04", "recipe": "base", "claude_version": "2.1.0",
+		"image_name": "ubuntu-24.04", "recipe": "base", "claude_version": "2.1.0", "scripts": []string{script},
 		"outputs": []string{"ova"}, "no_host_ca": true, "if_changed": true,
 		"fleet_home": home, "cache_dir": filepath.Join(home, "c"), "accelerator": "tcg",
 		"boot_timeout": "7m", "packer_on_error": "abort",
@@ -34,6 +36,9 @@ func TestPrepareMapsTheSourceBlockOntoTheSameOptions(t *testing.T) {
 	}
 	if c.Store.Root != filepath.Join(home, "images") || c.CacheDir != filepath.Join(home, "c") {
 		t.Errorf("store %s cache %s", c.Store.Root, c.CacheDir)
+	}
+	if n := len(c.Recipe.Scripts); c.Recipe.Scripts[n-3].Name != "user-1-corp.sh" {
+		t.Errorf("script not in the recipe: %+v", c.Recipe.Scripts)
 	}
 	if c.Accel != "tcg" || c.BootTimeout != 7*time.Minute {
 		t.Errorf("accel %s boot timeout %s", c.Accel, c.BootTimeout)

@@ -11,8 +11,9 @@ import (
 )
 
 // errProvisioners is what a provisioner block that needs the machine gets.
-var errProvisioners = errors.New("the agentfleet builder runs its own provision recipe (recipe = \"full\" or \"base\"); " +
-	"Packer provisioner blocks that reach into the image are not supported, because the recipe hash must name the image's content")
+var errProvisioners = errors.New("the agentfleet builder runs its own provision recipe: " +
+	"list your scripts in the source block (scripts = [\"./corp-tools.sh\"]) instead of provisioner blocks, " +
+	"so the recipe hash that names the image covers them")
 
 // refusingComm is the communicator Packer's provisioners get: the first
 // call cancels the provisioning (provisioners retry failed uploads for
