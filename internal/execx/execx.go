@@ -24,6 +24,10 @@ type Cmd struct {
 	Stdin  io.Reader
 	Stdout io.Writer // optional live copy of stdout (output is captured regardless)
 	Stderr io.Writer // optional live copy of stderr
+	// StreamStdout sends stdout only to Stdout, uncaptured: for large
+	// streams (a git pack) that must not sit in memory. Stderr is still
+	// captured for the error message.
+	StreamStdout bool
 }
 
 // String renders the command the way a user could paste it into a shell.
@@ -94,6 +98,9 @@ func (Local) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	cmd.Stdin = c.Stdin
 	var out lockedBuffer
 	cmd.Stdout = teeTo(&out, c.Stdout)
+	if c.StreamStdout {
+		cmd.Stdout = c.Stdout
+	}
 	cmd.Stderr = teeTo(&out, c.Stderr)
 	err = cmd.Run()
 	if err == nil {

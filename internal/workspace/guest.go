@@ -1,0 +1,109 @@
+package workspace
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+)
+
+// GuestDir is where the project lives in every VM.
+const GuestDir = "/workspace"
+
+// The scripts below run in the VM as the agent user. A hostile agent
+// controls everything there, so their output is only ever parsed as data
+// (object names checked with IsObjectID) and never executed on the host.
+
+// UnpackScript makes dir a clone on branch from a pack on stdin: the
+// objects, the branch at start, refs/fleet/start marking where the agent
+// began, and a checkout. No remote, no host hooks, no host config.
+func UnpackScript(dir, branch, start, vm string) string {
+	return fmt.Sprintf(`set -e
+cd %[1]s
+if [ -n "$(ls -A)" ]; then echo "%[1]s is not empty" >&2; exit 3; fi
+git init -q -b %[2]s .
+git index-pack --stdin >/dev/null
+git update-ref refs/heads/%[2]s %[3]s
+git update-ref refs/fleet/start %[3]s
+git reset -q --hard
+git config user.name %[4]s
+git config user.email %[5]s
+`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
+}
+
+// StateScript prints the VM's HEAD and the tree of its working tree,
+// untracked files included (staged into a private index, so the agent's
+// own index is left alone). With commit, a working tree that differs
+// from HEAD becomes a labelled commit on top of it (the branch does not
+// move), printed as tip; otherwise tip is HEAD.
+func StateScript(dir, vm string, commit bool) string {
+	c := "0"
+	if commit {
+		c = "1"
+	}
+	return fmt.Sprintf(`set -e
+cd %[1]s
+# The agent's own fsmonitor or hooks would run (and write files) here.
+git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+export GIT_AUTHOR_NAME=%[2]s GIT_AUTHOR_EMAIL=%[3]s GIT_COMMITTER_NAME=%[2]s GIT_COMMITTER_EMAIL=%[3]s
+head=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
+idx=$(mktemp -u)
+trap 'rm -f "$idx"' EXIT
+if [ -f .git/index ]; then cp .git/index "$idx"; fi
+GIT_INDEX_FILE=$idx git add -A
+tree=$(GIT_INDEX_FILE=$idx git write-tree)
+tip=$head
+if [ %[4]s = 1 ] && { [ -z "$head" ] || [ "$tree" != "$(git rev-parse "$head^{tree}")" ]; }; then
+  tip=$(git commit-tree "$tree" ${head:+-p "$head"} -m %[5]s)
+fi
+echo "head=$head"
+echo "tree=$tree"
+echo "tip=$tip"
+`, execx.ShellQuote(dir), execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"), c,
+		execx.ShellQuote("fleet: uncommitted work in "+vm+" at collect"))
+}
+
+// PackScript writes a pack of what tip has that start does not (all of
+// tip's history when the agent rewrote it past start).
+func PackScript(dir, tip, start string) string {
+	return fmt.Sprintf(`set -e
+cd %s
+if git cat-file -e '%s^{commit}' 2>/dev/null; then
+  printf '%%s\n^%%s\n' %s %s | git pack-objects --revs --stdout -q
+else
+  printf '%%s\n' %s | git pack-objects --revs --stdout -q
+fi
+`, execx.ShellQuote(dir), start, tip, start, tip)
+}
+
+// GuestState is what StateScript reported, each value checked.
+type GuestState struct {
+	Head, Tree, Tip string
+}
+
+// ParseState reads StateScript's output. Anything but object names (or
+// an empty HEAD in a repository without commits) is refused.
+func ParseState(out []byte) (GuestState, error) {
+	var s GuestState
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "head":
+			s.Head = v
+		case "tree":
+			s.Tree = v
+		case "tip":
+			s.Tip = v
+		}
+	}
+	if !IsObjectID(s.Tree) || (s.Head != "" && !IsObjectID(s.Head)) || (s.Tip != "" && !IsObjectID(s.Tip)) {
+		return GuestState{}, fmt.Errorf("the VM reported an unreadable git state: %q", execx.Tail(out, 3))
+	}
+	return s, nil
+}
