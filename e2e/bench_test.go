@@ -77,9 +77,9 @@ func TestBench(t *testing.T) {
 	}
 	s1 := spawn("bench1", 1)
 	boot := mustFleet(t, time.Minute, "exec", "bench1-1", "--name", "bench1", "--", "sh", "-c", slowestUnits)
-	mustFleet(t, 5*time.Minute, "destroy", "--all", "--name", "bench1")
+	mustFleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bench1")
 	s2 := spawn("bench2", 2)
-	defer fleet(t, 5*time.Minute, "destroy", "--all", "--name", "bench2")
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bench2")
 	add("spawn 2 / spawn 1 (1 vCPU each)", fmt.Sprintf("%.2f (%s vs %s)", s2.Seconds()/s1.Seconds(), s2.Round(time.Second), s1.Round(time.Second)), "<= 1.4 on 2 cores")
 
 	// 3. exec round trip on the kept connection vs a fresh OpenSSH ssh.

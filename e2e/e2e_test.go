@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 	fmt.Printf("e2e: image ready in %s\n", time.Since(start).Round(time.Second))
 	code := m.Run()
 	// Whatever a failed test left behind must not outlive the run.
-	destroy := exec.Command(fleetBin, "destroy", "--all", "--name", "e2e")
+	destroy := exec.Command(fleetBin, "destroy", "--all", "--force", "--name", "e2e")
 	destroy.Env = fleetEnv()
 	_ = destroy.Run()
 	os.RemoveAll(dir)
@@ -113,10 +113,15 @@ type lsRow struct {
 	PID     int    `json:"pid"`
 }
 
-func ls(t *testing.T) map[string]lsRow {
+// ls lists the e2e fleet, or the one named.
+func ls(t *testing.T, name ...string) map[string]lsRow {
 	t.Helper()
+	fleetName := "e2e"
+	if len(name) > 0 {
+		fleetName = name[0]
+	}
 	var rows []lsRow
-	if err := json.Unmarshal([]byte(mustFleet(t, time.Minute, "ls", "--json", "--name", "e2e")), &rows); err != nil {
+	if err := json.Unmarshal([]byte(mustFleet(t, time.Minute, "ls", "--json", "--name", fleetName)), &rows); err != nil {
 		t.Fatal(err)
 	}
 	m := map[string]lsRow{}

@@ -85,7 +85,7 @@ func TestSpawnInterruptedRollsBack(t *testing.T) {
 func TestConcurrentSpawnsIntoOneFleet(t *testing.T) {
 	requireE2E(t)
 	defer dumpConsoles(t)
-	defer fleet(t, 5*time.Minute, "destroy", "--all", "--name", "conc")
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "conc")
 	var wg sync.WaitGroup
 	results := make([]result, 2)
 	for i := range results {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,8 @@ type Controller struct {
 	// are about to boot (the CLI warns about slow software emulation here,
 	// not on commands that fail validation).
 	BeforeBoot func()
+	// Runner runs host commands (git, rsync); nil means execx.Local.
+	Runner execx.Runner
 
 	pool     *sshx.Pool
 	poolOnce sync.Once

@@ -37,6 +37,7 @@ func (l Layout) KeyFile(fleet string) string   { return filepath.Join(l.FleetDir
 func (l Layout) KnownHosts(fleet string) string {
 	return filepath.Join(l.FleetDir(fleet), "known_hosts")
 }
+func (l Layout) ResultsDir(fleet string) string  { return filepath.Join(l.FleetDir(fleet), "results") }
 func (l Layout) MachinesDir(fleet string) string { return filepath.Join(l.FleetDir(fleet), "machines") }
 func (l Layout) MachineDir(fleet, vm string) string {
 	return filepath.Join(l.MachinesDir(fleet), vm)

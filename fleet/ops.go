@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -71,6 +72,9 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool) error 
 			return err
 		}
 		m.SSHAddr, m.PID, m.Desired, m.StartedAt = rt.SSHAddr, rt.PID, WantRunning, time.Now().UTC()
+		if m.Workspace != nil {
+			m.Workspace.PendingAtStop = nil // running again: ask the VM itself
+		}
 		c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
 		if err := c.waitSSH(gctx, m); err != nil {
 			return err
@@ -83,6 +87,14 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool) error 
 // Stop powers machines off gracefully (then forcibly after StopGrace).
 func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
+		if m.Workspace != nil && m.SSHAddr != "" {
+			// Remembered so destroy can protect the work while the VM is off.
+			qctx, cancel := context.WithTimeout(gctx, 30*time.Second)
+			if pending, _, err := c.Pending(qctx, m); err == nil {
+				m.Workspace.PendingAtStop = &pending
+			}
+			cancel()
+		}
 		c.sshPool().Drop(m.Name)
 		if err := c.Driver.Stop(gctx, c.spec(m, vm.Seed{}), c.StopGrace); err != nil {
 			return err
@@ -132,7 +144,7 @@ func (c *Controller) mutate(ctx context.Context, names []string, all bool, fn fu
 // state. Unknown names are an error; destroying an already-gone machine
 // is not. With all, leftovers of interrupted spawns are swept too, and an
 // empty fleet's folder (key, known_hosts, state) is removed.
-func (c *Controller) Destroy(ctx context.Context, names []string, all bool) error {
+func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o DestroyOptions) error {
 	st := c.Store()
 	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
 	if err != nil {
@@ -147,6 +159,10 @@ func (c *Controller) Destroy(ctx context.Context, names []string, all bool) erro
 	if all {
 		ms = append(ms, s.Machines...)
 	} else if ms, err = c.Select(s, names, false); err != nil {
+		unlock()
+		return err
+	}
+	if err := c.guardWork(ctx, ms, o); err != nil {
 		unlock()
 		return err
 	}
@@ -202,4 +218,52 @@ func (c *Controller) sweepOrphans(ctx context.Context, s *State) error {
 		c.say("%s: removed leftover machine", e.Name())
 	}
 	return errors.Join(errs...)
+}
+
+// DestroyOptions say what happens to work not yet collected.
+type DestroyOptions struct {
+	Force          bool // destroy anyway, losing it
+	Collect        bool // collect it first
+	CollectOptions CollectOptions
+}
+
+// guardWork refuses, before anything is destroyed, machines whose work
+// no collect has brought to the host, naming each; with Collect it
+// collects them first.
+func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOptions) error {
+	if o.Force {
+		return nil
+	}
+	var refused []string
+	for _, m := range ms {
+		w := m.Workspace
+		if w == nil || (w.Mode != SyncGit && w.Mode != SyncRsync) {
+			continue
+		}
+		if o.Collect {
+			if _, err := c.collectOne(ctx, m, o.CollectOptions); err != nil {
+				return fmt.Errorf("%s: collect before destroy: %w (nothing was destroyed)", m.Name, err)
+			}
+			continue
+		}
+		pending, what := false, ""
+		switch {
+		case m.SSHAddr != "":
+			var err error
+			if pending, what, err = c.Pending(ctx, m); err != nil {
+				pending, what = true, "cannot be checked ("+err.Error()+")"
+			}
+		case w.PendingAtStop != nil:
+			pending, what = *w.PendingAtStop, "work found when it was stopped"
+		default:
+			pending, what = true, "cannot be checked while it is not running"
+		}
+		if pending {
+			refused = append(refused, fmt.Sprintf("%s (%s)", m.Name, what))
+		}
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("not destroying: uncollected work in %s; run fleet collect first, or destroy --collect, or --force to discard it", strings.Join(refused, ", "))
+	}
+	return nil
 }

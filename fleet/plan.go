@@ -16,6 +16,7 @@ type SpawnRequest struct {
 	CPUs      int
 	MemoryMiB int
 	Force     bool // skip the free-memory check
+	Workspace WorkspaceRequest
 }
 
 // ImageRef is a resolved base image.

@@ -43,6 +43,10 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			return nil, err
 		}
 	}
+	ws, err := c.prepareWorkspace(ctx, req.Workspace)
+	if err != nil {
+		return nil, err
+	}
 	_, pub, err := c.fleetKey(true)
 	if err != nil {
 		return nil, err
@@ -64,7 +68,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		machines[i] = &Machine{
 			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
-			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(),
+			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
 		}
 		seeds[i] = vm.Seed{InstanceID: id, Hostname: p.Name, User: GuestUser, AuthorizedKey: pub,
 			HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
@@ -98,6 +102,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
 			if err := c.waitSSH(gctx, m); err != nil {
+				return err
+			}
+			if err := c.syncIn(gctx, m, ws); err != nil {
 				return err
 			}
 			c.say("%s: ready in %s", m.Name, time.Since(t0).Round(100*time.Millisecond))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,10 +14,14 @@ import (
 )
 
 type machineOpts struct {
-	image  string
-	cpus   int
-	memory string
-	force  bool
+	image    string
+	cpus     int
+	memory   string
+	force    bool
+	sync     string
+	project  string
+	excludes []string
+	writable bool
 }
 
 func (o *machineOpts) addFlags(cmd *cobra.Command) {
@@ -24,9 +29,13 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&o.cpus, "cpus", 2, "virtual CPUs per machine")
 	cmd.Flags().StringVar(&o.memory, "memory", "2G", "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines")
+	cmd.Flags().StringVar(&o.sync, "sync", "", "how the project reaches /workspace: git, rsync, shared or none\n(default: fleet.hcl's sync, else git inside a git repository, rsync elsewhere)")
+	cmd.Flags().StringVar(&o.project, "project", "", "project folder to bring in (default: the current folder)")
+	cmd.Flags().StringArrayVar(&o.excludes, "exclude", nil, "rsync: also leave out this pattern (repeatable; .gitignore is always honoured)")
+	cmd.Flags().BoolVar(&o.writable, "writable", false, "shared: let the VMs write the host folder")
 }
 
-func (o *machineOpts) request(g *globals, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
+func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
 	mem, err := parseMemory(o.memory)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
@@ -43,8 +52,12 @@ func (o *machineOpts) request(g *globals, c *fleet.Controller, count int) (fleet
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
+	ws, err := o.workspace(ctx)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}}, nil
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, Workspace: ws}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
@@ -71,7 +84,7 @@ this spawn created is removed again.`,
 				return err
 			}
 			defer c.Close()
-			req, err := o.request(g, c, n)
+			req, err := o.request(cmd.Context(), c, n)
 			if err != nil {
 				return err
 			}
@@ -123,7 +136,7 @@ func newUpCmd(g *globals) *cobra.Command {
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s is already running\n", name)
 				}
 			} else {
-				req, err := o.request(g, c, 1)
+				req, err := o.request(cmd.Context(), c, 1)
 				if err != nil {
 					return err
 				}
@@ -286,9 +299,17 @@ func newStopCmd(g *globals) *cobra.Command {
 }
 
 func newDestroyCmd(g *globals) *cobra.Command {
-	return lifecycleCmd(g, "destroy", "Remove machines: process, disk, seed, port forward and state",
-		"  fleet destroy myproj-2\n  fleet destroy --all --name myproj",
+	var o fleet.DestroyOptions
+	cmd := lifecycleCmd(g, "destroy", "Remove machines: process, disk, seed, port forward and state",
+		"  fleet destroy myproj-2\n  fleet destroy --all --collect\n  fleet destroy --all --name myproj --force",
 		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
-			return c.Destroy(cmd.Context(), args, all)
+			return c.Destroy(cmd.Context(), args, all, o)
 		})
+	cmd.Long = `Removes machines completely. A machine whose workspace has work no collect
+has brought to the host yet (new commits, uncommitted changes, changed files)
+is refused, by name, and nothing is destroyed: collect first, pass --collect
+to collect and then destroy, or --force to discard the work.`
+	cmd.Flags().BoolVar(&o.Force, "force", false, "destroy even machines with uncollected work (it is lost)")
+	cmd.Flags().BoolVar(&o.Collect, "collect", false, "collect each machine's work first")
+	return cmd
 }

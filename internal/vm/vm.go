@@ -50,6 +50,9 @@ type Capabilities struct {
 	// SerializeRegistry means Create/Delete must not run concurrently
 	// (VirtualBox's registry); the driver serializes them itself.
 	SerializeRegistry bool
+	// SharedFolders means the driver can share a host folder at
+	// /workspace (--sync shared).
+	SharedFolders bool
 }
 
 // Driver makes, runs and removes machines on one hypervisor.

