@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -72,7 +74,7 @@ func TestBench(t *testing.T) {
 	// 2. Spawn 1 vs spawn 2, wall time to SSH-ready.
 	spawn := func(name string, n int) time.Duration {
 		t0 := time.Now()
-		mustFleet(t, bootDeadline, "spawn", fmt.Sprint(n), "--name", name, "--memory", "1G", "--cpus", "1")
+		mustFleet(t, bootDeadline, "spawn", fmt.Sprint(n), "--name", name, "--memory", "1G", "--cpus", "1", "--sync", "none")
 		return time.Since(t0)
 	}
 	s1 := spawn("bench1", 1)
@@ -108,11 +110,25 @@ func TestBench(t *testing.T) {
 	add("exec on kept conn / fresh ssh", fmt.Sprintf("%.3f (%s vs %s)", float64(kept)/float64(fresh), kept.Round(100*time.Microsecond), fresh.Round(time.Millisecond)), "<= 0.2")
 	add("boot to SSH, baked debian-12 (spawn 1)", fmt.Sprintf("%.1fs", s1.Seconds()), "TCG here")
 
-	// 4. The bake: a fresh one into an empty cache, the --if-changed no-op
+	// 4. Workspace in and out, on bench2-1: fleet vs the same transfer
+	// by hand with plain git or rsync over OpenSSH.
+	benchWorkspace(t, c, m[0], cfg, add)
+	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bench2")
+	small := t.TempDir()
+	sh(t, small, "git init -q -b main && echo 0 > counter && git add -A && git commit -q -m start")
+	mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchc", "--memory", "1G", "--project", small)
+	mustFleet(t, 5*time.Minute, "exec", "benchc-1", "--name", "benchc", "--", "sh", "-c",
+		"cd /workspace && for i in $(seq 1 100); do echo $i > counter && echo $i > file$i && git add -A && git commit -q -m c$i; done")
+	t0 := time.Now()
+	mustFleet(t, 5*time.Minute, "collect", "--all", "--name", "benchc")
+	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
+	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc") // the bake gets the cores to itself
+
+	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op
 	// right after it, and the image's size.
 	home := t.TempDir()
 	env := []string{"FLEET_HOME=" + home, "FLEET_CACHE=" + filepath.Join(home, "cache")}
-	t0 := time.Now()
+	t0 = time.Now()
 	if r := fleetWithEnv(t, 60*time.Minute, env, "image", "build", "debian-12"); r.code != 0 {
 		t.Fatalf("bake: %s", r.stderr)
 	}
@@ -136,4 +152,56 @@ func TestBench(t *testing.T) {
 		fmt.Fprintf(&b, "%-36s | %-44s | %s\n", row[0], row[1], row[2])
 	}
 	fmt.Print(b.String())
+}
+
+// benchWorkspace measures bringing a 200 MB, 20,000-file repository into
+// a VM and collecting 100 commits.
+func benchWorkspace(t *testing.T, c *fleetpkg.Controller, m *fleetpkg.Machine, sshCfg string, add func(what, value, target string)) {
+	ctx := context.Background()
+	repo := t.TempDir()
+	buf := make([]byte, 10<<10)
+	for i := 0; i < 20000; i++ {
+		d := filepath.Join(repo, fmt.Sprintf("d%03d", i/100))
+		os.MkdirAll(d, 0o755)
+		rand.Read(buf[:5<<10])
+		hex.Encode(buf, buf[:5<<10]) // source-like: compresses about 2:1
+		os.WriteFile(filepath.Join(d, fmt.Sprintf("f%05d.txt", i)), buf, 0o644)
+	}
+	sh(t, repo, "git init -q -b main && git add -A && git commit -q -m 'bench repo'")
+	ssh := func(script string) {
+		if out, err := exec.Command("ssh", "-F", sshCfg, "-o", "BatchMode=yes", m.Name, script).CombinedOutput(); err != nil {
+			t.Fatalf("ssh %s: %v %s", script, err, out)
+		}
+	}
+	clear := func() { ssh("sudo rm -rf /workspace/* /workspace/.[!.]* /tmp/hand") }
+	timeOnce := func(f func()) time.Duration { clear(); t0 := time.Now(); f(); return time.Since(t0) }
+
+	fleetGit := timeOnce(func() {
+		if err := c.BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncGit, Dir: repo}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	handGit := timeOnce(func() {
+		ssh("git init -q /tmp/hand")
+		push := exec.Command("git", "push", "-q", m.Name+":/tmp/hand", "HEAD:refs/heads/work")
+		push.Dir, push.Env = repo, append(os.Environ(), "GIT_SSH_COMMAND=ssh -F "+sshCfg+" -o BatchMode=yes")
+		if out, err := push.CombinedOutput(); err != nil {
+			t.Fatalf("git push: %v %s", err, out)
+		}
+		ssh("cd /tmp/hand && git checkout -q work")
+	})
+	add("bring in 200MB/20k files: fleet git / git push", fmt.Sprintf("%.2f (%s vs %s)", fleetGit.Seconds()/handGit.Seconds(), fleetGit.Round(100*time.Millisecond), handGit.Round(100*time.Millisecond)), "<= 1.1")
+
+	fleetRsync := timeOnce(func() {
+		if err := c.BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncRsync, Dir: repo}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	handRsync := timeOnce(func() {
+		cmd := exec.Command("rsync", "-a", "-e", "ssh -F "+sshCfg+" -o BatchMode=yes", repo+"/", m.Name+":/tmp/hand/")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("rsync: %v %s", err, out)
+		}
+	})
+	add("bring in 200MB/20k files: fleet rsync / rsync", fmt.Sprintf("%.2f (%s vs %s)", fleetRsync.Seconds()/handRsync.Seconds(), fleetRsync.Round(100*time.Millisecond), handRsync.Round(100*time.Millisecond)), "<= 1.1")
 }

@@ -133,6 +133,16 @@ func (p *preparedWorkspace) record(vm string) *Workspace {
 	return w
 }
 
+// BringIn brings a project into a running machine's empty /workspace, as
+// spawn does (the machine's record is not changed).
+func (c *Controller) BringIn(ctx context.Context, m *Machine, req WorkspaceRequest) error {
+	p, err := c.prepareWorkspace(ctx, req)
+	if err != nil {
+		return err
+	}
+	return c.syncIn(ctx, m, p)
+}
+
 // syncIn brings the project into a freshly booted machine.
 func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
 	if p == nil {
