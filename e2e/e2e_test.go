@@ -51,10 +51,13 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Printf("e2e: image ready in %s\n", time.Since(start).Round(time.Second))
 	code := m.Run()
-	// Whatever a failed test left behind must not outlive the run.
-	destroy := exec.Command(fleetBin, "destroy", "--all", "--force", "--name", "e2e")
-	destroy.Env = fleetEnv()
-	_ = destroy.Run()
+	// Whatever a failed test left behind, in any fleet, must not outlive the run.
+	fleets, _ := os.ReadDir(filepath.Join(fleetHome, "fleets"))
+	for _, f := range fleets {
+		destroy := exec.Command(fleetBin, "destroy", "--all", "--force", "--name", f.Name())
+		destroy.Env = fleetEnv()
+		_ = destroy.Run()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

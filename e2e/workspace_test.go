@@ -254,3 +254,48 @@ printf 'exclude = ["node_modules"]\n' > fleet.hcl`)
 	}
 	mustFleet(t, 3*time.Minute, "destroy", "rs-1", "--name", "rs") // collected: allowed
 }
+
+// Shared mode: a live virtiofs share at /workspace. Read-only unless
+// asked, enforced on the host (a read-only bind mount), so even root in
+// the guest cannot write; with --writable the agent's files appear on
+// the host at once.
+func TestWorkspaceShared(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	src := t.TempDir()
+	sh(t, src, "chmod 0755 . && echo v1 > app.txt && mkdir out && chmod 0777 out")
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "sh")
+
+	r := fleet(t, bootDeadline, "spawn", "1", "--name", "sh", "--memory", "1G", "--project", src, "--sync", "shared")
+	if r.code != 0 {
+		t.Fatalf("spawn --sync shared: %s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, "read-only") {
+		t.Errorf("the risk was not stated at spawn: %s", r.stderr)
+	}
+	sh(t, src, "echo v2 > app.txt")
+	out := mustFleet(t, 2*time.Minute, "exec", "sh-1", "--name", "sh", "--", "sh", "-c",
+		"cat /workspace/app.txt; echo x > /workspace/out/a.txt && echo WROTE; sudo touch /workspace/root.txt && echo ROOT-WROTE; true")
+	if !strings.Contains(out, "v2") {
+		t.Errorf("a host change did not show up live: %q", out)
+	}
+	if strings.Contains(out, "WROTE") {
+		t.Fatalf("a read-only share was written: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(src, "root.txt")); err == nil {
+		t.Fatal("guest root wrote through a read-only share")
+	}
+	if r := fleet(t, time.Minute, "collect", "sh-1", "--name", "sh"); r.code == 0 || !strings.Contains(r.stderr, "already on the host") {
+		t.Errorf("collect on a shared machine: %d %s", r.code, r.stderr)
+	}
+
+	r = fleet(t, bootDeadline, "spawn", "1", "--name", "sh", "--memory", "1G", "--project", src, "--sync", "shared", "--writable")
+	if r.code != 0 || !strings.Contains(r.stderr, "can change and delete files") {
+		t.Fatalf("spawn --writable: %d %s", r.code, r.stderr)
+	}
+	mustFleet(t, 2*time.Minute, "exec", "sh-2", "--name", "sh", "--", "sh", "-c", "echo from-agent > /workspace/out/b.txt")
+	if b, _ := os.ReadFile(filepath.Join(src, "out", "b.txt")); string(b) != "from-agent\n" {
+		t.Fatalf("the agent's write did not reach the host: %q", b)
+	}
+}

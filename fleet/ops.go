@@ -79,6 +79,11 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool) error 
 		if err := c.waitSSH(gctx, m); err != nil {
 			return err
 		}
+		if m.Workspace != nil && m.Workspace.Mode == SyncShared {
+			if err := c.mountShared(gctx, m); err != nil {
+				return fmt.Errorf("%s: %w", m.Name, err)
+			}
+		}
 		c.say("%s: ready", m.Name)
 		return nil
 	})

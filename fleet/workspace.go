@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 )
 
@@ -117,6 +118,16 @@ func (c *Controller) prepareWorkspace(ctx context.Context, req WorkspaceRequest)
 		if !c.Driver.Capabilities().SharedFolders {
 			return nil, fmt.Errorf("--sync shared: the %s driver has no shared folders", c.Driver.Name())
 		}
+		if v, ok := c.Driver.(vm.ShareValidator); ok {
+			if err := v.ValidateShare(&vm.Share{HostDir: req.Dir, Writable: req.Writable}); err != nil {
+				return nil, fmt.Errorf("--sync shared: %w", err)
+			}
+		}
+		if req.Writable {
+			c.say("warning: --sync shared --writable: the agents can change and delete files in %s directly, and whatever they leave there runs when you next build or open it", req.Dir)
+		} else {
+			c.say("note: --sync shared: the agents read %s live (read-only); they see any secrets in it", req.Dir)
+		}
 	}
 	return p, nil
 }
@@ -155,6 +166,8 @@ func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspac
 		err = c.gitIn(ctx, m, p)
 	case SyncRsync:
 		err = c.rsyncIn(ctx, m, p)
+	case SyncShared:
+		err = c.mountShared(ctx, m)
 	default:
 		return nil
 	}
@@ -222,6 +235,25 @@ func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspa
 	var stderr bytes.Buffer
 	if code, err := sshx.Run(ctx, cl, "touch ~/"+syncedMarker, nil, io.Discard, &stderr); err != nil || code != 0 {
 		return fmt.Errorf("mark the sync: exit %d %v %s", code, err, stderr.String())
+	}
+	return nil
+}
+
+// mountShared mounts the machine's shared folder at /workspace (after
+// every boot: spawn and start).
+func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return err
+	}
+	opts := "ro"
+	if m.Workspace.Writable {
+		opts = "rw"
+	}
+	var stderr bytes.Buffer
+	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t virtiofs -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, vm.ShareTag)
+	if code, err := sshx.Run(ctx, cl, cmd, nil, io.Discard, &stderr); err != nil || code != 0 {
+		return fmt.Errorf("mount the shared folder: exit %d %v %s", code, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }
@@ -431,16 +463,43 @@ func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.R
 		done <- err
 	}()
 	ierr := repo.Import(ctx, pr, max)
-	if ierr != nil {
-		cancel()
-		pr.CloseWithError(ierr)
-	}
-	serr := <-done
+	serr := finishStream(ierr, pr, done, cancel)
 	if ierr != nil {
 		return ierr
 	}
 	return serr
 }
+
+// finishStream ends a VM's stream once the host has read what it needs:
+// the rest (tar padding, say) is drained up to a small limit, and a VM
+// that keeps sending past it, or does not exit, is cut off, so a hostile
+// guest cannot keep collect waiting.
+func finishStream(readErr error, pr *io.PipeReader, done <-chan error, cancel context.CancelFunc) error {
+	if readErr != nil {
+		cancel()
+		pr.CloseWithError(readErr)
+		return <-done
+	}
+	const trailing = 1 << 20
+	n, _ := io.CopyN(io.Discard, pr, trailing+1)
+	if n > trailing {
+		cancel()
+		pr.CloseWithError(ErrTrailing)
+		<-done
+		return ErrTrailing
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		return errors.New("the VM did not end its session after the stream")
+	}
+}
+
+// ErrTrailing says a VM sent more after the end of a pack or tar stream.
+var ErrTrailing = errors.New("the VM kept sending after the end of its stream")
 
 // collectFiles copies /workspace into a fresh results folder (rsync mode):
 // a tar stream unpacked under an os.Root, then swapped in.
@@ -485,11 +544,7 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 		done <- err
 	}()
 	n, uerr := workspace.Untar(pr, tmp, o.MaxBytes)
-	if uerr != nil {
-		cancel()
-		pr.CloseWithError(uerr)
-	}
-	if serr := <-done; uerr == nil && serr != nil {
+	if serr := finishStream(uerr, pr, done, cancel); uerr == nil && serr != nil {
 		uerr = serr
 	}
 	if uerr != nil {

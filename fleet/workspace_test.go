@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,5 +89,41 @@ func TestGuardWorkProtectsUncollectedWork(t *testing.T) {
 	err = c.guardWork(context.Background(), []*Machine{git("p-1", &yes)}, DestroyOptions{Collect: true})
 	if err == nil || !strings.Contains(err.Error(), "not running") || !strings.Contains(err.Error(), "nothing was destroyed") {
 		t.Fatalf("--collect on a stopped machine: %v", err)
+	}
+}
+
+// A VM's stream after the part the host needs: padding is drained, an
+// endless stream is cut off, a failed read cancels the session.
+func TestFinishStream(t *testing.T) {
+	stream := func(extra int64, endless bool) (*io.PipeReader, chan error, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.Background())
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 4096)
+			for sent := int64(0); endless || sent < extra; sent += int64(len(buf)) {
+				if ctx.Err() != nil {
+					break
+				}
+				if _, err := pw.Write(buf); err != nil {
+					break
+				}
+			}
+			pw.Close()
+			done <- ctx.Err()
+		}()
+		return pr, done, cancel
+	}
+	pr, done, cancel := stream(10240, false)
+	if err := finishStream(nil, pr, done, cancel); err != nil {
+		t.Fatalf("tar padding: %v", err)
+	}
+	pr, done, cancel = stream(0, true)
+	if err := finishStream(nil, pr, done, cancel); !errors.Is(err, ErrTrailing) {
+		t.Fatalf("endless stream: %v", err)
+	}
+	pr, done, cancel = stream(0, true)
+	if err := finishStream(errors.New("too large"), pr, done, cancel); !errors.Is(err, context.Canceled) {
+		t.Fatalf("failed read must cancel the session: %v", err)
 	}
 }

@@ -29,6 +29,18 @@ type Spec struct {
 	CPUs      int
 	MemoryMiB int
 	Seed      Seed
+	// Share, if set, is a host folder the guest can mount with tag
+	// ShareTag (Capabilities.SharedFolders).
+	Share *Share
+}
+
+// ShareTag is the mount tag of Spec.Share in the guest.
+const ShareTag = "workspace"
+
+// Share is a host folder shared live with the guest.
+type Share struct {
+	HostDir  string
+	Writable bool // otherwise the host side refuses every write
 }
 
 // Runtime is how to reach a running machine.
@@ -53,6 +65,12 @@ type Capabilities struct {
 	// SharedFolders means the driver can share a host folder at
 	// /workspace (--sync shared).
 	SharedFolders bool
+}
+
+// ShareValidator is implemented by drivers with SharedFolders: it checks
+// what a share needs on this host before anything is made.
+type ShareValidator interface {
+	ValidateShare(s *Share) error
 }
 
 // Driver makes, runs and removes machines on one hypervisor.

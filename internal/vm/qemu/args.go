@@ -30,6 +30,9 @@ type MachineArgs struct {
 	// chosen port is read back over QMP. That avoids the race of picking a
 	// port in Go and handing it to QEMU while another spawn does the same.
 	SSHHostPort int
+	// VirtiofsSocket, if set, is a virtiofsd socket shared as tag
+	// "workspace"; vhost-user needs the guest RAM in shared memory.
+	VirtiofsSocket string
 }
 
 // SystemArgs builds the qemu-system-x86_64 argument list. It is a pure
@@ -58,6 +61,14 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-rng-pci",
 		"-serial", "file:" + m.SerialLog,
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", m.QMPSocket),
+	}
+	if m.VirtiofsSocket != "" {
+		args[3] = "q35,memory-backend=mem"
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", m.MemoryMiB),
+			"-chardev", fmt.Sprintf("socket,id=vfs,path=%s", qemuEscape(m.VirtiofsSocket)),
+			"-device", "vhost-user-fs-pci,chardev=vfs,tag=workspace",
+		)
 	}
 	return args
 }

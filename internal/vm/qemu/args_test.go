@@ -40,6 +40,11 @@ func TestSystemArgs(t *testing.T) {
 		{"serial to file", func(m *MachineArgs) {}, "-serial", []string{"file:/f/proj-1/serial.log"}},
 		{"qmp socket", func(m *MachineArgs) {}, "-qmp", []string{"unix:/f/proj-1/qmp.sock,server=on,wait=off"}},
 		{"pid file", func(m *MachineArgs) {}, "-pidfile", []string{"/f/proj-1/qemu.pid"}},
+		{"no share: plain memory", func(m *MachineArgs) {}, "-machine", []string{"q35"}},
+		{"share: RAM in shared memory", func(m *MachineArgs) { m.VirtiofsSocket = "/f/proj-1/virtiofs.sock" }, "-object",
+			[]string{"memory-backend-memfd,id=mem,size=2048M,share=on"}},
+		{"share: machine uses it", func(m *MachineArgs) { m.VirtiofsSocket = "/f/v.sock" }, "-machine", []string{"q35,memory-backend=mem"}},
+		{"share: socket, comma escaped", func(m *MachineArgs) { m.VirtiofsSocket = "/f/a,b/v.sock" }, "-chardev", []string{"socket,id=vfs,path=/f/a,,b/v.sock"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,5 +104,23 @@ func TestQMPPathStaysShort(t *testing.T) {
 	}
 	if p := qmpPath("/short"); p != "/short/qmp.sock" {
 		t.Fatalf("got %s", p)
+	}
+}
+
+func TestVirtiofsdArgsMakeReadOnlyAHostSideMount(t *testing.T) {
+	ro := VirtiofsdArgs("/usr/lib/qemu/virtiofsd", "/m/v.sock", "/src/my proj", "/m/v.log", false)
+	if !slices.Equal(ro[:3], []string{"--mount", "--propagation", "private"}) {
+		t.Fatalf("not in a private mount namespace: %q", ro)
+	}
+	script := ro[5]
+	if !strings.Contains(script, `mount -o remount,bind,ro "$1"`) || !strings.Contains(script, `--socket-path="$3"`) {
+		t.Fatalf("script: %s", script)
+	}
+	// Paths travel as positional arguments, never inside the script text.
+	if got := ro[6:]; !slices.Equal(got, []string{"virtiofsd", "/src/my proj", "/usr/lib/qemu/virtiofsd", "/m/v.sock", "ro", "/m/v.log"}) {
+		t.Fatalf("positional args %q", got)
+	}
+	if rw := VirtiofsdArgs("d", "s", "/src", "l", true); rw[len(rw)-2] != "rw" {
+		t.Fatalf("writable: %q", rw)
 	}
 }

@@ -57,7 +57,7 @@ var _ vm.Driver = (*Driver)(nil)
 func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true}
+	return vm.Capabilities{LinkedClones: true, SharedFolders: true}
 }
 
 // Validate checks that qemu-system and qemu-img are on PATH.
@@ -113,15 +113,24 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	pidf := filepath.Join(s.Dir, PIDFile)
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
-	args := SystemArgs(MachineArgs{
+	ma := MachineArgs{
 		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
-	})
+	}
+	if s.Share != nil {
+		vfs, err := d.startVirtiofsd(ctx, s)
+		if err != nil {
+			return vm.Runtime{}, err
+		}
+		ma.VirtiofsSocket = vfs
+	}
+	args := SystemArgs(ma)
 	d.Log.Debug("starting", "vm", s.Name, "accel", d.Accel)
 	// -daemonize: the command returns once the guest is set up; QEMU's
 	// errors (bad disk, no accelerator) arrive here before it detaches.
 	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args}); err != nil {
+		stopVirtiofsd(ma.VirtiofsSocket)
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	pid, err := readPID(pidf)
@@ -194,6 +203,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 			return fmt.Errorf("delete %s: qemu (pid %d) did not exit", s.Name, pid)
 		}
 	}
+	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
 	_ = os.Remove(qmpPath(s.Dir))
 	if err := os.RemoveAll(s.Dir); err != nil {
 		return fmt.Errorf("delete %s: %w", s.Name, err)
