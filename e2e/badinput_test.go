@@ -29,6 +29,25 @@ func TestBadInput(t *testing.T) {
 		{"too much memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "100000G"}, "not enough memory"},
 		{"qemu not installed", []string{"PATH=/nonexistent"}, []string{"spawn", "1", "--name", "bad", "--memory", "512M"}, "qemu-system-x86_64 is not installed"},
 	}
+	plain := t.TempDir() // not a git repository
+	badHCL := t.TempDir()
+	os.WriteFile(filepath.Join(badHCL, "fleet.hcl"), []byte("sinc = \"git\"\n"), 0o644)
+	cases = append(cases, []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"unknown sync mode", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--sync", "nfs"}, "unknown sync mode"},
+		{"git sync outside a repository", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--sync", "git", "--project", plain}, "not inside a git repository"},
+		{"rsync of the whole file system", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--sync", "rsync", "--project", "/"}, "not bringing all of /"},
+		{"bad fleet.hcl", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--project", badHCL}, "fleet.hcl:1"},
+		{"collect an unknown machine", nil, []string{"collect", "bad-3", "--name", "bad"}, "unknown machine"},
+		{"collect nothing named", nil, []string{"collect", "--name", "bad"}, "name a machine or pass --all"},
+		{"collect with a bad size", nil, []string{"collect", "--all", "--name", "bad", "--max-size", "lots"}, "invalid size"},
+		{"diff an unknown machine", nil, []string{"diff", "bad-3", "--name", "bad"}, "unknown machine"},
+		{"apply an unknown machine", nil, []string{"apply", "bad-3", "--name", "bad"}, "unknown machine"},
+	}...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := fleetWithEnv(t, time.Minute, tc.env, tc.args...)
