@@ -252,7 +252,11 @@ printf 'exclude = ["node_modules"]\n' > fleet.hcl`)
 	if treeSum(t, src, true) != before {
 		t.Fatal("collect wrote into the source folder")
 	}
-	mustFleet(t, 3*time.Minute, "destroy", "rs-1", "--name", "rs") // collected: allowed
+	mustFleet(t, 2*time.Minute, "exec", "rs-1", "--name", "rs", "--", "sh", "-c", "echo later > /workspace/late.txt")
+	mustFleet(t, 3*time.Minute, "destroy", "rs-1", "--name", "rs", "--collect")
+	if b, _ := os.ReadFile(filepath.Join(fleetHome, "fleets", "rs", "results", "rs-1", "late.txt")); string(b) != "later\n" {
+		t.Fatalf("destroy --collect lost the last change: %q", b)
+	}
 }
 
 // Shared mode: a live virtiofs share at /workspace. Read-only unless

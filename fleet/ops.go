@@ -196,11 +196,36 @@ func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o De
 	}
 	unlock()
 	if empty && errors.Join(errs...) == nil {
-		if err := os.RemoveAll(c.Layout.FleetDir(c.Fleet)); err != nil {
+		if err := removeFleetDir(c.Layout, c.Fleet); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeFleetDir removes an empty fleet's folder (state, key, known_hosts)
+// but keeps collected results: they are the user's, not the fleet's.
+func removeFleetDir(l Layout, fleet string) error {
+	entries, err := os.ReadDir(l.FleetDir(fleet))
+	if err != nil {
+		return nil
+	}
+	results := l.ResultsDir(fleet)
+	kept := false
+	for _, e := range entries {
+		p := filepath.Join(l.FleetDir(fleet), e.Name())
+		if p == results {
+			kept = true
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	if !kept {
+		return os.Remove(l.FleetDir(fleet))
+	}
+	return nil
 }
 
 // sweepOrphans deletes machine folders that no state record owns: what a

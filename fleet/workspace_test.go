@@ -127,3 +127,27 @@ func TestFinishStream(t *testing.T) {
 		t.Fatalf("failed read must cancel the session: %v", err)
 	}
 }
+
+func TestRemoveFleetDirKeepsResults(t *testing.T) {
+	l := Layout{Root: t.TempDir()}
+	os.MkdirAll(filepath.Join(l.ResultsDir("p"), "p-1"), 0o755)
+	os.WriteFile(filepath.Join(l.ResultsDir("p"), "p-1", "out.txt"), []byte("work"), 0o644)
+	os.WriteFile(l.StateFile("p"), []byte("{}"), 0o600)
+	os.MkdirAll(l.MachinesDir("p"), 0o755)
+	if err := removeFleetDir(l, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.ResultsDir("p"), "p-1", "out.txt")); string(b) != "work" {
+		t.Fatal("collected results were removed with the fleet")
+	}
+	if _, err := os.Stat(l.StateFile("p")); err == nil {
+		t.Fatal("state kept")
+	}
+	os.RemoveAll(l.ResultsDir("p"))
+	if err := removeFleetDir(l, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.FleetDir("p")); err == nil {
+		t.Fatal("an empty fleet's folder was kept")
+	}
+}
