@@ -1,0 +1,280 @@
+// Package session runs one agent per VM in tmux, so it outlives the fleet
+// command, a dropped connection and a sleeping host. Everything of a
+// session lives in the agent's ~/.fleet/session: the task (uploaded as
+// data, never spliced into a command), run.sh (made here from the
+// project's profile, never from the task), the log, the start time and,
+// at the end, the exit status.
+//
+// The scripts are made by pure functions; the fleet package runs them
+// over SSH.
+package session
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+)
+
+// Dir is the session folder in the agent's home.
+const Dir = ".fleet/session"
+
+// TmuxSession is the tmux session name (one agent per VM).
+const TmuxSession = "fleet"
+
+// TaskVia says how a profile's command gets the task.
+type TaskVia string
+
+const (
+	TaskStdin TaskVia = "stdin" // the task file is the command's stdin
+	TaskFile  TaskVia = "file"  // {task_file} in the command is the task file's path
+)
+
+// Profile is how to run one kind of agent.
+type Profile struct {
+	Name    string
+	Command []string // argv; "{task_file}" is replaced by the task file's path
+	Task    TaskVia
+	// ClaudeStream says the output is Claude Code's stream-json (rendered
+	// by Render, and read for turns and cost).
+	ClaudeStream bool
+}
+
+// Claude is the default profile: Claude Code headless as agent in
+// /workspace, permissions skipped (the VM is the sandbox), the task on
+// stdin so it arrives byte for byte.
+var Claude = Profile{
+	Name:         "claude",
+	Command:      []string{"claude", "--dangerously-skip-permissions", "-p", "--output-format", "stream-json", "--verbose"},
+	Task:         TaskStdin,
+	ClaudeStream: true,
+}
+
+// ClaudeInteractive is Claude Code's own interface in the tmux session
+// (fleet attach), the task as its first prompt.
+var ClaudeInteractive = Profile{
+	Name:    "claude-interactive",
+	Command: []string{"sh", "-c", `exec claude --dangerously-skip-permissions "$(cat "$1")"`, "claude", "{task_file}"},
+	Task:    TaskFile,
+}
+
+// Validate checks a profile from fleet.hcl.
+func (p Profile) Validate() error {
+	if len(p.Command) == 0 || p.Command[0] == "" {
+		return fmt.Errorf("profile %q: command is empty", p.Name)
+	}
+	switch p.Task {
+	case TaskStdin:
+	case TaskFile:
+		found := false
+		for _, a := range p.Command {
+			found = found || strings.Contains(a, "{task_file}")
+		}
+		if !found {
+			return fmt.Errorf("profile %q: task = \"file\" needs {task_file} in its command", p.Name)
+		}
+	default:
+		return fmt.Errorf("profile %q: task must be \"stdin\" or \"file\", got %q", p.Name, p.Task)
+	}
+	return nil
+}
+
+// Credentials are the host variables a session may get. They reach the
+// session's environment only (through the tmux server, never a command
+// line, a file or a log).
+var Credentials = []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"}
+
+// RunScript is run.sh: go to /workspace, run the setup command, then the
+// agent with its task, all output to the log; the exit status goes to
+// the exit file last, atomically, and marks the end.
+func RunScript(p Profile, setup string) string {
+	words := make([]string, len(p.Command))
+	for i, a := range p.Command {
+		words[i] = execx.ShellQuote(a)
+		if strings.Contains(a, "{task_file}") {
+			// Single-quoted, with the path spliced in as "$d/task".
+			q := "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+			words[i] = strings.ReplaceAll(q, "{task_file}", `'"$d/task"'`)
+		}
+	}
+	cmd := strings.Join(words, " ")
+	if p.Task == TaskStdin {
+		cmd += ` <"$d/task"`
+	}
+	var b strings.Builder
+	b.WriteString("#!/bin/sh\n")
+	b.WriteString("d=$HOME/" + Dir + "\n")
+	b.WriteString("echo $$ >\"$d/pid\"\n")
+	b.WriteString("date +%s >\"$d/started\"\n")
+	b.WriteString("cd /workspace 2>/dev/null || cd\n")
+	b.WriteString("run() {\n")
+	if setup != "" {
+		fmt.Fprintf(&b, "  echo '== fleet: setup: '%s\n", execx.ShellQuote(setup))
+		fmt.Fprintf(&b, "  sh -c %s </dev/null || { s=$?; echo \"== fleet: setup failed with exit status $s\"; return $s; }\n", execx.ShellQuote(setup))
+	}
+	fmt.Fprintf(&b, "  %s\n", cmd)
+	b.WriteString("}\n")
+	b.WriteString("run >>\"$d/log\" 2>&1\n")
+	b.WriteString("s=$?\n")
+	b.WriteString("echo \"== fleet: agent exited with status $s\" >>\"$d/log\"\n")
+	b.WriteString("echo $s >\"$d/exit.tmp\" && mv \"$d/exit.tmp\" \"$d/exit\"\n")
+	return b.String()
+}
+
+// PrepareScript empties the session folder (a new session replaces the
+// last one) and stores the task from stdin, byte for byte.
+func PrepareScript() string {
+	return `set -e
+tmux kill-server 2>/dev/null || true
+d=$HOME/` + Dir + `
+rm -rf "$d" && mkdir -p "$d" && chmod 700 "$d"
+cat >"$d/task"
+`
+}
+
+// InstallRunScript writes run.sh from stdin.
+func InstallRunScript() string {
+	return `set -e
+d=$HOME/` + Dir + `
+cat >"$d/run.sh" && chmod 700 "$d/run.sh"
+`
+}
+
+// StartScript starts the session. Credentials come on stdin as
+// NAME=VALUE lines: exported in this shell only, they pass into the tmux
+// server this command starts and from there into the session, and are on
+// no command line and in no file.
+func StartScript() string {
+	return `set -e
+while IFS= read -r kv; do
+  case "$kv" in ANTHROPIC_API_KEY=*|CLAUDE_CODE_OAUTH_TOKEN=*) export "$kv" ;; esac
+done
+tmux new-session -d -s ` + TmuxSession + ` -x 200 -y 50 "$HOME/` + Dir + `/run.sh"
+`
+}
+
+// CredentialInput renders the credentials present in env for StartScript.
+func CredentialInput(getenv func(string) string) ([]byte, error) {
+	var b bytes.Buffer
+	for _, k := range Credentials {
+		v := getenv(k)
+		if v == "" {
+			continue
+		}
+		if strings.ContainsAny(v, "\n\r\x00") {
+			return nil, fmt.Errorf("%s contains a line break", k)
+		}
+		fmt.Fprintf(&b, "%s=%s\n", k, v)
+	}
+	return b.Bytes(), nil
+}
+
+// StatusScript prints the session's state as key=value lines.
+func StatusScript() string {
+	return `d=$HOME/` + Dir + `
+[ -f "$d/task" ] || { echo state=idle; exit 0; }
+echo "started=$(cat "$d/started" 2>/dev/null)"
+echo "now=$(date +%s)"
+if [ -f "$d/exit" ]; then echo "exit=$(cat "$d/exit")"; fi
+if tmux has-session -t ` + TmuxSession + ` 2>/dev/null; then echo alive=1; fi
+r=$(grep '^{"type":"result"' "$d/log" 2>/dev/null | tail -n 1)
+[ -n "$r" ] && printf 'result=%s\n' "$r"
+true
+`
+}
+
+// KillScript ends the session, recording 137 if it had not ended.
+func KillScript() string {
+	return `d=$HOME/` + Dir + `
+[ -f "$d/task" ] || { echo "no session" >&2; exit 3; }
+tmux kill-server 2>/dev/null || true
+if [ ! -f "$d/exit" ]; then
+  echo "== fleet: killed" >>"$d/log"
+  echo 137 >"$d/exit"
+fi
+`
+}
+
+// LogsScript prints the log; with follow, until the session ends.
+func LogsScript(follow bool) string {
+	s := `d=$HOME/` + Dir + `
+[ -f "$d/task" ] || { echo "no session has run on this machine" >&2; exit 3; }
+`
+	if !follow {
+		return s + `cat "$d/log" 2>/dev/null; true` + "\n"
+	}
+	return s + `while [ ! -f "$d/pid" ] && [ ! -f "$d/exit" ]; do sleep 0.2; done
+touch "$d/log"
+if [ -f "$d/exit" ]; then cat "$d/log"; else exec tail -n +1 -f --pid="$(cat "$d/pid")" "$d/log"; fi
+`
+}
+
+// State is an agent's state on one machine.
+type State string
+
+const (
+	Idle      State = "idle"
+	Running   State = "running"
+	Succeeded State = "succeeded"
+	Failed    State = "failed"
+	Lost      State = "lost" // no exit status, and tmux is gone (the VM was reset)
+)
+
+// Status is what StatusScript reported.
+type Status struct {
+	State      State   `json:"state"`
+	ExitCode   int     `json:"exit_code,omitempty"`
+	ElapsedSec int64   `json:"elapsed_sec,omitempty"`
+	Turns      int     `json:"turns,omitempty"`
+	CostUSD    float64 `json:"cost_usd,omitempty"`
+}
+
+// ParseStatus reads StatusScript's output.
+func ParseStatus(out []byte) (Status, error) {
+	kv := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok {
+			kv[k] = v
+		}
+	}
+	if kv["state"] == "idle" {
+		return Status{State: Idle}, nil
+	}
+	if _, ok := kv["started"]; !ok {
+		return Status{}, errors.New("unreadable session state")
+	}
+	var s Status
+	started, _ := strconv.ParseInt(kv["started"], 10, 64)
+	now, _ := strconv.ParseInt(kv["now"], 10, 64)
+	if started > 0 && now >= started {
+		s.ElapsedSec = now - started
+	}
+	switch code, hasExit := kv["exit"]; {
+	case hasExit:
+		n, err := strconv.Atoi(strings.TrimSpace(code))
+		if err != nil {
+			return Status{}, fmt.Errorf("unreadable exit status %q", code)
+		}
+		s.ExitCode, s.State = n, Succeeded
+		if n != 0 {
+			s.State = Failed
+		}
+	case kv["alive"] == "1":
+		s.State = Running
+	default:
+		s.State = Lost
+	}
+	if r := kv["result"]; r != "" {
+		if ev, ok := parseEvent([]byte(r)); ok {
+			s.Turns, s.CostUSD = ev.NumTurns, ev.TotalCostUSD
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,156 @@
+package session
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// nasty is a task a shell would love to misread.
+const nasty = "fix it: \"quotes\" 'single' $(rm -rf /) `id` $HOME \\ ; & | > < * ?\nline two\tünïcödé 日本\n\n"
+
+// runLocally plays the VM: prepare (task from stdin), install run.sh,
+// then run it as tmux would, in a temporary home.
+func runLocally(t *testing.T, p Profile, setup, task string) (home string) {
+	t.Helper()
+	home = t.TempDir()
+	env := append(os.Environ(), "HOME="+home, "PATH=/nonexistent-tmux:"+os.Getenv("PATH"))
+	for _, step := range []struct {
+		script string
+		stdin  string
+	}{{PrepareScript(), task}, {InstallRunScript(), RunScript(p, setup)}} {
+		cmd := exec.Command("sh", "-c", step.script)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(step.stdin)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	cmd := exec.Command(filepath.Join(home, Dir, "run.sh"))
+	cmd.Env, cmd.Dir = env, home
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run.sh: %v\n%s", err, out)
+	}
+	return home
+}
+
+func read(t *testing.T, home, name string) string {
+	b, _ := os.ReadFile(filepath.Join(home, Dir, name))
+	return string(b)
+}
+
+func TestTaskArrivesByteForByteOnStdin(t *testing.T) {
+	agent := Profile{Name: "stand-in", Command: []string{"sh", "-c", `cat > "$HOME/got"; echo working; exit 3`}, Task: TaskStdin}
+	home := runLocally(t, agent, "", nasty)
+	if got, _ := os.ReadFile(filepath.Join(home, "got")); string(got) != nasty {
+		t.Fatalf("task changed on the way:\n got %q\nwant %q", got, nasty)
+	}
+	if e := read(t, home, "exit"); e != "3\n" {
+		t.Fatalf("exit file %q", e)
+	}
+	if l := read(t, home, "log"); !strings.Contains(l, "working\n") || !strings.Contains(l, "agent exited with status 3") {
+		t.Fatalf("log %q", l)
+	}
+	if read(t, home, "started") == "" || read(t, home, "pid") == "" {
+		t.Fatal("no start time or pid")
+	}
+}
+
+func TestTaskFileProfileAndSetup(t *testing.T) {
+	agent := Profile{Name: "aider", Command: []string{"sh", "-c", `cp "$1" "$HOME/got"`, "x", "{task_file}"}, Task: TaskFile}
+	home := runLocally(t, agent, "echo setting up > \"$HOME/setup-ran\"", nasty)
+	if got, _ := os.ReadFile(filepath.Join(home, "got")); string(got) != nasty {
+		t.Fatalf("task file: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(home, "setup-ran")); err != nil {
+		t.Fatal("setup did not run")
+	}
+	if e := read(t, home, "exit"); e != "0\n" {
+		t.Fatalf("exit %q", e)
+	}
+}
+
+func TestFailedSetupStopsTheAgent(t *testing.T) {
+	agent := Profile{Name: "a", Command: []string{"touch", "agent-ran"}, Task: TaskStdin}
+	home := runLocally(t, agent, "exit 7", "task")
+	if e := read(t, home, "exit"); e != "7\n" {
+		t.Fatalf("exit %q", e)
+	}
+	if !strings.Contains(read(t, home, "log"), "setup failed with exit status 7") {
+		t.Fatalf("log %q", read(t, home, "log"))
+	}
+	if _, err := os.Stat(filepath.Join(home, "agent-ran")); err == nil {
+		t.Fatal("the agent ran after a failed setup")
+	}
+}
+
+func TestProfileValidate(t *testing.T) {
+	if err := Claude.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Profile{
+		{Name: "x"},
+		{Name: "x", Command: []string{"aider"}, Task: "pipe"},
+		{Name: "x", Command: []string{"aider"}, Task: TaskFile},
+	} {
+		if p.Validate() == nil {
+			t.Errorf("accepted %+v", p)
+		}
+	}
+}
+
+func TestCredentialInput(t *testing.T) {
+	env := map[string]string{"ANTHROPIC_API_KEY": "sk-1", "OTHER": "x"}
+	b, err := CredentialInput(func(k string) string { return env[k] })
+	if err != nil || string(b) != "ANTHROPIC_API_KEY=sk-1\n" {
+		t.Fatalf("%q %v", b, err)
+	}
+	env["CLAUDE_CODE_OAUTH_TOKEN"] = "a\nb"
+	if _, err := CredentialInput(func(k string) string { return env[k] }); err == nil {
+		t.Fatal("a value with a line break must be refused")
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	for out, want := range map[string]Status{
+		"state=idle\n":                              {State: Idle},
+		"started=100\nnow=160\nalive=1\n":           {State: Running, ElapsedSec: 60},
+		"started=100\nnow=160\nexit=0\n":            {State: Succeeded, ElapsedSec: 60},
+		"started=100\nnow=160\nexit=42\n":           {State: Failed, ExitCode: 42, ElapsedSec: 60},
+		"started=100\nnow=160\n":                    {State: Lost, ElapsedSec: 60},
+		"started=1\nnow=2\nexit=0\nresult=" + result: {State: Succeeded, ElapsedSec: 1, Turns: 4, CostUSD: 0.0123},
+	} {
+		got, err := ParseStatus([]byte(out))
+		if err != nil || got != want {
+			t.Errorf("%q: got %+v %v, want %+v", out, got, err, want)
+		}
+	}
+	if _, err := ParseStatus([]byte("garbage")); err == nil {
+		t.Error("garbage accepted")
+	}
+}
+
+const result = `{"type":"result","subtype":"success","is_error":false,"num_turns":4,"total_cost_usd":0.0123,"result":"ok"}`
+
+func TestRender(t *testing.T) {
+	lines := []string{
+		`{"type":"system","subtype":"init","model":"claude-x"}`,
+		`{"type":"assistant","message":{"content":[{"type":"text","text":"Reading the tests."},{"type":"tool_use","name":"Bash","input":{"command":"go test ./..."}}]}}`,
+		`{"type":"user","message":{"content":[{"type":"tool_result","content":"ok","is_error":false}]}}`,
+		result,
+		`{"type":"result","subtype":"success","is_error":true,"num_turns":1,"result":"Invalid API key · Please run /login"}`,
+		"npm WARN deprecated",
+	}
+	var b bytes.Buffer
+	for _, l := range lines {
+		if r := Render(l); r != "" {
+			b.WriteString(r + "\n")
+		}
+	}
+	want := "● session started (claude-x)\nReading the tests.\n→ Bash go test ./...\n✓ done in 4 turn(s), $0.0123\n✗ failed after 1 turn(s): Invalid API key · Please run /login\nnpm WARN deprecated\n"
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
