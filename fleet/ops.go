@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/session"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/sync/errgroup"
@@ -30,6 +33,8 @@ type MachineStatus struct {
 	CPUs      int    `json:"cpus"`
 	MemoryMiB int    `json:"memory_mib"`
 	PID       int    `json:"pid,omitempty"`
+	// Agent is the machine's agent session (running machines only).
+	Agent *session.Status `json:"agent,omitempty"`
 }
 
 // Status reports every machine of the fleet.
@@ -57,6 +62,24 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 		}
 		out = append(out, ms)
 	}
+	// Agents are asked in parallel, each briefly: a wedged VM costs ls
+	// seconds, not minutes.
+	var wg sync.WaitGroup
+	for i, m := range s.Machines {
+		if out[i].State != StateRunning || m.SSHAddr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if st, err := c.SessionStatus(qctx, m); err == nil {
+				out[i].Agent = &st
+			}
+		}()
+	}
+	wg.Wait()
 	return out, nil
 }
 

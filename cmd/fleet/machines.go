@@ -62,6 +62,7 @@ func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count in
 
 func newSpawnCmd(g *globals) *cobra.Command {
 	o := &machineOpts{}
+	var t taskOpts
 	cmd := &cobra.Command{
 		Use:   "spawn N",
 		Short: "Create and boot N linked-clone machines in the fleet",
@@ -71,6 +72,8 @@ its pinned host key. Machines are named <fleet>-1 ... <fleet>-N; spawning into
 an existing fleet adds machines. If any machine fails (or Ctrl-C), everything
 this spawn created is removed again.`,
 		Example: `  fleet spawn 4
+  fleet spawn 4 --task 'Make the failing tests in ./parser pass'
+  fleet spawn 3 --tasks tasks.txt && fleet wait
   fleet spawn 2 --image debian-12 --cpus 2 --memory 4G
   fleet spawn 1 --name scratch`,
 		Args: cobra.ExactArgs(1),
@@ -84,6 +87,10 @@ this spawn created is removed again.`,
 				return err
 			}
 			defer c.Close()
+			tasks, sreq, err := t.load(n, o.project)
+			if err != nil {
+				return err
+			}
 			req, err := o.request(cmd.Context(), c, n)
 			if err != nil {
 				return err
@@ -95,10 +102,17 @@ this spawn created is removed again.`,
 			for _, m := range ms {
 				fmt.Fprintln(cmd.OutOrStdout(), m.Name)
 			}
+			if tasks != nil {
+				if err := startSessions(cmd.Context(), c, ms, tasks, sreq); err != nil {
+					return fmt.Errorf("machines are up, but: %w", err)
+				}
+			}
 			return nil
 		},
 	}
 	o.addFlags(cmd)
+	t.addFlags(cmd, true)
+	cmd.Long += "\n\nWith --task, --task-file or --tasks, each machine then starts an agent\n(see fleet run). " + tasksFileHelp
 	return cmd
 }
 
@@ -180,7 +194,7 @@ func newLsCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tAGENT")
 			for _, m := range st {
 				up := "-"
 				if m.State == fleet.StateRunning && m.UptimeSec > 0 {
@@ -190,7 +204,11 @@ func newLsCmd(g *globals) *cobra.Command {
 				if addr == "" {
 					addr = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\n", m.Name, m.State, m.Image, addr, up, m.CPUs, m.MemoryMiB)
+				agent := "-"
+				if m.Agent != nil {
+					agent = agentCell(*m.Agent, "")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", m.Name, m.State, m.Image, addr, up, m.CPUs, m.MemoryMiB, agent)
 			}
 			return tw.Flush()
 		},

@@ -58,7 +58,13 @@ func newSSHCmd(g *globals) *cobra.Command {
 
 // interactiveShell runs a login shell with a PTY sized like the local
 // terminal, in raw mode, following window size changes.
-func interactiveShell(cl *ssh.Client) error {
+func interactiveShell(cl *ssh.Client) error { return interactiveCommand(cl, "", false) }
+
+// interactiveCommand runs command (a login shell when "") with a PTY:
+// sized like the local terminal when stdin is one (raw mode, following
+// window changes), or 80x24 with always (tmux needs a terminal even when
+// a script drives it).
+func interactiveCommand(cl *ssh.Client, command string, always bool) error {
 	sess, err := cl.NewSession()
 	if err != nil {
 		return err
@@ -66,12 +72,12 @@ func interactiveShell(cl *ssh.Client) error {
 	defer sess.Close()
 	sess.Stdin, sess.Stdout, sess.Stderr = os.Stdin, os.Stdout, os.Stderr
 	fd := int(os.Stdin.Fd())
+	tt := os.Getenv("TERM")
+	if tt == "" || tt == "dumb" {
+		tt = "xterm-256color"
+	}
 	if term.IsTerminal(fd) {
 		w, h, _ := term.GetSize(fd)
-		tt := os.Getenv("TERM")
-		if tt == "" {
-			tt = "xterm-256color"
-		}
 		if err := sess.RequestPty(tt, h, w, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
 			return err
 		}
@@ -90,8 +96,17 @@ func interactiveShell(cl *ssh.Client) error {
 				}
 			}
 		}()
+	} else if always {
+		if err := sess.RequestPty(tt, 24, 80, ssh.TerminalModes{ssh.ECHO: 0}); err != nil {
+			return err
+		}
 	}
-	if err := sess.Shell(); err != nil {
+	if command == "" {
+		err = sess.Shell()
+	} else {
+		err = sess.Start(command)
+	}
+	if err != nil {
 		return err
 	}
 	if err := sess.Wait(); err != nil {

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+)
+
+// taskOpts are the task flags of spawn and run.
+type taskOpts struct {
+	task, tasksFile, taskFile, agent string
+}
+
+const tasksFileHelp = `A tasks file holds one task per machine, separated by lines that hold
+only "---"; each task may span lines and is passed exactly as written
+(leading and trailing blank lines dropped). With fewer tasks than machines
+the rest stay idle.`
+
+// load returns the tasks (one for each machine when --task) and the
+// profile, or none when no task was given. n is the number of machines.
+func (o *taskOpts) load(n int, project string) ([][]byte, fleet.SessionRequest, error) {
+	var req fleet.SessionRequest
+	given := 0
+	for _, s := range []string{o.task, o.tasksFile, o.taskFile} {
+		if s != "" {
+			given++
+		}
+	}
+	if given > 1 {
+		return nil, req, errors.New("give one of --task, --tasks and --task-file")
+	}
+	var tasks [][]byte
+	switch {
+	case o.task != "":
+		for i := 0; i < n; i++ {
+			tasks = append(tasks, []byte(o.task))
+		}
+	case o.taskFile != "":
+		b, err := os.ReadFile(o.taskFile)
+		if err != nil {
+			return nil, req, fmt.Errorf("--task-file: %w", err)
+		}
+		if len(b) == 0 {
+			return nil, req, fmt.Errorf("--task-file %s is empty", o.taskFile)
+		}
+		for i := 0; i < n; i++ {
+			tasks = append(tasks, b)
+		}
+	case o.tasksFile != "":
+		f, err := os.Open(o.tasksFile)
+		if err != nil {
+			return nil, req, fmt.Errorf("--tasks: %w", err)
+		}
+		defer f.Close()
+		if tasks, err = fleet.ReadTasks(f); err != nil {
+			return nil, req, fmt.Errorf("--tasks %s: %w", o.tasksFile, err)
+		}
+		if len(tasks) > n {
+			return nil, req, fmt.Errorf("--tasks %s has %d tasks for %d machine(s)", o.tasksFile, len(tasks), n)
+		}
+	default:
+		if o.agent != "" {
+			return nil, req, errors.New("--agent needs a task (--task, --tasks or --task-file)")
+		}
+		return nil, req, nil
+	}
+	if project == "" {
+		project, _ = os.Getwd()
+	}
+	proj, err := fleet.LoadProject(project)
+	if err != nil {
+		return nil, req, err
+	}
+	if req.Profile, err = proj.Profile(o.agent); err != nil {
+		return nil, req, err
+	}
+	req.Setup, req.Getenv = proj.Setup, os.Getenv
+	return tasks, req, nil
+}
+
+func (o *taskOpts) addFlags(cmd *cobra.Command, many bool) {
+	f := cmd.Flags()
+	f.StringVar(&o.task, "task", "", "start an agent with this task (exactly as given)")
+	f.StringVar(&o.taskFile, "task-file", "", "start an agent with the task in this file")
+	if many {
+		f.StringVar(&o.tasksFile, "tasks", "", "start one agent per machine with the tasks in this file (format below)")
+	}
+	f.StringVar(&o.agent, "agent", "", "agent profile from fleet.hcl, or claude (default) or claude-interactive")
+}
+
+// startSessions starts tasks[i] on ms[i], in parallel.
+func startSessions(ctx context.Context, c *fleet.Controller, ms []*fleet.Machine, tasks [][]byte, req fleet.SessionRequest) error {
+	var g errgroup.Group
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		if i >= len(tasks) {
+			break
+		}
+		g.Go(func() error {
+			r := req
+			r.Task = tasks[i]
+			errs[i] = c.StartSession(ctx, m, r)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return errors.Join(errs...)
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	var o taskOpts
+	var project string
+	cmd := &cobra.Command{
+		Use:   "run VM --task TEXT",
+		Short: "Start an agent with a task on an existing machine",
+		Long: `Starts the agent (the claude profile unless --agent or fleet.hcl says
+otherwise) in a tmux session in VM, as agent in /workspace, after the
+project's setup command. The task reaches the agent byte for byte, whatever
+it contains. The session survives this command, dropped connections and a
+sleeping host: follow it with fleet logs -f, fleet attach or fleet wait.
+ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN, if set here, go into the
+session's environment only: not the disk, a command line or a log.`,
+		Example: `  fleet run myproj-1 --task 'Fix the failing test in ./pkg/parse'
+  fleet run myproj-2 --task-file task.md --agent aider
+  fleet run myproj-1 --task "$(cat issue.txt)" && fleet logs -f myproj-1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tasks, req, err := o.load(1, project)
+			if err != nil {
+				return err
+			}
+			if tasks == nil {
+				return errors.New("no task: give --task TEXT or --task-file FILE")
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ms, err := selectMachines(c, args, false)
+			if err != nil {
+				return err
+			}
+			return startSessions(cmd.Context(), c, ms, tasks, req)
+		},
+	}
+	o.addFlags(cmd, false)
+	cmd.Flags().StringVar(&project, "project", "", "folder whose fleet.hcl names profiles and setup (default: the current folder)")
+	return cmd
+}
+
+func selectMachines(c *fleet.Controller, names []string, all bool) ([]*fleet.Machine, error) {
+	s, err := c.Store().Load()
+	if err != nil {
+		return nil, err
+	}
+	return c.Select(s, names, all)
+}
+
+func newAttachCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "attach VM",
+		Short: "Watch and steer a machine's agent live (detach with Ctrl-b d)",
+		Long: `Attaches to the agent's tmux session through a PTY over SSH. Detaching
+(Ctrl-b d) or closing the terminal leaves the agent running.`,
+		Example: `  fleet attach myproj-1`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ms, err := selectMachines(c, args, false)
+			if err != nil {
+				return err
+			}
+			st, err := c.SessionStatus(cmd.Context(), ms[0])
+			if err != nil {
+				return err
+			}
+			if st.State != session.Running {
+				return fmt.Errorf("%s has no running agent (state: %s); start one with fleet run %s --task ...", ms[0].Name, st.State, ms[0].Name)
+			}
+			cl, err := c.Connect(cmd.Context(), ms[0])
+			if err != nil {
+				return err
+			}
+			return interactiveCommand(cl, "tmux attach-session -t "+session.TmuxSession, true)
+		},
+	}
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	var all, follow, raw bool
+	cmd := &cobra.Command{
+		Use:   "logs VM...|--all",
+		Short: "Show agents' output (readable Claude output; --raw for stream-json)",
+		Example: `  fleet logs myproj-1
+  fleet logs -f --all
+  fleet logs --raw myproj-1 | jq -c 'select(.type=="result")'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := machineArgs(args, all); err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ms, err := selectMachines(c, args, all)
+			if err != nil {
+				return err
+			}
+			return c.Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine, lines prefixed with its name")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the agents end")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the log as written (Claude's stream-json)")
+	return cmd
+}
+
+func newWaitCmd(g *globals) *cobra.Command {
+	var all, asJSON bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait [VM...|--all]",
+		Short: "Wait for agents to finish; non-zero exit if any failed",
+		Long: `Returns when every named agent (all, without names) has ended, printing
+each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
+2 the timeout passed first. Safe to run again: sessions do not depend on it.`,
+		Example: `  fleet wait --all --timeout 2h
+  fleet spawn 4 --task 'make the tests pass' && fleet wait`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all && len(args) > 0 {
+				return errors.New("name machines or pass --all, not both")
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ms, err := selectMachines(c, args, len(args) == 0)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			res := c.Wait(ctx, ms, 2*time.Second)
+			if asJSON {
+				if err := printJSON(cmd, res); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range res {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", r.Machine, agentCell(r.Status, r.Err))
+				}
+			}
+			code := 0
+			for _, r := range res {
+				switch {
+				case r.Err != "":
+					code = max(code, 2)
+				case r.Status.State == session.Failed || r.Status.State == session.Lost:
+					code = max(code, 1)
+				}
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet (the default)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30m, 2h); exit status 2")
+	return cmd
+}
+
+func newKillCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, "kill", "Stop machines' agents and keep the machines",
+		"  fleet kill myproj-2\n  fleet kill --all",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			ms, err := selectMachines(c, args, all)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, m := range ms {
+				if err := c.KillSession(cmd.Context(), m); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: agent stopped\n", m.Name)
+			}
+			return errors.Join(errs...)
+		})
+}
+
+// agentCell renders an agent's state for ls and wait.
+func agentCell(st session.Status, errText string) string {
+	if errText != "" {
+		return "unknown (" + errText + ")"
+	}
+	s := string(st.State)
+	if st.State == "" {
+		return "-"
+	}
+	if st.State == session.Failed {
+		s = fmt.Sprintf("failed (exit %d)", st.ExitCode)
+	}
+	if st.State != session.Idle && st.ElapsedSec > 0 {
+		s += " " + (time.Duration(st.ElapsedSec) * time.Second).String()
+	}
+	if st.Turns > 0 {
+		s += fmt.Sprintf(" %d turns", st.Turns)
+	}
+	if st.CostUSD > 0 {
+		s += fmt.Sprintf(" $%.2f", st.CostUSD)
+	}
+	return s
+}

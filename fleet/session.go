@@ -1,0 +1,275 @@
+package fleet
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+)
+
+// SessionRequest is one agent run on one machine.
+type SessionRequest struct {
+	Task    []byte
+	Profile session.Profile
+	Setup   string              // project setup command, run first ("" for none)
+	Getenv  func(string) string // where credentials come from (os.Getenv)
+}
+
+// guestRun runs script on m with stdin, returning stdout; a non-zero
+// exit is an error carrying the script's stderr.
+func (c *Controller) guestRun(ctx context.Context, m *Machine, script string, stdin io.Reader) ([]byte, error) {
+	cl, err := c.Connect(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	var out, stderr bytes.Buffer
+	code, err := sshx.Run(ctx, cl, script, stdin, &out, &stderr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", m.Name, err)
+	}
+	if code != 0 {
+		return out.Bytes(), &GuestError{Machine: m.Name, Code: code, Stderr: strings.TrimSpace(execx.Tail(stderr.Bytes(), 3))}
+	}
+	return out.Bytes(), nil
+}
+
+// GuestError is a guest-side script that failed.
+type GuestError struct {
+	Machine string
+	Code    int
+	Stderr  string
+}
+
+func (e *GuestError) Error() string {
+	if e.Stderr == "" {
+		return fmt.Sprintf("%s: exit status %d", e.Machine, e.Code)
+	}
+	return fmt.Sprintf("%s: %s", e.Machine, e.Stderr)
+}
+
+// StartSession starts an agent in m's tmux session, replacing any
+// previous session. It returns once tmux runs it.
+func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequest) error {
+	if len(bytes.TrimSpace(r.Task)) == 0 {
+		return fmt.Errorf("%s: the task is empty", m.Name)
+	}
+	if err := r.Profile.Validate(); err != nil {
+		return err
+	}
+	creds, err := session.CredentialInput(r.Getenv)
+	if err != nil {
+		return err
+	}
+	if st, err := c.SessionStatus(ctx, m); err == nil && st.State == session.Running {
+		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)
+	}
+	if _, err := c.guestRun(ctx, m, session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
+		return fmt.Errorf("store the task: %w", err)
+	}
+	if _, err := c.guestRun(ctx, m, session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
+		return fmt.Errorf("install the session: %w", err)
+	}
+	if _, err := c.guestRun(ctx, m, session.StartScript(), bytes.NewReader(creds)); err != nil {
+		return fmt.Errorf("start the session: %w", err)
+	}
+	c.say("%s: %s started", m.Name, r.Profile.Name)
+	return nil
+}
+
+// SessionStatus reports m's agent.
+func (c *Controller) SessionStatus(ctx context.Context, m *Machine) (session.Status, error) {
+	out, err := c.guestRun(ctx, m, session.StatusScript(), nil)
+	if err != nil {
+		return session.Status{}, err
+	}
+	return session.ParseStatus(out)
+}
+
+// KillSession stops m's agent and keeps the machine.
+func (c *Controller) KillSession(ctx context.Context, m *Machine) error {
+	_, err := c.guestRun(ctx, m, session.KillScript(), nil)
+	var ge *GuestError
+	if errors.As(err, &ge) && ge.Code == 3 {
+		return fmt.Errorf("%s has no agent session", m.Name)
+	}
+	return err
+}
+
+// Logs writes the machines' agent logs to w, rendered for reading unless
+// raw; with follow, until each session ends. Lines are prefixed with the
+// machine's name when prefix is set.
+func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefix bool, w io.Writer) error {
+	var mu sync.Mutex
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pw := &prefixWriter{w: w, mu: &mu}
+			if prefix {
+				pw.prefix = m.Name + ": "
+			}
+			lw := &lineFilter{out: pw, raw: raw}
+			cl, err := c.Connect(ctx, m)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			var stderr bytes.Buffer
+			code, err := sshx.Run(ctx, cl, session.LogsScript(follow), nil, lw, &stderr)
+			lw.Flush()
+			pw.Flush()
+			switch {
+			case err != nil:
+				errs[i] = fmt.Errorf("%s: %w", m.Name, err)
+			case code == 3:
+				errs[i] = fmt.Errorf("%s: no session has run on this machine", m.Name)
+			case code != 0:
+				errs[i] = fmt.Errorf("%s: logs: exit %d %s", m.Name, code, strings.TrimSpace(stderr.String()))
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// lineFilter renders whole lines (Claude's stream-json made readable).
+type lineFilter struct {
+	out io.Writer
+	raw bool
+	buf []byte
+}
+
+func (f *lineFilter) Write(p []byte) (int, error) {
+	f.buf = append(f.buf, p...)
+	for {
+		i := bytes.IndexByte(f.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		f.emit(string(f.buf[:i]))
+		f.buf = f.buf[i+1:]
+	}
+}
+
+func (f *lineFilter) Flush() {
+	if len(f.buf) > 0 {
+		f.emit(string(f.buf))
+		f.buf = nil
+	}
+}
+
+func (f *lineFilter) emit(line string) {
+	if !f.raw {
+		if line = session.Render(line); line == "" {
+			return
+		}
+	}
+	fmt.Fprintln(f.out, line)
+}
+
+// WaitResult is one machine's end of Wait.
+type WaitResult struct {
+	Machine string         `json:"machine"`
+	Status  session.Status `json:"status"`
+	Err     string         `json:"error,omitempty"`
+}
+
+// Wait polls the machines' agents until all have ended (or ctx ends) and
+// reports each. A machine with no session counts as ended.
+func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duration) []WaitResult {
+	out := make([]WaitResult, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i].Machine = m.Name
+			for {
+				st, err := c.SessionStatus(ctx, m)
+				if err == nil && st.State != session.Running {
+					out[i].Status = st
+					c.say("%s: %s", m.Name, describe(st))
+					return
+				}
+				select {
+				case <-ctx.Done():
+					out[i].Status = st
+					if err == nil {
+						err = ctx.Err()
+					}
+					out[i].Err = err.Error()
+					return
+				case <-time.After(every):
+					if err != nil {
+						c.sshPool().Drop(m.Name) // reconnect next round
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func describe(st session.Status) string {
+	switch st.State {
+	case session.Failed:
+		return fmt.Sprintf("failed with exit status %d", st.ExitCode)
+	case session.Succeeded:
+		return "succeeded"
+	}
+	return string(st.State)
+}
+
+// ReadTasks parses a tasks file: tasks separated by lines holding only
+// "---"; each task's text is kept as written (inner blank lines too),
+// without the separator's line breaks. Empty tasks are an error.
+func ReadTasks(r io.Reader) ([][]byte, error) {
+	var tasks [][]byte
+	var cur bytes.Buffer
+	flush := func() error {
+		t := bytes.TrimRight(cur.Bytes(), "\n")
+		t = bytes.TrimLeft(t, "\n")
+		if len(bytes.TrimSpace(t)) == 0 {
+			return fmt.Errorf("task %d is empty", len(tasks)+1)
+		}
+		tasks = append(tasks, append([]byte(nil), t...))
+		cur.Reset()
+		return nil
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	lines := 0
+	for sc.Scan() {
+		lines++
+		if strings.TrimRight(sc.Text(), " \t\r") == "---" {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		cur.Write(sc.Bytes())
+		cur.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if lines == 0 {
+		return nil, errors.New("the tasks file is empty")
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return tasks, nil
+}
