@@ -39,7 +39,10 @@ HCL
 git add -A && git commit -qm first`)
 	tasks := filepath.Join(t.TempDir(), "tasks.txt")
 	os.WriteFile(tasks, []byte(nastyTask+"\n---\nexit=3 steps=10\n"), 0o644)
-	run := func(args ...string) result { return fleet(t, 5*time.Minute, append(args, "--name", "ag")...) }
+	// run puts --name right after the subcommand, before any "--".
+	run := func(args ...string) result {
+		return fleet(t, 5*time.Minute, append([]string{args[0], "--name", "ag"}, args[1:]...)...)
+	}
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "ag")
 
 	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--memory", "1G", "--project", repo, "--tasks", tasks)

@@ -56,9 +56,10 @@ var Claude = Profile{
 
 // ClaudeInteractive is Claude Code's own interface in the tmux session
 // (fleet attach), the task as its first prompt.
+// script(1) gives it a terminal of its own behind the log's tee.
 var ClaudeInteractive = Profile{
 	Name:    "claude-interactive",
-	Command: []string{"sh", "-c", `exec claude --dangerously-skip-permissions "$(cat "$1")"`, "claude", "{task_file}"},
+	Command: []string{"script", "-qfec", `exec claude --dangerously-skip-permissions "$(cat {task_file})"`, "/dev/null"},
 	Task:    TaskFile,
 }
 
@@ -118,8 +119,10 @@ func RunScript(p Profile, setup string) string {
 	}
 	fmt.Fprintf(&b, "  %s\n", cmd)
 	b.WriteString("}\n")
-	b.WriteString("run >>\"$d/log\" 2>&1\n")
-	b.WriteString("s=$?\n")
+	// Output goes to the log and to the tmux pane (what attach shows);
+	// the status travels in a file since a pipeline loses it.
+	b.WriteString("{ run; echo $? >\"$d/rc\"; } 2>&1 | tee -a \"$d/log\"\n")
+	b.WriteString("s=$(cat \"$d/rc\" 2>/dev/null || echo 255)\n")
 	b.WriteString("echo \"== fleet: agent exited with status $s\" >>\"$d/log\"\n")
 	b.WriteString("echo $s >\"$d/exit.tmp\" && mv \"$d/exit.tmp\" \"$d/exit\"\n")
 	return b.String()
