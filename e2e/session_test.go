@@ -18,6 +18,7 @@ const nastyTask = "exit=0 \"double\" 'single' $(touch /tmp/pwned) `id` $HOME \\b
 // code its task names) and then the real Claude Code CLI.
 func TestAgentSessions(t *testing.T) {
 	requireE2E(t)
+	t.Parallel()
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	sh(t, repo, `git init -q -b main && cat > agent.sh <<'SH'
@@ -173,8 +174,11 @@ git add -A && git commit -qm first`)
 		if strings.Contains(r.stdout+r.stderr, secret) {
 			t.Fatal("the credential was printed")
 		}
-		probe := "sudo grep -l " + secret + " /proc/[0-9]*/cmdline 2>/dev/null; " +
-			"sudo grep -rIl --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev " + secret + " /home /root /tmp /var /etc /workspace 2>/dev/null; true"
+		// A pattern that matches the secret without containing it, so the
+		// probe's own command line is no false alarm.
+		pattern := "'sk-ant-fleet-e2e-x{16}'"
+		probe := "sudo grep -lE " + pattern + " /proc/[0-9]*/cmdline 2>/dev/null; " +
+			"sudo grep -rIlE --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev " + pattern + " /home /root /tmp /var /etc /workspace 2>/dev/null; true"
 		if out := run("exec", "ag-2", "--", "sh", "-c", probe).stdout; strings.TrimSpace(out) != "" {
 			t.Fatalf("the credential is on a command line or the disk: %s", out)
 		}

@@ -182,8 +182,10 @@ func StatusScript() string {
 [ -f "$d/task" ] || { echo state=idle; exit 0; }
 echo "started=$(cat "$d/started" 2>/dev/null)"
 echo "now=$(date +%s)"
-if [ -f "$d/exit" ]; then echo "exit=$(cat "$d/exit")"; fi
+# tmux first: run.sh writes the exit file before its session ends, so a
+# session gone here means the exit file, read next, is complete.
 if tmux has-session -t ` + TmuxSession + ` 2>/dev/null; then echo alive=1; fi
+if [ -f "$d/exit" ]; then echo "exit=$(cat "$d/exit")"; fi
 r=$(grep '^{"type":"result"' "$d/log" 2>/dev/null | tail -n 1)
 [ -n "$r" ] && printf 'result=%s\n' "$r"
 true
