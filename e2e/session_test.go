@@ -178,7 +178,7 @@ git add -A && git commit -qm first`)
 		// probe's own command line is no false alarm.
 		pattern := "'sk-ant-fleet-e2e-x{16}'"
 		probe := "sudo grep -lE " + pattern + " /proc/[0-9]*/cmdline 2>/dev/null; " +
-			"sudo grep -rIlE --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev " + pattern + " /home /root /tmp /var /etc /workspace 2>/dev/null; true"
+			"sudo grep -rlE -D skip " + pattern + " /home /root /tmp /var/tmp /var/log /etc /workspace 2>/dev/null; true"
 		if out := run("exec", "ag-2", "--", "sh", "-c", probe).stdout; strings.TrimSpace(out) != "" {
 			t.Fatalf("the credential is on a command line or the disk: %s", out)
 		}
