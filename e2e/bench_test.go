@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -122,7 +123,9 @@ func TestBench(t *testing.T) {
 	t0 := time.Now()
 	mustFleet(t, 5*time.Minute, "collect", "--all", "--name", "benchc")
 	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
-	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc") // the bake gets the cores to itself
+	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
+	benchAgents(t, add)
+	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op
 	// right after it, and the image's size.
@@ -204,4 +207,31 @@ func benchWorkspace(t *testing.T, c *fleetpkg.Controller, m *fleetpkg.Machine, s
 		}
 	})
 	add("bring in 200MB/20k files: fleet rsync / rsync", fmt.Sprintf("%.2f (%s vs %s)", fleetRsync.Seconds()/handRsync.Seconds(), fleetRsync.Round(100*time.Millisecond), handRsync.Round(100*time.Millisecond)), "<= 1.1")
+}
+
+// benchAgents measures fleet spawn 4 --task: when each agent starts,
+// from the spawn's start (each machine starts its agent once it is ready).
+func benchAgents(t *testing.T, add func(what, value, target string)) {
+	proj := t.TempDir()
+	os.WriteFile(filepath.Join(proj, "fleet.hcl"), []byte("agent = \"sleeper\"\nprofile \"sleeper\" {\n  command = [\"sleep\", \"600\"]\n}\n"), 0o644)
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bencha")
+	cmd := exec.Command(fleetBin, "spawn", "4", "--name", "bencha", "--memory", "1G", "--cpus", "1", "--sync", "none", "--project", proj, "--task", "work")
+	cmd.Env = fleetEnv()
+	stderr, _ := cmd.StderrPipe()
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var started []time.Duration
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if strings.HasSuffix(sc.Text(), ": sleeper started") {
+			started = append(started, time.Since(t0))
+		}
+	}
+	if err := cmd.Wait(); err != nil || len(started) != 4 {
+		t.Fatalf("spawn 4 --task: %v, %d agents started", err, len(started))
+	}
+	add("spawn 4 --task: 4th agent / 1st agent", fmt.Sprintf("%.2f (%s vs %s)", started[3].Seconds()/started[0].Seconds(),
+		started[3].Round(time.Second), started[0].Round(time.Second)), "<= 1.5 on 2 cores")
 }

@@ -108,6 +108,12 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return err
 			}
 			c.say("%s: ready in %s", m.Name, time.Since(t0).Round(100*time.Millisecond))
+			// Each agent starts as soon as its own machine is ready.
+			if i < len(req.Sessions) {
+				if err := c.StartSession(gctx, m, req.Sessions[i]); err != nil {
+					return err
+				}
+			}
 			return nil
 		})
 	}

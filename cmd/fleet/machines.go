@@ -95,17 +95,17 @@ this spawn created is removed again.`,
 			if err != nil {
 				return err
 			}
+			for _, task := range tasks {
+				r := sreq
+				r.Task = task
+				req.Sessions = append(req.Sessions, r)
+			}
 			ms, err := c.Spawn(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
 			for _, m := range ms {
 				fmt.Fprintln(cmd.OutOrStdout(), m.Name)
-			}
-			if tasks != nil {
-				if err := startSessions(cmd.Context(), c, ms, tasks, sreq); err != nil {
-					return fmt.Errorf("machines are up, but: %w", err)
-				}
 			}
 			return nil
 		},
