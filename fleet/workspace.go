@@ -346,9 +346,6 @@ type CollectOptions struct {
 // rsync mode into a results folder. The host's working tree, index,
 // HEAD, hooks and config are never written.
 func (c *Controller) Collect(ctx context.Context, names []string, all bool, o CollectOptions) ([]workspace.Summary, error) {
-	if o.MaxBytes <= 0 {
-		o.MaxBytes = DefaultMaxCollect
-	}
 	st := c.Store()
 	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
 	if err != nil {
@@ -402,6 +399,9 @@ func checkCollectable(ms []*Machine, all bool) error {
 }
 
 func (c *Controller) collectOne(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxCollect // destroy --collect comes here directly
+	}
 	if m.SSHAddr == "" {
 		return workspace.Summary{}, fmt.Errorf("not running (start it with: fleet start %s)", m.Name)
 	}
@@ -556,8 +556,7 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 	if err := os.Rename(tmp, dest); err != nil {
 		return sum, err
 	}
-	sum.Into, sum.Files = dest, nil
-	sum.Commits = 0
+	sum.Into = dest
 	w.Collected = &Collected{Into: dest, At: time.Now().UTC()}
 	c.say("%s: %d files into %s", m.Name, n, dest)
 	return sum, nil
