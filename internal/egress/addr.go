@@ -1,0 +1,63 @@
+package egress
+
+import "net/netip"
+
+// refusedPrefixes are address ranges no guest may reach through the proxy,
+// whatever name led there: they are the host itself, its networks, the
+// cloud's metadata service, or IPv6 forms that embed an IPv4 address.
+var refusedPrefixes = []struct {
+	prefix netip.Prefix
+	why    string
+}{
+	{netip.MustParsePrefix("169.254.169.254/32"), "a cloud metadata address"},
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "a cloud metadata address"},
+	{netip.MustParsePrefix("0.0.0.0/8"), "a this-network address"},
+	{netip.MustParsePrefix("100.64.0.0/10"), "a carrier-grade NAT address"},
+	{netip.MustParsePrefix("192.0.0.0/24"), "a reserved address"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "a reserved address"},
+	{netip.MustParsePrefix("::/96"), "an IPv4-compatible IPv6 address"},
+	{netip.MustParsePrefix("64:ff9b::/96"), "a NAT64 address"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "a NAT64 address"},
+	{netip.MustParsePrefix("2002::/16"), "a 6to4 address"},
+	{netip.MustParsePrefix("2001::/32"), "a Teredo address"},
+	{netip.MustParsePrefix("fec0::/10"), "a site-local address"},
+	{netip.MustParsePrefix("100::/64"), "a discard address"},
+}
+
+// RefusedAddr says why a guest may not connect to a, or "" if it may.
+// hostAddrs are the host's own interface addresses, refused whatever their
+// class (a public address on the host would otherwise reach its services).
+func RefusedAddr(a netip.Addr, hostAddrs map[netip.Addr]bool) string {
+	switch {
+	case !a.IsValid():
+		return "an invalid address"
+	case a.Is4In6():
+		return "an IPv4-mapped IPv6 address"
+	case a.Zone() != "":
+		return "a scoped address"
+	case a.IsUnspecified():
+		return "the unspecified address"
+	case a.IsLoopback():
+		return "a loopback address"
+	}
+	for _, r := range refusedPrefixes {
+		if r.prefix.Contains(a) {
+			return r.why
+		}
+	}
+	switch {
+	case a.IsLinkLocalUnicast():
+		return "a link-local address"
+	case a.IsPrivate() && a.Is4():
+		return "a private address"
+	case a.IsPrivate():
+		return "a unique-local address"
+	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
+		return "a multicast address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	case hostAddrs[a]:
+		return "an address of this host"
+	}
+	return ""
+}

@@ -1,0 +1,183 @@
+package egress
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Credential is the real model API credential. It exists only on the host:
+// in the environment of the VM's QEMU process and the proxy processes QEMU
+// starts, never in a file, a command line or the guest.
+type Credential struct {
+	Kind  CredentialKind
+	Value string
+}
+
+// CredentialKind says how the upstream expects the credential.
+type CredentialKind string
+
+const (
+	APIKey     CredentialKind = "ANTHROPIC_API_KEY"       // sent as x-api-key
+	OAuthToken CredentialKind = "CLAUDE_CODE_OAUTH_TOKEN" // sent as a bearer token
+)
+
+// CredentialFromEnv finds the credential in an environment, the API key
+// first.
+func CredentialFromEnv(getenv func(string) string) (Credential, bool) {
+	for _, k := range []CredentialKind{APIKey, OAuthToken} {
+		if v := strings.TrimSpace(getenv(string(k))); v != "" {
+			return Credential{Kind: k, Value: v}, true
+		}
+	}
+	return Credential{}, false
+}
+
+// CredProxy is the credential proxy for one machine. The guest's agent sends
+// its per-VM token (as a bearer token or x-api-key); the proxy checks it,
+// puts the real credential in its place and forwards to Upstream.
+type CredProxy struct {
+	Token      string
+	Credential Credential // zero when the host had none
+	Upstream   *url.URL
+	Transport  http.RoundTripper
+	Audit      *Audit
+}
+
+// ServeConn serves HTTP requests on one guest connection until it closes.
+func (p *CredProxy) ServeConn(ctx context.Context, c net.Conn) {
+	done := make(chan struct{})
+	var once sync.Once
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				once.Do(func() { close(done) })
+			}
+		},
+	}
+	go srv.Serve(&oneConnListener{c: c})
+	select {
+	case <-done:
+	case <-ctx.Done():
+		c.Close()
+	}
+}
+
+func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e := Entry{Proxy: "credentials", Method: printable(r.Method), Path: printable(r.URL.Path)}
+	if !p.tokenOK(r) {
+		p.refuse(w, e, "wrong or missing fleet token")
+		return
+	}
+	if p.Credential.Value == "" {
+		p.refuse(w, e, "the host had no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (and no credential command) when this machine started")
+		return
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(p.Upstream)
+			h := pr.Out.Header
+			h.Del("Authorization")
+			h.Del("X-Api-Key")
+			h.Del("Proxy-Authorization")
+			switch p.Credential.Kind {
+			case OAuthToken:
+				h.Set("Authorization", "Bearer "+p.Credential.Value)
+				if !strings.Contains(h.Get("Anthropic-Beta"), "oauth-2025-04-20") {
+					h.Add("Anthropic-Beta", "oauth-2025-04-20")
+				}
+			default:
+				h.Set("X-Api-Key", p.Credential.Value)
+			}
+		},
+		Transport:     p.Transport,
+		FlushInterval: -1, // the API streams server-sent events
+		ModifyResponse: func(resp *http.Response) error {
+			e.Verdict, e.Status, e.Reason = "allow", resp.StatusCode, "token matched; forwarded to "+p.Upstream.Host
+			p.Audit.Log(e)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			e.Verdict, e.Status, e.Reason = "allow", http.StatusBadGateway, "upstream failed: "+shortErr(err)
+			p.Audit.Log(e)
+			apiError(w, http.StatusBadGateway, "api_error", "fleet credential proxy: upstream failed: "+shortErr(err))
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+func (p *CredProxy) tokenOK(r *http.Request) bool {
+	got := r.Header.Get("X-Api-Key")
+	if a := r.Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
+		got = strings.TrimPrefix(a, "Bearer ")
+	}
+	return p.Token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(p.Token)) == 1
+}
+
+func (p *CredProxy) refuse(w http.ResponseWriter, e Entry, why string) {
+	e.Verdict, e.Status, e.Reason = "deny", http.StatusUnauthorized, why
+	p.Audit.Log(e)
+	apiError(w, http.StatusUnauthorized, "authentication_error", "fleet credential proxy: "+why)
+}
+
+// apiError answers in the Anthropic API's error shape, so the agent shows
+// the message rather than a parse failure.
+func apiError(w http.ResponseWriter, code int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{
+		"type":  "error",
+		"error": map[string]string{"type": typ, "message": msg},
+	})
+}
+
+// oneConnListener hands http.Server a single connection, then blocks until
+// closed.
+type oneConnListener struct {
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+	mu   sync.Mutex
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = l.c })
+	if c != nil {
+		return c, nil
+	}
+	l.mu.Lock()
+	if l.done == nil {
+		l.done = make(chan struct{})
+	}
+	done := l.done
+	l.mu.Unlock()
+	<-done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done == nil {
+		l.done = make(chan struct{})
+	}
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }

@@ -1,0 +1,161 @@
+package egress
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// credRig serves a credential proxy on real TCP in front of a stub upstream
+// that records what it received.
+type credRig struct {
+	proxy    *CredProxy
+	addr     string
+	received []http.Header
+	dir      string
+}
+
+func newCredRig(t *testing.T, cred Credential) *credRig {
+	r := &credRig{dir: t.TempDir()}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.received = append(r.received, req.Header.Clone())
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "event: message_stop\ndata: %s\n\n", req.URL.Path)
+	}))
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	r.proxy = &CredProxy{Token: "fleet-token-1", Credential: cred, Upstream: u, Transport: http.DefaultTransport, Audit: NewAudit(r.dir)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go r.proxy.ServeConn(context.Background(), c)
+		}
+	}()
+	r.addr = ln.Addr().String()
+	return r
+}
+
+func (r *credRig) post(t *testing.T, header, value string) (int, string) {
+	req, _ := http.NewRequest("POST", "http://"+r.addr+"/v1/messages", strings.NewReader(`{"model":"x"}`))
+	if header != "" {
+		req.Header.Set(header, value)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestCredentialProxySwapsTheTokenForTheKey(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: APIKey, Value: "sk-ant-real"})
+	for _, h := range [][2]string{{"Authorization", "Bearer fleet-token-1"}, {"X-Api-Key", "fleet-token-1"}} {
+		code, body := r.post(t, h[0], h[1])
+		if code != 200 || !strings.Contains(body, "data: /v1/messages") {
+			t.Fatalf("with the token in %s: %d %q", h[0], code, body)
+		}
+	}
+	for _, got := range r.received {
+		if got.Get("X-Api-Key") != "sk-ant-real" || got.Get("Authorization") != "" {
+			t.Errorf("upstream got x-api-key %q, authorization %q", got.Get("X-Api-Key"), got.Get("Authorization"))
+		}
+		if strings.Contains(fmt.Sprint(got), "fleet-token-1") {
+			t.Error("the fleet token reached the upstream")
+		}
+	}
+	if e := lastEntryIn(t, r.dir); e.Verdict != "allow" || e.Status != 200 || e.Path != "/v1/messages" || strings.Contains(fmt.Sprint(e), "sk-ant") {
+		t.Errorf("audit entry %+v", e)
+	}
+}
+
+func TestCredentialProxyRefusesWrongTokens(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: APIKey, Value: "sk-ant-real"})
+	for _, h := range [][2]string{{"", ""}, {"Authorization", "Bearer fleet-token-2"}, {"X-Api-Key", "fleet-token-"}, {"Authorization", "fleet-token-1"}} {
+		code, body := r.post(t, h[0], h[1])
+		if code != 401 || !strings.Contains(body, "authentication_error") || !strings.Contains(body, "wrong or missing fleet token") {
+			t.Errorf("%v: %d %q", h, code, body)
+		}
+	}
+	if len(r.received) != 0 {
+		t.Errorf("a refused request reached the upstream")
+	}
+	if e := lastEntryIn(t, r.dir); e.Verdict != "deny" {
+		t.Errorf("audit entry %+v", e)
+	}
+}
+
+func TestCredentialProxyWithoutAHostCredentialSaysSo(t *testing.T) {
+	r := newCredRig(t, Credential{})
+	code, body := r.post(t, "Authorization", "Bearer fleet-token-1")
+	if code != 401 || !strings.Contains(body, "no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN") {
+		t.Errorf("%d %q", code, body)
+	}
+}
+
+func TestCredentialProxyOAuthToken(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: OAuthToken, Value: "oauth-real"})
+	if code, _ := r.post(t, "X-Api-Key", "fleet-token-1"); code != 200 {
+		t.Fatal(code)
+	}
+	got := r.received[0]
+	if got.Get("Authorization") != "Bearer oauth-real" || got.Get("X-Api-Key") != "" || !strings.Contains(got.Get("Anthropic-Beta"), "oauth-2025-04-20") {
+		t.Errorf("upstream got %v", got)
+	}
+}
+
+func TestCredentialProxyKeepsTheConnectionForManyRequests(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: APIKey, Value: "k"})
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i := 0; i < 3; i++ {
+		fmt.Fprintf(c, "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Api-Key: fleet-token-1\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("request %d on one connection: %v %v", i, resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+}
+
+func TestCredentialFromEnv(t *testing.T) {
+	env := map[string]string{"CLAUDE_CODE_OAUTH_TOKEN": "o", "ANTHROPIC_API_KEY": " k\n"}
+	c, ok := CredentialFromEnv(func(k string) string { return env[k] })
+	if !ok || c.Kind != APIKey || c.Value != "k" {
+		t.Errorf("%+v %v", c, ok)
+	}
+	delete(env, "ANTHROPIC_API_KEY")
+	if c, _ := CredentialFromEnv(func(k string) string { return env[k] }); c.Kind != OAuthToken {
+		t.Errorf("%+v", c)
+	}
+	if _, ok := CredentialFromEnv(func(string) string { return "" }); ok {
+		t.Error("found a credential in an empty environment")
+	}
+}
+
+func lastEntryIn(t *testing.T, dir string) Entry {
+	r := &rig{t: t, dir: dir}
+	return r.lastEntry()
+}

@@ -1,0 +1,234 @@
+package egress
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseHost(t *testing.T) {
+	good := map[string]string{
+		"github.com":            "github.com",
+		"API.Anthropic.com":     "api.anthropic.com",
+		"xn--bcher-kva.example": "xn--bcher-kva.example",
+		"_dmarc.example.com":    "_dmarc.example.com",
+		"203.0.113.10":          "203.0.113.10",
+		"[2001:db8::1]":         "2001:db8::1",
+		"2001:db8::1":           "2001:db8::1",
+		"a":                     "a",
+	}
+	for in, want := range good {
+		h, err := ParseHost(in)
+		if err != nil || h.String() != want {
+			t.Errorf("ParseHost(%q) = %v, %v; want %q", in, h, err, want)
+		}
+	}
+	bad := []string{
+		"", "github.com.", ".github.com", "git..hub.com", "github.com\x00.evil.com",
+		"user@github.com", "github.com%2f", "git hub.com", "github.com/x", "-github.com",
+		"github-.com", "127.1", "2130706433", "0x7f.0.0.1", "0177.0.0.1", "1.2.3.04",
+		"[fe80::1%eth0]", "fe80::1%25eth0", "[::1", "gïthub.com", "github.com:443",
+		strings.Repeat("a", 64) + ".com", strings.Repeat("a.", 127) + "com",
+	}
+	for _, in := range bad {
+		if h, err := ParseHost(in); err == nil {
+			t.Errorf("ParseHost(%q) = %v, want an error", in, h)
+		}
+	}
+}
+
+func TestParseHostPort(t *testing.T) {
+	for in, ok := range map[string]bool{
+		"github.com:443": true, "[2001:db8::1]:443": true, "github.com": false,
+		"github.com:0": false, "github.com:65536": false, "github.com:0443": false,
+		"github.com:+443": false, "github.com:https": false, "user@github.com:443": false,
+	} {
+		_, _, err := ParseHostPort(in)
+		if (err == nil) != ok {
+			t.Errorf("ParseHostPort(%q) error = %v, want ok=%v", in, err, ok)
+		}
+	}
+}
+
+func TestPatterns(t *testing.T) {
+	cases := []struct {
+		pattern, host string
+		match         bool
+	}{
+		{"github.com", "github.com", true},
+		{"github.com", "api.github.com", false},
+		{"github.com", "evilgithub.com", false},
+		{"*.github.com", "api.github.com", true},
+		{"*.github.com", "a.b.github.com", true},
+		{"*.github.com", "github.com", false},
+		{"*.github.com", "evilgithub.com", false},
+		{"*.github.com", "github.com.evil.com", false},
+		{"GitHub.COM", "github.com", true},
+		{"203.0.113.10", "203.0.113.10", true},
+		{"203.0.113.10", "203.0.113.11", false},
+	}
+	for _, c := range cases {
+		p, err := ParsePattern(c.pattern)
+		if err != nil {
+			t.Fatalf("ParsePattern(%q): %v", c.pattern, err)
+		}
+		h, err := ParseHost(c.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Match(h); got != c.match {
+			t.Errorf("%q matches %q = %v, want %v", c.pattern, c.host, got, c.match)
+		}
+	}
+	for _, bad := range []string{"*", "*.com", "a.*.com", "*.*.com", "**.github.com", "*github.com", "*.203.0.113.10", "github.com.", "", "exa mple.com"} {
+		if _, err := ParsePattern(bad); err == nil {
+			t.Errorf("ParsePattern(%q) accepted a bad pattern", bad)
+		} else if !strings.Contains(err.Error(), "invalid domain pattern") {
+			t.Errorf("ParsePattern(%q) error %q does not say what is wrong", bad, err)
+		}
+	}
+}
+
+func TestRefusedAddr(t *testing.T) {
+	host := map[netip.Addr]bool{netip.MustParseAddr("198.51.100.7"): true}
+	cases := map[string]string{
+		"127.0.0.1":            "loopback",
+		"127.8.9.10":           "loopback",
+		"::1":                  "loopback",
+		"10.0.2.2":             "private",
+		"172.16.0.1":           "private",
+		"192.168.1.1":          "private",
+		"169.254.169.254":      "metadata",
+		"169.254.10.1":         "link-local",
+		"fe80::1":              "link-local",
+		"100.64.0.1":           "carrier-grade NAT",
+		"100.127.255.255":      "carrier-grade NAT",
+		"fd00::1":              "unique-local",
+		"fd00:ec2::254":        "metadata",
+		"::ffff:127.0.0.1":     "IPv4-mapped",
+		"::ffff:8.8.8.8":       "IPv4-mapped",
+		"0.0.0.0":              "unspecified",
+		"0.1.2.3":              "this-network",
+		"::":                   "unspecified",
+		"224.0.0.1":            "multicast",
+		"ff02::1":              "multicast",
+		"255.255.255.255":      "reserved",
+		"64:ff9b::7f00:1":      "NAT64",
+		"2002:7f00:1::":        "6to4",
+		"198.51.100.7":         "this host",
+		"8.8.8.8":              "",
+		"203.0.113.10":         "",
+		"2606:4700::6810:84e5": "",
+		"100.128.0.1":          "",
+	}
+	for in, want := range cases {
+		got := RefusedAddr(netip.MustParseAddr(in), host)
+		if want == "" && got != "" || want != "" && !strings.Contains(got, want) {
+			t.Errorf("RefusedAddr(%s) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestPolicyDecide(t *testing.T) {
+	p, err := Build(ModeAllowlist, []string{"claude"}, nil, []string{"pypi.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	decide := func(p Policy, s string) bool {
+		h, err := ParseHost(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, _ := p.Decide(h)
+		return ok
+	}
+	for host, want := range map[string]bool{
+		"registry.npmjs.org": true, "github.com": true, "codeload.github.com": true,
+		"objects.githubusercontent.com": true, "pypi.org": true, "api.anthropic.com": false,
+		"example.com": false, "npmjs.org": false,
+	} {
+		if got := decide(p, host); got != want {
+			t.Errorf("claude+pypi allows %s = %v, want %v", host, got, want)
+		}
+	}
+	p, _ = p.WithDenied("codeload.github.com")
+	if decide(p, "codeload.github.com") || !decide(p, "api.github.com") {
+		t.Error("a deny must win over a wildcard allow, and only for its own host")
+	}
+	p, _ = p.WithAllowed("codeload.github.com")
+	if !decide(p, "codeload.github.com") {
+		t.Error("allow after deny must allow again")
+	}
+	if decide(Policy{Mode: ModeNone, Allow: []string{"github.com"}}, "github.com") {
+		t.Error("mode none must deny even listed hosts")
+	}
+}
+
+func TestBuildRefusesUnknownPresetAndBadPattern(t *testing.T) {
+	if _, err := Build(ModeAllowlist, []string{"claud"}, nil, nil); err == nil || !strings.Contains(err.Error(), `unknown egress preset "claud"`) {
+		t.Errorf("unknown preset: %v", err)
+	}
+	if _, err := Build(ModeAllowlist, []string{"pypi"}, map[string][]string{"pypi": {"pypi.org", "*.org"}}, nil); err == nil {
+		t.Error("a user preset with a too-wide wildcard was accepted")
+	}
+	p, err := Build(ModeAllowlist, []string{"mirror"}, map[string][]string{"mirror": {"deb.example.com"}}, nil)
+	if err != nil || len(p.Allow) != 1 {
+		t.Errorf("user preset: %v %v", p, err)
+	}
+	if _, err := ParseMode("closed"); err == nil {
+		t.Error("unknown mode accepted")
+	}
+}
+
+func TestPolicyFileRoundTripAndValidation(t *testing.T) {
+	dir := t.TempDir()
+	p, _ := Build(ModeAllowlist, []string{"claude"}, nil, nil)
+	p.Hosts = map[string]string{"mirror.corp": "203.0.113.10"}
+	if err := SavePolicy(dir, p); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadPolicy(dir)
+	if err != nil || len(got.Allow) != len(p.Allow) || got.Hosts["mirror.corp"] != "203.0.113.10" {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	bad := p
+	bad.Allow = append(bad.Allow, "*")
+	if err := SavePolicy(dir, bad); err == nil {
+		t.Fatal("an invalid policy was saved")
+	}
+	if got, _ := LoadPolicy(dir); len(got.Allow) != len(p.Allow) {
+		t.Error("a refused save changed the file")
+	}
+	if _, err := LoadPolicy(t.TempDir()); err == nil {
+		t.Error("a missing policy must be an error (and so deny)")
+	}
+}
+
+func FuzzParseHost(f *testing.F) {
+	for _, s := range []string{"github.com", "127.1", "[::1]", "a..b", "x\x00y", "user@h", "h.", "0x7f.1", "*.a.b", "::ffff:127.0.0.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := ParseHost(s)
+		if err != nil {
+			return
+		}
+		if h.IP.IsValid() == (h.Name != "") {
+			t.Fatalf("%q: exactly one of name and IP must be set: %+v", s, h)
+		}
+		if h.Name != "" {
+			if strings.ContainsAny(h.Name, "\x00@%/:[] \\") || strings.HasSuffix(h.Name, ".") || h.Name != strings.ToLower(h.Name) || len(h.Name) > 253 {
+				t.Fatalf("%q parsed to unsafe name %q", s, h.Name)
+			}
+			// The canonical form must parse to itself: what is checked is
+			// what is dialed.
+			again, err := ParseHost(h.Name)
+			if err != nil || again != h {
+				t.Fatalf("%q: canonical %q does not round-trip: %v %v", s, h.Name, again, err)
+			}
+		}
+		if h.IP.IsValid() && h.IP.Zone() != "" {
+			t.Fatalf("%q: zone accepted", s)
+		}
+	})
+}

@@ -1,0 +1,339 @@
+package egress
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeResolver answers from a table, as DNS would for the test names.
+type fakeResolver map[string][]string
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range f[host] {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no such host %s", host)
+	}
+	return out, nil
+}
+
+// rig is one machine's proxy in front of stub sites. Sites have public
+// test addresses (203.0.113.0/24); the dialer maps them to local stubs, so
+// the proxy's address checks see what they would see in production.
+type rig struct {
+	t      *testing.T
+	dir    string
+	proxy  *Proxy
+	mu     sync.Mutex
+	routes map[string]string // checked address -> stub listener
+	dialed []string
+}
+
+func newRig(t *testing.T, allow ...string) *rig {
+	t.Helper()
+	r := &rig{t: t, dir: t.TempDir(), routes: map[string]string{}}
+	pol, err := Build(ModeAllowlist, nil, nil, allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.setPolicy(pol)
+	r.proxy = &Proxy{
+		Policy: func() (Policy, error) { return LoadPolicy(r.dir) },
+		Resolver: fakeResolver{
+			"allowed.test":  {"203.0.113.10"},
+			"other.test":    {"203.0.113.11"},
+			"loopback.test": {"127.0.0.1"},
+			"rebind.test":   {"203.0.113.10", "10.0.2.2"},
+		},
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			r.mu.Lock()
+			r.dialed = append(r.dialed, addr)
+			to, ok := r.routes[addr]
+			r.mu.Unlock()
+			if !ok {
+				return nil, fmt.Errorf("dial %s: no route in this test", addr)
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, to)
+		},
+		Audit:   NewAudit(r.dir),
+		Timeout: 5 * time.Second,
+	}
+	return r
+}
+
+func (r *rig) setPolicy(p Policy) {
+	if err := SavePolicy(r.dir, p); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) route(addr string, stub string) {
+	r.mu.Lock()
+	r.routes[addr] = stub
+	r.mu.Unlock()
+}
+
+// conn opens a guest connection to the proxy over real TCP.
+func (r *rig) conn() net.Conn {
+	r.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	go func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err == nil {
+			r.proxy.ServeConn(context.Background(), c)
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+func (r *rig) entries() []Entry {
+	f, err := os.Open(filepath.Join(r.dir, AuditFile))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []Entry
+	ReadEntries(f, func(e Entry) { out = append(out, e) })
+	return out
+}
+
+func (r *rig) lastEntry() Entry {
+	es := r.entries()
+	if len(es) == 0 {
+		r.t.Fatal("no audit entry was written")
+	}
+	return es[len(es)-1]
+}
+
+// connect sends CONNECT and returns the proxy's status and a reader.
+func connect(t *testing.T, c net.Conn, target string) (*http.Response, *bufio.Reader) {
+	t.Helper()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", target, err)
+	}
+	return resp, br
+}
+
+func tlsStub(t *testing.T) (*httptest.Server, *[]string) {
+	var mu sync.Mutex
+	var hosts []string
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hosts = append(hosts, r.TLS.ServerName)
+		mu.Unlock()
+		io.WriteString(w, "hello from "+r.Host)
+	}))
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	return s, &hosts
+}
+
+func TestConnectAllowedTLSReachesTheCheckedAddress(t *testing.T) {
+	r := newRig(t, "allowed.test")
+	site, names := tlsStub(t)
+	r.route("203.0.113.10:443", site.Listener.Addr().String())
+	c := r.conn()
+	resp, _ := connect(t, c, "allowed.test:443")
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT to an allowed host: %s", resp.Status)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: "allowed.test", InsecureSkipVerify: true})
+	fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+	body, _ := io.ReadAll(tc)
+	if !strings.Contains(string(body), "hello from allowed.test") {
+		t.Fatalf("the site did not answer through the tunnel: %q", body)
+	}
+	if len(*names) != 1 || (*names)[0] != "allowed.test" {
+		t.Errorf("the site saw server names %v", *names)
+	}
+	e := r.lastEntry()
+	if e.Verdict != "allow" || e.Host != "allowed.test" || e.Addr != "203.0.113.10" || e.Reason != "allowed by allowed.test" {
+		t.Errorf("audit entry %+v", e)
+	}
+}
+
+func TestConnectRefusals(t *testing.T) {
+	cases := []struct {
+		name, target string
+		status       int
+		reason       string
+	}{
+		{"not allowed", "other.test:443", 403, "not in the allowlist"},
+		{"allowed name resolving to loopback", "loopback.test:443", 403, "resolves to a loopback address"},
+		{"allowed name also resolving inside", "rebind.test:443", 403, "resolves to a private address"},
+		{"metadata literal", "169.254.169.254:80", 403, "cloud metadata"},
+		{"trailing dot", "allowed.test.:443", 400, "ends with a dot"},
+		{"userinfo", "user@allowed.test:443", 400, "malformed host"},
+		{"escaped NUL byte", "allowed.test%00.evil:443", 400, "malformed"},
+		{"raw NUL byte", "allowed.test\x00.evil:443", 400, "malformed"},
+		{"numeric shorthand", "127.1:443", 400, "numeric"},
+		{"over-long name", strings.Repeat("a", 300) + ":443", 400, "longer than"},
+		{"no port", "allowed.test", 400, "not host:port"},
+		{"mapped loopback", "[::ffff:127.0.0.1]:443", 403, "IPv4-mapped"},
+	}
+	r := newRig(t, "allowed.test", "loopback.test", "rebind.test", "169.254.169.254", "::ffff:127.0.0.1")
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, br := connect(t, r.conn(), c.target)
+			body, _ := io.ReadAll(io.LimitReader(br, 4096))
+			if resp.StatusCode != c.status || !strings.Contains(string(body), c.reason) {
+				t.Errorf("CONNECT %s: %s %q, want %d with %q", c.target, resp.Status, body, c.status, c.reason)
+			}
+			if e := r.lastEntry(); e.Verdict != "deny" || !strings.Contains(e.Reason, c.reason) {
+				t.Errorf("audit entry %+v", e)
+			}
+		})
+	}
+	if len(r.dialed) != 0 {
+		t.Errorf("refused requests still dialed %v", r.dialed)
+	}
+}
+
+func TestConnectRefusesTLSWhoseServerNameDiffers(t *testing.T) {
+	r := newRig(t, "allowed.test")
+	site, names := tlsStub(t)
+	r.route("203.0.113.10:443", site.Listener.Addr().String())
+	for _, sni := range []string{"other.test", ""} {
+		c := r.conn()
+		if resp, _ := connect(t, c, "allowed.test:443"); resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err := tc.Handshake(); err == nil {
+			t.Errorf("SNI %q through a CONNECT to allowed.test: handshake succeeded", sni)
+		}
+		e := r.lastEntry()
+		if e.Verdict != "deny" || !strings.Contains(e.Reason, "TLS") {
+			t.Errorf("SNI %q: audit entry %+v", sni, e)
+		}
+	}
+	if len(*names) != 0 {
+		t.Errorf("the site saw a TLS session: %v", *names)
+	}
+}
+
+func TestPlainHTTPForwardsWithTheCheckedHost(t *testing.T) {
+	var gotHost, gotProxyAuth string
+	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		gotHost, gotProxyAuth = req.Host, req.Header.Get("Proxy-Authorization")
+		io.WriteString(w, "plain "+req.URL.Path)
+	}))
+	defer site.Close()
+	r := newRig(t, "allowed.test")
+	r.route("203.0.113.10:8080", site.Listener.Addr().String())
+	c := r.conn()
+	fmt.Fprintf(c, "GET http://allowed.test:8080/x HTTP/1.1\r\nHost: evil.test\r\nProxy-Authorization: secret\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "plain /x" {
+		t.Fatalf("%s %q", resp.Status, body)
+	}
+	if gotHost != "allowed.test:8080" || gotProxyAuth != "" {
+		t.Errorf("site saw Host %q and Proxy-Authorization %q", gotHost, gotProxyAuth)
+	}
+
+	for req, want := range map[string]string{
+		"GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n":         "403",
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n":                        "400",
+		"GET https://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n":    "400",
+		"GET http://u:p@allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n": "400",
+		"GET http://allowed.test./ HTTP/1.1\r\nHost: allowed.test\r\n\r\n":    "400",
+		"GET http://[::1]:8080/ HTTP/1.1\r\nHost: x\r\n\r\n":                  "403",
+		"GARBAGE\r\n\r\n": "400",
+		"GET http://allowed.test/ HTTP/1.1\r\nX: " + strings.Repeat("a", 70000) + "\r\n\r\n": "400",
+	} {
+		c := r.conn()
+		io.WriteString(c, req)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !strings.Contains(line, want) {
+			t.Errorf("%.60q: got %q, want %s", req, line, want)
+		}
+	}
+}
+
+func TestPolicyChangesApplyToRunningTunnels(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(c, c)
+		}
+	}()
+	r := newRig(t)
+	r.proxy.Recheck = 50 * time.Millisecond
+	r.route("203.0.113.10:7", echo.Addr().String())
+
+	if resp, _ := connect(t, r.conn(), "allowed.test:7"); resp.StatusCode != 403 {
+		t.Fatalf("before allow: %s", resp.Status)
+	}
+	pol, _ := LoadPolicy(r.dir)
+	pol, _ = pol.WithAllowed("allowed.test")
+	r.setPolicy(pol)
+	c := r.conn()
+	resp, br := connect(t, c, "allowed.test:7")
+	if resp.StatusCode != 200 {
+		t.Fatalf("after allow: %s", resp.Status)
+	}
+	io.WriteString(c, "ping\n")
+	if line, _ := br.ReadString('\n'); line != "ping\n" {
+		t.Fatalf("echo through the tunnel: %q", line)
+	}
+	pol, _ = pol.WithDenied("allowed.test")
+	r.setPolicy(pol)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := br.ReadString('\n'); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("a denied host's tunnel stayed open: %v", err)
+	}
+	if e := r.lastEntry(); !strings.Contains(e.Reason, "tunnel cut: denied by allowed.test") {
+		t.Errorf("audit entry %+v", e)
+	}
+}
+
+func TestAllowFailsClosedWhenTheAuditLogCannotBeWritten(t *testing.T) {
+	r := newRig(t, "allowed.test")
+	site, _ := tlsStub(t)
+	r.route("203.0.113.10:443", site.Listener.Addr().String())
+	r.proxy.Audit = &Audit{path: filepath.Join(r.dir, "no", "such", "dir", "log"), now: time.Now}
+	if resp, _ := connect(t, r.conn(), "allowed.test:443"); resp.StatusCode != 403 {
+		t.Errorf("an unlogged connection was allowed: %s", resp.Status)
+	}
+}
