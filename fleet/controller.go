@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -40,10 +41,18 @@ type Controller struct {
 	BeforeBoot func()
 	// Runner runs host commands (git, rsync); nil means execx.Local.
 	Runner execx.Runner
+	// Self is the fleet binary the hypervisor runs as the egress and
+	// credential proxies ("" means this executable).
+	Self string
+	// Getenv is where the host credential comes from (nil: os.Getenv).
+	Getenv func(string) string
 
 	pool     *sshx.Pool
 	poolOnce sync.Once
 	outMu    sync.Mutex
+	credOnce sync.Once
+	cred     egress.Credential
+	credErr  error
 }
 
 // Store returns the fleet's state store.
@@ -77,6 +86,15 @@ func (c *Controller) spec(m *Machine, seed vm.Seed) vm.Spec {
 		s.Share = &vm.Share{HostDir: w.Source, Writable: w.Writable}
 	}
 	return s
+}
+
+// bootSpec is spec plus what only a boot needs: the network wiring and the
+// host credential for the proxies.
+func (c *Controller) bootSpec(ctx context.Context, m *Machine, seed vm.Seed) (vm.Spec, error) {
+	s := c.spec(m, seed)
+	n, err := c.networkSpec(ctx, m)
+	s.Network = n
+	return s, err
 }
 
 // fleetKey loads the fleet's client key, creating it on first use.

@@ -90,7 +90,11 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool) error 
 	}
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
 		c.sshPool().Drop(m.Name)
-		rt, err := c.Driver.Start(gctx, c.spec(m, vm.Seed{}))
+		spec, err := c.bootSpec(gctx, m, vm.Seed{})
+		if err != nil {
+			return err
+		}
+		rt, err := c.Driver.Start(gctx, spec)
 		if err != nil {
 			return err
 		}

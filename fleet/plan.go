@@ -17,6 +17,9 @@ type SpawnRequest struct {
 	MemoryMiB int
 	Force     bool // skip the free-memory check
 	Workspace WorkspaceRequest
+	// Network is the egress and credential setup; the zero value is open
+	// networking with credentials forwarded into sessions.
+	Network NetworkRequest
 	// Sessions[i], if present, starts an agent on the i-th new machine as
 	// soon as it is ready; a session that cannot start fails the spawn.
 	Sessions []SessionRequest

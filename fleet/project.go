@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
 
 	"github.com/hashicorp/hcl/v2/hclsimple"
@@ -27,13 +28,122 @@ const ProjectFile = "fleet.hcl"
 //	  command = ["aider", "--yes", "--message-file", "{task_file}"]
 //	  task    = "file"                        # stdin (default) | file
 //	}
+//	egress {
+//	  mode    = "allowlist"                   # open | allowlist (default) | none
+//	  presets = ["claude", "pypi"]            # default ["claude"]
+//	  allow   = ["deb.debian.org"]
+//	  hosts   = { "mirror.corp" = "203.0.113.10" } # names without DNS
+//	}
+//	preset "pypi" { allow = ["pypi.org", "files.pythonhosted.org"] }
+//	credentials {
+//	  mode     = "proxy"                      # proxy (default) | env | none
+//	  command  = "pass show anthropic"        # prints the key; run at each start
+//	  upstream = "https://api.anthropic.com"
+//	}
 type Project struct {
-	Sync           string         `hcl:"sync,optional"`
-	Exclude        []string       `hcl:"exclude,optional"`
-	SharedWritable bool           `hcl:"shared_writable,optional"`
-	Setup          string         `hcl:"setup,optional"`
-	Agent          string         `hcl:"agent,optional"`
-	Profiles       []ProfileBlock `hcl:"profile,block"`
+	Sync           string            `hcl:"sync,optional"`
+	Exclude        []string          `hcl:"exclude,optional"`
+	SharedWritable bool              `hcl:"shared_writable,optional"`
+	Setup          string            `hcl:"setup,optional"`
+	Agent          string            `hcl:"agent,optional"`
+	Profiles       []ProfileBlock    `hcl:"profile,block"`
+	Egress         *EgressBlock      `hcl:"egress,block"`
+	Presets        []PresetBlock     `hcl:"preset,block"`
+	Credentials    *CredentialsBlock `hcl:"credentials,block"`
+}
+
+// EgressBlock is `egress { ... }`.
+type EgressBlock struct {
+	Mode    string            `hcl:"mode,optional"`
+	Presets []string          `hcl:"presets,optional"`
+	Allow   []string          `hcl:"allow,optional"`
+	Hosts   map[string]string `hcl:"hosts,optional"`
+}
+
+// PresetBlock is `preset "NAME" { allow = [...] }`: a named allowlist.
+type PresetBlock struct {
+	Name  string   `hcl:"name,label"`
+	Allow []string `hcl:"allow"`
+}
+
+// CredentialsBlock is `credentials { ... }`.
+type CredentialsBlock struct {
+	Mode     string `hcl:"mode,optional"`
+	Command  string `hcl:"command,optional"`
+	Upstream string `hcl:"upstream,optional"`
+}
+
+// NetworkOverrides are the command line's egress and credential flags,
+// which win over fleet.hcl.
+type NetworkOverrides struct {
+	Egress      string
+	Presets     []string
+	Allow       []string
+	Credentials string
+	// CredentialCommand and Upstream: "" means fleet.hcl's.
+	CredentialCommand string
+	Upstream          string
+}
+
+// Network builds the spawn's network request from fleet.hcl and the flags:
+// allowlist with the claude preset and the credential proxy unless told
+// otherwise. Every mode, preset and pattern is checked here, before
+// anything is made.
+func (p Project) Network(o NetworkOverrides) (NetworkRequest, error) {
+	var eb EgressBlock
+	if p.Egress != nil {
+		eb = *p.Egress
+	}
+	mode := firstOf(o.Egress, eb.Mode, string(egress.ModeAllowlist))
+	m, err := egress.ParseMode(mode)
+	if err != nil {
+		return NetworkRequest{}, err
+	}
+	presets := eb.Presets
+	if o.Presets != nil {
+		presets = o.Presets
+	}
+	if presets == nil {
+		presets = []string{"claude"}
+	}
+	user := map[string][]string{}
+	for _, b := range p.Presets {
+		user[b.Name] = b.Allow
+	}
+	pol, err := egress.Build(m, presets, user, append(append([]string{}, eb.Allow...), o.Allow...))
+	if err != nil {
+		return NetworkRequest{}, err
+	}
+	if m == egress.ModeAllowlist {
+		pol.Hosts = eb.Hosts
+	}
+	if len(o.Allow) > 0 && m != egress.ModeAllowlist {
+		return NetworkRequest{}, fmt.Errorf("--allow needs --egress allowlist (egress is %s)", m)
+	}
+	if err := pol.Validate(); err != nil {
+		return NetworkRequest{}, err
+	}
+	var cb CredentialsBlock
+	if p.Credentials != nil {
+		cb = *p.Credentials
+	}
+	cm, err := ParseCredentialsMode(firstOf(o.Credentials, cb.Mode, string(CredentialsProxy)))
+	if err != nil {
+		return NetworkRequest{}, err
+	}
+	r := NetworkRequest{Egress: pol, Credentials: cm,
+		CredentialCommand: firstOf(o.CredentialCommand, cb.Command),
+		Upstream:          firstOf(o.Upstream, cb.Upstream)}
+	return r, checkUpstream(r.Upstream)
+}
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // ProfileBlock is a `profile "NAME" { ... }` block: another agent CLI.
@@ -96,6 +206,9 @@ func LoadProject(dir string) (Project, error) {
 		if _, err := ParseSyncMode(p.Sync); err != nil {
 			return p, fmt.Errorf("%s: %w", path, err)
 		}
+	}
+	if _, err := p.Network(NetworkOverrides{}); err != nil {
+		return p, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, nil
 }

@@ -65,9 +65,14 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 	if err := r.Profile.Validate(); err != nil {
 		return err
 	}
-	creds, err := session.CredentialInput(r.Getenv)
-	if err != nil {
-		return err
+	// Only --credentials env forwards the host's key; with the credential
+	// proxy (the default) the guest already has its token and nothing else.
+	var creds []byte
+	if m.Network == nil || m.Network.Credentials == CredentialsEnv {
+		var err error
+		if creds, err = session.CredentialInput(r.Getenv); err != nil {
+			return err
+		}
 	}
 	if st, err := c.SessionStatus(ctx, m); err == nil && st.State == session.Running {
 		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)

@@ -43,6 +43,10 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			return nil, err
 		}
 	}
+	netReq, netRec, err := req.Network.normalize(c.Driver)
+	if err != nil {
+		return nil, err
+	}
 	ws, err := c.prepareWorkspace(ctx, req.Workspace)
 	if err != nil {
 		return nil, err
@@ -59,6 +63,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	// pinned before the machine ever answers.
 	machines := make([]*Machine, len(plan))
 	seeds := make([]vm.Seed, len(plan))
+	tokens := make([]string, len(plan))
 	for i, p := range plan {
 		hk, err := sshx.NewKeyPair("")
 		if err != nil {
@@ -69,9 +74,14 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
+			Network: netRec,
 		}
+		tokens[i] = newToken()
 		seeds[i] = vm.Seed{InstanceID: id, Hostname: p.Name, User: GuestUser, AuthorizedKey: pub,
 			HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
+		if netRec != nil {
+			seeds[i].Files = guestNetworkFiles(c.Driver.Capabilities().ForwardIP, netRec, tokens[i])
+		}
 	}
 
 	var created []*Machine // in creation order, for LIFO rollback
@@ -86,13 +96,21 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	for i := range machines {
 		m, seed := machines[i], seeds[i]
 		g.Go(func() error {
-			spec := c.spec(m, seed)
 			t0 := time.Now()
 			mu.Lock()
 			created = append(created, m) // Create may leave files even when it fails
 			mu.Unlock()
+			spec, err := c.bootSpec(gctx, m, seed)
+			if err != nil {
+				return err
+			}
 			if err := c.Driver.Create(gctx, spec); err != nil {
 				return err
+			}
+			if netRec != nil {
+				if err := writeNetworkFiles(m, netReq, tokens[i]); err != nil {
+					return fmt.Errorf("%s: %w", m.Name, err)
+				}
 			}
 			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
 			rt, err := c.Driver.Start(gctx, spec)

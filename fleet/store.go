@@ -38,6 +38,7 @@ type Machine struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	StartedAt  time.Time  `json:"started_at,omitempty"`
 	Workspace  *Workspace `json:"workspace,omitempty"`
+	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
 }
 
 // State is a fleet's state file.

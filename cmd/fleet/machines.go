@@ -22,6 +22,7 @@ type machineOpts struct {
 	project  string
 	excludes []string
 	writable bool
+	net      fleet.NetworkOverrides
 }
 
 func (o *machineOpts) addFlags(cmd *cobra.Command) {
@@ -33,6 +34,12 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.project, "project", "", "project folder to bring in (default: the current folder)")
 	cmd.Flags().StringArrayVar(&o.excludes, "exclude", nil, "rsync: also leave out this pattern (repeatable; .gitignore is always honoured)")
 	cmd.Flags().BoolVar(&o.writable, "writable", false, "shared: let the VMs write the host folder")
+	cmd.Flags().StringVar(&o.net.Egress, "egress", "", "what the VMs may reach: allowlist (only named domains, through the host proxy),\nnone, or open (default: fleet.hcl's, else allowlist)")
+	cmd.Flags().StringArrayVar(&o.net.Allow, "allow", nil, "allowlist: also allow DOMAIN or *.SUFFIX (repeatable)")
+	cmd.Flags().StringSliceVar(&o.net.Presets, "preset", nil, "allowlist presets to start from (default: fleet.hcl's, else claude)")
+	cmd.Flags().StringVar(&o.net.Credentials, "credentials", "", "how agents get the model API key: proxy (a per-VM token the host swaps\nfor the key, which never enters the VM), env (into the session's\nenvironment) or none (default: fleet.hcl's, else proxy)")
+	cmd.Flags().StringVar(&o.net.CredentialCommand, "credential-command", "", "proxy: a host command that prints the key (e.g. a password manager's CLI),\nrun when machines start; default: ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN")
+	cmd.Flags().StringVar(&o.net.Upstream, "credential-upstream", "", "proxy: where API calls go (default https://api.anthropic.com)")
 }
 
 func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
@@ -52,12 +59,16 @@ func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count in
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
-	ws, err := o.workspace(ctx)
+	ws, proj, err := o.workspace(ctx)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
+	netReq, err := proj.Network(o.net)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, Workspace: ws}, nil
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, Workspace: ws, Network: netReq}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {

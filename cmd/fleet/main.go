@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/agentfleet/agentfleet/fleet"
 )
 
 // exitError carries a specific exit status (e.g. a remote command's).
@@ -19,6 +21,12 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	// The hypervisor runs this per guest connection to a proxy: no flags,
+	// no cobra, nothing printed.
+	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyCommand {
+		log.SetOutput(io.Discard)
+		os.Exit(runProxy(os.Args[2:]))
+	}
 	// The Packer SDK's communicators log through the standard logger:
 	// debug output, which the root command's --debug turns back on.
 	log.SetOutput(io.Discard)

@@ -16,18 +16,18 @@ import (
 
 // workspace resolves how the project reaches the VMs: the flag, else
 // fleet.hcl, else git inside a repository and rsync elsewhere.
-func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, error) {
+func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, fleet.Project, error) {
 	dir := o.project
 	if dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
-			return fleet.WorkspaceRequest{}, err
+			return fleet.WorkspaceRequest{}, fleet.Project{}, err
 		}
 		dir = wd
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		return fleet.WorkspaceRequest{}, err
+		return fleet.WorkspaceRequest{}, fleet.Project{}, err
 	}
 	repo, repoErr := workspace.Open(ctx, execx.Local{}, dir)
 	proj, err := fleet.LoadProject(dir)
@@ -39,7 +39,7 @@ func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, er
 		}
 	}
 	if err != nil {
-		return fleet.WorkspaceRequest{}, err
+		return fleet.WorkspaceRequest{}, fleet.Project{}, err
 	}
 	mode := o.sync
 	if mode == "" {
@@ -53,14 +53,14 @@ func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, er
 	}
 	m, err := fleet.ParseSyncMode(mode)
 	if err != nil {
-		return fleet.WorkspaceRequest{}, err
+		return fleet.WorkspaceRequest{}, fleet.Project{}, err
 	}
 	if m == fleet.SyncRsync || m == fleet.SyncShared {
 		if home, _ := os.UserHomeDir(); dir == "/" || dir == home {
-			return fleet.WorkspaceRequest{}, fmt.Errorf("not bringing all of %s into VMs: cd into a project, pass --project DIR, or --sync none", dir)
+			return fleet.WorkspaceRequest{}, fleet.Project{}, fmt.Errorf("not bringing all of %s into VMs: cd into a project, pass --project DIR, or --sync none", dir)
 		}
 	}
-	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, nil
+	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, proj, nil
 }
 
 func newCollectCmd(g *globals) *cobra.Command {

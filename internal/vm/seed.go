@@ -19,6 +19,17 @@ type Seed struct {
 	// the host so the key is pinned before the first connection.
 	HostKeyPrivate string
 	HostKeyPublic  string
+	// Files are written at first boot (cloud-init write_files), before
+	// the services that read them start.
+	Files []File
+}
+
+// File is one file the seed writes in the guest.
+type File struct {
+	Path    string
+	Content string
+	Mode    string // octal, e.g. "0644"
+	Append  bool
 }
 
 // MetaData renders the NoCloud meta-data file.
@@ -49,6 +60,18 @@ func (s Seed) UserData() string {
 		b.WriteString("    " + l + "\n")
 	}
 	fmt.Fprintf(&b, "  ed25519_public: %s\n", yamlQuote(s.HostKeyPublic))
+	if len(s.Files) > 0 {
+		b.WriteString("write_files:\n")
+		for _, f := range s.Files {
+			fmt.Fprintf(&b, "  - path: %s\n    content: %s\n", yamlQuote(f.Path), yamlQuote(f.Content))
+			if f.Mode != "" {
+				fmt.Fprintf(&b, "    permissions: %s\n", yamlQuote(f.Mode))
+			}
+			if f.Append {
+				b.WriteString("    append: true\n")
+			}
+		}
+	}
 	return b.String()
 }
 

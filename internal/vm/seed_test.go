@@ -18,3 +18,17 @@ func TestUserDataCannotBeInjected(t *testing.T) {
 		}
 	}
 }
+
+func TestSeedFilesAreQuoted(t *testing.T) {
+	s := Seed{InstanceID: "i-1", Hostname: "h", User: "agent", AuthorizedKey: "k", HostKeyPublic: "p",
+		Files: []File{{Path: "/etc/environment", Content: "A=1\nruncmd: [reboot]\n", Mode: "0644", Append: true}}}
+	ud := s.UserData()
+	if strings.Contains(ud, "\nruncmd:") {
+		t.Fatalf("file content injected a key:\n%s", ud)
+	}
+	for _, want := range []string{"write_files:\n  - path: \"/etc/environment\"\n", `content: "A=1\x0aruncmd: [reboot]\x0a"`, `permissions: "0644"`, "append: true"} {
+		if !strings.Contains(ud, want) {
+			t.Errorf("user-data lacks %q:\n%s", want, ud)
+		}
+	}
+}

@@ -32,6 +32,27 @@ type Spec struct {
 	// Share, if set, is a host folder the guest can mount with tag
 	// ShareTag (Capabilities.SharedFolders).
 	Share *Share
+	// Network is how the guest reaches out; the zero value is open.
+	Network Network
+}
+
+// Network is a machine's way out. Restrict cuts every route from the guest;
+// it then reaches only the Forwards, host programs the driver starts per
+// guest connection with the connection on stdin and stdout.
+type Network struct {
+	Restrict bool
+	Forwards []Forward
+	// Env is added to the hypervisor's environment, which the forward
+	// programs inherit: how a host secret reaches a proxy without a file or
+	// a command line.
+	Env []string
+}
+
+// Forward is a host program the guest reaches at the driver's
+// Capabilities.ForwardIP and GuestPort.
+type Forward struct {
+	GuestPort int
+	Command   []string
 }
 
 // ShareTag is the mount tag of Spec.Share in the guest.
@@ -65,6 +86,10 @@ type Capabilities struct {
 	// SharedFolders means the driver can share a host folder at
 	// /workspace (--sync shared).
 	SharedFolders bool
+	// ForwardIP is the guest-side address of Network.Forwards, "" if the
+	// driver cannot restrict the guest's network (so egress control would
+	// be a lie and is refused).
+	ForwardIP string
 }
 
 // ShareValidator is implemented by drivers with SharedFolders: it checks

@@ -33,6 +33,36 @@ type MachineArgs struct {
 	// VirtiofsSocket, if set, is a virtiofsd socket shared as tag
 	// "workspace"; vhost-user needs the guest RAM in shared memory.
 	VirtiofsSocket string
+	// Restrict cuts the guest off from the host and the outside (slirp
+	// restrict=on); it then reaches only the Forwards and keeps its SSH
+	// port forward. Slirp also stops answering its DNS.
+	Restrict bool
+	Forwards []Forward
+}
+
+// ForwardIP is where the guest reaches Forwards: an otherwise unused address
+// in slirp's 10.0.2.0/24.
+const ForwardIP = "10.0.2.100"
+
+// Forward runs Command (already a shell-quoted string: QEMU splits it with
+// g_shell_parse_argv) for every guest connection to ForwardIP:Port, with the
+// connection as its stdin, stdout and stderr.
+type Forward struct {
+	Port    int
+	Command string
+}
+
+// netdevArgs is the user-mode network: SSH forwarded from a host port on
+// loopback and, when restricted, nothing else but the forwards.
+func netdevArgs(m MachineArgs) string {
+	s := fmt.Sprintf("user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", m.SSHHostPort)
+	if m.Restrict {
+		s += ",restrict=on,ipv6=off"
+	}
+	for _, f := range m.Forwards {
+		s += fmt.Sprintf(",guestfwd=tcp:%s:%d-cmd:%s", ForwardIP, f.Port, qemuEscape(f.Command))
+	}
+	return s
 }
 
 // SystemArgs builds the qemu-system-x86_64 argument list. It is a pure
@@ -54,7 +84,7 @@ func SystemArgs(m MachineArgs) []string {
 		"-daemonize", "-pidfile", m.PIDFile,
 		"-drive", fmt.Sprintf("if=virtio,file=%s,format=qcow2,discard=unmap", qemuEscape(m.Disk)),
 		"-drive", fmt.Sprintf("if=virtio,file=%s,format=raw,readonly=on", qemuEscape(m.Seed)),
-		"-netdev", fmt.Sprintf("user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", m.SSHHostPort),
+		"-netdev", netdevArgs(m),
 		// romfile= skips the iPXE option ROM: seconds saved per boot under TCG.
 		"-device", "virtio-net-pci,netdev=net0,romfile=",
 		// Host entropy so early boot never blocks in getrandom().

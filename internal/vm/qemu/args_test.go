@@ -31,6 +31,13 @@ func TestSystemArgs(t *testing.T) {
 		{"cpus and memory", func(m *MachineArgs) { m.CPUs, m.MemoryMiB = 4, 4096 }, "-m", []string{"4096M"}},
 		{"ssh port 0 lets qemu choose", func(m *MachineArgs) {}, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"}},
 		{"explicit ssh port", func(m *MachineArgs) { m.SSHHostPort = 2222 }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"}},
+		{"restricted: no route out, no IPv6", func(m *MachineArgs) { m.Restrict = true }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,restrict=on,ipv6=off"}},
+		{"forwards run a command per connection, commas escaped", func(m *MachineArgs) {
+			m.Restrict = true
+			m.Forwards = []Forward{{Port: 3128, Command: "'/usr/bin/fleet' '__proxy' 'egress' '/f/a,b'"}, {Port: 3129, Command: "x"}}
+		}, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,restrict=on,ipv6=off" +
+			",guestfwd=tcp:10.0.2.100:3128-cmd:'/usr/bin/fleet' '__proxy' 'egress' '/f/a,,b'" +
+			",guestfwd=tcp:10.0.2.100:3129-cmd:x"}},
 		{"disk overlay and read-only seed", func(m *MachineArgs) {}, "-drive", []string{
 			"if=virtio,file=/f/proj-1/disk.qcow2,format=qcow2,discard=unmap",
 			"if=virtio,file=/f/proj-1/seed.iso,format=raw,readonly=on"}},

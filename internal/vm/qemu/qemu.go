@@ -57,7 +57,7 @@ var _ vm.Driver = (*Driver)(nil)
 func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true, SharedFolders: true}
+	return vm.Capabilities{LinkedClones: true, SharedFolders: true, ForwardIP: ForwardIP}
 }
 
 // Validate checks that qemu-system and qemu-img are on PATH.
@@ -117,6 +117,10 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
+		Restrict: s.Network.Restrict,
+	}
+	for _, f := range s.Network.Forwards {
+		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: shellJoin(f.Command)})
 	}
 	if s.Share != nil {
 		vfs, err := d.startVirtiofsd(ctx, s)
@@ -129,7 +133,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	d.Log.Debug("starting", "vm", s.Name, "accel", d.Accel)
 	// -daemonize: the command returns once the guest is set up; QEMU's
 	// errors (bad disk, no accelerator) arrive here before it detaches.
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args}); err != nil {
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args, Env: s.Network.Env}); err != nil {
 		stopVirtiofsd(ma.VirtiofsSocket)
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
@@ -263,4 +267,14 @@ func waitExit(ctx context.Context, pid int, dir string, limit time.Duration) boo
 		}
 	}
 	return !ownsProcess(pid, dir)
+}
+
+// shellJoin quotes a forward's argv for g_shell_parse_argv, which follows
+// POSIX shell quoting.
+func shellJoin(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = execx.ShellQuote(a)
+	}
+	return strings.Join(q, " ")
 }

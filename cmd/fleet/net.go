@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/spf13/cobra"
+)
+
+func newNetCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "net",
+		Short: "See and change what running machines may reach",
+		Long: `With --egress allowlist (the default) a machine has no route out: its only
+way out is a proxy on the host that allows named domains, refuses private,
+loopback, link-local, CGNAT and metadata addresses whatever a name resolves
+to, and logs every decision. The policy lives on the host; nothing in the
+guest can change it. These commands change it for running machines, with
+no restart.`,
+		Example: `  fleet net ls
+  fleet net allow pypi.org myproj-1
+  fleet net allow '*.pythonhosted.org' --all
+  fleet net deny github.com --all
+  fleet net log -f myproj-1`,
+	}
+	cmd.AddCommand(newNetChangeCmd(g, "allow"), newNetChangeCmd(g, "deny"), newNetLogCmd(g), newNetLsCmd(g))
+	return cmd
+}
+
+func newNetChangeCmd(g *globals, verb string) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   verb + " DOMAIN [VM...|--all]",
+		Short: map[string]string{"allow": "Let machines reach a domain (exact, or *.suffix)", "deny": "Stop machines reaching a domain, cutting open connections"}[verb],
+		Example: fmt.Sprintf(`  fleet net %s registry.npmjs.org myproj-1
+  fleet net %s '*.githubusercontent.com' --all`, verb, verb),
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pattern, names := args[0], args[1:]
+			if _, err := egress.ParsePattern(pattern); err != nil {
+				return err
+			}
+			if err := machineArgs(names, all); err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			change := egress.Policy.WithAllowed
+			if verb == "deny" {
+				change = egress.Policy.WithDenied
+			}
+			ms, err := c.ChangePolicy(cmd.Context(), names, all, func(p egress.Policy) (egress.Policy, error) { return change(p, pattern) })
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s %s\n", m.Name, map[string]string{"allow": "allowed", "deny": "denied"}[verb], pattern)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet")
+	return cmd
+}
+
+func newNetLsCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Short:   "Each machine's egress mode, credentials and allowlist",
+		Example: "  fleet net ls\n  fleet net ls --json | jq '.[].allow'",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.Store().Load()
+			if err != nil {
+				return err
+			}
+			type row struct {
+				Name        string   `json:"name"`
+				Egress      string   `json:"egress"`
+				Credentials string   `json:"credentials"`
+				Allow       []string `json:"allow"`
+				Deny        []string `json:"deny"`
+			}
+			rows := []row{}
+			for _, m := range s.Machines {
+				p, err := fleet.Policy(m)
+				if err != nil {
+					return fmt.Errorf("%s: %w", m.Name, err)
+				}
+				creds := string(fleet.CredentialsEnv)
+				if m.Network != nil {
+					creds = string(m.Network.Credentials)
+				}
+				rows = append(rows, row{m.Name, string(p.Mode), creds, p.Allow, append([]string{}, p.Deny...)})
+			}
+			if asJSON {
+				return printJSON(cmd, rows)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tEGRESS\tCREDENTIALS\tALLOW\tDENY")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Egress, r.Credentials, dash(strings.Join(r.Allow, " ")), dash(strings.Join(r.Deny, " ")))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newNetLogCmd(g *globals) *cobra.Command {
+	var follow, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "log VM",
+		Short: "Every egress and credential-proxy decision for a machine",
+		Example: `  fleet net log myproj-1
+  fleet net log -f myproj-1
+  fleet net log --json myproj-1 | jq 'select(.verdict=="deny")'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ms, err := selectMachines(c, args, false)
+			if err != nil {
+				return err
+			}
+			return tailAudit(cmd.Context(), fleet.AuditLogPath(ms[0]), follow, asJSON, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions until interrupted")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the log's JSON lines")
+	return cmd
+}
+
+// tailAudit prints the log, then with follow polls it for more: the proxies
+// are separate processes, so there is nothing to subscribe to.
+func tailAudit(ctx context.Context, path string, follow, asJSON bool, w io.Writer) error {
+	var off int64
+	print := func() error {
+		f, err := os.Open(path)
+		if os.IsNotExist(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		b, err := io.ReadAll(f)
+		if err != nil {
+			return err
+		}
+		// Only whole lines: a proxy may be writing the next one.
+		if i := strings.LastIndexByte(string(b), '\n'); i >= 0 {
+			b = b[:i+1]
+		} else {
+			b = nil
+		}
+		off += int64(len(b))
+		if asJSON {
+			_, err := w.Write(b)
+			return err
+		}
+		return egress.ReadEntries(strings.NewReader(string(b)), func(e egress.Entry) { fmt.Fprintln(w, e.String()) })
+	}
+	if err := print(); err != nil || !follow {
+		return err
+	}
+	t := time.NewTicker(300 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := print(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// runProxy serves one guest connection: QEMU starts `fleet __proxy KIND DIR`
+// per connection, with the connection as stdin, stdout and stderr. Nothing
+// may be printed (it would reach the guest), so stderr goes to a file in the
+// machine folder first.
+func runProxy(args []string) int {
+	if len(args) != 2 || (args[0] != "egress" && args[0] != "credentials") {
+		fmt.Fprintln(os.Stderr, "usage: fleet __proxy egress|credentials MACHINE_DIR (started by the hypervisor)")
+		return 2
+	}
+	kind, dir := args[0], args[1]
+	if f, err := os.OpenFile(filepath.Join(dir, "proxy-errors.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+		_ = syscall.Dup3(int(f.Fd()), 2, 0)
+		f.Close()
+	} else {
+		_ = syscall.Close(2)
+	}
+	conn, err := net.FileConn(os.Stdin)
+	// Our copy is all that may hold the socket, or closing it would not end
+	// the guest's connection.
+	os.Stdin.Close()
+	os.Stdout.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "proxy: stdin is not a connection:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	audit := egress.NewAudit(dir)
+	switch kind {
+	case "egress":
+		p := &egress.Proxy{
+			Policy:    func() (egress.Policy, error) { return egress.LoadPolicy(dir) },
+			Resolver:  net.DefaultResolver,
+			Dial:      (&net.Dialer{}).DialContext,
+			HostAddrs: hostAddrs(),
+			Audit:     audit,
+			Recheck:   2 * time.Second,
+		}
+		p.ServeConn(ctx, conn)
+	case "credentials":
+		token, upstream, err := fleet.LoadCredentialsConfig(dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "proxy:", err)
+			conn.Close()
+			return 1
+		}
+		u, err := url.Parse(upstream)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "proxy:", err)
+			conn.Close()
+			return 1
+		}
+		p := &egress.CredProxy{
+			Token:      token,
+			Credential: fleet.ParseCredentialEnv(os.Getenv(fleet.CredentialEnv)),
+			Upstream:   u,
+			Transport:  http.DefaultTransport,
+			Audit:      audit,
+		}
+		p.ServeConn(ctx, conn)
+	}
+	return 0
+}
+
+// hostAddrs are this host's own addresses, which no guest may reach
+// through the proxy whatever their class.
+func hostAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out[p.Addr()] = true
+		}
+	}
+	return out
+}

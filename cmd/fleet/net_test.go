@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/egress"
+)
+
+// TestMain lets a test run this binary as the proxy, the way QEMU does.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("FLEET_TEST_PROXY_ARGS"); args != "" {
+		os.Exit(runProxy(strings.Fields(args)))
+	}
+	os.Exit(m.Run())
+}
+
+// proxyConn starts the proxy as QEMU's guestfwd cmd: does, with one end of a
+// socketpair as its stdin, stdout and stderr, and returns the other end.
+func proxyConn(t *testing.T, kind, dir string, env ...string) net.Conn {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := os.NewFile(uintptr(fds[0]), "child")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), append(env, "FLEET_TEST_PROXY_ARGS="+kind+" "+dir)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = child, child, child
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	child.Close()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	f := os.NewFile(uintptr(fds[1]), "guest")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c
+}
+
+func TestEgressProxyProcessServesItsStdinAndPrintsNothingElse(t *testing.T) {
+	dir := t.TempDir()
+	pol, _ := egress.Build(egress.ModeAllowlist, []string{"claude"}, nil, nil)
+	if err := egress.SavePolicy(dir, pol); err != nil {
+		t.Fatal(err)
+	}
+	c := proxyConn(t, "egress", dir)
+	fmt.Fprint(c, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+	all, _ := io.ReadAll(c) // the proxy must close the connection, not hang
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(string(all))), nil)
+	if err != nil {
+		t.Fatalf("%q: %v", all, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 403 || string(body) != "fleet egress: not in the allowlist\n" {
+		t.Errorf("%s %q", resp.Status, body)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, egress.AuditFile))
+	if !strings.Contains(string(log), `"verdict":"deny"`) || !strings.Contains(string(log), `"host":"example.com"`) {
+		t.Errorf("audit log: %s", log)
+	}
+}
+
+func TestCredentialProxyProcessTakesTheKeyFromItsEnvironmentOnly(t *testing.T) {
+	var got string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Get("X-Api-Key")
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "credentials.json"), []byte(fmt.Sprintf(`{"token":"tok","upstream":%q}`, up.URL)), 0o600)
+	c := proxyConn(t, "credentials", dir, fleet.CredentialEnv+"=ANTHROPIC_API_KEY:sk-real", "ANTHROPIC_API_KEY=")
+	fmt.Fprint(c, "POST /v1/messages HTTP/1.1\r\nHost: 10.0.2.100\r\nAuthorization: Bearer tok\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "ok" || got != "sk-real" {
+		t.Errorf("%s %q, upstream saw key %q", resp.Status, body, got)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, egress.AuditFile))
+	if strings.Contains(string(b), "sk-real") {
+		t.Error("the key reached the audit log")
+	}
+}

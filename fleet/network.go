@@ -1,0 +1,363 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// CredentialsMode says how a model credential reaches an agent.
+type CredentialsMode string
+
+const (
+	// CredentialsProxy (the default) gives the guest a per-VM token and the
+	// credential proxy's address; the real key stays on the host.
+	CredentialsProxy CredentialsMode = "proxy"
+	// CredentialsEnv forwards the host's key into the agent session's
+	// environment (never the disk or a command line).
+	CredentialsEnv CredentialsMode = "env"
+	// CredentialsNone gives the guest no credential at all.
+	CredentialsNone CredentialsMode = "none"
+)
+
+// ParseCredentialsMode checks a --credentials value.
+func ParseCredentialsMode(s string) (CredentialsMode, error) {
+	switch m := CredentialsMode(s); m {
+	case CredentialsProxy, CredentialsEnv, CredentialsNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown credentials mode %q (want proxy, env or none)", s)
+}
+
+// Guest ports of the host proxies, at the driver's ForwardIP.
+const (
+	EgressProxyPort     = 3128
+	CredentialProxyPort = 8119
+	// DefaultUpstream is where the credential proxy forwards.
+	DefaultUpstream = "https://api.anthropic.com"
+)
+
+// NetworkRequest is a spawn's choice of egress and credentials.
+type NetworkRequest struct {
+	Egress            egress.Policy // built and validated by egress.Build
+	Credentials       CredentialsMode
+	CredentialCommand string // run on the host at each start; prints the key
+	Upstream          string // credential proxy upstream ("" = DefaultUpstream)
+}
+
+// Network is a machine's record of its egress and credentials. The policy
+// itself lives in the machine folder (egress.json), where `fleet net allow`
+// changes it and the proxy rereads it.
+type Network struct {
+	Egress            egress.Mode     `json:"egress"`
+	Credentials       CredentialsMode `json:"credentials"`
+	CredentialCommand string          `json:"credential_command,omitempty"`
+}
+
+// credentialsFile holds a machine's token and upstream; the token is not
+// the key, and it dies with the machine folder.
+const credentialsFile = "credentials.json"
+
+type credentialsConfig struct {
+	Token    string `json:"token"`
+	Upstream string `json:"upstream"`
+}
+
+// normalize fills defaults and validates r against the driver. A zero
+// request is the behaviour before egress control (no record at all).
+func (r NetworkRequest) normalize(d vm.Driver) (NetworkRequest, *Network, error) {
+	if r.Egress.Mode == "" && r.Credentials == "" {
+		return r, nil, nil
+	}
+	if r.Egress.Mode == "" {
+		r.Egress.Mode = egress.ModeOpen
+	}
+	if r.Credentials == "" {
+		r.Credentials = CredentialsProxy
+	}
+	if r.Egress.Allow == nil {
+		r.Egress.Allow = []string{}
+	}
+	if err := r.validate(d.Capabilities(), d.Name()); err != nil {
+		return r, nil, err
+	}
+	return r, r.record(), nil
+}
+
+func (r NetworkRequest) validate(caps vm.Capabilities, driver string) error {
+	if err := r.Egress.Validate(); err != nil {
+		return err
+	}
+	if r.Egress.Mode != egress.ModeOpen && caps.ForwardIP == "" {
+		return fmt.Errorf("the %s driver cannot cut a guest off the network, so --egress %s would not hold: use --egress open", driver, r.Egress.Mode)
+	}
+	if r.Credentials == CredentialsProxy && caps.ForwardIP == "" {
+		return fmt.Errorf("the %s driver cannot run the credential proxy: use --credentials env", driver)
+	}
+	return checkUpstream(r.Upstream)
+}
+
+func checkUpstream(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("credential upstream %q is not an http(s) URL", s)
+	}
+	return nil
+}
+
+func (r NetworkRequest) record() *Network {
+	return &Network{Egress: r.Egress.Mode, Credentials: r.Credentials, CredentialCommand: r.CredentialCommand}
+}
+
+func newToken() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return "fleet-" + hex.EncodeToString(b)
+}
+
+// writeNetworkFiles puts a new machine's policy and credential-proxy
+// settings in its folder, before it boots.
+func writeNetworkFiles(m *Machine, r NetworkRequest, token string) error {
+	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
+		return err
+	}
+	if r.Egress.Mode != egress.ModeOpen {
+		if err := egress.SavePolicy(m.Dir, r.Egress); err != nil {
+			return err
+		}
+	}
+	if r.Credentials == CredentialsProxy {
+		up := r.Upstream
+		if up == "" {
+			up = DefaultUpstream
+		}
+		b, _ := json.Marshal(credentialsConfig{Token: token, Upstream: up})
+		return WriteFileAtomic(filepath.Join(m.Dir, credentialsFile), b, 0o600)
+	}
+	return nil
+}
+
+// LoadCredentialsConfig reads a machine's credential-proxy settings.
+func loadCredentialsConfig(dir string) (credentialsConfig, error) {
+	var c credentialsConfig
+	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
+	if err != nil {
+		return c, err
+	}
+	return c, json.Unmarshal(b, &c)
+}
+
+// guestNetworkFiles configures the guest at first boot to use the proxies:
+// every tool that honours HTTP(S)_PROXY through /etc/environment (read by
+// PAM for every SSH session), sudo keeping those variables, apt, and the
+// Docker daemon (the image's drop-in reads /etc/fleet/proxy.env). None of
+// this is a control: the guest has no other route, whatever it configures.
+func guestNetworkFiles(ip string, n *Network, token string) []vm.File {
+	var env, proxyEnv strings.Builder
+	var files []vm.File
+	if n.Egress == egress.ModeAllowlist {
+		proxy := fmt.Sprintf("http://%s:%d", ip, EgressProxyPort)
+		noProxy := "localhost,127.0.0.1,::1," + ip
+		for _, k := range []string{"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"} {
+			fmt.Fprintf(&proxyEnv, "%s=%s\n", k, proxy)
+		}
+		fmt.Fprintf(&proxyEnv, "no_proxy=%s\nNO_PROXY=%s\n", noProxy, noProxy)
+		env.WriteString(proxyEnv.String())
+		files = append(files,
+			vm.File{Path: "/etc/fleet/proxy.env", Content: proxyEnv.String(), Mode: "0644"},
+			vm.File{Path: "/etc/apt/apt.conf.d/90fleet-proxy", Mode: "0644",
+				Content: fmt.Sprintf("Acquire::http::Proxy %q;\nAcquire::https::Proxy %q;\n", proxy, proxy)},
+			vm.File{Path: "/etc/sudoers.d/90-fleet-proxy", Mode: "0440",
+				Content: "Defaults env_keep += \"http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY\"\n"},
+		)
+	}
+	if n.Egress != egress.ModeOpen {
+		// Update checks and telemetry would only fill the audit log.
+		env.WriteString("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n")
+	}
+	if n.Credentials == CredentialsProxy {
+		fmt.Fprintf(&env, "ANTHROPIC_BASE_URL=http://%s:%d\nANTHROPIC_AUTH_TOKEN=%s\n", ip, CredentialProxyPort, token)
+	}
+	if env.Len() > 0 {
+		files = append(files, vm.File{Path: "/etc/environment", Content: env.String(), Append: true})
+	}
+	return files
+}
+
+// networkSpec is how the driver wires m's network: restricted unless open,
+// one forward per proxy (this binary, started by the hypervisor for each
+// guest connection), and the host credential in the hypervisor's
+// environment.
+func (c *Controller) networkSpec(ctx context.Context, m *Machine) (vm.Network, error) {
+	n := m.Network
+	if n == nil || (n.Egress == egress.ModeOpen && n.Credentials != CredentialsProxy) {
+		return vm.Network{}, nil
+	}
+	self := c.Self
+	if self == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return vm.Network{}, fmt.Errorf("find the fleet binary for the proxies: %w", err)
+		}
+		self = exe
+	}
+	out := vm.Network{Restrict: n.Egress != egress.ModeOpen}
+	if n.Egress == egress.ModeAllowlist {
+		out.Forwards = append(out.Forwards, vm.Forward{GuestPort: EgressProxyPort, Command: []string{self, ProxyCommand, "egress", m.Dir}})
+	}
+	if n.Credentials == CredentialsProxy {
+		out.Forwards = append(out.Forwards, vm.Forward{GuestPort: CredentialProxyPort, Command: []string{self, ProxyCommand, "credentials", m.Dir}})
+		cred, err := c.hostCredential(ctx, n.CredentialCommand)
+		if err != nil {
+			return vm.Network{}, err
+		}
+		// Always set, so an inherited value can never stand in for it.
+		v := ""
+		if cred.Value != "" {
+			v = string(cred.Kind) + ":" + cred.Value
+		}
+		out.Env = append(out.Env, CredentialEnv+"="+v)
+	}
+	return out, nil
+}
+
+// ProxyCommand is the hidden subcommand the hypervisor runs per guest
+// connection to a proxy.
+const ProxyCommand = "__proxy"
+
+// CredentialEnv carries the host credential to the credential proxy, as
+// KIND:VALUE, through the hypervisor's environment.
+const CredentialEnv = "FLEET_UPSTREAM_CREDENTIAL"
+
+// ParseCredentialEnv reads CredentialEnv's value.
+func ParseCredentialEnv(v string) egress.Credential {
+	kind, val, ok := strings.Cut(v, ":")
+	if !ok || val == "" {
+		return egress.Credential{}
+	}
+	switch k := egress.CredentialKind(kind); k {
+	case egress.APIKey, egress.OAuthToken:
+		return egress.Credential{Kind: k, Value: val}
+	}
+	return egress.Credential{}
+}
+
+// hostCredential finds the model credential on the host: the output of the
+// user's credential command, else ANTHROPIC_API_KEY or
+// CLAUDE_CODE_OAUTH_TOKEN. It is resolved when a machine starts (spawn, up,
+// start), while the user is there to unlock a password manager.
+func (c *Controller) hostCredential(ctx context.Context, command string) (egress.Credential, error) {
+	c.credOnce.Do(func() {
+		if command == "" {
+			getenv := c.Getenv
+			if getenv == nil {
+				getenv = os.Getenv
+			}
+			c.cred, _ = egress.CredentialFromEnv(getenv)
+		} else {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			out, err := c.runner().Run(cctx, execx.Cmd{Name: "sh", Args: []string{"-c", command}})
+			if err != nil {
+				// The command's output may hold a secret: say only how it failed.
+				var re *execx.RunError
+				if errors.As(err, &re) {
+					err = fmt.Errorf("exit status %d", re.ExitCode)
+				}
+				c.credErr = fmt.Errorf("credential command failed: %w", err)
+				return
+			}
+			v := strings.TrimSpace(string(out))
+			kind := egress.APIKey
+			if strings.HasPrefix(v, "sk-ant-oat") {
+				kind = egress.OAuthToken
+			}
+			if v == "" || strings.ContainsAny(v, "\n\r") {
+				c.credErr = errors.New("credential command must print one line: the key")
+				return
+			}
+			c.cred = egress.Credential{Kind: kind, Value: v}
+		}
+		if c.cred.Value == "" {
+			c.say("warning: no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN here: the credential proxy will refuse the agents' API calls")
+		}
+	})
+	return c.cred, c.credErr
+}
+
+// LoadCredentialsConfig reads a machine's token and upstream (for the
+// credential proxy process).
+func LoadCredentialsConfig(dir string) (token, upstream string, err error) {
+	c, err := loadCredentialsConfig(dir)
+	return c.Token, c.Upstream, err
+}
+
+// ChangePolicy applies change to the egress policy of the named machines
+// (or all). Every new policy is computed and checked before any is written,
+// so a bad pattern or an unsuitable machine changes nothing. Running
+// proxies pick the change up on their next connection, and cut open
+// tunnels to hosts no longer allowed.
+func (c *Controller) ChangePolicy(ctx context.Context, names []string, all bool, change func(egress.Policy) (egress.Policy, error)) ([]*Machine, error) {
+	st := c.Store()
+	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s, err := st.Load()
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.Select(s, names, all)
+	if err != nil {
+		return nil, err
+	}
+	next := make([]egress.Policy, len(ms))
+	for i, m := range ms {
+		switch {
+		case m.Network == nil || m.Network.Egress == egress.ModeOpen:
+			return nil, fmt.Errorf("%s has open egress: there is no policy to change (spawn with --egress allowlist)", m.Name)
+		case m.Network.Egress == egress.ModeNone:
+			return nil, fmt.Errorf("%s was spawned with --egress none: it has no proxy a policy could open", m.Name)
+		}
+		p, err := egress.LoadPolicy(m.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
+		if next[i], err = change(p); err != nil {
+			return nil, err
+		}
+	}
+	for i, m := range ms {
+		if err := egress.SavePolicy(m.Dir, next[i]); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
+	}
+	return ms, nil
+}
+
+// Policy returns m's egress policy (open for machines without one).
+func Policy(m *Machine) (egress.Policy, error) {
+	if m.Network == nil || m.Network.Egress == egress.ModeOpen {
+		return egress.Policy{Mode: egress.ModeOpen, Allow: []string{}}, nil
+	}
+	return egress.LoadPolicy(m.Dir)
+}
+
+// AuditLogPath is where m's proxies log their decisions.
+func AuditLogPath(m *Machine) string { return filepath.Join(m.Dir, egress.AuditFile) }
