@@ -115,11 +115,11 @@ func TestCredentialInput(t *testing.T) {
 
 func TestParseStatus(t *testing.T) {
 	for out, want := range map[string]Status{
-		"state=idle\n":                              {State: Idle},
-		"started=100\nnow=160\nalive=1\n":           {State: Running, ElapsedSec: 60},
-		"started=100\nnow=160\nexit=0\n":            {State: Succeeded, ElapsedSec: 60},
-		"started=100\nnow=160\nexit=42\n":           {State: Failed, ExitCode: 42, ElapsedSec: 60},
-		"started=100\nnow=160\n":                    {State: Lost, ElapsedSec: 60},
+		"state=idle\n":                               {State: Idle},
+		"started=100\nnow=160\nalive=1\n":            {State: Running, ElapsedSec: 60},
+		"started=100\nnow=160\nexit=0\n":             {State: Succeeded, ElapsedSec: 60},
+		"started=100\nnow=160\nexit=42\n":            {State: Failed, ExitCode: 42, ElapsedSec: 60},
+		"started=100\nnow=160\n":                     {State: Lost, ElapsedSec: 60},
 		"started=1\nnow=2\nexit=0\nresult=" + result: {State: Succeeded, ElapsedSec: 1, Turns: 4, CostUSD: 0.0123},
 	} {
 		got, err := ParseStatus([]byte(out))
