@@ -125,6 +125,7 @@ func TestBench(t *testing.T) {
 	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
 	benchAgents(t, add)
+	benchEgress(t, add)
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op
@@ -234,4 +235,41 @@ func benchAgents(t *testing.T, add func(what, value, target string)) {
 	}
 	add("spawn 4 --task: 4th agent / 1st agent", fmt.Sprintf("%.2f (%s vs %s)", started[3].Seconds()/started[0].Seconds(),
 		started[3].Round(time.Second), started[0].Round(time.Second)), "<= 1.5 on 2 cores")
+}
+
+// benchEgress measures the egress proxy against open networking, on two
+// identical VMs fetching from the same stub site: a 100 MB download, and
+// the time of a small request (each a new connection, so a new proxy
+// process on the host).
+func benchEgress(t *testing.T, add func(what, value, target string)) {
+	startStubNet(t)
+	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchx")
+	mustFleet(t, bootDeadline, "spawn", "2", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--credentials", "none")
+	mustFleet(t, time.Minute, "net", "allow", stubSiteIP, "benchx-1", "--name", "benchx")
+	// benchx-1 goes through the proxy; benchx-2 is made open by hand: the
+	// same machine shape, booted together.
+	mustFleet(t, 5*time.Minute, "destroy", "benchx-2", "--force", "--name", "benchx")
+	mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--egress", "open", "--credentials", "none")
+	curl := func(vm, url string, n int) time.Duration {
+		out := mustFleet(t, 10*time.Minute, "exec", vm, "--name", "benchx", "--", "sh", "-c",
+			fmt.Sprintf("for i in $(seq %d); do curl -sS -o /dev/null -w '%%{time_total}\\n' '%s' || exit 1; done", n, url))
+		var ds []time.Duration
+		for _, f := range strings.Fields(out) {
+			var s float64
+			fmt.Sscan(f, &s)
+			ds = append(ds, time.Duration(s*float64(time.Second)))
+		}
+		return median(ds)
+	}
+	big := fmt.Sprintf("http://%s:%d/big?mb=100", stubSiteIP, stubHTTP)
+	small := fmt.Sprintf("http://%s:%d/", stubSiteIP, stubHTTP)
+	var viaProxy, direct []time.Duration
+	for i := 0; i < 3; i++ { // alternate, so drift hits both alike
+		viaProxy = append(viaProxy, curl("benchx-1", big, 1))
+		direct = append(direct, curl("benchx-3", big, 1))
+	}
+	p, d := median(viaProxy), median(direct)
+	add("100 MB download: proxy / direct throughput", fmt.Sprintf("%.2f (%.0f vs %.0f MB/s)", d.Seconds()/p.Seconds(), 100/p.Seconds(), 100/d.Seconds()), ">= 0.8")
+	sp, sd := curl("benchx-1", small, 20), curl("benchx-3", small, 20)
+	add("small request: added latency via proxy", fmt.Sprintf("%s (%s vs %s)", (sp-sd).Round(100*time.Microsecond), sp.Round(100*time.Microsecond), sd.Round(100*time.Microsecond)), "")
 }

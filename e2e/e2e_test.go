@@ -22,6 +22,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("FLEET_E2E_STUB") == "1" {
+		runStubSites() // re-executed inside the stub network namespace
+	}
 	if os.Getenv("FLEET_E2E") != "1" {
 		fmt.Println("e2e: skipped (set FLEET_E2E=1 to boot real VMs)")
 		os.Exit(m.Run())

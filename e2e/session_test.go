@@ -46,7 +46,9 @@ git add -A && git commit -qm first`)
 	}
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "ag")
 
-	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--memory", "1G", "--project", repo, "--tasks", tasks)
+	// --credentials env: these subtests are about forwarding the host's key
+	// into the session (the credential proxy has its own test).
+	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--memory", "1G", "--project", repo, "--tasks", tasks, "--credentials", "env")
 	if r.code != 0 {
 		t.Fatalf("spawn --tasks: %s", r.stderr)
 	}

@@ -29,7 +29,7 @@ func TestProjectNetworkDefaultsAndOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"pypi.org", "deb.debian.org", "*.example.com"}; !reflect.DeepEqual(r.Egress.Allow, want) || r.Credentials != CredentialsEnv || r.Egress.Hosts["mirror.corp"] == "" {
+	if want := []string{"pypi.org", "deb.debian.org", "*.example.com", "api.anthropic.com"}; !reflect.DeepEqual(r.Egress.Allow, want) || r.Credentials != CredentialsEnv || r.Egress.Hosts["mirror.corp"] == "" {
 		t.Errorf("fleet.hcl + --allow: %+v", r)
 	}
 	r, err = p.Network(NetworkOverrides{Egress: "open", Credentials: "proxy"})

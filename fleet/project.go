@@ -131,6 +131,12 @@ func (p Project) Network(o NetworkOverrides) (NetworkRequest, error) {
 	if err != nil {
 		return NetworkRequest{}, err
 	}
+	if cm == CredentialsEnv && m == egress.ModeAllowlist {
+		// The agent then calls the API itself, not through the proxy.
+		if pol, err = pol.WithAllowed("api.anthropic.com"); err != nil {
+			return NetworkRequest{}, err
+		}
+	}
 	r := NetworkRequest{Egress: pol, Credentials: cm,
 		CredentialCommand: firstOf(o.CredentialCommand, cb.Command),
 		Upstream:          firstOf(o.Upstream, cb.Upstream)}

@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// probePy runs inside a guest: raw TCP and DNS attempts that must fail, and
+// a CONNECT followed by TLS with a chosen server name. It prints one line
+// and exits 1 on failure.
+const probePy = `
+import socket, ssl, sys
+def tcp(host, port):
+    socket.create_connection((host, int(port)), timeout=5).close()
+    print("CONNECTED")
+def dns(server):
+    q = bytes.fromhex("abcd01000001000000000000") + b"\x06debian\x03org\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(4)
+    s.sendto(q, (server, 53))
+    s.recvfrom(512)
+    print("ANSWERED")
+def sni(proxy, port, target, name):
+    s = socket.create_connection((proxy, int(port)), timeout=10)
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+    resp = b""
+    while b"\r\n\r\n" not in resp:
+        b = s.recv(1)
+        if not b:
+            raise Exception("proxy closed")
+        resp += b
+    print(resp.split(b"\r\n")[0].decode())
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s, server_hostname=name)
+    t.sendall(b"GET /tls HTTP/1.0\r\nHost: " + target.split(":")[0].encode() + b"\r\n\r\n")
+    print("TLS-OK", t.recv(200).decode().splitlines()[-1])
+try:
+    {"tcp": tcp, "dns": dns, "sni": sni}[sys.argv[1]](*sys.argv[2:])
+except Exception as e:
+    print("FAILED", type(e).__name__, e)
+    sys.exit(1)
+`
+
+// Egress on real VMs: an allowlist VM reaches only what the host proxy
+// allows, a none VM reaches nothing, and the model key never enters either.
+func TestEgress(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	startStubNet(t)
+	up := startUpstream(t)
+	hostPort, hostTouched := hostListener(t)
+	hostIP := hostIPv4(t)
+
+	project := t.TempDir()
+	os.WriteFile(filepath.Join(project, "fleet.hcl"), []byte(fmt.Sprintf(`
+egress {
+  allow = ["allowed.test"]
+  hosts = { "allowed.test" = %[1]q, "denied.test" = %[1]q, "later.test" = %[1]q }
+}
+credentials {
+  upstream = %[2]q
+}
+`, stubSiteIP, up.url)), 0o644)
+	secret := "sk-ant-egress-e2e-" + strings.Repeat("y", 16)
+	keyPattern := "'sk-ant-egress-e2e-y{16}'" // matches the key without containing it
+
+	run := func(name string, args ...string) result {
+		return fleetWithEnv(t, 5*time.Minute, []string{"ANTHROPIC_API_KEY=" + secret}, append([]string{args[0], "--name", name}, args[1:]...)...)
+	}
+	in := func(vm, script string) result { return run(strings.Split(vm, "-")[0], "exec", vm, "--", "sh", "-c", script) }
+	probe := func(vm string, args ...string) result {
+		return run(strings.Split(vm, "-")[0], append([]string{"exec", vm, "--", "python3", "-c", probePy}, args...)...)
+	}
+	defer run("eg", "destroy", "--all", "--force")
+	defer run("egn", "destroy", "--all", "--force")
+
+	// An allowlist VM (the default) and a none VM, booted side by side.
+	var wg sync.WaitGroup
+	var rs [2]result
+	for i, args := range [][]string{
+		{"spawn", "1", "--name", "eg", "--memory", "1G", "--project", project, "--sync", "none"},
+		{"spawn", "1", "--name", "egn", "--memory", "1G", "--project", project, "--sync", "none", "--egress", "none"},
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rs[i] = fleetWithEnv(t, bootDeadline, []string{"ANTHROPIC_API_KEY=" + secret}, args...)
+		}()
+	}
+	wg.Wait()
+	for _, r := range rs {
+		if r.code != 0 {
+			t.Fatalf("spawn: %s", r.stderr)
+		}
+	}
+	if strings.Contains(rs[0].stdout+rs[0].stderr, secret) {
+		t.Fatal("spawn printed the key")
+	}
+
+	t.Run("an allowed site works through the proxy, over HTTP and HTTPS", func(t *testing.T) {
+		r := in("eg-1", fmt.Sprintf("curl -sS -m 30 http://allowed.test:%d/plain && curl -sSk -m 30 https://allowed.test:%d/tls", stubHTTP, stubHTTPS))
+		if r.code != 0 || !strings.Contains(r.stdout, "stub allowed.test:8080 /plain") || !strings.Contains(r.stdout, "stub allowed.test:8443 /tls") {
+			t.Fatalf("allowed site: %d %s %s", r.code, r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("a denied site is refused and logged", func(t *testing.T) {
+		r := in("eg-1", fmt.Sprintf("curl -sS -m 30 http://denied.test:%d/; echo; curl -sSk -m 30 https://denied.test:%d/ 2>&1; echo rc=$?", stubHTTP, stubHTTPS))
+		if !strings.Contains(r.stdout, "fleet egress: not in the allowlist") || !strings.Contains(r.stdout, "403") || strings.Contains(r.stdout, "stub denied") {
+			t.Fatalf("denied site: %s", r.stdout)
+		}
+		log := run("eg", "net", "log", "eg-1").stdout
+		if !strings.Contains(log, "deny  egress      CONNECT denied.test:8443") || !strings.Contains(log, "allow egress      CONNECT allowed.test:8443 -> "+stubSiteIP) {
+			t.Errorf("audit log lacks the decisions:\n%s", log)
+		}
+	})
+
+	t.Run("no direct route: host, slirp gateway, metadata, DNS, --noproxy", func(t *testing.T) {
+		for _, target := range [][2]string{{"10.0.2.2", fmt.Sprint(hostPort)}, {hostIP, fmt.Sprint(hostPort)}, {stubHostIP, fmt.Sprint(hostPort)},
+			{"169.254.169.254", "80"}, {stubSiteIP, fmt.Sprint(stubHTTP)}} {
+			if r := probe("eg-1", "tcp", target[0], target[1]); r.code == 0 || !strings.Contains(r.stdout, "FAILED") {
+				t.Errorf("direct TCP to %s:%s: %s", target[0], target[1], r.stdout)
+			}
+		}
+		for _, server := range []string{"10.0.2.3", "1.1.1.1", stubSiteIP} {
+			if r := probe("eg-1", "dns", server); r.code == 0 {
+				t.Errorf("a DNS query to %s was answered", server)
+			}
+		}
+		r := in("eg-1", fmt.Sprintf("curl --noproxy '*' -sS -m 10 http://%s:%d/ || echo NOROUTE", stubSiteIP, stubHTTP))
+		if !strings.Contains(r.stdout, "NOROUTE") {
+			t.Errorf("curl --noproxy reached the site: %s", r.stdout)
+		}
+		if hostTouched() {
+			t.Error("a guest connection reached a host service")
+		}
+	})
+
+	t.Run("an allowed name that resolves to loopback is refused", func(t *testing.T) {
+		mustFleet(t, time.Minute, "net", "allow", "localhost", "eg-1", "--name", "eg")
+		r := in("eg-1", fmt.Sprintf("curl -sS -m 30 --noproxy '' -x http://10.0.2.100:3128 http://localhost:%d/", hostPort))
+		if !strings.Contains(r.stdout, "resolves to a loopback address") || hostTouched() {
+			t.Errorf("localhost through the proxy: %s %s", r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("TLS whose server name differs from the CONNECT host is refused", func(t *testing.T) {
+		target := fmt.Sprintf("allowed.test:%d", stubHTTPS)
+		if r := probe("eg-1", "sni", "10.0.2.100", "3128", target, "allowed.test"); r.code != 0 || !strings.Contains(r.stdout, "TLS-OK") {
+			t.Fatalf("matching SNI: %s", r.stdout)
+		}
+		r := probe("eg-1", "sni", "10.0.2.100", "3128", target, "denied.test")
+		if r.code == 0 || strings.Contains(r.stdout, "TLS-OK") {
+			t.Errorf("SNI denied.test through CONNECT allowed.test: %s", r.stdout)
+		}
+		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, `TLS server name "denied.test" does not match CONNECT host allowed.test`) {
+			t.Errorf("not logged:\n%s", log)
+		}
+	})
+
+	t.Run("fleet net allow opens a domain for the running VM", func(t *testing.T) {
+		url := fmt.Sprintf("http://later.test:%d/later", stubHTTP)
+		if r := in("eg-1", "curl -sS -m 30 "+url); strings.Contains(r.stdout, "stub later.test") {
+			t.Fatalf("later.test reachable before allow: %s", r.stdout)
+		}
+		mustFleet(t, time.Minute, "net", "allow", "later.test", "--all", "--name", "eg")
+		if r := in("eg-1", "curl -sS -m 30 "+url); !strings.Contains(r.stdout, "stub later.test:8080 /later") {
+			t.Fatalf("after fleet net allow: %s %s", r.stdout, r.stderr)
+		}
+		ls := run("eg", "net", "ls").stdout
+		if !strings.Contains(ls, "later.test") || !strings.Contains(ls, "allowlist") {
+			t.Errorf("net ls: %s", ls)
+		}
+	})
+
+	t.Run("one VM cannot reach another", func(t *testing.T) {
+		other := ls(t, "egn")["egn-1"].Address // 127.0.0.1:port, its SSH forward
+		_, port, _ := strings.Cut(other, ":")
+		if r := probe("eg-1", "tcp", "10.0.2.2", port); r.code == 0 {
+			t.Errorf("eg-1 reached egn-1's SSH through the gateway: %s", r.stdout)
+		}
+		mustFleet(t, time.Minute, "net", "allow", "127.0.0.1", "eg-1", "--name", "eg")
+		if r := probe("eg-1", "sni", "10.0.2.100", "3128", other, "x"); !strings.Contains(r.stdout, "403") {
+			t.Errorf("eg-1 reached egn-1's SSH through the proxy: %s", r.stdout)
+		}
+	})
+
+	t.Run("egress none: no proxy and no route", func(t *testing.T) {
+		r := in("egn-1", fmt.Sprintf("curl -sS -m 10 -x http://10.0.2.100:3128 http://allowed.test:%d/ || echo BLOCKED; curl --noproxy '*' -sS -m 10 http://%s:%d/ || echo BLOCKED", stubHTTP, stubSiteIP, stubHTTP))
+		if strings.Count(r.stdout, "BLOCKED") != 2 {
+			t.Errorf("egress none reached out: %s", r.stdout)
+		}
+		if r := run("egn", "net", "allow", "allowed.test", "egn-1"); r.code == 0 || !strings.Contains(r.stderr, "--egress none") {
+			t.Errorf("net allow on a none VM: %d %s", r.code, r.stderr)
+		}
+	})
+
+	t.Run("the guest is configured for the proxy: env, sudo, apt, Docker", func(t *testing.T) {
+		r := in("eg-1", "echo $HTTPS_PROXY; sudo sh -c 'echo sudo:$https_proxy'; cat /etc/apt/apt.conf.d/90fleet-proxy; systemctl show docker -p Environment")
+		for _, want := range []string{"http://10.0.2.100:3128\n", "sudo:http://10.0.2.100:3128", `Acquire::https::Proxy "http://10.0.2.100:3128"`, "HTTPS_PROXY=http://10.0.2.100:3128"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("guest config lacks %q:\n%s", want, r.stdout)
+			}
+		}
+	})
+
+	t.Run("the credential proxy swaps the token for the key, which never enters the guest", func(t *testing.T) {
+		for len(up.seen) > 0 {
+			<-up.seen
+		}
+		r := in("eg-1", `curl -sS -m 30 "$ANTHROPIC_BASE_URL/v1/messages" -H "Authorization: Bearer $ANTHROPIC_AUTH_TOKEN" -d '{}'`)
+		if !strings.Contains(r.stdout, "stub-upstream-says-hi") {
+			t.Fatalf("through the credential proxy: %s %s", r.stdout, r.stderr)
+		}
+		h := <-up.seen
+		if h.Get("X-Api-Key") != secret || h.Get("Authorization") != "" {
+			t.Errorf("upstream got x-api-key %q and authorization %q", h.Get("X-Api-Key"), h.Get("Authorization"))
+		}
+		r = in("eg-1", `curl -sS -m 30 "$ANTHROPIC_BASE_URL/v1/messages" -H "Authorization: Bearer fleet-wrong" -d '{}'`)
+		if !strings.Contains(r.stdout, "wrong or missing fleet token") || len(up.seen) != 0 {
+			t.Errorf("a wrong token: %s", r.stdout)
+		}
+		// Real Claude Code through the proxy: the stub sees the real key.
+		r = run("eg", "exec", "eg-1", "--", "sh", "-c", "cd /tmp && timeout 120 claude -p 'Say hi.' --output-format stream-json --verbose --dangerously-skip-permissions 2>&1 | tail -c 2000")
+		select {
+		case h := <-up.seen:
+			if h.Get("X-Api-Key") != secret {
+				t.Errorf("claude's request reached the upstream with x-api-key %q", h.Get("X-Api-Key"))
+			}
+		default:
+			t.Errorf("claude's request never reached the upstream:\n%s", r.stdout)
+		}
+		probe := "sudo grep -lE " + keyPattern + " /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null; " +
+			"sudo grep -rlE -D skip " + keyPattern + " /home /root /tmp /var/tmp /var/log /etc /workspace /opt /usr/local 2>/dev/null; true"
+		if out := in("eg-1", probe).stdout; strings.TrimSpace(out) != "" {
+			t.Errorf("the key is in the guest: %s", out)
+		}
+		if strings.Contains(run("eg", "net", "log", "eg-1", "--json").stdout, secret) {
+			t.Error("the key is in the audit log")
+		}
+	})
+}

@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The stub sites live in a network namespace of their own, behind a veth
+// pair with documentation addresses (203.0.113.0/24): public-looking to the
+// proxy, so its address checks treat them as the internet, with no outside
+// network needed. The host side is stubHostIP, the sites stubSiteIP.
+const (
+	stubHostIP = "203.0.113.1"
+	stubSiteIP = "203.0.113.10"
+	stubHTTP   = 8080
+	stubHTTPS  = 8443
+)
+
+// runStubSites is what the test binary does when re-executed inside the
+// namespace: serve HTTP and HTTPS until killed.
+func runStubSites() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
+		w.Header().Set("Content-Length", strconv.Itoa(mb<<20))
+		buf := make([]byte, 1<<20)
+		for i := 0; i < mb; i++ {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "stub %s %s\n", r.Host, r.URL.Path)
+	})
+	cert := selfSigned()
+	go func() {
+		srv := &http.Server{Addr: fmt.Sprintf(":%d", stubHTTPS), Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+		fmt.Fprintln(os.Stderr, srv.ListenAndServeTLS("", ""))
+		os.Exit(1)
+	}()
+	fmt.Fprintln(os.Stderr, http.ListenAndServe(fmt.Sprintf(":%d", stubHTTP), mux))
+	os.Exit(1)
+}
+
+func selfSigned() tls.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stub"},
+		DNSNames: []string{"allowed.test", "denied.test", "later.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// startStubNet makes the namespace and starts the sites in it; everything is
+// removed when the test ends.
+func startStubNet(t *testing.T) {
+	t.Helper()
+	id := os.Getpid() % 100000
+	ns, hostIf, nsIf := fmt.Sprintf("fleete2e%d", id), fmt.Sprintf("fe2e%dh", id), fmt.Sprintf("fe2e%dn", id)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", ns).Run()
+		exec.Command("ip", "link", "del", hostIf).Run()
+	})
+	run("netns", "add", ns)
+	run("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
+	run("link", "set", nsIf, "netns", ns)
+	run("addr", "add", stubHostIP+"/24", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("netns", "exec", ns, "ip", "addr", "add", stubSiteIP+"/24", "dev", nsIf)
+	run("netns", "exec", ns, "ip", "link", "set", nsIf, "up")
+	run("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+
+	self, _ := os.Executable()
+	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FLEET_E2E_STUB=1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", stubSiteIP, stubHTTP), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stub sites did not come up: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// hostListener is a service on every host address, which no guest may
+// reach: it records whether anything connected.
+func hostListener(t *testing.T) (port int, touched func() bool) {
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	hit := make(chan struct{}, 100)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hit <- struct{}{}
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, func() bool { return len(hit) > 0 }
+}
+
+// hostIPv4 is a non-loopback address of this host other than the stub
+// network's.
+func hostIPv4(t *testing.T) string {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && ipn.IP.String() != stubHostIP {
+			return ipn.IP.String()
+		}
+	}
+	t.Skip("this host has no non-loopback IPv4 address")
+	return ""
+}
+
+// upstreamStub stands in for the model API behind the credential proxy: it
+// records the credential headers of every request and answers with a tiny
+// streamed message.
+type upstreamStub struct {
+	srv  *http.Server
+	url  string
+	seen chan http.Header
+}
+
+func startUpstream(t *testing.T) *upstreamStub {
+	u := &upstreamStub{seen: make(chan http.Header, 100)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.url = "http://" + ln.Addr().String()
+	u.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		u.seen <- r.Header.Clone()
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"stub\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n"+
+			"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"+
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"stub-upstream-says-hi\"}}\n\n"+
+			"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"+
+			"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n"+
+			"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+	})}
+	go u.srv.Serve(ln)
+	t.Cleanup(func() { u.srv.Shutdown(context.Background()) })
+	return u
+}
