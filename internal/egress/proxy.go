@@ -154,30 +154,31 @@ func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *h
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	c.SetReadDeadline(time.Now().Add(p.timeout()))
-	first, err := br.Peek(1)
-	if err != nil {
-		return
-	}
-	var hello []byte
-	if first[0] == 0x16 { // a TLS handshake record
-		sni, raw, err := readClientHello(ctx, br)
-		if err != nil {
-			p.logDeny(e, "malformed TLS ClientHello: "+shortErr(err))
-			return
-		}
-		if why := sniMismatch(h, sni); why != "" {
-			e.SNI = sni
-			p.logDeny(e, why)
-			return
-		}
-		hello = raw
-	}
-	c.SetReadDeadline(time.Time{})
-	if _, err := up.Write(hello); err != nil {
-		return
-	}
 	p.splice(ctx, c, br, up, e, h)
+}
+
+// clientFirst checks what the guest sends first. If it is a TLS handshake
+// record, the ClientHello's server name must be the CONNECT host: otherwise
+// an allowed name could carry a TLS session to any other site behind the
+// same address. It returns the bytes read, to go upstream unchanged.
+func (p *Proxy) clientFirst(ctx context.Context, c net.Conn, br *bufio.Reader, e Entry, h Host) ([]byte, bool) {
+	first, err := br.Peek(1) // no deadline: server-first protocols wait here
+	if err != nil || first[0] != 0x16 {
+		return nil, err == nil
+	}
+	c.SetReadDeadline(time.Now().Add(p.timeout()))
+	defer c.SetReadDeadline(time.Time{})
+	sni, raw, err := readClientHello(ctx, br)
+	if err != nil {
+		p.logDeny(e, "malformed TLS ClientHello: "+shortErr(err))
+		return nil, false
+	}
+	if why := sniMismatch(h, sni); why != "" {
+		e.SNI = sni
+		p.logDeny(e, why)
+		return nil, false
+	}
+	return raw, true
 }
 
 func sniMismatch(h Host, sni string) string {
@@ -200,9 +201,12 @@ func (p *Proxy) logDeny(e Entry, why string) {
 }
 
 // splice copies both ways until both sides finish, or until the policy no
-// longer allows the host.
+// longer allows the host. The upstream may speak first (SSH, SMTP), so its
+// direction starts at once; the guest's starts once its first bytes pass
+// clientFirst.
 func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net.Conn, e Entry, h Host) {
 	done := make(chan struct{})
+	defer close(done)
 	var once sync.Once
 	cut := func() { once.Do(func() { c.Close(); up.Close() }) }
 	if p.Recheck > 0 {
@@ -230,12 +234,19 @@ func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net
 			}
 		}()
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); io.Copy(up, br); closeWrite(up) }()
-	go func() { defer wg.Done(); io.Copy(c, up); closeWrite(c) }()
-	wg.Wait()
-	close(done)
+	downDone := make(chan struct{})
+	go func() { io.Copy(c, up); closeWrite(c); close(downDone) }()
+	hello, ok := p.clientFirst(ctx, c, br, e, h)
+	if !ok {
+		cut()
+		<-downDone
+		return
+	}
+	if _, err := up.Write(hello); err == nil {
+		io.Copy(up, br)
+	}
+	closeWrite(up)
+	<-downDone
 }
 
 func closeWrite(c net.Conn) {

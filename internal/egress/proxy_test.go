@@ -337,3 +337,29 @@ func TestAllowFailsClosedWhenTheAuditLogCannotBeWritten(t *testing.T) {
 		t.Errorf("an unlogged connection was allowed: %s", resp.Status)
 	}
 }
+
+func TestConnectToAServerThatSpeaksFirst(t *testing.T) {
+	banner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer banner.Close()
+	go func() {
+		c, err := banner.Accept()
+		if err == nil {
+			io.WriteString(c, "SSH-2.0-stub\r\n")
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	r := newRig(t, "allowed.test")
+	r.route("203.0.113.10:22", banner.Addr().String())
+	c := r.conn()
+	resp, br := connect(t, c, "allowed.test:22")
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "SSH-2.0-stub\r\n" {
+		t.Fatalf("the server's banner did not come through before the guest spoke: %q %v", line, err)
+	}
+}
