@@ -47,6 +47,14 @@ func TestBadInput(t *testing.T) {
 		{"collect with a bad size", nil, []string{"collect", "--all", "--name", "bad", "--max-size", "lots"}, "invalid size"},
 		{"diff an unknown machine", nil, []string{"diff", "bad-3", "--name", "bad"}, "unknown machine"},
 		{"apply an unknown machine", nil, []string{"apply", "bad-3", "--name", "bad"}, "unknown machine"},
+		{"unknown egress mode", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--egress", "closed"}, `unknown egress mode "closed"`},
+		{"invalid domain pattern", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--allow", "*"}, `invalid domain pattern "*"`},
+		{"trailing-dot domain", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--allow", "github.com."}, "ends with a dot"},
+		{"unknown preset", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--preset", "claud"}, `unknown egress preset "claud"`},
+		{"unknown credentials mode", nil, []string{"spawn", "1", "--name", "bad", "--memory", "512M", "--credentials", "file"}, `unknown credentials mode "file"`},
+		{"net allow for an unknown machine", nil, []string{"net", "allow", "pypi.org", "bad-3", "--name", "bad"}, "unknown machine"},
+		{"net allow an invalid pattern", nil, []string{"net", "allow", "*.com", "--all", "--name", "bad"}, "too wide"},
+		{"net log of an unknown machine", nil, []string{"net", "log", "bad-3", "--name", "bad"}, "unknown machine"},
 	}...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

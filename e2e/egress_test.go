@@ -175,9 +175,16 @@ credentials {
 		if r := in("eg-1", "curl -sS -m 30 "+url); !strings.Contains(r.stdout, "stub later.test:8080 /later") {
 			t.Fatalf("after fleet net allow: %s %s", r.stdout, r.stderr)
 		}
-		ls := run("eg", "net", "ls").stdout
+		ls := run("eg", "net", "ls", "--json").stdout
 		if !strings.Contains(ls, "later.test") || !strings.Contains(ls, "allowlist") {
 			t.Errorf("net ls: %s", ls)
+		}
+		// A bad pattern is refused and the policy stays as it was.
+		if r := run("eg", "net", "allow", "exa mple.com", "eg-1"); r.code == 0 || !strings.Contains(r.stderr, "invalid domain pattern") {
+			t.Errorf("bad pattern: %d %s", r.code, r.stderr)
+		}
+		if again := run("eg", "net", "ls", "--json").stdout; again != ls {
+			t.Errorf("a refused allow changed the policy:\n%s\n%s", ls, again)
 		}
 	})
 
