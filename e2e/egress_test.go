@@ -211,8 +211,8 @@ credentials {
 	})
 
 	t.Run("the guest is configured for the proxy: env, sudo, apt, Docker", func(t *testing.T) {
-		r := in("eg-1", "echo $HTTPS_PROXY; sudo sh -c 'echo sudo:$https_proxy'; cat /etc/apt/apt.conf.d/90fleet-proxy; systemctl show docker -p Environment")
-		for _, want := range []string{"http://10.0.2.100:3128\n", "sudo:http://10.0.2.100:3128", `Acquire::https::Proxy "http://10.0.2.100:3128"`, "HTTPS_PROXY=http://10.0.2.100:3128"} {
+		r := in("eg-1", "echo $HTTPS_PROXY; sudo sh -c 'echo sudo:$https_proxy'; cat /etc/apt/apt.conf.d/90fleet-proxy; echo docker:$(docker info --format '{{.HTTPSProxy}}')")
+		for _, want := range []string{"http://10.0.2.100:3128\n", "sudo:http://10.0.2.100:3128", `Acquire::https::Proxy "http://10.0.2.100:3128"`, "docker:http://10.0.2.100:3128"} {
 			if !strings.Contains(r.stdout, want) {
 				t.Errorf("guest config lacks %q:\n%s", want, r.stdout)
 			}
@@ -237,6 +237,9 @@ credentials {
 		}
 		// Real Claude Code through the proxy: the stub sees the real key.
 		r = run("eg", "exec", "eg-1", "--", "sh", "-c", "cd /tmp && timeout 120 claude -p 'Say hi.' --output-format stream-json --verbose --dangerously-skip-permissions 2>&1 | tail -c 2000")
+		if !strings.Contains(r.stdout, `"result":"stub-upstream-says-hi"`) {
+			t.Errorf("claude did not finish a turn through the credential proxy:\n%s", r.stdout)
+		}
 		select {
 		case h := <-up.seen:
 			if h.Get("X-Api-Key") != secret {

@@ -125,6 +125,12 @@ func (p *Proxy) resolve(ctx context.Context, pol Policy, h Host) ([]netip.Addr, 
 	if err == nil && len(addrs) == 0 {
 		err = errors.New("no addresses")
 	}
+	// Go's resolver returns IPv4 answers in IPv4-mapped form; those are
+	// the host's own lookups, not a guest's trick, so they are unmapped
+	// before the checks (a guest's literal ::ffff:… is still refused).
+	for i := range addrs {
+		addrs[i] = addrs[i].Unmap()
+	}
 	return addrs, err
 }
 

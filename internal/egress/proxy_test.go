@@ -59,6 +59,9 @@ func newRig(t *testing.T, allow ...string) *rig {
 			"other.test":    {"203.0.113.11"},
 			"loopback.test": {"127.0.0.1"},
 			"rebind.test":   {"203.0.113.10", "10.0.2.2"},
+			// Go's resolver answers IPv4 in mapped form.
+			"mapped.test":    {"::ffff:203.0.113.10"},
+			"mapped-lo.test": {"::ffff:127.0.0.1"},
 		},
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			r.mu.Lock()
@@ -199,8 +202,9 @@ func TestConnectRefusals(t *testing.T) {
 		{"over-long name", strings.Repeat("a", 300) + ":443", 400, "longer than"},
 		{"no port", "allowed.test", 400, "not host:port"},
 		{"mapped loopback", "[::ffff:127.0.0.1]:443", 403, "IPv4-mapped"},
+		{"resolver's mapped loopback", "mapped-lo.test:443", 403, "resolves to a loopback address"},
 	}
-	r := newRig(t, "allowed.test", "loopback.test", "rebind.test", "169.254.169.254", "::ffff:127.0.0.1")
+	r := newRig(t, "allowed.test", "loopback.test", "rebind.test", "169.254.169.254", "::ffff:127.0.0.1", "mapped-lo.test")
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			resp, br := connect(t, r.conn(), c.target)
@@ -215,6 +219,15 @@ func TestConnectRefusals(t *testing.T) {
 	}
 	if len(r.dialed) != 0 {
 		t.Errorf("refused requests still dialed %v", r.dialed)
+	}
+}
+
+func TestResolverAnswersInMappedFormAreUnmapped(t *testing.T) {
+	r := newRig(t, "mapped.test")
+	site, _ := tlsStub(t)
+	r.route("203.0.113.10:443", site.Listener.Addr().String())
+	if resp, _ := connect(t, r.conn(), "mapped.test:443"); resp.StatusCode != 200 {
+		t.Fatalf("a public IPv4 answer in mapped form was refused: %s", resp.Status)
 	}
 }
 
