@@ -75,7 +75,9 @@ credentials {
 	run := func(name string, args ...string) result {
 		return fleetWithEnv(t, 5*time.Minute, []string{"ANTHROPIC_API_KEY=" + secret}, append([]string{args[0], "--name", name}, args[1:]...)...)
 	}
-	in := func(vm, script string) result { return run(strings.Split(vm, "-")[0], "exec", vm, "--", "sh", "-c", script) }
+	in := func(vm, script string) result {
+		return run(strings.Split(vm, "-")[0], "exec", vm, "--", "sh", "-c", script)
+	}
 	probe := func(vm string, args ...string) result {
 		return run(strings.Split(vm, "-")[0], append([]string{"exec", vm, "--", "python3", "-c", probePy}, args...)...)
 	}
