@@ -19,6 +19,7 @@ const ProjectFile = "fleet.hcl"
 // Project is fleet.hcl: settings a project keeps beside its code, so
 // everyone who spawns agents on it gets the same workspace rules.
 //
+//	provider        = "virtualbox"             # qemu (default) | virtualbox
 //	sync            = "rsync"                  # git | rsync | shared | none
 //	exclude         = ["node_modules", "*.log"] # rsync: on top of .gitignore
 //	shared_writable = false                    # shared: let the VM write the host folder
@@ -46,6 +47,7 @@ type Project struct {
 	SharedWritable bool              `hcl:"shared_writable,optional"`
 	Setup          string            `hcl:"setup,optional"`
 	Agent          string            `hcl:"agent,optional"`
+	Provider       string            `hcl:"provider,optional"` // qemu (default) | virtualbox
 	Profiles       []ProfileBlock    `hcl:"profile,block"`
 	Egress         *EgressBlock      `hcl:"egress,block"`
 	Presets        []PresetBlock     `hcl:"preset,block"`

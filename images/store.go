@@ -196,9 +196,9 @@ func (s Store) Promote(name, version string) error {
 func NewVersion(t time.Time) string { return t.UTC().Format("20060102-150405") }
 
 // Prune removes all but the newest keep versions of each image. It never
-// removes the latest version, nor a version whose disk is in inUse (the
-// base disk of a machine that still links to it): deleting it would break
-// that machine's clone.
+// removes the latest version, nor a version with a file in inUse (the base
+// disk or OVA of a machine made from it): deleting it would break that
+// machine's clone.
 func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("--keep must be at least 1, got %d", keep)
@@ -210,7 +210,7 @@ func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err erro
 	seen := map[string]int{}
 	for _, img := range all { // newest first within each name
 		seen[img.Name]++
-		if seen[img.Name] <= keep || img.Latest || inUse[img.Disk] {
+		if seen[img.Name] <= keep || img.Latest || usesDir(inUse, img.Dir) {
 			continue
 		}
 		// Rename first, so a half-removed version never looks loadable.
@@ -224,4 +224,14 @@ func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err erro
 		removed = append(removed, img)
 	}
 	return removed, nil
+}
+
+// usesDir reports whether any path in inUse lies in dir.
+func usesDir(inUse map[string]bool, dir string) bool {
+	for p := range inUse {
+		if filepath.Dir(p) == filepath.Clean(dir) {
+			return true
+		}
+	}
+	return false
 }

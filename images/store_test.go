@@ -169,3 +169,20 @@ func TestPruneKeepsNewestLatestAndInUse(t *testing.T) {
 		t.Fatal("--keep 0 must be refused")
 	}
 }
+
+func TestPruneKeepsAVersionWhoseOVAIsInUse(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	var all []Image
+	for _, v := range []string{"v1", "v2", "v3"} {
+		all = append(all, addVersion(t, s, "debian-12", v))
+	}
+	// A VirtualBox machine was made from v1's OVA.
+	inUse := map[string]bool{filepath.Join(all[0].Dir, "debian-12-v1.ova"): true}
+	removed, err := s.Prune(1, inUse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0].Version != "v2" {
+		t.Fatalf("removed %+v, want only v2", removed)
+	}
+}

@@ -1,15 +1,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
 	"github.com/spf13/cobra"
 )
 
@@ -29,7 +30,7 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: ubuntu-24.04 if built, else debian-12)")
 	cmd.Flags().IntVar(&o.cpus, "cpus", 2, "virtual CPUs per machine")
 	cmd.Flags().StringVar(&o.memory, "memory", "2G", "memory per machine (e.g. 2048M, 4G)")
-	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines")
+	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
 	cmd.Flags().StringVar(&o.sync, "sync", "", "how the project reaches /workspace: git, rsync, shared or none\n(default: fleet.hcl's sync, else git inside a git repository, rsync elsewhere)")
 	cmd.Flags().StringVar(&o.project, "project", "", "project folder to bring in (default: the current folder)")
 	cmd.Flags().StringArrayVar(&o.excludes, "exclude", nil, "rsync: also leave out this pattern (repeatable; .gitignore is always honoured)")
@@ -42,10 +43,24 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.net.Upstream, "credential-upstream", "", "proxy: where API calls go (default https://api.anthropic.com)")
 }
 
-func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
+func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
+	ctx := cmd.Context()
 	mem, err := parseMemory(o.memory)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
+	}
+	ws, proj, err := o.workspace(ctx)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
+	// fleet.hcl's provider applies to a fleet that has no machines yet and
+	// no --provider.
+	if proj.Provider != "" && g.provider == "" && c.Driver.Name() != proj.Provider {
+		if st, err := c.Store().Load(); err == nil && len(st.Machines) == 0 {
+			if err := g.setDriver(cmd, c, proj.Provider); err != nil {
+				return fleet.SpawnRequest{}, fmt.Errorf("fleet.hcl: %w", err)
+			}
+		}
 	}
 	store := imageStore(c.Layout)
 	ref := o.image
@@ -59,16 +74,22 @@ func (o *machineOpts) request(ctx context.Context, c *fleet.Controller, count in
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
-	ws, proj, err := o.workspace(ctx)
-	if err != nil {
-		return fleet.SpawnRequest{}, err
+	disk := img.Disk
+	if vb, ok := c.Driver.(*virtualbox.Driver); ok {
+		// VirtualBox imports the image's OVA; 7.2.4 only with --force.
+		out, has := img.Outputs["ova"]
+		if !has {
+			return fleet.SpawnRequest{}, fmt.Errorf("image %s@%s has no OVA for VirtualBox: build one with: fleet image build %s --output qcow2,ova", img.Name, img.Version, img.Name)
+		}
+		disk = filepath.Join(img.Dir, out.File)
+		vb.Force = o.force
 	}
 	netReq, err := proj.Network(o.net)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, Workspace: ws, Network: netReq}, nil
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk}, Workspace: ws, Network: netReq}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
@@ -102,7 +123,7 @@ this spawn created is removed again.`,
 			if err != nil {
 				return err
 			}
-			req, err := o.request(cmd.Context(), c, n)
+			req, err := o.request(cmd, g, c, n)
 			if err != nil {
 				return err
 			}
@@ -161,7 +182,7 @@ func newUpCmd(g *globals) *cobra.Command {
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s is already running\n", name)
 				}
 			} else {
-				req, err := o.request(cmd.Context(), c, 1)
+				req, err := o.request(cmd, g, c, 1)
 				if err != nil {
 					return err
 				}

@@ -14,6 +14,7 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 )
@@ -21,6 +22,7 @@ import (
 type globals struct {
 	fleetName string
 	accel     string
+	provider  string
 	debug     bool
 }
 
@@ -47,6 +49,7 @@ State, images and caches live under FLEET_HOME (default ~/.local/share/agentflee
 	})
 	root.PersistentFlags().StringVar(&g.fleetName, "name", "", "fleet name (default: the current folder's name)")
 	root.PersistentFlags().StringVar(&g.accel, "accel", os.Getenv("FLEET_ACCEL"), "QEMU accelerator: kvm, hvf or tcg (default: detect; env FLEET_ACCEL)")
+	root.PersistentFlags().StringVar(&g.provider, "provider", os.Getenv("FLEET_PROVIDER"), "hypervisor for a new fleet: qemu (default) or virtualbox (env FLEET_PROVIDER;\nfleet.hcl's provider); an existing fleet keeps its own")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "print debug logs")
 	// The Packer SDK's communicators log through the standard logger
 	// (main discards it); --debug shows it with the rest.
@@ -98,20 +101,45 @@ func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	accel := qemu.Accel(g.accel)
-	switch accel {
-	case "", qemu.AccelKVM, qemu.AccelHVF, qemu.AccelTCG:
-	default:
-		return nil, fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
-	}
 	log := g.logger()
-	d := qemu.New(execx.Local{}, accel, log)
 	c := &fleet.Controller{
-		Layout: l, Fleet: name, Driver: d, Log: log, Progress: cmd.ErrOrStderr(),
-		BootTimeout: qemu.BootTimeout(d.Accel), StopGrace: 60 * time.Second, Parallel: 8,
+		Layout: l, Fleet: name, Log: log, Progress: cmd.ErrOrStderr(),
+		StopGrace: 60 * time.Second, Parallel: 8,
 	}
-	c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
+	// A fleet keeps the driver it was made with.
+	provider := g.provider
+	if st, err := c.Store().Load(); err == nil && st.Driver != "" && len(st.Machines) > 0 {
+		if provider != "" && provider != st.Driver {
+			return nil, fmt.Errorf("fleet %s runs on %s: --provider %s cannot change that (destroy it first)", name, st.Driver, provider)
+		}
+		provider = st.Driver
+	}
+	if err := g.setDriver(cmd, c, provider); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// setDriver gives c the named hypervisor driver ("" means qemu).
+func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider string) error {
+	switch provider {
+	case "", "qemu":
+		accel := qemu.Accel(g.accel)
+		switch accel {
+		case "", qemu.AccelKVM, qemu.AccelHVF, qemu.AccelTCG:
+		default:
+			return fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
+		}
+		d := qemu.New(execx.Local{}, accel, c.Log)
+		c.Driver, c.BootTimeout = d, qemu.BootTimeout(d.Accel)
+		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
+	case "virtualbox":
+		c.Driver = virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
+		c.BootTimeout, c.BeforeBoot = 5*time.Minute, nil
+	default:
+		return fmt.Errorf("unknown provider %q (use qemu or virtualbox)", provider)
+	}
+	return nil
 }
 
 // warnTCG says once, in one line, that there is no hardware acceleration.

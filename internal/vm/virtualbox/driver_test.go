@@ -1,7 +1,6 @@
 package virtualbox
 
 import (
-	"archive/tar"
 	"bufio"
 	"context"
 	"fmt"
@@ -19,27 +18,13 @@ import (
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/vm/virtualbox/vboxtest"
 	"github.com/agentfleet/agentfleet/internal/vm/vmtest"
 	"golang.org/x/crypto/ssh"
 )
 
-// fakeBin is the strict fake VBoxManage, built once for this package's tests.
+// fakeBin is the strict fake VBoxManage.
 var fakeBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vboxfake-")
-	if err != nil {
-		panic(err)
-	}
-	fakeBin = filepath.Join(dir, "VBoxManage")
-	if out, err := exec.Command("go", "build", "-o", fakeBin, "./vboxfake").CombinedOutput(); err != nil {
-		fmt.Printf("build the fake VBoxManage: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
 
 // fake is one isolated VirtualBox installation: its registry, the PATH that
 // finds the fake, and a driver using them.
@@ -52,11 +37,12 @@ type fake struct {
 }
 
 func newFake(t *testing.T, env ...string) *fake {
+	fakeBin = vboxtest.Fake(t)
 	f := &fake{t: t, home: t.TempDir()}
 	f.env = append([]string{"PATH=" + filepath.Dir(fakeBin) + ":" + os.Getenv("PATH"), "FAKE_VBOX_HOME=" + f.home, "FAKE_VBOX_GUEST=1"}, env...)
 	f.driver = New(envRunner{env: f.env}, filepath.Join(t.TempDir(), "virtualbox"), nil)
 	f.driver.v.backoff = 10 * time.Millisecond
-	f.ova = writeOVA(t, filepath.Join(t.TempDir(), "debian-12-v1.ova"))
+	f.ova = vboxtest.WriteOVA(t, filepath.Join(t.TempDir(), "debian-12-v1.ova"))
 	t.Cleanup(func() {
 		// Whatever a test left running: fake guests are real processes.
 		for _, l := range strings.Split(f.vbox("list", "vms"), "\n") {
@@ -101,22 +87,6 @@ func (f *fake) registered() []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-// writeOVA makes a minimal OVA: a tar whose first member is the OVF.
-func writeOVA(t *testing.T, path string) string {
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	for _, m := range []struct{ name, body string }{{"debian-12-v1.ovf", "<Envelope/>"}, {"debian-12-v1-disk001.vmdk", "disk"}} {
-		tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.body))})
-		tw.Write([]byte(m.body))
-	}
-	tw.Close()
-	return path
 }
 
 var clientKey, _ = sshx.NewKeyPair("test")

@@ -1,0 +1,43 @@
+package e2e
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	"github.com/agentfleet/agentfleet/internal/vm/vmtest"
+)
+
+// The driver conformance suite against QEMU with real VMs (the VirtualBox
+// driver runs the same suite over its fake in unit tests).
+func TestQEMUDriverConformance(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	img, err := images.Store{Root: filepath.Join(fleetHome, "images")}.Resolve("debian-12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := sshx.NewKeyPair("conformance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := qemu.New(execx.Local{}, "", nil)
+	vmtest.Run(t, vmtest.Harness{
+		Driver: d,
+		Spec: func(t *testing.T, name string) vm.Spec {
+			hk, err := sshx.NewKeyPair("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return vm.Spec{Name: name, Dir: filepath.Join(t.TempDir(), name), BaseImage: img.Disk, CPUs: 1, MemoryMiB: 1024,
+				Seed: vm.Seed{InstanceID: "i-" + name, Hostname: name, User: "agent", AuthorizedKey: client.AuthorizedKey,
+					HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}}
+		},
+		ClientKey: client, User: "agent", BootTimeout: qemu.BootTimeout(d.Accel) + 2*time.Minute,
+	})
+}
