@@ -28,6 +28,7 @@ type MachineStatus struct {
 	Name      string `json:"name"`
 	State     string `json:"state"`
 	Image     string `json:"image"`
+	Provider  string `json:"provider"` // the hypervisor driver: qemu or virtualbox
 	Address   string `json:"address,omitempty"`
 	UptimeSec int64  `json:"uptime_seconds,omitempty"`
 	CPUs      int    `json:"cpus"`
@@ -45,7 +46,7 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 	}
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
-		ms := MachineStatus{Name: m.Name, Image: m.Image, CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
 		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
 		switch {
 		case err != nil:

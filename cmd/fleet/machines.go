@@ -226,7 +226,7 @@ func newLsCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tAGENT")
+			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tAGENT")
 			for _, m := range st {
 				up := "-"
 				if m.State == fleet.StateRunning && m.UptimeSec > 0 {
@@ -240,7 +240,7 @@ func newLsCmd(g *globals) *cobra.Command {
 				if m.Agent != nil {
 					agent = agentCell(*m.Agent, "")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", m.Name, m.State, m.Image, addr, up, m.CPUs, m.MemoryMiB, agent)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", m.Name, m.State, m.Provider, m.Image, addr, up, m.CPUs, m.MemoryMiB, agent)
 			}
 			return tw.Flush()
 		},

@@ -69,14 +69,14 @@ func TestSpawnEightOnVirtualBox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rows []struct{ Name, State string }
+	var rows []struct{ Name, State, Provider string }
 	json.Unmarshal([]byte(out), &rows)
 	if len(rows) != 8 {
 		t.Fatalf("ls: %s", out)
 	}
 	for _, r := range rows {
-		if r.State != "running" {
-			t.Errorf("%s is %s", r.Name, r.State)
+		if r.State != "running" || r.Provider != "virtualbox" {
+			t.Errorf("%s is %s on %s", r.Name, r.State, r.Provider)
 		}
 	}
 	out, stderr, err = fleetCLI(t, "exec", "--all", "--name", "vb", "--", "hostname")
