@@ -86,6 +86,9 @@ type Capabilities struct {
 	// SharedFolders means the driver can share a host folder at
 	// /workspace (--sync shared).
 	SharedFolders bool
+	// ShareFS is the guest file system type that mounts the share
+	// (virtiofs, vboxsf).
+	ShareFS string
 	// ForwardIP is the guest-side address of Network.Forwards, "" if the
 	// driver cannot restrict the guest's network (so egress control would
 	// be a lie and is refused).

@@ -57,7 +57,7 @@ var _ vm.Driver = (*Driver)(nil)
 func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true, SharedFolders: true, ForwardIP: ForwardIP}
+	return vm.Capabilities{LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP}
 }
 
 // Validate checks that qemu-system and qemu-img are on PATH.

@@ -76,6 +76,16 @@ func attachSeedArgs(name, iso string) []string {
 		"--port", "0", "--device", "0", "--type", "dvddrive", "--medium", iso}
 }
 
+// shareArgs shares dir with the guest as the "workspace" folder;
+// --readonly is enforced by VirtualBox on the host side.
+func shareArgs(name, dir string, writable bool) []string {
+	args := []string{"sharedfolder", "add", name, "--name", "workspace", "--hostpath", dir}
+	if !writable {
+		args = append(args, "--readonly")
+	}
+	return args
+}
+
 func startArgs(name string) []string { return []string{"startvm", name, "--type", "headless"} }
 
 func acpiShutdownArgs(name string) []string { return []string{"controlvm", name, "acpipowerbutton"} }
@@ -96,4 +106,5 @@ func closeDVDArgs(iso string) []string { return []string{"closemedium", "dvd", i
 var registryCommands = map[string]bool{
 	"import": true, "snapshot": true, "clonevm": true, "registervm": true,
 	"modifyvm": true, "storagectl": true, "storageattach": true, "unregistervm": true, "closemedium": true,
+	"sharedfolder": true,
 }

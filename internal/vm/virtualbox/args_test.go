@@ -26,6 +26,8 @@ func TestArgumentLists(t *testing.T) {
 				"--nat-pf1 ssh,tcp,127.0.0.1,40022,,22 --uart1 0x3F8 4 --uart-mode1 file /f/p-1/serial.log --boot1 disk --boot2 none --boot3 none --boot4 none"},
 		{"seed controller", addSeedControllerArgs("p-1"), "storagectl p-1 --name FleetSeed --add ide"},
 		{"seed dvd", attachSeedArgs("p-1", "/f/p-1/seed.iso"), "storageattach p-1 --storagectl FleetSeed --port 0 --device 0 --type dvddrive --medium /f/p-1/seed.iso"},
+		{"share read-only", shareArgs("p-1", "/src/proj", false), "sharedfolder add p-1 --name workspace --hostpath /src/proj --readonly"},
+		{"share writable", shareArgs("p-1", "/src/proj", true), "sharedfolder add p-1 --name workspace --hostpath /src/proj"},
 		{"start", startArgs("p-1"), "startvm p-1 --type headless"},
 		{"acpi", acpiShutdownArgs("p-1"), "controlvm p-1 acpipowerbutton"},
 		{"poweroff", powerOffArgs("p-1"), "controlvm p-1 poweroff"},
@@ -48,7 +50,7 @@ func TestPathsStayOneArgument(t *testing.T) {
 
 func TestRegistryCommandsAreLocked(t *testing.T) {
 	for _, a := range [][]string{importArgs("o", "t", "b"), takeSnapshotArgs("t"), cloneArgs("t", "n", "b"), modifyArgs("n", 1, 1, 1, "s"),
-		addSeedControllerArgs("n"), attachSeedArgs("n", "i"), unregisterArgs("n"), closeDVDArgs("i")} {
+		addSeedControllerArgs("n"), attachSeedArgs("n", "i"), unregisterArgs("n"), closeDVDArgs("i"), shareArgs("n", "d", false)} {
 		if !registryCommands[a[0]] {
 			t.Errorf("%s changes the registry but is not behind the lock", a[0])
 		}

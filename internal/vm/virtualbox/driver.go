@@ -47,10 +47,12 @@ func New(r execx.Runner, home string, log hclog.Logger) *Driver {
 
 func (d *Driver) Name() string { return "virtualbox" }
 
-// Capabilities: linked clones, a serialized registry. No ForwardIP: NAT
+// Capabilities: linked clones, a serialized registry, vboxsf shared folders
+// (the image needs virtualbox-guest-utils, which Ubuntu has and Debian 12
+// does not). No ForwardIP: NAT
 // cannot be cut down to a proxy, so fleet refuses egress control here.
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true, SerializeRegistry: true}
+	return vm.Capabilities{LinkedClones: true, SerializeRegistry: true, SharedFolders: true, ShareFS: "vboxsf"}
 }
 
 var versionRe = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)
@@ -109,9 +111,6 @@ func templateName(ova string) string {
 // happens under the host-wide lock; if any step fails the clone is
 // unregistered again, so no half-made VM stays registered.
 func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
-	if s.Share != nil {
-		return errors.New("shared folders are not supported on VirtualBox yet: use --sync git or rsync")
-	}
 	if s.Network.Restrict || len(s.Network.Forwards) > 0 {
 		return errors.New("VirtualBox cannot confine a guest's network to the host proxies: use --egress open --credentials env")
 	}
@@ -157,6 +156,9 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, "serial.log")),
 		addSeedControllerArgs(s.Name),
 		attachSeedArgs(s.Name, iso),
+	}
+	if s.Share != nil {
+		steps = append(steps, shareArgs(s.Name, s.Share.HostDir, s.Share.Writable))
 	}
 	for _, args := range steps {
 		if _, err := d.v.runUnlocked(ctx, args...); err != nil {

@@ -370,3 +370,32 @@ func TestBadInputLeavesNothingRegistered(t *testing.T) {
 }
 
 func sshParse(pemBytes []byte) (ssh.Signer, error) { return ssh.ParsePrivateKey(pemBytes) }
+
+func TestSharedFolderIsReadOnlyUnlessWritable(t *testing.T) {
+	f := newFake(t)
+	ctx := context.Background()
+	src := t.TempDir()
+	for _, writable := range []bool{false, true} {
+		s := f.spec(fmt.Sprintf("s-%v", writable))
+		s.Share = &vm.Share{HostDir: src, Writable: writable}
+		if err := f.driver.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		state, _ := os.ReadFile(filepath.Join(f.home, "state.json"))
+		want := `"workspace=` + src + `:ro"`
+		if writable {
+			want = `"workspace=` + src + `"`
+		}
+		if !strings.Contains(string(state), want) {
+			t.Errorf("writable=%v: the fake's registry lacks %s", writable, want)
+		}
+	}
+	s := f.spec("s-missing")
+	s.Share = &vm.Share{HostDir: filepath.Join(src, "nope")}
+	if err := f.driver.Create(ctx, s); err == nil || !strings.Contains(err.Error(), "Cannot open host directory") {
+		t.Errorf("a missing host folder: %v", err)
+	}
+	if slices.Contains(f.registered(), "s-missing") {
+		t.Error("a clone whose share failed stayed registered")
+	}
+}

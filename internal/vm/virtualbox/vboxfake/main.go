@@ -47,6 +47,7 @@ type machine struct {
 	NATRule    string   `json:"nat_rule,omitempty"`
 	Ctls       []string `json:"controllers,omitempty"`
 	DVD        string   `json:"dvd,omitempty"`
+	Shares     []string `json:"shares,omitempty"` // name=hostpath[:ro]
 	GuestPID   int      `json:"guest_pid,omitempty"`
 	Serial     string   `json:"serial,omitempty"`
 	Registered bool     `json:"registered"`
@@ -88,7 +89,7 @@ func vboxError(code string, format string, args ...any) {
 
 var registryCommands = map[string]bool{
 	"import": true, "snapshot": true, "clonevm": true, "registervm": true, "modifyvm": true,
-	"storagectl": true, "storageattach": true, "unregistervm": true, "closemedium": true,
+	"storagectl": true, "storageattach": true, "unregistervm": true, "closemedium": true, "sharedfolder": true,
 }
 
 func run(args []string) int {
@@ -561,6 +562,30 @@ func dispatch(st *state, args []string) int {
 		if o["--delete"] != nil {
 			fmt.Println("0%...10%...100%")
 		}
+		return 0
+
+	case "sharedfolder":
+		if len(rest) < 2 || rest[0] != "add" {
+			vboxError("", "Invalid parameter '%s'", strings.Join(rest, " "))
+			return 2
+		}
+		o, ok := opts(rest[2:], map[string]int{"--name": 1, "--hostpath": 1, "--readonly": 0, "--automount": 0})
+		if !ok {
+			return 2
+		}
+		m := find(st, rest[1])
+		if m == nil || !notRunning(m, rest[1]) {
+			return 1
+		}
+		if fi, err := os.Stat(first(o["--hostpath"])); err != nil || !fi.IsDir() {
+			vboxError("", "Cannot open host directory '%s' (VERR_FILE_NOT_FOUND)", first(o["--hostpath"]))
+			return 1
+		}
+		share := first(o["--name"]) + "=" + first(o["--hostpath"])
+		if o["--readonly"] != nil {
+			share += ":ro"
+		}
+		m.Shares = append(m.Shares, share)
 		return 0
 
 	case "closemedium":
