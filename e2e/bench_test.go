@@ -52,6 +52,13 @@ func TestBench(t *testing.T) {
 	r := execx.Local{}
 	var rows [][3]string
 	add := func(what, value, target string) { rows = append(rows, [3]string{what, value, target}) }
+	// FLEET_BENCH_ONLY=egress runs just the egress rows (each still
+	// measured side by side).
+	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
+		benchEgress(t, add)
+		printRows(rows)
+		return
+	}
 
 	// 1. Linked clone of an 8 GiB base vs a 1 GiB base.
 	dir := t.TempDir()
@@ -150,6 +157,10 @@ func TestBench(t *testing.T) {
 	add("boot split", strings.TrimSpace(lines[0]), "")
 	add("slowest boot units", strings.TrimSpace(lines[1]), "")
 
+	printRows(rows)
+}
+
+func printRows(rows [][3]string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%-36s | %-44s | %s\n%s\n", "measure", "value", "target", strings.Repeat("-", 100))
 	for _, row := range rows {
