@@ -88,6 +88,29 @@ func (c *Controller) spec(m *Machine, seed vm.Seed) vm.Spec {
 	return s
 }
 
+// lock takes the fleet's state lock, saying so while another fleet
+// command holds it.
+func (c *Controller) lock(ctx context.Context) (func(), error) {
+	return c.Store().Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+}
+
+// lockSelected takes the fleet lock, loads the state and selects the named
+// machines (or all). When err is nil the caller must call unlock.
+func (c *Controller) lockSelected(ctx context.Context, names []string, all bool) (unlock func(), s *State, ms []*Machine, err error) {
+	unlock, err = c.lock(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if s, err = c.Store().Load(); err == nil {
+		ms, err = c.Select(s, names, all)
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, nil, err
+	}
+	return unlock, s, ms, nil
+}
+
 // bootSpec is spec plus what only a boot needs: the network wiring and the
 // host credential for the proxies.
 func (c *Controller) bootSpec(ctx context.Context, m *Machine, seed vm.Seed) (vm.Spec, error) {

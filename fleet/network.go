@@ -152,16 +152,6 @@ func writeNetworkFiles(m *Machine, r NetworkRequest, token string) error {
 	return nil
 }
 
-// LoadCredentialsConfig reads a machine's credential-proxy settings.
-func loadCredentialsConfig(dir string) (credentialsConfig, error) {
-	var c credentialsConfig
-	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
-	if err != nil {
-		return c, err
-	}
-	return c, json.Unmarshal(b, &c)
-}
-
 // guestNetworkFiles configures the guest at first boot to use the proxies:
 // every tool that honours HTTP(S)_PROXY through /etc/environment (read by
 // PAM for every SSH session), sudo keeping those variables, apt, and the
@@ -303,7 +293,11 @@ func (c *Controller) hostCredential(ctx context.Context, command string) (egress
 // LoadCredentialsConfig reads a machine's token and upstream (for the
 // credential proxy process).
 func LoadCredentialsConfig(dir string) (token, upstream string, err error) {
-	c, err := loadCredentialsConfig(dir)
+	var c credentialsConfig
+	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
 	return c.Token, c.Upstream, err
 }
 
@@ -313,20 +307,11 @@ func LoadCredentialsConfig(dir string) (token, upstream string, err error) {
 // proxies pick the change up on their next connection, and cut open
 // tunnels to hosts no longer allowed.
 func (c *Controller) ChangePolicy(ctx context.Context, names []string, all bool, change func(egress.Policy) (egress.Policy, error)) ([]*Machine, error) {
-	st := c.Store()
-	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	unlock, _, ms, err := c.lockSelected(ctx, names, all)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := st.Load()
-	if err != nil {
-		return nil, err
-	}
-	ms, err := c.Select(s, names, all)
-	if err != nil {
-		return nil, err
-	}
 	next := make([]egress.Policy, len(ms))
 	for i, m := range ms {
 		switch {

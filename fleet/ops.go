@@ -141,20 +141,11 @@ func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 // mutate runs fn on the selected machines in parallel under the fleet lock
 // and saves whatever each fn changed, even if another failed.
 func (c *Controller) mutate(ctx context.Context, names []string, all bool, fn func(context.Context, *Machine) error) error {
-	st := c.Store()
-	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	unlock, s, ms, err := c.lockSelected(ctx, names, all)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	s, err := st.Load()
-	if err != nil {
-		return err
-	}
-	ms, err := c.Select(s, names, all)
-	if err != nil {
-		return err
-	}
 	var g errgroup.Group
 	if c.Parallel > 0 {
 		g.SetLimit(c.Parallel)
@@ -164,7 +155,7 @@ func (c *Controller) mutate(ctx context.Context, names []string, all bool, fn fu
 		g.Go(func() error { errs[i] = fn(ctx, m); return nil })
 	}
 	_ = g.Wait()
-	if err := st.Save(s); err != nil {
+	if err := c.Store().Save(s); err != nil {
 		return err
 	}
 	if err := c.writeKnownHosts(s); err != nil {
@@ -179,7 +170,7 @@ func (c *Controller) mutate(ctx context.Context, names []string, all bool, fn fu
 // empty fleet's folder (key, known_hosts, state) is removed.
 func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o DestroyOptions) error {
 	st := c.Store()
-	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	unlock, err := c.lock(ctx)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ const cleanupTimeout = 2 * time.Minute
 // made is removed again (newest first) and the state file is untouched.
 func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, error) {
 	st := c.Store()
-	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	unlock, err := c.lock(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -351,20 +351,11 @@ type CollectOptions struct {
 // rsync mode into a results folder. The host's working tree, index,
 // HEAD, hooks and config are never written.
 func (c *Controller) Collect(ctx context.Context, names []string, all bool, o CollectOptions) ([]workspace.Summary, error) {
-	st := c.Store()
-	unlock, err := st.Lock(ctx, func() { c.say("waiting for another fleet command on %s to finish...", c.Fleet) })
+	unlock, s, ms, err := c.lockSelected(ctx, names, all)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := st.Load()
-	if err != nil {
-		return nil, err
-	}
-	ms, err := c.Select(s, names, all)
-	if err != nil {
-		return nil, err
-	}
 	if err := checkCollectable(ms, all); err != nil {
 		return nil, err
 	}
@@ -381,7 +372,7 @@ func (c *Controller) Collect(ctx context.Context, names []string, all bool, o Co
 		}
 		out = append(out, sum)
 	}
-	if err := st.Save(s); err != nil {
+	if err := c.Store().Save(s); err != nil {
 		errs = append(errs, err)
 	}
 	return out, errors.Join(errs...)
@@ -450,6 +441,14 @@ func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOption
 // fetchPack streams the VM's pack into the host repository; a failed
 // import (too large, malformed) ends the VM's session at once.
 func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
+	return c.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack",
+		func(r io.Reader) error { return repo.Import(ctx, r, max) })
+}
+
+// readGuestStream runs script on m and hands its stdout to read. Once read
+// returns, the rest of the stream is bounded by finishStream. read's error
+// wins over the guest's.
+func (c *Controller) readGuestStream(ctx context.Context, m *Machine, script, what string, read func(io.Reader) error) error {
 	cl, err := c.Connect(ctx, m)
 	if err != nil {
 		return err
@@ -460,17 +459,17 @@ func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.R
 	var stderr bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
-		code, err := sshx.Run(sctx, cl, workspace.PackScript(workspace.GuestDir, tip, start), nil, pw, &stderr)
+		code, err := sshx.Run(sctx, cl, script, nil, pw, &stderr)
 		if err == nil && code != 0 {
-			err = fmt.Errorf("pack in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 3))
+			err = fmt.Errorf("%s in the VM: exit %d: %s", what, code, execx.Tail(stderr.Bytes(), 3))
 		}
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	ierr := repo.Import(ctx, pr, max)
-	serr := finishStream(ierr, pr, done, cancel)
-	if ierr != nil {
-		return ierr
+	rerr := read(pr)
+	serr := finishStream(rerr, pr, done, cancel)
+	if rerr != nil {
+		return rerr
 	}
 	return serr
 }
@@ -531,29 +530,11 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 		return sum, err
 	}
 	defer os.RemoveAll(tmp)
-	cl, err := c.Connect(ctx, m)
+	var n int
+	err = c.readGuestStream(ctx, m, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, "tar",
+		func(r io.Reader) (err error) { n, err = workspace.Untar(r, tmp, o.MaxBytes); return err })
 	if err != nil {
 		return sum, err
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	var stderr bytes.Buffer
-	done := make(chan error, 1)
-	go func() {
-		code, err := sshx.Run(sctx, cl, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, nil, pw, &stderr)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("tar in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 3))
-		}
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	n, uerr := workspace.Untar(pr, tmp, o.MaxBytes)
-	if serr := finishStream(uerr, pr, done, cancel); uerr == nil && serr != nil {
-		uerr = serr
-	}
-	if uerr != nil {
-		return sum, uerr
 	}
 	if err := os.RemoveAll(dest); err != nil {
 		return sum, err

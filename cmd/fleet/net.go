@@ -141,15 +141,11 @@ func newNetLogCmd(g *globals) *cobra.Command {
   fleet net log --json myproj-1 | jq 'select(.verdict=="deny")'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.controller(cmd)
+			c, ms, err := g.machines(cmd, args, false)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ms, err := selectMachines(c, args, false)
-			if err != nil {
-				return err
-			}
 			return tailAudit(cmd.Context(), fleet.AuditLogPath(ms[0]), follow, asJSON, cmd.OutOrStdout())
 		},
 	}

@@ -139,21 +139,32 @@ session's environment only: not the disk, a command line or a log.`,
 			if tasks == nil {
 				return errors.New("no task: give --task TEXT or --task-file FILE")
 			}
-			c, err := g.controller(cmd)
+			c, ms, err := g.machines(cmd, args, false)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ms, err := selectMachines(c, args, false)
-			if err != nil {
-				return err
-			}
 			return startSessions(cmd.Context(), c, ms, tasks, req)
 		},
 	}
 	o.addFlags(cmd, false)
 	cmd.Flags().StringVar(&project, "project", "", "folder whose fleet.hcl names profiles and setup (default: the current folder)")
 	return cmd
+}
+
+// machines builds the fleet's controller and selects the named machines
+// (or all). On success the caller closes the controller.
+func (g *globals) machines(cmd *cobra.Command, names []string, all bool) (*fleet.Controller, []*fleet.Machine, error) {
+	c, err := g.controller(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	ms, err := selectMachines(c, names, all)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, ms, nil
 }
 
 func selectMachines(c *fleet.Controller, names []string, all bool) ([]*fleet.Machine, error) {
@@ -173,15 +184,11 @@ func newAttachCmd(g *globals) *cobra.Command {
 		Example: `  fleet attach myproj-1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.controller(cmd)
+			c, ms, err := g.machines(cmd, args, false)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ms, err := selectMachines(c, args, false)
-			if err != nil {
-				return err
-			}
 			st, err := c.SessionStatus(cmd.Context(), ms[0])
 			if err != nil {
 				return err
@@ -210,15 +217,11 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if err := machineArgs(args, all); err != nil {
 				return err
 			}
-			c, err := g.controller(cmd)
+			c, ms, err := g.machines(cmd, args, all)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ms, err := selectMachines(c, args, all)
-			if err != nil {
-				return err
-			}
 			return c.Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, cmd.OutOrStdout())
 		},
 	}
@@ -243,15 +246,11 @@ each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
 			if all && len(args) > 0 {
 				return errors.New("name machines or pass --all, not both")
 			}
-			c, err := g.controller(cmd)
+			c, ms, err := g.machines(cmd, args, len(args) == 0)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ms, err := selectMachines(c, args, len(args) == 0)
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			if timeout > 0 {
 				var cancel context.CancelFunc

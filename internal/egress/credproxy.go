@@ -65,7 +65,7 @@ func (p *CredProxy) ServeConn(ctx context.Context, c net.Conn) {
 			}
 		},
 	}
-	go srv.Serve(&oneConnListener{c: c})
+	go srv.Serve(newOneConnListener(c))
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -144,39 +144,29 @@ func apiError(w http.ResponseWriter, code int, typ, msg string) {
 // oneConnListener hands http.Server a single connection, then blocks until
 // closed.
 type oneConnListener struct {
-	c    net.Conn
-	once sync.Once
-	done chan struct{}
-	mu   sync.Mutex
+	c      net.Conn
+	conns  chan net.Conn // holds c until Accept takes it
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{c: c, conns: make(chan net.Conn, 1), closed: make(chan struct{})}
+	l.conns <- c
+	return l
 }
 
 func (l *oneConnListener) Accept() (net.Conn, error) {
-	var c net.Conn
-	l.once.Do(func() { c = l.c })
-	if c != nil {
+	select {
+	case c := <-l.conns:
 		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
 	}
-	l.mu.Lock()
-	if l.done == nil {
-		l.done = make(chan struct{})
-	}
-	done := l.done
-	l.mu.Unlock()
-	<-done
-	return nil, net.ErrClosed
 }
 
 func (l *oneConnListener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.done == nil {
-		l.done = make(chan struct{})
-	}
-	select {
-	case <-l.done:
-	default:
-		close(l.done)
-	}
+	l.once.Do(func() { close(l.closed) })
 	return nil
 }
 

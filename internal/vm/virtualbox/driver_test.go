@@ -39,16 +39,15 @@ type fake struct {
 func newFake(t *testing.T, env ...string) *fake {
 	fakeBin = vboxtest.Fake(t)
 	f := &fake{t: t, home: t.TempDir()}
-	f.env = append([]string{"PATH=" + filepath.Dir(fakeBin) + ":" + os.Getenv("PATH"), "FAKE_VBOX_HOME=" + f.home, "FAKE_VBOX_GUEST=1"}, env...)
+	f.env = append([]string{"FAKE_VBOX_HOME=" + f.home, "FAKE_VBOX_GUEST=1"}, env...)
 	f.driver = New(envRunner{env: f.env}, filepath.Join(t.TempDir(), "virtualbox"), nil)
+	f.driver.v.bin = fakeBin
 	f.driver.v.backoff = 10 * time.Millisecond
 	f.ova = vboxtest.WriteOVA(t, filepath.Join(t.TempDir(), "debian-12-v1.ova"))
 	t.Cleanup(func() {
 		// Whatever a test left running: fake guests are real processes.
-		for _, l := range strings.Split(f.vbox("list", "vms"), "\n") {
-			if name, _, ok := strings.Cut(strings.TrimPrefix(l, `"`), `"`); ok {
-				exec.Command(fakeBin, "controlvm", name, "poweroff").Run()
-			}
+		for n := range parseVMList(f.vbox("list", "vms")) {
+			f.vbox("controlvm", n, "poweroff")
 		}
 	})
 	return f
@@ -59,16 +58,6 @@ type envRunner struct{ env []string }
 
 func (r envRunner) Run(ctx context.Context, c execx.Cmd) ([]byte, error) {
 	c.Env = append(c.Env, r.env...)
-	if c.Name == "VBoxManage" {
-		// execx looks names up in this process's PATH; point it at the fake
-		// unless the test hid it.
-		for _, e := range r.env {
-			if strings.HasPrefix(e, "PATH=") && !strings.Contains(e, filepath.Dir(fakeBin)) {
-				return nil, &execx.NotFoundError{Name: c.Name}
-			}
-		}
-		c.Name = fakeBin
-	}
 	return execx.Local{}.Run(ctx, c)
 }
 
@@ -300,7 +289,8 @@ func TestObjectNotReadyIsRetried(t *testing.T) {
 func TestBadInputLeavesNothingRegistered(t *testing.T) {
 	ctx := context.Background()
 	t.Run("VBoxManage missing", func(t *testing.T) {
-		f := newFake(t, "PATH=/nonexistent")
+		f := newFake(t)
+		f.driver.v.bin = filepath.Join(t.TempDir(), "VBoxManage") // not there
 		if err := f.driver.Validate(ctx); err == nil || !strings.Contains(err.Error(), "VBoxManage is not installed") {
 			t.Errorf("got %v", err)
 		}

@@ -232,8 +232,16 @@ func notRunning(m *machine, name string) bool {
 
 var natRule = regexp.MustCompile(`^[^,]*,(tcp|udp),[^,]*,\d{1,5},[^,]*,\d{1,5}$`)
 
+// minArgs is how many arguments a command needs before its options.
+var minArgs = map[string]int{"import": 1, "snapshot": 2, "clonevm": 1, "modifyvm": 2, "storagectl": 1,
+	"storageattach": 1, "startvm": 1, "controlvm": 2, "showvminfo": 1, "unregistervm": 1}
+
 func dispatch(st *state, args []string) int {
 	cmd, rest := args[0], args[1:]
+	if len(rest) < minArgs[cmd] {
+		vboxError("", "Not enough arguments for \"%s\"", cmd)
+		return 2
+	}
 	switch cmd {
 	case "list":
 		if len(rest) != 1 || rest[0] != "vms" {
@@ -253,10 +261,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "import":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"import\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--vsys": 1, "--vmname": 1, "--basefolder": 1})
 		if !ok {
 			return 2
@@ -278,10 +282,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "snapshot":
-		if len(rest) < 2 {
-			vboxError("", "Not enough arguments for \"snapshot\"")
-			return 2
-		}
 		m := find(st, rest[0])
 		if m == nil {
 			return 1
@@ -314,10 +314,6 @@ func dispatch(st *state, args []string) int {
 		return 2
 
 	case "clonevm":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"clonevm\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--snapshot": 1, "--options": 1, "--name": 1, "--basefolder": 1, "--register": 0, "--mode": 1})
 		if !ok {
 			return 2
@@ -354,10 +350,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "modifyvm":
-		if len(rest) < 2 {
-			vboxError("", "Not enough arguments for \"modifyvm\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--cpus": 1, "--memory": 1, "--audio-enabled": 1, "--usb-ohci": 1, "--usb-ehci": 1,
 			"--usb-xhci": 1, "--nic1": 1, "--nat-pf1": 1, "--uart1": 2, "--uart-mode1": 2, "--boot1": 1, "--boot2": 1, "--boot3": 1, "--boot4": 1})
 		if !ok {
@@ -392,10 +384,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "storagectl":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"storagectl\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--name": 1, "--add": 1})
 		if !ok {
 			return 2
@@ -413,10 +401,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "storageattach":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"storageattach\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--storagectl": 1, "--port": 1, "--device": 1, "--type": 1, "--medium": 1})
 		if !ok {
 			return 2
@@ -437,10 +421,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "startvm":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"startvm\"")
-			return 2
-		}
 		if _, ok := opts(rest[1:], map[string]int{"--type": 1}); !ok {
 			return 2
 		}
@@ -481,10 +461,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "controlvm":
-		if len(rest) < 2 {
-			vboxError("", "Not enough arguments for \"controlvm\"")
-			return 2
-		}
 		m := find(st, rest[0])
 		if m == nil {
 			return 1
@@ -509,10 +485,6 @@ func dispatch(st *state, args []string) int {
 		return 2
 
 	case "showvminfo":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"showvminfo\"")
-			return 2
-		}
 		if n, ok := fault("not-ready"); ok {
 			limit, _ := strconv.Atoi(n)
 			if st.Counters["not-ready"] < limit {
@@ -532,10 +504,6 @@ func dispatch(st *state, args []string) int {
 		return 0
 
 	case "unregistervm":
-		if len(rest) < 1 {
-			vboxError("", "Not enough arguments for \"unregistervm\"")
-			return 2
-		}
 		o, ok := opts(rest[1:], map[string]int{"--delete": 0})
 		if !ok {
 			return 2
