@@ -55,6 +55,7 @@ type NetworkRequest struct {
 	Credentials       CredentialsMode
 	CredentialCommand string // run on the host at each start; prints the key
 	Upstream          string // credential proxy upstream ("" = DefaultUpstream)
+	Limits            ProxyLimits
 }
 
 // Network is a machine's record of its egress and credentials. The policy
@@ -138,6 +139,11 @@ func writeNetworkFiles(m *Machine, r NetworkRequest, token string) error {
 	}
 	if r.Egress.Mode != egress.ModeOpen {
 		if err := egress.SavePolicy(m.Dir, r.Egress); err != nil {
+			return err
+		}
+	}
+	if r.Egress.Mode == egress.ModeAllowlist || r.Credentials == CredentialsProxy {
+		if err := saveProxyLimits(m.Dir, r.Limits); err != nil {
 			return err
 		}
 	}
@@ -343,6 +349,3 @@ func Policy(m *Machine) (egress.Policy, error) {
 	}
 	return egress.LoadPolicy(m.Dir)
 }
-
-// AuditLogPath is where m's proxies log their decisions.
-func AuditLogPath(m *Machine) string { return filepath.Join(m.Dir, egress.AuditFile) }

@@ -29,7 +29,7 @@ func TestProjectNetworkDefaultsAndOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"pypi.org", "deb.debian.org", "*.example.com", "api.anthropic.com"}; !reflect.DeepEqual(r.Egress.Allow, want) || r.Credentials != CredentialsEnv || r.Egress.Hosts["mirror.corp"] == "" {
+	if want := []string{"pypi.org:443", "deb.debian.org:443", "*.example.com:443", "api.anthropic.com:443"}; !reflect.DeepEqual(r.Egress.Allow, want) || r.Credentials != CredentialsEnv || r.Egress.Hosts["mirror.corp"] == "" {
 		t.Errorf("fleet.hcl + --allow: %+v", r)
 	}
 	r, err = p.Network(NetworkOverrides{Egress: "open", Credentials: "proxy"})
@@ -148,7 +148,7 @@ func TestChangePolicyIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range ms[:2] {
-		if p, _ := egress.LoadPolicy(m.Dir); p.Allow[len(p.Allow)-1] != "pypi.org" {
+		if p, _ := egress.LoadPolicy(m.Dir); p.Allow[len(p.Allow)-1] != "pypi.org:443" {
 			t.Errorf("%s: %v", m.Name, p.Allow)
 		}
 	}

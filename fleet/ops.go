@@ -95,7 +95,7 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool) error 
 		if err != nil {
 			return err
 		}
-		rt, err := c.Driver.Start(gctx, spec)
+		rt, err := c.startMachine(gctx, spec)
 		if err != nil {
 			return err
 		}
@@ -129,7 +129,7 @@ func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 			cancel()
 		}
 		c.sshPool().Drop(m.Name)
-		if err := c.Driver.Stop(gctx, c.spec(m, vm.Seed{}), c.StopGrace); err != nil {
+		if err := c.stopMachine(gctx, c.spec(m, vm.Seed{})); err != nil {
 			return err
 		}
 		m.SSHAddr, m.PID, m.Desired = "", 0, WantStopped
@@ -197,7 +197,7 @@ func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o De
 	for i := len(ms) - 1; i >= 0; i-- {
 		m := ms[i]
 		c.sshPool().Drop(m.Name)
-		if err := c.Driver.Delete(cctx, c.spec(m, vm.Seed{})); err != nil {
+		if err := c.deleteMachine(cctx, c.spec(m, vm.Seed{})); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -260,7 +260,7 @@ func (c *Controller) sweepOrphans(ctx context.Context, s *State) error {
 			continue
 		}
 		dir := filepath.Join(c.Layout.MachinesDir(c.Fleet), e.Name())
-		if err := c.Driver.Delete(ctx, vm.Spec{Name: e.Name(), Dir: dir}); err != nil {
+		if err := c.deleteMachine(ctx, vm.Spec{Name: e.Name(), Dir: dir}); err != nil {
 			errs = append(errs, err)
 			continue
 		}

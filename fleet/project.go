@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
@@ -34,6 +35,8 @@ const ProjectFile = "fleet.hcl"
 //	  presets = ["claude", "pypi"]            # default ["claude"]
 //	  allow   = ["deb.debian.org"]
 //	  hosts   = { "mirror.corp" = "203.0.113.10" } # names without DNS
+//	  max_connections = 256                   # per machine, both proxies
+//	  idle_timeout    = "10m"                 # an idle tunnel is cut
 //	}
 //	preset "pypi" { allow = ["pypi.org", "files.pythonhosted.org"] }
 //	credentials {
@@ -60,6 +63,9 @@ type EgressBlock struct {
 	Presets []string          `hcl:"presets,optional"`
 	Allow   []string          `hcl:"allow,optional"`
 	Hosts   map[string]string `hcl:"hosts,optional"`
+	// MaxConnections caps a machine's concurrent proxy connections.
+	MaxConnections int    `hcl:"max_connections,optional"`
+	IdleTimeout    string `hcl:"idle_timeout,optional"`
 }
 
 // PresetBlock is `preset "NAME" { allow = [...] }`: a named allowlist.
@@ -139,10 +145,29 @@ func (p Project) Network(o NetworkOverrides) (NetworkRequest, error) {
 			return NetworkRequest{}, err
 		}
 	}
-	r := NetworkRequest{Egress: pol, Credentials: cm,
+	limits, err := eb.limits()
+	if err != nil {
+		return NetworkRequest{}, err
+	}
+	r := NetworkRequest{Egress: pol, Credentials: cm, Limits: limits,
 		CredentialCommand: firstOf(o.CredentialCommand, cb.Command),
 		Upstream:          firstOf(o.Upstream, cb.Upstream)}
 	return r, checkUpstream(r.Upstream)
+}
+
+func (eb EgressBlock) limits() (ProxyLimits, error) {
+	l := ProxyLimits{MaxConnections: eb.MaxConnections}
+	if l.MaxConnections < 0 || l.MaxConnections > 65536 {
+		return l, fmt.Errorf("egress max_connections must be between 1 and 65536, got %d", l.MaxConnections)
+	}
+	if eb.IdleTimeout != "" {
+		d, err := time.ParseDuration(eb.IdleTimeout)
+		if err != nil || d < time.Second {
+			return l, fmt.Errorf("egress idle_timeout %q is not a duration of at least 1s (examples: 90s, 10m)", eb.IdleTimeout)
+		}
+		l.IdleTimeoutSec = int(d.Seconds())
+	}
+	return l, nil
 }
 
 func firstOf(vals ...string) string {

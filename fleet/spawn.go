@@ -113,7 +113,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				}
 			}
 			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
-			rt, err := c.Driver.Start(gctx, spec)
+			rt, err := c.startMachine(gctx, spec)
 			if err != nil {
 				return err
 			}
@@ -162,7 +162,7 @@ func (c *Controller) rollback(created []*Machine) {
 	for i := len(created) - 1; i >= 0; i-- {
 		m := created[i]
 		c.sshPool().Drop(m.Name)
-		if err := c.Driver.Delete(ctx, c.spec(m, vm.Seed{})); err != nil {
+		if err := c.deleteMachine(ctx, c.spec(m, vm.Seed{})); err != nil {
 			c.say("%s: rollback failed: %v", m.Name, err)
 			continue
 		}

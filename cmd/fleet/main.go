@@ -27,6 +27,10 @@ func main() {
 		log.SetOutput(io.Discard)
 		os.Exit(runProxy(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyServerCommand {
+		log.SetOutput(io.Discard)
+		os.Exit(runProxyServer(os.Args[2:]))
+	}
 	// The Packer SDK's communicators log through the standard logger:
 	// debug output, which the root command's --debug turns back on.
 	log.SetOutput(io.Discard)

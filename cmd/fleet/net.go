@@ -1,14 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/netip"
-	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -146,7 +144,7 @@ func newNetLogCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			return tailAudit(cmd.Context(), fleet.AuditLogPath(ms[0]), follow, asJSON, cmd.OutOrStdout())
+			return tailAudit(cmd.Context(), ms[0].Dir, follow, asJSON, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions until interrupted")
@@ -154,129 +152,85 @@ func newNetLogCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// tailAudit prints the log, then with follow polls it for more: the proxies
-// are separate processes, so there is nothing to subscribe to.
-func tailAudit(ctx context.Context, path string, follow, asJSON bool, w io.Writer) error {
-	var off int64
-	print := func() error {
-		f, err := os.Open(path)
-		if os.IsNotExist(err) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return err
-		}
-		b, err := io.ReadAll(f)
-		if err != nil {
-			return err
-		}
-		// Only whole lines: a proxy may be writing the next one.
-		if i := strings.LastIndexByte(string(b), '\n'); i >= 0 {
-			b = b[:i+1]
-		} else {
-			b = nil
-		}
-		off += int64(len(b))
+// tailAudit prints the log a line at a time, then with follow polls it
+// for more: the proxy server is another process, so there is nothing to
+// subscribe to.
+func tailAudit(ctx context.Context, dir string, follow, asJSON bool, w io.Writer) error {
+	return egress.Tail(ctx, dir, follow, 300*time.Millisecond, func(line []byte) error {
 		if asJSON {
-			_, err := w.Write(b)
+			_, err := w.Write(line)
 			return err
 		}
-		return egress.ReadEntries(strings.NewReader(string(b)), func(e egress.Entry) { fmt.Fprintln(w, e.String()) })
-	}
-	if err := print(); err != nil || !follow {
-		return err
-	}
-	t := time.NewTicker(300 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := print(); err != nil {
-				return err
-			}
-		}
-	}
+		return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) { fmt.Fprintln(w, e.String()) })
+	})
 }
 
-// runProxy serves one guest connection: QEMU starts `fleet __proxy KIND DIR`
-// per connection, with the connection as stdin, stdout and stderr. Nothing
-// may be printed (it would reach the guest), so stderr goes to a file in the
-// machine folder first.
+// runProxy is the shim QEMU starts per guest connection to a proxy
+// (`fleet __proxy KIND DIR`, the connection as stdin, stdout and stderr).
+// It hands the connection to the machine's proxy server, starting that
+// server if none runs, and exits: a guest's open connections cost no
+// process each. Nothing may be printed (it would reach the guest), so
+// stderr goes to a file in the machine folder first.
 func runProxy(args []string) int {
 	if len(args) != 2 || (args[0] != "egress" && args[0] != "credentials") {
 		fmt.Fprintln(os.Stderr, "usage: fleet __proxy egress|credentials MACHINE_DIR (started by the hypervisor)")
 		return 2
 	}
-	kind, dir := args[0], args[1]
-	if f, err := os.OpenFile(filepath.Join(dir, "proxy-errors.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+	kind, dir := egress.KindEgress, args[1]
+	if args[0] == "credentials" {
+		kind = egress.KindCredentials
+	}
+	errLog := filepath.Join(dir, "proxy-errors.log")
+	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
 		_ = syscall.Dup3(int(f.Fd()), 2, 0)
 		f.Close()
 	} else {
 		_ = syscall.Close(2)
 	}
-	conn, err := net.FileConn(os.Stdin)
-	// Our copy is all that may hold the socket, or closing it would not end
-	// the guest's connection.
-	os.Stdin.Close()
+	conn := os.Stdin
 	os.Stdout.Close()
+	err := egress.Handoff(dir, kind, conn, func() error { return startProxyServer(dir, errLog) })
+	// Our copy must go, or closing the server's would not end the guest's
+	// connection.
+	conn.Close()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "proxy: stdin is not a connection:", err)
+		fmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339), "proxy shim:", err)
 		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	audit := egress.NewAudit(dir)
-	switch kind {
-	case "egress":
-		p := &egress.Proxy{
-			Policy:    func() (egress.Policy, error) { return egress.LoadPolicy(dir) },
-			Resolver:  net.DefaultResolver,
-			Dial:      (&net.Dialer{}).DialContext,
-			HostAddrs: hostAddrs(),
-			Audit:     audit,
-			Recheck:   2 * time.Second,
-		}
-		p.ServeConn(ctx, conn)
-	case "credentials":
-		token, upstream, err := fleet.LoadCredentialsConfig(dir)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "proxy:", err)
-			conn.Close()
-			return 1
-		}
-		u, err := url.Parse(upstream)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "proxy:", err)
-			conn.Close()
-			return 1
-		}
-		p := &egress.CredProxy{
-			Token:      token,
-			Credential: fleet.ParseCredentialEnv(os.Getenv(fleet.CredentialEnv)),
-			Upstream:   u,
-			Transport:  http.DefaultTransport,
-			Audit:      audit,
-		}
-		p.ServeConn(ctx, conn)
 	}
 	return 0
 }
 
-// hostAddrs are this host's own addresses, which no guest may reach
-// through the proxy whatever their class.
-func hostAddrs() map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out[p.Addr()] = true
-		}
+// startProxyServer starts `fleet __proxyd DIR` in its own session, so it
+// outlives the shim and the fleet command; it inherits the environment,
+// and with it the host credential the hypervisor was given.
+func startProxyServer(dir, errLog string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
 	}
-	return out
+	cmd := exec.Command(self, fleet.ProxyServerCommand, dir)
+	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+		cmd.Stderr = f
+		defer f.Close()
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+// runProxyServer is `fleet __proxyd DIR`: the machine's proxy server.
+func runProxyServer(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: fleet __proxyd MACHINE_DIR (started by the proxy shim)")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	if err := fleet.RunProxyServer(ctx, args[0]); err != nil {
+		fmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339), "proxy server:", err)
+		return 1
+	}
+	return 0
 }

@@ -21,6 +21,10 @@ import (
 
 // TestMain lets a test run this binary as the proxy, the way QEMU does.
 func TestMain(m *testing.M) {
+	// The shim starts the machine's proxy server as this binary.
+	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyServerCommand {
+		os.Exit(runProxyServer(os.Args[2:]))
+	}
 	if args := os.Getenv("FLEET_TEST_PROXY_ARGS"); args != "" {
 		os.Exit(runProxy(strings.Fields(args)))
 	}
@@ -43,7 +47,7 @@ func proxyConn(t *testing.T, kind, dir string, env ...string) net.Conn {
 		t.Fatal(err)
 	}
 	child.Close()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); egress.StopServer(dir) })
 	f := os.NewFile(uintptr(fds[1]), "guest")
 	c, err := net.FileConn(f)
 	f.Close()
@@ -99,5 +103,71 @@ func TestCredentialProxyProcessTakesTheKeyFromItsEnvironmentOnly(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, egress.AuditFile))
 	if strings.Contains(string(b), "sk-real") {
 		t.Error("the key reached the audit log")
+	}
+}
+
+// The shim hands each connection to one server per machine and exits: many
+// guest connections are one process, not one each.
+func TestShimsHandConnectionsToOneServer(t *testing.T) {
+	dir := t.TempDir()
+	pol, _ := egress.Build(egress.ModeAllowlist, nil, nil, nil)
+	if err := egress.SavePolicy(dir, pol); err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	for i := 0; i < 5; i++ {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := os.NewFile(uintptr(fds[0]), "child")
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "FLEET_TEST_PROXY_ARGS=egress "+dir)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = child, child, child
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		child.Close()
+		// The shim exits once the server has the connection, while the
+		// guest's connection stays open.
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("shim %d: %v", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("shim %d did not exit after the handoff", i)
+		}
+		f := os.NewFile(uintptr(fds[1]), "guest")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	t.Cleanup(func() { egress.StopServer(dir) })
+	pid, ok := egress.ServerPID(dir)
+	if !ok {
+		t.Fatal("no proxy server runs")
+	}
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprint(c, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 403 {
+			t.Fatalf("connection %d: %v %v", i, resp, err)
+		}
+		c.Close()
+	}
+	if again, _ := egress.ServerPID(dir); again != pid {
+		t.Errorf("server pid changed from %d to %d", pid, again)
+	}
+	egress.StopServer(dir)
+	if _, ok := egress.ServerPID(dir); ok {
+		t.Error("StopServer left the server running")
 	}
 }

@@ -24,10 +24,40 @@ var refusedPrefixes = []struct {
 	{netip.MustParsePrefix("100::/64"), "a discard address"},
 }
 
+// HostNets are the host's interface addresses with their prefixes.
+type HostNets []netip.Prefix
+
+// why says whether a is one of the host's own addresses, or the network
+// or broadcast address of one of its IPv4 subnets: each reaches the host
+// (or every machine on its network) whatever its class.
+func (n HostNets) why(a netip.Addr) string {
+	for _, p := range n {
+		switch {
+		case p.Addr() == a:
+			return "an address of this host"
+		case !p.Addr().Is4() || p.Bits() >= 31 || !p.Contains(a):
+		case p.Masked().Addr() == a:
+			return "the network address of a host subnet"
+		case lastAddr(p) == a:
+			return "the broadcast address of a host subnet"
+		}
+	}
+	return ""
+}
+
+// lastAddr is the highest address of an IPv4 prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
 // RefusedAddr says why a guest may not connect to a, or "" if it may.
-// hostAddrs are the host's own interface addresses, refused whatever their
-// class (a public address on the host would otherwise reach its services).
-func RefusedAddr(a netip.Addr, hostAddrs map[netip.Addr]bool) string {
+// host are the host's own interface addresses and subnets, refused whatever
+// their class (a public address on the host would otherwise reach its
+// services).
+func RefusedAddr(a netip.Addr, host HostNets) string {
 	switch {
 	case !a.IsValid():
 		return "an invalid address"
@@ -56,8 +86,6 @@ func RefusedAddr(a netip.Addr, hostAddrs map[netip.Addr]bool) string {
 		return "a multicast address"
 	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "the broadcast address"
-	case hostAddrs[a]:
-		return "an address of this host"
 	}
-	return ""
+	return host.why(a)
 }

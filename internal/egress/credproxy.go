@@ -57,7 +57,7 @@ func (p *CredProxy) ServeConn(ctx context.Context, c net.Conn) {
 	var once sync.Once
 	srv := &http.Server{
 		Handler:           p,
-		ReadHeaderTimeout: 30 * time.Second,
+		ReadHeaderTimeout: DefaultTimeout,
 		IdleTimeout:       5 * time.Minute,
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
@@ -73,8 +73,46 @@ func (p *CredProxy) ServeConn(ctx context.Context, c net.Conn) {
 	}
 }
 
+// APIRoutes are the model API calls the Claude CLI makes, and all the
+// credential proxy forwards: a guest holding the token gets the model, not
+// the rest of the account (files, batches, admin keys).
+var APIRoutes = []struct{ Method, Path string }{
+	{http.MethodPost, "/v1/messages"},
+	{http.MethodPost, "/v1/messages/count_tokens"},
+	{http.MethodGet, "/v1/models"},
+	{http.MethodGet, "/v1/models/*"}, // one model's details
+}
+
+// apiRoute says whether method and path are one of APIRoutes. The path
+// must be clean: no dot segments, doubled or encoded slashes.
+func apiRoute(method, path, rawPath string) bool {
+	if rawPath != "" || strings.Contains(path, "//") || strings.Contains(path, "/.") {
+		return false
+	}
+	for _, r := range APIRoutes {
+		if r.Method != method {
+			continue
+		}
+		if prefix, ok := strings.CutSuffix(r.Path, "*"); ok {
+			rest, found := strings.CutPrefix(path, prefix)
+			if found && rest != "" && !strings.Contains(rest, "/") {
+				return true
+			}
+		} else if path == r.Path {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e := Entry{Proxy: "credentials", Method: printable(r.Method), Path: printable(r.URL.Path)}
+	if !apiRoute(r.Method, r.URL.Path, r.URL.RawPath) {
+		e.Verdict, e.Status, e.Reason = "deny", http.StatusForbidden, "not a model API call: the credential proxy forwards only "+routeList()
+		p.Audit.Log(e)
+		apiError(w, http.StatusForbidden, "permission_error", "fleet credential proxy: "+e.Method+" "+e.Path+" is not forwarded (only "+routeList()+")")
+		return
+	}
 	if !p.tokenOK(r) {
 		p.refuse(w, e, "wrong or missing fleet token")
 		return
@@ -103,6 +141,7 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Transport:     p.Transport,
 		FlushInterval: -1, // the API streams server-sent events
 		ModifyResponse: func(resp *http.Response) error {
+			scrubHeaders(resp.Header, p.Credential.Value)
 			e.Verdict, e.Status, e.Reason = "allow", resp.StatusCode, "token matched; forwarded to "+p.Upstream.Host
 			p.Audit.Log(e)
 			return nil
@@ -114,6 +153,31 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+func routeList() string {
+	var out []string
+	for _, r := range APIRoutes {
+		out = append(out, r.Method+" "+r.Path)
+	}
+	return strings.Join(out, ", ")
+}
+
+// scrubHeaders drops every response header that echoes the credential, so
+// an upstream (or a debugging proxy in front of it) that reflects request
+// headers cannot hand the key to the guest.
+func scrubHeaders(h http.Header, secret string) {
+	if secret == "" {
+		return
+	}
+	for k, vs := range h {
+		for _, v := range vs {
+			if strings.Contains(v, secret) {
+				h.Del(k)
+				break
+			}
+		}
+	}
 }
 
 func (p *CredProxy) tokenOK(r *http.Request) bool {

@@ -27,6 +27,9 @@ func newCredRig(t *testing.T, cred Credential) *credRig {
 	r := &credRig{dir: t.TempDir()}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.received = append(r.received, req.Header.Clone())
+		// An upstream that echoes request headers, as debugging proxies do.
+		w.Header().Set("X-Echo-Api-Key", req.Header.Get("X-Api-Key"))
+		w.Header().Set("X-Echo-Auth", req.Header.Get("Authorization"))
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprintf(w, "event: message_stop\ndata: %s\n\n", req.URL.Path)
 	}))
@@ -158,4 +161,63 @@ func TestCredentialFromEnv(t *testing.T) {
 func lastEntryIn(t *testing.T, dir string) Entry {
 	r := &rig{t: t, dir: dir}
 	return r.lastEntry()
+}
+
+func (r *credRig) do(t *testing.T, method, path string) (int, string, http.Header) {
+	req, _ := http.NewRequest(method, "http://"+r.addr+path, strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer fleet-token-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestCredentialProxyForwardsOnlyTheModelAPI(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: APIKey, Value: "sk-ant-real"})
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/v1/messages"}, {"POST", "/v1/messages?beta=true"}, {"POST", "/v1/messages/count_tokens?beta=true"},
+		{"GET", "/v1/models"}, {"GET", "/v1/models/claude-sonnet-4-5"},
+	} {
+		if code, body, _ := r.do(t, c.method, c.path); code != 200 {
+			t.Errorf("%s %s: %d %q", c.method, c.path, code, body)
+		}
+	}
+	n := len(r.received)
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1/files"}, {"POST", "/v1/files"}, {"POST", "/v1/messages/batches"}, {"GET", "/v1/messages"},
+		{"DELETE", "/v1/models/x"}, {"POST", "/v1/organizations/api_keys"}, {"GET", "/v1/models/x/y"},
+		{"POST", "/v1/messages/../organizations/api_keys"}, {"POST", "/v1/messages/%2e%2e/files"},
+		{"POST", "//v1/messages"}, {"POST", "/v1//messages"}, {"POST", "/v1/messages/"}, {"PUT", "/v1/messages"},
+		{"POST", "/api/oauth/profile"}, {"GET", "/"},
+	} {
+		code, body, _ := r.do(t, c.method, c.path)
+		if code != 403 || !strings.Contains(body, "permission_error") || !strings.Contains(body, "not forwarded") {
+			t.Errorf("%s %s: %d %q, want a 403 in the API's error shape", c.method, c.path, code, body)
+		}
+		if e := lastEntryIn(t, r.dir); e.Verdict != "deny" || e.Status != 403 {
+			t.Errorf("%s %s: audit entry %+v", c.method, c.path, e)
+		}
+	}
+	if len(r.received) != n {
+		t.Errorf("%d refused requests reached the upstream", len(r.received)-n)
+	}
+}
+
+func TestCredentialProxyStripsTheKeyFromResponseHeaders(t *testing.T) {
+	for _, cred := range []Credential{{Kind: APIKey, Value: "sk-ant-real"}, {Kind: OAuthToken, Value: "sk-ant-oat-real"}} {
+		r := newCredRig(t, cred)
+		code, _, h := r.do(t, "POST", "/v1/messages")
+		if code != 200 {
+			t.Fatalf("%s: %d", cred.Kind, code)
+		}
+		if strings.Contains(fmt.Sprint(h), cred.Value) {
+			t.Errorf("%s: the key came back to the guest in %v", cred.Kind, h)
+		}
+		if h.Get("Content-Type") != "text/event-stream" {
+			t.Errorf("%s: an innocent header was dropped: %v", cred.Kind, h)
+		}
+	}
 }

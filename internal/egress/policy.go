@@ -3,11 +3,13 @@ package egress
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -36,41 +38,92 @@ func ParseMode(s string) (Mode, error) {
 
 // Pattern is one allow or deny entry: an exact domain ("github.com"), every
 // subdomain of one ("*.github.com", which does not match github.com itself),
-// or an exact IP address.
+// or an exact IP address, on one port. An entry without a port means 443:
+// "github.com:22" names another. The suffix "/raw" lets a CONNECT tunnel to
+// it carry any protocol ("github.com:22/raw" for git over SSH); every other
+// tunnel must carry TLS to the name it asked for.
 type Pattern struct {
 	host     Host
 	wildcard bool
+	port     int // 0 only in deny entries written without a port: every port
+	raw      bool
 }
 
-// ParsePattern checks a domain pattern as users write it.
-func ParsePattern(s string) (Pattern, error) {
-	wild := strings.HasPrefix(s, "*.")
-	rest := strings.TrimPrefix(s, "*.")
-	if strings.Contains(rest, "*") {
-		return Pattern{}, fmt.Errorf("invalid domain pattern %q: a wildcard may only be the first label, as in *.example.com", s)
+// DefaultPort is the port of an allow entry that names none.
+const DefaultPort = 443
+
+// ParsePattern checks an allow entry as users write it.
+func ParsePattern(s string) (Pattern, error) { return parsePattern(s, DefaultPort) }
+
+// ParseDenyPattern checks a deny entry: without a port it covers every port.
+func ParseDenyPattern(s string) (Pattern, error) { return parsePattern(s, 0) }
+
+func parsePattern(s string, defaultPort int) (Pattern, error) {
+	bad := func(format string, a ...any) (Pattern, error) {
+		return Pattern{}, fmt.Errorf("invalid domain pattern %q: "+format, append([]any{printable(s)}, a...)...)
 	}
-	h, err := ParseHost(rest)
+	rest, raw := strings.CutSuffix(s, "/raw")
+	if strings.Contains(rest, "/") {
+		return bad("the only suffix is /raw, as in github.com:22/raw")
+	}
+	hostPart, port := rest, defaultPort
+	if h, p, err := net.SplitHostPort(rest); err == nil {
+		n, perr := strconv.Atoi(p)
+		if perr != nil || n < 1 || n > 65535 || p[0] == '0' || p[0] == '+' {
+			return bad("bad port %q", printable(p))
+		}
+		hostPart, port = h, n
+	}
+	wild := strings.HasPrefix(hostPart, "*.")
+	name := strings.TrimPrefix(hostPart, "*.")
+	if strings.Contains(name, "*") {
+		return bad("a wildcard may only be the first label, as in *.example.com")
+	}
+	h, err := ParseHost(name)
 	if err != nil {
-		return Pattern{}, fmt.Errorf("invalid domain pattern %q: %v", s, err)
+		return bad("%v", err)
 	}
 	if wild && h.IP.IsValid() {
-		return Pattern{}, fmt.Errorf("invalid domain pattern %q: a wildcard needs a domain, not an address", s)
+		return bad("a wildcard needs a domain, not an address")
 	}
 	if wild && !strings.Contains(h.Name, ".") {
-		return Pattern{}, fmt.Errorf("invalid domain pattern %q: a wildcard over a whole top-level domain is too wide", s)
+		return bad("a wildcard over a whole top-level domain is too wide")
 	}
-	return Pattern{host: h, wildcard: wild}, nil
+	if raw && port == 0 {
+		return bad("/raw needs a port, as in github.com:22/raw")
+	}
+	return Pattern{host: h, wildcard: wild, port: port, raw: raw}, nil
 }
 
+// String is the canonical form, port always written, so one entry has one
+// spelling in a policy file.
 func (p Pattern) String() string {
+	h := p.host.String()
 	if p.wildcard {
-		return "*." + p.host.Name
+		h = "*." + p.host.Name
 	}
-	return p.host.String()
+	if p.port == 0 {
+		return h
+	}
+	s := net.JoinHostPort(h, strconv.Itoa(p.port))
+	if p.raw {
+		s += "/raw"
+	}
+	return s
 }
 
-// Match reports whether h is covered by the pattern.
-func (p Pattern) Match(h Host) bool {
+// Raw reports whether a tunnel to this entry may carry any protocol.
+func (p Pattern) Raw() bool { return p.raw }
+
+// Match reports whether h on port is covered by the pattern.
+func (p Pattern) Match(h Host, port int) bool {
+	if p.port != 0 && p.port != port {
+		return false
+	}
+	return p.matchHost(h)
+}
+
+func (p Pattern) matchHost(h Host) bool {
 	if p.host.IP.IsValid() || h.IP.IsValid() {
 		return !p.wildcard && p.host.IP == h.IP && h.IP.IsValid()
 	}
@@ -80,10 +133,22 @@ func (p Pattern) Match(h Host) bool {
 	return h.Name == p.host.Name
 }
 
+// covers is a deny entry's match: a domain also covers its subdomains, so
+// "deny x.example" holds even where "*.example" is allowed.
+func (p Pattern) covers(h Host, port int) bool {
+	if p.port != 0 && p.port != port {
+		return false
+	}
+	if !p.wildcard && p.host.Name != "" && strings.HasSuffix(h.Name, "."+p.host.Name) {
+		return true
+	}
+	return p.matchHost(h)
+}
+
 // Presets are named allowlists. "claude" is what a Claude Code agent needs
 // besides the model API, which goes through the credential proxy.
 var Presets = map[string][]string{
-	"claude": {"registry.npmjs.org", "github.com", "*.github.com", "*.githubusercontent.com"},
+	"claude": {"registry.npmjs.org:443", "github.com:443", "*.github.com:443", "*.githubusercontent.com:443"},
 	"none":   {},
 }
 
@@ -104,8 +169,13 @@ func (p Policy) Validate() error {
 	if _, err := ParseMode(string(p.Mode)); err != nil {
 		return err
 	}
-	for _, s := range append(slices.Clone(p.Allow), p.Deny...) {
+	for _, s := range p.Allow {
 		if _, err := ParsePattern(s); err != nil {
+			return err
+		}
+	}
+	for _, s := range p.Deny {
+		if _, err := ParseDenyPattern(s); err != nil {
 			return err
 		}
 	}
@@ -120,59 +190,92 @@ func (p Policy) Validate() error {
 	return nil
 }
 
-// Decide says whether the guest may go to h, and why. Deny wins over allow.
-// Address checks come later, after the name is resolved.
-func (p Policy) Decide(h Host) (bool, string) {
-	switch p.Mode {
-	case ModeOpen:
-		return true, "egress is open"
-	case ModeNone:
-		return false, "egress is none"
-	}
-	for _, s := range p.Deny {
-		if pt, err := ParsePattern(s); err == nil && pt.Match(h) {
-			return false, "denied by " + pt.String()
-		}
-	}
-	for _, s := range p.Allow {
-		if pt, err := ParsePattern(s); err == nil && pt.Match(h) {
-			return true, "allowed by " + pt.String()
-		}
-	}
-	return false, "not in the allowlist"
+// Verdict is a policy's answer for one destination.
+type Verdict struct {
+	Allow  bool
+	Raw    bool // the allowing entry lets a tunnel carry any protocol
+	Reason string
 }
 
-// WithAllowed returns the policy with pattern allowed (and no longer denied).
+// Decide says whether the guest may go to h on port, and why. Deny wins
+// over allow. Address checks come later, after the name is resolved.
+func (p Policy) Decide(h Host, port int) Verdict {
+	switch p.Mode {
+	case ModeOpen:
+		return Verdict{Allow: true, Raw: true, Reason: "egress is open"}
+	case ModeNone:
+		return Verdict{Reason: "egress is none"}
+	}
+	for _, s := range p.Deny {
+		if pt, err := ParseDenyPattern(s); err == nil && pt.covers(h, port) {
+			return Verdict{Reason: "denied by " + pt.String()}
+		}
+	}
+	other := false
+	for _, s := range p.Allow {
+		pt, err := ParsePattern(s)
+		if err != nil {
+			continue
+		}
+		if pt.Match(h, port) {
+			return Verdict{Allow: true, Raw: pt.raw, Reason: "allowed by " + pt.String()}
+		}
+		other = other || pt.matchHost(h)
+	}
+	if other {
+		return Verdict{Reason: fmt.Sprintf("port %d of %s is not in the allowlist (an entry without a port means %d; name it as %s:%d)", port, h, DefaultPort, h, port)}
+	}
+	return Verdict{Reason: "not in the allowlist"}
+}
+
+// PinnedAddr is the address the hosts pins give h's name, matched without
+// regard to case as DNS names are.
+func (p Policy) PinnedAddr(h Host) (string, bool) {
+	for name, addr := range p.Hosts {
+		if strings.EqualFold(name, h.Name) {
+			return addr, true
+		}
+	}
+	return "", false
+}
+
+// WithAllowed returns the policy with pattern allowed, and no longer
+// denied by an entry for the same name on that port or every port.
 func (p Policy) WithAllowed(pattern string) (Policy, error) {
 	pt, err := ParsePattern(pattern)
 	if err != nil {
 		return p, err
 	}
+	p.Deny = slices.DeleteFunc(slices.Clone(p.Deny), func(s string) bool {
+		d, err := ParseDenyPattern(s)
+		return err == nil && d.sameName(pt) && (d.port == 0 || d.port == pt.port)
+	})
 	s := pt.String()
-	p.Deny = remove(p.Deny, s)
 	if !slices.Contains(p.Allow, s) {
 		p.Allow = append(slices.Clone(p.Allow), s)
 	}
 	return p, nil
 }
 
-// WithDenied returns the policy with pattern denied (and no longer allowed).
+// WithDenied returns the policy with pattern denied, and the allow entries
+// it names removed.
 func (p Policy) WithDenied(pattern string) (Policy, error) {
-	pt, err := ParsePattern(pattern)
+	pt, err := ParseDenyPattern(pattern)
 	if err != nil {
 		return p, err
 	}
+	p.Allow = slices.DeleteFunc(slices.Clone(p.Allow), func(s string) bool {
+		a, err := ParsePattern(s)
+		return err == nil && a.sameName(pt) && (pt.port == 0 || a.port == pt.port)
+	})
 	s := pt.String()
-	p.Allow = remove(p.Allow, s)
 	if !slices.Contains(p.Deny, s) {
 		p.Deny = append(slices.Clone(p.Deny), s)
 	}
 	return p, nil
 }
 
-func remove(list []string, s string) []string {
-	return slices.DeleteFunc(slices.Clone(list), func(x string) bool { return x == s })
-}
+func (p Pattern) sameName(q Pattern) bool { return p.host == q.host && p.wildcard == q.wildcard }
 
 // Build makes a policy from a mode, preset names (user presets first, then
 // the built-in ones) and extra domains. It fails on an unknown preset or a

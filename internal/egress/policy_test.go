@@ -76,7 +76,7 @@ func TestPatterns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := p.Match(h); got != c.match {
+		if got := p.Match(h, 443); got != c.match {
 			t.Errorf("%q matches %q = %v, want %v", c.pattern, c.host, got, c.match)
 		}
 	}
@@ -90,7 +90,7 @@ func TestPatterns(t *testing.T) {
 }
 
 func TestRefusedAddr(t *testing.T) {
-	host := map[netip.Addr]bool{netip.MustParseAddr("198.51.100.7"): true}
+	host := HostNets{netip.MustParsePrefix("198.51.100.7/24"), netip.MustParsePrefix("2001:db8::5/64")}
 	cases := map[string]string{
 		"127.0.0.1":            "loopback",
 		"127.8.9.10":           "loopback",
@@ -116,6 +116,10 @@ func TestRefusedAddr(t *testing.T) {
 		"64:ff9b::7f00:1":      "NAT64",
 		"2002:7f00:1::":        "6to4",
 		"198.51.100.7":         "this host",
+		"198.51.100.0":         "network address of a host subnet",
+		"198.51.100.255":       "broadcast address of a host subnet",
+		"198.51.100.8":         "",
+		"2001:db8::5":          "this host",
 		"8.8.8.8":              "",
 		"203.0.113.10":         "",
 		"2606:4700::6810:84e5": "",
@@ -139,8 +143,7 @@ func TestPolicyDecide(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ok, _ := p.Decide(h)
-		return ok
+		return p.Decide(h, 443).Allow
 	}
 	for host, want := range map[string]bool{
 		"registry.npmjs.org": true, "github.com": true, "codeload.github.com": true,
@@ -231,4 +234,104 @@ func FuzzParseHost(f *testing.F) {
 			t.Fatalf("%q: zone accepted", s)
 		}
 	})
+}
+
+func TestPatternPortsAndRaw(t *testing.T) {
+	cases := []struct {
+		pattern, canonical string
+		port               int
+		match              bool
+		raw                bool
+	}{
+		{"github.com", "github.com:443", 443, true, false},
+		{"github.com", "github.com:443", 22, false, false},
+		{"github.com:22", "github.com:22", 22, true, false},
+		{"github.com:22", "github.com:22", 443, false, false},
+		{"github.com:22/raw", "github.com:22/raw", 22, true, true},
+		{"*.example.com:8443", "*.example.com:8443", 8443, true, false},
+		{"[2001:db8::1]:443", "[2001:db8::1]:443", 443, true, false},
+		{"203.0.113.10:80", "203.0.113.10:80", 80, true, false},
+	}
+	for _, c := range cases {
+		p, err := ParsePattern(c.pattern)
+		if err != nil {
+			t.Fatalf("ParsePattern(%q): %v", c.pattern, err)
+		}
+		if p.String() != c.canonical || p.Raw() != c.raw {
+			t.Errorf("ParsePattern(%q) = %s raw=%v, want %s raw=%v", c.pattern, p, p.Raw(), c.canonical, c.raw)
+		}
+		h := p.host
+		if c.pattern[0] == '*' {
+			h, _ = ParseHost("a.example.com")
+		}
+		if got := p.Match(h, c.port); got != c.match {
+			t.Errorf("%q on port %d = %v, want %v", c.pattern, c.port, got, c.match)
+		}
+	}
+	for _, bad := range []string{"github.com:0", "github.com:65536", "github.com:022", "github.com:ssh", "github.com:22/tcp", "github.com:22/raw/raw", "github.com:", ":22"} {
+		if _, err := ParsePattern(bad); err == nil {
+			t.Errorf("ParsePattern(%q) accepted a bad pattern", bad)
+		}
+	}
+	if _, err := ParseDenyPattern("github.com/raw"); err == nil {
+		t.Error("a deny entry marked raw without a port was accepted")
+	}
+}
+
+func TestDecidePortsDenySubdomainsAndPins(t *testing.T) {
+	p, err := Build(ModeAllowlist, nil, nil, []string{"*.example.test", "git.test:22/raw", "web.test:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ = p.WithDenied("x.example.test")
+	p.Hosts = map[string]string{"Mirror.Corp": "203.0.113.10"}
+	host := func(s string) Host { h, _ := ParseHost(s); return h }
+	cases := []struct {
+		host        string
+		port        int
+		allow, raw  bool
+		reasonMatch string
+	}{
+		{"a.example.test", 443, true, false, "allowed by *.example.test:443"},
+		{"a.example.test", 80, false, false, "port 80 of a.example.test is not in the allowlist"},
+		{"x.example.test", 443, false, false, "denied by x.example.test"},
+		{"a.x.example.test", 443, false, false, "denied by x.example.test"},
+		{"a.b.x.example.test", 443, false, false, "denied by x.example.test"},
+		{"ax.example.test", 443, true, false, "allowed"},
+		{"git.test", 22, true, true, "allowed by git.test:22/raw"},
+		{"git.test", 443, false, false, "port 443"},
+		{"web.test", 80, true, false, "allowed by web.test:80"},
+		{"web.test", 443, false, false, "port 443"},
+		{"other.test", 443, false, false, "not in the allowlist"},
+	}
+	for _, c := range cases {
+		v := p.Decide(host(c.host), c.port)
+		if v.Allow != c.allow || v.Raw != c.raw || !strings.Contains(v.Reason, c.reasonMatch) {
+			t.Errorf("%s:%d = %+v, want allow=%v raw=%v reason ~ %q", c.host, c.port, v, c.allow, c.raw, c.reasonMatch)
+		}
+	}
+	if a, ok := p.PinnedAddr(host("mirror.corp")); !ok || a != "203.0.113.10" {
+		t.Errorf("a pin written Mirror.Corp does not match mirror.corp: %q %v", a, ok)
+	}
+	// A port-specific deny leaves other ports alone; an allow lifts the
+	// deny that named it.
+	p, _ = p.WithDenied("git.test:22")
+	if p.Decide(host("git.test"), 22).Allow {
+		t.Error("deny git.test:22 did not deny it")
+	}
+	p, _ = p.WithAllowed("x.example.test")
+	if !p.Decide(host("x.example.test"), 443).Allow {
+		t.Errorf("allow after deny did not allow again: %+v", p)
+	}
+}
+
+func TestPresetsSayTheirPorts(t *testing.T) {
+	for name, list := range Presets {
+		for _, s := range list {
+			p, err := ParsePattern(s)
+			if err != nil || p.String() != s {
+				t.Errorf("preset %s entry %q is not in canonical form with its port (%v)", name, s, err)
+			}
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,13 +26,29 @@ type Proxy struct {
 	Policy    func() (Policy, error) // reread per connection and while tunnels run
 	Resolver  Resolver
 	Dial      func(ctx context.Context, network, address string) (net.Conn, error)
-	HostAddrs map[netip.Addr]bool // the host's own addresses, always refused
+	HostNets  HostNets // the host's own addresses and subnets, always refused
 	Audit     *Audit
 	// Recheck is how often an open tunnel rereads the policy, so that
-	// `fleet net deny` also cuts connections already made.
+	// `fleet net deny` also cuts connections already made, and checks
+	// IdleTimeout.
 	Recheck time.Duration
-	Timeout time.Duration // for request headers, resolving, dialing, the TLS hello
+	// Timeout bounds each step before data flows: request headers,
+	// resolving, dialing, and the TLS ClientHello after a CONNECT.
+	Timeout time.Duration
+	// IdleTimeout cuts a connection when no byte has passed either way for
+	// this long (0: DefaultIdleTimeout).
+	IdleTimeout time.Duration
 }
+
+// Deadlines when a Proxy leaves them zero.
+const (
+	DefaultTimeout     = 15 * time.Second
+	DefaultIdleTimeout = 10 * time.Minute
+)
+
+// copyBufs bounds what each tunnel direction holds: a fixed buffer from a
+// pool rather than whatever io.Copy would allocate.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 const maxHeaderBytes = 64 << 10
 
@@ -59,34 +76,41 @@ func (p *Proxy) timeout() time.Duration {
 	if p.Timeout > 0 {
 		return p.Timeout
 	}
-	return 15 * time.Second
+	return DefaultTimeout
+}
+
+func (p *Proxy) idleTimeout() time.Duration {
+	if p.IdleTimeout > 0 {
+		return p.IdleTimeout
+	}
+	return DefaultIdleTimeout
 }
 
 // admit runs every check on a destination and dials the checked address.
 // On refusal it has already answered the guest and logged the decision.
-func (p *Proxy) admit(ctx context.Context, c net.Conn, e *Entry, h Host) (net.Conn, bool) {
+func (p *Proxy) admit(ctx context.Context, c net.Conn, e *Entry, h Host) (net.Conn, Verdict, bool) {
 	pol, err := p.Policy()
 	if err != nil {
 		p.deny(c, *e, http.StatusForbidden, "no readable policy: "+shortErr(err))
-		return nil, false
+		return nil, Verdict{}, false
 	}
-	ok, why := pol.Decide(h)
-	if !ok {
-		p.deny(c, *e, http.StatusForbidden, why)
-		return nil, false
+	v := pol.Decide(h, e.Port)
+	if !v.Allow {
+		p.deny(c, *e, http.StatusForbidden, v.Reason)
+		return nil, v, false
 	}
 	addrs, err := p.resolve(ctx, pol, h)
 	if err != nil {
 		p.deny(c, *e, http.StatusBadGateway, "cannot resolve: "+shortErr(err))
-		return nil, false
+		return nil, v, false
 	}
 	// Every address a name resolves to is checked, not just the one dialed:
 	// a name that also points inside is someone's rebinding attempt.
 	for _, a := range addrs {
-		if r := RefusedAddr(a, p.HostAddrs); r != "" {
+		if r := RefusedAddr(a, p.HostNets); r != "" {
 			e.Addr = a.String()
 			p.deny(c, *e, http.StatusForbidden, fmt.Sprintf("%s resolves to %s", h, r))
-			return nil, false
+			return nil, v, false
 		}
 	}
 	var last error
@@ -99,23 +123,23 @@ func (p *Proxy) admit(ctx context.Context, c net.Conn, e *Entry, h Host) (net.Co
 			continue
 		}
 		e.Addr = a.String()
-		e.Verdict, e.Reason = "allow", why
+		e.Verdict, e.Reason = "allow", v.Reason
 		if err := p.Audit.Log(*e); err != nil {
 			up.Close()
 			reply(c, http.StatusForbidden, "the audit log cannot be written")
-			return nil, false
+			return nil, v, false
 		}
-		return up, true
+		return up, v, true
 	}
 	p.deny(c, *e, http.StatusBadGateway, "cannot connect: "+shortErr(last))
-	return nil, false
+	return nil, v, false
 }
 
 func (p *Proxy) resolve(ctx context.Context, pol Policy, h Host) ([]netip.Addr, error) {
 	if h.IP.IsValid() {
 		return []netip.Addr{h.IP}, nil
 	}
-	if s, ok := pol.Hosts[h.Name]; ok {
+	if s, ok := pol.PinnedAddr(h); ok {
 		a, err := netip.ParseAddr(s)
 		return []netip.Addr{a}, err
 	}
@@ -140,9 +164,10 @@ func (p *Proxy) deny(c net.Conn, e Entry, code int, why string) {
 	reply(c, code, why)
 }
 
-// tunnel serves CONNECT. If the guest then speaks TLS, the server name in its
-// ClientHello must be the host it asked for: otherwise an allowed name could
-// carry a TLS session to any other site behind the same address.
+// tunnel serves CONNECT. Unless the allowing entry is marked raw, the
+// guest must then speak TLS, and the server name in its ClientHello must be
+// the host it asked for: otherwise an allowed name could carry cleartext,
+// or a TLS session to any other site behind the same address.
 func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
 	e := Entry{Proxy: "egress", Method: "CONNECT"}
 	h, port, err := ParseHostPort(req.RequestURI)
@@ -152,7 +177,7 @@ func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *h
 		return
 	}
 	e.Host, e.Port = h.String(), port
-	up, ok := p.admit(ctx, c, &e, h)
+	up, v, ok := p.admit(ctx, c, &e, h)
 	if !ok {
 		return
 	}
@@ -160,27 +185,31 @@ func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *h
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	p.splice(ctx, c, br, up, e, h)
+	p.splice(ctx, c, br, up, e, h, v.Raw)
 }
 
-// clientFirst checks what the guest sends first. If it is a TLS handshake
-// record, the ClientHello's server name must be the CONNECT host: otherwise
-// an allowed name could carry a TLS session to any other site behind the
-// same address. It returns the bytes read, to go upstream unchanged.
-func (p *Proxy) clientFirst(ctx context.Context, c net.Conn, br *bufio.Reader, e Entry, h Host) ([]byte, bool) {
-	first, err := br.Peek(1) // no deadline: server-first protocols wait here
-	if err != nil || first[0] != 0x16 {
-		return nil, err == nil
-	}
+// clientHello checks what the guest sends first: a TLS handshake record,
+// within the timeout, whose ClientHello names the CONNECT host. It returns
+// the bytes read, to go upstream unchanged.
+func (p *Proxy) clientHello(ctx context.Context, c net.Conn, br *bufio.Reader, e Entry, h Host) ([]byte, bool) {
 	c.SetReadDeadline(time.Now().Add(p.timeout()))
 	defer c.SetReadDeadline(time.Time{})
+	first, err := br.Peek(1)
+	switch {
+	case err != nil:
+		p.logDeny(e, "no TLS ClientHello: "+shortErr(err))
+		return nil, false
+	case first[0] != 0x16:
+		p.logDeny(e, fmt.Sprintf("not TLS: a tunnel to %s carries only TLS to that name (first byte %q; an entry marked /raw allows other protocols)", h, first[0]))
+		return nil, false
+	}
 	sni, raw, err := readClientHello(ctx, br)
 	if err != nil {
 		p.logDeny(e, "malformed TLS ClientHello: "+shortErr(err))
 		return nil, false
 	}
 	if why := sniMismatch(h, sni); why != "" {
-		e.SNI = sni
+		e.SNI = printable(sni)
 		p.logDeny(e, why)
 		return nil, false
 	}
@@ -196,7 +225,7 @@ func sniMismatch(h Host, sni string) string {
 	}
 	got, err := ParseHost(sni)
 	if err != nil || got != h {
-		return fmt.Sprintf("TLS server name %q does not match CONNECT host %s", printable(sni), h)
+		return fmt.Sprintf("TLS server name %s does not match CONNECT host %s", printable(sni), h)
 	}
 	return ""
 }
@@ -206,54 +235,109 @@ func (p *Proxy) logDeny(e Entry, why string) {
 	p.Audit.Log(e)
 }
 
-// splice copies both ways until both sides finish, or until the policy no
-// longer allows the host. The upstream may speak first (SSH, SMTP), so its
-// direction starts at once; the guest's starts once its first bytes pass
-// clientFirst.
-func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net.Conn, e Entry, h Host) {
+// splice copies both ways until both sides finish, the tunnel idles out,
+// or the policy no longer allows the host. A TLS tunnel sends nothing
+// either way until the guest's ClientHello has passed; a raw one starts
+// both directions at once, since its upstream may speak first (SSH).
+func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net.Conn, e Entry, h Host, raw bool) {
 	done := make(chan struct{})
 	defer close(done)
 	var once sync.Once
 	cut := func() { once.Do(func() { c.Close(); up.Close() }) }
-	if p.Recheck > 0 {
-		go func() {
-			t := time.NewTicker(p.Recheck)
-			defer t.Stop()
-			for {
-				select {
-				case <-done:
-					return
-				case <-ctx.Done():
-					cut()
-					return
-				case <-t.C:
-					pol, err := p.Policy()
-					if ok, why := pol.Decide(h); err != nil || !ok {
-						if err != nil {
-							why = "no readable policy"
-						}
-						p.logDeny(e, "tunnel cut: "+why)
-						cut()
-						return
-					}
-				}
-			}
-		}()
+	act := &activity{}
+	act.touch()
+	go p.watch(ctx, done, act, e, h, cut)
+	var hello []byte
+	if !raw {
+		var ok bool
+		if hello, ok = p.clientHello(ctx, c, br, e, h); !ok {
+			cut()
+			return
+		}
 	}
 	downDone := make(chan struct{})
-	go func() { io.Copy(c, up); closeWrite(c); close(downDone) }()
-	hello, ok := p.clientFirst(ctx, c, br, e, h)
-	if !ok {
-		cut()
-		<-downDone
-		return
-	}
+	go func() {
+		copyTouching(c, up, act)
+		closeWrite(c)
+		close(downDone)
+	}()
 	if _, err := up.Write(hello); err == nil {
-		io.Copy(up, br)
+		copyTouching(up, br, act)
 	}
 	closeWrite(up)
 	<-downDone
 }
+
+// watch cuts a tunnel once it has idled for IdleTimeout or its host is no
+// longer allowed.
+func (p *Proxy) watch(ctx context.Context, done <-chan struct{}, act *activity, e Entry, h Host, cut func()) {
+	every := p.Recheck
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			cut()
+			return
+		case <-t.C:
+		}
+		if idle := act.idle(); idle >= p.idleTimeout() {
+			p.logDeny(e, fmt.Sprintf("tunnel cut: idle for %s", idle.Round(time.Second)))
+			cut()
+			return
+		}
+		if p.Recheck <= 0 {
+			continue
+		}
+		pol, err := p.Policy()
+		if v := pol.Decide(h, e.Port); err != nil || !v.Allow {
+			why := v.Reason
+			if err != nil {
+				why = "no readable policy"
+			}
+			p.logDeny(e, "tunnel cut: "+why)
+			cut()
+			return
+		}
+	}
+}
+
+// activity is when a connection last moved a byte.
+type activity struct{ last atomic.Int64 }
+
+func (a *activity) touch()              { a.last.Store(time.Now().UnixNano()) }
+func (a *activity) idle() time.Duration { return time.Since(time.Unix(0, a.last.Load())) }
+
+type touchReader struct {
+	r   io.Reader
+	act *activity
+}
+
+func (t touchReader) Read(b []byte) (int, error) {
+	n, err := t.r.Read(b)
+	if n > 0 {
+		t.act.touch()
+	}
+	return n, err
+}
+
+func copyTouching(dst io.Writer, src io.Reader, act *activity) {
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	io.CopyBuffer(dst, touchReader{src, act}, *buf)
+}
+
+type touchConn struct {
+	net.Conn
+	act *activity
+}
+
+func (t *touchConn) Read(b []byte) (int, error) { return touchReader{t.Conn, t.act}.Read(b) }
 
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
@@ -285,11 +369,18 @@ func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request) {
 		return
 	}
 	e.Host, e.Port, e.Path = h.String(), port, printable(u.Path)
-	up, ok := p.admit(ctx, c, &e, h)
+	up, _, ok := p.admit(ctx, c, &e, h)
 	if !ok {
 		return
 	}
 	defer up.Close()
+	// One request, one response: the whole exchange must keep moving.
+	act := &activity{}
+	act.touch()
+	done := make(chan struct{})
+	defer close(done)
+	go p.watch(ctx, done, act, e, h, func() { c.Close(); up.Close() })
+	up = &touchConn{Conn: up, act: act}
 	for _, k := range []string{"Proxy-Authorization", "Proxy-Connection", "Connection", "Keep-Alive", "Te", "Trailer", "Upgrade"} {
 		req.Header.Del(k)
 	}

@@ -1,0 +1,132 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// ProxyLimits bound what one machine's proxying may hold on the host.
+type ProxyLimits struct {
+	MaxConnections int `json:"max_connections,omitempty"` // 0: egress.DefaultMaxConns
+	IdleTimeoutSec int `json:"idle_timeout_seconds,omitempty"`
+}
+
+// proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
+// at spawn, the proxy server reads it when it starts.
+const proxyLimitsFile = "proxy-limits.json"
+
+func saveProxyLimits(dir string, l ProxyLimits) error {
+	b, _ := json.Marshal(l)
+	return WriteFileAtomic(filepath.Join(dir, proxyLimitsFile), b, 0o600)
+}
+
+func loadProxyLimits(dir string) ProxyLimits {
+	var l ProxyLimits
+	if b, err := os.ReadFile(filepath.Join(dir, proxyLimitsFile)); err == nil {
+		_ = json.Unmarshal(b, &l)
+	}
+	return l
+}
+
+// ProxyServerCommand is the hidden subcommand that runs a machine's proxy
+// server; the per-connection shim (ProxyCommand) starts it on demand.
+const ProxyServerCommand = "__proxyd"
+
+// proxyIdleExit is how long a machine's proxy server waits without a
+// connection before it exits; the next connection starts a new one.
+const proxyIdleExit = 60 * time.Second
+
+// RunProxyServer serves the egress and credential proxies of the machine
+// in dir until it is stopped, its folder goes or it idles out. The host
+// credential comes from the environment, which the server inherits from
+// the hypervisor through the shim that started it.
+func RunProxyServer(ctx context.Context, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	limits := loadProxyLimits(dir)
+	audit := egress.NewAudit(dir)
+	handlers := map[byte]func(context.Context, net.Conn){}
+	if _, err := os.Stat(filepath.Join(dir, egress.PolicyFile)); err == nil {
+		p := &egress.Proxy{
+			Policy:      func() (egress.Policy, error) { return egress.LoadPolicy(dir) },
+			Resolver:    net.DefaultResolver,
+			Dial:        (&net.Dialer{}).DialContext,
+			HostNets:    HostNets(),
+			Audit:       audit,
+			Recheck:     2 * time.Second,
+			IdleTimeout: time.Duration(limits.IdleTimeoutSec) * time.Second,
+		}
+		handlers[egress.KindEgress] = p.ServeConn
+	}
+	if token, upstream, err := LoadCredentialsConfig(dir); err == nil {
+		u, err := url.Parse(upstream)
+		if err != nil {
+			return fmt.Errorf("credential upstream: %w", err)
+		}
+		p := &egress.CredProxy{
+			Token:      token,
+			Credential: ParseCredentialEnv(os.Getenv(CredentialEnv)),
+			Upstream:   u,
+			Transport:  http.DefaultTransport,
+			Audit:      audit,
+		}
+		handlers[egress.KindCredentials] = p.ServeConn
+	}
+	if len(handlers) == 0 {
+		return errors.New("this machine has no proxies")
+	}
+	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit}
+	err = s.Run(ctx, dir)
+	if errors.Is(err, egress.ErrServing) {
+		return nil // another shim started it first
+	}
+	return err
+}
+
+// HostNets are this host's own addresses and subnets, which no guest may
+// reach through the proxy whatever their class.
+func HostNets() egress.HostNets {
+	var out egress.HostNets
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// The proxy server lives beside the hypervisor process, so every start,
+// stop and delete of a machine goes through these: a stopped or destroyed
+// machine leaves no server, and a started one never inherits a server
+// holding the credential of its previous run.
+
+func (c *Controller) startMachine(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	egress.StopServer(s.Dir)
+	return c.Driver.Start(ctx, s)
+}
+
+func (c *Controller) stopMachine(ctx context.Context, s vm.Spec) error {
+	err := c.Driver.Stop(ctx, s, c.StopGrace)
+	egress.StopServer(s.Dir)
+	return err
+}
+
+func (c *Controller) deleteMachine(ctx context.Context, s vm.Spec) error {
+	egress.StopServer(s.Dir)
+	return c.Driver.Delete(ctx, s)
+}
