@@ -23,11 +23,11 @@ type Resolver interface {
 // Proxy is the egress proxy for one machine: HTTP CONNECT and plain HTTP
 // with absolute URLs. It serves one guest connection per ServeConn.
 type Proxy struct {
-	Policy    func() (Policy, error) // reread per connection and while tunnels run
-	Resolver  Resolver
-	Dial      func(ctx context.Context, network, address string) (net.Conn, error)
-	HostNets  HostNets // the host's own addresses and subnets, always refused
-	Audit     *Audit
+	Policy   func() (Policy, error) // reread per connection and while tunnels run
+	Resolver Resolver
+	Dial     func(ctx context.Context, network, address string) (net.Conn, error)
+	HostNets HostNets // the host's own addresses and subnets, always refused
+	Audit    *Audit
 	// Recheck is how often an open tunnel rereads the policy, so that
 	// `fleet net deny` also cuts connections already made, and checks
 	// IdleTimeout.
