@@ -51,11 +51,17 @@ func TestBench(t *testing.T) {
 	ctx := context.Background()
 	r := execx.Local{}
 	var rows [][3]string
-	add := func(what, value, target string) { rows = append(rows, [3]string{what, value, target}) }
+	// Each row is printed as soon as it is measured, so a late failure
+	// loses none of the earlier ones; the table is printed again at the end.
+	add := func(what, value, target string) {
+		row := [3]string{what, value, target}
+		rows = append(rows, row)
+		fmt.Printf("bench: %s | %s | %s\n", what, value, target)
+	}
 	// FLEET_BENCH_ONLY=egress runs just the egress rows (each still
 	// measured side by side).
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
-		benchEgress(t, add)
+		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 		printRows(rows)
 		return
 	}
@@ -132,7 +138,7 @@ func TestBench(t *testing.T) {
 	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
 	benchAgents(t, add)
-	benchEgress(t, add)
+	t.Run("egress", func(t *testing.T) { benchEgress(t, add) }) // its stub network goes when it ends
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op
@@ -256,7 +262,7 @@ func benchEgress(t *testing.T, add func(what, value, target string)) {
 	startStubNet(t)
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchx")
 	mustFleet(t, bootDeadline, "spawn", "2", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--credentials", "none")
-	mustFleet(t, time.Minute, "net", "allow", stubSiteIP, "benchx-1", "--name", "benchx")
+	mustFleet(t, time.Minute, "net", "allow", fmt.Sprintf("%s:%d", stubSiteIP, stubHTTP), "benchx-1", "--name", "benchx")
 	// benchx-1 goes through the proxy; benchx-2 is made open by hand: the
 	// same machine shape, booted together.
 	mustFleet(t, 5*time.Minute, "destroy", "benchx-2", "--force", "--name", "benchx")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -41,8 +42,59 @@ def sni(proxy, port, target, name):
     t = ctx.wrap_socket(s, server_hostname=name)
     t.sendall(b"GET /tls HTTP/1.0\r\nHost: " + target.split(":")[0].encode() + b"\r\n\r\n")
     print("TLS-OK", t.recv(200).decode().splitlines()[-1])
+def tunnel(target):
+    s = socket.create_connection(("10.0.2.100", 3128), timeout=10)
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+    resp = b""
+    while b"\r\n\r\n" not in resp:
+        b = s.recv(1)
+        if not b:
+            raise Exception("proxy closed")
+        resp += b
+    return s, resp.split(b"\r\n")[0].decode()
+def cleartext(target, host):
+    # Plain HTTP inside a CONNECT tunnel, with another Host.
+    s, line = tunnel(target)
+    print(line)
+    s.sendall(("GET /inside HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode())
+    got = s.recv(500)
+    print("GOT", repr(got))
+    if got:
+        raise Exception("cleartext went through")
+def starttls(target, name):
+    # Cleartext first, TLS later, as SMTP's STARTTLS does.
+    s, line = tunnel(target)
+    print(line)
+    s.sendall(b"EHLO guest\r\nSTARTTLS\r\n")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.wrap_socket(s, server_hostname=name)
+    print("TLS-OK")
+def flood(n, target, name, out, hold):
+    # n tunnels opened one after another and held open with TLS inside.
+    import time
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    held, ok, refused, failed, t0 = [], 0, 0, 0, time.time()
+    for i in range(int(n)):
+        try:
+            s, line = tunnel(target)
+            if " 200 " in line:
+                held.append(ctx.wrap_socket(s, server_hostname=name))
+                ok += 1
+            else:
+                refused += 1
+                s.close()
+        except Exception as e:
+            failed += 1
+    with open(out, "w") as f:
+        f.write("OPEN %d REFUSED %d FAILED %d SECS %.1f\n" % (ok, refused, failed, time.time() - t0))
+    time.sleep(float(hold))
+    print("HELD", ok)
 try:
-    {"tcp": tcp, "dns": dns, "sni": sni}[sys.argv[1]](*sys.argv[2:])
+    {"tcp": tcp, "dns": dns, "sni": sni, "cleartext": cleartext, "starttls": starttls, "flood": flood}[sys.argv[1]](*sys.argv[2:])
 except Exception as e:
     print("FAILED", type(e).__name__, e)
     sys.exit(1)
@@ -62,13 +114,13 @@ func TestEgress(t *testing.T) {
 	project := t.TempDir()
 	os.WriteFile(filepath.Join(project, "fleet.hcl"), []byte(fmt.Sprintf(`
 egress {
-  allow = ["allowed.test"]
-  hosts = { "allowed.test" = %[1]q, "denied.test" = %[1]q, "later.test" = %[1]q }
+  allow = ["allowed.test:%[3]d", "allowed.test:%[4]d"]
+  hosts = { "allowed.test" = %[1]q, "denied.test" = %[1]q, "Later.Test" = %[1]q }
 }
 credentials {
   upstream = %[2]q
 }
-`, stubSiteIP, up.url)), 0o644)
+`, stubSiteIP, up.url, stubHTTP, stubHTTPS)), 0o644)
 	secret := "sk-ant-egress-e2e-" + strings.Repeat("y", 16)
 	keyPattern := "'sk-ant-egress-e2e-y{16}'" // matches the key without containing it
 
@@ -147,7 +199,7 @@ credentials {
 	})
 
 	t.Run("an allowed name that resolves to loopback is refused", func(t *testing.T) {
-		mustFleet(t, time.Minute, "net", "allow", "localhost", "eg-1", "--name", "eg")
+		mustFleet(t, time.Minute, "net", "allow", fmt.Sprintf("localhost:%d", hostPort), "eg-1", "--name", "eg")
 		r := in("eg-1", fmt.Sprintf("curl -sS -m 30 --noproxy '' -x http://10.0.2.100:3128 http://localhost:%d/", hostPort))
 		if !strings.Contains(r.stdout, "resolves to a loopback address") || hostTouched() {
 			t.Errorf("localhost through the proxy: %s %s", r.stdout, r.stderr)
@@ -163,8 +215,24 @@ credentials {
 		if r.code == 0 || strings.Contains(r.stdout, "TLS-OK") {
 			t.Errorf("SNI denied.test through CONNECT allowed.test: %s", r.stdout)
 		}
-		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, `TLS server name "denied.test" does not match CONNECT host allowed.test`) {
+		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, `TLS server name denied.test does not match CONNECT host allowed.test`) {
 			t.Errorf("not logged:\n%s", log)
+		}
+	})
+
+	t.Run("a tunnel carries only TLS to its name: no cleartext, no STARTTLS", func(t *testing.T) {
+		target := fmt.Sprintf("allowed.test:%d", stubHTTP) // allowed, and a plain HTTP site
+		r := probe("eg-1", "cleartext", target, "denied.test")
+		if !strings.Contains(r.stdout, "200") || !strings.Contains(r.stdout, "GOT b''") {
+			t.Errorf("plain HTTP with another Host inside CONNECT %s: %s", target, r.stdout)
+		}
+		r = probe("eg-1", "starttls", target, "allowed.test")
+		if r.code == 0 || strings.Contains(r.stdout, "TLS-OK") {
+			t.Errorf("a STARTTLS-style tunnel went through: %s", r.stdout)
+		}
+		log := run("eg", "net", "log", "eg-1").stdout
+		if strings.Count(log, "not TLS: a tunnel to allowed.test carries only TLS") < 2 {
+			t.Errorf("the cleartext tunnels are not logged as refused:\n%s", log)
 		}
 	})
 
@@ -173,9 +241,17 @@ credentials {
 		if r := in("eg-1", "curl -sS -m 30 "+url); strings.Contains(r.stdout, "stub later.test") {
 			t.Fatalf("later.test reachable before allow: %s", r.stdout)
 		}
-		mustFleet(t, time.Minute, "net", "allow", "later.test", "--all", "--name", "eg")
+		mustFleet(t, time.Minute, "net", "allow", fmt.Sprintf("later.test:%d", stubHTTP), "--all", "--name", "eg")
 		if r := in("eg-1", "curl -sS -m 30 "+url); !strings.Contains(r.stdout, "stub later.test:8080 /later") {
 			t.Fatalf("after fleet net allow: %s %s", r.stdout, r.stderr)
+		}
+		// The entry names one port: the same name on another is refused.
+		r := in("eg-1", fmt.Sprintf("curl -sSk -m 30 https://later.test:%d/ 2>&1; echo", stubHTTPS))
+		if strings.Contains(r.stdout, "stub later.test") {
+			t.Errorf("later.test:%d allowed only %d, yet: %s", stubHTTP, stubHTTPS, r.stdout)
+		}
+		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, fmt.Sprintf("port %d of later.test is not in the allowlist", stubHTTPS)) {
+			t.Errorf("the port refusal is not logged:\n%s", log)
 		}
 		ls := run("eg", "net", "ls", "--json").stdout
 		if !strings.Contains(ls, "later.test") || !strings.Contains(ls, "allowlist") {
@@ -196,9 +272,69 @@ credentials {
 		if r := probe("eg-1", "tcp", "10.0.2.2", port); r.code == 0 {
 			t.Errorf("eg-1 reached egn-1's SSH through the gateway: %s", r.stdout)
 		}
-		mustFleet(t, time.Minute, "net", "allow", "127.0.0.1", "eg-1", "--name", "eg")
+		mustFleet(t, time.Minute, "net", "allow", "127.0.0.1:"+port, "eg-1", "--name", "eg")
 		if r := probe("eg-1", "sni", "10.0.2.100", "3128", other, "x"); !strings.Contains(r.stdout, "403") {
 			t.Errorf("eg-1 reached egn-1's SSH through the proxy: %s", r.stdout)
+		}
+	})
+
+	t.Run("1,000 connections from one guest are held at the cap; the host stays bounded", func(t *testing.T) {
+		dir := filepath.Join(fleetHome, "fleets", "eg", "machines", "eg-1")
+		procsBefore := countProcs("")
+		target := fmt.Sprintf("allowed.test:%d", stubHTTPS)
+		flood := make(chan result, 1)
+		go func() { flood <- probe("eg-1", "flood", "1000", target, "allowed.test", "/tmp/flood.out", "60") }()
+		var summary string
+		deadline := time.Now().Add(8 * time.Minute)
+		for summary == "" && time.Now().Before(deadline) {
+			time.Sleep(3 * time.Second)
+			summary = strings.TrimSpace(in("eg-1", "cat /tmp/flood.out 2>/dev/null").stdout)
+		}
+		if summary == "" {
+			t.Fatal("the flood did not finish opening its connections")
+		}
+		var open, refused, failed int
+		var secs float64
+		fmt.Sscanf(summary, "OPEN %d REFUSED %d FAILED %d SECS %f", &open, &refused, &failed, &secs)
+		// While the guest holds its tunnels: one proxy process for the
+		// machine, whatever its connection count, and bounded memory.
+		pid := proxyServerPID(t, dir)
+		rss := rssKiB(pid)
+		proxies := countProcs("__proxy")
+		procsDuring := countProcs("")
+		t.Logf("flood: %s; proxy server pid %d RSS %d KiB; proxy processes %d; host processes %d before, %d during", summary, pid, rss, proxies, procsBefore, procsDuring)
+		fmt.Printf("e2e: flood of 1000 connections: %d open, %d refused at the cap, %d failed in %.0fs; proxy RSS %.1f MiB; %d proxy processes; host processes %d -> %d\n",
+			open, refused, failed, secs, float64(rss)/1024, proxies, procsBefore, procsDuring)
+		if open > 256 || open < 200 {
+			t.Errorf("%d tunnels open, want the cap of 256 (at least 200)", open)
+		}
+		if refused+failed < 1000-256 {
+			t.Errorf("only %d refused above the cap", refused+failed)
+		}
+		if rss > 64<<10 {
+			t.Errorf("the machine's proxying holds %d KiB with %d open tunnels, over 64 MiB", rss, open)
+		}
+		if proxies > 3 || procsDuring-procsBefore > 10 {
+			t.Errorf("%d proxy processes, %d more host processes during the flood", proxies, procsDuring-procsBefore)
+		}
+		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, "over this machine's cap of 256 concurrent proxy connections") {
+			t.Error("refusals at the cap are not logged")
+		}
+		// Another machine keeps working meanwhile (its own proxy server).
+		r := in("egn-1", `curl -sS -m 30 "$ANTHROPIC_BASE_URL/v1/messages" -H "Authorization: Bearer $ANTHROPIC_AUTH_TOKEN" -d '{}'`)
+		if !strings.Contains(r.stdout, "stub-upstream-says-hi") {
+			t.Errorf("egn-1's credential proxy during eg-1's flood: %s %s", r.stdout, r.stderr)
+		}
+		for len(up.seen) > 0 {
+			<-up.seen
+		}
+		if r := <-flood; !strings.Contains(r.stdout, "HELD") {
+			t.Errorf("flood: %s %s", r.stdout, r.stderr)
+		}
+		// Once the guest lets go, it is served again.
+		r = in("eg-1", fmt.Sprintf("curl -sSk -m 30 https://allowed.test:%d/after", stubHTTPS))
+		if !strings.Contains(r.stdout, "stub allowed.test:8443 /after") {
+			t.Errorf("after the flood: %s %s", r.stdout, r.stderr)
 		}
 	})
 
@@ -259,4 +395,42 @@ credentials {
 			t.Error("the key is in the audit log")
 		}
 	})
+}
+
+// proxyServerPID is the pid of a machine's proxy server.
+func proxyServerPID(t *testing.T, dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "proxy.pid"))
+	if err != nil {
+		t.Fatalf("no proxy server for %s: %v", dir, err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// rssKiB is a process's resident memory.
+func rssKiB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+// countProcs counts host processes whose command line contains s.
+func countProcs(s string) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(cmd), s) {
+			n++
+		}
+	}
+	return n
 }

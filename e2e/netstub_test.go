@@ -13,8 +13,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,15 +25,95 @@ import (
 )
 
 // The stub sites live in a network namespace of their own, behind a veth
-// pair with documentation addresses (203.0.113.0/24): public-looking to the
-// proxy, so its address checks treat them as the internet, with no outside
-// network needed. The host side is stubHostIP, the sites stubSiteIP.
+// pair with documentation addresses (one of 192.0.2.0/24, 198.51.100.0/24,
+// 203.0.113.0/24, picked at run time): public-looking to the proxy, so its
+// address checks treat them as the internet, with no outside network
+// needed. The host side is stubHostIP, the sites stubSiteIP.
+var stubHostIP, stubSiteIP string
+
 const (
-	stubHostIP = "203.0.113.1"
-	stubSiteIP = "203.0.113.10"
-	stubHTTP   = 8080
-	stubHTTPS  = 8443
+	stubHTTP  = 8080
+	stubHTTPS = 8443
 )
+
+// stubRanges are the documentation ranges the stub network may use.
+var stubRanges = []string{"203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"}
+
+// pickStubRange takes the first documentation range that shadows nothing of
+// the host's: none of its addresses or routes, and not the package mirror
+// (a mirror resolving into the range would become unreachable while the
+// stub network is up).
+func pickStubRange(t *testing.T) netip.Prefix {
+	t.Helper()
+	var taken []netip.Prefix
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			taken = append(taken, p)
+		}
+	}
+	if out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 0 {
+				continue
+			}
+			dst := f[0]
+			if dst == "local" || dst == "broadcast" || dst == "unicast" {
+				if len(f) < 2 {
+					continue
+				}
+				dst = f[1]
+			}
+			if dst == "default" {
+				continue
+			}
+			if !strings.Contains(dst, "/") {
+				dst += "/32"
+			}
+			if p, err := netip.ParsePrefix(dst); err == nil {
+				taken = append(taken, p)
+			}
+		}
+	}
+	for _, h := range mirrorHosts() {
+		ips, _ := net.LookupIP(h)
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				taken = append(taken, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			}
+		}
+	}
+	for _, r := range stubRanges {
+		p := netip.MustParsePrefix(r)
+		free := true
+		for _, x := range taken {
+			if x.Bits() > 0 && x.Overlaps(p) {
+				free = false
+			}
+		}
+		if free {
+			return p
+		}
+	}
+	t.Skip("every documentation range overlaps this host's addresses, routes or mirror")
+	return netip.Prefix{}
+}
+
+// mirrorHosts are the hosts of the package sources in /etc/apt.
+func mirrorHosts() []string {
+	var hosts []string
+	files, _ := filepath.Glob("/etc/apt/sources.list.d/*")
+	for _, f := range append([]string{"/etc/apt/sources.list"}, files...) {
+		b, _ := os.ReadFile(f)
+		for _, w := range strings.Fields(string(b)) {
+			if u, err := url.Parse(w); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Hostname() != "" {
+				hosts = append(hosts, u.Hostname())
+			}
+		}
+	}
+	return hosts
+}
 
 // runStubSites is what the test binary does when re-executed inside the
 // namespace: serve HTTP and HTTPS until killed.
@@ -71,6 +154,10 @@ func selfSigned() tls.Certificate {
 // removed when the test ends.
 func startStubNet(t *testing.T) {
 	t.Helper()
+	r := pickStubRange(t)
+	base := r.Addr().As4()
+	stubHostIP = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 1}).String()
+	stubSiteIP = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 10}).String()
 	id := os.Getpid() % 100000
 	ns, hostIf, nsIf := fmt.Sprintf("fleete2e%d", id), fmt.Sprintf("fe2e%dh", id), fmt.Sprintf("fe2e%dn", id)
 	run := func(args ...string) {

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -50,9 +49,9 @@ type Controller struct {
 	pool     *sshx.Pool
 	poolOnce sync.Once
 	outMu    sync.Mutex
-	credOnce sync.Once
-	cred     egress.Credential
-	credErr  error
+	credMu   sync.Mutex
+	creds    map[string]credResult // by credential command
+
 }
 
 // Store returns the fleet's state store.
@@ -153,29 +152,6 @@ func (c *Controller) target(m *Machine) (sshx.Target, error) {
 		return sshx.Target{}, fmt.Errorf("%s: pinned host key: %w", m.Name, err)
 	}
 	return sshx.Target{Addr: m.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, nil
-}
-
-// Connect returns the kept SSH connection to a running machine.
-func (c *Controller) Connect(ctx context.Context, m *Machine) (*ssh.Client, error) {
-	if m.SSHAddr == "" {
-		return nil, fmt.Errorf("%s is not running (start it with: fleet start %s)", m.Name, m.Name)
-	}
-	t, err := c.target(m)
-	if err != nil {
-		return nil, err
-	}
-	return c.sshPool().Get(ctx, m.Name, t)
-}
-
-// waitSSH waits for m's sshd with the boot timeout.
-func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
-	wctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
-	defer cancel()
-	_, err := c.Connect(wctx, m)
-	if err != nil {
-		return fmt.Errorf("%s: waiting for SSH: %w%s", m.Name, err, c.consoleHint(m))
-	}
-	return nil
 }
 
 // consoleHint points at the serial log of a machine that failed to boot.

@@ -258,42 +258,60 @@ func ParseCredentialEnv(v string) egress.Credential {
 // CLAUDE_CODE_OAUTH_TOKEN. It is resolved when a machine starts (spawn, up,
 // start), while the user is there to unlock a password manager.
 func (c *Controller) hostCredential(ctx context.Context, command string) (egress.Credential, error) {
-	c.credOnce.Do(func() {
-		if command == "" {
-			getenv := c.Getenv
-			if getenv == nil {
-				getenv = os.Getenv
-			}
-			c.cred, _ = egress.CredentialFromEnv(getenv)
-		} else {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-			defer cancel()
-			out, err := c.runner().Run(cctx, execx.Cmd{Name: "sh", Args: []string{"-c", command}})
-			if err != nil {
-				// The command's output may hold a secret: say only how it failed.
-				var re *execx.RunError
-				if errors.As(err, &re) {
-					err = fmt.Errorf("exit status %d", re.ExitCode)
-				}
-				c.credErr = fmt.Errorf("credential command failed: %w", err)
-				return
-			}
-			v := strings.TrimSpace(string(out))
-			kind := egress.APIKey
-			if strings.HasPrefix(v, "sk-ant-oat") {
-				kind = egress.OAuthToken
-			}
-			if v == "" || strings.ContainsAny(v, "\n\r") {
-				c.credErr = errors.New("credential command must print one line: the key")
-				return
-			}
-			c.cred = egress.Credential{Kind: kind, Value: v}
+	// Once per distinct command: machines naming different commands get
+	// each its own credential, and one command is not run per machine.
+	c.credMu.Lock()
+	defer c.credMu.Unlock()
+	if r, ok := c.creds[command]; ok {
+		return r.cred, r.err
+	}
+	cred, err := c.resolveCredential(ctx, command)
+	if c.creds == nil {
+		c.creds = map[string]credResult{}
+	}
+	c.creds[command] = credResult{cred, err}
+	return cred, err
+}
+
+type credResult struct {
+	cred egress.Credential
+	err  error
+}
+
+func (c *Controller) resolveCredential(ctx context.Context, command string) (egress.Credential, error) {
+	var cred egress.Credential
+	if command == "" {
+		getenv := c.Getenv
+		if getenv == nil {
+			getenv = os.Getenv
 		}
-		if c.cred.Value == "" {
-			c.say("warning: no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN here: the credential proxy will refuse the agents' API calls")
+		cred, _ = egress.CredentialFromEnv(getenv)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		out, err := c.runner().Run(cctx, execx.Cmd{Name: "sh", Args: []string{"-c", command}})
+		if err != nil {
+			// The command's output may hold a secret: say only how it failed.
+			var re *execx.RunError
+			if errors.As(err, &re) {
+				err = fmt.Errorf("exit status %d", re.ExitCode)
+			}
+			return cred, fmt.Errorf("credential command failed: %w", err)
 		}
-	})
-	return c.cred, c.credErr
+		v := strings.TrimSpace(string(out))
+		kind := egress.APIKey
+		if strings.HasPrefix(v, "sk-ant-oat") {
+			kind = egress.OAuthToken
+		}
+		if v == "" || strings.ContainsAny(v, "\n\r") {
+			return cred, errors.New("credential command must print one line: the key")
+		}
+		cred = egress.Credential{Kind: kind, Value: v}
+	}
+	if cred.Value == "" {
+		c.say("warning: no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN here: the credential proxy will refuse the agents' API calls")
+	}
+	return cred, nil
 }
 
 // LoadCredentialsConfig reads a machine's token and upstream (for the

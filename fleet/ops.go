@@ -51,6 +51,8 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		case ds.Power == vm.PowerOn && ds.Paused != "":
+			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
 		case ds.Power == vm.PowerOn:
 			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
 			if !m.StartedAt.IsZero() {
@@ -81,15 +83,22 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 		}()
 	}
 	wg.Wait()
+	image, phases, making := machinesBeingMade(c.Layout, c.Fleet)
+	for _, n := range making {
+		if s.Find(n) == nil {
+			out = append(out, MachineStatus{Name: n, State: phases[n], Image: image, Provider: c.Driver.Name()})
+		}
+	}
 	return out, nil
 }
 
 // Start boots stopped or dead machines and waits for SSH.
 func (c *Controller) Start(ctx context.Context, names []string, all bool) error {
-	if c.BeforeBoot != nil {
-		c.BeforeBoot()
-	}
+	var warn sync.Once // once the machines are known to exist
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
+		if c.BeforeBoot != nil {
+			warn.Do(c.BeforeBoot)
+		}
 		c.sshPool().Drop(m.Name)
 		spec, err := c.bootSpec(gctx, m, vm.Seed{})
 		if err != nil {

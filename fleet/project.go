@@ -215,6 +215,23 @@ func (p Project) Profile(name string) (session.Profile, error) {
 	return session.Profile{}, fmt.Errorf("unknown agent profile %q (profiles: %s)", name, strings.Join(names, ", "))
 }
 
+// FindProject reads the fleet.hcl that applies to dir, by the one rule
+// every setting follows: the nearest fleet.hcl from dir up to top, the
+// project's top-level folder (a repository's top, or dir itself outside
+// one). None is an empty Project.
+func FindProject(dir, top string) (Project, error) {
+	for d := filepath.Clean(dir); ; {
+		if _, err := os.Stat(filepath.Join(d, ProjectFile)); err == nil {
+			return LoadProject(d)
+		}
+		parent := filepath.Dir(d)
+		if d == filepath.Clean(top) || parent == d || !strings.HasPrefix(d, filepath.Clean(top)) {
+			return Project{}, nil
+		}
+		d = parent
+	}
+}
+
 // LoadProject reads dir/fleet.hcl; a missing file is an empty Project.
 // Errors name the file and line.
 func LoadProject(dir string) (Project, error) {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
@@ -89,6 +90,10 @@ func RunProxyServer(ctx context.Context, dir string) error {
 	if len(handlers) == 0 {
 		return errors.New("this machine has no proxies")
 	}
+	// Many small, short-lived buffers: collect them eagerly, so a machine
+	// holding hundreds of tunnels stays well inside its memory bound.
+	debug.SetGCPercent(25)
+	debug.SetMemoryLimit(40 << 20)
 	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit}
 	err = s.Run(ctx, dir)
 	if errors.Is(err, egress.ErrServing) {

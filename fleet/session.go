@@ -65,6 +65,9 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 	if err := r.Profile.Validate(); err != nil {
 		return err
 	}
+	if _, err := c.Connect(ctx, m); err != nil {
+		return err // the machine's state, said once, before any step
+	}
 	// Only --credentials env forwards the host's key; with the credential
 	// proxy (the default) the guest already has its token and nothing else.
 	var creds []byte
@@ -205,6 +208,14 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				if err == nil && st.State != session.Running {
 					out[i].Status = st
 					c.say("%s: %s", m.Name, describe(st))
+					return
+				}
+				// A dead or stopped machine's agent is gone: lost, not
+				// waited on. A paused one may continue (fleet start).
+				var ue *UnavailableError
+				if errors.As(err, &ue) && ue.State != StatePaused {
+					out[i].Status, out[i].Err = session.Status{State: session.Lost}, err.Error()
+					c.say("%s: lost (%s)", m.Name, err)
 					return
 				}
 				select {

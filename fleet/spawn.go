@@ -84,6 +84,13 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 	}
 
+	names := make([]string, len(machines))
+	for i, m := range machines {
+		names[i] = m.Name
+	}
+	progress := newSpawnProgress(c.Layout, c.Fleet, req.Image.String(), names)
+	defer progress.done()
+
 	var created []*Machine // in creation order, for LIFO rollback
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
@@ -119,15 +126,18 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+			progress.set(m.Name, PhaseBooting)
 			if err := c.waitSSH(gctx, m); err != nil {
 				return err
 			}
+			progress.set(m.Name, PhaseSyncing)
 			if err := c.syncIn(gctx, m, ws); err != nil {
 				return err
 			}
 			c.say("%s: ready in %s", m.Name, time.Since(t0).Round(100*time.Millisecond))
 			// Each agent starts as soon as its own machine is ready.
 			if i < len(req.Sessions) {
+				progress.set(m.Name, PhaseStarting)
 				if err := c.StartSession(gctx, m, req.Sessions[i]); err != nil {
 					return err
 				}

@@ -53,15 +53,6 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
-	// fleet.hcl's provider applies to a fleet that has no machines yet and
-	// no --provider.
-	if proj.Provider != "" && g.provider == "" && c.Driver.Name() != proj.Provider {
-		if st, err := c.Store().Load(); err == nil && len(st.Machines) == 0 {
-			if err := g.setDriver(cmd, c, proj.Provider); err != nil {
-				return fleet.SpawnRequest{}, fmt.Errorf("fleet.hcl: %w", err)
-			}
-		}
-	}
 	store := imageStore(c.Layout)
 	ref := o.image
 	if ref == "" {
@@ -291,7 +282,7 @@ and the status is the first non-zero one.`,
 			code := 0
 			for _, r := range res {
 				if r.Err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", r.Machine, r.Err))
+					errs = append(errs, namedOnce(r.Machine, r.Err))
 					if code == 0 {
 						code = 255
 					}
@@ -362,4 +353,14 @@ to collect and then destroy, or --force to discard the work.`
 	cmd.Flags().BoolVar(&o.Force, "force", false, "destroy even machines with uncollected work (it is lost)")
 	cmd.Flags().BoolVar(&o.Collect, "collect", false, "collect each machine's work first")
 	return cmd
+}
+
+// namedOnce prefixes err with the machine's name unless it already names
+// the machine (a state error does).
+func namedOnce(machine string, err error) error {
+	var ue *fleet.UnavailableError
+	if errors.As(err, &ue) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", machine, err)
 }

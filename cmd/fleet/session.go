@@ -71,10 +71,7 @@ func (o *taskOpts) load(n int, project string) ([][]byte, fleet.SessionRequest, 
 		}
 		return nil, req, nil
 	}
-	if project == "" {
-		project, _ = os.Getwd()
-	}
-	proj, err := fleet.LoadProject(project)
+	proj, err := projectSettings(context.Background(), project)
 	if err != nil {
 		return nil, req, err
 	}

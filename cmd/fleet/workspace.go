@@ -29,15 +29,8 @@ func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, fl
 	if err != nil {
 		return fleet.WorkspaceRequest{}, fleet.Project{}, err
 	}
-	repo, repoErr := workspace.Open(ctx, execx.Local{}, dir)
-	proj, err := fleet.LoadProject(dir)
-	if err == nil && repoErr == nil && repo.Dir != dir {
-		if top, terr := fleet.LoadProject(repo.Dir); terr == nil && (top.Sync != "" || len(top.Exclude) > 0) && proj.Sync == "" && len(proj.Exclude) == 0 {
-			proj = top // fleet.hcl at the repository's top level
-		} else if terr != nil {
-			err = terr
-		}
-	}
+	_, repoErr := workspace.Open(ctx, execx.Local{}, dir)
+	proj, err := projectSettings(ctx, dir)
 	if err != nil {
 		return fleet.WorkspaceRequest{}, fleet.Project{}, err
 	}
@@ -61,6 +54,27 @@ func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, fl
 		}
 	}
 	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, proj, nil
+}
+
+// projectSettings is the fleet.hcl for a project folder ("" means the
+// working directory): the nearest one up to the repository's top.
+func projectSettings(ctx context.Context, dir string) (fleet.Project, error) {
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fleet.Project{}, err
+		}
+		dir = wd
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fleet.Project{}, err
+	}
+	top := dir
+	if repo, err := workspace.Open(ctx, execx.Local{}, dir); err == nil {
+		top = repo.Dir
+	}
+	return fleet.FindProject(dir, top)
 }
 
 func newCollectCmd(g *globals) *cobra.Command {

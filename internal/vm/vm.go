@@ -74,7 +74,14 @@ type Runtime struct {
 type Status struct {
 	Power   Power
 	Runtime Runtime // valid when Power is PowerOn
+	// Paused, when the process runs but the guest does not, says why
+	// (PausedDiskFull, or the hypervisor's own word); Start continues it.
+	Paused string
 }
+
+// PausedDiskFull is a guest stopped because a write to its disk failed:
+// the host file system holding the disk is full.
+const PausedDiskFull = "disk full"
 
 // Capabilities are optional driver features, stated as data rather than
 // discovered by calling methods that fail.
@@ -112,7 +119,8 @@ type Driver interface {
 	// identity seed. It does not boot it.
 	Create(ctx context.Context, s Spec) error
 	// Start boots a created machine and returns how to reach it. It returns
-	// once the hypervisor runs; the guest may still be booting.
+	// once the hypervisor runs; the guest may still be booting. A paused
+	// machine is continued.
 	Start(ctx context.Context, s Spec) (Runtime, error)
 	// Stop asks the guest to power off and waits up to grace, then forces it.
 	Stop(ctx context.Context, s Spec, grace time.Duration) error

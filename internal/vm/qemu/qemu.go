@@ -107,6 +107,11 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		return vm.Runtime{}, fmt.Errorf("%s: %w", s.Name, vm.ErrNotCreated)
 	}
 	if st, err := d.Status(ctx, s); err == nil && st.Power == vm.PowerOn {
+		if st.Paused != "" {
+			if err := d.cont(ctx, s); err != nil {
+				return vm.Runtime{}, fmt.Errorf("continue %s (paused: %s): %w", s.Name, st.Paused, err)
+			}
+		}
 		return st.Runtime, nil
 	}
 	sock := qmpPath(s.Dir)
@@ -172,7 +177,36 @@ func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
 	if port, err := q.sshPort(); err == nil {
 		rt.SSHAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
-	return vm.Status{Power: vm.PowerOn, Runtime: rt}, nil
+	st := vm.Status{Power: vm.PowerOn, Runtime: rt}
+	if run, err := q.status(); err == nil {
+		st.Paused = pausedReason(run)
+	}
+	return st, nil
+}
+
+// pausedReason reads QMP's run state: "" while the guest runs (or is
+// being set up), else why it does not.
+func pausedReason(run string) string {
+	switch run {
+	case "running", "prelaunch", "inmigrate", "finish-migrate", "postmigrate":
+		return ""
+	case "io-error":
+		// werror=enospc (QEMU's default) stops the guest on a full host
+		// disk instead of failing its write.
+		return vm.PausedDiskFull
+	}
+	return run
+}
+
+// cont resumes a paused guest; the write that stopped it is retried.
+func (d *Driver) cont(ctx context.Context, s vm.Spec) error {
+	q, err := dialQMP(ctx, qmpPath(s.Dir))
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	_, err = q.execute("cont", nil)
+	return err
 }
 
 // Stop sends an ACPI power-down and waits up to grace for the guest to
