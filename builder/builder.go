@@ -18,7 +18,7 @@
 //	"claude_version" string          Claude Code version the recipe installs
 //	"recipe_hash"   string           digest of recipe, source and versions
 //	"rootfs"        string           root file system folder (mirror sources)
-//	"communicator"  packersdk.Communicator  chroot or SSH, for the provision step
+//	"communicator"  Communicator            chroot or SSH, for the provision step
 //	"build_disk"    string           qcow2 written by the SSH provisioning (cloud sources)
 //	"raw"           string           raw bootable disk (mirror sources)
 //	"qcow2"         string           finished, generalized qcow2 disk

@@ -3,65 +3,51 @@ package builder
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
-
-	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 )
 
-// chrootComm is a packersdk.Communicator that runs commands in a chroot.
-// The SDK ships one (packer-plugin-sdk/chroot), but its Start ignores the
-// context, so a Ctrl-C'd build would wait for apt to finish, and importing
-// it drags go-getter's S3 and GCS clients into the fleet binary; this one
-// is the same contract in forty lines, and a cancel kills the command.
+// chrootComm is a Communicator that runs commands in a chroot. A cancel
+// kills the command and everything it started (its own process group), so
+// a Ctrl-C'd build does not wait for apt to finish.
 type chrootComm struct {
 	Root string
 }
 
-var _ packersdk.Communicator = (*chrootComm)(nil)
+var _ Communicator = (*chrootComm)(nil)
 
-func (c *chrootComm) Start(ctx context.Context, rc *packersdk.RemoteCmd) error {
-	cmd := exec.CommandContext(ctx, "chroot", c.Root, "/bin/sh", "-c", rc.Command)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = rc.Stdin, rc.Stdout, rc.Stderr
+func (c *chrootComm) Run(ctx context.Context, command string, out io.Writer) (int, error) {
+	cmd := exec.CommandContext(ctx, "chroot", c.Root, "/bin/sh", "-c", command)
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C.UTF-8"}
-	// Its own process group, so a cancel reaches apt's children too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	go func() {
-		err := cmd.Wait()
-		status := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			status = ee.ExitCode()
-			if status < 0 {
-				status = 128 + int(syscall.SIGKILL)
-			}
-		} else if err != nil {
-			status = packersdk.CmdDisconnect
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case ctx.Err() != nil:
+		return -1, ctx.Err()
+	case errors.As(err, &ee):
+		if ee.ExitCode() < 0 {
+			return 128 + int(syscall.SIGKILL), nil
 		}
-		rc.SetExited(status)
-	}()
-	return nil
+		return ee.ExitCode(), nil
+	}
+	return -1, err
 }
 
 func (c *chrootComm) path(p string) string { return filepath.Join(c.Root, filepath.Clean("/"+p)) }
 
-func (c *chrootComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
-	mode := os.FileMode(0o644)
-	if fi != nil {
-		mode = (*fi).Mode().Perm()
-	}
+func (c *chrootComm) Upload(dst string, r io.Reader) error {
 	if err := os.MkdirAll(filepath.Dir(c.path(dst)), 0o755); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(c.path(dst), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	f, err := os.OpenFile(c.path(dst), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
@@ -72,10 +58,6 @@ func (c *chrootComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 	return f.Close()
 }
 
-func (c *chrootComm) UploadDir(dst, src string, exclude []string) error {
-	return fmt.Errorf("chroot communicator: UploadDir is not used by agentfleet")
-}
-
 func (c *chrootComm) Download(src string, w io.Writer) error {
 	f, err := os.Open(c.path(src))
 	if err != nil {
@@ -84,8 +66,4 @@ func (c *chrootComm) Download(src string, w io.Writer) error {
 	defer f.Close()
 	_, err = io.Copy(w, f)
 	return err
-}
-
-func (c *chrootComm) DownloadDir(src, dst string, exclude []string) error {
-	return fmt.Errorf("chroot communicator: DownloadDir is not used by agentfleet")
 }

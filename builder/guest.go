@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/sshx"
@@ -73,21 +72,6 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (
 		return nil, fmt.Errorf("%s never answered on SSH (serial console: %s/serial.log): %w", name, dir, err)
 	}
 	return g, nil
-}
-
-// sshConfig is the client config for the SDK's SSH communicator: the same
-// key and the same pinned host key.
-func (g *guest) sshConfig() *ssh.ClientConfig {
-	return &ssh.ClientConfig{
-		User:            g.target.User,
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(g.target.Signer)},
-		HostKeyCallback: ssh.FixedHostKey(g.target.HostKey),
-		Timeout:         30 * time.Second,
-	}
-}
-
-func (g *guest) dial() (net.Conn, error) {
-	return net.DialTimeout("tcp", g.target.Addr, 30*time.Second)
 }
 
 // shutdown powers the guest off gracefully, keeping its disk.

@@ -2,17 +2,15 @@ package builder
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	sshcomm "github.com/hashicorp/packer-plugin-sdk/sdk-internals/communicator/ssh"
 )
 
 // StepBootSource boots the verified cloud image as a linked clone with a
 // NoCloud seed carrying a throwaway build key and a host key made here,
 // waits for SSH with that key pinned, and hands the provision step the
-// SDK's SSH communicator.
+// SSH communicator over its pinned-key connection.
 //
 // Reads "config", "source_image", "workdir"; skipped on a cache hit.
 // Writes "communicator", "build_guest". Cleanup forces the VM off and
@@ -31,14 +29,7 @@ func (s *StepBootSource) Run(ctx context.Context, state multistep.StateBag) mult
 		return halt(state, err)
 	}
 	s.g = g
-	comm, err := sshcomm.New(g.target.Addr, &sshcomm.Config{
-		SSHConfig:  g.sshConfig(),
-		Connection: g.dial,
-	})
-	if err != nil {
-		return halt(state, fmt.Errorf("ssh communicator: %w", err))
-	}
-	state.Put("communicator", comm)
+	state.Put("communicator", &sshComm{client: g.client})
 	state.Put("build_guest", g)
 	return multistep.ActionContinue
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // StepChroot prepares the root file system for provisioning and hands the
-// provision step a chroot communicator (packersdk.Communicator): /dev, /proc and /sys bound
+// provision step a chroot Communicator: /dev, /proc and /sys bound
 // in, the host's resolv.conf for name lookups, and a policy-rc.d that stops
 // packages from starting daemons inside the chroot.
 //

@@ -5,12 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"path"
 	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 )
 
 // scriptDir is where scripts are uploaded in the image; generalize empties
@@ -18,8 +18,8 @@ import (
 const scriptDir = "/tmp/fleet-provision"
 
 // StepProvision runs the recipe's numbered scripts, in order, as root,
-// through whichever packersdk.Communicator the source step provided: a
-// chroot for mirror sources, the SDK's SSH communicator for cloud images.
+// through whichever Communicator the source step provided: a chroot for
+// mirror sources, SSH for cloud images.
 // A failing script stops the build with its name, exit status and the
 // last lines of its output.
 //
@@ -33,30 +33,30 @@ func (s *StepProvision) Run(ctx context.Context, state multistep.StateBag) multi
 		return multistep.ActionContinue
 	}
 	cfg := state.Get("config").(*Config)
-	comm := state.Get("communicator").(packersdk.Communicator)
+	comm := state.Get("communicator").(Communicator)
 	env := s.env(cfg, state)
-	// scp into a missing folder would write a file named like the folder.
-	mk := &packersdk.RemoteCmd{Command: "mkdir -p " + scriptDir}
-	if err := mk.RunWithUi(ctx, comm, &scriptUi{}); err != nil || mk.ExitStatus() != 0 {
-		return halt(state, fmt.Errorf("create %s in the image: exit %d %v", scriptDir, mk.ExitStatus(), err))
+	// Uploading into a missing folder would write a file named like it.
+	if code, err := comm.Run(ctx, "mkdir -p "+scriptDir, io.Discard); err != nil || code != 0 {
+		return halt(state, fmt.Errorf("create %s in the image: exit %d %v", scriptDir, code, err))
 	}
 	if len(cfg.CACerts) > 0 {
-		if err := comm.Upload(path.Join(scriptDir, "extra-ca.crt"), bytes.NewReader(cfg.CACerts), nil); err != nil {
+		if err := comm.Upload(path.Join(scriptDir, "extra-ca.crt"), bytes.NewReader(cfg.CACerts)); err != nil {
 			return halt(state, fmt.Errorf("upload CA certificates: %w", err))
 		}
 	}
 	for i, sc := range cfg.Recipe.Scripts {
 		dst := path.Join(scriptDir, sc.Name)
-		if err := comm.Upload(dst, bytes.NewReader(sc.Body), nil); err != nil {
+		if err := comm.Upload(dst, bytes.NewReader(sc.Body)); err != nil {
 			return halt(state, fmt.Errorf("upload %s: %w", sc.Name, err))
 		}
 		cfg.say("provision [%d/%d] %s", i+1, len(cfg.Recipe.Scripts), sc.Name)
-		ui := &scriptUi{out: cfg.Progress}
-		rc := &packersdk.RemoteCmd{Command: s.command(cfg, env, dst)}
-		if err := rc.RunWithUi(ctx, comm, ui); err != nil {
+		ui := &scriptOutput{out: cfg.Progress}
+		code, err := comm.Run(ctx, s.command(cfg, env, dst), ui)
+		ui.Flush()
+		if err != nil {
 			return halt(state, fmt.Errorf("provision script %s: %w", sc.Name, err))
 		}
-		if code := rc.ExitStatus(); code != 0 {
+		if code != 0 {
 			return halt(state, fmt.Errorf("provision script %s failed with exit status %d; its last output:\n%s", sc.Name, code, ui.Tail()))
 		}
 	}

@@ -24,7 +24,6 @@ import (
 	"github.com/agentfleet/agentfleet/internal/execx/execxtest"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 )
 
 func testConfig(t *testing.T) *Config {
@@ -265,7 +264,7 @@ func TestStepChrootPreparesAndRestoresInReverse(t *testing.T) {
 	if fi, err := os.Lstat(filepath.Join(root, "etc", "resolv.conf")); err != nil || fi.Mode()&os.ModeSymlink != 0 {
 		t.Fatal("the chroot needs a real resolv.conf while provisioning")
 	}
-	if _, ok := s.Get("communicator").(packersdk.Communicator); !ok {
+	if _, ok := s.Get("communicator").(Communicator); !ok {
 		t.Fatal("no communicator")
 	}
 	(&StepChrootDone{Chroot: step}).Run(context.Background(), s)
@@ -299,28 +298,23 @@ type fakeComm struct {
 	files    map[string]string
 }
 
-func (c *fakeComm) Start(ctx context.Context, rc *packersdk.RemoteCmd) error {
+func (c *fakeComm) Run(ctx context.Context, command string, out io.Writer) (int, error) {
 	c.mu.Lock()
-	c.commands = append(c.commands, rc.Command)
+	c.commands = append(c.commands, command)
 	c.mu.Unlock()
-	go func() {
-		if c.fail != "" && strings.Contains(rc.Command, c.fail) {
-			fmt.Fprintln(rc.Stdout, "E: Unable to locate package nosuchpackage")
-			rc.SetExited(100)
-			return
-		}
-		fmt.Fprintln(rc.Stdout, "fine")
-		rc.SetExited(0)
-	}()
-	return nil
+	if c.fail != "" && strings.Contains(command, c.fail) {
+		fmt.Fprintln(out, "E: Unable to locate package nosuchpackage")
+		return 100, nil
+	}
+	fmt.Fprintln(out, "fine")
+	return 0, nil
 }
-func (c *fakeComm) Upload(dst string, r io.Reader, _ *os.FileInfo) error {
+func (c *fakeComm) Upload(dst string, r io.Reader) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.uploaded = append(c.uploaded, dst)
 	return nil
 }
-func (c *fakeComm) UploadDir(string, string, []string) error { return nil }
 func (c *fakeComm) Download(src string, w io.Writer) error {
 	if v, ok := c.files[src]; ok {
 		_, err := io.WriteString(w, v)
@@ -328,7 +322,6 @@ func (c *fakeComm) Download(src string, w io.Writer) error {
 	}
 	return os.ErrNotExist
 }
-func (c *fakeComm) DownloadDir(string, string, []string) error { return nil }
 
 func TestStepProvisionRunsScriptsInOrderWithEnv(t *testing.T) {
 	cfg := testConfig(t)

@@ -1,27 +1,49 @@
 package builder
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
 )
 
-// scriptUi is the packersdk.Ui a provision script's output streams
-// through: each line is shown indented under the script's name, and the
-// last lines are kept so a failure can quote them.
-type scriptUi struct {
+// scriptOutput is where a provision script's output goes: each line is
+// shown indented under the script's name, and the last lines are kept so
+// a failure can quote them.
+type scriptOutput struct {
 	out  io.Writer
 	mu   sync.Mutex
+	buf  bytes.Buffer
 	tail []string
 }
 
 const tailLines = 15
 
-func (u *scriptUi) line(s string) {
+func (u *scriptOutput) Write(b []byte) (int, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.buf.Write(b)
+	for {
+		i := bytes.IndexByte(u.buf.Bytes(), '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		u.line(strings.TrimRight(string(u.buf.Next(i+1)), "\r\n"))
+	}
+}
+
+// Flush shows a last line that had no newline.
+func (u *scriptOutput) Flush() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.buf.Len() > 0 {
+		u.line(u.buf.String())
+		u.buf.Reset()
+	}
+}
+
+func (u *scriptOutput) line(s string) {
 	if u.out != nil {
 		fmt.Fprintf(u.out, "    | %s\n", s)
 	}
@@ -32,24 +54,8 @@ func (u *scriptUi) line(s string) {
 }
 
 // Tail returns the last lines of output.
-func (u *scriptUi) Tail() string {
+func (u *scriptOutput) Tail() string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return strings.Join(u.tail, "\n")
-}
-
-func (u *scriptUi) Ask(string) (string, error) {
-	return "", errors.New("a provision script cannot ask")
-}
-func (u *scriptUi) Askf(string, ...any) (string, error) {
-	return "", errors.New("a provision script cannot ask")
-}
-func (u *scriptUi) Say(s string)              { u.line(s) }
-func (u *scriptUi) Sayf(f string, a ...any)   { u.line(fmt.Sprintf(f, a...)) }
-func (u *scriptUi) Message(s string)          { u.line(s) }
-func (u *scriptUi) Error(s string)            { u.line(s) }
-func (u *scriptUi) Errorf(f string, a ...any) { u.line(fmt.Sprintf(f, a...)) }
-func (u *scriptUi) Machine(string, ...string) {}
-func (u *scriptUi) TrackProgress(_ string, _, _ int64, stream io.ReadCloser) io.ReadCloser {
-	return stream
 }
