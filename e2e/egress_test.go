@@ -314,7 +314,9 @@ credentials {
 		if rss > 64<<10 {
 			t.Errorf("the machine's proxying holds %d KiB with %d open tunnels, over 64 MiB", rss, open)
 		}
-		if proxies > 3 || procsDuring-procsBefore > 10 {
+		// One server per machine (eg-1's and egn-1's), a shim or two in
+		// flight; a process per connection would add 256.
+		if proxies > 5 || procsDuring-procsBefore > 50 {
 			t.Errorf("%d proxy processes, %d more host processes during the flood", proxies, procsDuring-procsBefore)
 		}
 		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, "over this machine's cap of 256 concurrent proxy connections") {

@@ -132,11 +132,13 @@ func TestFleetLifecycle(t *testing.T) {
 		ports[0] = ls(t)["e2e-1"].Address
 	})
 
-	t.Run("kill -9 shows dead, start brings it back", func(t *testing.T) {
+	t.Run("kill -9 shows dead, every command answers at once, start brings it back", func(t *testing.T) {
 		pid := ls(t)["e2e-2"].PID
 		if pid == 0 {
 			t.Fatal("no pid for e2e-2")
 		}
+		// An agent is running when QEMU dies (as when the OOM killer picks it).
+		mustFleet(t, 2*time.Minute, "run", "e2e-2", "--name", "e2e", "--task", "sleep forever")
 		syscall.Kill(pid, syscall.SIGKILL)
 		deadline := time.Now().Add(30 * time.Second)
 		for ls(t)["e2e-2"].State != "dead" {
@@ -144,6 +146,31 @@ func TestFleetLifecycle(t *testing.T) {
 				t.Fatalf("e2e-2 not dead after kill -9: %+v", ls(t)["e2e-2"])
 			}
 			time.Sleep(time.Second)
+		}
+		for _, args := range [][]string{
+			{"exec", "e2e-2", "--", "true"}, {"ssh", "e2e-2", "true"}, {"run", "e2e-2", "--task", "x"},
+			{"logs", "e2e-2"}, {"logs", "-f", "e2e-2"}, {"wait", "e2e-2"}, {"attach", "e2e-2"},
+			{"collect", "e2e-2"}, {"diff", "e2e-2"}, {"kill", "e2e-2"}, {"exec", "--all", "--", "true"},
+		} {
+			t0 := time.Now()
+			r := fleet(t, time.Minute, append(args, "--name", "e2e")...)
+			took := time.Since(t0)
+			if r.code == 0 || took > 5*time.Second {
+				t.Errorf("fleet %v on a dead machine: exit %d after %s", args, r.code, took.Round(10*time.Millisecond))
+			}
+			if !strings.Contains(r.stderr, "e2e-2 is dead: its qemu process exited") || !strings.Contains(r.stderr, "fleet start e2e-2") {
+				t.Errorf("fleet %v: the state and the fix are not named: %q", args, r.stderr)
+			}
+			if strings.Contains(r.stderr, "e2e-2: e2e-2") || strings.Count(r.stderr, "e2e-2 is dead") != 1 {
+				t.Errorf("fleet %v names the machine more than once: %q", args, r.stderr)
+			}
+		}
+		if r := fleet(t, time.Minute, "wait", "e2e-2", "--name", "e2e", "--json"); r.code == 0 || !strings.Contains(r.stdout, `"lost"`) {
+			t.Errorf("wait on a dead machine's agent: exit %d %s", r.code, r.stdout)
+		}
+		// net log reads the host's file: it works on a dead machine, at once.
+		if r := fleet(t, time.Minute, "net", "log", "e2e-2", "--name", "e2e"); r.code != 0 {
+			t.Errorf("net log on a dead machine: %d %s", r.code, r.stderr)
 		}
 		mustFleet(t, bootDeadline, "start", "e2e-2", "--name", "e2e")
 		if s := ls(t)["e2e-2"]; s.State != "running" {

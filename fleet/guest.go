@@ -140,3 +140,12 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 	}
 	return nil
 }
+
+// named prefixes err with m's name, unless err already names it.
+func named(m *Machine, err error) error {
+	var ue *UnavailableError
+	if err == nil || errors.As(err, &ue) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", m.Name, err)
+}

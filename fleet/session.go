@@ -139,7 +139,7 @@ func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefi
 			pw.Flush()
 			switch {
 			case err != nil:
-				errs[i] = fmt.Errorf("%s: %w", m.Name, err)
+				errs[i] = named(m, err)
 			case code == 3:
 				errs[i] = fmt.Errorf("%s: no session has run on this machine", m.Name)
 			case code != 0:
@@ -190,7 +190,9 @@ func (f *lineFilter) emit(line string) {
 type WaitResult struct {
 	Machine string         `json:"machine"`
 	Status  session.Status `json:"status"`
-	Err     string         `json:"error,omitempty"`
+	// Why a lost agent is lost (its machine died or was stopped).
+	Why string `json:"why,omitempty"`
+	Err string `json:"error,omitempty"`
 }
 
 // Wait polls the machines' agents until all have ended (or ctx ends) and
@@ -214,8 +216,8 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				// waited on. A paused one may continue (fleet start).
 				var ue *UnavailableError
 				if errors.As(err, &ue) && ue.State != StatePaused {
-					out[i].Status, out[i].Err = session.Status{State: session.Lost}, err.Error()
-					c.say("%s: lost (%s)", m.Name, err)
+					out[i].Status, out[i].Why = session.Status{State: session.Lost}, err.Error()
+					c.say("lost: %s", err)
 					return
 				}
 				select {

@@ -367,7 +367,7 @@ func (c *Controller) Collect(ctx context.Context, names []string, all bool, o Co
 		}
 		sum, err := c.collectOne(ctx, m, o)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
+			errs = append(errs, named(m, err))
 			continue
 		}
 		out = append(out, sum)

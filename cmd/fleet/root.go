@@ -6,6 +6,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -80,7 +81,10 @@ func (g *globals) layout() (fleet.Layout, error) {
 	return fleet.Layout{Root: h}, err
 }
 
-func (g *globals) resolveFleet() (string, error) {
+// resolveFleet picks the fleet a command acts on: --name, else the fleet
+// of a machine named in args (machine names are FLEET-N, so `fleet ssh
+// myproj-2` works from any folder), else the current folder's.
+func (g *globals) resolveFleet(args []string) (string, error) {
 	if g.fleetName != "" {
 		return g.fleetName, fleet.ValidateFleetName(g.fleetName)
 	}
@@ -88,12 +92,38 @@ func (g *globals) resolveFleet() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return fleet.FleetNameFromDir(wd)
+	here, hereErr := fleet.FleetNameFromDir(wd)
+	l, lerr := g.layout()
+	if lerr != nil {
+		return here, hereErr
+	}
+	has := func(f, machine string) bool {
+		s, err := (fleet.Store{Layout: l, Fleet: f}).Load()
+		return err == nil && s.Find(machine) != nil
+	}
+	for _, a := range args {
+		if !machineNameRe.MatchString(a) {
+			continue
+		}
+		if hereErr == nil && has(here, a) {
+			return here, nil
+		}
+		if f := a[:strings.LastIndexByte(a, '-')]; fleet.ValidateFleetName(f) == nil && has(f, a) {
+			return f, nil
+		}
+		if hereErr != nil {
+			return "", fmt.Errorf("no fleet has a machine named %s (fleet ls --name FLEET lists one fleet's machines)", a)
+		}
+	}
+	return here, hereErr
 }
+
+// machineNameRe matches the names fleet gives machines: FLEET-N.
+var machineNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*-[0-9]+$`)
 
 // controller builds the controller for the selected fleet.
 func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
-	name, err := g.resolveFleet()
+	name, err := g.resolveFleet(cmd.Flags().Args())
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
@@ -261,7 +262,11 @@ each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
 				}
 			} else {
 				for _, r := range res {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", r.Machine, agentCell(r.Status, r.Err))
+					cell := agentCell(r.Status, r.Err)
+					if r.Why != "" {
+						cell += " (machine " + string(lostState(r.Why)) + ")"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", r.Machine, cell)
 				}
 			}
 			code := 0
@@ -327,4 +332,14 @@ func agentCell(st session.Status, errText string) string {
 		s += fmt.Sprintf(" $%.2f", st.CostUSD)
 	}
 	return s
+}
+
+// lostState picks the machine state out of a lost agent's reason.
+func lostState(why string) string {
+	for _, s := range []string{fleet.StateDead, fleet.StateStopped} {
+		if strings.Contains(why, " is "+s+":") {
+			return s
+		}
+	}
+	return "unreachable"
 }
