@@ -3,7 +3,7 @@
 # there is none, spawn two VMs, run a command in each, show them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root (image builds need loop devices and mount): sudo $0" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (image builds need loop devices and mount): su -c $0, or sudo $0 where sudo is installed" >&2; exit 1; }
 scripts/deps.sh
 go build -o bin/fleet ./cmd/fleet
 export FLEET_CACHE=${FLEET_CACHE:-/var/cache/agentfleet}

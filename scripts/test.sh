@@ -4,7 +4,7 @@
 # boots real QEMU VMs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root (the e2e image build needs loop devices and mount): sudo $0" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (the e2e image build needs loop devices and mount): su -c $0, or sudo $0 where sudo is installed" >&2; exit 1; }
 scripts/deps.sh
 export FLEET_CACHE=${FLEET_CACHE:-/var/cache/agentfleet}
 echo "== unit tests"
