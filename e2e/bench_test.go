@@ -58,9 +58,10 @@ func TestBench(t *testing.T) {
 		rows = append(rows, row)
 		fmt.Printf("bench: %s | %s | %s\n", what, value, target)
 	}
-	// FLEET_BENCH_ONLY=egress runs just the egress rows (each still
+	// FLEET_BENCH_ONLY=egress runs just the proxy and egress rows (each still
 	// measured side by side).
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
+		t.Run("proxy", func(t *testing.T) { benchProxy(t, add) })
 		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 		printRows(rows)
 		return
@@ -138,7 +139,8 @@ func TestBench(t *testing.T) {
 	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
 	benchAgents(t, add)
-	t.Run("egress", func(t *testing.T) { benchEgress(t, add) }) // its stub network goes when it ends
+	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
+	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op

@@ -62,9 +62,19 @@ func TestSpawnInterruptedRollsBack(t *testing.T) {
 	fleetDir := filepath.Join(fleetHome, "fleets", "ctrlc")
 	// Interrupt once both guests are booting: the rollback has real VMs
 	// to remove, not just files.
+	var during string // fleet ls while the spawn is under way
 	stderr := interruptOnceRunning(t, time.Minute, fleetEnv(), func() bool {
-		return strings.Count(qemuFor(fleetDir), "\n") >= 1
+		if strings.Count(qemuFor(fleetDir), "\n") < 1 {
+			return false
+		}
+		during = mustFleet(t, time.Minute, "ls", "--name", "ctrlc")
+		return true
 	}, "spawn", "2", "--name", "ctrlc", "--memory", "512M")
+	for _, n := range []string{"ctrlc-1", "ctrlc-2"} {
+		if !strings.Contains(during, n) || !(strings.Contains(during, "booting") || strings.Contains(during, "creating")) {
+			t.Errorf("fleet ls during the spawn does not show %s being made:\n%s", n, during)
+		}
+	}
 	t.Logf("stderr:\n%s", stderr.String())
 	if !strings.Contains(stderr.String(), "cancel") {
 		t.Errorf("the error should say the spawn was cancelled: %q", stderr.String())
@@ -76,7 +86,7 @@ func TestSpawnInterruptedRollsBack(t *testing.T) {
 		t.Fatalf("machine folders left: %v", machines)
 	}
 	if out := mustFleet(t, time.Minute, "ls", "--name", "ctrlc", "--json"); strings.Contains(out, "ctrlc-") {
-		t.Fatalf("state still lists machines: %s", out)
+		t.Fatalf("state still lists machines (or the finished spawn's progress): %s", out)
 	}
 }
 

@@ -58,6 +58,26 @@ func RunProxyServer(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
+	handlers, audit, err := ProxyHandlers(dir)
+	if err != nil {
+		return err
+	}
+	limits := loadProxyLimits(dir)
+	// Many small, short-lived buffers: collect them eagerly, so a machine
+	// holding hundreds of tunnels stays well inside its memory bound.
+	debug.SetGCPercent(25)
+	debug.SetMemoryLimit(40 << 20)
+	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit}
+	err = s.Run(ctx, dir)
+	if errors.Is(err, egress.ErrServing) {
+		return nil // another shim started it first
+	}
+	return err
+}
+
+// ProxyHandlers are the machine in dir's proxies, by the kind a shim
+// hands over: egress if it has a policy, credentials if it has a token.
+func ProxyHandlers(dir string) (map[byte]func(context.Context, net.Conn), *egress.Audit, error) {
 	limits := loadProxyLimits(dir)
 	audit := egress.NewAudit(dir)
 	handlers := map[byte]func(context.Context, net.Conn){}
@@ -76,7 +96,7 @@ func RunProxyServer(ctx context.Context, dir string) error {
 	if token, upstream, err := LoadCredentialsConfig(dir); err == nil {
 		u, err := url.Parse(upstream)
 		if err != nil {
-			return fmt.Errorf("credential upstream: %w", err)
+			return nil, nil, fmt.Errorf("credential upstream: %w", err)
 		}
 		p := &egress.CredProxy{
 			Token:      token,
@@ -88,18 +108,9 @@ func RunProxyServer(ctx context.Context, dir string) error {
 		handlers[egress.KindCredentials] = p.ServeConn
 	}
 	if len(handlers) == 0 {
-		return errors.New("this machine has no proxies")
+		return nil, nil, errors.New("this machine has no proxies")
 	}
-	// Many small, short-lived buffers: collect them eagerly, so a machine
-	// holding hundreds of tunnels stays well inside its memory bound.
-	debug.SetGCPercent(25)
-	debug.SetMemoryLimit(40 << 20)
-	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit}
-	err = s.Run(ctx, dir)
-	if errors.Is(err, egress.ErrServing) {
-		return nil // another shim started it first
-	}
-	return err
+	return handlers, audit, nil
 }
 
 // HostNets are this host's own addresses and subnets, which no guest may

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -189,6 +190,9 @@ func runProxy(args []string) int {
 	}
 	conn := os.Stdin
 	os.Stdout.Close()
+	if os.Getenv(perConnectionEnv) == "1" {
+		return servePerConnection(dir, kind, conn)
+	}
 	err := egress.Handoff(dir, kind, conn, func() error { return startProxyServer(dir, errLog) })
 	// Our copy must go, or closing the server's would not end the guest's
 	// connection.
@@ -197,6 +201,29 @@ func runProxy(args []string) int {
 		fmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339), "proxy shim:", err)
 		return 1
 	}
+	return 0
+}
+
+// perConnectionEnv, set in the hypervisor's environment (never the
+// guest's), makes the shim serve its connection itself: the design before
+// the per-machine server, a process per connection with no shared cap.
+// It exists so `make bench` can measure both side by side.
+const perConnectionEnv = "FLEET_PROXY_PER_CONNECTION"
+
+func servePerConnection(dir string, kind byte, f *os.File) int {
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "proxy:", err)
+		return 1
+	}
+	handlers, _, err := fleet.ProxyHandlers(dir)
+	if err != nil || handlers[kind] == nil {
+		fmt.Fprintln(os.Stderr, "proxy: no handler:", err)
+		conn.Close()
+		return 1
+	}
+	handlers[kind](context.Background(), conn)
 	return 0
 }
 

@@ -35,6 +35,9 @@ func guestPair(t *testing.T) (guest net.Conn, proxyEnd *os.File) {
 func runServer(t *testing.T, s *Server) (dir string, done chan error) {
 	t.Helper()
 	dir = t.TempDir()
+	if s.Audit == nil {
+		s.Audit = NewAudit(dir)
+	}
 	t.Chdir(dir)
 	done = make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -70,7 +73,6 @@ func TestServerHoldsConnectionsAtTheCap(t *testing.T) {
 		},
 	}}
 	dir, _ := runServer(t, s)
-	s.Audit = NewAudit(dir)
 	var guests []net.Conn
 	for i := 0; i < 5; i++ {
 		g, end := guestPair(t)
