@@ -148,12 +148,12 @@ func TestFleetLifecycle(t *testing.T) {
 			time.Sleep(time.Second)
 		}
 		for _, args := range [][]string{
-			{"exec", "e2e-2", "--", "true"}, {"ssh", "e2e-2", "true"}, {"run", "e2e-2", "--task", "x"},
+			{"exec", "e2e-2", "--", "true"}, {"ssh", "e2e-2", "--", "true"}, {"ssh", "e2e-2"}, {"run", "e2e-2", "--task", "x"},
 			{"logs", "e2e-2"}, {"logs", "-f", "e2e-2"}, {"wait", "e2e-2"}, {"attach", "e2e-2"},
 			{"collect", "e2e-2"}, {"diff", "e2e-2"}, {"kill", "e2e-2"}, {"exec", "--all", "--", "true"},
 		} {
 			t0 := time.Now()
-			r := fleet(t, time.Minute, append(args, "--name", "e2e")...)
+			r := fleet(t, time.Minute, append([]string{args[0], "--name", "e2e"}, args[1:]...)...)
 			took := time.Since(t0)
 			if r.code == 0 || took > 5*time.Second {
 				t.Errorf("fleet %v on a dead machine: exit %d after %s", args, r.code, took.Round(10*time.Millisecond))

@@ -132,7 +132,8 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 	if cause := context.Cause(watch); err != nil && cause != nil && cause != context.Canceled {
 		var ue *UnavailableError
 		if errors.As(cause, &ue) {
-			return fmt.Errorf("%s: while booting: %w%s", m.Name, cause, c.consoleHint(m))
+			// The fix is the caller's to give: a spawn rolls back.
+			return fmt.Errorf("%s went %s while booting: %s%s", m.Name, ue.State, ue.Why, c.consoleHint(m))
 		}
 	}
 	if err != nil {
