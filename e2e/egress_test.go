@@ -26,7 +26,7 @@ def dns(server):
     s.sendto(q, (server, 53))
     s.recvfrom(512)
     print("ANSWERED")
-def sni(proxy, port, target, name):
+def tunnel(target, proxy="10.0.2.100", port=3128):
     s = socket.create_connection((proxy, int(port)), timeout=10)
     s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
     resp = b""
@@ -35,23 +35,16 @@ def sni(proxy, port, target, name):
         if not b:
             raise Exception("proxy closed")
         resp += b
-    print(resp.split(b"\r\n")[0].decode())
+    return s, resp.split(b"\r\n")[0].decode()
+def sni(proxy, port, target, name):
+    s, line = tunnel(target, proxy, port)
+    print(line)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     t = ctx.wrap_socket(s, server_hostname=name)
     t.sendall(b"GET /tls HTTP/1.0\r\nHost: " + target.split(":")[0].encode() + b"\r\n\r\n")
     print("TLS-OK", t.recv(200).decode().splitlines()[-1])
-def tunnel(target):
-    s = socket.create_connection(("10.0.2.100", 3128), timeout=10)
-    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
-    resp = b""
-    while b"\r\n\r\n" not in resp:
-        b = s.recv(1)
-        if not b:
-            raise Exception("proxy closed")
-        resp += b
-    return s, resp.split(b"\r\n")[0].decode()
 def cleartext(target, host):
     # Plain HTTP inside a CONNECT tunnel, with another Host.
     s, line = tunnel(target)

@@ -148,13 +148,8 @@ func Tail(ctx context.Context, dir string, follow bool, poll time.Duration, fn f
 		if !os.IsNotExist(err) {
 			return err
 		}
-		if !follow {
+		if !follow || !pause(ctx, poll) {
 			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(poll):
 		}
 		f, err = os.Open(path)
 	}
@@ -164,13 +159,8 @@ func Tail(ctx context.Context, dir string, follow bool, poll time.Duration, fn f
 		if err := lr.each(fn); err != nil {
 			return err
 		}
-		if !follow {
+		if !follow || !pause(ctx, poll) {
 			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(poll):
 		}
 		// Rotated: finish the old file, then start the new one from its top.
 		if cur, err := os.Stat(path); err == nil {
@@ -186,6 +176,16 @@ func Tail(ctx context.Context, dir string, follow bool, poll time.Duration, fn f
 				f, lr = nf, &lineReader{r: bufio.NewReaderSize(nf, 32<<10)}
 			}
 		}
+	}
+}
+
+// pause waits d, or reports false when ctx ends first.
+func pause(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
 	}
 }
 
