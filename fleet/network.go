@@ -69,7 +69,7 @@ type Network struct {
 
 // credentialsFile holds a machine's token and upstream; the token is not
 // the key, and it dies with the machine folder.
-const credentialsFile = "credentials.json"
+const credentialsFile = vm.CredentialsFile
 
 type credentialsConfig struct {
 	Token    string `json:"token"`

@@ -26,7 +26,7 @@ type ProxyLimits struct {
 
 // proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
 // at spawn, the proxy server reads it when it starts.
-const proxyLimitsFile = "proxy-limits.json"
+const proxyLimitsFile = vm.ProxyLimitsFile
 
 func saveProxyLimits(dir string, l ProxyLimits) error {
 	b, _ := json.Marshal(l)

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
-	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
 	"github.com/spf13/cobra"
 )
 
@@ -65,15 +65,14 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
+	// Each driver boots the image format it names (VirtualBox: the OVA).
 	disk := img.Disk
-	if vb, ok := c.Driver.(*virtualbox.Driver); ok {
-		// VirtualBox imports the image's OVA; 7.2.4 only with --force.
-		out, has := img.Outputs["ova"]
+	if f := c.Driver.Capabilities().ImageFormat; f != "" && f != "qcow2" {
+		out, has := img.Outputs[f]
 		if !has {
-			return fleet.SpawnRequest{}, fmt.Errorf("image %s@%s has no OVA for VirtualBox: build one with: fleet image build %s --output qcow2,ova", img.Name, img.Version, img.Name)
+			return fleet.SpawnRequest{}, fmt.Errorf("image %s@%s has no %s for the %s driver: build one with: fleet image build %s --output qcow2,%s", img.Name, img.Version, strings.ToUpper(f), c.Driver.Name(), img.Name, f)
 		}
 		disk = filepath.Join(img.Dir, out.File)
-		vb.Force = o.force
 	}
 	netReq, err := proj.Network(o.net)
 	if err != nil {

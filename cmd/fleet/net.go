@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net"
 	"os"
@@ -181,7 +182,7 @@ func runProxy(args []string) int {
 	if args[0] == "credentials" {
 		kind = egress.KindCredentials
 	}
-	errLog := filepath.Join(dir, "proxy-errors.log")
+	errLog := filepath.Join(dir, vm.ProxyErrorsLog)
 	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
 		_ = syscall.Dup3(int(f.Fd()), 2, 0)
 		f.Close()

@@ -175,7 +175,12 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 		c.Driver, c.BootTimeout = d, qemu.BootTimeout(d.Accel)
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
 	case "virtualbox":
-		c.Driver = virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
+		vb := virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
+		// spawn and up --force also allow VirtualBox 7.2.4.
+		if f := cmd.Flags().Lookup("force"); f != nil && f.Value.String() == "true" {
+			vb.Force = true
+		}
+		c.Driver = vb
 		c.BootTimeout, c.BeforeBoot = 5*time.Minute, nil
 	default:
 		return fmt.Errorf("unknown provider %q (use qemu or virtualbox)", provider)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,7 +17,7 @@ import (
 
 // AuditFile is the per-machine log of every egress and credential decision,
 // one JSON object per line.
-const AuditFile = "egress.log"
+const AuditFile = vm.AuditFile
 
 // Entry is one decision.
 type Entry struct {

@@ -3,6 +3,7 @@ package egress
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"net"
 	"net/netip"
 	"os"
@@ -324,7 +325,7 @@ func presetNames(user map[string][]string) []string {
 }
 
 // PolicyFile is where a machine's policy lives in its folder.
-const PolicyFile = "egress.json"
+const PolicyFile = vm.PolicyFile
 
 // LoadPolicy reads a machine's policy. A missing or unreadable policy is an
 // error, and callers treat it as "deny everything".

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net"
 	"os"
@@ -29,9 +30,9 @@ import (
 
 // Files of the proxy server in a machine's folder, all written by it.
 const (
-	SocketFile = "proxy.sock" // where shims hand connections over
-	LockFile   = "proxy.lock" // held while a server runs: one per machine
-	PIDFile    = "proxy.pid"  // for StopServer
+	SocketFile = vm.ProxySocket  // where shims hand connections over
+	LockFile   = vm.ProxyLock    // held while a server runs: one per machine
+	PIDFile    = vm.ProxyPIDFile // for StopServer
 )
 
 // ErrServing means another server already serves the machine.

@@ -86,6 +86,12 @@ const PausedDiskFull = "disk full"
 // Capabilities are optional driver features, stated as data rather than
 // discovered by calling methods that fail.
 type Capabilities struct {
+	// ImageFormat is the image output the driver boots: "qcow2" (the
+	// baked disk) or "ova" (an export of it).
+	ImageFormat string
+	// Snapshots means the driver can save a running machine's RAM and
+	// device state to a file and start from it (suspend and resume).
+	Snapshots bool
 	LinkedClones bool // Create is a copy-on-write clone, not a full copy
 	// SerializeRegistry means Create/Delete must not run concurrently
 	// (VirtualBox's registry); the driver serializes them itself.

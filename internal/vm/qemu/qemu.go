@@ -23,13 +23,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Files inside a machine's folder.
+// Files inside a machine's folder (all named in internal/vm/files.go).
 const (
-	DiskFile   = "disk.qcow2"
-	SeedFile   = "seed.iso"
-	SerialFile = "serial.log"
-	PIDFile    = "qemu.pid"
-	qmpFile    = "qmp.sock"
+	DiskFile   = vm.DiskFile
+	SeedFile   = vm.SeedFile
+	SerialFile = vm.SerialFile
+	PIDFile    = vm.PIDFile
+	qmpFile    = vm.QMPFile
 )
 
 // Driver runs machines with qemu-system-x86_64.
@@ -57,7 +57,7 @@ var _ vm.Driver = (*Driver)(nil)
 func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP}
+	return vm.Capabilities{ImageFormat: "qcow2", Snapshots: true, LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP}
 }
 
 // Validate checks that qemu-system and qemu-img are on PATH.

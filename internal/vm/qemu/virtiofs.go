@@ -14,7 +14,7 @@ import (
 )
 
 // VirtiofsSocketFile is the vhost-user socket of a machine's shared folder.
-const VirtiofsSocketFile = "virtiofs.sock"
+const VirtiofsSocketFile = vm.VirtiofsFile
 
 // virtiofsdPaths are where distributions install virtiofsd: QEMU 7.2's
 // own (Debian 12), and the Rust daemon packaged on its own later.
@@ -73,7 +73,7 @@ func (d *Driver) startVirtiofsd(ctx context.Context, s vm.Spec) (string, error) 
 	sock := filepath.Join(s.Dir, VirtiofsSocketFile)
 	stopVirtiofsd(sock)
 	_ = os.Remove(sock)
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: "unshare", Args: VirtiofsdArgs(findVirtiofsd(), sock, s.Share.HostDir, filepath.Join(s.Dir, "virtiofsd.log"), s.Share.Writable)}); err != nil {
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: "unshare", Args: VirtiofsdArgs(findVirtiofsd(), sock, s.Share.HostDir, filepath.Join(s.Dir, vm.VirtiofsdLog), s.Share.Writable)}); err != nil {
 		return "", fmt.Errorf("start virtiofsd for %s: %w", s.Name, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -84,7 +84,7 @@ func (d *Driver) startVirtiofsd(ctx context.Context, s vm.Spec) (string, error) 
 		time.Sleep(50 * time.Millisecond)
 	}
 	stopVirtiofsd(sock)
-	log, _ := os.ReadFile(filepath.Join(s.Dir, "virtiofsd.log"))
+	log, _ := os.ReadFile(filepath.Join(s.Dir, vm.VirtiofsdLog))
 	return "", fmt.Errorf("start virtiofsd for %s: no socket after 10s: %s", s.Name, execx.Tail(log, 5))
 }
 

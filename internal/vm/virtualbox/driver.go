@@ -52,7 +52,7 @@ func (d *Driver) Name() string { return "virtualbox" }
 // does not). No ForwardIP: NAT
 // cannot be cut down to a proxy, so fleet refuses egress control here.
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{LinkedClones: true, SerializeRegistry: true, SharedFolders: true, ShareFS: "vboxsf"}
+	return vm.Capabilities{ImageFormat: "ova", LinkedClones: true, SerializeRegistry: true, SharedFolders: true, ShareFS: "vboxsf"}
 }
 
 var versionRe = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)
@@ -82,7 +82,7 @@ func checkVersion(v string, force bool) error {
 }
 
 // machineFile records what Create made, for Start and Delete.
-const machineFile = "virtualbox.json"
+const machineFile = vm.VirtualBoxRec
 
 type machineRecord struct {
 	Template string `json:"template"`
@@ -153,7 +153,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 		}
 	}()
 	steps := [][]string{
-		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, "serial.log")),
+		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, vm.SerialFile)),
 		addSeedControllerArgs(s.Name),
 		attachSeedArgs(s.Name, iso),
 	}
