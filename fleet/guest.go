@@ -62,6 +62,8 @@ func (c *Controller) unavailable(m *Machine, st vm.Status) error {
 		return nil
 	case m.Desired == WantRunning:
 		return &UnavailableError{m.Name, StateDead, "its " + c.Driver.Name() + " process exited", fix}
+	case m.Desired == WantSuspended:
+		return &UnavailableError{m.Name, StateSuspended, "its memory is saved in its folder", "resume it with: fleet resume " + m.Name}
 	}
 	return &UnavailableError{m.Name, StateStopped, "it is not running", fix}
 }

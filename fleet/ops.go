@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -18,9 +19,10 @@ import (
 
 // Machine states shown by ls.
 const (
-	StateRunning = "running"
-	StateStopped = "stopped"
-	StateDead    = "dead" // should run, but its hypervisor process is gone
+	StateRunning   = "running"
+	StateStopped   = "stopped"
+	StateDead      = "dead"      // should run, but its hypervisor process is gone
+	StateSuspended = "suspended" // its memory saved to disk, no process
 )
 
 // MachineStatus is one row of `fleet ls`.
@@ -60,6 +62,8 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 			}
 		case m.Desired == WantRunning:
 			ms.State = StateDead
+		case m.Desired == WantSuspended:
+			ms.State = StateSuspended
 		default:
 			ms.State = StateStopped
 		}
@@ -92,38 +96,150 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 	return out, nil
 }
 
-// Start boots stopped or dead machines and waits for SSH.
-func (c *Controller) Start(ctx context.Context, names []string, all bool) error {
+// StartOptions change how machines start.
+type StartOptions struct {
+	// DiscardMemory boots a suspended machine from its disk, dropping its
+	// saved state (for a state file that is lost or damaged).
+	DiscardMemory bool
+}
+
+// Start boots stopped or dead machines, resumes suspended ones, continues
+// paused ones, and waits for SSH.
+func (c *Controller) Start(ctx context.Context, names []string, all bool, o StartOptions) error {
 	var warn sync.Once // once the machines are known to exist
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
 		if c.BeforeBoot != nil {
 			warn.Do(c.BeforeBoot)
 		}
-		c.sshPool().Drop(m.Name)
-		spec, err := c.bootSpec(gctx, m, vm.Seed{})
-		if err != nil {
-			return err
-		}
-		rt, err := c.startMachine(gctx, spec)
-		if err != nil {
-			return err
-		}
-		m.SSHAddr, m.PID, m.Desired, m.StartedAt = rt.SSHAddr, rt.PID, WantRunning, time.Now().UTC()
-		if m.Workspace != nil {
-			m.Workspace.PendingAtStop = nil // running again: ask the VM itself
-		}
-		c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
-		if err := c.waitSSH(gctx, m); err != nil {
-			return err
-		}
-		if m.Workspace != nil && m.Workspace.Mode == SyncShared {
-			if err := c.mountShared(gctx, m); err != nil {
-				return fmt.Errorf("%s: %w", m.Name, err)
-			}
-		}
-		c.say("%s: ready", m.Name)
-		return nil
+		return c.startOne(gctx, m, o)
 	})
+}
+
+// startOne starts one machine; the caller holds the fleet lock.
+func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) error {
+	c.sshPool().Drop(m.Name)
+	spec, err := c.bootSpec(ctx, m, vm.Seed{})
+	if err != nil {
+		return err
+	}
+	if o.DiscardMemory {
+		if err := c.Driver.DiscardSuspended(spec); err != nil {
+			return fmt.Errorf("%s: %w", m.Name, err)
+		}
+	}
+	resuming := c.Driver.Suspended(spec)
+	if m.Desired == WantSuspended && !resuming {
+		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, vm.SuspendFile), m.Name)
+	}
+	t0 := time.Now()
+	rt, err := c.startMachine(ctx, spec)
+	if err != nil {
+		if resuming {
+			return fmt.Errorf("%w; the disk and the state are kept (to boot from the disk instead, losing what was in memory: fleet start --discard-memory %s)", err, m.Name)
+		}
+		return err
+	}
+	m.SSHAddr, m.PID, m.Desired = rt.SSHAddr, rt.PID, WantRunning
+	if !resuming {
+		m.StartedAt = time.Now().UTC()
+	}
+	if m.Workspace != nil {
+		m.Workspace.PendingAtStop = nil // running again: ask the VM itself
+	}
+	if resuming {
+		c.say("%s: resumed in %s (ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond), rt.SSHAddr)
+	} else {
+		c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+	}
+	if err := c.waitSSH(ctx, m); err != nil {
+		return err
+	}
+	if resuming {
+		// The guest's clock stood still while it was saved.
+		if err := c.setClock(ctx, m); err != nil {
+			return fmt.Errorf("%s: set the clock after resume: %w", m.Name, err)
+		}
+	}
+	if m.Workspace != nil && m.Workspace.Mode == SyncShared && !resuming {
+		if err := c.mountShared(ctx, m); err != nil {
+			return fmt.Errorf("%s: %w", m.Name, err)
+		}
+	}
+	c.say("%s: ready", m.Name)
+	return nil
+}
+
+// setClock sets the guest's clock to the host's.
+func (c *Controller) setClock(ctx context.Context, m *Machine) error {
+	now := time.Now()
+	_, err := c.guestRun(ctx, m, fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
+	return err
+}
+
+// Suspend saves running machines' memory to their folders and ends their
+// hypervisor processes, freeing the host's RAM; start resumes them where
+// they were, agents and all.
+func (c *Controller) Suspend(ctx context.Context, names []string, all bool) error {
+	if !c.Driver.Capabilities().Snapshots {
+		return fmt.Errorf("the %s driver cannot suspend machines: use fleet stop", c.Driver.Name())
+	}
+	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
+		if m.Desired == WantSuspended {
+			c.say("%s: already suspended", m.Name)
+			return nil
+		}
+		return c.suspendOne(gctx, m)
+	})
+}
+
+// suspendOne suspends one running machine; the caller holds the lock.
+func (c *Controller) suspendOne(ctx context.Context, m *Machine) error {
+	if m.Workspace != nil && m.Workspace.Mode == SyncShared {
+		return fmt.Errorf("%s has a live shared folder (virtiofs), which cannot be saved with it: use fleet stop", m.Name)
+	}
+	if _, err := c.Connect(ctx, m); err != nil {
+		return err
+	}
+	if m.Workspace != nil {
+		// Remembered so destroy can protect the work while it is saved.
+		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if pending, _, err := c.Pending(qctx, m); err == nil {
+			m.Workspace.PendingAtStop = &pending
+		}
+		cancel()
+	}
+	c.sshPool().Drop(m.Name)
+	t0 := time.Now()
+	spec := c.spec(m, vm.Seed{})
+	if err := c.Driver.Suspend(ctx, spec); err != nil {
+		return err
+	}
+	egress.StopServer(m.Dir)
+	m.SSHAddr, m.PID, m.Desired = "", 0, WantSuspended
+	size := ""
+	if fi, err := os.Stat(filepath.Join(m.Dir, vm.SuspendFile)); err == nil {
+		size = fmt.Sprintf(", %d MiB saved", fi.Size()>>20)
+	}
+	c.say("%s: suspended in %s%s", m.Name, time.Since(t0).Round(10*time.Millisecond), size)
+	return nil
+}
+
+// whileRunning runs fn on m, resuming it first if it is suspended and
+// suspending it again after: collect and diff work on suspended machines.
+// The caller holds the lock.
+func (c *Controller) whileRunning(ctx context.Context, m *Machine, fn func() error) error {
+	if m.Desired != WantSuspended {
+		return fn()
+	}
+	c.say("%s: resuming it for this", m.Name)
+	if err := c.startOne(ctx, m, StartOptions{}); err != nil {
+		return err
+	}
+	err := fn()
+	if serr := c.suspendOne(ctx, m); serr != nil {
+		return errors.Join(err, fmt.Errorf("%s: suspend it again: %w", m.Name, serr))
+	}
+	return err
 }
 
 // Stop powers machines off gracefully (then forcibly after StopGrace).
@@ -312,7 +428,7 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 				pending, what = true, "cannot be checked ("+err.Error()+")"
 			}
 		case w.PendingAtStop != nil:
-			pending, what = *w.PendingAtStop, "work found when it was stopped"
+			pending, what = *w.PendingAtStop, "work found when it was stopped or suspended"
 		default:
 			pending, what = true, "cannot be checked while it is not running"
 		}

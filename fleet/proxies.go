@@ -132,7 +132,9 @@ func HostNets() egress.HostNets {
 // holding the credential of its previous run.
 
 func (c *Controller) startMachine(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
-	egress.StopServer(s.Dir)
+	if st, err := c.Driver.Status(ctx, s); err == nil && st.Power == vm.PowerOff {
+		egress.StopServer(s.Dir)
+	}
 	return c.Driver.Start(ctx, s)
 }
 

@@ -213,9 +213,10 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 					return
 				}
 				// A dead or stopped machine's agent is gone: lost, not
-				// waited on. A paused one may continue (fleet start).
+				// waited on. A paused or suspended one goes on once the
+				// machine is started again.
 				var ue *UnavailableError
-				if errors.As(err, &ue) && ue.State != StatePaused {
+				if errors.As(err, &ue) && ue.State != StatePaused && ue.State != StateSuspended {
 					out[i].Status, out[i].Why = session.Status{State: session.Lost}, err.Error()
 					c.say("lost: %s", err)
 					return

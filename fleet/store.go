@@ -19,6 +19,8 @@ type Desired string
 const (
 	WantRunning Desired = "running"
 	WantStopped Desired = "stopped"
+	// WantSuspended: its memory is saved in its folder; start resumes it.
+	WantSuspended Desired = "suspended"
 )
 
 // Machine is one VM's record in the fleet's state file.

@@ -365,7 +365,11 @@ func (c *Controller) Collect(ctx context.Context, names []string, all bool, o Co
 		if m.Workspace == nil || (m.Workspace.Mode != SyncGit && m.Workspace.Mode != SyncRsync) {
 			continue
 		}
-		sum, err := c.collectOne(ctx, m, o)
+		var sum workspace.Summary
+		err := c.whileRunning(ctx, m, func() (err error) {
+			sum, err = c.collectOne(ctx, m, o)
+			return err
+		})
 		if err != nil {
 			errs = append(errs, named(m, err))
 			continue

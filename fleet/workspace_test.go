@@ -79,7 +79,7 @@ func TestGuardWorkProtectsUncollectedWork(t *testing.T) {
 		t.Fatalf("nothing pending: %v", err)
 	}
 	err := c.guardWork(context.Background(), []*Machine{git("p-1", &yes), git("p-2", &no), git("p-3", nil)}, DestroyOptions{})
-	if err == nil || !strings.Contains(err.Error(), "p-1 (work found when it was stopped)") ||
+	if err == nil || !strings.Contains(err.Error(), "p-1 (work found when it was stopped or suspended)") ||
 		!strings.Contains(err.Error(), "p-3 (cannot be checked while it is not running)") || strings.Contains(err.Error(), "p-2") {
 		t.Fatalf("got %v", err)
 	}

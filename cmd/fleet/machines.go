@@ -165,7 +165,7 @@ func newUpCmd(g *globals) *cobra.Command {
 					return err
 				}
 				if st[0].State != fleet.StateRunning {
-					if err := c.Start(cmd.Context(), []string{name}, false); err != nil {
+					if err := c.Start(cmd.Context(), []string{name}, false, fleet.StartOptions{}); err != nil {
 						return err
 					}
 				} else {
@@ -323,10 +323,37 @@ func lifecycleCmd(g *globals, use, short, example string, run func(*fleet.Contro
 }
 
 func newStartCmd(g *globals) *cobra.Command {
-	return lifecycleCmd(g, "start", "Boot stopped or dead machines and wait for SSH",
-		"  fleet start myproj-2\n  fleet start --all",
+	var o fleet.StartOptions
+	cmd := lifecycleCmd(g, "start", "Boot stopped or dead machines, resume suspended ones, continue paused ones",
+		"  fleet start myproj-2\n  fleet start --all\n  fleet start --discard-memory myproj-2   # a suspended machine whose saved state is lost",
 		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
-			return c.Start(cmd.Context(), args, all)
+			return c.Start(cmd.Context(), args, all, o)
+		})
+	cmd.Flags().BoolVar(&o.DiscardMemory, "discard-memory", false, "boot a suspended machine from its disk, dropping its saved memory")
+	return cmd
+}
+
+func newSuspendCmd(g *globals) *cobra.Command {
+	cmd := lifecycleCmd(g, "suspend", "Save machines' memory to disk and free their RAM; resume picks up where they were",
+		"  fleet suspend myproj-2\n  fleet suspend --all\n  fleet resume --all",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			return c.Suspend(cmd.Context(), args, all)
+		})
+	cmd.Long = `Stops each machine, saves its RAM and device state in its folder (about as
+large as the memory the guest uses) and ends its QEMU, so an idle agent
+holds no host memory. fleet resume (or fleet start) restores it where it
+was: processes, the agent's tmux session, open files; the guest clock is
+set to the host's. Collect, diff and destroy work on a suspended machine
+(collect resumes it for the while). Machines with a shared folder cannot
+be suspended: virtiofs state cannot be saved.`
+	return cmd
+}
+
+func newResumeCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, "resume", "Resume suspended machines where they were (fleet start does the same)",
+		"  fleet resume myproj-2\n  fleet resume --all",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			return c.Start(cmd.Context(), args, all, fleet.StartOptions{})
 		})
 }
 

@@ -132,6 +132,14 @@ type Driver interface {
 	Stop(ctx context.Context, s Spec, grace time.Duration) error
 	// Status reports whether the machine's process runs.
 	Status(ctx context.Context, s Spec) (Status, error)
+	// Suspend saves a running machine's RAM and device state in its folder
+	// and ends its process (Capabilities.Snapshots); the next Start
+	// resumes it where it was.
+	Suspend(ctx context.Context, s Spec) error
+	// Suspended reports whether the machine has saved state Start resumes.
+	Suspended(s Spec) bool
+	// DiscardSuspended drops that state: the next Start boots the disk.
+	DiscardSuspended(s Spec) error
 	// Delete forces the machine off and removes everything Create made.
 	// Deleting a machine that does not exist is not an error.
 	Delete(ctx context.Context, s Spec) error

@@ -38,6 +38,9 @@ type MachineArgs struct {
 	// port forward. Slirp also stops answering its DNS.
 	Restrict bool
 	Forwards []Forward
+	// Incoming starts the machine waiting for saved state (-incoming
+	// defer) instead of booting.
+	Incoming bool
 }
 
 // ForwardIP is where the guest reaches Forwards: an otherwise unused address
@@ -91,6 +94,9 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-rng-pci",
 		"-serial", "file:" + m.SerialLog,
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", m.QMPSocket),
+	}
+	if m.Incoming {
+		args = append(args, "-incoming", "defer")
 	}
 	if m.VirtiofsSocket != "" {
 		args[3] = "q35,memory-backend=mem"

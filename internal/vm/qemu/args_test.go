@@ -51,6 +51,7 @@ func TestSystemArgs(t *testing.T) {
 		{"share: RAM in shared memory", func(m *MachineArgs) { m.VirtiofsSocket = "/f/proj-1/virtiofs.sock" }, "-object",
 			[]string{"memory-backend-memfd,id=mem,size=2048M,share=on"}},
 		{"share: machine uses it", func(m *MachineArgs) { m.VirtiofsSocket = "/f/v.sock" }, "-machine", []string{"q35,memory-backend=mem"}},
+		{"resume waits for the saved state", func(m *MachineArgs) { m.Incoming = true }, "-incoming", []string{"defer"}},
 		{"share: socket, comma escaped", func(m *MachineArgs) { m.VirtiofsSocket = "/f/a,b/v.sock" }, "-chardev", []string{"socket,id=vfs,path=/f/a,,b/v.sock"}},
 	}
 	for _, tt := range tests {
@@ -129,5 +130,19 @@ func TestVirtiofsdArgsMakeReadOnlyAHostSideMount(t *testing.T) {
 	}
 	if rw := VirtiofsdArgs("d", "s", "/src", "l", true); rw[len(rw)-2] != "rw" {
 		t.Fatalf("writable: %q", rw)
+	}
+}
+
+// A resumed machine's command line is the saved one's plus -incoming:
+// anything else that differed would not load the state.
+func TestResumeDiffersOnlyByIncoming(t *testing.T) {
+	m := MachineArgs{Name: "p-1", Accel: AccelTCG, CPUs: 1, MemoryMiB: 1024, Disk: "/f/disk.qcow2", Seed: "/f/seed.iso",
+		QMPSocket: "/f/qmp.sock", SerialLog: "/f/serial.log", PIDFile: "/f/qemu.pid", Restrict: true,
+		Forwards: []Forward{{Port: 3128, Command: "x"}}}
+	saved := SystemArgs(m)
+	m.Incoming = true
+	resumed := SystemArgs(m)
+	if !slices.Equal(resumed[:len(saved)], saved) || !slices.Equal(resumed[len(saved):], []string{"-incoming", "defer"}) {
+		t.Errorf("resumed args differ beyond -incoming:\n%q\n%q", saved, resumed)
 	}
 }

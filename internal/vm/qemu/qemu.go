@@ -122,7 +122,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
-		Restrict: s.Network.Restrict,
+		Restrict: s.Network.Restrict, Incoming: d.Suspended(s),
 	}
 	for _, f := range s.Network.Forwards {
 		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: shellJoin(f.Command)})
@@ -145,6 +145,11 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	pid, err := readPID(pidf)
 	if err != nil {
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	if ma.Incoming {
+		if err := d.restore(ctx, s, pid); err != nil {
+			return vm.Runtime{}, fmt.Errorf("resume %s from %s: %w", s.Name, vm.SuspendFile, err)
+		}
 	}
 	q, err := dialQMP(ctx, sock)
 	if err != nil {

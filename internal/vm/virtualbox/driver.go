@@ -233,6 +233,18 @@ func explainStart(err error) error {
 	return err
 }
 
+// Suspend is not offered (Capabilities.Snapshots is false): VirtualBox's
+// savestate would work, but its saved machines are not yet tested here.
+func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
+	return fmt.Errorf("the virtualbox driver cannot suspend machines: use fleet stop")
+}
+
+// Suspended is always false: nothing is ever saved.
+func (d *Driver) Suspended(vm.Spec) bool { return false }
+
+// DiscardSuspended has nothing to discard.
+func (d *Driver) DiscardSuspended(vm.Spec) error { return nil }
+
 // Status asks VirtualBox for the VM's state.
 func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
 	rec, err := d.record(s.Dir)

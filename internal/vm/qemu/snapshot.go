@@ -1,0 +1,196 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// Suspend and resume are QEMU migration to and from a file. Debian 12's
+// QEMU 7.2 has no file: migration URI, so the state goes through
+// `exec:cat`. A resumed machine runs the same command line plus
+// `-incoming defer`; only paths and ports could differ, and neither is part
+// of the saved state. The disk is not in the state: it stays where it is,
+// untouched while the machine is suspended.
+
+// migrateTimeout bounds saving or loading one machine's state.
+const migrateTimeout = 10 * time.Minute
+
+// Suspend saves a running machine's RAM and device state to its folder and
+// ends its QEMU. On failure the machine keeps running.
+func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
+	pid, err := readPID(filepath.Join(s.Dir, PIDFile))
+	if err != nil || !ownsProcess(pid, s.Dir) {
+		return fmt.Errorf("suspend %s: it is not running", s.Name)
+	}
+	if s.Share != nil {
+		return fmt.Errorf("suspend %s: its shared folder (virtiofs) cannot be saved with the machine; use fleet stop", s.Name)
+	}
+	final := filepath.Join(s.Dir, vm.SuspendFile)
+	partial := final + ".partial"
+	q, err := dialQMP(ctx, qmpPath(s.Dir))
+	if err != nil {
+		return fmt.Errorf("suspend %s: %w", s.Name, err)
+	}
+	defer q.Close()
+	resume := func() { _, _ = q.execute("cont", nil) }
+	if _, err := q.execute("stop", nil); err != nil {
+		return fmt.Errorf("suspend %s: %w", s.Name, err)
+	}
+	if _, err := q.execute("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
+		resume()
+		os.Remove(partial)
+		return fmt.Errorf("suspend %s: %w", s.Name, err)
+	}
+	if err := waitMigration(ctx, s.Dir); err != nil {
+		// query-migrate needs its own connection: this one's deadline is short.
+		if q2, qerr := dialQMP(context.Background(), qmpPath(s.Dir)); qerr == nil {
+			_, _ = q2.execute("migrate_cancel", nil)
+			_, _ = q2.execute("cont", nil)
+			q2.Close()
+		}
+		os.Remove(partial)
+		return fmt.Errorf("suspend %s: save the state: %w", s.Name, err)
+	}
+	if err := syncFile(partial); err != nil {
+		resume()
+		os.Remove(partial)
+		return fmt.Errorf("suspend %s: %w", s.Name, err)
+	}
+	if err := os.Rename(partial, final); err != nil {
+		resume()
+		return fmt.Errorf("suspend %s: %w", s.Name, err)
+	}
+	// The state is safe: the guest never runs again from this process.
+	d.kill(pid)
+	if !waitExit(context.Background(), pid, s.Dir, 10*time.Second) {
+		return fmt.Errorf("suspend %s: qemu (pid %d) did not exit", s.Name, pid)
+	}
+	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
+	d.cleanupRuntime(s.Dir)
+	return nil
+}
+
+// Suspended reports whether s has saved state to resume from.
+func (d *Driver) Suspended(s vm.Spec) bool {
+	_, err := os.Stat(filepath.Join(s.Dir, vm.SuspendFile))
+	return err == nil
+}
+
+// DiscardSuspended drops s's saved state, so its next start boots from
+// the disk (what was in its memory is lost).
+func (d *Driver) DiscardSuspended(s vm.Spec) error {
+	err := os.Remove(filepath.Join(s.Dir, vm.SuspendFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// restore loads the saved state into a QEMU started with -incoming defer
+// and waits until the guest runs again; the state file is then removed,
+// since the disk has moved on from it. On failure QEMU is killed and the
+// state file kept.
+func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int) error {
+	state := filepath.Join(s.Dir, vm.SuspendFile)
+	q, err := dialQMP(ctx, qmpPath(s.Dir))
+	if err != nil {
+		return err
+	}
+	_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
+	q.Close()
+	if err == nil {
+		err = waitRunning(ctx, s.Dir, pid)
+	}
+	if err != nil {
+		d.kill(pid)
+		waitExit(context.Background(), pid, s.Dir, 10*time.Second)
+		d.cleanupRuntime(s.Dir)
+		return err
+	}
+	return os.Remove(state)
+}
+
+// waitMigration polls an outgoing migration until it completes.
+func waitMigration(ctx context.Context, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	for {
+		st, desc, err := migrationStatus(ctx, dir)
+		switch {
+		case err != nil:
+			return err
+		case st == "completed":
+			return nil
+		case st == "failed" || st == "cancelled":
+			return fmt.Errorf("migration %s: %s", st, desc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migration still %s: %w", st, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitRunning polls an incoming migration until the guest runs. QEMU exits
+// when the state cannot be loaded; that is reported as such.
+func waitRunning(ctx context.Context, dir string, pid int) error {
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	for {
+		if !ownsProcess(pid, dir) {
+			return errors.New("QEMU exited while loading the saved state (the state file is damaged, or was saved by another QEMU build or machine shape)")
+		}
+		q, err := dialQMP(ctx, qmpPath(dir))
+		if err == nil {
+			run, serr := q.status()
+			q.Close()
+			if serr == nil && run == "running" {
+				return nil
+			}
+		}
+		if st, desc, err := migrationStatus(ctx, dir); err == nil && st == "failed" {
+			return fmt.Errorf("loading the saved state failed: %s", desc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the saved state did not load: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func migrationStatus(ctx context.Context, dir string) (status, desc string, err error) {
+	q, err := dialQMP(ctx, qmpPath(dir))
+	if err != nil {
+		return "", "", err
+	}
+	defer q.Close()
+	raw, err := q.execute("query-migrate", nil)
+	if err != nil {
+		return "", "", err
+	}
+	var m struct {
+		Status    string `json:"status"`
+		ErrorDesc string `json:"error-desc"`
+	}
+	err = json.Unmarshal(raw, &m)
+	return m.Status, m.ErrorDesc, err
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
