@@ -76,6 +76,11 @@ type credentialsConfig struct {
 	Upstream string `json:"upstream"`
 }
 
+// Normalized is normalize for callers outside a spawn (fleet image warm).
+func (r NetworkRequest) Normalized(d vm.Driver) (NetworkRequest, *Network, error) {
+	return r.normalize(d)
+}
+
 // normalize fills defaults and validates r against the driver. A zero
 // request is the behaviour before egress control (no record at all).
 func (r NetworkRequest) normalize(d vm.Driver) (NetworkRequest, *Network, error) {
@@ -200,6 +205,27 @@ func guestNetworkFiles(ip string, n *Network, token string) []vm.File {
 // guest connection), and the host credential in the hypervisor's
 // environment.
 func (c *Controller) networkSpec(ctx context.Context, m *Machine) (vm.Network, error) {
+	out, err := c.networkShape(m)
+	if err != nil || m.Network == nil || m.Network.Credentials != CredentialsProxy {
+		return out, err
+	}
+	cred, err := c.hostCredential(ctx, m.Network.CredentialCommand)
+	if err != nil {
+		return vm.Network{}, err
+	}
+	// Always set, so an inherited value can never stand in for it.
+	v := ""
+	if cred.Value != "" {
+		v = string(cred.Kind) + ":" + cred.Value
+	}
+	out.Env = append(out.Env, CredentialEnv+"="+v)
+	return out, nil
+}
+
+// networkShape is m's network wiring without the host credential: the
+// restriction and the forwards. A warm template is made with this alone,
+// so it never holds a secret.
+func (c *Controller) networkShape(m *Machine) (vm.Network, error) {
 	n := m.Network
 	if n == nil || (n.Egress == egress.ModeOpen && n.Credentials != CredentialsProxy) {
 		return vm.Network{}, nil
@@ -218,16 +244,6 @@ func (c *Controller) networkSpec(ctx context.Context, m *Machine) (vm.Network, e
 	}
 	if n.Credentials == CredentialsProxy {
 		out.Forwards = append(out.Forwards, vm.Forward{GuestPort: CredentialProxyPort, Command: []string{self, ProxyCommand, "credentials", m.Dir}})
-		cred, err := c.hostCredential(ctx, n.CredentialCommand)
-		if err != nil {
-			return vm.Network{}, err
-		}
-		// Always set, so an inherited value can never stand in for it.
-		v := ""
-		if cred.Value != "" {
-			v = string(cred.Kind) + ":" + cred.Value
-		}
-		out.Env = append(out.Env, CredentialEnv+"="+v)
 	}
 	return out, nil
 }

@@ -23,6 +23,9 @@ type SpawnRequest struct {
 	// Sessions[i], if present, starts an agent on the i-th new machine as
 	// soon as it is ready; a session that cannot start fails the spawn.
 	Sessions []SessionRequest
+	// Warm restores each machine from the image's warm template (made on
+	// first use) instead of booting it, where the machine allows.
+	Warm bool
 }
 
 // ImageRef is a resolved base image.

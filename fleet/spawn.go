@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/sync/errgroup"
@@ -84,6 +85,8 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 	}
 
+	tpl := c.warmTemplate(ctx, req, netRec)
+
 	names := make([]string, len(machines))
 	for i, m := range machines {
 		names[i] = m.Name
@@ -111,6 +114,10 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			if err != nil {
 				return err
 			}
+			if tpl != nil {
+				spec.Template = &vm.Template{Disk: tpl.Disk(), State: tpl.State()}
+				m.BaseImage = tpl.Disk() // what its disk links to, for prune
+			}
 			if err := c.Driver.Create(gctx, spec); err != nil {
 				return err
 			}
@@ -125,7 +132,14 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return err
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
-			c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+			if tpl != nil {
+				if err := c.identify(gctx, spec, seed); err != nil {
+					return fmt.Errorf("%s: restored from the warm template, but: %w", m.Name, err)
+				}
+				c.say("%s: restored from the warm template in %s (ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond), rt.SSHAddr)
+			} else {
+				c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
+			}
 			progress.set(m.Name, PhaseBooting)
 			if err := c.waitSSH(gctx, m); err != nil {
 				return err
@@ -163,6 +177,30 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	}
 	c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
 	return machines, nil
+}
+
+// warmTemplate is the template a warm spawn restores from, or nil with a
+// one-line reason said when its machines must boot cold.
+func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Network) *images.Template {
+	if !req.Warm {
+		return nil
+	}
+	why := ""
+	switch {
+	case !c.Driver.Capabilities().Snapshots:
+		why = "the " + c.Driver.Name() + " driver cannot restore saved machines"
+	case req.Workspace.Mode == SyncShared:
+		why = "--sync shared: a live virtiofs share cannot be saved and restored"
+	}
+	if why == "" {
+		t, _, err := c.Template(ctx, req.Image, req.CPUs, req.MemoryMiB, n)
+		if err == nil {
+			return &t
+		}
+		why = "no warm template: " + err.Error()
+	}
+	c.say("cold boot instead of a warm restore: %s", why)
+	return nil
 }
 
 // rollback deletes machines newest first on a fresh, time-boxed context.

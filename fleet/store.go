@@ -132,11 +132,15 @@ func (st Store) Save(s *State) error {
 // Lock takes the fleet's exclusive lock, waiting until ctx ends. onWait is
 // called once if the lock is busy, so the CLI can say why it pauses.
 func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err error) {
-	dir := st.Layout.FleetDir(st.Fleet)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(st.Layout.FleetDir(st.Fleet), 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(st.Layout.LockFile(st.Fleet), os.O_CREATE|os.O_RDWR, 0o600)
+	return lockFile(ctx, st.Layout.LockFile(st.Fleet), "fleet "+st.Fleet, onWait)
+}
+
+// lockFile takes an exclusive flock on path, waiting until ctx ends.
+func lockFile(ctx context.Context, path, what string, onWait func()) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +152,7 @@ func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err err
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("lock fleet %s: %w", st.Fleet, err)
+			return nil, fmt.Errorf("lock %s: %w", what, err)
 		}
 		if !waited && onWait != nil {
 			onWait()
@@ -157,7 +161,7 @@ func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err err
 		select {
 		case <-ctx.Done():
 			f.Close()
-			return nil, fmt.Errorf("waiting for the lock on fleet %s: %w", st.Fleet, ctx.Err())
+			return nil, fmt.Errorf("waiting for the lock on %s: %w", what, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

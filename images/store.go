@@ -226,10 +226,12 @@ func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err erro
 	return removed, nil
 }
 
-// usesDir reports whether any path in inUse lies in dir.
+// usesDir reports whether any path in inUse lies in dir (its warm
+// templates included).
 func usesDir(inUse map[string]bool, dir string) bool {
+	dir = filepath.Clean(dir) + string(filepath.Separator)
 	for p := range inUse {
-		if filepath.Dir(p) == filepath.Clean(dir) {
+		if strings.HasPrefix(filepath.Clean(p), dir) {
 			return true
 		}
 	}

@@ -186,3 +186,38 @@ func TestPruneKeepsAVersionWhoseOVAIsInUse(t *testing.T) {
 		t.Fatalf("removed %+v, want only v2", removed)
 	}
 }
+
+// A warm template belongs to its image version: found only under its exact
+// key, read-only once published, and a machine linked to it keeps the
+// version from being pruned.
+func TestWarmTemplatesAreKeyedAndKeepTheirVersion(t *testing.T) {
+	img := Image{Dir: t.TempDir()}
+	staged := filepath.Join(img.Dir, "staging")
+	os.MkdirAll(staged, 0o755)
+	os.WriteFile(filepath.Join(staged, TemplateDisk), []byte("disk"), 0o644)
+	os.WriteFile(filepath.Join(staged, TemplateState), []byte("state"), 0o644)
+	os.WriteFile(filepath.Join(staged, TemplateMeta), []byte(`{"key":"k1","cpus":1,"memory_mib":1024}`), 0o644)
+	tpl, err := PublishTemplate(img, "k1", staged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tpl.Bytes != 9 || tpl.CPUs != 1 {
+		t.Errorf("template %+v", tpl)
+	}
+	if _, ok := FindTemplate(img, "k2"); ok {
+		t.Error("a template was found under another key")
+	}
+	if fi, _ := os.Stat(tpl.State()); fi.Mode().Perm()&0o222 != 0 {
+		t.Error("a published template is writable")
+	}
+	// A template dir whose recorded key differs from the one it is filed
+	// under (a hash collision, or a hand edit) is not used.
+	os.Chmod(filepath.Join(tpl.Dir, TemplateMeta), 0o644)
+	os.WriteFile(filepath.Join(tpl.Dir, TemplateMeta), []byte(`{"key":"other"}`), 0o644)
+	if _, ok := FindTemplate(img, "k1"); ok {
+		t.Error("a template whose recorded key differs was used")
+	}
+	if !usesDir(map[string]bool{tpl.Disk(): true}, img.Dir) {
+		t.Error("a machine linked to a warm template does not keep its version")
+	}
+}

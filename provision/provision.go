@@ -37,7 +37,7 @@ type Check struct {
 }
 
 // base is the light recipe: a bootable, generalized image with the agent
-// user, and none of the toolchain. Tests of the SSH path use it, since
+// user, and none of the toolchain (nor the guest agent warm clones need). Tests of the SSH path use it, since
 // installing packages inside an emulated guest takes far too long.
 var base = []string{"10-boot.sh", "15-ca-certs.sh", "60-agent.sh", "80-versions.sh", "90-generalize.sh"}
 
@@ -58,6 +58,7 @@ var fullChecks = []Check{
 	{"claude --version", "claude --version"},
 	{"Claude first-run state", `jq -e '.hasCompletedOnboarding and .bypassPermissionsModeAccepted and .projects["/workspace"].hasTrustDialogAccepted' ~/.claude.json >/dev/null`},
 	{"bubblewrap sandbox", "bwrap --ro-bind / / --unshare-all true"},
+	{"QEMU guest agent (warm clones' identity channel)", "systemctl is-active --quiet qemu-guest-agent"},
 }
 
 // Get returns a named recipe.

@@ -21,7 +21,7 @@ const exitSkipped = 3
 
 func newImageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Build, list and prune base images"}
-	cmd.AddCommand(newImageBuildCmd(g), newImageLsCmd(g), newImagePruneCmd(g))
+	cmd.AddCommand(newImageBuildCmd(g), newImageLsCmd(g), newImagePruneCmd(g), newImageWarmCmd(g))
 	return cmd
 }
 
@@ -118,18 +118,31 @@ func newImageLsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			type row struct {
+				images.Image
+				Templates []images.Template `json:"warm_templates"`
+			}
+			rows := []row{}
+			for _, i := range imgs {
+				rows = append(rows, row{i, images.Templates(i)})
+			}
 			if asJSON {
-				return printJSON(cmd, imgs)
+				return printJSON(cmd, rows)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tLATEST\tSIZE\tCLAUDE\tDOCKER\tNODE\tBUILT")
-			for _, i := range imgs {
+			fmt.Fprintln(tw, "NAME\tVERSION\tLATEST\tSIZE\tCLAUDE\tDOCKER\tNODE\tBUILT\tWARM")
+			for _, r := range rows {
+				i := r.Image
 				latest := ""
 				if i.Latest {
 					latest = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\n", i.Name, i.Version, latest, i.DiskBytes>>20,
-					dash(i.Packages["claude-code"]), dash(i.Packages["docker"]), dash(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"))
+				warm := []string{}
+				for _, t := range r.Templates {
+					warm = append(warm, fmt.Sprintf("%dcpu/%dM (%dM)", t.CPUs, t.MemoryMiB, t.Bytes>>20))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Version, latest, i.DiskBytes>>20,
+					dash(i.Packages["claude-code"]), dash(i.Packages["docker"]), dash(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
 			}
 			return tw.Flush()
 		},
@@ -195,4 +208,71 @@ func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func newImageWarmCmd(g *globals) *cobra.Command {
+	var cpus int
+	var memory, egressMode, creds string
+	cmd := &cobra.Command{
+		Use:   "warm NAME[@VERSION]",
+		Short: "Make a warm template: one machine booted, saved, for spawn --warm to restore",
+		Long: `Boots one anonymous machine of the image (no project, token, user key or
+open connection), waits until it is ready, and saves its RAM and device
+state with its frozen disk under the image's folder. spawn --warm restores
+clones from it in seconds instead of booting each; every clone then gets
+its own randomness, machine-id, hostname, host key, key, clock and tokens
+over a host-only channel before it uses the network.
+
+A template is keyed by everything that must match on restore: image
+version, QEMU build, accelerator, machine type, CPU model, CPUs, memory
+and network shape. spawn --warm makes one on first use if none matches.`,
+		Example: `  fleet image warm debian-12
+  fleet image warm debian-12 --cpus 1 --memory 1G
+  fleet spawn 4 --warm --cpus 1 --memory 1G`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mem, err := parseMemory(memory)
+			if err != nil {
+				return err
+			}
+			if cpus < 1 {
+				return fmt.Errorf("--cpus must be at least 1")
+			}
+			l, err := g.layout()
+			if err != nil {
+				return err
+			}
+			img, err := imageStore(l).Resolve(args[0])
+			if err != nil {
+				return err
+			}
+			req, err := (fleet.Project{}).Network(fleet.NetworkOverrides{Egress: egressMode, Credentials: creds})
+			if err != nil {
+				return err
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, rec, err := req.Normalized(c.Driver)
+			if err != nil {
+				return err
+			}
+			t, made, err := c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, cpus, mem, rec)
+			if err != nil {
+				return err
+			}
+			if !made {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s already has a warm template for %d CPUs and %d MiB\n", img.Name+"@"+img.Version, cpus, mem)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), t.Dir)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&cpus, "cpus", 2, "virtual CPUs of the machines it is for")
+	cmd.Flags().StringVar(&memory, "memory", "2G", "memory of the machines it is for")
+	cmd.Flags().StringVar(&egressMode, "egress", "", "network shape of the machines it is for: allowlist (default), none or open")
+	cmd.Flags().StringVar(&creds, "credentials", "", "proxy (default), env or none: the proxy adds a forward")
+	return cmd
 }

@@ -23,6 +23,7 @@ type machineOpts struct {
 	project  string
 	excludes []string
 	writable bool
+	warm     bool
 	net      fleet.NetworkOverrides
 }
 
@@ -31,6 +32,7 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&o.cpus, "cpus", 2, "virtual CPUs per machine")
 	cmd.Flags().StringVar(&o.memory, "memory", "2G", "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
+	cmd.Flags().BoolVar(&o.warm, "warm", false, "restore each machine from the image's warm template (made on first use:\none cold boot) instead of booting it; each clone gets its own identity")
 	cmd.Flags().StringVar(&o.sync, "sync", "", "how the project reaches /workspace: git, rsync, shared or none\n(default: fleet.hcl's sync, else git inside a git repository, rsync elsewhere)")
 	cmd.Flags().StringVar(&o.project, "project", "", "project folder to bring in (default: the current folder)")
 	cmd.Flags().StringArrayVar(&o.excludes, "exclude", nil, "rsync: also leave out this pattern (repeatable; .gitignore is always honoured)")
@@ -79,7 +81,7 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk}, Workspace: ws, Network: netReq}, nil
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk}, Workspace: ws, Network: netReq, Warm: o.warm}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {

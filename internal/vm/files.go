@@ -5,15 +5,16 @@ package vm
 // folder whole.
 const (
 	// Written by the driver.
-	DiskFile      = "disk.qcow2"      // the linked clone (qemu)
-	SeedFile      = "seed.iso"        // NoCloud identity seed
-	SerialFile    = "serial.log"      // the guest's serial console
-	PIDFile       = "qemu.pid"        // the hypervisor process (qemu)
-	QMPFile       = "qmp.sock"        // QEMU's control socket (or a short path in the temp dir)
-	VirtiofsFile  = "virtiofs.sock"   // virtiofsd's socket, --sync shared
-	VirtiofsdLog  = "virtiofsd.log"   // virtiofsd's own log
-	SuspendFile   = "suspend.state"   // RAM and device state of a suspended machine
-	VirtualBoxRec = "virtualbox.json" // the VirtualBox VM's name and SSH port
+	DiskFile       = "disk.qcow2"      // the linked clone (qemu)
+	SeedFile       = "seed.iso"        // NoCloud identity seed
+	SerialFile     = "serial.log"      // the guest's serial console
+	PIDFile        = "qemu.pid"        // the hypervisor process (qemu)
+	QMPFile        = "qmp.sock"        // QEMU's control socket (or a short path in the temp dir)
+	GuestAgentFile = "qga.sock"        // the QEMU guest agent's port, host side (likewise)
+	VirtiofsFile   = "virtiofs.sock"   // virtiofsd's socket, --sync shared
+	VirtiofsdLog   = "virtiofsd.log"   // virtiofsd's own log
+	SuspendFile    = "suspend.state"   // RAM and device state of a suspended machine
+	VirtualBoxRec  = "virtualbox.json" // the VirtualBox VM's name and SSH port
 
 	// Written by the controller (fleet/).
 	PolicyFile      = "egress.json"       // the egress policy, changed by fleet net allow|deny

@@ -34,6 +34,17 @@ type Spec struct {
 	Share *Share
 	// Network is how the guest reaches out; the zero value is open.
 	Network Network
+	// Template, if set, is a warm template to clone instead of BaseImage:
+	// Create links the disk to Template.Disk, and the first Start restores
+	// Template.State instead of booting.
+	Template *Template
+}
+
+// Template is a machine saved booted and anonymous: its frozen disk and
+// its RAM and device state.
+type Template struct {
+	Disk  string
+	State string
 }
 
 // Network is a machine's way out. Restrict cuts every route from the guest;
@@ -91,7 +102,7 @@ type Capabilities struct {
 	ImageFormat string
 	// Snapshots means the driver can save a running machine's RAM and
 	// device state to a file and start from it (suspend and resume).
-	Snapshots bool
+	Snapshots    bool
 	LinkedClones bool // Create is a copy-on-write clone, not a full copy
 	// SerializeRegistry means Create/Delete must not run concurrently
 	// (VirtualBox's registry); the driver serializes them itself.
@@ -140,6 +151,19 @@ type Driver interface {
 	Suspended(s Spec) bool
 	// DiscardSuspended drops that state: the next Start boots the disk.
 	DiscardSuspended(s Spec) error
+	// SaveState saves a running machine's state to path and ends its
+	// process: what a warm template's clones start from.
+	SaveState(ctx context.Context, s Spec, path string) error
+	// StateKey names every fact of this host's hypervisor and of s that
+	// saved state depends on (build, accelerator, machine and CPU model,
+	// CPUs, memory, network shape): state saved under one key is only
+	// restored under the same key.
+	StateKey(ctx context.Context, s Spec) (string, error)
+	// GuestRun runs a shell script as root in the guest over a host-only
+	// channel (no network), for identity after a restore.
+	GuestRun(ctx context.Context, s Spec, script string) (string, error)
+	// SetGuestClock sets the guest's clock over the same channel.
+	SetGuestClock(ctx context.Context, s Spec, t time.Time) error
 	// Delete forces the machine off and removes everything Create made.
 	// Deleting a machine that does not exist is not an error.
 	Delete(ctx context.Context, s Spec) error

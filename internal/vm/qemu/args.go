@@ -24,8 +24,11 @@ type MachineArgs struct {
 	Disk      string // qcow2 overlay
 	Seed      string // NoCloud ISO, attached read-only
 	QMPSocket string
-	SerialLog string
-	PIDFile   string
+	// GuestAgentSocket is the host end of the QEMU guest agent's
+	// virtio-serial port: the host-only channel into the guest.
+	GuestAgentSocket string
+	SerialLog        string
+	PIDFile          string
 	// SSHHostPort 0 lets QEMU pick a free port atomically at bind time; the
 	// chosen port is read back over QMP. That avoids the race of picking a
 	// port in Go and handing it to QEMU while another spawn does the same.
@@ -94,6 +97,12 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-rng-pci",
 		"-serial", "file:" + m.SerialLog,
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", m.QMPSocket),
+		// A new generation ID at every start: a guest restored from saved
+		// state (a warm template's clones) reseeds its kernel RNG.
+		"-device", "vmgenid,guid=auto",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", fmt.Sprintf("socket,id=qga0,path=%s,server=on,wait=off", qemuEscape(m.GuestAgentSocket)),
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 	}
 	if m.Incoming {
 		args = append(args, "-incoming", "defer")

@@ -18,7 +18,7 @@ func argAfter(args []string, flag string) []string {
 
 func TestSystemArgs(t *testing.T) {
 	base := MachineArgs{Name: "proj-1", CPUs: 2, MemoryMiB: 2048, Disk: "/f/proj-1/disk.qcow2", Seed: "/f/proj-1/seed.iso",
-		QMPSocket: "/f/proj-1/qmp.sock", SerialLog: "/f/proj-1/serial.log", PIDFile: "/f/proj-1/qemu.pid"}
+		QMPSocket: "/f/proj-1/qmp.sock", GuestAgentSocket: "/f/proj-1/qga.sock", SerialLog: "/f/proj-1/serial.log", PIDFile: "/f/proj-1/qemu.pid"}
 	tests := []struct {
 		name string
 		edit func(*MachineArgs)
@@ -52,7 +52,10 @@ func TestSystemArgs(t *testing.T) {
 			[]string{"memory-backend-memfd,id=mem,size=2048M,share=on"}},
 		{"share: machine uses it", func(m *MachineArgs) { m.VirtiofsSocket = "/f/v.sock" }, "-machine", []string{"q35,memory-backend=mem"}},
 		{"resume waits for the saved state", func(m *MachineArgs) { m.Incoming = true }, "-incoming", []string{"defer"}},
-		{"share: socket, comma escaped", func(m *MachineArgs) { m.VirtiofsSocket = "/f/a,b/v.sock" }, "-chardev", []string{"socket,id=vfs,path=/f/a,,b/v.sock"}},
+		{"share: socket, comma escaped", func(m *MachineArgs) { m.VirtiofsSocket = "/f/a,b/v.sock" }, "-chardev", []string{"socket,id=qga0,path=/f/proj-1/qga.sock,server=on,wait=off", "socket,id=vfs,path=/f/a,,b/v.sock"}},
+		{"guest agent port and a generation ID for restored guests", func(m *MachineArgs) {}, "-device", []string{"virtio-net-pci,netdev=net0,romfile=", "virtio-rng-pci",
+			"vmgenid,guid=auto", "virtio-serial-pci,id=vser0", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"}},
+		{"guest agent socket, comma escaped", func(m *MachineArgs) { m.GuestAgentSocket = "/f/a,b/qga.sock" }, "-chardev", []string{"socket,id=qga0,path=/f/a,,b/qga.sock,server=on,wait=off"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -72,14 +72,18 @@ func (d *Driver) Validate(ctx context.Context) error {
 
 // Create makes the overlay disk and the seed ISO.
 func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
-	if _, err := os.Stat(s.BaseImage); err != nil {
+	base := s.BaseImage
+	if s.Template != nil {
+		base = s.Template.Disk // a warm template's frozen disk, never the base
+	}
+	if _, err := os.Stat(base); err != nil {
 		return fmt.Errorf("base image: %w", err)
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
 	}
 	disk := filepath.Join(s.Dir, DiskFile)
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.ImgBin, Args: OverlayArgs(s.BaseImage, disk)}); err != nil {
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.ImgBin, Args: OverlayArgs(base, disk)}); err != nil {
 		return fmt.Errorf("create linked clone for %s: %w", s.Name, err)
 	}
 	if err := vm.WriteSeedISO(filepath.Join(s.Dir, SeedFile), s.Seed); err != nil {
@@ -98,6 +102,16 @@ func qmpPath(dir string) string {
 	}
 	h := sha256.Sum256([]byte(dir))
 	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+".qmp")
+}
+
+// qgaPath is the guest agent's socket, short like qmpPath.
+func qgaPath(dir string) string {
+	p := filepath.Join(dir, vm.GuestAgentFile)
+	if len(p) < 100 {
+		return p
+	}
+	h := sha256.Sum256([]byte(dir))
+	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+".qga")
 }
 
 // Start boots the machine and reads back its SSH port.
@@ -121,9 +135,19 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	ma := MachineArgs{
 		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
-		QMPSocket: sock, SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
-		Restrict: s.Network.Restrict, Incoming: d.Suspended(s),
+		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
+		Restrict: s.Network.Restrict,
 	}
+	// A suspended machine resumes from its own state; a new clone of a
+	// warm template starts from the template's.
+	state, own := "", false
+	switch {
+	case d.Suspended(s):
+		state, own = filepath.Join(s.Dir, vm.SuspendFile), true
+	case s.Template != nil:
+		state = s.Template.State
+	}
+	ma.Incoming = state != ""
 	for _, f := range s.Network.Forwards {
 		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: shellJoin(f.Command)})
 	}
@@ -147,8 +171,8 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	if ma.Incoming {
-		if err := d.restore(ctx, s, pid); err != nil {
-			return vm.Runtime{}, fmt.Errorf("resume %s from %s: %w", s.Name, vm.SuspendFile, err)
+		if err := d.restore(ctx, s, pid, state, own); err != nil {
+			return vm.Runtime{}, fmt.Errorf("resume %s from %s: %w", s.Name, state, err)
 		}
 	}
 	q, err := dialQMP(ctx, sock)
@@ -248,6 +272,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 	}
 	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
 	_ = os.Remove(qmpPath(s.Dir))
+	_ = os.Remove(qgaPath(s.Dir))
 	if err := os.RemoveAll(s.Dir); err != nil {
 		return fmt.Errorf("delete %s: %w", s.Name, err)
 	}
@@ -256,6 +281,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 
 func (d *Driver) cleanupRuntime(dir string) {
 	_ = os.Remove(qmpPath(dir))
+	_ = os.Remove(qgaPath(dir))
 	_ = os.Remove(filepath.Join(dir, PIDFile))
 }
 

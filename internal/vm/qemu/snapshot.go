@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
@@ -26,28 +29,36 @@ const migrateTimeout = 10 * time.Minute
 // Suspend saves a running machine's RAM and device state to its folder and
 // ends its QEMU. On failure the machine keeps running.
 func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
-	pid, err := readPID(filepath.Join(s.Dir, PIDFile))
-	if err != nil || !ownsProcess(pid, s.Dir) {
-		return fmt.Errorf("suspend %s: it is not running", s.Name)
-	}
 	if s.Share != nil {
 		return fmt.Errorf("suspend %s: its shared folder (virtiofs) cannot be saved with the machine; use fleet stop", s.Name)
 	}
-	final := filepath.Join(s.Dir, vm.SuspendFile)
-	partial := final + ".partial"
+	if err := d.SaveState(ctx, s, filepath.Join(s.Dir, vm.SuspendFile)); err != nil {
+		return fmt.Errorf("suspend %w", err)
+	}
+	return nil
+}
+
+// SaveState stops the guest, saves its state to path (whole, or not at
+// all) and ends its QEMU. On failure the guest runs on.
+func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
+	pid, err := readPID(filepath.Join(s.Dir, PIDFile))
+	if err != nil || !ownsProcess(pid, s.Dir) {
+		return fmt.Errorf("%s: it is not running", s.Name)
+	}
+	partial := path + ".partial"
 	q, err := dialQMP(ctx, qmpPath(s.Dir))
 	if err != nil {
-		return fmt.Errorf("suspend %s: %w", s.Name, err)
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	defer q.Close()
 	resume := func() { _, _ = q.execute("cont", nil) }
 	if _, err := q.execute("stop", nil); err != nil {
-		return fmt.Errorf("suspend %s: %w", s.Name, err)
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	if _, err := q.execute("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
 		resume()
 		os.Remove(partial)
-		return fmt.Errorf("suspend %s: %w", s.Name, err)
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	if err := waitMigration(ctx, s.Dir); err != nil {
 		// query-migrate needs its own connection: this one's deadline is short.
@@ -57,21 +68,21 @@ func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
 			q2.Close()
 		}
 		os.Remove(partial)
-		return fmt.Errorf("suspend %s: save the state: %w", s.Name, err)
+		return fmt.Errorf("%s: save the state: %w", s.Name, err)
 	}
 	if err := syncFile(partial); err != nil {
 		resume()
 		os.Remove(partial)
-		return fmt.Errorf("suspend %s: %w", s.Name, err)
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
-	if err := os.Rename(partial, final); err != nil {
+	if err := os.Rename(partial, path); err != nil {
 		resume()
-		return fmt.Errorf("suspend %s: %w", s.Name, err)
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	// The state is safe: the guest never runs again from this process.
 	d.kill(pid)
 	if !waitExit(context.Background(), pid, s.Dir, 10*time.Second) {
-		return fmt.Errorf("suspend %s: qemu (pid %d) did not exit", s.Name, pid)
+		return fmt.Errorf("%s: qemu (pid %d) did not exit", s.Name, pid)
 	}
 	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
 	d.cleanupRuntime(s.Dir)
@@ -94,12 +105,11 @@ func (d *Driver) DiscardSuspended(s vm.Spec) error {
 	return err
 }
 
-// restore loads the saved state into a QEMU started with -incoming defer
-// and waits until the guest runs again; the state file is then removed,
-// since the disk has moved on from it. On failure QEMU is killed and the
-// state file kept.
-func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int) error {
-	state := filepath.Join(s.Dir, vm.SuspendFile)
+// restore loads saved state into a QEMU started with -incoming defer and
+// waits until the guest runs again. A machine's own suspend state is then
+// removed, since its disk has moved on from it; a template's is shared and
+// kept. On failure QEMU is killed and the state file kept.
+func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, own bool) error {
 	q, err := dialQMP(ctx, qmpPath(s.Dir))
 	if err != nil {
 		return err
@@ -114,6 +124,9 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int) error {
 		waitExit(context.Background(), pid, s.Dir, 10*time.Second)
 		d.cleanupRuntime(s.Dir)
 		return err
+	}
+	if !own {
+		return nil
 	}
 	return os.Remove(state)
 }
@@ -193,4 +206,51 @@ func syncFile(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// StateKey is what saved state depends on: the QEMU build (its version and
+// the binary's size and time, so an upgrade changes it), the accelerator,
+// the versioned machine type q35 stands for in that build, the CPU model,
+// CPUs, memory, and the network's shape (restricted or not, the forwarded
+// guest ports). Paths, host ports and the forwards' commands may differ.
+func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
+	bin, err := exec.LookPath(d.Binary)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(bin)
+	if err != nil {
+		return "", err
+	}
+	out, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: []string{"-machine", "help"}})
+	if err != nil {
+		return "", fmt.Errorf("ask %s for its machine types: %w", d.Binary, err)
+	}
+	version, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: []string{"--version"}})
+	if err != nil {
+		return "", err
+	}
+	ma := MachineArgs{Accel: d.Accel, Restrict: s.Network.Restrict}
+	var ports []int
+	for _, f := range s.Network.Forwards {
+		ports = append(ports, f.GuestPort)
+	}
+	cpu := SystemArgs(ma)[slices.Index(SystemArgs(ma), "-cpu")+1]
+	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d restrict=%v forwards=%v",
+		strings.TrimSpace(strings.SplitN(string(version), "\n", 2)[0]), fi.Size(), fi.ModTime().Unix(), d.Accel,
+		q35Alias(string(out)), cpu, s.CPUs, s.MemoryMiB, s.Network.Restrict, ports), nil
+}
+
+// q35Alias reads which versioned machine type "q35" stands for from
+// `qemu-system -machine help` ("q35   Standard PC ... (alias of pc-q35-7.2)").
+func q35Alias(help string) string {
+	for _, l := range strings.Split(help, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 0 && f[0] == "q35" {
+			if i := strings.Index(l, "alias of "); i >= 0 {
+				return strings.TrimSuffix(strings.TrimSpace(l[i+len("alias of "):]), ")")
+			}
+		}
+	}
+	return "q35"
 }

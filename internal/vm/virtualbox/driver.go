@@ -239,6 +239,26 @@ func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
 	return fmt.Errorf("the virtualbox driver cannot suspend machines: use fleet stop")
 }
 
+// SaveState is not offered, like Suspend.
+func (d *Driver) SaveState(context.Context, vm.Spec, string) error {
+	return fmt.Errorf("the virtualbox driver cannot save machine state")
+}
+
+// StateKey: no state is ever saved.
+func (d *Driver) StateKey(context.Context, vm.Spec) (string, error) {
+	return "", fmt.Errorf("the virtualbox driver cannot save machine state")
+}
+
+// GuestRun has no host-only channel on VirtualBox here.
+func (d *Driver) GuestRun(context.Context, vm.Spec, string) (string, error) {
+	return "", fmt.Errorf("the virtualbox driver has no guest channel")
+}
+
+// SetGuestClock likewise.
+func (d *Driver) SetGuestClock(context.Context, vm.Spec, time.Time) error {
+	return fmt.Errorf("the virtualbox driver has no guest channel")
+}
+
 // Suspended is always false: nothing is ever saved.
 func (d *Driver) Suspended(vm.Spec) bool { return false }
 

@@ -1,0 +1,231 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"golang.org/x/crypto/ssh"
+)
+
+// Warm clones: a machine restored from a template (one machine of the
+// image, booted to ready and anonymous, saved) instead of booted. Each
+// clone's disk is an overlay on the template's frozen disk; its RAM is the
+// template's until it runs. Before it touches the network it is given its
+// own identity over the host-only guest agent channel: fresh randomness,
+// machine-id, hostname, the host key made here for it, the fleet's key,
+// the host's time, and its network settings (proxies and token).
+
+// templateHostname is what every template (and so every clone, until
+// identify renames it) is called.
+const templateHostname = "fleet-template"
+
+// imageOf is the image store's view of a resolved image.
+func imageOf(r ImageRef) images.Image {
+	return images.Image{Dir: filepath.Dir(r.Disk), Disk: r.Disk}
+}
+
+// templateSpec is the shape a template for these machines must have:
+// everything StateKey reads.
+func (c *Controller) templateSpec(name, dir string, img ImageRef, cpus, mem int, n *Network) (vm.Spec, error) {
+	m := &Machine{Name: name, Dir: dir, Network: n}
+	net, err := c.networkShape(m)
+	return vm.Spec{Name: name, Dir: dir, BaseImage: img.Disk, CPUs: cpus, MemoryMiB: mem, Network: net}, err
+}
+
+// Template returns the warm template of img for machines of this shape,
+// making it first if there is none (made tells which). A template whose
+// key does not match exactly is never used.
+func (c *Controller) Template(ctx context.Context, img ImageRef, cpus, mem int, n *Network) (t images.Template, made bool, err error) {
+	if !c.Driver.Capabilities().Snapshots {
+		return t, false, fmt.Errorf("the %s driver cannot save machine state", c.Driver.Name())
+	}
+	probe, err := c.templateSpec("probe", "", img, cpus, mem, n)
+	if err != nil {
+		return t, false, err
+	}
+	key, err := c.Driver.StateKey(ctx, probe)
+	if err != nil {
+		return t, false, err
+	}
+	key = "image=" + img.String() + " " + key
+	iimg := imageOf(img)
+	if t, ok := images.FindTemplate(iimg, key); ok {
+		return t, false, nil
+	}
+	warmDir := filepath.Join(iimg.Dir, "warm")
+	if err := os.MkdirAll(warmDir, 0o755); err != nil {
+		return t, false, err
+	}
+	unlock, err := lockFile(ctx, filepath.Join(warmDir, ".lock"), "warm templates of "+img.String(),
+		func() { c.say("waiting for another fleet command making a warm template of %s...", img) })
+	if err != nil {
+		return t, false, err
+	}
+	defer unlock()
+	if t, ok := images.FindTemplate(iimg, key); ok {
+		return t, false, nil
+	}
+	t, err = c.makeTemplate(ctx, img, key, cpus, mem, n)
+	return t, err == nil, err
+}
+
+// makeTemplate boots one anonymous machine of img, waits until it is
+// ready, takes away its key, and saves it.
+func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
+	staged := filepath.Join(imageOf(img).Dir, "warm", ".make-"+randomHex(6))
+	spec, err := c.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
+	if err != nil {
+		return images.Template{}, err
+	}
+	host, err := sshx.NewKeyPair("")
+	if err != nil {
+		return images.Template{}, err
+	}
+	user, err := sshx.NewKeyPair("fleet-template")
+	if err != nil {
+		return images.Template{}, err
+	}
+	spec.Seed = vm.Seed{InstanceID: randomID(), Hostname: templateHostname, User: GuestUser, AuthorizedKey: user.AuthorizedKey,
+		HostKeyPrivate: string(host.PrivatePEM), HostKeyPublic: host.AuthorizedKey}
+	// Whatever fails below, nothing half-made stays.
+	ok := false
+	defer func() {
+		if !ok {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			_ = c.Driver.Delete(cctx, spec)
+		}
+	}()
+	c.say("making a warm template of %s (%d CPUs, %d MiB): one cold boot, then every clone restores it", img, cpus, mem)
+	t0 := time.Now()
+	if err := c.Driver.Create(ctx, spec); err != nil {
+		return images.Template{}, err
+	}
+	rt, err := c.Driver.Start(ctx, spec)
+	if err != nil {
+		return images.Template{}, err
+	}
+	signer, err := ssh.ParsePrivateKey(user.PrivatePEM)
+	if err != nil {
+		return images.Template{}, err
+	}
+	hk, err := sshx.ParseAuthorizedKey(host.AuthorizedKey)
+	if err != nil {
+		return images.Template{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
+	defer cancel()
+	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
+	if err != nil {
+		return images.Template{}, fmt.Errorf("warm template: waiting for SSH: %w (serial console: %s)", err, filepath.Join(staged, vm.SerialFile))
+	}
+	// Ready means booted through: then it forgets the key it was reached
+	// with, so the saved RAM and disk hold no one's key.
+	var out strings.Builder
+	code, err := sshx.Run(wctx, cl, "cloud-init status --wait >/dev/null 2>&1; systemctl is-system-running --wait >/dev/null 2>&1; "+
+		"rm -f ~/.ssh/authorized_keys; sudo -n rm -f /root/.ssh/authorized_keys; sync", nil, &out, &out)
+	cl.Close()
+	if err != nil || code != 0 {
+		return images.Template{}, fmt.Errorf("warm template: settle the guest: exit %d %v %s", code, err, out.String())
+	}
+	bootTook := time.Since(t0)
+	// The identity channel must work, or no clone could be given one.
+	gctx, gcancel := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = c.Driver.GuestRun(gctx, spec, "true")
+	gcancel()
+	if err != nil {
+		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, img.Name)
+	}
+	time.Sleep(time.Second) // the SSH session ends in the guest too
+	if err := c.Driver.SaveState(ctx, spec, filepath.Join(staged, images.TemplateState)); err != nil {
+		return images.Template{}, fmt.Errorf("warm template: %w", err)
+	}
+	for _, f := range []string{vm.SeedFile, vm.SerialFile} {
+		_ = os.Remove(filepath.Join(staged, f))
+	}
+	meta, _ := json.MarshalIndent(images.TemplateMetaInfo{Key: key, CPUs: cpus, MemoryMiB: mem, CreatedAt: time.Now().UTC(), BootSec: bootTook.Seconds()}, "", "  ")
+	if err := os.WriteFile(filepath.Join(staged, images.TemplateMeta), append(meta, '\n'), 0o644); err != nil {
+		return images.Template{}, err
+	}
+	t, err := images.PublishTemplate(imageOf(img), key, staged)
+	if err != nil {
+		return images.Template{}, err
+	}
+	ok = true
+	c.say("warm template of %s ready in %s (%d MiB)", img, time.Since(t0).Round(time.Second), t.Bytes>>20)
+	return t, nil
+}
+
+// identify gives a clone restored from a template its own identity, over
+// the guest agent, before anything reaches it over the network.
+func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) error {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := c.Driver.SetGuestClock(ictx, spec, time.Now()); err != nil {
+		return fmt.Errorf("set the clock: %w", err)
+	}
+	if _, err := c.Driver.GuestRun(ictx, spec, identityScript(seed, randomHex(16), randomBytes(64))); err != nil {
+		return fmt.Errorf("give it its identity: %w", err)
+	}
+	return nil
+}
+
+// identityScript is run as root in a fresh clone. Everything it writes
+// comes from the host; nothing is read from the template.
+func identityScript(seed vm.Seed, machineID string, entropy []byte) string {
+	q := execx.ShellQuote
+	var b strings.Builder
+	b.WriteString("set -eu\n")
+	// Randomness: the host's bytes mixed in, then an explicit reseed of
+	// the kernel's CRNG (the VM generation ID device has also changed).
+	fmt.Fprintf(&b, "python3 -c 'import base64,fcntl,os; fd=os.open(\"/dev/urandom\", os.O_WRONLY); os.write(fd, base64.b64decode(%q)); fcntl.ioctl(fd, 0x5207)'\n",
+		base64.StdEncoding.EncodeToString(entropy))
+	b.WriteString("echo 'fleet: crng reseeded (RNDRESEEDCRNG) for a new clone' > /dev/kmsg\n")
+	fmt.Fprintf(&b, "echo %s > /etc/machine-id\n", machineID)
+	fmt.Fprintf(&b, "echo %s > /etc/hostname; hostname %s\n", q(seed.Hostname), q(seed.Hostname))
+	fmt.Fprintf(&b, "sed -i '/%s/d' /etc/hosts; echo %s >> /etc/hosts\n", templateHostname, q("127.0.1.1 "+seed.Hostname))
+	b.WriteString("rm -f /etc/ssh/ssh_host_*\n")
+	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key\n", q(strings.TrimSpace(seed.HostKeyPrivate)))
+	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key.pub\n", q(seed.HostKeyPublic))
+	b.WriteString("chmod 600 /etc/ssh/ssh_host_ed25519_key\n")
+	home := "/home/" + seed.User
+	fmt.Fprintf(&b, "install -d -m 700 -o %s -g %s %s/.ssh\n", q(seed.User), q(seed.User), q(home))
+	fmt.Fprintf(&b, "printf '%%s\\n' %s > %s/.ssh/authorized_keys\n", q(seed.AuthorizedKey), q(home))
+	fmt.Fprintf(&b, "chown %s: %s/.ssh/authorized_keys; chmod 600 %s/.ssh/authorized_keys\n", q(seed.User), q(home), q(home))
+	for _, f := range seed.Files {
+		fmt.Fprintf(&b, "mkdir -p %s\n", q(filepath.Dir(f.Path)))
+		op := ">"
+		if f.Append {
+			op = ">>"
+		}
+		fmt.Fprintf(&b, "printf '%%s' %s %s %s\n", q(f.Content), op, q(f.Path))
+		if f.Mode != "" {
+			fmt.Fprintf(&b, "chmod %s %s\n", q(f.Mode), q(f.Path))
+		}
+	}
+	// sshd rereads its host keys on SIGHUP; Docker its proxy settings on
+	// restart (only if it ever started).
+	b.WriteString("systemctl reload ssh 2>/dev/null || systemctl reload sshd\n")
+	b.WriteString("if systemctl is-active --quiet docker; then systemctl restart docker; fi\n")
+	return b.String()
+}
+
+func randomHex(n int) string { return hex.EncodeToString(randomBytes(n)) }
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}

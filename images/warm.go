@@ -1,0 +1,119 @@
+package images
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+)
+
+// A warm template is one machine of an image version, booted to ready and
+// anonymous, saved: its frozen disk (an overlay on the image's disk) and
+// its RAM and device state. It lives in the version's folder, under
+// warm/<key>/, so it goes with its image and is kept with it: a prune
+// never removes a version that a machine's disk links to.
+
+// Files of a template's folder.
+const (
+	TemplateDisk  = "disk.qcow2"
+	TemplateState = "state"
+	TemplateMeta  = "template.json"
+)
+
+// TemplateMetaInfo is template.json.
+type TemplateMetaInfo struct {
+	Key       string    `json:"key"` // everything that must match to restore it
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	CreatedAt time.Time `json:"created_at"`
+	BootSec   float64   `json:"boot_seconds"` // what each clone no longer waits
+}
+
+// Template is a stored template.
+type Template struct {
+	TemplateMetaInfo
+	Dir   string `json:"dir"`
+	Bytes int64  `json:"bytes"` // disk and state on disk
+}
+
+// Disk and State are the template's files.
+func (t Template) Disk() string  { return filepath.Join(t.Dir, TemplateDisk) }
+func (t Template) State() string { return filepath.Join(t.Dir, TemplateState) }
+
+// TemplateDir is where the template for key lives in img.
+func TemplateDir(img Image, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return filepath.Join(img.Dir, "warm", hex.EncodeToString(h[:8]))
+}
+
+// FindTemplate returns img's template for exactly key. A template whose
+// recorded key differs is never returned.
+func FindTemplate(img Image, key string) (Template, bool) {
+	t, err := loadTemplate(TemplateDir(img, key))
+	if err != nil || t.Key != key {
+		return Template{}, false
+	}
+	return t, true
+}
+
+func loadTemplate(dir string) (Template, error) {
+	b, err := os.ReadFile(filepath.Join(dir, TemplateMeta))
+	if err != nil {
+		return Template{}, err
+	}
+	t := Template{Dir: dir}
+	if err := json.Unmarshal(b, &t.TemplateMetaInfo); err != nil {
+		return Template{}, err
+	}
+	for _, f := range []string{TemplateDisk, TemplateState} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			return Template{}, err
+		}
+		t.Bytes += fi.Size()
+	}
+	return t, nil
+}
+
+// Templates lists img's templates, newest first.
+func Templates(img Image) []Template {
+	entries, _ := os.ReadDir(filepath.Join(img.Dir, "warm"))
+	var out []Template
+	for _, e := range entries {
+		if t, err := loadTemplate(filepath.Join(img.Dir, "warm", e.Name())); err == nil {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out
+}
+
+// PublishTemplate moves a finished template folder into place for key,
+// its files read-only; a template already there for that key wins.
+func PublishTemplate(img Image, key, staged string) (Template, error) {
+	for _, f := range []string{TemplateDisk, TemplateState, TemplateMeta} {
+		if err := os.Chmod(filepath.Join(staged, f), 0o444); err != nil {
+			return Template{}, err
+		}
+	}
+	dst := TemplateDir(img, key)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return Template{}, err
+	}
+	if err := os.Rename(staged, dst); err != nil {
+		if t, ok := FindTemplate(img, key); ok {
+			os.RemoveAll(staged)
+			return t, nil
+		}
+		return Template{}, err
+	}
+	t, ok := FindTemplate(img, key)
+	if !ok {
+		return Template{}, errors.New("the published template does not load")
+	}
+	return t, nil
+}
