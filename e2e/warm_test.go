@@ -1,0 +1,145 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Warm clones of one template share nothing unique: randomness, host key
+// (each pinned), machine-id and hostname are their own; a file written in
+// one is absent from the other; the template's files do not change. A
+// template whose key no longer matches is not used, and a shared folder
+// falls back to a cold boot with the reason.
+func TestWarmClones(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	run := func(timeout time.Duration, args ...string) result {
+		return fleet(t, timeout, append([]string{args[0], "--name", "wc"}, args[1:]...)...)
+	}
+	t.Cleanup(func() { run(5*time.Minute, "destroy", "--all", "--force") })
+
+	t0 := time.Now()
+	r := fleet(t, bootDeadline, "image", "warm", "debian-12", "--cpus", "1", "--memory", "1G")
+	if r.code != 0 {
+		t.Fatalf("image warm: %s", r.stderr)
+	}
+	tplDir := strings.TrimSpace(r.stdout)
+	fmt.Printf("e2e: warm template made in %s\n", time.Since(t0).Round(time.Second))
+	sums := func() string {
+		var b strings.Builder
+		for _, f := range []string{"disk.qcow2", "state", "template.json"} {
+			h := sha256.New()
+			fh, err := os.Open(filepath.Join(tplDir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(h, fh)
+			fh.Close()
+			b.WriteString(f + "=" + hex.EncodeToString(h.Sum(nil)) + " ")
+		}
+		return b.String()
+	}
+	before := sums()
+
+	t0 = time.Now()
+	r = run(bootDeadline, "spawn", "2", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "none")
+	if r.code != 0 {
+		t.Fatalf("warm spawn: %s", r.stderr)
+	}
+	fmt.Printf("e2e: warm spawn of 2 to SSH-ready: %s\n", time.Since(t0).Round(100*time.Millisecond))
+	if strings.Count(r.stderr, "restored from the warm template") != 2 || strings.Contains(r.stderr, "making a warm template") {
+		t.Errorf("the clones were not both restored from the existing template:\n%s", r.stderr)
+	}
+	facts := map[string]map[string]string{}
+	for _, vm := range []string{"wc-1", "wc-2"} {
+		out := run(time.Minute, "exec", vm, "--", "sh", "-c",
+			"echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); echo hostname=$(hostname); echo machineid=$(cat /etc/machine-id); "+
+				"echo hostkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub); echo bootid=$(cat /proc/sys/kernel/random/boot_id); "+
+				"echo reseed=$(sudo dmesg | grep -ci 'crng reseeded'); echo kernelreseed=$(sudo dmesg | grep -ci 'virtual machine fork')").stdout
+		facts[vm] = map[string]string{}
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if k, v, ok := strings.Cut(l, "="); ok {
+				facts[vm][k] = v
+			}
+		}
+		t.Logf("%s: %v", vm, facts[vm])
+		if facts[vm]["hostname"] != vm {
+			t.Errorf("%s calls itself %q", vm, facts[vm]["hostname"])
+		}
+		if facts[vm]["reseed"] == "0" || facts[vm]["reseed"] == "" {
+			t.Errorf("%s: the kernel log shows no reseed", vm)
+		}
+	}
+	for _, k := range []string{"rand", "machineid", "hostkey"} {
+		if facts["wc-1"][k] == "" || facts["wc-1"][k] == facts["wc-2"][k] {
+			t.Errorf("the clones share %s: %q", k, facts["wc-1"][k])
+		}
+	}
+	// Each clone's host key is the one made for it on the host (pinned:
+	// exec above already refused any other).
+	b, _ := os.ReadFile(filepath.Join(fleetHome, "fleets", "wc", "state.json"))
+	var st struct {
+		Machines []struct {
+			Name    string `json:"name"`
+			HostKey string `json:"host_key"`
+		} `json:"machines"`
+	}
+	json.Unmarshal(b, &st)
+	for _, m := range st.Machines {
+		if f := strings.Fields(m.HostKey); len(f) < 2 || f[1] != facts[m.Name]["hostkey"] {
+			t.Errorf("%s serves host key %s, not the one pinned for it", m.Name, facts[m.Name]["hostkey"])
+		}
+	}
+
+	run(time.Minute, "exec", "wc-1", "--", "sh", "-c", "echo mine > /var/tmp/only-in-1 && sync")
+	if r := run(time.Minute, "exec", "wc-2", "--", "test", "-e", "/var/tmp/only-in-1"); r.code == 0 {
+		t.Error("a file written in wc-1 appears in wc-2")
+	}
+	if after := sums(); after != before {
+		t.Errorf("the template changed:\n%s\n%s", before, after)
+	}
+	if out, _ := exec.Command("sh", "-c", "qemu-img info --backing-chain "+filepath.Join(fleetHome, "fleets", "wc", "machines", "wc-1", "disk.qcow2")+" | grep 'backing file:'").Output(); !strings.Contains(string(out), tplDir) {
+		t.Errorf("wc-1's disk is not an overlay on the template disk: %s", out)
+	}
+
+	t.Run("a template whose key no longer matches is not used", func(t *testing.T) {
+		// As after a QEMU upgrade: the binary's time is part of the key.
+		bin, err := exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(bin)
+		os.Chtimes(bin, time.Now(), time.Now())
+		defer os.Chtimes(bin, fi.ModTime(), fi.ModTime())
+		r := run(bootDeadline, "spawn", "1", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "none")
+		if r.code != 0 {
+			t.Fatalf("spawn: %s", r.stderr)
+		}
+		if !strings.Contains(r.stderr, "making a warm template") {
+			t.Errorf("a template of another QEMU build was used:\n%s", r.stderr)
+		}
+		if r := run(time.Minute, "exec", "wc-3", "--", "hostname"); strings.TrimSpace(r.stdout) != "wc-3" {
+			t.Errorf("wc-3: %q %s", r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("--sync shared boots cold and says why", func(t *testing.T) {
+		r := run(bootDeadline, "spawn", "1", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "shared", "--project", t.TempDir())
+		if r.code != 0 {
+			t.Fatalf("spawn: %s", r.stderr)
+		}
+		if !strings.Contains(r.stderr, "cold boot instead of a warm restore: --sync shared") || strings.Contains(r.stderr, "restored from the warm template") {
+			t.Errorf("no reason for the cold boot:\n%s", r.stderr)
+		}
+	})
+}
