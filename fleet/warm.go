@@ -218,7 +218,7 @@ func identityScript(seed vm.Seed, machineID string, entropy []byte) string {
 	// sshd rereads its host keys on SIGHUP; Docker its proxy settings on
 	// restart (only if it ever started).
 	b.WriteString("systemctl reload ssh 2>/dev/null || systemctl reload sshd\n")
-	b.WriteString("if systemctl is-active --quiet docker; then systemctl restart docker; fi\n")
+	b.WriteString("if systemctl is-active --quiet docker; then systemctl restart --no-block docker; fi\n")
 	return b.String()
 }
 
