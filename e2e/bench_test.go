@@ -60,6 +60,11 @@ func TestBench(t *testing.T) {
 	}
 	// FLEET_BENCH_ONLY=egress runs just the proxy and egress rows (each still
 	// measured side by side).
+	if os.Getenv("FLEET_BENCH_ONLY") == "warm" {
+		benchWarm(t, add)
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
 		t.Run("proxy", func(t *testing.T) { benchProxy(t, add) })
 		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
@@ -139,6 +144,7 @@ func TestBench(t *testing.T) {
 	add("collect 100 commits", time.Since(t0).Round(10*time.Millisecond).String(), "")
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
 	benchAgents(t, add)
+	benchWarm(t, add)
 	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 	// The bake gets the cores to itself.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -122,4 +123,69 @@ func benchProxy(t *testing.T, add func(what, value, target string)) {
 	add("proxy connections/s: server / per-connection", fmt.Sprintf("%.2f (%.0f vs %.0f/s)", rate["server"]/rate["per-connection"], rate["server"], rate["per-connection"]), "")
 	add("host memory, 200 open tunnels: server / per-conn", fmt.Sprintf("%.3f (%.1f MiB in %d process vs %.0f MiB in %d)",
 		float64(mem["server"])/float64(mem["per-connection"]), float64(mem["server"])/1024, procs["server"], float64(mem["per-connection"])/1024, procs["per-connection"]), "server <= 64 MiB")
+}
+
+// benchWarm measures warm clones against cold boots, side by side: spawn 1
+// to SSH-ready, spawn 4 against spawn 1 (both warm), the template's size,
+// host RAM of 4 warm clones against 4 cold ones, and suspend and resume of
+// a 1 GiB guest running an agent.
+func benchWarm(t *testing.T, add func(what, value, target string)) {
+	spawn := func(name string, n int, warm bool) time.Duration {
+		args := []string{"spawn", fmt.Sprint(n), "--name", name, "--cpus", "1", "--memory", "1G", "--sync", "none"}
+		if warm {
+			args = append(args, "--warm")
+		}
+		t0 := time.Now()
+		mustFleet(t, 2*bootDeadline, args...)
+		return time.Since(t0)
+	}
+	destroy := func(name string) { fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", name) }
+	rss := func(name string) int {
+		total := 0
+		for _, r := range ls(t, name) {
+			total += rssKiB(r.PID)
+		}
+		return total
+	}
+	r := mustFleet(t, bootDeadline, "image", "warm", "debian-12", "--cpus", "1", "--memory", "1G")
+	tplDir := strings.TrimSpace(r)
+	var tplBytes int64
+	for _, f := range []string{"disk.qcow2", "state"} {
+		if fi, err := os.Stat(tplDir + "/" + f); err == nil {
+			tplBytes += fi.Size()
+		}
+	}
+	add("warm template size on disk", fmt.Sprintf("%d MiB", tplBytes>>20), "")
+
+	cold1 := spawn("bwc", 1, false)
+	destroy("bwc")
+	warm1 := spawn("bww", 1, true)
+	destroy("bww")
+	add("warm spawn 1 / cold spawn 1 (SSH-ready)", fmt.Sprintf("%.3f (%s vs %s)", warm1.Seconds()/cold1.Seconds(), warm1.Round(100*time.Millisecond), cold1.Round(time.Second)), "<= 0.1 under TCG")
+	warm4 := spawn("bww", 4, true)
+	warmRSS := rss("bww")
+	destroy("bww")
+	add("warm spawn 4 / warm spawn 1", fmt.Sprintf("%.2f (%s vs %s)", warm4.Seconds()/warm1.Seconds(), warm4.Round(100*time.Millisecond), warm1.Round(100*time.Millisecond)), "<= 1.5")
+	spawn("bwc", 4, false)
+	coldRSS := rss("bwc")
+	destroy("bwc")
+	add("host RAM: 4 warm clones / 4 cold", fmt.Sprintf("%.2f (%d vs %d MiB)", float64(warmRSS)/float64(coldRSS), warmRSS>>10, coldRSS>>10), "")
+
+	// Suspend and resume with an agent running.
+	project := t.TempDir()
+	os.WriteFile(project+"/fleet.hcl", []byte("agent = \"ticker\"\nprofile \"ticker\" {\n  command = [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n}\n"), 0o644)
+	defer destroy("bws")
+	mustFleet(t, bootDeadline, "spawn", "1", "--warm", "--name", "bws", "--cpus", "1", "--memory", "1G", "--sync", "none", "--project", project, "--task", "x")
+	time.Sleep(5 * time.Second)
+	var sus, res []time.Duration
+	for i := 0; i < 3; i++ {
+		t0 := time.Now()
+		mustFleet(t, 5*time.Minute, "suspend", "bws-1", "--name", "bws")
+		sus = append(sus, time.Since(t0))
+		t0 = time.Now()
+		mustFleet(t, 5*time.Minute, "resume", "bws-1", "--name", "bws")
+		res = append(res, time.Since(t0))
+	}
+	add("suspend, 1 GiB guest running an agent", median(sus).Round(10*time.Millisecond).String(), "<= 5s")
+	add("resume, 1 GiB guest running an agent", median(res).Round(10*time.Millisecond).String(), "<= 5s")
 }
