@@ -104,9 +104,17 @@ build {
 		}
 	})
 
+	// The Claude Code that TestMain's image has: a release published
+	// during the run must not turn the cache hit into a second bake.
+	claude := "latest"
+	for _, r := range imageLs(t) {
+		if r.Name == "debian-12" && r.Latest && r.Packages["claude-code"] != "" {
+			claude = r.Packages["claude-code"]
+		}
+	}
 	var version string
 	t.Run("packer build stores and promotes the image", func(t *testing.T) {
-		out, code := packerRun(t, packer, env, "build", "-color=false",
+		out, code := packerRun(t, packer, env, "build", "-color=false", "-var", "claude_version="+claude,
 			"-var", "image_name=debian-12", "-var", "outputs=[]", "-var", "fleet_home="+home, template)
 		if code != 0 {
 			t.Fatalf("packer build failed: %s", out)
@@ -122,7 +130,7 @@ build {
 	})
 
 	t.Run("if_changed builds nothing when nothing changed", func(t *testing.T) {
-		out, code := packerRun(t, packer, env, "build", "-color=false",
+		out, code := packerRun(t, packer, env, "build", "-color=false", "-var", "claude_version="+claude,
 			"-var", "image_name=debian-12", "-var", "outputs=[]", "-var", "if_changed=true", "-var", "fleet_home="+home, template)
 		if code != 0 || !strings.Contains(out, "up to date") {
 			t.Fatalf("want an up-to-date no-op, got %d: %s", code, out)
