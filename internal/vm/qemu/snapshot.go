@@ -46,37 +46,38 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 		return fmt.Errorf("%s: it is not running", s.Name)
 	}
 	partial := path + ".partial"
-	q, err := dialQMP(ctx, qmpPath(s.Dir))
-	if err != nil {
-		return fmt.Errorf("%s: %w", s.Name, err)
+	// QEMU's monitor takes one client at a time: each step has its own.
+	qmp := func(cmd string, args any) error {
+		q, err := dialQMP(ctx, qmpPath(s.Dir))
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		_, err = q.execute(cmd, args)
+		return err
 	}
-	defer q.Close()
-	resume := func() { _, _ = q.execute("cont", nil) }
-	if _, err := q.execute("stop", nil); err != nil {
-		return fmt.Errorf("%s: %w", s.Name, err)
-	}
-	if _, err := q.execute("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
-		resume()
+	undo := func() {
+		_ = qmp("migrate_cancel", nil)
+		_ = qmp("cont", nil)
 		os.Remove(partial)
+	}
+	if err := qmp("stop", nil); err != nil {
+		return fmt.Errorf("%s: %w", s.Name, err)
+	}
+	if err := qmp("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
+		undo()
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	if err := waitMigration(ctx, s.Dir); err != nil {
-		// query-migrate needs its own connection: this one's deadline is short.
-		if q2, qerr := dialQMP(context.Background(), qmpPath(s.Dir)); qerr == nil {
-			_, _ = q2.execute("migrate_cancel", nil)
-			_, _ = q2.execute("cont", nil)
-			q2.Close()
-		}
-		os.Remove(partial)
+		undo()
 		return fmt.Errorf("%s: save the state: %w", s.Name, err)
 	}
 	if err := syncFile(partial); err != nil {
-		resume()
-		os.Remove(partial)
+		undo()
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	if err := os.Rename(partial, path); err != nil {
-		resume()
+		undo()
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	// The state is safe: the guest never runs again from this process.
@@ -153,8 +154,10 @@ func waitMigration(ctx context.Context, dir string) error {
 	}
 }
 
-// waitRunning polls an incoming migration until the guest runs. QEMU exits
-// when the state cannot be loaded; that is reported as such.
+// waitRunning polls an incoming migration until it completes, then
+// continues the guest: the state was saved from a stopped guest, and QEMU
+// restores it stopped. QEMU exits when the state cannot be loaded; that is
+// reported as such.
 func waitRunning(ctx context.Context, dir string, pid int) error {
 	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
 	defer cancel()
@@ -162,16 +165,23 @@ func waitRunning(ctx context.Context, dir string, pid int) error {
 		if !ownsProcess(pid, dir) {
 			return errors.New("QEMU exited while loading the saved state (the state file is damaged, or was saved by another QEMU build or machine shape)")
 		}
-		q, err := dialQMP(ctx, qmpPath(dir))
-		if err == nil {
-			run, serr := q.status()
-			q.Close()
-			if serr == nil && run == "running" {
-				return nil
-			}
-		}
-		if st, desc, err := migrationStatus(ctx, dir); err == nil && st == "failed" {
+		st, desc, err := migrationStatus(ctx, dir)
+		switch {
+		case err == nil && st == "failed":
 			return fmt.Errorf("loading the saved state failed: %s", desc)
+		case err == nil && st == "completed":
+			q, err := dialQMP(ctx, qmpPath(dir))
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			if _, err := q.execute("cont", nil); err != nil {
+				return err
+			}
+			if run, err := q.status(); err != nil || run != "running" {
+				return fmt.Errorf("the guest does not run after loading its state (%s %v)", run, err)
+			}
+			return nil
 		}
 		select {
 		case <-ctx.Done():
