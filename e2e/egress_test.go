@@ -273,7 +273,7 @@ credentials {
 
 	t.Run("1,000 connections from one guest are held at the cap; the host stays bounded", func(t *testing.T) {
 		dir := filepath.Join(fleetHome, "fleets", "eg", "machines", "eg-1")
-		procsBefore := countProcs("")
+		procsBefore := countProcs()
 		target := fmt.Sprintf("allowed.test:%d", stubHTTPS)
 		flood := make(chan result, 1)
 		go func() { flood <- probe("eg-1", "flood", "1000", target, "allowed.test", "/tmp/flood.out", "60") }()
@@ -293,8 +293,8 @@ credentials {
 		// machine, whatever its connection count, and bounded memory.
 		pid := proxyServerPID(t, dir)
 		rss := rssKiB(pid)
-		proxies := countProcs("__proxy")
-		procsDuring := countProcs("")
+		proxies := countProcs("__proxy", dir)
+		procsDuring := countProcs()
 		t.Logf("flood: %s; proxy server pid %d RSS %d KiB; proxy processes %d; host processes %d before, %d during", summary, pid, rss, proxies, procsBefore, procsDuring)
 		fmt.Printf("e2e: flood of 1000 connections: %d open, %d refused at the cap, %d failed in %.0fs; proxy RSS %.1f MiB; %d proxy processes; host processes %d -> %d\n",
 			open, refused, failed, secs, float64(rss)/1024, proxies, procsBefore, procsDuring)
@@ -307,9 +307,10 @@ credentials {
 		if rss > 64<<10 {
 			t.Errorf("the machine's proxying holds %d KiB with %d open tunnels, over 64 MiB", rss, open)
 		}
-		// One server per machine (eg-1's and egn-1's), a shim or two in
-		// flight; a process per connection would add 256.
-		if proxies > 5 || procsDuring-procsBefore > 50 {
+		// One server for the machine, a shim or two in flight; a process
+		// per connection would be 256 (other tests' machines run meanwhile,
+		// so the host count is only loosely bounded).
+		if proxies > 3 || procsDuring-procsBefore > 60 {
 			t.Errorf("%d proxy processes, %d more host processes during the flood", proxies, procsDuring-procsBefore)
 		}
 		if log := run("eg", "net", "log", "eg-1").stdout; !strings.Contains(log, "over this machine's cap of 256 concurrent proxy connections") {
@@ -414,8 +415,9 @@ func rssKiB(pid int) int {
 	return 0
 }
 
-// countProcs counts host processes whose command line contains s.
-func countProcs(s string) int {
+// countProcs counts host processes whose command line contains every one
+// of subs.
+func countProcs(subs ...string) int {
 	n := 0
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -423,7 +425,14 @@ func countProcs(s string) int {
 			continue
 		}
 		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), s) {
+		if err != nil {
+			continue
+		}
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(string(cmd), s)
+		}
+		if all {
 			n++
 		}
 	}
