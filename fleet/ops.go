@@ -128,7 +128,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		}
 	}
 	resuming := c.Driver.Suspended(spec)
-	if m.Desired == WantSuspended && !resuming {
+	if m.Desired == WantSuspended && !resuming && !o.DiscardMemory {
 		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, vm.SuspendFile), m.Name)
 	}
 	t0 := time.Now()
