@@ -108,7 +108,7 @@ func TestWarmClones(t *testing.T) {
 	if after := sums(); after != before {
 		t.Errorf("the template changed:\n%s\n%s", before, after)
 	}
-	if out, _ := exec.Command("sh", "-c", "qemu-img info --backing-chain "+filepath.Join(fleetHome, "fleets", "wc", "machines", "wc-1", "disk.qcow2")+" | grep 'backing file:'").Output(); !strings.Contains(string(out), tplDir) {
+	if out, _ := exec.Command("sh", "-c", "qemu-img info -U --backing-chain "+filepath.Join(fleetHome, "fleets", "wc", "machines", "wc-1", "disk.qcow2")+" | grep 'backing file:'").Output(); !strings.Contains(string(out), tplDir) {
 		t.Errorf("wc-1's disk is not an overlay on the template disk: %s", out)
 	}
 
