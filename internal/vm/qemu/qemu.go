@@ -164,6 +164,9 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	// errors (bad disk, no accelerator) arrive here before it detaches.
 	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args, Env: s.Network.Env}); err != nil {
 		stopVirtiofsd(ma.VirtiofsSocket)
+		if ma.Incoming {
+			return vm.Runtime{}, fmt.Errorf("resume %s: QEMU exited before it could load the saved state %s: %w", s.Name, state, err)
+		}
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	pid, err := readPID(pidf)
