@@ -200,14 +200,7 @@ func (c *Controller) suspendOne(ctx context.Context, m *Machine) error {
 	if _, err := c.Connect(ctx, m); err != nil {
 		return err
 	}
-	if m.Workspace != nil {
-		// Remembered so destroy can protect the work while it is saved.
-		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if pending, _, err := c.Pending(qctx, m); err == nil {
-			m.Workspace.PendingAtStop = &pending
-		}
-		cancel()
-	}
+	c.rememberPending(ctx, m)
 	c.sshPool().Drop(m.Name)
 	t0 := time.Now()
 	spec := c.spec(m, vm.Seed{})
@@ -242,16 +235,24 @@ func (c *Controller) whileRunning(ctx context.Context, m *Machine, fn func() err
 	return err
 }
 
+// rememberPending records whether m has uncollected work, so destroy can
+// protect it while m is stopped or suspended (and cannot be asked).
+func (c *Controller) rememberPending(ctx context.Context, m *Machine) {
+	if m.Workspace == nil {
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if pending, _, err := c.Pending(qctx, m); err == nil {
+		m.Workspace.PendingAtStop = &pending
+	}
+}
+
 // Stop powers machines off gracefully (then forcibly after StopGrace).
 func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
-		if m.Workspace != nil && m.SSHAddr != "" {
-			// Remembered so destroy can protect the work while the VM is off.
-			qctx, cancel := context.WithTimeout(gctx, 30*time.Second)
-			if pending, _, err := c.Pending(qctx, m); err == nil {
-				m.Workspace.PendingAtStop = &pending
-			}
-			cancel()
+		if m.SSHAddr != "" {
+			c.rememberPending(gctx, m)
 		}
 		c.sshPool().Drop(m.Name)
 		if err := c.stopMachine(gctx, c.spec(m, vm.Seed{})); err != nil {

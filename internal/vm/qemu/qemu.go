@@ -95,23 +95,18 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
 // qmpPath returns the QMP socket path. Unix socket paths are limited to
 // about 104 bytes, so long machine folders get a short path under the
 // system temp dir, derived from the folder so it is stable.
-func qmpPath(dir string) string {
-	p := filepath.Join(dir, qmpFile)
-	if len(p) < 100 {
-		return p
-	}
-	h := sha256.Sum256([]byte(dir))
-	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+".qmp")
-}
+func qmpPath(dir string) string { return socketPath(dir, qmpFile, ".qmp") }
 
 // qgaPath is the guest agent's socket, short like qmpPath.
-func qgaPath(dir string) string {
-	p := filepath.Join(dir, vm.GuestAgentFile)
+func qgaPath(dir string) string { return socketPath(dir, vm.GuestAgentFile, ".qga") }
+
+func socketPath(dir, name, ext string) string {
+	p := filepath.Join(dir, name)
 	if len(p) < 100 {
 		return p
 	}
 	h := sha256.Sum256([]byte(dir))
-	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+".qga")
+	return filepath.Join(os.TempDir(), "fleet-"+hex.EncodeToString(h[:8])+ext)
 }
 
 // Start boots the machine and reads back its SSH port.
