@@ -34,7 +34,7 @@ func TestDiskFull(t *testing.T) {
 	}
 	env := []string{"FLEET_HOME=" + home}
 	run := func(timeout time.Duration, args ...string) result {
-		return fleetWithEnv(t, timeout, env, append([]string{args[0], "--name", "full"}, args[1:]...)...)
+		return fleetIn(t, "full", timeout, env, args...)
 	}
 	t.Cleanup(func() {
 		run(5*time.Minute, "destroy", "--all", "--force")

@@ -103,6 +103,13 @@ func fleetWithEnv(t *testing.T, timeout time.Duration, env []string, args ...str
 	return result{out.String(), errb.String(), code}
 }
 
+// fleetIn runs a fleet subcommand (args[0]) on the fleet named, with --name
+// right after the subcommand, so it never lands after a guest command's --.
+func fleetIn(t *testing.T, name string, timeout time.Duration, env []string, args ...string) result {
+	t.Helper()
+	return fleetWithEnv(t, timeout, env, append([]string{args[0], "--name", name}, args[1:]...)...)
+}
+
 func mustFleet(t *testing.T, timeout time.Duration, args ...string) string {
 	t.Helper()
 	r := fleet(t, timeout, args...)

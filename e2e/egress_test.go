@@ -118,7 +118,7 @@ credentials {
 	keyPattern := "'sk-ant-egress-e2e-y{16}'" // matches the key without containing it
 
 	run := func(name string, args ...string) result {
-		return fleetWithEnv(t, 5*time.Minute, []string{"ANTHROPIC_API_KEY=" + secret}, append([]string{args[0], "--name", name}, args[1:]...)...)
+		return fleetIn(t, name, 5*time.Minute, []string{"ANTHROPIC_API_KEY=" + secret}, args...)
 	}
 	in := func(vm, script string) result {
 		return run(strings.Split(vm, "-")[0], "exec", vm, "--", "sh", "-c", script)

@@ -153,7 +153,7 @@ func TestFleetLifecycle(t *testing.T) {
 			{"collect", "e2e-2"}, {"diff", "e2e-2"}, {"kill", "e2e-2"}, {"exec", "--all", "--", "true"},
 		} {
 			t0 := time.Now()
-			r := fleet(t, time.Minute, append([]string{args[0], "--name", "e2e"}, args[1:]...)...)
+			r := fleetIn(t, "e2e", time.Minute, nil, args...)
 			took := time.Since(t0)
 			if r.code == 0 || took > 5*time.Second {
 				t.Errorf("fleet %v on a dead machine: exit %d after %s", args, r.code, took.Round(10*time.Millisecond))

@@ -28,7 +28,7 @@ profile "ticker" {
 }
 `), 0o644)
 	run := func(timeout time.Duration, args ...string) result {
-		return fleet(t, timeout, append([]string{args[0], "--name", "sr"}, args[1:]...)...)
+		return fleetIn(t, "sr", timeout, nil, args...)
 	}
 	t.Cleanup(func() { run(5*time.Minute, "destroy", "--all", "--force") })
 	dir := filepath.Join(fleetHome, "fleets", "sr", "machines", "sr-1")

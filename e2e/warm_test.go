@@ -24,7 +24,7 @@ func TestWarmClones(t *testing.T) {
 	t.Parallel()
 	t.Cleanup(func() { dumpConsoles(t) })
 	run := func(timeout time.Duration, args ...string) result {
-		return fleet(t, timeout, append([]string{args[0], "--name", "wc"}, args[1:]...)...)
+		return fleetIn(t, "wc", timeout, nil, args...)
 	}
 	t.Cleanup(func() { run(5*time.Minute, "destroy", "--all", "--force") })
 

@@ -144,11 +144,12 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 	return nil
 }
 
-// named prefixes err with m's name, unless err already names it.
-func named(m *Machine, err error) error {
+// Named prefixes err with the machine's name, unless err already names
+// it (a state error does).
+func Named(machine string, err error) error {
 	var ue *UnavailableError
 	if err == nil || errors.As(err, &ue) {
 		return err
 	}
-	return fmt.Errorf("%s: %w", m.Name, err)
+	return fmt.Errorf("%s: %w", machine, err)
 }

@@ -139,7 +139,7 @@ func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefi
 			pw.Flush()
 			switch {
 			case err != nil:
-				errs[i] = named(m, err)
+				errs[i] = Named(m.Name, err)
 			case code == 3:
 				errs[i] = fmt.Errorf("%s: no session has run on this machine", m.Name)
 			case code != 0:

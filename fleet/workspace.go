@@ -371,7 +371,7 @@ func (c *Controller) Collect(ctx context.Context, names []string, all bool, o Co
 			return err
 		})
 		if err != nil {
-			errs = append(errs, named(m, err))
+			errs = append(errs, Named(m.Name, err))
 			continue
 		}
 		out = append(out, sum)

@@ -283,7 +283,7 @@ and the status is the first non-zero one.`,
 			code := 0
 			for _, r := range res {
 				if r.Err != nil {
-					errs = append(errs, namedOnce(r.Machine, r.Err))
+					errs = append(errs, fleet.Named(r.Machine, r.Err))
 					if code == 0 {
 						code = 255
 					}
@@ -381,14 +381,4 @@ to collect and then destroy, or --force to discard the work.`
 	cmd.Flags().BoolVar(&o.Force, "force", false, "destroy even machines with uncollected work (it is lost)")
 	cmd.Flags().BoolVar(&o.Collect, "collect", false, "collect each machine's work first")
 	return cmd
-}
-
-// namedOnce prefixes err with the machine's name unless it already names
-// the machine (a state error does).
-func namedOnce(machine string, err error) error {
-	var ue *fleet.UnavailableError
-	if errors.As(err, &ue) {
-		return err
-	}
-	return fmt.Errorf("%s: %w", machine, err)
 }
