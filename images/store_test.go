@@ -197,18 +197,28 @@ func TestWarmTemplatesAreKeyedAndKeepTheirVersion(t *testing.T) {
 	os.WriteFile(filepath.Join(staged, TemplateDisk), []byte("disk"), 0o644)
 	os.WriteFile(filepath.Join(staged, TemplateState), []byte("state"), 0o644)
 	os.WriteFile(filepath.Join(staged, TemplateMeta), []byte(`{"key":"k1","cpus":1,"memory_mib":1024}`), 0o644)
+	// A 1 GiB guest that touched one page: its RAM file is sparse.
+	mem, _ := os.Create(filepath.Join(staged, TemplateMemory))
+	mem.Truncate(1 << 30)
+	mem.WriteAt(make([]byte, 4096), 1<<20)
+	mem.Close()
 	tpl, err := PublishTemplate(img, "k1", staged)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tpl.Bytes != 9 || tpl.CPUs != 1 {
-		t.Errorf("template %+v", tpl)
+	if tpl.Bytes < 4096 || tpl.Bytes > 1<<20 || tpl.CPUs != 1 {
+		t.Errorf("template %+v: its size must count the blocks used, not the RAM file's length", tpl)
 	}
 	if _, ok := FindTemplate(img, "k2"); ok {
 		t.Error("a template was found under another key")
 	}
-	if fi, _ := os.Stat(tpl.State()); fi.Mode().Perm()&0o222 != 0 {
-		t.Error("a published template is writable")
+	for _, f := range []string{tpl.State(), tpl.Disk()} {
+		if fi, _ := os.Stat(f); fi.Mode().Perm()&0o222 != 0 {
+			t.Errorf("a published template's %s is writable", filepath.Base(f))
+		}
+	}
+	if fi, _ := os.Stat(tpl.Memory()); fi.Mode().Perm()&0o022 != 0 {
+		t.Error("a published template's memory is writable by others")
 	}
 	// A template dir whose recorded key differs from the one it is filed
 	// under (a hash collision, or a hand edit) is not used.

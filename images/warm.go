@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 )
 
@@ -19,9 +20,10 @@ import (
 
 // Files of a template's folder.
 const (
-	TemplateDisk  = "disk.qcow2"
-	TemplateState = "state"
-	TemplateMeta  = "template.json"
+	TemplateDisk   = "disk.qcow2"
+	TemplateMemory = "memory" // the guest's RAM; clones map it copy-on-write
+	TemplateState  = "state"  // device state only
+	TemplateMeta   = "template.json"
 )
 
 // TemplateMetaInfo is template.json.
@@ -37,12 +39,13 @@ type TemplateMetaInfo struct {
 type Template struct {
 	TemplateMetaInfo
 	Dir   string `json:"dir"`
-	Bytes int64  `json:"bytes"` // disk and state on disk
+	Bytes int64  `json:"bytes"` // disk, memory and state: the blocks they use on disk
 }
 
-// Disk and State are the template's files.
-func (t Template) Disk() string  { return filepath.Join(t.Dir, TemplateDisk) }
-func (t Template) State() string { return filepath.Join(t.Dir, TemplateState) }
+// Disk, Memory and State are the template's files.
+func (t Template) Disk() string   { return filepath.Join(t.Dir, TemplateDisk) }
+func (t Template) Memory() string { return filepath.Join(t.Dir, TemplateMemory) }
+func (t Template) State() string  { return filepath.Join(t.Dir, TemplateState) }
 
 // TemplateDir is where the template for key lives in img.
 func TemplateDir(img Image, key string) string {
@@ -69,14 +72,23 @@ func loadTemplate(dir string) (Template, error) {
 	if err := json.Unmarshal(b, &t.TemplateMetaInfo); err != nil {
 		return Template{}, err
 	}
-	for _, f := range []string{TemplateDisk, TemplateState} {
+	for _, f := range []string{TemplateDisk, TemplateMemory, TemplateState} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			return Template{}, err
 		}
-		t.Bytes += fi.Size()
+		t.Bytes += allocated(fi)
 	}
 	return t, nil
+}
+
+// allocated is what a file takes on disk: the guest's RAM file is sparse
+// where the guest never touched it.
+func allocated(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }
 
 // Templates lists img's templates, newest first.
@@ -99,6 +111,11 @@ func PublishTemplate(img Image, key, staged string) (Template, error) {
 		if err := os.Chmod(filepath.Join(staged, f), 0o444); err != nil {
 			return Template{}, err
 		}
+	}
+	// QEMU 7.2 opens a RAM file read-write even to map it privately, so
+	// its owner keeps the write bit; clones never write it (share=off).
+	if err := os.Chmod(filepath.Join(staged, TemplateMemory), 0o644); err != nil {
+		return Template{}, err
 	}
 	dst := TemplateDir(img, key)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {

@@ -38,13 +38,18 @@ type Spec struct {
 	// Create links the disk to Template.Disk, and the first Start restores
 	// Template.State instead of booting.
 	Template *Template
+	// MemoryFile, if set, is a file the guest's RAM lives in while it
+	// runs: a machine that will become a warm template keeps it there, so
+	// that SaveState saves only its devices and clones map the file.
+	MemoryFile string
 }
 
-// Template is a machine saved booted and anonymous: its frozen disk and
-// its RAM and device state.
+// Template is a machine saved booted and anonymous: its frozen disk, its
+// RAM (a file each clone maps copy-on-write) and its device state.
 type Template struct {
-	Disk  string
-	State string
+	Disk   string
+	Memory string
+	State  string
 }
 
 // Network is a machine's way out. Restrict cuts every route from the guest;

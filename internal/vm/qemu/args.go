@@ -44,6 +44,14 @@ type MachineArgs struct {
 	// Incoming starts the machine waiting for saved state (-incoming
 	// defer) instead of booting.
 	Incoming bool
+	// MemoryFile, if set, backs the guest's RAM with a file. Shared, the
+	// guest writes its RAM into it (a machine becoming a warm template);
+	// private, the guest starts from the file's pages and its writes stay
+	// its own (a template's clone: pages are read from the host's page
+	// cache as the guest touches them, and shared by every clone until
+	// written).
+	MemoryFile   string
+	MemoryShared bool
 }
 
 // ForwardIP is where the guest reaches Forwards: an otherwise unused address
@@ -80,11 +88,14 @@ func SystemArgs(m MachineArgs) []string {
 	}
 	args := []string{
 		"-name", fmt.Sprintf("%s,process=fleet-%s", qemuEscape(m.Name), qemuEscape(m.Name)),
-		"-machine", "q35",
+		// RAM is always the backend "mem", whatever holds it, so state
+		// saved by one kind of machine loads into any other.
+		"-machine", "q35,memory-backend=mem",
 		"-accel", string(m.Accel),
 		"-cpu", cpu,
 		"-smp", fmt.Sprint(m.CPUs),
 		"-m", fmt.Sprintf("%dM", m.MemoryMiB),
+		"-object", memoryBackend(m),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
 		"-daemonize", "-pidfile", m.PIDFile,
@@ -108,14 +119,29 @@ func SystemArgs(m MachineArgs) []string {
 		args = append(args, "-incoming", "defer")
 	}
 	if m.VirtiofsSocket != "" {
-		args[3] = "q35,memory-backend=mem"
 		args = append(args,
-			"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", m.MemoryMiB),
 			"-chardev", fmt.Sprintf("socket,id=vfs,path=%s", qemuEscape(m.VirtiofsSocket)),
 			"-device", "vhost-user-fs-pci,chardev=vfs,tag=workspace",
 		)
 	}
 	return args
+}
+
+// memoryBackend is the guest RAM's backend: in shared memory for virtiofs
+// (vhost-user maps it), in a file for warm templates and their clones,
+// plain anonymous memory otherwise.
+func memoryBackend(m MachineArgs) string {
+	switch {
+	case m.VirtiofsSocket != "":
+		return fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", m.MemoryMiB)
+	case m.MemoryFile != "":
+		share := "off"
+		if m.MemoryShared {
+			share = "on"
+		}
+		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s", m.MemoryMiB, qemuEscape(m.MemoryFile), share)
+	}
+	return fmt.Sprintf("memory-backend-ram,id=mem,size=%dM", m.MemoryMiB)
 }
 
 // qemuEscape doubles commas, QEMU's escape inside option values, so a path

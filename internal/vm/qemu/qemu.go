@@ -133,14 +133,17 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
 	}
-	// A suspended machine resumes from its own state; a new clone of a
-	// warm template starts from the template's.
+	// A suspended machine resumes from its own state (RAM included); a
+	// new clone of a warm template maps the template's RAM file and loads
+	// only its device state.
 	state, own := "", false
 	switch {
 	case d.Suspended(s):
 		state, own = filepath.Join(s.Dir, vm.SuspendFile), true
 	case s.Template != nil:
-		state = s.Template.State
+		state, ma.MemoryFile = s.Template.State, s.Template.Memory
+	case s.MemoryFile != "":
+		ma.MemoryFile, ma.MemoryShared = s.MemoryFile, true
 	}
 	ma.Incoming = state != ""
 	for _, f := range s.Network.Forwards {
@@ -169,7 +172,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	if ma.Incoming {
-		if err := d.restore(ctx, s, pid, state, own); err != nil {
+		if err := d.restore(ctx, s, pid, state, own, ma.MemoryFile != ""); err != nil {
 			return vm.Runtime{}, fmt.Errorf("resume %s from %s: %w", s.Name, state, err)
 		}
 	}

@@ -64,6 +64,13 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 	if err := qmp("stop", nil); err != nil {
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
+	if s.MemoryFile != "" {
+		// RAM already lives in its file: the state holds the devices only.
+		if err := qmp("migrate-set-capabilities", ignoreShared); err != nil {
+			undo()
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+	}
 	if err := qmp("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
 		undo()
 		return fmt.Errorf("%s: %w", s.Name, err)
@@ -72,9 +79,14 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 		undo()
 		return fmt.Errorf("%s: save the state: %w", s.Name, err)
 	}
-	if err := syncFile(partial); err != nil {
-		undo()
-		return fmt.Errorf("%s: %w", s.Name, err)
+	for _, f := range []string{partial, s.MemoryFile} {
+		if f == "" {
+			continue
+		}
+		if err := syncFile(f); err != nil {
+			undo()
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
 	}
 	if err := os.Rename(partial, path); err != nil {
 		undo()
@@ -110,12 +122,19 @@ func (d *Driver) DiscardSuspended(s vm.Spec) error {
 // waits until the guest runs again. A machine's own suspend state is then
 // removed, since its disk has moved on from it; a template's is shared and
 // kept. On failure QEMU is killed and the state file kept.
-func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, own bool) error {
+func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, own, mappedRAM bool) error {
 	q, err := dialQMP(ctx, qmpPath(s.Dir))
 	if err != nil {
 		return err
 	}
-	_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
+	if mappedRAM {
+		// The state was saved without the RAM, which this QEMU maps from
+		// the template's file; the stream's layout says so too.
+		_, err = q.execute("migrate-set-capabilities", ignoreShared)
+	}
+	if err == nil {
+		_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
+	}
 	q.Close()
 	if err == nil {
 		err = waitRunning(ctx, s.Dir, pid)
@@ -131,6 +150,10 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, 
 	}
 	return os.Remove(state)
 }
+
+// ignoreShared leaves RAM in shared files out of the migration stream
+// (QEMU's x-ignore-shared, the capability its VM templating uses).
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
 
 // waitMigration polls an outgoing migration until it completes.
 func waitMigration(ctx context.Context, dir string) error {
@@ -246,7 +269,9 @@ func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
 		ports = append(ports, f.GuestPort)
 	}
 	cpu := SystemArgs(ma)[slices.Index(SystemArgs(ma), "-cpu")+1]
-	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d restrict=%v forwards=%v",
+	// ram=file: templates keep RAM in a file their clones map (older
+	// templates, whose state held the RAM, never match).
+	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d ram=file restrict=%v forwards=%v",
 		strings.TrimSpace(strings.SplitN(string(version), "\n", 2)[0]), fi.Size(), fi.ModTime().Unix(), d.Accel,
 		q35Alias(string(out)), cpu, s.CPUs, s.MemoryMiB, s.Network.Restrict, ports), nil
 }
