@@ -23,10 +23,24 @@ type SpawnRequest struct {
 	// Sessions[i], if present, starts an agent on the i-th new machine as
 	// soon as it is ready; a session that cannot start fails the spawn.
 	Sessions []SessionRequest
-	// Warm restores each machine from the image's warm template (made on
-	// first use) instead of booting it, where the machine allows.
-	Warm bool
+	// Warm says whether machines are restored from the image's warm
+	// template instead of booted, where the machine allows.
+	Warm WarmMode
 }
+
+// WarmMode is how a spawn uses warm templates.
+type WarmMode string
+
+const (
+	// WarmAuto (the default) restores from the template of the machines'
+	// shape, making it first (one cold boot) if there is none.
+	WarmAuto WarmMode = ""
+	// WarmExisting restores only from a template that already exists
+	// (--no-warm): it never spends a boot on making one.
+	WarmExisting WarmMode = "existing"
+	// WarmNever boots every machine from its disk (--cold).
+	WarmNever WarmMode = "never"
+)
 
 // ImageRef is a resolved base image.
 type ImageRef struct {

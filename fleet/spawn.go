@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -115,7 +116,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return err
 			}
 			if tpl != nil {
-				spec.Template = &vm.Template{Disk: tpl.Disk(), State: tpl.State()}
+				spec.Template = &vm.Template{Disk: tpl.Disk(), Memory: tpl.Memory(), State: tpl.State()}
 				m.BaseImage = tpl.Disk() // what its disk links to, for prune
 			}
 			if err := c.Driver.Create(gctx, spec); err != nil {
@@ -182,7 +183,8 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 // warmTemplate is the template a warm spawn restores from, or nil with a
 // one-line reason said when its machines must boot cold.
 func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Network) *images.Template {
-	if !req.Warm {
+	if req.Warm == WarmNever {
+		c.say("cold boot: --cold")
 		return nil
 	}
 	why := ""
@@ -193,11 +195,16 @@ func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Netw
 		why = "--sync shared: a live virtiofs share cannot be saved and restored"
 	}
 	if why == "" {
-		t, _, err := c.Template(ctx, req.Image, req.CPUs, req.MemoryMiB, n)
-		if err == nil {
+		t, _, err := c.template(ctx, req.Image, req.CPUs, req.MemoryMiB, n, req.Warm != WarmExisting)
+		switch {
+		case err == nil:
 			return &t
+		case errors.Is(err, errNoTemplate):
+			why = fmt.Sprintf("no warm template of %s for %d CPUs and %d MiB, and --no-warm makes none (fleet image warm %s --cpus %d --memory %dM)",
+				req.Image, req.CPUs, req.MemoryMiB, req.Image, req.CPUs, req.MemoryMiB)
+		default:
+			why = "no warm template: " + err.Error()
 		}
-		why = "no warm template: " + err.Error()
 	}
 	c.say("cold boot instead of a warm restore: %s", why)
 	return nil

@@ -3,9 +3,9 @@ package fleet
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
-	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/crypto/ssh"
@@ -48,6 +47,15 @@ func (c *Controller) templateSpec(name, dir string, img ImageRef, cpus, mem int,
 // making it first if there is none (made tells which). A template whose
 // key does not match exactly is never used.
 func (c *Controller) Template(ctx context.Context, img ImageRef, cpus, mem int, n *Network) (t images.Template, made bool, err error) {
+	return c.template(ctx, img, cpus, mem, n, true)
+}
+
+// errNoTemplate: there is no template of that shape, and none was to be made.
+var errNoTemplate = errors.New("no warm template of this shape")
+
+// template finds the template for machines of this shape; with mayMake
+// it makes one when there is none, else it returns errNoTemplate.
+func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, n *Network, mayMake bool) (t images.Template, made bool, err error) {
 	if !c.Driver.Capabilities().Snapshots {
 		return t, false, fmt.Errorf("the %s driver cannot save machine state", c.Driver.Name())
 	}
@@ -64,12 +72,16 @@ func (c *Controller) Template(ctx context.Context, img ImageRef, cpus, mem int, 
 	if t, ok := images.FindTemplate(iimg, key); ok {
 		return t, false, nil
 	}
+	if !mayMake {
+		return t, false, errNoTemplate
+	}
 	warmDir := filepath.Join(iimg.Dir, "warm")
 	if err := os.MkdirAll(warmDir, 0o755); err != nil {
 		return t, false, err
 	}
-	unlock, err := lockFile(ctx, filepath.Join(warmDir, ".lock"), "warm templates of "+img.String(),
-		func() { c.say("waiting for another fleet command making a warm template of %s...", img) })
+	// One maker per key: templates of other shapes are made meanwhile.
+	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+".lock", "the warm template of "+img.String(),
+		func() { c.say("waiting for another fleet command making this warm template of %s...", img) })
 	if err != nil {
 		return t, false, err
 	}
@@ -89,6 +101,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	if err != nil {
 		return images.Template{}, err
 	}
+	spec.MemoryFile = filepath.Join(staged, images.TemplateMemory)
 	host, err := sshx.NewKeyPair("")
 	if err != nil {
 		return images.Template{}, err
@@ -176,50 +189,10 @@ func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) e
 	if err := c.Driver.SetGuestClock(ictx, spec, time.Now()); err != nil {
 		return fmt.Errorf("set the clock: %w", err)
 	}
-	if _, err := c.Driver.GuestRun(ictx, spec, identityScript(seed, randomHex(16), randomBytes(64))); err != nil {
+	if _, err := c.Driver.GuestRun(ictx, spec, seed.IdentityScript(&vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64)})); err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
 	return nil
-}
-
-// identityScript is run as root in a fresh clone. Everything it writes
-// comes from the host; nothing is read from the template.
-func identityScript(seed vm.Seed, machineID string, entropy []byte) string {
-	q := execx.ShellQuote
-	var b strings.Builder
-	b.WriteString("set -eu\n")
-	// Randomness: the host's bytes mixed in, then an explicit reseed of
-	// the kernel's CRNG (the VM generation ID device has also changed).
-	fmt.Fprintf(&b, "python3 -c 'import base64,fcntl,os; fd=os.open(\"/dev/urandom\", os.O_WRONLY); os.write(fd, base64.b64decode(%q)); fcntl.ioctl(fd, 0x5207)'\n",
-		base64.StdEncoding.EncodeToString(entropy))
-	b.WriteString("echo 'fleet: crng reseeded (RNDRESEEDCRNG) for a new clone' > /dev/kmsg\n")
-	fmt.Fprintf(&b, "echo %s > /etc/machine-id\n", machineID)
-	fmt.Fprintf(&b, "echo %s > /etc/hostname; hostname %s\n", q(seed.Hostname), q(seed.Hostname))
-	fmt.Fprintf(&b, "sed -i '/%s/d' /etc/hosts; echo %s >> /etc/hosts\n", templateHostname, q("127.0.1.1 "+seed.Hostname))
-	b.WriteString("rm -f /etc/ssh/ssh_host_*\n")
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key\n", q(strings.TrimSpace(seed.HostKeyPrivate)))
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key.pub\n", q(seed.HostKeyPublic))
-	b.WriteString("chmod 600 /etc/ssh/ssh_host_ed25519_key\n")
-	home := "/home/" + seed.User
-	fmt.Fprintf(&b, "install -d -m 700 -o %s -g %s %s/.ssh\n", q(seed.User), q(seed.User), q(home))
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > %s/.ssh/authorized_keys\n", q(seed.AuthorizedKey), q(home))
-	fmt.Fprintf(&b, "chown %s: %s/.ssh/authorized_keys; chmod 600 %s/.ssh/authorized_keys\n", q(seed.User), q(home), q(home))
-	for _, f := range seed.Files {
-		fmt.Fprintf(&b, "mkdir -p %s\n", q(filepath.Dir(f.Path)))
-		op := ">"
-		if f.Append {
-			op = ">>"
-		}
-		fmt.Fprintf(&b, "printf '%%s' %s %s %s\n", q(f.Content), op, q(f.Path))
-		if f.Mode != "" {
-			fmt.Fprintf(&b, "chmod %s %s\n", q(f.Mode), q(f.Path))
-		}
-	}
-	// sshd rereads its host keys on SIGHUP; Docker its proxy settings on
-	// restart (only if it ever started).
-	b.WriteString("systemctl reload ssh 2>/dev/null || systemctl reload sshd\n")
-	b.WriteString("if systemctl is-active --quiet docker; then systemctl restart --no-block docker; fi\n")
-	return b.String()
 }
 
 func randomHex(n int) string { return hex.EncodeToString(randomBytes(n)) }

@@ -28,13 +28,16 @@ func newImageCmd(g *globals) *cobra.Command {
 func newImageBuildCmd(g *globals) *cobra.Command {
 	var o builder.Options
 	var outputs string
+	var noWarm bool
 	build := &cobra.Command{
 		Use:   "build NAME",
 		Short: "Bake a base image, verify it in a booted VM, then promote it to latest",
 		Long: `Bakes NAME (ubuntu-24.04 or debian-12) with Docker, Node.js and Claude Code,
 boots a clone of the result and checks it (docker info, docker build, node,
 claude, the seeded Claude state), and only then stores it under
-FLEET_HOME/images/NAME/VERSION and moves NAME's latest to it. A failed bake
+FLEET_HOME/images/NAME/VERSION and moves NAME's latest to it. It then makes
+the warm template of the default machine shape (see fleet image warm), so
+the first spawn restores instead of booting. A failed bake
 or check leaves the previous latest, and every running fleet, untouched.
 
 Sources:
@@ -83,6 +86,16 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 			if res.Skipped {
 				return exitError{exitSkipped}
 			}
+			if noWarm || !provision.CanWarm(res.Image.Recipe) {
+				return nil
+			}
+			// The default shape's template, so the first spawn restores
+			// instead of booting. The image is already promoted: a failure
+			// here only leaves that first spawn to make it.
+			mem, _ := parseMemory(defaultMemory)
+			if _, _, err := warmImage(cmd, g, res.Image, defaultCPUs, mem, fleet.NetworkOverrides{}); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: no warm template made (%v); the first spawn makes one\n", err)
+			}
 			return nil
 		},
 	}
@@ -99,6 +112,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 	f.StringArrayVar(&o.CACertFiles, "ca-cert", nil, "PEM file of a certificate authority the image must trust (repeatable)")
 	f.BoolVar(&o.NoHostCA, "no-host-ca", false, "do not copy this host's added CAs (/usr/local/share/ca-certificates) into the image")
 	f.BoolVar(&o.KeepOnFailure, "keep-on-failure", false, "keep the build folder and stopped VMs when the build fails")
+	f.BoolVar(&noWarm, "no-warm", false, "do not make the warm template of the default machine shape (2 CPUs, 2G) after the build")
 	return build
 }
 
@@ -210,25 +224,48 @@ func printJSON(cmd *cobra.Command, v any) error {
 	return enc.Encode(v)
 }
 
+// warmImage finds or makes img's warm template for machines of this
+// shape.
+func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, net fleet.NetworkOverrides) (images.Template, bool, error) {
+	if !provision.CanWarm(img.Recipe) {
+		return images.Template{}, false, fmt.Errorf("%s@%s (recipe %s) has no guest agent, so no clone of it could be given its own identity: build it with the full recipe", img.Name, img.Version, img.Recipe)
+	}
+	req, err := (fleet.Project{}).Network(net)
+	if err != nil {
+		return images.Template{}, false, err
+	}
+	c, err := g.controller(cmd)
+	if err != nil {
+		return images.Template{}, false, err
+	}
+	defer c.Close()
+	_, rec, err := req.Normalized(c.Driver)
+	if err != nil {
+		return images.Template{}, false, err
+	}
+	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, cpus, mem, rec)
+}
+
 func newImageWarmCmd(g *globals) *cobra.Command {
 	var cpus int
 	var memory, egressMode, creds string
 	cmd := &cobra.Command{
 		Use:   "warm NAME[@VERSION]",
-		Short: "Make a warm template: one machine booted, saved, for spawn --warm to restore",
+		Short: "Make a warm template: one machine booted and saved, for spawn to restore",
 		Long: `Boots one anonymous machine of the image (no project, token, user key or
 open connection), waits until it is ready, and saves its RAM and device
-state with its frozen disk under the image's folder. spawn --warm restores
-clones from it in seconds instead of booting each; every clone then gets
+state with its frozen disk under the image's folder. spawn restores clones
+from it in seconds instead of booting each; every clone then gets
 its own randomness, machine-id, hostname, host key, key, clock and tokens
 over a host-only channel before it uses the network.
 
 A template is keyed by everything that must match on restore: image
 version, QEMU build, accelerator, machine type, CPU model, CPUs, memory
-and network shape. spawn --warm makes one on first use if none matches.`,
+and network shape. spawn makes one on first use if none matches (not with
+--no-warm); fleet image build makes the default shape's.`,
 		Example: `  fleet image warm debian-12
   fleet image warm debian-12 --cpus 1 --memory 1G
-  fleet spawn 4 --warm --cpus 1 --memory 1G`,
+  fleet spawn 4 --cpus 1 --memory 1G    # restores from it`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mem, err := parseMemory(memory)
@@ -246,20 +283,7 @@ and network shape. spawn --warm makes one on first use if none matches.`,
 			if err != nil {
 				return err
 			}
-			req, err := (fleet.Project{}).Network(fleet.NetworkOverrides{Egress: egressMode, Credentials: creds})
-			if err != nil {
-				return err
-			}
-			c, err := g.controller(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, rec, err := req.Normalized(c.Driver)
-			if err != nil {
-				return err
-			}
-			t, made, err := c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, cpus, mem, rec)
+			t, made, err := warmImage(cmd, g, img, cpus, mem, fleet.NetworkOverrides{Egress: egressMode, Credentials: creds})
 			if err != nil {
 				return err
 			}
@@ -270,8 +294,8 @@ and network shape. spawn --warm makes one on first use if none matches.`,
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&cpus, "cpus", 2, "virtual CPUs of the machines it is for")
-	cmd.Flags().StringVar(&memory, "memory", "2G", "memory of the machines it is for")
+	cmd.Flags().IntVar(&cpus, "cpus", defaultCPUs, "virtual CPUs of the machines it is for")
+	cmd.Flags().StringVar(&memory, "memory", defaultMemory, "memory of the machines it is for")
 	cmd.Flags().StringVar(&egressMode, "egress", "", "network shape of the machines it is for: allowlist (default), none or open")
 	cmd.Flags().StringVar(&creds, "credentials", "", "proxy (default), env or none: the proxy adds a forward")
 	return cmd

@@ -14,6 +14,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// The default machine shape, which fleet image build warms.
+const (
+	defaultCPUs   = 2
+	defaultMemory = "2G"
+)
+
 type machineOpts struct {
 	image    string
 	cpus     int
@@ -23,16 +29,21 @@ type machineOpts struct {
 	project  string
 	excludes []string
 	writable bool
-	warm     bool
+	noWarm   bool
+	cold     bool
 	net      fleet.NetworkOverrides
 }
 
 func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: ubuntu-24.04 if built, else debian-12)")
-	cmd.Flags().IntVar(&o.cpus, "cpus", 2, "virtual CPUs per machine")
-	cmd.Flags().StringVar(&o.memory, "memory", "2G", "memory per machine (e.g. 2048M, 4G)")
+	cmd.Flags().IntVar(&o.cpus, "cpus", defaultCPUs, "virtual CPUs per machine")
+	cmd.Flags().StringVar(&o.memory, "memory", defaultMemory, "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
-	cmd.Flags().BoolVar(&o.warm, "warm", false, "restore each machine from the image's warm template (made on first use:\none cold boot) instead of booting it; each clone gets its own identity")
+	cmd.Flags().BoolVar(&o.noWarm, "no-warm", false, "do not make a warm template for this shape: restore from one only if it exists,\nelse boot cold (by default the first spawn of a shape makes one: one cold boot)")
+	cmd.Flags().BoolVar(&o.cold, "cold", false, "boot every machine from its disk, even where a warm template exists")
+	// --warm was the opt-in before warm clones became the default.
+	cmd.Flags().Bool("warm", true, "")
+	_ = cmd.Flags().MarkHidden("warm")
 	cmd.Flags().StringVar(&o.sync, "sync", "", "how the project reaches /workspace: git, rsync, shared or none\n(default: fleet.hcl's sync, else git inside a git repository, rsync elsewhere)")
 	cmd.Flags().StringVar(&o.project, "project", "", "project folder to bring in (default: the current folder)")
 	cmd.Flags().StringArrayVar(&o.excludes, "exclude", nil, "rsync: also leave out this pattern (repeatable; .gitignore is always honoured)")
@@ -50,6 +61,15 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	mem, err := parseMemory(o.memory)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
+	}
+	warm := fleet.WarmAuto
+	switch {
+	case o.cold && o.noWarm:
+		return fleet.SpawnRequest{}, errors.New("--cold and --no-warm: choose one (--cold never restores; --no-warm restores only from an existing template)")
+	case o.cold:
+		warm = fleet.WarmNever
+	case o.noWarm:
+		warm = fleet.WarmExisting
 	}
 	ws, proj, err := o.workspace(ctx)
 	if err != nil {
@@ -81,7 +101,7 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk}, Workspace: ws, Network: netReq, Warm: o.warm}, nil
+		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk}, Workspace: ws, Network: netReq, Warm: warm}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
@@ -91,14 +111,23 @@ func newSpawnCmd(g *globals) *cobra.Command {
 		Use:   "spawn N",
 		Short: "Create and boot N linked-clone machines in the fleet",
 		Long: `Plans N machines, clones them from the base image (qcow2 overlays, milliseconds
-each) and boots them in parallel, returning when every one answers SSH with
+each) and starts them in parallel, returning when every one answers SSH with
 its pinned host key. Machines are named <fleet>-1 ... <fleet>-N; spawning into
 an existing fleet adds machines. If any machine fails (or Ctrl-C), everything
-this spawn created is removed again.`,
+this spawn created is removed again.
+
+Machines are restored from the image's warm template for their shape (CPUs,
+memory, network) instead of booted: seconds instead of a boot. The first
+spawn of a shape makes the template (one cold boot); fleet image build makes
+the default one. Each clone gets its own randomness, machine-id, hostname,
+host key and tokens over a host-only channel before it uses the network.
+--sync shared and VirtualBox boot cold, and say why.`,
 		Example: `  fleet spawn 4
   fleet spawn 4 --task 'Make the failing tests in ./parser pass'
   fleet spawn 3 --tasks tasks.txt && fleet wait
   fleet spawn 2 --image debian-12 --cpus 2 --memory 4G
+  fleet spawn 2 --cpus 8 --memory 16G --no-warm   # a one-off shape: no template
+  fleet spawn 1 --cold                            # a real boot from the disk
   fleet spawn 1 --name scratch`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
