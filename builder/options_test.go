@@ -3,6 +3,7 @@ package builder
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,8 +67,12 @@ func TestOptionsConfigFillsStoreCacheAndOverrides(t *testing.T) {
 	if cfg.Recipe.Name != "base" || cfg.ClaudeVersion != "2.1.0" || !cfg.IfChanged || len(cfg.Outputs) != 1 {
 		t.Errorf("choices lost: %+v", cfg)
 	}
-	if n := len(cfg.Recipe.Scripts); n < 2 || cfg.Recipe.Scripts[n-3].Name != "user-1-my_tools.sh" {
-		t.Errorf("user script not placed before versions and generalize: %+v", cfg.Recipe.Scripts)
+	var order []string
+	for _, s := range cfg.Recipe.Scripts {
+		order = append(order, s.Name)
+	}
+	if i := slices.Index(order, "user-1-my_tools.sh"); i < 0 || i+1 >= len(order) || order[i+1] != "80-versions.sh" || order[len(order)-1] != "90-generalize.sh" {
+		t.Errorf("user script not placed before versions and generalize: %v", order)
 	}
 	if cfg.Store.Root != filepath.Join(home, "images") || cfg.CacheDir != filepath.Join(home, "cache") || cfg.TmpDir != filepath.Join(home, "tmp") {
 		t.Errorf("paths: store %s cache %s tmp %s", cfg.Store.Root, cfg.CacheDir, cfg.TmpDir)

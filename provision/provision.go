@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -39,10 +40,14 @@ type Check struct {
 // base is the light recipe: a bootable, generalized image with the agent
 // user, and none of the toolchain (nor the guest agent warm clones need). Tests of the SSH path use it, since
 // installing packages inside an emulated guest takes far too long.
-var base = []string{"10-boot.sh", "15-ca-certs.sh", "60-agent.sh", "80-versions.sh", "90-generalize.sh"}
+var base = []string{"10-boot.sh", "15-ca-certs.sh", "60-agent.sh", "80-versions.sh", fastBootScript, "90-generalize.sh"}
+
+// fastBootScript trims the boot: the seed applied without cloud-init,
+// Docker started on first use. The untrimmed recipe is full without it.
+const fastBootScript = "85-fast-boot.sh"
 
 // RecipeNames lists the recipes a build can use.
-var RecipeNames = []string{"full", "base"}
+var RecipeNames = []string{"full", "untrimmed", "base"}
 
 var baseChecks = []Check{
 	{"agent user with passwordless sudo", "sudo -n true"},
@@ -67,6 +72,12 @@ func Get(name string) (Recipe, error) {
 	switch name {
 	case "full", "":
 		return Recipe{Name: "full", Scripts: all, Checks: append(append([]Check{}, baseChecks...), fullChecks...)}, nil
+	case "untrimmed":
+		// full as it booted before the boot was trimmed (cloud-init, Docker
+		// at boot): what the cold-boot bench measures against.
+		r, _ := Get("full")
+		r.Name, r.Scripts = "untrimmed", slices.DeleteFunc(r.Scripts, func(s Script) bool { return s.Name == fastBootScript })
+		return r, nil
 	case "base":
 		var out []Script
 		for _, s := range all {
@@ -79,6 +90,24 @@ func Get(name string) (Recipe, error) {
 		return Recipe{Name: "base", Scripts: out, Checks: baseChecks}, nil
 	}
 	return Recipe{}, fmt.Errorf("unknown recipe %q (recipes: %s)", name, strings.Join(RecipeNames, ", "))
+}
+
+// guestAgentScript installs the channel a warm clone's identity comes over.
+const guestAgentScript = "65-guest-agent.sh"
+
+// CanWarm says whether images of the named recipe can have warm
+// templates: their clones need the guest agent to be given an identity.
+func CanWarm(recipe string) bool {
+	r, err := Get(recipe)
+	if err != nil {
+		return false
+	}
+	for _, s := range r.Scripts {
+		if s.Name == guestAgentScript {
+			return true
+		}
+	}
+	return false
 }
 
 // userScriptsBefore is the first recipe script the user's own scripts run

@@ -26,13 +26,26 @@ func TestRecipesOrderAndSubset(t *testing.T) {
 	for _, s := range b.Scripts {
 		names = append(names, s.Name)
 	}
-	if strings.Join(names, " ") != "10-boot.sh 15-ca-certs.sh 60-agent.sh 80-versions.sh 90-generalize.sh" {
+	if strings.Join(names, " ") != "10-boot.sh 15-ca-certs.sh 60-agent.sh 80-versions.sh 85-fast-boot.sh 90-generalize.sh" {
 		t.Fatalf("base recipe = %v", names)
 	}
 	if full.Hash() == b.Hash() {
 		t.Fatal("recipes must hash differently")
 	}
-	if _, err := Get("kitchen-sink"); err == nil || !strings.Contains(err.Error(), "full, base") {
+	// untrimmed is full, booting as it did before the fast-boot script.
+	u, _ := Get("untrimmed")
+	if u.Name != "untrimmed" || len(u.Scripts) != len(full.Scripts)-1 || u.Hash() == full.Hash() || !CanWarm("untrimmed") {
+		t.Fatalf("untrimmed recipe: %d scripts against full's %d", len(u.Scripts), len(full.Scripts))
+	}
+	for _, s := range u.Scripts {
+		if s.Name == "85-fast-boot.sh" {
+			t.Fatal("the untrimmed recipe trims the boot")
+		}
+	}
+	if full2, _ := Get("full"); len(full2.Scripts) != len(full.Scripts) {
+		t.Fatal("getting untrimmed changed full")
+	}
+	if _, err := Get("kitchen-sink"); err == nil || !strings.Contains(err.Error(), "full, untrimmed, base") {
 		t.Fatalf("unknown recipe: %v", err)
 	}
 }
@@ -45,7 +58,7 @@ func TestUserScriptsRunAfterTheToolchainAndBeforeGeneralize(t *testing.T) {
 		names = append(names, s.Name)
 	}
 	got := strings.Join(names, " ")
-	if !strings.Contains(got, "75-apparmor-bwrap.sh user-1-corp.sh user-2-b.sh 80-versions.sh 90-generalize.sh") {
+	if !strings.Contains(got, "75-apparmor-bwrap.sh user-1-corp.sh user-2-b.sh 80-versions.sh 85-fast-boot.sh 90-generalize.sh") {
 		t.Fatalf("order: %s", got)
 	}
 	if len(full.Scripts) != len(r.Scripts)-2 {
@@ -93,5 +106,16 @@ func TestClaudeStateScriptWritesTheFirstRunAnswers(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("70-claude-state.sh lacks %s", want)
 		}
+	}
+}
+
+// Only images with the guest agent can be warmed: a clone of one without
+// could never be given its own identity.
+func TestCanWarmOnlyRecipesWithTheGuestAgent(t *testing.T) {
+	if !CanWarm("full") || !CanWarm("") {
+		t.Error("the full recipe cannot be warmed")
+	}
+	if CanWarm("base") || CanWarm("nonesuch") {
+		t.Error("a recipe without the guest agent can be warmed")
 	}
 }

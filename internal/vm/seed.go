@@ -95,7 +95,8 @@ func yamlQuote(s string) string {
 }
 
 // WriteSeedISO writes the seed as an ISO 9660 volume labelled "cidata",
-// which cloud-init's NoCloud data source finds on any attached disk.
+// which cloud-init's NoCloud data source finds on any attached disk, and
+// which fast-booting images read without cloud-init (IdentityFile).
 func WriteSeedISO(path string, s Seed) error {
 	w, err := iso9660.NewWriter()
 	if err != nil {
@@ -106,6 +107,10 @@ func WriteSeedISO(path string, s Seed) error {
 		return err
 	}
 	if err := w.AddFile(strings.NewReader(s.UserData()), "user-data"); err != nil {
+		return err
+	}
+	// Images with the fast-boot script run this instead of cloud-init.
+	if err := w.AddFile(strings.NewReader(s.IdentityScript(nil)), IdentityFile); err != nil {
 		return err
 	}
 	var buf bytes.Buffer

@@ -1,8 +1,13 @@
 package vm
 
 import (
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kdomanski/iso9660"
 )
 
 func TestUserDataCannotBeInjected(t *testing.T) {
@@ -31,4 +36,45 @@ func TestSeedFilesAreQuoted(t *testing.T) {
 			t.Errorf("user-data lacks %q:\n%s", want, ud)
 		}
 	}
+}
+
+// The seed ISO carries the boot-time identity script under the name the
+// fast-boot unit reads, byte for byte.
+func TestSeedISOCarriesTheIdentityScript(t *testing.T) {
+	s := Seed{InstanceID: "i-1", Hostname: "proj-1", User: "agent", AuthorizedKey: "ssh-ed25519 AAAA x", HostKeyPublic: "ssh-ed25519 BBBB",
+		HostKeyPrivate: "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"}
+	path := filepath.Join(t.TempDir(), "seed.iso")
+	if err := WriteSeedISO(path, s); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := iso9660.OpenImage(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := img.RootDir()
+	children, _ := root.GetChildren()
+	got := map[string]string{}
+	for _, c := range children {
+		b, _ := io.ReadAll(c.Reader())
+		got[c.Name()] = string(b)
+	}
+	if got[IdentityFile] != s.IdentityScript(nil) {
+		t.Errorf("the seed's %s = %q, want the boot identity script; files: %v", IdentityFile, got[IdentityFile], mapsKeys(got))
+	}
+	if !strings.HasPrefix(got["user-data"], "#cloud-config\n") || !strings.Contains(got["meta-data"], "instance-id: i-1") {
+		t.Errorf("cloud-init's files are missing: %v", mapsKeys(got))
+	}
+}
+
+func mapsKeys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
