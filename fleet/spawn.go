@@ -128,16 +128,19 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				}
 			}
 			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
+			t1 := time.Now()
 			rt, err := c.startMachine(gctx, spec)
 			if err != nil {
 				return err
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			if tpl != nil {
+				t2 := time.Now()
 				if err := c.identify(gctx, spec, seed); err != nil {
 					return fmt.Errorf("%s: restored from the warm template, but: %w", m.Name, err)
 				}
-				c.say("%s: restored from the warm template in %s (ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond), rt.SSHAddr)
+				c.say("%s: restored from the warm template in %s (restore %s, identity %s; ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond),
+					t2.Sub(t1).Round(10*time.Millisecond), time.Since(t2).Round(10*time.Millisecond), rt.SSHAddr)
 			} else {
 				c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
 			}

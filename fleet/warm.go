@@ -186,10 +186,10 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) error {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := c.Driver.SetGuestClock(ictx, spec, time.Now()); err != nil {
-		return fmt.Errorf("set the clock: %w", err)
-	}
-	if _, err := c.Driver.GuestRun(ictx, spec, seed.IdentityScript(&vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64)})); err != nil {
+	// One guest process sets the clock, then the rest (the clock first:
+	// the template's stood still while it was saved).
+	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
+	if _, err := c.Driver.GuestRun(ictx, spec, seed.IdentityScript(r)); err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
 	return nil

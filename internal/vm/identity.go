@@ -1,73 +1,153 @@
 package vm
 
 import (
-	"encoding/base64"
+	"encoding/hex"
 	"fmt"
-	"path/filepath"
 	"strings"
-
-	"github.com/agentfleet/agentfleet/internal/execx"
+	"time"
 )
 
-// IdentityFile is the seed's copy of IdentityScript(nil), which images
-// baked with the fast-boot script run at boot in place of cloud-init.
+// IdentityFile is the seed's copy of the boot identity program, which
+// images baked with the fast-boot script run at boot in place of
+// cloud-init (perl IdentityFile).
 const IdentityFile = "fleet-identity"
 
+// SeededInstanceFile is where the guest records the instance whose seed
+// it has applied (the fast-boot unit applies a seed once per instance).
+const SeededInstanceFile = "/var/lib/agentfleet/seeded-instance"
+
 // Restored is what a clone restored from a warm template needs on top of
-// its seed: the template's machine-id and randomness are its siblings' too,
-// and its services already run.
+// its seed: the template's machine-id, randomness and clock are its
+// siblings' too, and its services already run.
 type Restored struct {
 	MachineID string
-	Entropy   []byte // host randomness mixed into the guest's
+	Entropy   []byte    // host randomness mixed into the guest's
+	Now       time.Time // the host's time, set first (zero: left alone)
 }
 
-// IdentityScript is the shell script, run as root in the guest, that gives
-// it the seed's identity: hostname, host key, the user's key and the
-// seed's files. Every value is quoted, so none can run as a command, and
-// everything it writes comes from the host. With r it is a restored clone:
-// the script also reseeds the kernel's CRNG, sets a new machine-id and
-// makes sshd (and Docker, if it runs) reread what changed. Without r it
-// runs at boot, before sshd starts and where systemd makes the machine-id.
+// IdentityProgram is the perl program, run as root in the guest, that gives
+// it the seed's identity: hostname, host key, the user's key and the seed's
+// files. With r it is a restored clone: it also sets the clock, reseeds the
+// kernel's CRNG, sets a new machine-id and makes sshd (and Docker, if it
+// runs) reread what changed. Without r it runs at boot, before sshd starts
+// and where systemd makes the machine-id.
+//
+// Perl, because perl-base is essential on Debian and Ubuntu and one process
+// does what took the shell twenty (each exec costs a fraction of a second
+// in a guest under emulation). The program text is fixed; every value
+// comes after __DATA__ hex-encoded, so none is ever read as code.
+func (s Seed) IdentityProgram(r *Restored) string { return s.identityProgram(r, "") }
+
+// IdentityScript is IdentityProgram as a shell script (what GuestRun runs).
 func (s Seed) IdentityScript(r *Restored) string {
-	q := execx.ShellQuote
-	var b strings.Builder
-	b.WriteString("set -eu\n")
-	if r != nil {
-		// The host's bytes mixed in, then an explicit reseed (the VM
-		// generation ID device has changed too). perl-base is essential
-		// on Debian and Ubuntu and starts far faster than python under
-		// emulation. 0x5207 is RNDRESEEDCRNG.
-		fmt.Fprintf(&b, "perl -MMIME::Base64 -e 'open(my $f, \">\", \"/dev/urandom\") or die $!; syswrite($f, decode_base64(\"%s\")) or die $!; ioctl($f, 0x5207, 0) or die \"RNDRESEEDCRNG: $!\"'\n",
-			base64.StdEncoding.EncodeToString(r.Entropy))
-		b.WriteString("echo 'fleet: crng reseeded (RNDRESEEDCRNG) for a new clone' > /dev/kmsg\n")
-		fmt.Fprintf(&b, "echo %s > /etc/machine-id\n", q(r.MachineID))
-	}
-	fmt.Fprintf(&b, "echo %s > /etc/hostname; hostname %s\n", q(s.Hostname), q(s.Hostname))
-	fmt.Fprintf(&b, "sed -i '/^127\\.0\\.1\\.1[[:space:]]/d' /etc/hosts; echo %s >> /etc/hosts\n", q("127.0.1.1 "+s.Hostname))
-	b.WriteString("rm -f /etc/ssh/ssh_host_*\n")
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key\n", q(strings.TrimSpace(s.HostKeyPrivate)))
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > /etc/ssh/ssh_host_ed25519_key.pub\n", q(s.HostKeyPublic))
-	b.WriteString("chmod 600 /etc/ssh/ssh_host_ed25519_key\n")
-	home := "/home/" + s.User
-	fmt.Fprintf(&b, "install -d -m 700 -o %s -g %s %s/.ssh\n", q(s.User), q(s.User), q(home))
-	fmt.Fprintf(&b, "printf '%%s\\n' %s > %s/.ssh/authorized_keys\n", q(s.AuthorizedKey), q(home))
-	fmt.Fprintf(&b, "chown %s: %s/.ssh/authorized_keys; chmod 600 %s/.ssh/authorized_keys\n", q(s.User), q(home), q(home))
-	for _, f := range s.Files {
-		fmt.Fprintf(&b, "mkdir -p %s\n", q(filepath.Dir(f.Path)))
-		op := ">"
-		if f.Append {
-			op = ">>"
-		}
-		fmt.Fprintf(&b, "printf '%%s' %s %s %s\n", q(f.Content), op, q(f.Path))
-		if f.Mode != "" {
-			fmt.Fprintf(&b, "chmod %s %s\n", q(f.Mode), q(f.Path))
-		}
-	}
-	if r != nil {
-		// sshd rereads its host keys on SIGHUP; Docker its proxy settings
-		// on restart (only if it ever started: it is socket-activated).
-		b.WriteString("systemctl reload ssh 2>/dev/null || systemctl reload sshd\n")
-		b.WriteString("if systemctl is-active --quiet docker; then systemctl restart --no-block docker; fi\n")
-	}
-	return b.String()
+	return "exec perl - <<'FLEET_IDENTITY_END'\n" + s.IdentityProgram(r) + "FLEET_IDENTITY_END\n"
 }
+
+// identityProgram puts every path the program touches under root (tests).
+func (s Seed) identityProgram(r *Restored, root string) string {
+	var d strings.Builder
+	field := func(k string, vals ...string) {
+		d.WriteString(k)
+		for _, v := range vals {
+			d.WriteString(" " + hex.EncodeToString([]byte(v)))
+		}
+		d.WriteByte('\n')
+	}
+	field("root", root)
+	field("hostname", s.Hostname)
+	field("user", s.User)
+	field("home", "/home/"+s.User)
+	field("host_key", strings.TrimSpace(s.HostKeyPrivate)+"\n")
+	field("host_key_pub", s.HostKeyPublic+"\n")
+	field("user_key", s.AuthorizedKey+"\n")
+	field("instance", s.InstanceID)
+	for _, f := range s.Files {
+		appendFlag := ""
+		if f.Append {
+			appendFlag = "1"
+		}
+		field("file", f.Path, f.Content, f.Mode, appendFlag)
+	}
+	if r != nil {
+		field("restored", "1")
+		field("machine_id", r.MachineID+"\n")
+		field("entropy", string(r.Entropy))
+		if !r.Now.IsZero() {
+			field("time", fmt.Sprintf("%d.%09d", r.Now.Unix(), r.Now.Nanosecond()))
+		}
+	}
+	return identityPerl + "__DATA__\n" + d.String()
+}
+
+// identityPerl reads its values from DATA. Errors die, so the guest agent
+// (or fleet-seed) reports the step that failed.
+const identityPerl = `use strict;
+use warnings;
+my (%v, @files);
+while (my $l = <DATA>) {
+    chomp $l;
+    my ($k, @vals) = split / /, $l, -1;
+    my @d = map { pack("H*", $_) } @vals;
+    if ($k eq 'file') { push @files, [@d] } else { $v{$k} = $d[0] }
+}
+my $R = $v{root};
+sub mkdirs { my $p = ''; for my $part (grep { length } split m{/}, $_[0]) { $p .= "/$part"; mkdir $p } }
+sub put {
+    my ($path, $data, $mode, $append) = @_;
+    open(my $f, $append ? '>>' : '>', $path) or die "write $path: $!\n";
+    print $f $data;
+    close $f or die "write $path: $!\n";
+    if (defined $mode && length $mode) { chmod(oct($mode), $path) or die "chmod $path: $!\n" }
+}
+if ($v{restored}) {
+    # The host's time first: the template's clock stood still while saved.
+    if (defined $v{time}) { system('date', '-s', '@' . $v{time}) == 0 or die "set the clock: date exited $?\n" }
+    # The host's bytes mixed in, then an explicit reseed (0x5207 is
+    # RNDRESEEDCRNG); the VM generation ID device has changed too.
+    open(my $u, '>', "$R/dev/urandom") or die "urandom: $!\n";
+    syswrite($u, $v{entropy}) or die "urandom: $!\n";
+    ioctl($u, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";
+    close $u;
+    if (open(my $k, '>', "$R/dev/kmsg")) { print $k "fleet: crng reseeded (RNDRESEEDCRNG) for a new clone\n"; close $k }
+    put("$R/etc/machine-id", $v{machine_id});
+}
+put("$R/etc/hostname", "$v{hostname}\n");
+if (open(my $h, '>', "$R/proc/sys/kernel/hostname")) { print $h $v{hostname}; close $h }
+my @hosts;
+if (open(my $f, '<', "$R/etc/hosts")) { @hosts = grep { !/^127\.0\.1\.1\s/ } <$f>; close $f }
+put("$R/etc/hosts", join('', @hosts) . "127.0.1.1 $v{hostname}\n");
+unlink glob("$R/etc/ssh/ssh_host_*");
+umask 077;
+put("$R/etc/ssh/ssh_host_ed25519_key", $v{host_key}, '0600');
+put("$R/etc/ssh/ssh_host_ed25519_key.pub", $v{host_key_pub}, '0644');
+my (undef, undef, $uid, $gid) = getpwnam($v{user});
+defined $uid or die "no user $v{user}\n";
+my $ssh = "$R$v{home}/.ssh";
+mkdirs($ssh);
+chmod 0700, $ssh;
+chown $uid, $gid, $ssh;
+put("$ssh/authorized_keys", $v{user_key}, '0600');
+chown $uid, $gid, "$ssh/authorized_keys";
+umask 022;
+for my $file (@files) {
+    my ($path, $data, $mode, $append) = @$file;
+    (my $dir = "$R$path") =~ s{/[^/]*$}{};
+    mkdirs($dir);
+    put("$R$path", $data, $mode, $append);
+}
+if (length $v{instance}) {
+    # This instance's seed is applied: a later boot of it (after fleet
+    # stop) must not append the seed's files again.
+    mkdirs("$R/var/lib/agentfleet");
+    put("$R/var/lib/agentfleet/seeded-instance", "$v{instance}\n");
+}
+if ($v{restored}) {
+    # sshd rereads its host keys on SIGHUP; Docker its proxy settings on
+    # restart (only if it ever started: it is socket-activated).
+    open(my $p, '<', "$R/run/sshd.pid") or die "sshd is not running: $!\n";
+    my $pid = <$p>;
+    close $p;
+    kill('HUP', int($pid)) or die "reload sshd: $!\n";
+    if (-e "$R/run/docker.pid") { system('systemctl', 'restart', '--no-block', 'docker') == 0 or die "restart docker: $?\n" }
+}
+`

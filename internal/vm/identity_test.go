@@ -1,79 +1,94 @@
 package vm
 
 import (
+	"encoding/hex"
 	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
-// The identity script is the whole of a clone's identity: everything it
-// writes comes from the host, quoted so that no value can run as a command.
-func TestIdentityScriptWritesOnlyWhatTheHostGives(t *testing.T) {
-	for _, restored := range []bool{true, false} {
-		t.Run(map[bool]string{true: "restored clone", false: "at boot"}[restored], func(t *testing.T) { testIdentityScript(t, restored) })
+// The identity program is the whole of a clone's identity: everything it
+// writes comes from the host, and no value, however hostile, is read as
+// code. It runs here for real (perl) against a folder standing in for /.
+func TestIdentityProgramWritesOnlyWhatTheHostGives(t *testing.T) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl here")
+	}
+	for _, restored := range []bool{false, true} {
+		t.Run(map[bool]string{true: "restored clone", false: "at boot"}[restored], func(t *testing.T) { testIdentityProgram(t, restored) })
 	}
 }
 
-func testIdentityScript(t *testing.T, restored bool) {
-	seed := Seed{Hostname: "proj-2", User: "agent", AuthorizedKey: "ssh-ed25519 AAAAkey agentfleet-proj",
+func testIdentityProgram(t *testing.T, restored bool) {
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restored && me.Uid != "0" {
+		t.Skip("RNDRESEEDCRNG needs root")
+	}
+	hostile := "fleet-tok'$(touch /tmp/pwned)\"; system('touch /tmp/pwned'); `touch /tmp/pwned`\n__DATA__\nroot 2f\n"
+	seed := Seed{InstanceID: "i-2", Hostname: "proj-2", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey agentfleet-proj",
 		HostKeyPrivate: "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n", HostKeyPublic: "ssh-ed25519 AAAAhost",
-		Files: []File{{Path: "/etc/environment", Content: "ANTHROPIC_AUTH_TOKEN=fleet-tok'$(touch /tmp/pwned)\n", Append: true},
+		Files: []File{{Path: "/etc/environment", Content: "ANTHROPIC_AUTH_TOKEN=" + hostile, Append: true},
 			{Path: "/etc/fleet/proxy.env", Content: "x=1\n", Mode: "0644"}}}
+	dir := t.TempDir()
+	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.WriteFile(dir+"/etc/hosts", []byte("127.0.0.1 localhost\n127.0.1.1 fleet-template\n"), 0o644)
+	os.WriteFile(dir+"/etc/environment", []byte("PATH=/usr/bin\n"), 0o644)
+	os.WriteFile(dir+"/etc/ssh/ssh_host_rsa_key", []byte("old"), 0o600)
 	var r *Restored
+	var sshd *exec.Cmd
 	if restored {
+		// The real device (the reseed ioctl needs it) and a stand-in sshd
+		// that SIGHUP ends.
+		os.Symlink("/dev/urandom", dir+"/dev/urandom")
+		sshd = exec.Command("sleep", "60")
+		if err := sshd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer sshd.Process.Kill()
+		os.WriteFile(dir+"/run/sshd.pid", []byte(strconv.Itoa(sshd.Process.Pid)+"\n"), 0o644)
 		r = &Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("entropy")}
 	}
-	s := seed.IdentityScript(r)
-	if out, err := exec.Command("sh", "-n", "-c", s).CombinedOutput(); err != nil {
-		t.Fatalf("the script does not parse: %v %s\n%s", err, out, s)
+	prog := seed.identityProgram(r, dir)
+	if !strings.HasPrefix(prog, identityPerl) {
+		t.Fatal("the program text is not the fixed one")
 	}
-	// Only a restored clone reseeds, takes a new machine-id and makes
-	// running services reread; at boot none of them runs yet.
-	for _, only := range []string{"0x5207", "> /etc/machine-id", "systemctl reload ssh", "restart --no-block docker"} {
-		if strings.Contains(s, only) != restored {
-			t.Errorf("restored=%v, but the script's %q is the other way", restored, only)
+	for _, l := range strings.Split(strings.TrimSpace(strings.TrimPrefix(prog, identityPerl+"__DATA__\n")), "\n") {
+		for _, f := range strings.Fields(l)[1:] {
+			if _, err := hex.DecodeString(f); err != nil {
+				t.Fatalf("a value is not hex-encoded: %q", l)
+			}
 		}
 	}
-	for _, want := range []string{
-		"hostname proj-2",
-		"ssh-ed25519 AAAAhost",
-		"-----BEGIN OPENSSH PRIVATE KEY-----",
-		"ssh-ed25519 AAAAkey agentfleet-proj",
-		">> /etc/environment",
-		"> /etc/fleet/proxy.env",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("identity script lacks %q", want)
-		}
+	cmd := exec.Command("perl", "-")
+	cmd.Stdin = strings.NewReader(prog)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
 	}
-	// Run it against a temp folder, system commands stubbed: the hostile
-	// token text arrives byte for byte and runs nothing, and every file
-	// lands where it should.
-	dir := t.TempDir()
-	pwned := dir + "/pwned"
-	os.MkdirAll(dir+"/etc/ssh", 0o755)
-	os.MkdirAll(dir+"/home/agent/.ssh", 0o755)
-	os.WriteFile(dir+"/etc/hosts", []byte("127.0.0.1 localhost\n127.0.1.1 fleet-template\n"), 0o644)
-	stubs := "perl() { :; }; hostname() { :; }; systemctl() { :; }; install() { :; }; chown() { :; }\n"
-	script := stubs + strings.NewReplacer("/etc/", dir+"/etc/", "/home/", dir+"/home/", "/dev/kmsg", dir+"/kmsg", "/tmp/pwned", pwned).Replace(s)
-	if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s\n%s", err, out, script)
+	if _, err := os.Stat("/tmp/pwned"); err == nil {
+		os.Remove("/tmp/pwned")
+		t.Fatal("a value ran as a command")
 	}
-	got, _ := os.ReadFile(dir + "/etc/environment")
-	if string(got) != strings.ReplaceAll(seed.Files[0].Content, "/tmp/pwned", pwned) {
-		t.Errorf("environment file = %q", got)
-	}
-	if _, err := os.Stat(pwned); err == nil {
-		t.Error("a value ran as a command")
-	}
+	home := dir + "/home/" + me.Username
 	files := map[string]string{
 		"/etc/hostname":                     "proj-2\n",
+		"/proc/sys/kernel/hostname":         "proj-2",
 		"/etc/hosts":                        "127.0.0.1 localhost\n127.0.1.1 proj-2\n",
 		"/etc/ssh/ssh_host_ed25519_key":     seed.HostKeyPrivate,
 		"/etc/ssh/ssh_host_ed25519_key.pub": seed.HostKeyPublic + "\n",
-		"/home/agent/.ssh/authorized_keys":  seed.AuthorizedKey + "\n",
+		"/etc/environment":                  "PATH=/usr/bin\nANTHROPIC_AUTH_TOKEN=" + hostile,
 		"/etc/fleet/proxy.env":              "x=1\n",
+		SeededInstanceFile:                  "i-2\n",
 	}
 	if restored {
 		files["/etc/machine-id"] = "0123456789abcdef0123456789abcdef\n"
@@ -82,5 +97,61 @@ func testIdentityScript(t *testing.T, restored bool) {
 		if b, _ := os.ReadFile(dir + path); string(b) != want {
 			t.Errorf("%s = %q, want %q", path, b, want)
 		}
+	}
+	if b, _ := os.ReadFile(home + "/.ssh/authorized_keys"); string(b) != seed.AuthorizedKey+"\n" {
+		t.Errorf("authorized_keys = %q", b)
+	}
+	for path, mode := range map[string]os.FileMode{"/etc/ssh/ssh_host_ed25519_key": 0o600, "/etc/fleet/proxy.env": 0o644} {
+		if fi, err := os.Stat(dir + path); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), mode)
+		}
+	}
+	for path, mode := range map[string]os.FileMode{home + "/.ssh": 0o700, home + "/.ssh/authorized_keys": 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != mode || strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Uid)) != me.Uid {
+			t.Errorf("%s: mode %v, want %v, owned by the user", path, fi.Mode().Perm(), mode)
+		}
+	}
+	if _, err := os.Stat(dir + "/etc/ssh/ssh_host_rsa_key"); err == nil {
+		t.Error("another host key survived: the clone would serve a key nobody pinned")
+	}
+	if restored {
+		done := make(chan error, 1)
+		go func() { done <- sshd.Wait() }()
+		select {
+		case <-done: // SIGHUP ends sleep: sshd would have reread its keys
+		case <-time.After(5 * time.Second):
+			t.Error("sshd was not sent SIGHUP")
+		}
+	} else if _, err := os.Stat(dir + "/etc/machine-id"); err == nil {
+		t.Error("at boot the program wrote a machine-id (systemd makes it)")
+	}
+}
+
+// A restored clone's clock is set first, from the host's time, to the
+// nanosecond; without a time it is left alone.
+func TestIdentityProgramSetsTheClockFirst(t *testing.T) {
+	now := time.Unix(1764547200, 123456789)
+	prog := Seed{User: "agent"}.IdentityProgram(&Restored{Now: now})
+	if !strings.Contains(prog, "time "+hex.EncodeToString([]byte("1764547200.123456789"))+"\n") {
+		t.Errorf("the host's time is not in the program's data:\n%s", prog[len(identityPerl):])
+	}
+	if i, j := strings.Index(identityPerl, "'date', '-s'"), strings.Index(identityPerl, "RNDRESEEDCRNG"); i < 0 || j < i {
+		t.Error("the clock is not set before anything else")
+	}
+	if strings.Contains(Seed{User: "agent"}.IdentityProgram(&Restored{}), "\ntime ") {
+		t.Error("a zero time was set")
+	}
+}
+
+// The shell form feeds the program to perl unchanged.
+func TestIdentityScriptFeedsTheProgramToPerl(t *testing.T) {
+	s := Seed{User: "agent", Hostname: "h"}
+	script := s.IdentityScript(nil)
+	if !strings.Contains(script, "\n"+s.IdentityProgram(nil)+"FLEET_IDENTITY_END\n") || !strings.HasPrefix(script, "exec perl - <<'FLEET_IDENTITY_END'\n") {
+		t.Errorf("script: %q", script)
+	}
+	if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+		t.Errorf("does not parse: %v %s", err, out)
 	}
 }

@@ -110,7 +110,7 @@ func WriteSeedISO(path string, s Seed) error {
 		return err
 	}
 	// Images with the fast-boot script run this instead of cloud-init.
-	if err := w.AddFile(strings.NewReader(s.IdentityScript(nil)), IdentityFile); err != nil {
+	if err := w.AddFile(strings.NewReader(s.IdentityProgram(nil)), IdentityFile); err != nil {
 		return err
 	}
 	var buf bytes.Buffer

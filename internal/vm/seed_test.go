@@ -63,7 +63,7 @@ func TestSeedISOCarriesTheIdentityScript(t *testing.T) {
 		b, _ := io.ReadAll(c.Reader())
 		got[c.Name()] = string(b)
 	}
-	if got[IdentityFile] != s.IdentityScript(nil) {
+	if got[IdentityFile] != s.IdentityProgram(nil) {
 		t.Errorf("the seed's %s = %q, want the boot identity script; files: %v", IdentityFile, got[IdentityFile], mapsKeys(got))
 	}
 	if !strings.HasPrefix(got["user-data"], "#cloud-config\n") || !strings.Contains(got["meta-data"], "instance-id: i-1") {

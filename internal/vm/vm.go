@@ -167,8 +167,6 @@ type Driver interface {
 	// GuestRun runs a shell script as root in the guest over a host-only
 	// channel (no network), for identity after a restore.
 	GuestRun(ctx context.Context, s Spec, script string) (string, error)
-	// SetGuestClock sets the guest's clock over the same channel.
-	SetGuestClock(ctx context.Context, s Spec, t time.Time) error
 	// Delete forces the machine off and removes everything Create made.
 	// Deleting a machine that does not exist is not an error.
 	Delete(ctx context.Context, s Spec) error

@@ -26,8 +26,8 @@ if [ "$(cat /var/lib/agentfleet/seeded-instance 2>/dev/null)" = "$id" ]; then
   echo "fleet-seed: instance $id already has its identity"
   exit 0
 fi
-sh "$mnt/fleet-identity"
-echo "$id" > /var/lib/agentfleet/seeded-instance
+# The identity program records the instance once it is applied.
+perl "$mnt/fleet-identity"
 echo "fleet-seed: identity of instance $id applied"
 SH
 chmod 755 /usr/local/lib/agentfleet/apply-seed

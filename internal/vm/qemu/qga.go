@@ -161,19 +161,6 @@ func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string
 	}
 }
 
-// SetGuestClock sets the guest's clock to t through the guest agent.
-func (d *Driver) SetGuestClock(ctx context.Context, s vm.Spec, t time.Time) error {
-	q, err := dialQGA(ctx, s.Dir)
-	if err != nil {
-		return fmt.Errorf("%s: %w", s.Name, err)
-	}
-	defer q.Close()
-	if err := q.execute("guest-set-time", map[string]any{"time": t.UnixNano()}, nil); err != nil {
-		return fmt.Errorf("%s: %w", s.Name, err)
-	}
-	return nil
-}
-
 func tail(s string) string {
 	if len(s) > 2000 {
 		s = "..." + s[len(s)-2000:]

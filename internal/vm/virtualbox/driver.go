@@ -254,11 +254,6 @@ func (d *Driver) GuestRun(context.Context, vm.Spec, string) (string, error) {
 	return "", fmt.Errorf("the virtualbox driver has no guest channel")
 }
 
-// SetGuestClock likewise.
-func (d *Driver) SetGuestClock(context.Context, vm.Spec, time.Time) error {
-	return fmt.Errorf("the virtualbox driver has no guest channel")
-}
-
 // Suspended is always false: nothing is ever saved.
 func (d *Driver) Suspended(vm.Spec) bool { return false }
 
