@@ -65,6 +65,11 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "boot" {
+		benchBoot(t, add)
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
 		t.Run("proxy", func(t *testing.T) { benchProxy(t, add) })
 		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
@@ -94,7 +99,7 @@ func TestBench(t *testing.T) {
 	// 2. Spawn 1 vs spawn 2, wall time to SSH-ready.
 	spawn := func(name string, n int) time.Duration {
 		t0 := time.Now()
-		mustFleet(t, bootDeadline, "spawn", fmt.Sprint(n), "--name", name, "--memory", "1G", "--cpus", "1", "--sync", "none")
+		mustFleet(t, bootDeadline, "spawn", fmt.Sprint(n), "--name", name, "--memory", "1G", "--cpus", "1", "--sync", "none", "--cold")
 		return time.Since(t0)
 	}
 	s1 := spawn("bench1", 1)
@@ -128,7 +133,7 @@ func TestBench(t *testing.T) {
 		}
 	})
 	add("exec on kept conn / fresh ssh", fmt.Sprintf("%.3f (%s vs %s)", float64(kept)/float64(fresh), kept.Round(100*time.Microsecond), fresh.Round(time.Millisecond)), "<= 0.2")
-	add("boot to SSH, baked debian-12 (spawn 1)", fmt.Sprintf("%.1fs", s1.Seconds()), "TCG here")
+	add("cold boot to SSH, baked debian-12 (spawn 1)", fmt.Sprintf("%.1fs", s1.Seconds()), "TCG here")
 
 	// 4. Workspace in and out, on bench2-1: fleet vs the same transfer
 	// by hand with plain git or rsync over OpenSSH.
@@ -136,7 +141,7 @@ func TestBench(t *testing.T) {
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bench2")
 	small := t.TempDir()
 	sh(t, small, "git init -q -b main && echo 0 > counter && git add -A && git commit -q -m start")
-	mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchc", "--memory", "1G", "--project", small)
+	mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchc", "--memory", "1G", "--project", small, "--cold")
 	mustFleet(t, 5*time.Minute, "exec", "benchc-1", "--name", "benchc", "--", "sh", "-c",
 		"cd /workspace && for i in $(seq 1 100); do echo $i > counter && echo $i > file$i && git add -A && git commit -q -m c$i; done")
 	t0 := time.Now()
@@ -145,6 +150,7 @@ func TestBench(t *testing.T) {
 	fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchc")
 	benchAgents(t, add)
 	benchWarm(t, add)
+	benchBoot(t, add)
 	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 	// The bake gets the cores to itself.
@@ -241,7 +247,7 @@ func benchAgents(t *testing.T, add func(what, value, target string)) {
 	proj := t.TempDir()
 	os.WriteFile(filepath.Join(proj, "fleet.hcl"), []byte("agent = \"sleeper\"\nprofile \"sleeper\" {\n  command = [\"sleep\", \"600\"]\n}\n"), 0o644)
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "bencha")
-	cmd := exec.Command(fleetBin, "spawn", "4", "--name", "bencha", "--memory", "1G", "--cpus", "1", "--sync", "none", "--project", proj, "--task", "work")
+	cmd := exec.Command(fleetBin, "spawn", "4", "--name", "bencha", "--memory", "1G", "--cpus", "1", "--sync", "none", "--project", proj, "--task", "work", "--cold")
 	cmd.Env = fleetEnv()
 	stderr, _ := cmd.StderrPipe()
 	t0 := time.Now()
@@ -269,12 +275,12 @@ func benchAgents(t *testing.T, add func(what, value, target string)) {
 func benchEgress(t *testing.T, add func(what, value, target string)) {
 	startStubNet(t)
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "benchx")
-	mustFleet(t, bootDeadline, "spawn", "2", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--credentials", "none")
+	mustFleet(t, bootDeadline, "spawn", "2", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--credentials", "none", "--cold")
 	mustFleet(t, time.Minute, "net", "allow", fmt.Sprintf("%s:%d", stubSiteIP, stubHTTP), "benchx-1", "--name", "benchx")
 	// benchx-1 goes through the proxy; benchx-2 is made open by hand: the
 	// same machine shape, booted together.
 	mustFleet(t, 5*time.Minute, "destroy", "benchx-2", "--force", "--name", "benchx")
-	open := strings.TrimSpace(mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--egress", "open", "--credentials", "none"))
+	open := strings.TrimSpace(mustFleet(t, bootDeadline, "spawn", "1", "--name", "benchx", "--memory", "1G", "--cpus", "1", "--sync", "none", "--egress", "open", "--credentials", "none", "--cold"))
 	curl := func(vm, url string, n int) time.Duration {
 		out := mustFleet(t, 10*time.Minute, "exec", vm, "--name", "benchx", "--", "sh", "-c",
 			fmt.Sprintf("for i in $(seq %d); do curl -sS -o /dev/null -w '%%{time_total}\\n' '%s' || exit 1; done", n, url))
@@ -297,4 +303,48 @@ func benchEgress(t *testing.T, add func(what, value, target string)) {
 	add("100 MB download: proxy / direct throughput", fmt.Sprintf("%.2f (%.0f vs %.0f MB/s)", d.Seconds()/p.Seconds(), 100/p.Seconds(), 100/d.Seconds()), ">= 0.8")
 	sp, sd := curl("benchx-1", small, 20), curl(open, small, 20)
 	add("small request: added latency via proxy", fmt.Sprintf("%s (%s vs %s)", (sp-sd).Round(100*time.Microsecond), sp.Round(100*time.Microsecond), sd.Round(100*time.Microsecond)), "")
+}
+
+// benchBoot measures a cold boot to SSH of the image as baked (the boot
+// trimmed: the seed applied by fleet-seed, Docker on its socket) against
+// the untrimmed recipe (cloud-init, Docker at boot), booted alternately,
+// and prints each one's critical chain to sshd.
+func benchBoot(t *testing.T, add func(what, value, target string)) {
+	// The untrimmed image lives in a home of its own, so debian-12's latest
+	// stays the suite's; the cache is shared.
+	untrimmed := []string{"FLEET_HOME=" + t.TempDir()}
+	if r := fleetWithEnv(t, 60*time.Minute, untrimmed, "image", "build", "debian-12", "--recipe", "untrimmed", "--no-warm"); r.code != 0 {
+		t.Fatalf("bake the untrimmed recipe: %s", r.stderr)
+	}
+	boot := func(env []string) (time.Duration, string) {
+		run := func(timeout time.Duration, args ...string) result { return fleetIn(t, "bboot", timeout, env, args...) }
+		defer run(5*time.Minute, "destroy", "--all", "--force")
+		t0 := time.Now()
+		if r := run(bootDeadline, "spawn", "1", "--cpus", "1", "--memory", "1G", "--sync", "none", "--cold"); r.code != 0 {
+			t.Fatalf("cold spawn: %s", r.stderr)
+		}
+		took := time.Since(t0)
+		out := run(5*time.Minute, "exec", "bboot-1", "--", "sh", "-c",
+			"systemctl is-system-running --wait >/dev/null 2>&1; systemd-analyze critical-chain --no-pager ssh.service | tail -n +3").stdout
+		var chain []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if l = strings.TrimLeft(l, "└─│ "); l != "" && !strings.HasSuffix(l, ".slice") && !strings.Contains(l, ".slice @") {
+				chain = append(chain, l)
+			}
+		}
+		return took, strings.Join(chain, " < ")
+	}
+	var trimmed, full []time.Duration
+	var trimmedChain, fullChain string
+	for i := 0; i < 2; i++ { // alternate, so drift hits both alike
+		d, c := boot(untrimmed)
+		full, fullChain = append(full, d), c
+		d, c = boot(nil)
+		trimmed, trimmedChain = append(trimmed, d), c
+	}
+	mean := func(ds []time.Duration) time.Duration { return (ds[0] + ds[1]) / 2 }
+	tr, un := mean(trimmed), mean(full)
+	add("cold boot to SSH: trimmed / untrimmed", fmt.Sprintf("%.2f (%s vs %s)", tr.Seconds()/un.Seconds(), tr.Round(100*time.Millisecond), un.Round(100*time.Millisecond)), "<= 0.5")
+	add("critical chain to sshd, untrimmed", fullChain, "")
+	add("critical chain to sshd, trimmed", trimmedChain, "")
 }

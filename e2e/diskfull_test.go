@@ -40,7 +40,8 @@ func TestDiskFull(t *testing.T) {
 		run(5*time.Minute, "destroy", "--all", "--force")
 		exec.Command("umount", "-l", home).Run()
 	})
-	spawn := []string{"spawn", "1", "--memory", "1G", "--sync", "none", "--egress", "open", "--credentials", "none"}
+	// --cold: this is about what a boot writes (a warm restore writes little).
+	spawn := []string{"spawn", "1", "--memory", "1G", "--sync", "none", "--egress", "open", "--credentials", "none", "--cold"}
 	qemuLeft := func() string {
 		out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+home).Output()
 		return strings.TrimSpace(string(out))

@@ -133,8 +133,8 @@ credentials {
 	var wg sync.WaitGroup
 	var rs [2]result
 	for i, args := range [][]string{
-		{"spawn", "1", "--name", "eg", "--memory", "1G", "--project", project, "--sync", "none"},
-		{"spawn", "1", "--name", "egn", "--memory", "1G", "--project", project, "--sync", "none", "--egress", "none"},
+		{"spawn", "1", "--name", "eg", "--project", project, "--sync", "none"},
+		{"spawn", "1", "--name", "egn", "--project", project, "--sync", "none", "--egress", "none", "--no-warm"},
 	} {
 		wg.Add(1)
 		go func() {
@@ -404,10 +404,16 @@ func proxyServerPID(t *testing.T, dir string) int {
 }
 
 // rssKiB is a process's resident memory.
-func rssKiB(pid int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+func rssKiB(pid int) int { return procKiB(pid, "status", "VmRSS:") }
+
+// pssKiB is a process's proportional set size: pages it shares with other
+// processes (warm clones mapping one template's RAM) count in shares.
+func pssKiB(pid int) int { return procKiB(pid, "smaps_rollup", "Pss:") }
+
+func procKiB(pid int, file, field string) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 			n, _ := strconv.Atoi(f[1])
 			return n
 		}

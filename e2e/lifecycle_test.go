@@ -20,7 +20,7 @@ func TestFleetLifecycle(t *testing.T) {
 	t.Cleanup(func() { dumpConsoles(t) })
 
 	// Spawn 2: both boot and answer SSH with their pinned keys.
-	out := mustFleet(t, bootDeadline, "spawn", "2", "--name", "e2e", "--memory", "1G")
+	out := mustFleet(t, bootDeadline, "spawn", "2", "--name", "e2e")
 	if strings.Fields(out)[0] != "e2e-1" || strings.Fields(out)[1] != "e2e-2" {
 		t.Fatalf("spawn printed %q", out)
 	}

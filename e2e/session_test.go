@@ -48,7 +48,7 @@ git add -A && git commit -qm first`)
 
 	// --credentials env: these subtests are about forwarding the host's key
 	// into the session (the credential proxy has its own test).
-	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--memory", "1G", "--project", repo, "--tasks", tasks, "--credentials", "env")
+	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--project", repo, "--tasks", tasks, "--credentials", "env", "--no-warm")
 	if r.code != 0 {
 		t.Fatalf("spawn --tasks: %s", r.stderr)
 	}

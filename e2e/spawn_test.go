@@ -69,7 +69,7 @@ func TestSpawnInterruptedRollsBack(t *testing.T) {
 		}
 		during = mustFleet(t, time.Minute, "ls", "--name", "ctrlc")
 		return true
-	}, "spawn", "2", "--name", "ctrlc", "--memory", "512M")
+	}, "spawn", "2", "--name", "ctrlc", "--memory", "512M", "--cold")
 	for _, n := range []string{"ctrlc-1", "ctrlc-2"} {
 		if !strings.Contains(during, n) || !(strings.Contains(during, "booting") || strings.Contains(during, "creating")) {
 			t.Errorf("fleet ls during the spawn does not show %s being made:\n%s", n, during)
@@ -102,7 +102,7 @@ func TestConcurrentSpawnsIntoOneFleet(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = fleet(t, 2*bootDeadline, "spawn", "1", "--name", "conc", "--memory", "512M", "--cpus", "1")
+			results[i] = fleet(t, 2*bootDeadline, "spawn", "1", "--name", "conc")
 		}()
 	}
 	wg.Wait()

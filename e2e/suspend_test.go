@@ -33,7 +33,7 @@ profile "ticker" {
 	t.Cleanup(func() { run(5*time.Minute, "destroy", "--all", "--force") })
 	dir := filepath.Join(fleetHome, "fleets", "sr", "machines", "sr-1")
 	state := filepath.Join(dir, "suspend.state")
-	if r := run(bootDeadline, "spawn", "1", "--memory", "1G", "--sync", "none", "--egress", "open", "--credentials", "none", "--project", project, "--task", "tick"); r.code != 0 {
+	if r := run(bootDeadline, "spawn", "1", "--sync", "none", "--project", project, "--task", "tick"); r.code != 0 {
 		t.Fatalf("spawn: %s", r.stderr)
 	}
 	deadline := time.Now().Add(3 * time.Minute)

@@ -28,16 +28,18 @@ func TestWarmClones(t *testing.T) {
 	}
 	t.Cleanup(func() { run(5*time.Minute, "destroy", "--all", "--force") })
 
-	t0 := time.Now()
-	r := fleet(t, bootDeadline, "image", "warm", "debian-12", "--cpus", "1", "--memory", "1G")
+	// TestMain's image build made the default shape's template.
+	r := fleet(t, bootDeadline, "image", "warm", "debian-12")
 	if r.code != 0 {
 		t.Fatalf("image warm: %s", r.stderr)
 	}
+	if !strings.Contains(r.stderr, "already has a warm template for 2 CPUs and 2048 MiB") {
+		t.Errorf("image build did not warm the default shape: %s", r.stderr)
+	}
 	tplDir := strings.TrimSpace(r.stdout)
-	fmt.Printf("e2e: warm template made in %s\n", time.Since(t0).Round(time.Second))
 	sums := func() string {
 		var b strings.Builder
-		for _, f := range []string{"disk.qcow2", "state", "template.json"} {
+		for _, f := range []string{"disk.qcow2", "memory", "state", "template.json"} {
 			h := sha256.New()
 			fh, err := os.Open(filepath.Join(tplDir, f))
 			if err != nil {
@@ -51,8 +53,8 @@ func TestWarmClones(t *testing.T) {
 	}
 	before := sums()
 
-	t0 = time.Now()
-	r = run(bootDeadline, "spawn", "2", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "none")
+	t0 := time.Now()
+	r = run(bootDeadline, "spawn", "2", "--sync", "none")
 	if r.code != 0 {
 		t.Fatalf("warm spawn: %s", r.stderr)
 	}
@@ -113,15 +115,18 @@ func TestWarmClones(t *testing.T) {
 	}
 
 	t.Run("a template whose key no longer matches is not used", func(t *testing.T) {
-		// As after a QEMU upgrade: the binary's time is part of the key.
+		// As after a QEMU upgrade: the binary's time is part of the key. A
+		// copy of it first on PATH, so the suite's other spawns keep theirs.
 		bin, err := exec.LookPath("qemu-system-x86_64")
 		if err != nil {
 			t.Fatal(err)
 		}
-		fi, _ := os.Stat(bin)
-		os.Chtimes(bin, time.Now(), time.Now())
-		defer os.Chtimes(bin, fi.ModTime(), fi.ModTime())
-		r := run(bootDeadline, "spawn", "1", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "none")
+		dir := t.TempDir()
+		if out, err := exec.Command("cp", bin, dir).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		other := []string{"PATH=" + dir + ":" + os.Getenv("PATH")}
+		r := fleetIn(t, "wc", bootDeadline, other, "spawn", "1", "--cpus", "1", "--memory", "1G", "--sync", "none")
 		if r.code != 0 {
 			t.Fatalf("spawn: %s", r.stderr)
 		}
@@ -133,8 +138,29 @@ func TestWarmClones(t *testing.T) {
 		}
 	})
 
+	t.Run("--no-warm restores from a template that exists and makes none", func(t *testing.T) {
+		r := run(bootDeadline, "spawn", "1", "--no-warm", "--sync", "none")
+		if r.code != 0 || !strings.Contains(r.stderr, "restored from the warm template") {
+			t.Errorf("--no-warm with a template: %d %s", r.code, r.stderr)
+		}
+		// A shape no template has: a cold boot, saying why, through the
+		// image's own boot (the seed applied without cloud-init).
+		r = run(bootDeadline, "spawn", "1", "--no-warm", "--memory", "1536M", "--sync", "none")
+		if r.code != 0 {
+			t.Fatalf("spawn: %s", r.stderr)
+		}
+		if !strings.Contains(r.stderr, "cold boot instead of a warm restore: no warm template of debian-12@") || !strings.Contains(r.stderr, "--no-warm makes none") ||
+			strings.Contains(r.stderr, "making a warm template") {
+			t.Errorf("no reason for the cold boot, or a template made:\n%s", r.stderr)
+		}
+		out := run(time.Minute, "exec", "wc-5", "--", "sh", "-c", "hostname; systemctl is-active fleet-seed; test -e /etc/cloud/cloud-init.disabled && echo cloud-init-off").stdout
+		if out != "wc-5\nactive\ncloud-init-off\n" {
+			t.Errorf("the cold-booted clone: %q", out)
+		}
+	})
+
 	t.Run("--sync shared boots cold and says why", func(t *testing.T) {
-		r := run(bootDeadline, "spawn", "1", "--warm", "--cpus", "1", "--memory", "1G", "--sync", "shared", "--project", t.TempDir())
+		r := run(bootDeadline, "spawn", "1", "--sync", "shared", "--project", t.TempDir())
 		if r.code != 0 {
 			t.Fatalf("spawn: %s", r.stderr)
 		}

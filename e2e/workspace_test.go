@@ -72,7 +72,7 @@ printf '#!/bin/sh\necho host hook\n' > .git/hooks/pre-commit && chmod +x .git/ho
 printf 'package main // edited on the host\n' > main.go && echo untracked > notes.txt && echo TOKEN=1 > secret.env`)
 	hostRefs := func() string { return strings.TrimSpace(sh(t, repo, "git for-each-ref --format='%(refname)'")) }
 
-	out := mustFleet(t, bootDeadline, "spawn", "1", "--name", "ws", "--memory", "1G", "--project", repo)
+	out := mustFleet(t, bootDeadline, "spawn", "1", "--name", "ws", "--project", repo)
 	if strings.TrimSpace(out) != "ws-1" {
 		t.Fatalf("spawn printed %q", out)
 	}
@@ -213,7 +213,7 @@ func TestWorkspaceRsync(t *testing.T) {
 echo 'secret.env' > .gitignore && echo TOKEN=1 > secret.env && echo dep > node_modules/dep/index.js &&
 printf 'exclude = ["node_modules"]\n' > fleet.hcl`)
 	before := treeSum(t, src, true)
-	mustFleet(t, bootDeadline, "spawn", "1", "--name", "rs", "--memory", "1G", "--project", src)
+	mustFleet(t, bootDeadline, "spawn", "1", "--name", "rs", "--project", src)
 
 	out := mustFleet(t, 2*time.Minute, "exec", "rs-1", "--name", "rs", "--", "sh", "-c", "cd /workspace && find . -type f | sort")
 	if !strings.Contains(out, "./app.py") || !strings.Contains(out, "./lib/util.py") {
