@@ -27,6 +27,7 @@ func TestBadInput(t *testing.T) {
 		{"fleet name dotdot", nil, []string{"ls", "--name", ".."}, "invalid fleet name"},
 		{"bad memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "lots"}, "invalid memory"},
 		{"too much memory", nil, []string{"spawn", "1", "--name", "bad", "--memory", "100000G"}, "not enough memory"},
+		{"--cold with --no-warm", nil, []string{"spawn", "1", "--name", "bad", "--cold", "--no-warm"}, "--cold and --no-warm: choose one"},
 		{"qemu not installed", []string{"PATH=/nonexistent"}, []string{"spawn", "1", "--name", "bad", "--memory", "512M"}, "qemu-system-x86_64 is not installed"},
 	}
 	plain := t.TempDir() // not a git repository

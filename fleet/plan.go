@@ -46,6 +46,7 @@ const (
 type ImageRef struct {
 	Name, Version string
 	Disk          string // path to the read-only base disk
+	Recipe        string // what it was baked with: whether it can be warmed
 }
 
 func (r ImageRef) String() string { return r.Name + "@" + r.Version }

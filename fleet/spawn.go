@@ -12,6 +12,7 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/provision"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -196,6 +197,8 @@ func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Netw
 		why = "the " + c.Driver.Name() + " driver cannot restore saved machines"
 	case req.Workspace.Mode == SyncShared:
 		why = "--sync shared: a live virtiofs share cannot be saved and restored"
+	case !provision.CanWarm(req.Image.Recipe):
+		why = fmt.Sprintf("%s (recipe %s) has no guest agent to give a restored clone its identity", req.Image, req.Image.Recipe)
 	}
 	if why == "" {
 		t, _, err := c.template(ctx, req.Image, req.CPUs, req.MemoryMiB, n, req.Warm != WarmExisting)

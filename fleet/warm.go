@@ -15,6 +15,7 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/provision"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -58,6 +59,9 @@ var errNoTemplate = errors.New("no warm template of this shape")
 func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, n *Network, mayMake bool) (t images.Template, made bool, err error) {
 	if !c.Driver.Capabilities().Snapshots {
 		return t, false, fmt.Errorf("the %s driver cannot save machine state", c.Driver.Name())
+	}
+	if !provision.CanWarm(img.Recipe) {
+		return t, false, fmt.Errorf("%s (recipe %s) has no guest agent, so no clone of it could be given its own identity: build it with the full recipe", img, img.Recipe)
 	}
 	probe, err := c.templateSpec("probe", "", img, cpus, mem, n)
 	if err != nil {

@@ -227,9 +227,6 @@ func printJSON(cmd *cobra.Command, v any) error {
 // warmImage finds or makes img's warm template for machines of this
 // shape.
 func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, net fleet.NetworkOverrides) (images.Template, bool, error) {
-	if !provision.CanWarm(img.Recipe) {
-		return images.Template{}, false, fmt.Errorf("%s@%s (recipe %s) has no guest agent, so no clone of it could be given its own identity: build it with the full recipe", img.Name, img.Version, img.Recipe)
-	}
 	req, err := (fleet.Project{}).Network(net)
 	if err != nil {
 		return images.Template{}, false, err
@@ -243,7 +240,7 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 	if err != nil {
 		return images.Template{}, false, err
 	}
-	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk}, cpus, mem, rec)
+	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk, Recipe: img.Recipe}, cpus, mem, rec)
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {
