@@ -93,8 +93,10 @@ type Backoff struct {
 	Initial, Max time.Duration
 }
 
-// DefaultBackoff suits a guest that is still booting.
-var DefaultBackoff = Backoff{Initial: 250 * time.Millisecond, Max: 3 * time.Second}
+// DefaultBackoff suits a guest that is still booting. An attempt against
+// the hypervisor's loopback forward before sshd listens costs a refused
+// connection, so a short cap loses less than a second once sshd is up.
+var DefaultBackoff = Backoff{Initial: 250 * time.Millisecond, Max: time.Second}
 
 // WaitReady retries Dial until a handshake succeeds or ctx ends. A host key
 // mismatch or an authentication failure stops it at once: waiting would not
