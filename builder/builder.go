@@ -259,6 +259,11 @@ func failed(state multistep.StateBag) bool {
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // cachePath is where a finished disk for this recipe is kept.
+// directBoot says whether the image's kernel is copied out to be started
+// directly: for trimmed recipes on disks this builder assembles. A cloud
+// image keeps its own boot setup.
+func (c *Config) directBoot() bool { return c.Recipe.DirectBoot() && c.Source != SourceCloud }
+
 func cachePath(cfg *Config, hash string) string {
 	return filepath.Join(cfg.CacheDir, "images", cfg.Name+"-"+hash[:16]+".qcow2")
 }

@@ -26,7 +26,7 @@ type guest struct {
 
 // bootGuest clones base into dir, boots it with a throwaway key for user
 // and a host key generated here, and waits for SSH with that key pinned.
-func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (*guest, error) {
+func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string, boot *vm.DirectBoot) (*guest, error) {
 	client, err := sshx.NewKeyPair("fleet-build")
 	if err != nil {
 		return nil, err
@@ -50,7 +50,7 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string) (
 		spec: vm.Spec{Name: name, Dir: dir, BaseImage: base, CPUs: 2, MemoryMiB: 2048, Seed: vm.Seed{
 			InstanceID: hex.EncodeToString(id), Hostname: name, User: user, AuthorizedKey: client.AuthorizedKey,
 			HostKeyPrivate: string(host.PrivatePEM), HostKeyPublic: host.AuthorizedKey,
-		}},
+		}, Boot: boot},
 	}
 	if err := g.driver.Validate(ctx); err != nil {
 		return nil, err

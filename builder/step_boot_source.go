@@ -24,7 +24,7 @@ func (s *StepBootSource) Run(ctx context.Context, state multistep.StateBag) mult
 	cfg := state.Get("config").(*Config)
 	dir := filepath.Join(state.Get("workdir").(string), "build-vm")
 	cfg.say("booting the source image to provision it over SSH (under TCG this takes minutes)...")
-	g, err := bootGuest(ctx, cfg, "fleet-build-"+cfg.Name, state.Get("source_image").(string), dir, "agent")
+	g, err := bootGuest(ctx, cfg, "fleet-build-"+cfg.Name, state.Get("source_image").(string), dir, "agent", nil)
 	if err != nil {
 		return halt(state, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -14,7 +15,8 @@ import (
 // provision, disk and convert steps.
 //
 // Reads "config", "recipe_hash", "workdir". Writes, on a hit, "qcow2",
-// "cache_hit" and "versions" (recorded beside the cached disk). No cleanup (the copy lives in the workdir).
+// "cache_hit", "versions" and, for direct boot, "boot" (all recorded
+// beside the cached disk). No cleanup (the copy lives in the workdir).
 type StepCheckCache struct{}
 
 func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -32,6 +34,15 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 		cfg.say("cache unreadable, rebuilding: %v", err)
 		return multistep.ActionContinue
 	}
+	if cfg.directBoot() {
+		boot, err := cachedBoot(cached, state.Get("workdir").(string))
+		if err != nil {
+			cfg.say("cache has no kernel for direct boot, rebuilding: %v", err)
+			os.Remove(dst)
+			return multistep.ActionContinue
+		}
+		state.Put("boot", boot)
+	}
 	if b, err := os.ReadFile(cached + ".versions.json"); err == nil {
 		if v, err := parseVersions(b); err == nil {
 			state.Put("versions", v)
@@ -44,6 +55,23 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 }
 
 func (s *StepCheckCache) Cleanup(multistep.StateBag) {}
+
+// cachedBoot brings the kernel, initrd and command line cached beside a
+// disk into the workdir.
+func cachedBoot(cached, work string) (*vm.DirectBoot, error) {
+	cmdline, err := os.ReadFile(cached + ".cmdline")
+	if err != nil {
+		return nil, err
+	}
+	boot := &vm.DirectBoot{Kernel: filepath.Join(work, "vmlinuz"), Initrd: filepath.Join(work, "initrd.img"), Cmdline: string(cmdline)}
+	if err := linkOrCopy(cached+".vmlinuz", boot.Kernel); err != nil {
+		return nil, err
+	}
+	if err := linkOrCopy(cached+".initrd.img", boot.Initrd); err != nil {
+		return nil, err
+	}
+	return boot, nil
+}
 
 // linkOrCopy hard-links src to dst, copying when they are on different
 // file systems.

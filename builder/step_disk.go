@@ -9,15 +9,21 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
 // StepAssembleDisk turns the root file system into a bootable raw disk:
 // one MBR partition, ext4, GRUB in the boot sector, root by UUID.
 //
+// For recipes that boot their kernel directly (provision.Recipe.DirectBoot)
+// it also copies out the kernel and initrd GRUB boots, with GRUB's command
+// line.
+//
 // Reads "config", "rootfs", "workdir"; skipped when "qcow2" is set. Writes
-// "raw". The loop device and mounts it makes are released before it
-// returns, last first, also on failure or cancel.
+// "raw" and, for direct boot, "boot" (*vm.DirectBoot). The loop device and
+// mounts it makes are released before it returns, last first, also on
+// failure or cancel.
 type StepAssembleDisk struct{}
 
 func (s *StepAssembleDisk) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -28,10 +34,18 @@ func (s *StepAssembleDisk) Run(ctx context.Context, state multistep.StateBag) mu
 	work := state.Get("workdir").(string)
 	raw := filepath.Join(work, "disk.raw")
 	cfg.say("assembling a %d GiB bootable disk...", cfg.DiskSizeGiB)
-	if err := assemble(ctx, cfg.Runner, state.Get("rootfs").(string), raw, filepath.Join(work, "mnt"), cfg.DiskSizeGiB); err != nil {
+	bootDir := ""
+	if cfg.directBoot() {
+		bootDir = work
+	}
+	boot, err := assemble(ctx, cfg.Runner, state.Get("rootfs").(string), raw, filepath.Join(work, "mnt"), cfg.DiskSizeGiB, bootDir)
+	if err != nil {
 		return halt(state, fmt.Errorf("assemble disk: %w", err))
 	}
 	state.Put("raw", raw)
+	if boot != nil {
+		state.Put("boot", boot)
+	}
 	return multistep.ActionContinue
 }
 
@@ -48,7 +62,7 @@ func (u *undoStack) run() {
 	*u = nil
 }
 
-func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, sizeGiB int) error {
+func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, sizeGiB int, bootDir string) (*vm.DirectBoot, error) {
 	run := func(name string, args ...string) (string, error) {
 		out, err := r.Run(ctx, execx.Cmd{Name: name, Args: args})
 		return strings.TrimSpace(string(out)), err
@@ -61,18 +75,18 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 
 	f, err := os.Create(raw)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f.Close()
 	if err := os.Truncate(raw, int64(sizeGiB)<<30); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := r.Run(ctx, execx.Cmd{Name: "sfdisk", Args: []string{"--quiet", raw}, Stdin: strings.NewReader("label: dos\nstart=2048, type=83, bootable\n")}); err != nil {
-		return err
+		return nil, err
 	}
 	loop, err := run("losetup", "--partscan", "--show", "--find", raw)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	undo.push(func() { cleanupRun("losetup", "--detach", loop) })
 	part := loop + "p1"
@@ -82,56 +96,98 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 		time.Sleep(100 * time.Millisecond)
 	}
 	if !fileExists(part) {
-		return fmt.Errorf("partition device %s did not appear", part)
+		return nil, fmt.Errorf("partition device %s did not appear", part)
 	}
 	if _, err := run("mkfs.ext4", "-q", "-L", "fleetroot", part); err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := run("mount", part, mnt); err != nil {
-		return err
+		return nil, err
 	}
 	undo.push(func() { cleanupRun("umount", mnt) })
 	if _, err := run("cp", "-a", "--one-file-system", rootfs+"/.", mnt+"/"); err != nil {
-		return err
+		return nil, err
 	}
 	uuid, err := run("blkid", "-s", "UUID", "-o", "value", part)
 	if err != nil || uuid == "" {
-		return fmt.Errorf("read file system UUID: %v", err)
+		return nil, fmt.Errorf("read file system UUID: %v", err)
 	}
 	fstab := fmt.Sprintf("UUID=%s / ext4 defaults,discard,errors=remount-ro 0 1\n", uuid)
 	if err := os.WriteFile(filepath.Join(mnt, "etc", "fstab"), []byte(fstab), 0o644); err != nil {
-		return err
+		return nil, err
 	}
 	unbind, err := bindSystemDirs(ctx, r, mnt)
 	undo.push(unbind)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// update-grub writes root=UUID=... only if /dev/disk/by-uuid/<uuid>
 	// exists; without udev nobody makes it, so make it for the duration.
 	byUUID := filepath.Join("/dev/disk/by-uuid", uuid)
 	if err := os.MkdirAll(filepath.Dir(byUUID), 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Symlink(part, byUUID); err != nil && !os.IsExist(err) {
-		return err
+		return nil, err
 	}
 	undo.push(func() { _ = os.Remove(byUUID) })
 	if _, err := run("chroot", mnt, "grub-install", "--target=i386-pc", loop); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := run("chroot", mnt, "update-grub"); err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := os.ReadFile(filepath.Join(mnt, "boot", "grub", "grub.cfg"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !strings.Contains(string(cfg), "root=UUID="+uuid) {
-		return fmt.Errorf("grub.cfg does not boot root=UUID=%s", uuid)
+		return nil, fmt.Errorf("grub.cfg does not boot root=UUID=%s", uuid)
 	}
-	return nil
+	if bootDir == "" {
+		return nil, nil
+	}
+	return copyBootFiles(mnt, string(cfg), bootDir)
+}
+
+// copyBootFiles copies the kernel and initrd of grub.cfg's first entry out
+// of the mounted disk into dir, with the entry's command line.
+func copyBootFiles(mnt, grubCfg, dir string) (*vm.DirectBoot, error) {
+	kernel, cmdline, initrd := parseGrubEntry(grubCfg)
+	if kernel == "" || initrd == "" {
+		return nil, fmt.Errorf("grub.cfg has no linux and initrd entry to boot directly")
+	}
+	boot := &vm.DirectBoot{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Cmdline: cmdline}
+	for src, dst := range map[string]string{kernel: boot.Kernel, initrd: boot.Initrd} {
+		if err := copyFile(filepath.Join(mnt, src), dst); err != nil {
+			return nil, fmt.Errorf("copy the kernel out for direct boot: %w", err)
+		}
+	}
+	return boot, nil
+}
+
+// parseGrubEntry reads the first menu entry's "linux PATH ARGS" and
+// "initrd PATH" lines.
+func parseGrubEntry(cfg string) (kernel, cmdline, initrd string) {
+	for _, l := range strings.Split(cfg, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 2 && f[0] == "linux" && kernel == "":
+			kernel, cmdline = f[1], strings.Join(f[2:], " ")
+		case len(f) >= 2 && f[0] == "initrd" && initrd == "" && kernel != "":
+			initrd = f[1]
+		}
+	}
+	return kernel, cmdline, initrd
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o644)
 }

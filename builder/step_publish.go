@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -20,7 +21,7 @@ import (
 // latest in place.
 //
 // Reads "config", "qcow2", "version", "recipe_hash", "source_digest",
-// "mirror", "versions", "outputs". Writes "image". No cleanup: once added,
+// "mirror", "versions", "outputs", "boot". Writes "image". No cleanup: once added,
 // a version belongs to the store (fleet image prune removes it).
 type StepPublish struct{ Started time.Time }
 
@@ -33,12 +34,23 @@ func (s *StepPublish) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	versions, _ := state.Get("versions").(map[string]string)
 	outputs, _ := state.Get("outputs").(map[string]string)
+	boot, _ := state.Get("boot").(*vm.DirectBoot)
+	if boot != nil {
+		all := map[string]string{images.OutputKernel: boot.Kernel, images.OutputInitrd: boot.Initrd}
+		for k, v := range outputs {
+			all[k] = v
+		}
+		outputs = all
+	}
 	m := images.Manifest{
 		Name: cfg.Name, Version: state.Get("version").(string),
 		Source: describeSource(cfg, state), SourceDigest: state.Get("source_digest").(string),
 		RecipeHash: state.Get("recipe_hash").(string), Recipe: cfg.Recipe.Name, Packages: versions,
 		DiskSHA256: sum, DiskBytes: size, Outputs: map[string]images.Output{},
 		BuiltAt: time.Now().UTC(), BuildSeconds: time.Since(s.Started).Seconds(),
+	}
+	if boot != nil {
+		m.KernelCmdline = boot.Cmdline
 	}
 	for kind, p := range outputs {
 		osum, osize, err := sha256File(p)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +21,7 @@ import (
 // or published; a cached disk passed when it was cached.
 //
 // Reads "config", "qcow2", "workdir", "recipe_hash", "versions",
-// "cache_hit". Writes nothing. Cleanup deletes the verification VM unless
+// "cache_hit", "boot". Writes nothing. Cleanup deletes the verification VM unless
 // the build failed and KeepOnFailure is set.
 type StepVerify struct{ g *guest }
 
@@ -33,7 +34,9 @@ func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multiste
 	}
 	cfg.say("verify: booting a clone of the new image...")
 	t0 := time.Now()
-	g, err := bootGuest(ctx, cfg, "fleet-verify-"+cfg.Name, disk, filepath.Join(state.Get("workdir").(string), "verify-vm"), "agent")
+	// It boots as spawned machines will: its kernel directly, if it has one.
+	boot, _ := state.Get("boot").(*vm.DirectBoot)
+	g, err := bootGuest(ctx, cfg, "fleet-verify-"+cfg.Name, disk, filepath.Join(state.Get("workdir").(string), "verify-vm"), "agent", boot)
 	if err != nil {
 		return halt(state, fmt.Errorf("verify: %w", err))
 	}
@@ -74,6 +77,11 @@ func cacheDisk(cfg *Config, state multistep.StateBag, disk string) {
 	if v, ok := state.Get("versions").(map[string]string); ok {
 		b, _ := json.Marshal(v)
 		_ = os.WriteFile(cached+".versions.json", b, 0o644)
+	}
+	if boot, ok := state.Get("boot").(*vm.DirectBoot); ok {
+		_ = linkOrCopy(boot.Kernel, cached+".vmlinuz")
+		_ = linkOrCopy(boot.Initrd, cached+".initrd.img")
+		_ = os.WriteFile(cached+".cmdline", []byte(boot.Cmdline), 0o644)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -159,6 +160,19 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 	os.MkdirAll(filepath.Dir(cached), 0o755)
 	os.WriteFile(cached, []byte("disk"), 0o644)
 	os.WriteFile(cached+".versions.json", []byte(`{"node":"18.19.0"}`), 0o644)
+	// A recipe that boots its kernel directly needs the kernel cached too:
+	// without it the disk alone is a miss.
+	if !cfg.directBoot() {
+		t.Fatal("the test recipe should boot directly")
+	}
+	s = bag(cfg, "recipe_hash", hash, "workdir", work)
+	mustContinue(t, &StepCheckCache{}, s)
+	if _, hit := s.GetOk("cache_hit"); hit {
+		t.Fatal("a cached disk without its kernel was a hit")
+	}
+	os.WriteFile(cached+".vmlinuz", []byte("kernel"), 0o644)
+	os.WriteFile(cached+".initrd.img", []byte("initrd"), 0o644)
+	os.WriteFile(cached+".cmdline", []byte("root=UUID=x ro"), 0o644)
 	s = bag(cfg, "recipe_hash", hash, "workdir", work)
 	mustContinue(t, &StepCheckCache{}, s)
 	if s.Get("cache_hit") != true || s.Get("qcow2") != filepath.Join(work, "disk.qcow2") {
@@ -166,6 +180,27 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 	}
 	if v, _ := s.Get("versions").(map[string]string); v["node"] != "18.19.0" {
 		t.Fatalf("versions of a cached disk: %v", v)
+	}
+	boot, _ := s.Get("boot").(*vm.DirectBoot)
+	if boot == nil || boot.Cmdline != "root=UUID=x ro" {
+		t.Fatalf("boot of a cached disk: %+v", boot)
+	}
+	if b, _ := os.ReadFile(boot.Kernel); string(b) != "kernel" {
+		t.Errorf("kernel of a cached disk: %q", b)
+	}
+}
+
+// The kernel to start directly is grub.cfg's first entry, with its
+// command line.
+func TestParseGrubEntry(t *testing.T) {
+	cfg := "menuentry 'Debian' {\n\tlinux\t/boot/vmlinuz-6.1.0-50-cloud-amd64 root=UUID=f6fa ro console=ttyS0,115200  fsck.mode=skip\n\tinitrd\t/boot/initrd.img-6.1.0-50-cloud-amd64\n}\n" +
+		"submenu 'Advanced' {\n\tlinux\t/boot/vmlinuz-old root=UUID=f6fa ro single\n\tinitrd\t/boot/initrd.img-old\n}\n"
+	k, c, i := parseGrubEntry(cfg)
+	if k != "/boot/vmlinuz-6.1.0-50-cloud-amd64" || i != "/boot/initrd.img-6.1.0-50-cloud-amd64" || c != "root=UUID=f6fa ro console=ttyS0,115200 fsck.mode=skip" {
+		t.Errorf("got %q %q %q", k, c, i)
+	}
+	if k, _, i := parseGrubEntry("set timeout=0\n"); k != "" || i != "" {
+		t.Errorf("a grub.cfg without entries gave %q %q", k, i)
 	}
 }
 

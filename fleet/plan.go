@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // MaxMachines bounds one fleet: far above what a workstation runs, low
@@ -47,6 +48,7 @@ type ImageRef struct {
 	Name, Version string
 	Disk          string // path to the read-only base disk
 	Recipe        string // what it was baked with: whether it can be warmed
+	Boot          *vm.DirectBoot
 }
 
 func (r ImageRef) String() string { return r.Name + "@" + r.Version }

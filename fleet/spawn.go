@@ -74,7 +74,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 		id := randomID()
 		machines[i] = &Machine{
-			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk,
+			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
 			Network: netRec,

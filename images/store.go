@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"os"
 	"path/filepath"
 	"sort"
@@ -46,8 +47,11 @@ type Manifest struct {
 	DiskSHA256   string            `json:"disk_sha256"`
 	DiskBytes    int64             `json:"disk_bytes"`
 	Outputs      map[string]Output `json:"outputs,omitempty"` // exported formats by kind
-	BuiltAt      time.Time         `json:"built_at"`
-	BuildSeconds float64           `json:"build_seconds"`
+	// KernelCmdline, with the kernel and initrd outputs, starts the
+	// image's kernel directly (see DirectBoot).
+	KernelCmdline string    `json:"kernel_cmdline,omitempty"`
+	BuiltAt       time.Time `json:"built_at"`
+	BuildSeconds  float64   `json:"build_seconds"`
 }
 
 // Output is one exported file in a version's folder.
@@ -55,6 +59,23 @@ type Output struct {
 	File   string `json:"file"` // name inside the version folder
 	SHA256 string `json:"sha256"`
 	Bytes  int64  `json:"bytes"`
+}
+
+// Outputs of a version that boot its kernel directly.
+const (
+	OutputKernel = "kernel"
+	OutputInitrd = "initrd"
+)
+
+// DirectBoot is how to start the image's kernel without its boot loader,
+// or nil if it has none to start so.
+func (i Image) DirectBoot() *vm.DirectBoot {
+	k, hasK := i.Outputs[OutputKernel]
+	r, hasR := i.Outputs[OutputInitrd]
+	if !hasK || !hasR || i.KernelCmdline == "" {
+		return nil
+	}
+	return &vm.DirectBoot{Kernel: filepath.Join(i.Dir, k.File), Initrd: filepath.Join(i.Dir, r.File), Cmdline: i.KernelCmdline}
 }
 
 // Image is one stored version.

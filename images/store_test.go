@@ -231,3 +231,23 @@ func TestWarmTemplatesAreKeyedAndKeepTheirVersion(t *testing.T) {
 		t.Error("a machine linked to a warm template does not keep its version")
 	}
 }
+
+// An image boots its kernel directly only with a kernel, an initrd and a
+// command line; paths are in its own folder.
+func TestDirectBootNeedsKernelInitrdAndCmdline(t *testing.T) {
+	img := Image{Dir: "/img/v1", Manifest: Manifest{KernelCmdline: "root=UUID=x ro",
+		Outputs: map[string]Output{OutputKernel: {File: "vmlinuz"}, OutputInitrd: {File: "initrd.img"}}}}
+	b := img.DirectBoot()
+	if b == nil || b.Kernel != "/img/v1/vmlinuz" || b.Initrd != "/img/v1/initrd.img" || b.Cmdline != "root=UUID=x ro" {
+		t.Fatalf("direct boot %+v", b)
+	}
+	for _, broken := range []Image{
+		{Dir: "/img/v1", Manifest: Manifest{Outputs: img.Outputs}},
+		{Dir: "/img/v1", Manifest: Manifest{KernelCmdline: "x", Outputs: map[string]Output{OutputKernel: {File: "vmlinuz"}}}},
+		{Dir: "/img/v1"},
+	} {
+		if broken.DirectBoot() != nil {
+			t.Errorf("%+v boots directly", broken.Manifest)
+		}
+	}
+}

@@ -92,6 +92,17 @@ func Get(name string) (Recipe, error) {
 	return Recipe{}, fmt.Errorf("unknown recipe %q (recipes: %s)", name, strings.Join(RecipeNames, ", "))
 }
 
+// DirectBoot says whether images of this recipe start their kernel
+// directly: the trimmed boot does; the untrimmed one boots as it did.
+func (r Recipe) DirectBoot() bool {
+	for _, s := range r.Scripts {
+		if s.Name == fastBootScript {
+			return true
+		}
+	}
+	return false
+}
+
 // guestAgentScript installs the channel a warm clone's identity comes over.
 const guestAgentScript = "65-guest-agent.sh"
 

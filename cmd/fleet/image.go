@@ -240,7 +240,7 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 	if err != nil {
 		return images.Template{}, false, err
 	}
-	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk, Recipe: img.Recipe}, cpus, mem, rec)
+	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk, Recipe: img.Recipe, Boot: img.DirectBoot()}, cpus, mem, rec)
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {

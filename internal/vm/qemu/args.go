@@ -52,6 +52,9 @@ type MachineArgs struct {
 	// written).
 	MemoryFile   string
 	MemoryShared bool
+	// Kernel, Initrd and Append start a kernel directly (-kernel) instead
+	// of the disk's boot loader.
+	Kernel, Initrd, Append string
 }
 
 // ForwardIP is where the guest reaches Forwards: an otherwise unused address
@@ -114,6 +117,9 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", fmt.Sprintf("socket,id=qga0,path=%s,server=on,wait=off", qemuEscape(m.GuestAgentSocket)),
 		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+	}
+	if m.Kernel != "" {
+		args = append(args, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", m.Append)
 	}
 	if m.Incoming {
 		args = append(args, "-incoming", "defer")

@@ -133,6 +133,9 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
 	}
+	if s.Boot != nil {
+		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
+	}
 	// A suspended machine resumes from its own state (RAM included); a
 	// new clone of a warm template maps the template's RAM file and loads
 	// only its device state.

@@ -271,9 +271,14 @@ func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
 	cpu := SystemArgs(ma)[slices.Index(SystemArgs(ma), "-cpu")+1]
 	// ram=file: templates keep RAM in a file their clones map (older
 	// templates, whose state held the RAM, never match).
-	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d ram=file restrict=%v forwards=%v",
+	// A directly started kernel adds its loader ROM: another machine.
+	boot := "firmware"
+	if s.Boot != nil {
+		boot = "kernel"
+	}
+	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d ram=file boot=%s restrict=%v forwards=%v",
 		strings.TrimSpace(strings.SplitN(string(version), "\n", 2)[0]), fi.Size(), fi.ModTime().Unix(), d.Accel,
-		q35Alias(string(out)), cpu, s.CPUs, s.MemoryMiB, s.Network.Restrict, ports), nil
+		q35Alias(string(out)), cpu, s.CPUs, s.MemoryMiB, boot, s.Network.Restrict, ports), nil
 }
 
 // q35Alias reads which versioned machine type "q35" stands for from
