@@ -83,6 +83,16 @@ fi
 # hardware a fleet machine has not (graphics, EFI pstore).
 mkdir -p /etc/systemd/system/ssh.service.d /etc/systemd/journald.conf.d
 printf '[Service]\nExecStartPre=\n' > /etc/systemd/system/ssh.service.d/90-agentfleet-fast-boot.conf
+# sshd listens on the wildcard address, so it need not wait for the network
+# (an ordering a drop-in cannot remove: the unit is copied without it).
+for u in /lib/systemd/system/ssh.service /usr/lib/systemd/system/ssh.service; do
+  if [ -e "$u" ]; then
+    sed '/^After=/s/network\.target//' "$u" > /etc/systemd/system/ssh.service
+    break
+  fi
+done
+# System users were made when their packages installed.
+systemctl mask systemd-sysusers.service >/dev/null 2>&1
 printf '[Journal]\nStorage=volatile\n' > /etc/systemd/journald.conf.d/90-agentfleet-fast-boot.conf
 systemctl mask modprobe@drm.service modprobe@efi_pstore.service >/dev/null 2>&1
 
