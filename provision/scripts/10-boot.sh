@@ -13,7 +13,9 @@ Name=en* eth*
 [Network]
 DHCP=yes
 NET
-systemctl enable systemd-networkd systemd-resolved
+systemctl enable systemd-networkd
+# An image whose boot was trimmed (85-fast-boot.sh) has resolved masked.
+[ "$(systemctl is-enabled systemd-resolved 2>/dev/null)" = masked ] || systemctl enable systemd-resolved
 
 # cloud-init: only the local seed (no network probing of metadata
 # services, which costs minutes under emulation), and it leaves the network
