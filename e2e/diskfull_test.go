@@ -25,7 +25,7 @@ func TestDiskFull(t *testing.T) {
 			t.Fatalf("remount %s: %v %s", size, err, out)
 		}
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "fleet-e2e-full", home).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1536k", "fleet-e2e-full", home).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
 	}
 	// The images stay on the real disk; only machines live on the tmpfs.
@@ -51,9 +51,9 @@ func TestDiskFull(t *testing.T) {
 		t0 := time.Now()
 		r := run(bootDeadline, spawn...)
 		took := time.Since(t0)
-		t.Logf("spawn on a 6 MiB FLEET_HOME: exit %d after %s", r.code, took.Round(time.Second))
+		t.Logf("spawn on a 1.5 MiB FLEET_HOME: exit %d after %s", r.code, took.Round(time.Second))
 		if r.code == 0 {
-			t.Fatal("a spawn on a 6 MiB FLEET_HOME succeeded")
+			t.Fatal("a spawn on a 1.5 MiB FLEET_HOME succeeded")
 		}
 		if !strings.Contains(r.stderr, "disk full") && !strings.Contains(r.stderr, "No space left on device") {
 			t.Errorf("the full file system is not named: %s", r.stderr)

@@ -64,12 +64,13 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 	if err := qmp("stop", nil); err != nil {
 		return fmt.Errorf("%s: %w", s.Name, err)
 	}
-	if s.MemoryFile != "" {
-		// RAM already lives in its file: the state holds the devices only.
-		if err := qmp("migrate-set-capabilities", ignoreShared); err != nil {
-			undo()
-			return fmt.Errorf("%s: %w", s.Name, err)
-		}
+	// A template's RAM already lives in its file: its state holds the
+	// devices only. Anything else saves its RAM, whatever this QEMU was
+	// told when it was restored (a warm clone's QEMU loaded its template
+	// with the capability on, and it stays on until changed).
+	if err := qmp("migrate-set-capabilities", ignoreShared(s.MemoryFile != "")); err != nil {
+		undo()
+		return fmt.Errorf("%s: %w", s.Name, err)
 	}
 	if err := qmp("migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
 		undo()
@@ -130,7 +131,7 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, 
 	if mappedRAM {
 		// The state was saved without the RAM, which this QEMU maps from
 		// the template's file; the stream's layout says so too.
-		_, err = q.execute("migrate-set-capabilities", ignoreShared)
+		_, err = q.execute("migrate-set-capabilities", ignoreShared(true))
 	}
 	if err == nil {
 		_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
@@ -151,9 +152,13 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, 
 	return os.Remove(state)
 }
 
-// ignoreShared leaves RAM in shared files out of the migration stream
-// (QEMU's x-ignore-shared, the capability its VM templating uses).
-var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+// ignoreShared turns on or off leaving RAM in shared files out of the
+// migration stream (QEMU's x-ignore-shared, the capability its VM
+// templating uses). It also changes the stream's layout, so saver and
+// loader must agree.
+func ignoreShared(on bool) map[string]any {
+	return map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
+}
 
 // waitMigration polls an outgoing migration until it completes.
 func waitMigration(ctx context.Context, dir string) error {
