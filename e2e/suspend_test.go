@@ -68,7 +68,7 @@ profile "ticker" {
 		t.Fatalf("resume: %s", r.stderr)
 	}
 	resumeTook := time.Since(t0)
-	fmt.Printf("e2e: suspend of a 1 GiB guest running an agent: %s (%d MiB saved); resume: %s\n", suspendTook.Round(10*time.Millisecond), fi.Size()>>20, resumeTook.Round(10*time.Millisecond))
+	fmt.Printf("e2e: suspend of a 2 GiB warm clone running an agent: %s (%d MiB saved); resume: %s\n", suspendTook.Round(10*time.Millisecond), fi.Size()>>20, resumeTook.Round(10*time.Millisecond))
 	if _, err := os.Stat(state); err == nil {
 		t.Error("the state file outlived the resume (the disk has moved on from it)")
 	}
