@@ -94,13 +94,11 @@ func Get(name string) (Recipe, error) {
 
 // DirectBoot says whether images of this recipe start their kernel
 // directly: the trimmed boot does; the untrimmed one boots as it did.
-func (r Recipe) DirectBoot() bool {
-	for _, s := range r.Scripts {
-		if s.Name == fastBootScript {
-			return true
-		}
-	}
-	return false
+func (r Recipe) DirectBoot() bool { return r.has(fastBootScript) }
+
+// has says whether the recipe runs the named script.
+func (r Recipe) has(name string) bool {
+	return slices.ContainsFunc(r.Scripts, func(s Script) bool { return s.Name == name })
 }
 
 // guestAgentScript installs the channel a warm clone's identity comes over.
@@ -110,15 +108,7 @@ const guestAgentScript = "65-guest-agent.sh"
 // templates: their clones need the guest agent to be given an identity.
 func CanWarm(recipe string) bool {
 	r, err := Get(recipe)
-	if err != nil {
-		return false
-	}
-	for _, s := range r.Scripts {
-		if s.Name == guestAgentScript {
-			return true
-		}
-	}
-	return false
+	return err == nil && r.has(guestAgentScript)
 }
 
 // userScriptsBefore is the first recipe script the user's own scripts run

@@ -240,7 +240,13 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 	if err != nil {
 		return images.Template{}, false, err
 	}
-	return c.Template(cmd.Context(), fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: img.Disk, Recipe: img.Recipe, Boot: img.DirectBoot()}, cpus, mem, rec)
+	return c.Template(cmd.Context(), imageRef(img, img.Disk), cpus, mem, rec)
+}
+
+// imageRef is what the controller needs of a stored image, booting disk
+// (the qcow2, or the driver's own export of it).
+func imageRef(img images.Image, disk string) fleet.ImageRef {
+	return fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot()}
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {

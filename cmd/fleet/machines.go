@@ -101,7 +101,7 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot()}, Workspace: ws, Network: netReq, Warm: warm}, nil
+		Image: imageRef(img, disk), Workspace: ws, Network: netReq, Warm: warm}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
