@@ -104,6 +104,8 @@ func ProxyHandlers(dir string) (map[byte]func(context.Context, net.Conn), *egres
 			Upstream:   u,
 			Transport:  http.DefaultTransport,
 			Audit:      audit,
+			Meter:      &egress.Meter{Dir: dir},
+			Spend:      func() (egress.SpendConfig, error) { return egress.LoadSpendConfig(dir) },
 		}
 		handlers[egress.KindCredentials] = p.ServeConn
 	}

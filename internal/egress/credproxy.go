@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -49,6 +50,11 @@ type CredProxy struct {
 	Upstream   *url.URL
 	Transport  http.RoundTripper
 	Audit      *Audit
+	// Meter counts the tokens of every answered message call; nil counts
+	// nothing. Spend is the machine's budget and prices, read at each
+	// call so fleet net budget applies to the next one.
+	Meter *Meter
+	Spend func() (SpendConfig, error)
 }
 
 // ServeConn serves HTTP requests on one guest connection until it closes.
@@ -121,6 +127,25 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, e, "the host had no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (and no credential command) when this machine started")
 		return
 	}
+	metered := r.Method == http.MethodPost && r.URL.Path == "/v1/messages"
+	var spend SpendConfig
+	if metered && p.Meter != nil {
+		var err error
+		if spend, err = p.spendConfig(); err != nil {
+			// A budget that cannot be read is not an open one.
+			e.Verdict, e.Status, e.Reason = "deny", http.StatusInternalServerError, "budget unreadable: "+shortErr(err)
+			p.Audit.Log(e)
+			apiError(w, http.StatusInternalServerError, "api_error", "fleet credential proxy: this machine's budget cannot be read ("+shortErr(err)+")")
+			return
+		}
+		if done, why := spend.Budget.Reached(p.Meter.Usage()); done {
+			e.Verdict, e.Status, e.Reason = "deny", BudgetStatus, BudgetReason+": "+why
+			p.Audit.Log(e)
+			apiError(w, BudgetStatus, "invalid_request_error", "fleet: this machine's budget is reached ("+why+"); "+
+				"the call was not sent. Raise it on the host with: fleet net budget <machine> +N")
+			return
+		}
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(p.Upstream)
@@ -142,6 +167,14 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		FlushInterval: -1, // the API streams server-sent events
 		ModifyResponse: func(resp *http.Response) error {
 			scrubHeaders(resp.Header, p.Credential.Value)
+			if metered && p.Meter != nil && resp.StatusCode == http.StatusOK {
+				stream := strings.Contains(resp.Header.Get("Content-Type"), "text/event-stream")
+				resp.Body = &meteredBody{ReadCloser: resp.Body, c: &Counter{Stream: stream}, done: func(c *Counter) {
+					if u, _, ok := c.Result(spend.Prices); ok {
+						p.Meter.Record(u)
+					}
+				}}
+			}
 			e.Verdict, e.Status, e.Reason = "allow", resp.StatusCode, "token matched; forwarded to "+p.Upstream.Host
 			p.Audit.Log(e)
 			return nil
@@ -153,6 +186,45 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// BudgetStatus and BudgetReason mark a call refused at the budget (the
+// API answers an account out of credit with a 400 too, which agents show
+// and do not retry).
+const (
+	BudgetStatus = http.StatusBadRequest
+	BudgetReason = "budget reached"
+)
+
+func (p *CredProxy) spendConfig() (SpendConfig, error) {
+	if p.Spend == nil {
+		return SpendConfig{Prices: DefaultPrices}, nil
+	}
+	return p.Spend()
+}
+
+// meteredBody feeds a response to its Counter as the guest reads it and
+// records the usage once, at the end or when the guest hangs up (the
+// API bills what it started).
+type meteredBody struct {
+	io.ReadCloser
+	c    *Counter
+	once sync.Once
+	done func(*Counter)
+}
+
+func (b *meteredBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.c.Write(p[:n])
+	if err != nil {
+		b.once.Do(func() { b.done(b.c) })
+	}
+	return n, err
+}
+
+func (b *meteredBody) Close() error {
+	b.once.Do(func() { b.done(b.c) })
+	return b.ReadCloser.Close()
 }
 
 func routeList() string {

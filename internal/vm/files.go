@@ -20,6 +20,7 @@ const (
 	PolicyFile      = "egress.json"       // the egress policy, changed by fleet net allow|deny
 	CredentialsFile = "credentials.json"  // the credential proxy's per-machine token and upstream
 	ProxyLimitsFile = "proxy-limits.json" // connection cap and idle timeout of the proxies
+	SpendFile       = "spend.json"        // the credential proxy's budget and prices, changed by fleet net budget
 
 	// Written by the proxies (internal/egress), a server per machine.
 	AuditFile      = "egress.log"       // every proxy decision; rotates to egress.log.1
@@ -27,4 +28,5 @@ const (
 	ProxyLock      = "proxy.lock"       // held while a proxy server runs
 	ProxyPIDFile   = "proxy.pid"        // the proxy server's pid
 	ProxyErrorsLog = "proxy-errors.log" // what the shims and the server could not tell the guest
+	UsageFile      = "usage.json"       // tokens and cost the credential proxy counted
 )
