@@ -297,7 +297,7 @@ type Counter struct {
 
 const (
 	maxEventLine = 64 << 10
-	maxBody = 16 << 20
+	maxBody      = 16 << 20
 )
 
 // Write takes the next bytes of the response body.
