@@ -56,6 +56,7 @@ type NetworkRequest struct {
 	CredentialCommand string // run on the host at each start; prints the key
 	Upstream          string // credential proxy upstream ("" = DefaultUpstream)
 	Limits            ProxyLimits
+	Spend             egress.SpendConfig // budget and prices (credential proxy only)
 }
 
 // Network is a machine's record of its egress and credentials. The policy
@@ -158,9 +159,21 @@ func writeNetworkFiles(m *Machine, r NetworkRequest, token string) error {
 			up = DefaultUpstream
 		}
 		b, _ := json.Marshal(credentialsConfig{Token: token, Upstream: up})
-		return WriteFileAtomic(filepath.Join(m.Dir, credentialsFile), b, 0o600)
+		if err := WriteFileAtomic(filepath.Join(m.Dir, credentialsFile), b, 0o600); err != nil {
+			return err
+		}
+		spend := r.Spend
+		if spend.Prices == nil {
+			spend.Prices = egress.DefaultPrices
+		}
+		return saveSpend(m.Dir, spend)
 	}
 	return nil
+}
+
+func saveSpend(dir string, c egress.SpendConfig) error {
+	b, _ := json.MarshalIndent(c, "", "  ")
+	return WriteFileAtomic(filepath.Join(dir, egress.SpendFile), b, 0o600)
 }
 
 // guestNetworkFiles configures the guest at first boot to use the proxies:

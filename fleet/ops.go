@@ -38,6 +38,8 @@ type MachineStatus struct {
 	PID       int    `json:"pid,omitempty"`
 	// Agent is the machine's agent session (running machines only).
 	Agent *session.Status `json:"agent,omitempty"`
+	// Spend is what the credential proxy counted (machines with one).
+	Spend *Spend `json:"spend,omitempty"`
 }
 
 // Status reports every machine of the fleet.
@@ -49,6 +51,9 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
 		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		if ms.Spend, err = MachineSpend(m); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
 		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
 		switch {
 		case err != nil:

@@ -39,6 +39,15 @@ const ProjectFile = "fleet.hcl"
 //	  idle_timeout    = "10m"                 # an idle tunnel is cut
 //	}
 //	preset "pypi" { allow = ["pypi.org", "files.pythonhosted.org"] }
+//	budget {                                # per machine, counted by the credential proxy
+//	  usd    = 5
+//	  tokens = 2000000
+//	}
+//	price "claude-sonnet-4" {               # USD per million tokens
+//	  input  = 3
+//	  output = 15
+//	}
+//	notify = "curl -s -d @- https://ntfy.sh/my-agents" # gets each event as JSON on stdin
 //	credentials {
 //	  mode     = "proxy"                      # proxy (default) | env | none
 //	  command  = "pass show anthropic"        # prints the key; run at each start
@@ -55,6 +64,27 @@ type Project struct {
 	Egress         *EgressBlock      `hcl:"egress,block"`
 	Presets        []PresetBlock     `hcl:"preset,block"`
 	Credentials    *CredentialsBlock `hcl:"credentials,block"`
+	Budget         *BudgetBlock      `hcl:"budget,block"`
+	Prices         []PriceBlock      `hcl:"price,block"`
+	// Notify is a host command that gets each agent event as JSON on
+	// stdin (fleet top, fleet wait --notify).
+	Notify string `hcl:"notify,optional"`
+}
+
+// BudgetBlock is `budget { usd = N, tokens = N }`: each machine's cap.
+type BudgetBlock struct {
+	USD    float64 `hcl:"usd,optional"`
+	Tokens int64   `hcl:"tokens,optional"`
+}
+
+// PriceBlock is `price "MODEL" { ... }`: US dollars per million tokens
+// for models whose name starts with MODEL ("*": every other model).
+type PriceBlock struct {
+	Model      string  `hcl:"model,label"`
+	Input      float64 `hcl:"input"`
+	Output     float64 `hcl:"output"`
+	CacheWrite float64 `hcl:"cache_write,optional"`
+	CacheRead  float64 `hcl:"cache_read,optional"`
 }
 
 // EgressBlock is `egress { ... }`.
@@ -91,6 +121,8 @@ type NetworkOverrides struct {
 	// CredentialCommand and Upstream: "" means fleet.hcl's.
 	CredentialCommand string
 	Upstream          string
+	// Budget: zero fields are fleet.hcl's.
+	Budget egress.Budget
 }
 
 // Network builds the spawn's network request from fleet.hcl and the flags:
@@ -149,10 +181,43 @@ func (p Project) Network(o NetworkOverrides) (NetworkRequest, error) {
 	if err != nil {
 		return NetworkRequest{}, err
 	}
-	r := NetworkRequest{Egress: pol, Credentials: cm, Limits: limits,
+	spend, err := p.spend(o.Budget)
+	if err != nil {
+		return NetworkRequest{}, err
+	}
+	if !spend.Budget.IsZero() && cm != CredentialsProxy {
+		return NetworkRequest{}, fmt.Errorf("a budget needs --credentials proxy: only the credential proxy sees what an agent spends (credentials are %s)", cm)
+	}
+	r := NetworkRequest{Egress: pol, Credentials: cm, Limits: limits, Spend: spend,
 		CredentialCommand: firstOf(o.CredentialCommand, cb.Command),
 		Upstream:          firstOf(o.Upstream, cb.Upstream)}
 	return r, checkUpstream(r.Upstream)
+}
+
+// spend is the machines' budget (flags over fleet.hcl) and price table
+// (the README's, with fleet.hcl's rows over it).
+func (p Project) spend(flags egress.Budget) (egress.SpendConfig, error) {
+	var b egress.Budget
+	if p.Budget != nil {
+		b = egress.Budget{USD: p.Budget.USD, Tokens: p.Budget.Tokens}
+	}
+	if flags.USD != 0 {
+		b.USD = flags.USD
+	}
+	if flags.Tokens != 0 {
+		b.Tokens = flags.Tokens
+	}
+	if err := b.Validate(); err != nil {
+		return egress.SpendConfig{}, err
+	}
+	var over []egress.Price
+	for _, pb := range p.Prices {
+		over = append(over, egress.Price{Model: pb.Model, Input: pb.Input, Output: pb.Output, CacheWrite: pb.CacheWrite, CacheRead: pb.CacheRead})
+	}
+	if err := egress.ValidatePrices(over); err != nil {
+		return egress.SpendConfig{}, err
+	}
+	return egress.SpendConfig{Budget: b, Prices: egress.MergePrices(egress.DefaultPrices, over)}, nil
 }
 
 func (eb EgressBlock) limits() (ProxyLimits, error) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/spf13/cobra"
 )
 
@@ -54,6 +55,13 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.net.Credentials, "credentials", "", "how agents get the model API key: proxy (a per-VM token the host swaps\nfor the key, which never enters the VM), env (into the session's\nenvironment) or none (default: fleet.hcl's, else proxy)")
 	cmd.Flags().StringVar(&o.net.CredentialCommand, "credential-command", "", "proxy: a host command that prints the key (e.g. a password manager's CLI),\nrun when machines start; default: ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN")
 	cmd.Flags().StringVar(&o.net.Upstream, "credential-upstream", "", "proxy: where API calls go (default https://api.anthropic.com)")
+	addBudgetFlags(cmd, &o.net.Budget)
+}
+
+// addBudgetFlags adds --budget-usd and --budget-tokens (spawn, up, run).
+func addBudgetFlags(cmd *cobra.Command, b *egress.Budget) {
+	cmd.Flags().Float64Var(&b.USD, "budget-usd", 0, "cap each machine's model spend at this many US dollars, counted by the\ncredential proxy (default: fleet.hcl's budget, else none)")
+	cmd.Flags().Int64Var(&b.Tokens, "budget-tokens", 0, "cap each machine's model tokens (input, cache and output) at this many")
 }
 
 func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controller, count int) (fleet.SpawnRequest, error) {
@@ -226,7 +234,10 @@ func newLsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "ls",
 		Short:   "List the fleet's machines: state, image, address, uptime",
-		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'",
+		Long: `One row per machine: its state, where it listens, and its agent (running,
+waiting for input, succeeded, failed with its exit status, lost), with the
+model tokens and cost the credential proxy counted, and their total.`,
+		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'\n  fleet ls --json | jq '[.[].spend.cost_usd // 0] | add'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.controller(cmd)
@@ -247,8 +258,10 @@ func newLsCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tAGENT")
+			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tTOKENS\tCOST\tAGENT")
+			var spends []*fleet.Spend
 			for _, m := range st {
+				spends = append(spends, m.Spend)
 				up := "-"
 				if m.State == fleet.StateRunning && m.UptimeSec > 0 {
 					up = (time.Duration(m.UptimeSec) * time.Second).String()
@@ -261,7 +274,11 @@ func newLsCmd(g *globals) *cobra.Command {
 				if m.Agent != nil {
 					agent = agentCell(*m.Agent, "")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", m.Name, m.State, m.Provider, m.Image, addr, up, m.CPUs, m.MemoryMiB, agent)
+				tokens, cost := spendCells(m.Spend)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", m.Name, m.State, m.Provider, m.Image, addr, up, m.CPUs, m.MemoryMiB, tokens, cost, agent)
+			}
+			if total := fleet.TotalSpend(spends); total.Calls > 0 {
+				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", humanTokens(total.Tokens()), dollars(total.CostUSD))
 			}
 			return tw.Flush()
 		},
@@ -410,4 +427,44 @@ to collect and then destroy, or --force to discard the work.`
 	cmd.Flags().BoolVar(&o.Force, "force", false, "destroy even machines with uncollected work (it is lost)")
 	cmd.Flags().BoolVar(&o.Collect, "collect", false, "collect each machine's work first")
 	return cmd
+}
+
+// spendCells renders a machine's tokens and cost ("-" when nothing
+// measures them), with the cap when one is set.
+func spendCells(s *fleet.Spend) (tokens, cost string) {
+	if s == nil {
+		return "-", "-"
+	}
+	tokens, cost = humanTokens(s.Tokens()), dollars(s.CostUSD)
+	if s.Budget.Tokens > 0 {
+		tokens += "/" + humanTokens(s.Budget.Tokens)
+	}
+	if s.Budget.USD > 0 {
+		cost += "/" + dollars(s.Budget.USD)
+	}
+	if s.Reached {
+		cost += " budget reached"
+	}
+	return tokens, cost
+}
+
+func humanTokens(n int64) string {
+	switch {
+	case n >= 10_000_000:
+		return fmt.Sprintf("%.0fM", float64(n)/1e6)
+	case n >= 1_000_000:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 10_000:
+		return fmt.Sprintf("%.0fk", float64(n)/1e3)
+	case n >= 1_000:
+		return fmt.Sprintf("%.1fk", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
+
+func dollars(v float64) string {
+	if v > 0 && v < 0.01 {
+		return fmt.Sprintf("$%.4f", v)
+	}
+	return fmt.Sprintf("$%.2f", v)
 }

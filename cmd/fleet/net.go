@@ -35,9 +35,10 @@ no restart.`,
   fleet net allow pypi.org myproj-1
   fleet net allow '*.pythonhosted.org' --all
   fleet net deny github.com --all
-  fleet net log -f myproj-1`,
+  fleet net log -f myproj-1
+  fleet net budget myproj-1 +500k`,
 	}
-	cmd.AddCommand(newNetChangeCmd(g, "allow"), newNetChangeCmd(g, "deny"), newNetLogCmd(g), newNetLsCmd(g))
+	cmd.AddCommand(newNetChangeCmd(g, "allow"), newNetChangeCmd(g, "deny"), newNetLogCmd(g), newNetLsCmd(g), newNetBudgetCmd(g))
 	return cmd
 }
 
@@ -261,4 +262,123 @@ func runProxyServer(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+func newNetBudgetCmd(g *globals) *cobra.Command {
+	var all, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "budget [VM...|--all] [AMOUNT]",
+		Short: "Show or change what machines' agents may spend on the model API",
+		Long: `Without an amount, shows each machine's tokens and cost as the credential
+proxy counted them from the API's answers, its budget, and the total.
+With one, changes the budget of the named machines (or --all); the proxy
+applies it to the agent's next call:
+  +N    raise the token cap by N (250k, 2M)     N     set it
+  +$N   raise the dollar cap by N               $N    set it
+  none  remove both caps
+A machine past its cap gets each call answered with a 400 in the API's
+error shape, saying the budget is reached; nothing goes upstream.`,
+		Example: `  fleet net budget
+  fleet net budget myproj-1 +500k
+  fleet net budget --all '+$2'
+  fleet net budget myproj-2 none
+  fleet net budget --json | jq .total.cost_usd`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, amount := args, ""
+			if n := len(args); n > 0 {
+				if _, err := fleet.ParseBudgetChange(args[n-1]); err == nil || strings.ContainsAny(args[n-1][:1], "+$0123456789") {
+					names, amount = args[:n-1], args[n-1]
+				}
+			}
+			c, err := g.controller(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if amount == "" {
+				return showBudgets(cmd, c, names, all, asJSON)
+			}
+			change, err := fleet.ParseBudgetChange(amount)
+			if err != nil {
+				return err
+			}
+			if err := machineArgs(names, all); err != nil {
+				return err
+			}
+			ms, budgets, err := c.ChangeBudget(cmd.Context(), names, all, change.Apply)
+			if err != nil {
+				return err
+			}
+			for i, m := range ms {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: budget %s\n", m.Name, budgetText(budgets[i]))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (with the amount: nothing changes)")
+	return cmd
+}
+
+func budgetText(b egress.Budget) string {
+	var parts []string
+	if b.Tokens > 0 {
+		parts = append(parts, humanTokens(b.Tokens)+" tokens")
+	}
+	if b.USD > 0 {
+		parts = append(parts, dollars(b.USD))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " and ")
+}
+
+func showBudgets(cmd *cobra.Command, c *fleet.Controller, names []string, all, asJSON bool) error {
+	s, err := c.Store().Load()
+	if err != nil {
+		return err
+	}
+	ms := s.Machines
+	if len(names) > 0 || all {
+		if ms, err = c.Select(s, names, all); err != nil {
+			return err
+		}
+	}
+	type row struct {
+		Name  string       `json:"name"`
+		Spend *fleet.Spend `json:"spend"`
+	}
+	rows := []row{}
+	var spends []*fleet.Spend
+	for _, m := range ms {
+		sp, err := fleet.MachineSpend(m)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Name, err)
+		}
+		rows = append(rows, row{m.Name, sp})
+		spends = append(spends, sp)
+	}
+	total := fleet.TotalSpend(spends)
+	if asJSON {
+		return printJSON(cmd, map[string]any{"machines": rows, "total": total})
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tCALLS\tINPUT\tOUTPUT\tCACHE\tTOKENS\tCOST\tBUDGET")
+	for _, r := range rows {
+		if r.Spend == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\tnot measured (no credential proxy)\n", r.Name)
+			continue
+		}
+		sp := r.Spend
+		b := budgetText(sp.Budget)
+		if sp.Reached {
+			b += " (reached)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, sp.Calls, humanTokens(sp.InputTokens), humanTokens(sp.OutputTokens),
+			humanTokens(sp.CacheWriteTokens+sp.CacheReadTokens), humanTokens(sp.Tokens()), dollars(sp.CostUSD), b)
+	}
+	fmt.Fprintf(tw, "TOTAL\t%d\t%s\t%s\t%s\t%s\t%s\t\n", total.Calls, humanTokens(total.InputTokens), humanTokens(total.OutputTokens),
+		humanTokens(total.CacheWriteTokens+total.CacheReadTokens), humanTokens(total.Tokens()), dollars(total.CostUSD))
+	return tw.Flush()
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
@@ -115,6 +116,7 @@ func startSessions(ctx context.Context, c *fleet.Controller, ms []*fleet.Machine
 func newRunCmd(g *globals) *cobra.Command {
 	var o taskOpts
 	var project string
+	var budget egress.Budget
 	cmd := &cobra.Command{
 		Use:   "run VM --task TEXT",
 		Short: "Start an agent with a task on an existing machine",
@@ -127,7 +129,8 @@ ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN, if set here, go into the
 session's environment only: not the disk, a command line or a log.`,
 		Example: `  fleet run myproj-1 --task 'Fix the failing test in ./pkg/parse'
   fleet run myproj-2 --task-file task.md --agent aider
-  fleet run myproj-1 --task "$(cat issue.txt)" && fleet logs -f myproj-1`,
+  fleet run myproj-1 --task "$(cat issue.txt)" && fleet logs -f myproj-1
+  fleet run myproj-1 --task-file task.md --budget-usd 2`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tasks, req, err := o.load(1, project)
@@ -137,15 +140,25 @@ session's environment only: not the disk, a command line or a log.`,
 			if tasks == nil {
 				return errors.New("no task: give --task TEXT or --task-file FILE")
 			}
+			if err := budget.Validate(); err != nil {
+				return err
+			}
 			c, ms, err := g.machines(cmd, args, false)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			// The cap is in place before the agent's first call.
+			if !budget.IsZero() {
+				if _, _, err := c.ChangeBudget(cmd.Context(), args, false, fleet.SetBudget(budget)); err != nil {
+					return err
+				}
+			}
 			return startSessions(cmd.Context(), c, ms, tasks, req)
 		},
 	}
 	o.addFlags(cmd, false)
+	addBudgetFlags(cmd, &budget)
 	cmd.Flags().StringVar(&project, "project", "", "folder whose fleet.hcl names profiles and setup (default: the current folder)")
 	return cmd
 }
