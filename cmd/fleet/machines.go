@@ -232,8 +232,8 @@ func newUpCmd(g *globals) *cobra.Command {
 func newLsCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:     "ls",
-		Short:   "List the fleet's machines: state, image, address, uptime",
+		Use:   "ls",
+		Short: "List the fleet's machines: state, image, address, uptime",
 		Long: `One row per machine: its state, where it listens, and its agent (running,
 waiting for input, succeeded, failed with its exit status, lost), with the
 model tokens and cost the credential proxy counted, and their total.`,
