@@ -77,7 +77,7 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 			return err
 		}
 	}
-	if st, err := c.SessionStatus(ctx, m); err == nil && st.State == session.Running {
+	if st, err := c.SessionStatus(ctx, m); err == nil && st.State.Live() {
 		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)
 	}
 	if _, err := c.guestRun(ctx, m, session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
@@ -207,7 +207,7 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 			out[i].Machine = m.Name
 			for {
 				st, err := c.SessionStatus(ctx, m)
-				if err == nil && st.State != session.Running {
+				if err == nil && !st.State.Live() {
 					out[i].Status = st
 					c.say("%s: %s", m.Name, describe(st))
 					return

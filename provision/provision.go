@@ -62,6 +62,7 @@ var fullChecks = []Check{
 	{"node --version", "node --version"},
 	{"claude --version", "claude --version"},
 	{"Claude first-run state", `jq -e '.hasCompletedOnboarding and .bypassPermissionsModeAccepted and .projects["/workspace"].hasTrustDialogAccepted' ~/.claude.json >/dev/null`},
+	{"Claude status hooks", `jq -e '[.hooks.Notification, .hooks.Stop, .hooks.PostToolUse, .hooks.UserPromptSubmit] | all(.[0].hooks[0].command | contains(".fleet/hook"))' ~/.claude/settings.json >/dev/null`},
 	{"bubblewrap sandbox", "bwrap --ro-bind / / --unshare-all true"},
 	{"QEMU guest agent (warm clones' identity channel)", "systemctl is-active --quiet qemu-guest-agent"},
 }

@@ -10,11 +10,8 @@
 package session
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
@@ -139,11 +136,15 @@ cat >"$d/task"
 `
 }
 
-// InstallRunScript writes run.sh from stdin.
+// InstallRunScript writes run.sh from stdin, and the status hook the
+// image's agent settings call.
 func InstallRunScript() string {
 	return `set -e
 d=$HOME/` + Dir + `
 cat >"$d/run.sh" && chmod 700 "$d/run.sh"
+cat >"$HOME/` + HookFile + `.tmp" <<'FLEET_HOOK_END'
+` + hookProgram + `FLEET_HOOK_END
+chmod 755 "$HOME/` + HookFile + `.tmp" && mv "$HOME/` + HookFile + `.tmp" "$HOME/` + HookFile + `"
 `
 }
 
@@ -157,6 +158,10 @@ while IFS= read -r kv; do
   case "$kv" in ANTHROPIC_API_KEY=*|CLAUDE_CODE_OAUTH_TOKEN=*) export "$kv" ;; esac
 done
 tmux new-session -d -s ` + TmuxSession + ` -x 200 -y 50 "$HOME/` + Dir + `/run.sh"
+# Return once run.sh has written its pid: from then on a missing process
+# means the agent is gone.
+i=0
+while [ ! -f "$HOME/` + Dir + `/pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 `
 }
 
@@ -174,22 +179,6 @@ func CredentialInput(getenv func(string) string) ([]byte, error) {
 		fmt.Fprintf(&b, "%s=%s\n", k, v)
 	}
 	return b.Bytes(), nil
-}
-
-// StatusScript prints the session's state as key=value lines.
-func StatusScript() string {
-	return `d=$HOME/` + Dir + `
-[ -f "$d/task" ] || { echo state=idle; exit 0; }
-echo "started=$(cat "$d/started" 2>/dev/null)"
-echo "now=$(date +%s)"
-# tmux first: run.sh writes the exit file before its session ends, so a
-# session gone here means the exit file, read next, is complete.
-if tmux has-session -t ` + TmuxSession + ` 2>/dev/null; then echo alive=1; fi
-if [ -f "$d/exit" ]; then echo "exit=$(cat "$d/exit")"; fi
-r=$(grep '^{"type":"result"' "$d/log" 2>/dev/null | tail -n 1)
-[ -n "$r" ] && printf 'result=%s\n' "$r"
-true
-`
 }
 
 // KillScript ends the session, recording 137 if it had not ended.
@@ -222,64 +211,33 @@ if [ -f "$d/exit" ]; then cat "$d/log"; else exec tail -n +1 -f --pid="$(cat "$d
 type State string
 
 const (
-	Idle      State = "idle"
-	Running   State = "running"
+	Idle      State = "idle"    // no session has run
+	Working   State = "working" // the agent runs
+	Waiting   State = "waiting" // the agent runs and waits for input (its hooks say)
 	Succeeded State = "succeeded"
 	Failed    State = "failed"
-	Lost      State = "lost" // no exit status, and tmux is gone (the VM was reset)
+	Lost      State = "lost" // no exit status, and its process is gone (the VM was reset)
 )
 
-// Status is what StatusScript reported.
-type Status struct {
-	State      State   `json:"state"`
-	ExitCode   int     `json:"exit_code,omitempty"`
-	ElapsedSec int64   `json:"elapsed_sec,omitempty"`
-	Turns      int     `json:"turns,omitempty"`
-	CostUSD    float64 `json:"cost_usd,omitempty"`
-}
+// Live says the agent's process runs.
+func (s State) Live() bool { return s == Working || s == Waiting }
 
-// ParseStatus reads StatusScript's output.
-func ParseStatus(out []byte) (Status, error) {
-	kv := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if ok {
-			kv[k] = v
-		}
-	}
-	if kv["state"] == "idle" {
-		return Status{State: Idle}, nil
-	}
-	if _, ok := kv["started"]; !ok {
-		return Status{}, errors.New("unreadable session state")
-	}
-	var s Status
-	started, _ := strconv.ParseInt(kv["started"], 10, 64)
-	now, _ := strconv.ParseInt(kv["now"], 10, 64)
-	if started > 0 && now >= started {
-		s.ElapsedSec = now - started
-	}
-	switch code, hasExit := kv["exit"]; {
-	case hasExit:
-		n, err := strconv.Atoi(strings.TrimSpace(code))
-		if err != nil {
-			return Status{}, fmt.Errorf("unreadable exit status %q", code)
-		}
-		s.ExitCode, s.State = n, Succeeded
-		if n != 0 {
-			s.State = Failed
-		}
-	case kv["alive"] == "1":
-		s.State = Running
-	default:
-		s.State = Lost
-	}
-	if r := kv["result"]; r != "" {
-		if ev, ok := parseEvent([]byte(r)); ok {
-			s.Turns, s.CostUSD = ev.NumTurns, ev.TotalCostUSD
-		}
-	}
-	return s, nil
+// Status is what a snapshot of the session says.
+type Status struct {
+	State      State `json:"state"`
+	ExitCode   int   `json:"exit_code,omitempty"`
+	ElapsedSec int64 `json:"elapsed_sec,omitempty"`
+	// Turns and CostUSD are what a Claude agent's own result line says
+	// (the credential proxy's count is the one budgets use).
+	Turns   int     `json:"turns,omitempty"`
+	CostUSD float64 `json:"cost_usd,omitempty"`
+	// From the agent's hooks: its last tool, and what it waits for.
+	Tool    string `json:"last_tool,omitempty"`
+	Message string `json:"message,omitempty"`
+	// LastLine is the log's last line, rendered and cleaned.
+	LastLine string `json:"last_line,omitempty"`
+	// Commits and changed files since the start (git workspaces, watched
+	// sessions only).
+	Commits *int `json:"commits,omitempty"`
+	Files   *int `json:"changed_files,omitempty"`
 }

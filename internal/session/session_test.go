@@ -113,25 +113,6 @@ func TestCredentialInput(t *testing.T) {
 	}
 }
 
-func TestParseStatus(t *testing.T) {
-	for out, want := range map[string]Status{
-		"state=idle\n":                               {State: Idle},
-		"started=100\nnow=160\nalive=1\n":            {State: Running, ElapsedSec: 60},
-		"started=100\nnow=160\nexit=0\n":             {State: Succeeded, ElapsedSec: 60},
-		"started=100\nnow=160\nexit=42\n":            {State: Failed, ExitCode: 42, ElapsedSec: 60},
-		"started=100\nnow=160\n":                     {State: Lost, ElapsedSec: 60},
-		"started=1\nnow=2\nexit=0\nresult=" + result: {State: Succeeded, ElapsedSec: 1, Turns: 4, CostUSD: 0.0123},
-	} {
-		got, err := ParseStatus([]byte(out))
-		if err != nil || got != want {
-			t.Errorf("%q: got %+v %v, want %+v", out, got, err, want)
-		}
-	}
-	if _, err := ParseStatus([]byte("garbage")); err == nil {
-		t.Error("garbage accepted")
-	}
-}
-
 const result = `{"type":"result","subtype":"success","is_error":false,"num_turns":4,"total_cost_usd":0.0123,"result":"ok"}`
 
 func TestRender(t *testing.T) {

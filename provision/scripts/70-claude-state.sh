@@ -23,11 +23,21 @@ cat > "$home/.claude.json" <<JSON
   }
 }
 JSON
-cat > "$home/.claude/settings.json" <<'JSON'
+# The hooks report the agent's state to fleet top and fleet ls: each runs
+# ~/.fleet/hook (installed with every session) with the event's name.
+hook() { printf '[{%s"hooks": [{"type": "command", "command": "test -x \\"$HOME/.fleet/hook\\" && \\"$HOME/.fleet/hook\\" %s || true"}]}]' "$2" "$1"; }
+cat > "$home/.claude/settings.json" <<JSON
 {
   "permissions": {"defaultMode": "bypassPermissions"},
   "skipDangerousModePermissionPrompt": true,
-  "env": {"DISABLE_AUTOUPDATER": "1"}
+  "env": {"DISABLE_AUTOUPDATER": "1"},
+  "hooks": {
+    "Notification": $(hook notification ''),
+    "Stop": $(hook stop ''),
+    "PostToolUse": $(hook tool '"matcher": "*", '),
+    "UserPromptSubmit": $(hook prompt '')
+  }
 }
 JSON
+jq -e '.hooks.PostToolUse[0].hooks[0].command' "$home/.claude/settings.json" >/dev/null
 chown -R "$user:$user" "$home/.claude" "$home/.claude.json"

@@ -1,0 +1,227 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The guest programs run here for real, against a temporary home.
+
+func guestHome(t *testing.T) (home, dir string) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl")
+	}
+	home = t.TempDir()
+	dir = filepath.Join(home, Dir)
+	os.MkdirAll(dir, 0o700)
+	return home, dir
+}
+
+func runGuest(t *testing.T, home, script, stdin string) string {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return string(out)
+}
+
+func snapshot(t *testing.T, home string) Status {
+	t.Helper()
+	st, err := ParseStatus([]byte(runGuest(t, home, StatusScript(), "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func hook(t *testing.T, home, event, input string) {
+	t.Helper()
+	runGuest(t, home, InstallRunScript(), "#!/bin/sh\n")
+	runGuest(t, home, `exec "$HOME/`+HookFile+`" `+event, input)
+}
+
+// liveAgent is a process whose command line names run.sh, as the
+// session's is.
+func liveAgent(t *testing.T, dir string) {
+	p := exec.Command("sh", "-c", "sleep 60", "run.sh")
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Process.Kill(); p.Wait() })
+	os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(p.Process.Pid)+"\n"), 0o600)
+}
+
+func start(dir string, ago time.Duration) {
+	os.WriteFile(filepath.Join(dir, "task"), []byte("do it"), 0o600)
+	os.WriteFile(filepath.Join(dir, "started"), []byte(strconv.FormatInt(time.Now().Add(-ago).Unix(), 10)+"\n"), 0o600)
+}
+
+func TestSnapshotStates(t *testing.T) {
+	home, dir := guestHome(t)
+	if st := snapshot(t, home); st.State != Idle {
+		t.Fatalf("no task: %+v", st)
+	}
+	start(dir, time.Minute)
+	if st := snapshot(t, home); st.State != Lost || st.ElapsedSec < 59 {
+		t.Fatalf("a task without a process: %+v", st)
+	}
+	liveAgent(t, dir)
+	if st := snapshot(t, home); st.State != Working {
+		t.Fatalf("live: %+v", st)
+	}
+	// A pid that now belongs to some other process is not the agent.
+	os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o600)
+	if st := snapshot(t, home); st.State != Lost {
+		t.Fatalf("a recycled pid: %+v", st)
+	}
+	os.WriteFile(filepath.Join(dir, "exit"), []byte("3\n"), 0o600)
+	ended := time.Now().Add(-30 * time.Second)
+	os.Chtimes(filepath.Join(dir, "exit"), ended, ended)
+	st := snapshot(t, home)
+	if st.State != Failed || st.ExitCode != 3 || st.ElapsedSec < 29 || st.ElapsedSec > 32 {
+		t.Fatalf("exit 3 thirty seconds after a start a minute ago: %+v", st)
+	}
+	os.WriteFile(filepath.Join(dir, "exit"), []byte("0; rm -rf /\n"), 0o600)
+	if _, err := ParseStatus([]byte(runGuest(t, home, StatusScript(), ""))); err == nil || strings.ContainsAny(err.Error(), "\n") {
+		t.Fatalf("a garbled exit file: %v", err)
+	}
+}
+
+func TestHooksSayWaitingAndTheToolUsed(t *testing.T) {
+	home, dir := guestHome(t)
+	start(dir, 0)
+	liveAgent(t, dir)
+	hook(t, home, HookTool, `{"session_id":"s","hook_event_name":"PostToolUse","tool_name":"Bash","tool_input":{"command":"echo \"tool_name\":\"Fake\""}}`)
+	if st := snapshot(t, home); st.State != Working || st.Tool != "Bash" {
+		t.Fatalf("after a tool: %+v", st)
+	}
+	// The message arrives JSON-escaped, with an escape sequence inside.
+	hook(t, home, HookNotification, `{"hook_event_name":"Notification","message":"Claude needs your permission to use \"Bash\" \u001b[2J\u001b]0;pwned\u0007 now"}`)
+	st := snapshot(t, home)
+	if st.State != Waiting || st.Tool != "Bash" || strings.ContainsAny(st.Message, "\x1b\x07") ||
+		!strings.HasPrefix(st.Message, `Claude needs your permission to use "Bash"`) {
+		t.Fatalf("waiting: %+v", st)
+	}
+	hook(t, home, HookPrompt, `{}`)
+	if st := snapshot(t, home); st.State != Working || st.Message != "" {
+		t.Fatalf("after the answer: %+v", st)
+	}
+	// A turn that just ended is not a question yet; one that ended a
+	// while ago, with the agent still there, is.
+	hook(t, home, HookStop, `{}`)
+	if st := snapshot(t, home); st.State != Working {
+		t.Fatalf("just stopped: %+v", st)
+	}
+	old := "event=stop\nat=" + strconv.FormatInt(time.Now().Unix()-5, 10) + "\n"
+	os.WriteFile(filepath.Join(dir, "agent"), []byte(old), 0o600)
+	if st := snapshot(t, home); st.State != Waiting || st.Message == "" {
+		t.Fatalf("stopped for a while: %+v", st)
+	}
+	// The agent owns its files: what it writes there is never more than
+	// a hook field.
+	os.WriteFile(filepath.Join(dir, "agent"), []byte("exit=0\nevent=notification\nalive=0\nstarted=1\ntool=zz\n"), 0o600)
+	st = snapshot(t, home)
+	if st.State != Waiting || st.ExitCode != 0 || st.ElapsedSec > 5 || st.Tool != "" {
+		t.Fatalf("forged fields: %+v", st)
+	}
+}
+
+func TestSnapshotLastLineIsRenderedAndClean(t *testing.T) {
+	home, dir := guestHome(t)
+	start(dir, 0)
+	liveAgent(t, dir)
+	log := "step 1\n" +
+		`{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"make test"}}]}}` + "\n" +
+		"\x1b[31mred\x1b[0m \x9b2J\xff bad\n" +
+		"== fleet: agent exited with status 0\n\n"
+	os.WriteFile(filepath.Join(dir, "log"), []byte(log), 0o600)
+	if st := snapshot(t, home); st.LastLine != "?[31mred?[0m ?2J? bad" {
+		t.Fatalf("last line %q", st.LastLine)
+	}
+	os.WriteFile(filepath.Join(dir, "log"), []byte(log[:strings.Index(log, "\x1b")]+"\n"+result+"\n"), 0o600)
+	st := snapshot(t, home)
+	if st.LastLine != "→ Bash make test" || st.Turns != 4 || st.CostUSD != 0.0123 {
+		t.Fatalf("rendered %+v", st)
+	}
+	// A huge line is cut in the guest and again here.
+	os.WriteFile(filepath.Join(dir, "log"), []byte(strings.Repeat("é", 1<<20)+"\n"), 0o600)
+	if st := snapshot(t, home); len([]rune(st.LastLine)) > 301 {
+		t.Fatalf("%d runes", len([]rune(st.LastLine)))
+	}
+}
+
+func TestWatchReportsChanges(t *testing.T) {
+	home, dir := guestHome(t)
+	start(dir, 0)
+	liveAgent(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", "-c", WatchScript())
+	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cancel()
+	steps := []func(){
+		func() { os.WriteFile(filepath.Join(dir, "log"), []byte("compiling\n"), 0o600) },
+		func() { hook(t, home, HookNotification, `{"message":"need input"}`) },
+		func() { os.WriteFile(filepath.Join(dir, "exit"), []byte("0\n"), 0o600) },
+	}
+	want := []func(Status) bool{
+		func(s Status) bool { return s.State == Working },
+		func(s Status) bool { return s.LastLine == "compiling" },
+		func(s Status) bool { return s.State == Waiting && s.Message == "need input" },
+		func(s Status) bool { return s.State == Succeeded },
+	}
+	i := 0
+	ReadSnapshots(bufio.NewReader(out), func(s Status, err error) bool {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want[i](s) {
+			if i == len(steps) {
+				i++
+				return false
+			}
+			steps[i]()
+			i++
+		}
+		return true
+	})
+	if i != len(want) {
+		t.Fatalf("the watch stopped after %d of %d changes", i, len(want))
+	}
+}
+
+func TestCleanMakesGuestTextSafe(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":               "plain",
+		"a\x1b[2Jb":           "a?[2Jb",
+		"tab\tand\nnewline\r": "tab and newline",
+		"\u202eevil":          "?evil",
+		string([]byte{0xff}):  "?",
+		"\u009b1m":            "?1m",
+	} {
+		if got := Clean(in, 100); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+	if got := Clean(strings.Repeat("x", 50), 10); got != strings.Repeat("x", 10)+"…" {
+		t.Errorf("cut: %q", got)
+	}
+	_ = hex.EncodeToString
+}
