@@ -42,37 +42,11 @@ type MachineStatus struct {
 	Spend *Spend `json:"spend,omitempty"`
 }
 
-// Status reports every machine of the fleet.
+// Status reports every machine of the fleet and its agent.
 func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
-	s, err := c.Store().Load()
+	out, s, err := c.machines(ctx)
 	if err != nil {
 		return nil, err
-	}
-	out := make([]MachineStatus, 0, len(s.Machines))
-	for _, m := range s.Machines {
-		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
-		if ms.Spend, err = MachineSpend(m); err != nil {
-			return nil, fmt.Errorf("%s: %w", m.Name, err)
-		}
-		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
-		switch {
-		case err != nil:
-			return nil, fmt.Errorf("%s: %w", m.Name, err)
-		case ds.Power == vm.PowerOn && ds.Paused != "":
-			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
-		case ds.Power == vm.PowerOn:
-			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
-			if !m.StartedAt.IsZero() {
-				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
-			}
-		case m.Desired == WantRunning:
-			ms.State = StateDead
-		case m.Desired == WantSuspended:
-			ms.State = StateSuspended
-		default:
-			ms.State = StateStopped
-		}
-		out = append(out, ms)
 	}
 	// Agents are asked in parallel, each briefly: a wedged VM costs ls
 	// seconds, not minutes.
@@ -92,13 +66,47 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 		}()
 	}
 	wg.Wait()
+	return out, nil
+}
+
+func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, error) {
+	s, err := c.Store().Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]MachineStatus, 0, len(s.Machines))
+	for _, m := range s.Machines {
+		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		if ms.Spend, err = MachineSpend(m); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
+		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
+		switch {
+		case err != nil:
+			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
+		case ds.Power == vm.PowerOn && ds.Paused != "":
+			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
+		case ds.Power == vm.PowerOn:
+			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
+			if !m.StartedAt.IsZero() {
+				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
+			}
+		case m.Desired == WantRunning:
+			ms.State = StateDead
+		case m.Desired == WantSuspended:
+			ms.State = StateSuspended
+		default:
+			ms.State = StateStopped
+		}
+		out = append(out, ms)
+	}
 	image, phases, making := machinesBeingMade(c.Layout, c.Fleet)
 	for _, n := range making {
 		if s.Find(n) == nil {
 			out = append(out, MachineStatus{Name: n, State: phases[n], Image: image, Provider: c.Driver.Name()})
 		}
 	}
-	return out, nil
+	return out, s, nil
 }
 
 // StartOptions change how machines start.

@@ -63,11 +63,12 @@ func newNetChangeCmd(g *globals, verb string) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			change := egress.Policy.WithAllowed
-			if verb == "deny" {
-				change = egress.Policy.WithDenied
+			var ms []*fleet.Machine
+			if verb == "allow" {
+				ms, err = c.AllowHost(cmd.Context(), names, all, pattern)
+			} else {
+				ms, err = c.ChangePolicy(cmd.Context(), names, all, func(p egress.Policy) (egress.Policy, error) { return p.WithDenied(pattern) })
 			}
-			ms, err := c.ChangePolicy(cmd.Context(), names, all, func(p egress.Policy) (egress.Policy, error) { return change(p, pattern) })
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,376 @@
+// Package cockpit is fleet top and fleet events: a pure model that takes
+// what is observed (machine states from the host, agent snapshots from
+// the guests, proxy decisions from the audit logs) and gives rows to draw
+// and events to tell the user about, a feed that observes, and the
+// terminal UI. The model never does I/O, so it is tested as state
+// transitions: messages in, rows and events out.
+package cockpit
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/session"
+)
+
+// MachinesMsg is the host's view of the fleets' machines (no SSH).
+type MachinesMsg struct {
+	At       time.Time
+	Fleet    string
+	Machines []fleet.MachineStatus
+}
+
+// AgentMsg is one snapshot of a machine's agent, or why none came.
+type AgentMsg struct {
+	At      time.Time
+	Fleet   string
+	Machine string
+	Status  session.Status
+	Err     error
+}
+
+// DecisionMsg is one refusal from a machine's proxies. Old ones were in
+// the log before the cockpit started: shown, never announced.
+type DecisionMsg struct {
+	Fleet   string
+	Machine string
+	Entry   egress.Entry
+	Old     bool
+}
+
+// Refusal is a host a machine's agent tried and was refused.
+type Refusal struct {
+	Host    string    `json:"host"`
+	Port    int       `json:"port,omitempty"`
+	Reason  string    `json:"reason"`
+	Count   int       `json:"count"`
+	Last    time.Time `json:"last"`
+	Allowed bool      `json:"allowed,omitempty"` // allowed since, from the cockpit
+}
+
+// Row is one machine as the cockpit shows it.
+type Row struct {
+	Fleet   string
+	Name    string
+	Machine string          // the host's state: running, stopped, suspended, dead, creating, booting...
+	Agent   *session.Status // nil until the first snapshot
+	AgentAt time.Time       // when the agent's state last changed
+	Err     string          // why the agent cannot be read
+	Spend   *fleet.Spend
+	// Refusals, newest first, at most maxRefusals.
+	Refusals []Refusal
+}
+
+const maxRefusals = 5
+
+// State is the row's one word: the machine's while it is not running,
+// else its agent's.
+func (r Row) State() string {
+	switch {
+	case r.Machine == fleet.StateDead:
+		return "lost"
+	case r.Machine != fleet.StateRunning:
+		return r.Machine
+	case r.Agent == nil:
+		return "booting"
+	case r.Agent.State == session.Failed:
+		return fmt.Sprintf("failed (%d)", r.Agent.ExitCode)
+	}
+	return string(r.Agent.State)
+}
+
+// PendingRefusal is the newest refusal not yet allowed, if any.
+func (r Row) PendingRefusal() (Refusal, bool) {
+	for _, f := range r.Refusals {
+		if !f.Allowed && f.Host != "" {
+			return f, true
+		}
+	}
+	return Refusal{}, false
+}
+
+// Event is what fleet events prints and notifications carry.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Fleet   string    `json:"fleet"`
+	Machine string    `json:"machine"`
+	// Kind: "agent" (its state changed), "egress_denied" or
+	// "budget_reached".
+	Kind     string `json:"kind"`
+	State    string `json:"state,omitempty"` // agent: working, waiting, succeeded, failed, lost
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Message  string `json:"message,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Port     int    `json:"port,omitempty"`
+}
+
+// Notable says the user is told (bell, desktop, notify command): an
+// agent ended or waits, or a proxy refused something.
+func (e Event) Notable() bool {
+	if e.Kind != "agent" {
+		return true
+	}
+	switch session.State(e.State) {
+	case session.Waiting, session.Succeeded, session.Failed, session.Lost:
+		return true
+	}
+	return false
+}
+
+// Text is the event in one line, for the bell's title and fleet events.
+func (e Event) Text() string {
+	var s string
+	switch e.Kind {
+	case "agent":
+		s = e.Machine + ": " + e.State
+		if e.ExitCode != nil && e.State == string(session.Failed) {
+			s += fmt.Sprintf(" (exit %d)", *e.ExitCode)
+		}
+	case "egress_denied":
+		s = fmt.Sprintf("%s: denied %s", e.Machine, fleet.RefusedPattern(e.Host, e.Port))
+	case "budget_reached":
+		s = e.Machine + ": budget reached"
+	default:
+		s = e.Machine + ": " + e.Kind
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// Model is the cockpit's state.
+type Model struct {
+	rows map[string]*Row // by fleet/name
+	// announced says when a refusal of a host was last an event, so an
+	// agent retrying in a loop is one notification, not hundreds.
+	announced map[string]time.Time
+}
+
+// NewModel is an empty cockpit.
+func NewModel() *Model {
+	return &Model{rows: map[string]*Row{}, announced: map[string]time.Time{}}
+}
+
+// RefusalQuiet is how long a refusal of the same host by the same machine
+// stays one event.
+const RefusalQuiet = 30 * time.Second
+
+func key(fleetName, name string) string { return fleetName + "/" + name }
+
+// Apply takes one message and returns the events it makes.
+func (m *Model) Apply(msg any) []Event {
+	switch msg := msg.(type) {
+	case MachinesMsg:
+		return m.machines(msg)
+	case AgentMsg:
+		return m.agent(msg)
+	case DecisionMsg:
+		return m.decision(msg)
+	case AllowedMsg:
+		if r := m.rows[key(msg.Fleet, msg.Machine)]; r != nil {
+			for i := range r.Refusals {
+				if fleet.RefusedPattern(r.Refusals[i].Host, r.Refusals[i].Port) == msg.Pattern {
+					r.Refusals[i].Allowed = true
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// AllowedMsg says the user allowed a refused host for a machine.
+type AllowedMsg struct{ Fleet, Machine, Pattern string }
+
+func (m *Model) machines(msg MachinesMsg) []Event {
+	var evs []Event
+	seen := map[string]bool{}
+	for _, ms := range msg.Machines {
+		k := key(msg.Fleet, ms.Name)
+		seen[k] = true
+		r := m.rows[k]
+		if r == nil {
+			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Spend: ms.Spend}
+			m.rows[k] = r
+			continue
+		}
+		was := r.Machine
+		r.Machine = ms.State
+		wasReached := r.Spend != nil && r.Spend.Reached
+		r.Spend = ms.Spend
+		// A machine that died under a live agent lost it.
+		if ms.State == fleet.StateDead && was != fleet.StateDead && r.Agent != nil && r.Agent.State.Live() {
+			r.Agent = &session.Status{State: session.Lost}
+			r.AgentAt = msg.At
+			evs = append(evs, Event{Time: msg.At, Fleet: msg.Fleet, Machine: ms.Name, Kind: "agent", State: string(session.Lost), Message: "its machine's hypervisor process is gone"})
+		}
+		if ms.State != fleet.StateRunning && ms.State != fleet.StateDead {
+			r.Agent = nil // asked again once it runs
+		}
+		if r.Spend != nil && r.Spend.Reached && !wasReached {
+			// The audit log usually said so first.
+			if last, ok := m.announced[k+" budget"]; !ok || msg.At.Sub(last) >= RefusalQuiet {
+				evs = append(evs, m.budget(msg.At, msg.Fleet, ms.Name))
+			}
+		}
+	}
+	for k, r := range m.rows {
+		if r.Fleet == msg.Fleet && !seen[k] {
+			delete(m.rows, k) // destroyed
+		}
+	}
+	return evs
+}
+
+func (m *Model) budget(at time.Time, fleetName, name string) Event {
+	m.announced[key(fleetName, name)+" budget"] = at
+	return Event{Time: at, Fleet: fleetName, Machine: name, Kind: "budget_reached",
+		Message: "the credential proxy refuses its next model call (fleet net budget " + name + " +N raises it)"}
+}
+
+func (m *Model) agent(msg AgentMsg) []Event {
+	r := m.rows[key(msg.Fleet, msg.Machine)]
+	if r == nil {
+		return nil
+	}
+	if msg.Err != nil {
+		r.Err = session.Clean(msg.Err.Error(), 200)
+		return nil
+	}
+	r.Err = ""
+	st := msg.Status
+	prev := r.Agent
+	r.Agent = &st
+	if prev == nil {
+		r.AgentAt = msg.At
+		return nil // the first look is where things stand, not a change
+	}
+	if prev.State == st.State {
+		return nil
+	}
+	r.AgentAt = msg.At
+	ev := Event{Time: msg.At, Fleet: msg.Fleet, Machine: msg.Machine, Kind: "agent", State: string(st.State), Message: st.Message}
+	if st.State == session.Succeeded || st.State == session.Failed {
+		code := st.ExitCode
+		ev.ExitCode = &code
+	}
+	if st.State == session.Idle {
+		return nil // a session cleared for the next task
+	}
+	return []Event{ev}
+}
+
+func (m *Model) decision(msg DecisionMsg) []Event {
+	r := m.rows[key(msg.Fleet, msg.Machine)]
+	e := msg.Entry
+	if r == nil || e.Verdict != "deny" {
+		return nil
+	}
+	if e.Proxy == "credentials" {
+		if !strings.HasPrefix(e.Reason, egress.BudgetReason) || msg.Old {
+			return nil
+		}
+		k := key(msg.Fleet, msg.Machine) + " budget"
+		if last, ok := m.announced[k]; ok && e.Time.Sub(last) < RefusalQuiet {
+			return nil
+		}
+		return []Event{m.budget(e.Time, msg.Fleet, msg.Machine)}
+	}
+	host := session.Clean(e.Host, 253)
+	reason := session.Clean(e.Reason, 200)
+	found := -1
+	for i, f := range r.Refusals {
+		if f.Host == host && f.Port == e.Port {
+			found = i
+		}
+	}
+	if found >= 0 {
+		f := r.Refusals[found]
+		r.Refusals = append(r.Refusals[:found], r.Refusals[found+1:]...)
+		f.Count++
+		f.Last, f.Reason = e.Time, reason
+		if !msg.Old {
+			f.Allowed = false // refused again: the allow did not cover it
+		}
+		r.Refusals = append([]Refusal{f}, r.Refusals...)
+	} else {
+		r.Refusals = append([]Refusal{{Host: host, Port: e.Port, Reason: reason, Count: 1, Last: e.Time}}, r.Refusals...)
+	}
+	if len(r.Refusals) > maxRefusals {
+		r.Refusals = r.Refusals[:maxRefusals]
+	}
+	if msg.Old {
+		return nil
+	}
+	k := fmt.Sprintf("%s deny %s:%d", key(msg.Fleet, msg.Machine), host, e.Port)
+	if last, ok := m.announced[k]; ok && e.Time.Sub(last) < RefusalQuiet {
+		return nil
+	}
+	m.announced[k] = e.Time
+	return []Event{{Time: e.Time, Fleet: msg.Fleet, Machine: msg.Machine, Kind: "egress_denied", Host: host, Port: e.Port, Message: reason}}
+}
+
+// Rows are the machines in name order, those matching filter only
+// (a substring of the name or the state; "" matches all).
+func (m *Model) Rows(filter string) []Row {
+	var out []Row
+	for _, r := range m.rows {
+		if filter == "" || strings.Contains(r.Name, filter) || strings.Contains(r.State(), filter) {
+			out = append(out, *r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Fleet != out[j].Fleet {
+			return out[i].Fleet < out[j].Fleet
+		}
+		return natLess(out[i].Name, out[j].Name)
+	})
+	return out
+}
+
+// Snapshot is the current state of every machine as events, for fleet
+// events without --follow.
+func (m *Model) Snapshot(at time.Time) []Event {
+	var out []Event
+	for _, r := range m.Rows("") {
+		ev := Event{Time: at, Fleet: r.Fleet, Machine: r.Name, Kind: "agent", State: r.State()}
+		if r.Agent != nil {
+			ev.State, ev.Message = string(r.Agent.State), r.Agent.Message
+			if r.Agent.State == session.Succeeded || r.Agent.State == session.Failed {
+				code := r.Agent.ExitCode
+				ev.ExitCode = &code
+			}
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// natLess orders names with numbers by value: ag-2 before ag-10.
+func natLess(a, b string) bool {
+	pa, na := splitNum(a)
+	pb, nb := splitNum(b)
+	if pa != pb || na < 0 || nb < 0 {
+		return a < b
+	}
+	return na < nb
+}
+
+func splitNum(s string) (string, int) {
+	i := len(s)
+	for i > 0 && s[i-1] >= '0' && s[i-1] <= '9' {
+		i--
+	}
+	if i == len(s) || len(s)-i > 9 {
+		return s, -1
+	}
+	n := 0
+	for _, c := range s[i:] {
+		n = n*10 + int(c-'0')
+	}
+	return s[:i], n
+}
