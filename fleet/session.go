@@ -196,8 +196,10 @@ type WaitResult struct {
 }
 
 // Wait polls the machines' agents until all have ended (or ctx ends) and
-// reports each. A machine with no session counts as ended.
-func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duration) []WaitResult {
+// reports each. A machine with no session counts as ended. changed, if
+// set, hears each agent's state when first seen and when it changes
+// (waiting for input among them), from many goroutines.
+func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duration, changed func(m *Machine, st session.Status, first bool)) []WaitResult {
 	out := make([]WaitResult, len(ms))
 	var wg sync.WaitGroup
 	for i, m := range ms {
@@ -205,8 +207,13 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 		go func() {
 			defer wg.Done()
 			out[i].Machine = m.Name
+			var last session.State
 			for {
 				st, err := c.SessionStatus(ctx, m)
+				if err == nil && changed != nil && st.State != last {
+					changed(m, st, last == "")
+					last = st.State
+				}
 				if err == nil && !st.State.Live() {
 					out[i].Status = st
 					c.say("%s: %s", m.Name, describe(st))
@@ -218,6 +225,9 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				var ue *UnavailableError
 				if errors.As(err, &ue) && ue.State != StatePaused && ue.State != StateSuspended {
 					out[i].Status, out[i].Why = session.Status{State: session.Lost}, err.Error()
+					if changed != nil {
+						changed(m, out[i].Status, false)
+					}
 					c.say("lost: %s", err)
 					return
 				}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/spf13/cobra"
 )
@@ -278,7 +279,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", m.Name, m.State, m.Provider, m.Image, addr, up, m.CPUs, m.MemoryMiB, tokens, cost, agent)
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
-				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", humanTokens(total.Tokens()), dollars(total.CostUSD))
+				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
 			}
 			return tw.Flush()
 		},
@@ -435,36 +436,15 @@ func spendCells(s *fleet.Spend) (tokens, cost string) {
 	if s == nil {
 		return "-", "-"
 	}
-	tokens, cost = humanTokens(s.Tokens()), dollars(s.CostUSD)
+	tokens, cost = cockpit.HumanTokens(s.Tokens()), cockpit.Dollars(s.CostUSD)
 	if s.Budget.Tokens > 0 {
-		tokens += "/" + humanTokens(s.Budget.Tokens)
+		tokens += "/" + cockpit.HumanTokens(s.Budget.Tokens)
 	}
 	if s.Budget.USD > 0 {
-		cost += "/" + dollars(s.Budget.USD)
+		cost += "/" + cockpit.Dollars(s.Budget.USD)
 	}
 	if s.Reached {
 		cost += " budget reached"
 	}
 	return tokens, cost
-}
-
-func humanTokens(n int64) string {
-	switch {
-	case n >= 10_000_000:
-		return fmt.Sprintf("%.0fM", float64(n)/1e6)
-	case n >= 1_000_000:
-		return fmt.Sprintf("%.1fM", float64(n)/1e6)
-	case n >= 10_000:
-		return fmt.Sprintf("%.0fk", float64(n)/1e3)
-	case n >= 1_000:
-		return fmt.Sprintf("%.1fk", float64(n)/1e3)
-	}
-	return fmt.Sprint(n)
-}
-
-func dollars(v float64) string {
-	if v > 0 && v < 0.01 {
-		return fmt.Sprintf("$%.4f", v)
-	}
-	return fmt.Sprintf("$%.2f", v)
 }

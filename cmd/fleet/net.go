@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/spf13/cobra"
 )
@@ -324,10 +325,10 @@ error shape, saying the budget is reached; nothing goes upstream.`,
 func budgetText(b egress.Budget) string {
 	var parts []string
 	if b.Tokens > 0 {
-		parts = append(parts, humanTokens(b.Tokens)+" tokens")
+		parts = append(parts, cockpit.HumanTokens(b.Tokens)+" tokens")
 	}
 	if b.USD > 0 {
-		parts = append(parts, dollars(b.USD))
+		parts = append(parts, cockpit.Dollars(b.USD))
 	}
 	if len(parts) == 0 {
 		return "none"
@@ -376,10 +377,10 @@ func showBudgets(cmd *cobra.Command, c *fleet.Controller, names []string, all, a
 		if sp.Reached {
 			b += " (reached)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, sp.Calls, humanTokens(sp.InputTokens), humanTokens(sp.OutputTokens),
-			humanTokens(sp.CacheWriteTokens+sp.CacheReadTokens), humanTokens(sp.Tokens()), dollars(sp.CostUSD), b)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, sp.Calls, cockpit.HumanTokens(sp.InputTokens), cockpit.HumanTokens(sp.OutputTokens),
+			cockpit.HumanTokens(sp.CacheWriteTokens+sp.CacheReadTokens), cockpit.HumanTokens(sp.Tokens()), cockpit.Dollars(sp.CostUSD), b)
 	}
-	fmt.Fprintf(tw, "TOTAL\t%d\t%s\t%s\t%s\t%s\t%s\t\n", total.Calls, humanTokens(total.InputTokens), humanTokens(total.OutputTokens),
-		humanTokens(total.CacheWriteTokens+total.CacheReadTokens), humanTokens(total.Tokens()), dollars(total.CostUSD))
+	fmt.Fprintf(tw, "TOTAL\t%d\t%s\t%s\t%s\t%s\t%s\t\n", total.Calls, cockpit.HumanTokens(total.InputTokens), cockpit.HumanTokens(total.OutputTokens),
+		cockpit.HumanTokens(total.CacheWriteTokens+total.CacheReadTokens), cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
 	return tw.Flush()
 }

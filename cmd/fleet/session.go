@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/spf13/cobra"
@@ -243,16 +244,19 @@ func newLogsCmd(g *globals) *cobra.Command {
 }
 
 func newWaitCmd(g *globals) *cobra.Command {
-	var all, asJSON bool
+	var all, asJSON, notify bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "wait [VM...|--all]",
 		Short: "Wait for agents to finish; non-zero exit if any failed",
 		Long: `Returns when every named agent (all, without names) has ended, printing
 each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
-2 the timeout passed first. Safe to run again: sessions do not depend on it.`,
+2 the timeout passed first. Safe to run again: sessions do not depend on it.
+With --notify, each agent that ends, and each that starts waiting for
+input, rings the bell, shows a desktop notification and runs fleet.hcl's
+notify command with the event as JSON on stdin (as fleet top does).`,
 		Example: `  fleet wait --all --timeout 2h
-  fleet spawn 4 --task 'make the tests pass' && fleet wait`,
+  fleet spawn 4 --task 'make the tests pass' && fleet wait --notify`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all && len(args) > 0 {
 				return errors.New("name machines or pass --all, not both")
@@ -268,7 +272,26 @@ each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			res := c.Wait(ctx, ms, 2*time.Second)
+			var changed func(*fleet.Machine, session.Status, bool)
+			if notify {
+				n, err := notifier(cmd, false, cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				defer n.Wait()
+				changed = func(m *fleet.Machine, st session.Status, first bool) {
+					if first && st.State.Live() {
+						return // where it stands, not news
+					}
+					ev := cockpit.Event{Time: time.Now(), Fleet: c.Fleet, Machine: m.Name, Kind: "agent", State: string(st.State), Message: st.Message}
+					if st.State == session.Succeeded || st.State == session.Failed {
+						code := st.ExitCode
+						ev.ExitCode = &code
+					}
+					n.Notify(ev)
+				}
+			}
+			res := c.Wait(ctx, ms, 2*time.Second, changed)
 			if asJSON {
 				if err := printJSON(cmd, res); err != nil {
 					return err
@@ -300,6 +323,7 @@ each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
 	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet (the default)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30m, 2h); exit status 2")
+	cmd.Flags().BoolVar(&notify, "notify", false, "tell the user as each agent ends or waits for input (bell, desktop, fleet.hcl's notify)")
 	return cmd
 }
 

@@ -48,6 +48,9 @@ type Refusal struct {
 	Port    int       `json:"port,omitempty"`
 	Reason  string    `json:"reason"`
 	Count   int       `json:"count"`
+	// Allowable: allowing the host would let the next try through (not
+	// a private address, a failed lookup or a broken tunnel).
+	Allowable bool `json:"allowable"`
 	Last    time.Time `json:"last"`
 	Allowed bool      `json:"allowed,omitempty"` // allowed since, from the cockpit
 }
@@ -76,7 +79,7 @@ func (r Row) State() string {
 	case r.Machine != fleet.StateRunning:
 		return r.Machine
 	case r.Agent == nil:
-		return "booting"
+		return fleet.StateRunning // its agent not read yet
 	case r.Agent.State == session.Failed:
 		return fmt.Sprintf("failed (%d)", r.Agent.ExitCode)
 	}
@@ -292,13 +295,13 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 		f := r.Refusals[found]
 		r.Refusals = append(r.Refusals[:found], r.Refusals[found+1:]...)
 		f.Count++
-		f.Last, f.Reason = e.Time, reason
+		f.Last, f.Reason, f.Allowable = e.Time, reason, e.Allowable()
 		if !msg.Old {
 			f.Allowed = false // refused again: the allow did not cover it
 		}
 		r.Refusals = append([]Refusal{f}, r.Refusals...)
 	} else {
-		r.Refusals = append([]Refusal{{Host: host, Port: e.Port, Reason: reason, Count: 1, Last: e.Time}}, r.Refusals...)
+		r.Refusals = append([]Refusal{{Host: host, Port: e.Port, Reason: reason, Count: 1, Last: e.Time, Allowable: e.Allowable()}}, r.Refusals...)
 	}
 	if len(r.Refusals) > maxRefusals {
 		r.Refusals = r.Refusals[:maxRefusals]

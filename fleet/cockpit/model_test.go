@@ -50,7 +50,7 @@ func kinds(evs []Event) string {
 func TestRowsFollowMachinesAndAgents(t *testing.T) {
 	m := NewModel()
 	m.Apply(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{{Name: "p-10", State: "running"}, {Name: "p-2", State: "creating"}, {Name: "p-1", State: "running"}}})
-	if got := states(m); got != "p-1=booting p-2=creating p-10=booting" {
+	if got := states(m); got != "p-1=running p-2=creating p-10=running" {
 		t.Fatalf("%s", got)
 	}
 	// The first snapshot is where things stand: no event.

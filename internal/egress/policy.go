@@ -224,9 +224,9 @@ func (p Policy) Decide(h Host, port int) Verdict {
 		other = other || pt.matchHost(h)
 	}
 	if other {
-		return Verdict{Reason: fmt.Sprintf("port %d of %s is not in the allowlist (an entry without a port means %d; name it as %s:%d)", port, h, DefaultPort, h, port)}
+		return Verdict{Reason: fmt.Sprintf(reasonPortPrefix+"%d of %s is not in the allowlist (an entry without a port means %d; name it as %s:%d)", port, h, DefaultPort, h, port)}
 	}
-	return Verdict{Reason: "not in the allowlist"}
+	return Verdict{Reason: ReasonNotAllowed}
 }
 
 // PinnedAddr is the address the hosts pins give h's name, matched without
@@ -364,4 +364,18 @@ func SavePolicy(dir string, p Policy) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), filepath.Join(dir, PolicyFile))
+}
+
+// The reasons of refusals an allowlist entry would have let through.
+const (
+	ReasonNotAllowed = "not in the allowlist"
+	reasonPortPrefix = "port "
+)
+
+// Allowable says e is a refusal that allowing its host (fleet net allow)
+// would have let through: not a deny entry, a private address, a name
+// that does not resolve or a tunnel that broke the rules.
+func (e Entry) Allowable() bool {
+	return e.Proxy == "egress" && e.Verdict == "deny" && e.Host != "" &&
+		(e.Reason == ReasonNotAllowed || (strings.HasPrefix(e.Reason, reasonPortPrefix) && strings.Contains(e.Reason, "is not in the allowlist")))
 }

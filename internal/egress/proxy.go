@@ -159,7 +159,7 @@ func (p *Proxy) resolve(ctx context.Context, pol Policy, h Host) ([]netip.Addr, 
 }
 
 func (p *Proxy) deny(c net.Conn, e Entry, code int, why string) {
-	e.Proxy, e.Verdict, e.Reason = "egress", "deny", why
+	e.Proxy, e.Verdict, e.Reason, e.Status = "egress", "deny", why, code
 	p.Audit.Log(e) // a denial stands even if it cannot be logged
 	reply(c, code, why)
 }

@@ -56,7 +56,7 @@ sub scanlog {
     next if $l =~ /^\s*$/;
     if ($l =~ /^\{"type":"result"/) { $result = substr($l, 0, 262144); next }
     next if $l =~ /^== fleet: /;
-    push @last, substr($l, 0, 2048); shift @last while @last > 5;
+    push @last, substr($l, 0, 8192); shift @last while @last > 5;
   }
 }
 sub git {
@@ -75,6 +75,9 @@ sub snapshot {
     my $cmd = rd("/proc/$pid/cmdline");
     push @o, 'alive=1' if defined $cmd && $cmd =~ /run\.sh/;
   }
+  # Between the task's upload and run.sh writing its pid, the session is
+  # starting, not lost.
+  if (!defined $pid) { my @t = stat("$d/task"); push @o, 'task_age=' . (time - $t[9]) if @t }
   my $exit = rd("$d/exit");
   if (defined $exit) { push @o, "exit=$exit"; my @st = stat("$d/exit"); push @o, "ended=$st[9]" if @st }
   if (open(my $h, '<', "$d/agent")) {
@@ -149,6 +152,10 @@ const (
 // turn before it counts as waiting: a headless agent stops and exits
 // within a moment, and that is no question for the user.
 const waitingAfterStop = 2
+
+// startingFor is how long a session may be uploaded but not yet running
+// before it counts as lost.
+const startingFor = 60
 
 // ParseStatus reads one snapshot.
 func ParseStatus(out []byte) (Status, error) {
@@ -237,6 +244,8 @@ func statusOf(kv map[string][]string) (Status, error) {
 				s.State = Waiting
 			}
 		}
+	case kv["task_age"] != nil && num("task_age") < startingFor:
+		s.State = Working // starting
 	default:
 		s.State = Lost
 	}
@@ -250,6 +259,9 @@ func statusOf(kv map[string][]string) (Status, error) {
 	for i := len(kv["last"]) - 1; i >= 0 && s.LastLine == ""; i-- {
 		line := unhex(kv["last"][i])
 		if strings.HasPrefix(line, "{") {
+			if !json.Valid([]byte(line)) {
+				continue // cut in the guest: an earlier line says more
+			}
 			line = Render(line)
 		}
 		s.LastLine = Clean(line, 300)

@@ -73,9 +73,15 @@ func TestSnapshotStates(t *testing.T) {
 	if st := snapshot(t, home); st.State != Idle {
 		t.Fatalf("no task: %+v", st)
 	}
+	start(dir, 0)
+	if st := snapshot(t, home); st.State != Working {
+		t.Fatalf("a task just uploaded, its run.sh not yet started: %+v", st)
+	}
 	start(dir, time.Minute)
+	old := time.Now().Add(-2 * time.Minute)
+	os.Chtimes(filepath.Join(dir, "task"), old, old)
 	if st := snapshot(t, home); st.State != Lost || st.ElapsedSec < 59 {
-		t.Fatalf("a task without a process: %+v", st)
+		t.Fatalf("a task that never started: %+v", st)
 	}
 	liveAgent(t, dir)
 	if st := snapshot(t, home); st.State != Working {

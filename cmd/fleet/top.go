@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/fleet/cockpit"
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/session"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// controllers are the fleets top and events watch: the selected one, or
+// every fleet with machines. The caller closes them.
+func (g *globals) controllers(cmd *cobra.Command, all bool) ([]*fleet.Controller, error) {
+	if !all {
+		c, err := g.controller(cmd)
+		if err != nil {
+			return nil, err
+		}
+		return []*fleet.Controller{c}, nil
+	}
+	l, err := g.layout()
+	if err != nil {
+		return nil, err
+	}
+	dirs, err := os.ReadDir(l.FleetsDir())
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	var out []*fleet.Controller
+	for _, d := range dirs {
+		if !d.IsDir() || fleet.ValidateFleetName(d.Name()) != nil {
+			continue
+		}
+		one := *g
+		one.fleetName = d.Name()
+		c, err := one.controller(cmd)
+		if err != nil {
+			closeAll(out)
+			return nil, fmt.Errorf("fleet %s: %w", d.Name(), err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("there are no fleets (fleet spawn N makes one)")
+	}
+	return out, nil
+}
+
+func closeAll(cs []*fleet.Controller) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// notifier is the project's notifications: the bell and desktop unless
+// quiet, and fleet.hcl's notify command.
+func notifier(cmd *cobra.Command, quiet bool, bell io.Writer) (*cockpit.Notifier, error) {
+	proj, err := projectSettings(cmd.Context(), "")
+	if err != nil {
+		return nil, err
+	}
+	wd, _ := os.Getwd()
+	n := &cockpit.Notifier{Command: proj.Notify, Dir: wd, Failed: func(err error) {
+		fmt.Fprintln(cmd.ErrOrStderr(), "fleet:", oneLineErr(err))
+	}}
+	if !quiet {
+		n.Bell, n.Desktop = bell, true
+	}
+	return n, nil
+}
+
+func oneLineErr(err error) string {
+	s := strings.TrimSpace(err.Error())
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+func newTopCmd(g *globals) *cobra.Command {
+	var allFleets, quiet bool
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "Watch, steer and review every agent of the fleet from one screen",
+		Long: `A full-screen view of the fleet: one row per machine with its agent's state
+(creating, booting, idle, working, waiting for input, succeeded, failed with
+its exit status, lost, suspended, stopped), elapsed time, turns, the tokens
+and cost the credential proxy counted, the last line of output, and commits
+and changed files since the start. Rows change within a second: each
+running machine has one watch on its kept SSH connection, and refusals are
+read from the proxies' logs as they are written.
+
+Keys: enter attach (Ctrl-b d comes back), l logs, d diff, c collect,
+a apply (after collect shows flagged paths, and only if you say y), k kill,
+s suspend or resume, S stop, n a new task, e allow a refused host for that
+machine, / filter, ? help, q quit. Each runs the same code as the fleet
+command of the same name.
+
+When an agent finishes, fails, is lost or waits for input, or a proxy
+refuses a host or a budget, fleet top rings the terminal bell, shows a
+desktop notification (notify-send or osascript, where there is one) and
+runs fleet.hcl's notify command with the event as JSON on stdin.`,
+		Example: `  fleet top
+  fleet top --all-fleets
+  fleet top --quiet        # no bell, no desktop notifications`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !term.IsTerminal(int(os.Stdout.Fd())) || !term.IsTerminal(int(os.Stdin.Fd())) {
+				return errors.New("fleet top needs a terminal (fleet events -f streams the same events for scripts)")
+			}
+			cs, err := g.controllers(cmd, allFleets)
+			if err != nil {
+				return err
+			}
+			defer closeAll(cs)
+			n, err := notifier(cmd, quiet, os.Stderr)
+			if err != nil {
+				return err
+			}
+			for _, c := range cs {
+				c.Progress = nil // the screen is the UI's
+			}
+			title := "fleet top · " + cs[0].Fleet
+			if allFleets {
+				title = fmt.Sprintf("fleet top · %d fleets", len(cs))
+			}
+			ui := &cockpit.UI{Model: cockpit.NewModel(), Actions: newCLIActions(cmd.Context(), cs), Notifier: n, Title: title}
+			p := tea.NewProgram(ui, tea.WithAltScreen(), tea.WithContext(cmd.Context()))
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			feed := &cockpit.Feed{Controllers: cs, Send: func(m any) { p.Send(m) }}
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); feed.Run(ctx) }()
+			_, err = p.Run()
+			cancel()
+			wg.Wait()
+			n.Wait()
+			if errors.Is(err, tea.ErrProgramKilled) && cmd.Context().Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&allFleets, "all-fleets", false, "every fleet on this host, not only this folder's")
+	cmd.Flags().BoolVar(&quiet, "quiet", false, "no terminal bell and no desktop notifications (fleet.hcl's notify still runs)")
+	return cmd
+}
+
+// cliActions are fleet top's keys: this binary's own subcommands, so each
+// does exactly what the command does, refusals and all.
+type cliActions struct {
+	ctx  context.Context
+	self string
+	byFl map[string]*fleet.Controller
+}
+
+func newCLIActions(ctx context.Context, cs []*fleet.Controller) *cliActions {
+	self, err := os.Executable()
+	if err != nil {
+		self = os.Args[0]
+	}
+	a := &cliActions{ctx: ctx, self: self, byFl: map[string]*fleet.Controller{}}
+	for _, c := range cs {
+		a.byFl[c.Fleet] = c
+	}
+	return a
+}
+
+// The scripts get the binary, the fleet and the machine as $0, $1, $2:
+// nothing is spliced into them.
+const (
+	pagerScript = `"$0" "$3" --name "$1" "$2" 2>&1 | { if [ -n "${PAGER:-}" ]; then sh -c "$PAGER"; elif command -v less >/dev/null; then less -R; else more; fi; }`
+	pauseScript = `printf '\n[enter returns to fleet top] '; read -r _`
+	applyScript = `"$0" collect --name "$1" "$2" || { ` + pauseScript + `; exit 1; }
+printf '\nMerge fleet/%s into the branch checked out in the project? [y/N] ' "$2"
+read -r a
+case "$a" in y|Y|yes) "$0" apply --name "$1" "$2" ;; *) echo "not applied" ;; esac
+` + pauseScript
+)
+
+func (a *cliActions) Command(fl, machine, action string) *exec.Cmd {
+	switch action {
+	case "attach":
+		return exec.Command(a.self, "attach", "--name", fl, machine)
+	case "logs", "diff":
+		return exec.Command("sh", "-c", pagerScript, a.self, fl, machine, action)
+	case "apply":
+		return exec.Command("sh", "-c", applyScript, a.self, fl, machine)
+	}
+	return exec.Command("sh", "-c", `"$0" "$3" --name "$1" "$2"; `+pauseScript, a.self, fl, machine, action)
+}
+
+func (a *cliActions) Run(fl, machine, action, arg string) (string, error) {
+	args := []string{action, "--name", fl, machine}
+	if action == "run" {
+		args = append(args, "--task", arg)
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	c := exec.CommandContext(ctx, a.self, args...)
+	c.Stdout, c.Stderr = &out, &out
+	if err := c.Run(); err != nil {
+		return "", fmt.Errorf("%s", strings.TrimSpace(lastLines(out.String(), 1)))
+	}
+	return lastLines(out.String(), 1), nil
+}
+
+func lastLines(s string, n int) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func (a *cliActions) Allow(fl, machine, pattern string) error {
+	c, ok := a.byFl[fl]
+	if !ok {
+		return fmt.Errorf("unknown fleet %q", fl)
+	}
+	_, err := c.AllowHost(a.ctx, []string{machine}, false, pattern)
+	return err
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	var allFleets, follow, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Agent and proxy events for scripts: states, waits for input, refusals",
+		Long: `Without --follow, prints where each machine's agent stands and the refusals
+its proxies have logged, then exits. With --follow, prints each event as it
+happens (what fleet top announces), until interrupted:
+  agent           an agent's state changed: working, waiting (for input,
+                  with its message), succeeded, failed (with exit_code), lost
+  egress_denied   a proxy refused a host (host, port); one event per host
+                  and machine per 30 seconds however often the agent retries
+  budget_reached  the credential proxy refused a call past the budget
+--json prints one JSON object per line.`,
+		Example: `  fleet events
+  fleet events -f --json | jq -c 'select(.state=="waiting")'
+  fleet events -f --all-fleets`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cs, err := g.controllers(cmd, allFleets)
+			if err != nil {
+				return err
+			}
+			defer closeAll(cs)
+			print := func(ev cockpit.Event) error {
+				if asJSON {
+					b, _ := json.Marshal(ev)
+					_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
+					return err
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s %-14s %s\n", ev.Time.Local().Format("15:04:05"), ev.Kind, ev.Text())
+				return err
+			}
+			if !follow {
+				return printEventsNow(cmd.Context(), cs, print)
+			}
+			for _, c := range cs {
+				c.Progress = nil
+			}
+			return followEvents(cmd.Context(), cs, print)
+		},
+	}
+	cmd.Flags().BoolVar(&allFleets, "all-fleets", false, "every fleet on this host")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "print events as they happen, until interrupted")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
+	return cmd
+}
+
+// printEventsNow prints each machine's state and its logged refusals.
+func printEventsNow(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
+	now := time.Now()
+	var evs []cockpit.Event
+	for _, c := range cs {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		m := cockpit.NewModel()
+		m.Apply(cockpit.MachinesMsg{At: now, Fleet: c.Fleet, Machines: st})
+		for _, ms := range st {
+			if ms.Agent != nil {
+				m.Apply(cockpit.AgentMsg{At: now, Fleet: c.Fleet, Machine: ms.Name, Status: *ms.Agent})
+			}
+		}
+		evs = append(evs, m.Snapshot(now)...)
+		s, err := c.Store().Load()
+		if err != nil {
+			return err
+		}
+		for _, mach := range s.Machines {
+			err := egress.Tail(ctx, mach.Dir, false, 0, func(line []byte) error {
+				return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) {
+					if e.Verdict != "deny" {
+						return
+					}
+					ev := cockpit.Event{Time: e.Time, Fleet: c.Fleet, Machine: mach.Name, Kind: "egress_denied",
+						Host: session.Clean(e.Host, 253), Port: e.Port, Message: session.Clean(e.Reason, 200)}
+					if e.Proxy == "credentials" {
+						if !strings.HasPrefix(e.Reason, egress.BudgetReason) {
+							return
+						}
+						ev.Kind, ev.Host, ev.Port = "budget_reached", "", 0
+					}
+					evs = append(evs, ev)
+				})
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	for _, ev := range evs {
+		if err := print(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// followEvents runs the cockpit's feed and model without a screen.
+func followEvents(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs := make(chan any, 256)
+	feed := &cockpit.Feed{Controllers: cs, Send: func(m any) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); feed.Run(ctx) }()
+	defer wg.Wait()
+	model := cockpit.NewModel()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			for _, ev := range model.Apply(m) {
+				if err := print(ev); err != nil {
+					cancel()
+					return err
+				}
+			}
+		}
+	}
+}
