@@ -44,15 +44,15 @@ type DecisionMsg struct {
 
 // Refusal is a host a machine's agent tried and was refused.
 type Refusal struct {
-	Host    string    `json:"host"`
-	Port    int       `json:"port,omitempty"`
-	Reason  string    `json:"reason"`
-	Count   int       `json:"count"`
+	Host   string `json:"host"`
+	Port   int    `json:"port,omitempty"`
+	Reason string `json:"reason"`
+	Count  int    `json:"count"`
 	// Allowable: allowing the host would let the next try through (not
 	// a private address, a failed lookup or a broken tunnel).
-	Allowable bool `json:"allowable"`
-	Last    time.Time `json:"last"`
-	Allowed bool      `json:"allowed,omitempty"` // allowed since, from the cockpit
+	Allowable bool      `json:"allowable"`
+	Last      time.Time `json:"last"`
+	Allowed   bool      `json:"allowed,omitempty"` // allowed since, from the cockpit
 }
 
 // Row is one machine as the cockpit shows it.

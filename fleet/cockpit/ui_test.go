@@ -57,9 +57,12 @@ func press(u *UI, keys ...string) tea.Cmd {
 	return last
 }
 
+var testClock = t0
+
 func newUI(w, h int) (*UI, *fakeActions) {
 	acts := &fakeActions{}
-	u := &UI{Model: NewModel(), Actions: acts, Title: "fleet top · p", now: func() time.Time { return t0 }}
+	testClock = t0
+	u := &UI{Model: NewModel(), Actions: acts, Title: "fleet top · p", now: func() time.Time { return testClock }}
 	u.Update(tea.WindowSizeMsg{Width: w, Height: h})
 	one := 1
 	u.Update(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{
@@ -193,6 +196,7 @@ func TestRefusalShownAndAllowedFromTheUI(t *testing.T) {
 	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-1: allowed pypi.org") {
 		t.Fatalf("after allowing:\n%s", s)
 	}
+	testClock = t0.Add(10 * time.Second) // the word on the allow has been read
 	// A refusal allowing cannot fix says so, and e does nothing.
 	u.Update(DecisionMsg{Fleet: "p", Machine: "p-1", Entry: egress.Entry{Time: t0, Proxy: "egress", Verdict: "deny", Host: "metadata.internal", Port: 80, Reason: "metadata.internal resolves to 169.254.169.254"}})
 	if s := screen(t, u, 80, 24); !strings.Contains(s, "allowing would not help") {
