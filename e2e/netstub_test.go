@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -150,10 +151,36 @@ func selfSigned() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// startStubNet makes the namespace and starts the sites in it; everything is
-// removed when the test ends.
+var (
+	stubMu    sync.Mutex
+	stubUsers int
+	stubStop  []func()
+)
+
+// startStubNet makes the namespace and starts the sites in it, once for
+// the tests that use it at the same time; everything is removed when the
+// last of them ends.
 func startStubNet(t *testing.T) {
 	t.Helper()
+	stubMu.Lock()
+	defer stubMu.Unlock()
+	if stubUsers == 0 {
+		stubStop = nil
+		makeStubNet(t, func(f func()) { stubStop = append(stubStop, f) })
+	}
+	stubUsers++
+	t.Cleanup(func() {
+		stubMu.Lock()
+		defer stubMu.Unlock()
+		if stubUsers--; stubUsers == 0 {
+			for i := len(stubStop) - 1; i >= 0; i-- {
+				stubStop[i]()
+			}
+		}
+	})
+}
+
+func makeStubNet(t *testing.T, cleanup func(func())) {
 	r := pickStubRange(t)
 	base := r.Addr().As4()
 	stubHostIP = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 1}).String()
@@ -166,7 +193,7 @@ func startStubNet(t *testing.T) {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	t.Cleanup(func() {
+	cleanup(func() {
 		exec.Command("ip", "netns", "del", ns).Run()
 		exec.Command("ip", "link", "del", hostIf).Run()
 	})
@@ -186,7 +213,7 @@ func startStubNet(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", stubSiteIP, stubHTTP), time.Second)

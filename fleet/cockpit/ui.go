@@ -231,11 +231,12 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		u.mode, u.input = tasking, ""
 		return u, nil
 	case "e":
-		f, found := r.PendingRefusal()
+		rr, f, found := u.shownRefusal()
 		if !found {
-			u.say("%s has no refused host to allow", r.Name)
+			u.say("no refused host to allow")
 			return u, nil
 		}
+		r = rr
 		pattern := fleet.RefusedPattern(f.Host, f.Port)
 		if !f.Allowable {
 			u.say("%s: %s cannot be allowed: %s", r.Name, pattern, f.Reason)
@@ -392,8 +393,8 @@ func (u *UI) notice() string {
 	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second {
 		return u.status
 	}
-	if r, _, ok := u.selected(); ok {
-		if f, found := r.PendingRefusal(); found && u.clock().Sub(f.Last) < 10*time.Minute {
+	if r, f, found := u.shownRefusal(); found {
+		{
 			hint := "e allows it"
 			if !f.Allowable {
 				hint = "allowing would not help"
@@ -409,6 +410,26 @@ func (u *UI) notice() string {
 		return e.Time.Local().Format("15:04:05") + " " + e.Text()
 	}
 	return ""
+}
+
+// shownRefusal is the refusal the notice line offers to allow: the
+// selected machine's newest, else the newest of any machine, from the
+// last ten minutes.
+func (u *UI) shownRefusal() (Row, Refusal, bool) {
+	recent := func(f Refusal) bool { return u.clock().Sub(f.Last) < 10*time.Minute }
+	if r, _, ok := u.selected(); ok {
+		if f, found := r.PendingRefusal(); found && recent(f) {
+			return r, f, true
+		}
+	}
+	var best Row
+	var bestF Refusal
+	for _, r := range u.rows() {
+		if f, found := r.PendingRefusal(); found && recent(f) && f.Last.After(bestF.Last) {
+			best, bestF = r, f
+		}
+	}
+	return best, bestF, !bestF.Last.IsZero()
 }
 
 func (u *UI) keys() string {

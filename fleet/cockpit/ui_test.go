@@ -225,3 +225,15 @@ func TestNotableEventsReachTheNotifier(t *testing.T) {
 		t.Fatalf("%v", r.in)
 	}
 }
+
+func TestAnotherMachinesRefusalIsOfferedToo(t *testing.T) {
+	u, acts := newUI(80, 24) // p-1 is selected
+	u.Update(DecisionMsg{Fleet: "p", Machine: "p-2", Entry: egress.Entry{Time: t0, Proxy: "egress", Verdict: "deny", Host: "npmjs.org", Port: 443, Reason: egress.ReasonNotAllowed}})
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-2 was refused npmjs.org") {
+		t.Fatalf("%s", s)
+	}
+	u.Update(press(u, "e")())
+	if len(acts.allows) != 1 || acts.allows[0] != "p-2 npmjs.org" {
+		t.Fatalf("e allowed %v, want p-2's host for p-2", acts.allows)
+	}
+}
