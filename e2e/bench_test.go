@@ -70,6 +70,11 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "cockpit" {
+		t.Run("cockpit", func(t *testing.T) { benchCockpit(t, add) })
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
 		t.Run("proxy", func(t *testing.T) { benchProxy(t, add) })
 		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
@@ -153,6 +158,7 @@ func TestBench(t *testing.T) {
 	benchBoot(t, add)
 	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
+	t.Run("cockpit", func(t *testing.T) { benchCockpit(t, add) })
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op

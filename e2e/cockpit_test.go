@@ -358,7 +358,7 @@ credentials {
 		ui.waitFor("the hint", time.Second, has("e allows it"))
 		ui.keys("e") // ck-1 is selected: the notice names ck-2's refusal, and e answers it
 		ui.waitFor("the allow", 30*time.Second, has("ck-2: allowed "+pattern))
-		if r := run("exec", "ck-2", "--", "sh", "-c", get); !strings.Contains(r.stdout, "stub denied.test /x") {
+		if r := run("exec", "ck-2", "--", "sh", "-c", get); !strings.Contains(r.stdout, fmt.Sprintf("stub denied.test:%d /x", stubHTTP)) {
 			t.Fatalf("after allowing from the UI: %s", r.stdout)
 		}
 		var rows []struct {
@@ -422,7 +422,7 @@ credentials {
 		}
 		task("ck-1", "api")
 		logs := finish()
-		if strings.Count(logs, "stub-says-hi") != 2 || !strings.Contains(logs, "budget is reached") || !strings.Contains(logs, "1000 of its 1000-token budget") {
+		if strings.Count(logs, "stub-says-hi") != 2 || !strings.Contains(logs, "budget is reached") || !strings.Contains(logs, "1000 of its 1000-token budget") || !strings.Contains(logs, "fleet net budget ck-1 +N") {
 			t.Fatalf("past the budget the agent saw:\n%s", logs)
 		}
 		if api.calls != 5 {

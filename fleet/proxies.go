@@ -105,6 +105,7 @@ func ProxyHandlers(dir string) (map[byte]func(context.Context, net.Conn), *egres
 			Transport:  http.DefaultTransport,
 			Audit:      audit,
 			Meter:      &egress.Meter{Dir: dir},
+			Machine:    filepath.Base(dir),
 			Spend:      func() (egress.SpendConfig, error) { return egress.LoadSpendConfig(dir) },
 		}
 		handlers[egress.KindCredentials] = p.ServeConn

@@ -55,6 +55,8 @@ type CredProxy struct {
 	// call so fleet net budget applies to the next one.
 	Meter *Meter
 	Spend func() (SpendConfig, error)
+	// Machine names the machine in what the agent is told.
+	Machine string
 }
 
 // ServeConn serves HTTP requests on one guest connection until it closes.
@@ -141,8 +143,12 @@ func (p *CredProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if done, why := spend.Budget.Reached(p.Meter.Usage()); done {
 			e.Verdict, e.Status, e.Reason = "deny", BudgetStatus, BudgetReason+": "+why
 			p.Audit.Log(e)
+			name := p.Machine
+			if name == "" {
+				name = "<machine>"
+			}
 			apiError(w, BudgetStatus, "invalid_request_error", "fleet: this machine's budget is reached ("+why+"); "+
-				"the call was not sent. Raise it on the host with: fleet net budget <machine> +N")
+				"the call was not sent. Raise it on the host with: fleet net budget "+name+" +N")
 			return
 		}
 	}
