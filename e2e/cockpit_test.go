@@ -376,9 +376,18 @@ credentials {
 			return ev["kind"] == "egress_denied" && ev["machine"] == "ck-2" && ev["host"] == "denied.test"
 		})
 		// fleet events says the same for scripts.
-		evs := run("events", "--json").stdout
-		if !strings.Contains(evs, `"machine":"ck-2","kind":"egress_denied","host":"denied.test"`) || !strings.Contains(evs, `"machine":"ck-1","kind":"agent","state":"succeeded","exit_code":0`) {
-			t.Errorf("fleet events --json:\n%s", evs)
+		out := run("events", "--json").stdout
+		var denied, succeeded bool
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var ev map[string]any
+			if err := json.Unmarshal([]byte(l), &ev); err != nil {
+				t.Fatalf("fleet events --json printed %q: %v", l, err)
+			}
+			denied = denied || (ev["machine"] == "ck-2" && ev["kind"] == "egress_denied" && ev["host"] == "denied.test" && ev["port"] == float64(stubHTTP))
+			succeeded = succeeded || (ev["machine"] == "ck-1" && ev["kind"] == "agent" && ev["state"] == "succeeded" && ev["exit_code"] == float64(0))
+		}
+		if !denied || !succeeded {
+			t.Errorf("fleet events --json:\n%s", out)
 		}
 	})
 
