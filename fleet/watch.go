@@ -36,6 +36,9 @@ func (c *Controller) WatchAgent(ctx context.Context, m *Machine, fn func(session
 	}
 }
 
+// minSnapshotGap is the least time between two snapshots passed on.
+const minSnapshotGap = 100 * time.Millisecond
+
 func (c *Controller) watchOnce(ctx context.Context, m *Machine, fn func(session.Status, error)) error {
 	cl, err := c.Connect(ctx, m)
 	if err != nil {
@@ -48,8 +51,15 @@ func (c *Controller) watchOnce(ctx context.Context, m *Machine, fn func(session.
 		pw.CloseWithError(err)
 		done <- err
 	}()
+	// The guest program prints at most four snapshots a second; one that
+	// prints faster (an agent with sudo can replace it) costs the host a
+	// parse each, never a redraw each.
+	var last time.Time
 	rerr := session.ReadSnapshots(pr, func(st session.Status, err error) bool {
-		fn(st, err)
+		if now := time.Now(); now.Sub(last) >= minSnapshotGap {
+			last = now
+			fn(st, err)
+		}
 		return ctx.Err() == nil
 	})
 	pr.CloseWithError(errors.New("watch ended"))

@@ -180,8 +180,9 @@ func ParseStatus(out []byte) (Status, error) {
 // with an error: a guest that floods gets nothing more read.
 func ReadSnapshots(r io.Reader, fn func(Status, error) bool) error {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 64<<10), maxSnapshotLine)
 	kv := map[string][]string{}
+	lines, size := 0, 0
 	for sc.Scan() {
 		line := sc.Text()
 		if line == "." {
@@ -189,15 +190,28 @@ func ReadSnapshots(r io.Reader, fn func(Status, error) bool) error {
 			if !fn(st, err) {
 				return nil
 			}
-			kv = map[string][]string{}
+			kv, lines, size = map[string][]string{}, 0, 0
 			continue
 		}
-		if k, v, ok := strings.Cut(line, "="); ok && len(kv) < 64 {
+		// The program prints about 20 lines; a guest that sends more is
+		// not running it, and is not read further.
+		if lines, size = lines+1, size+len(line); lines > maxSnapshotLines || size > maxSnapshotBytes {
+			return errors.New("the guest's agent snapshot is too large")
+		}
+		if k, v, ok := strings.Cut(line, "="); ok {
 			kv[k] = append(kv[k], v)
 		}
 	}
 	return sc.Err()
 }
+
+// Bounds of one snapshot: the program's own are 5 log lines of 8 KiB
+// (16 KiB in hex) and a result line of 256 KiB (512 KiB in hex).
+const (
+	maxSnapshotLine  = 1 << 20
+	maxSnapshotLines = 64
+	maxSnapshotBytes = 1 << 20
+)
 
 // statusOf turns a snapshot's fields into a Status.
 func statusOf(kv map[string][]string) (Status, error) {

@@ -231,3 +231,32 @@ func TestCleanMakesGuestTextSafe(t *testing.T) {
 	}
 	_ = hex.EncodeToString
 }
+
+// A guest that is not running the program (the agent has sudo) can send
+// anything: a flood of lines, or of snapshots, is cut, not buffered.
+func TestReadSnapshotsBoundsALyingGuest(t *testing.T) {
+	flood := "started=1\nnow=2\nalive=1\n" + strings.Repeat("last=41\n", 100000) + ".\n"
+	n := 0
+	err := ReadSnapshots(strings.NewReader(flood), func(Status, error) bool { n++; return true })
+	if err == nil || n != 0 {
+		t.Fatalf("a flood of lines: %d snapshots, %v", n, err)
+	}
+	huge := "started=1\nnow=2\nlast=" + strings.Repeat("41", 2<<20) + "\n.\n"
+	if err := ReadSnapshots(strings.NewReader(huge), func(Status, error) bool { return true }); err == nil {
+		t.Fatal("a 4 MiB line was read")
+	}
+	// Many well-formed snapshots are each delivered; the reader stops when
+	// told to.
+	many := strings.Repeat("started=1\nnow=2\nexit=0\n.\n", 1000)
+	n = 0
+	ReadSnapshots(strings.NewReader(many), func(s Status, err error) bool { n++; return n < 10 })
+	if n != 10 {
+		t.Fatalf("%d snapshots after stopping at 10", n)
+	}
+	// Values that are not hex, and keys that are not the program's, are
+	// nothing.
+	st, err := ParseStatus([]byte("started=1\nnow=5\nalive=1\nlast=zz\nhook_tool=\x1b[2J\ncommits=-1\nfiles=9\nevil=1\n.\n"))
+	if err != nil || st.State != Working || st.LastLine != "" || st.Tool != "" || st.Commits != nil {
+		t.Fatalf("%+v %v", st, err)
+	}
+}
