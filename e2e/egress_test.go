@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -369,18 +370,39 @@ credentials {
 		if !strings.Contains(r.stdout, "wrong or missing fleet token") || len(up.seen) != 0 {
 			t.Errorf("a wrong token: %s", r.stdout)
 		}
-		// Real Claude Code through the proxy: the stub sees the real key.
-		r = run("eg", "exec", "eg-1", "--", "sh", "-c", "cd /tmp && timeout 120 claude -p 'Say hi.' --output-format stream-json --verbose --dangerously-skip-permissions 2>&1 | tail -c 2000")
-		if !strings.Contains(r.stdout, `"result":"stub-upstream-says-hi"`) {
-			t.Errorf("claude did not finish a turn through the credential proxy:\n%s", r.stdout)
+		// Real Claude Code in a fleet session, through the proxy: the stub
+		// sees the real key, the image's hooks report the turn's end, and
+		// the proxy counts what the stub said each call used.
+		if r := run("eg", "run", "eg-1", "--agent", "claude", "--task", "Say hi.", "--project", project); r.code != 0 {
+			t.Fatalf("run claude: %s", r.stderr)
 		}
-		select {
-		case h := <-up.seen:
-			if h.Get("X-Api-Key") != secret {
-				t.Errorf("claude's request reached the upstream with x-api-key %q", h.Get("X-Api-Key"))
+		run("eg", "wait", "eg-1", "--timeout", "3m")
+		if logs := run("eg", "logs", "--raw", "eg-1").stdout; !strings.Contains(logs, `"result":"stub-upstream-says-hi"`) {
+			t.Errorf("claude did not finish a turn through the credential proxy:\n%s", logs)
+		}
+		calls := 0
+		for drained := false; !drained; {
+			select {
+			case h := <-up.seen:
+				calls++
+				if h.Get("X-Api-Key") != secret {
+					t.Errorf("claude's request reached the upstream with x-api-key %q", h.Get("X-Api-Key"))
+				}
+			default:
+				drained = true
 			}
-		default:
-			t.Errorf("claude's request never reached the upstream:\n%s", r.stdout)
+		}
+		if calls == 0 {
+			t.Error("claude's request never reached the upstream")
+		}
+		if hook := in("eg-1", "cat ~/.fleet/session/agent").stdout; !strings.Contains(hook, "event=stop") {
+			t.Errorf("Claude Code's Stop hook did not report (agent file %q)", hook)
+		}
+		var rows []spendRow
+		json.Unmarshal([]byte(run("eg", "ls", "--json").stdout), &rows)
+		// The stub answers each call with 1 input and 3 output tokens.
+		if len(rows) == 0 || rows[0].Spend == nil || rows[0].Spend.Calls != int64(calls) || rows[0].Spend.InputTokens != int64(calls) || rows[0].Spend.OutputTokens != int64(3*calls) {
+			t.Errorf("the proxy counted %+v for %d calls", rows, calls)
 		}
 		probe := "sudo grep -lE " + keyPattern + " /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null; " +
 			"sudo grep -rlE -D skip " + keyPattern + " /home /root /tmp /var/tmp /var/log /etc /workspace /opt /usr/local 2>/dev/null; true"
