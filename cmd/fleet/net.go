@@ -288,7 +288,9 @@ error shape, saying the budget is reached; nothing goes upstream.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			names, amount := args, ""
 			if n := len(args); n > 0 {
-				if _, err := fleet.ParseBudgetChange(args[n-1]); err == nil || strings.ContainsAny(args[n-1][:1], "+$0123456789") {
+				// An amount parses, or is a mistyped one (+..., $...); anything
+				// else is a machine's name (which may start with a digit).
+				if _, err := fleet.ParseBudgetChange(args[n-1]); err == nil || strings.HasPrefix(args[n-1], "+") || strings.HasPrefix(args[n-1], "$") {
 					names, amount = args[:n-1], args[n-1]
 				}
 			}
