@@ -373,6 +373,15 @@ credentials {
 		// Real Claude Code in a fleet session, through the proxy: the stub
 		// sees the real key, the image's hooks report the turn's end, and
 		// the proxy counts what the stub said each call used.
+		spend := func() (calls, in, out int64) {
+			var rows []spendRow
+			json.Unmarshal([]byte(run("eg", "ls", "--json").stdout), &rows)
+			if len(rows) == 0 || rows[0].Spend == nil {
+				t.Fatal("ls --json has no spend for eg-1")
+			}
+			return rows[0].Spend.Calls, rows[0].Spend.InputTokens, rows[0].Spend.OutputTokens
+		}
+		calls0, in0, out0 := spend() // the curl calls above were counted too
 		if r := run("eg", "run", "eg-1", "--agent", "claude", "--task", "Say hi.", "--project", project); r.code != 0 {
 			t.Fatalf("run claude: %s", r.stderr)
 		}
@@ -398,11 +407,9 @@ credentials {
 		if hook := in("eg-1", "cat ~/.fleet/session/agent").stdout; !strings.Contains(hook, "event=stop") {
 			t.Errorf("Claude Code's Stop hook did not report (agent file %q)", hook)
 		}
-		var rows []spendRow
-		json.Unmarshal([]byte(run("eg", "ls", "--json").stdout), &rows)
 		// The stub answers each call with 1 input and 3 output tokens.
-		if len(rows) == 0 || rows[0].Spend == nil || rows[0].Spend.Calls != int64(calls) || rows[0].Spend.InputTokens != int64(calls) || rows[0].Spend.OutputTokens != int64(3*calls) {
-			t.Errorf("the proxy counted %+v for %d calls", rows, calls)
+		if c, in, out := spend(); c-calls0 != int64(calls) || in-in0 != int64(calls) || out-out0 != int64(3*calls) {
+			t.Errorf("the proxy counted %d calls, %d in, %d out for claude's %d calls", c-calls0, in-in0, out-out0, calls)
 		}
 		probe := "sudo grep -lE " + keyPattern + " /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null; " +
 			"sudo grep -rlE -D skip " + keyPattern + " /home /root /tmp /var/tmp /var/log /etc /workspace /opt /usr/local 2>/dev/null; true"
