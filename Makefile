@@ -1,7 +1,7 @@
 GO ?= go
 export FLEET_CACHE ?= /var/cache/agentfleet
 
-.PHONY: build plugin generate test e2e bench lint demo
+.PHONY: build plugin generate test cross e2e bench lint demo
 
 build:
 	$(GO) build -o bin/fleet ./cmd/fleet
@@ -15,6 +15,10 @@ generate:
 
 test:
 	$(GO) test ./...
+
+# Builds and vets for linux and darwin, amd64 and arm64.
+cross:
+	scripts/cross.sh
 
 # Boots real VMs (needs root for the image build).
 e2e:

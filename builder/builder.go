@@ -39,6 +39,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -175,6 +176,10 @@ func (c *Config) Validate() error {
 		if !ok {
 			return fmt.Errorf("unknown output %q (outputs: %s)", o, strings.Join(OutputKinds, ", "))
 		}
+	}
+	if c.Source != SourceCloud && runtime.GOOS != "linux" {
+		// mmdebstrap, chroot, bind mounts and loop devices are Linux's.
+		return fmt.Errorf("%s from a package mirror is a chroot bake, which needs a Linux host; on %s pull an image a Linux host baked (fleet image pull REF), or bake from a cloud image (--source-url and --checksum-url), which boots and provisions over SSH", c.Name, runtime.GOOS)
 	}
 	if c.Source == SourceCloud && (c.CloudImageURL == "" || c.ChecksumURL == "") {
 		return fmt.Errorf("%s from a cloud image needs --source-url and --checksum-url (a SHA256SUMS file)", c.Name)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e boots real VMs with QEMU through the fleet binary. It runs
 // only with FLEET_E2E=1 (see the README); `go test ./...` skips it.
 package e2e

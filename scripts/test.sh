@@ -10,6 +10,8 @@ export FLEET_CACHE=${FLEET_CACHE:-/var/cache/agentfleet}
 echo "== unit tests"
 go vet ./...
 go test -count=1 ./...
+echo "== cross-compile (linux and darwin, amd64 and arm64)"
+scripts/cross.sh
 echo "== e2e (real VMs)"
 FLEET_E2E=1 go test -count=1 -timeout 75m -v ./e2e/ 2>&1 | tee /tmp/fleet-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|e2e:)|^\s+--- '
 test "${PIPESTATUS[0]}" = 0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -68,12 +69,18 @@ func runChecks(ctx context.Context, r execx.Runner, home string) []check {
 	}
 	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if v, err := version(bin, "--version"); err != nil {
-			out = append(out, check{bin, "fail", err.Error() + " (Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils)"})
+			out = append(out, check{bin, "fail", err.Error() + " (" + qemuInstallHint() + ")"})
 		} else {
 			out = append(out, check{bin, "ok", v})
 		}
 	}
-	if ok, why := qemu.KVMUsable(); ok {
+	if runtime.GOOS == "darwin" {
+		if ok, why := qemu.HVFUsable(); ok {
+			out = append(out, check{"accelerator", "ok", "hvf (Hypervisor.framework)"})
+		} else {
+			out = append(out, check{"accelerator", "warn", "tcg (software emulation, 10-50x slower): " + why})
+		}
+	} else if ok, why := qemu.KVMUsable(); ok {
 		out = append(out, check{"accelerator", "ok", "kvm"})
 	} else {
 		detail := "tcg (software emulation, 10-50x slower): " + why
@@ -97,6 +104,14 @@ func runChecks(ctx context.Context, r execx.Runner, home string) []check {
 		out = append(out, check{"memory", "ok", fmt.Sprintf("%d MiB available (about %d machines at 2G)", mem, mem/2048)})
 	}
 	return out
+}
+
+// qemuInstallHint says how this host gets QEMU.
+func qemuInstallHint() string {
+	if runtime.GOOS == "darwin" {
+		return "macOS: brew install qemu"
+	}
+	return "Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils"
 }
 
 var vboxVersionRe = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)

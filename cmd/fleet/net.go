@@ -20,6 +20,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 )
 
 func newNetCmd(g *globals) *cobra.Command {
@@ -187,7 +188,7 @@ func runProxy(args []string) int {
 	}
 	errLog := filepath.Join(dir, vm.ProxyErrorsLog)
 	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-		_ = syscall.Dup3(int(f.Fd()), 2, 0)
+		_ = unix.Dup2(int(f.Fd()), 2)
 		f.Close()
 	} else {
 		_ = syscall.Close(2)

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // socketpair as its stdin, stdout and stderr, and returns the other end.
 func proxyConn(t *testing.T, kind, dir string, env ...string) net.Conn {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestShimsHandConnectionsToOneServer(t *testing.T) {
 	}
 	var conns []net.Conn
 	for i := 0; i < 5; i++ {
-		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		fds, err := socketpair()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,4 +170,15 @@ func TestShimsHandConnectionsToOneServer(t *testing.T) {
 	if _, ok := egress.ServerPID(dir); ok {
 		t.Error("StopServer left the server running")
 	}
+}
+
+// socketpair is a close-on-exec unix stream pair (SOCK_CLOEXEC is Linux's;
+// this builds for macOS too).
+func socketpair() ([2]int, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fds[0])
+		syscall.CloseOnExec(fds[1])
+	}
+	return fds, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/procx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net"
@@ -275,11 +276,11 @@ func ServerPID(dir string) (int, bool) {
 		return 0, false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+	if err != nil || !procx.Alive(pid) {
 		return 0, false
 	}
 	// A recycled pid is never signalled: the process must name the folder.
-	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && !strings.Contains(string(cmd), dir) {
+	if cmd, err := procx.Cmdline(pid); err != nil || !strings.Contains(cmd, dir) {
 		return 0, false
 	}
 	return pid, true

@@ -8,8 +8,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/procx"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -307,20 +307,14 @@ func readPID(path string) (int, error) {
 // command line names the machine folder), so a recycled PID is never
 // mistaken for, or killed as, a machine.
 func ownsProcess(pid int, dir string) bool {
-	if syscall.Kill(pid, 0) != nil {
+	if !procx.Alive(pid) {
 		return false
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	cmdline, err := procx.Cmdline(pid)
 	if err != nil {
-		return !errors.Is(err, os.ErrNotExist) // no /proc (macOS): trust kill(0)
+		return false
 	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie has exited; only its parent has not reaped it yet.
-		if i := strings.LastIndexByte(string(st), ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
-			return false
-		}
-	}
-	return strings.Contains(string(cmdline), filepath.Join(dir, DiskFile))
+	return strings.Contains(cmdline, filepath.Join(dir, DiskFile))
 }
 
 func waitExit(ctx context.Context, pid int, dir string, limit time.Duration) bool {

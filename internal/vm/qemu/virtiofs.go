@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +54,9 @@ setsid "$2" --socket-path="$3" -o source="$1" -o cache=auto -o sandbox=namespace
 func (d *Driver) ValidateShare(s *vm.Share) error { return validateShare(s) }
 
 func validateShare(s *vm.Share) error {
+	if runtime.GOOS != "linux" {
+		return fmt.Errorf("shared folders need a Linux host: QEMU shares them through virtiofsd, which runs only there (on %s use --sync git or rsync)", runtime.GOOS)
+	}
 	if findVirtiofsd() == "" {
 		return fmt.Errorf("shared folders need virtiofsd (Debian 12: apt-get install qemu-system-common; looked in %s)", strings.Join(virtiofsdPaths, ", "))
 	}
