@@ -21,7 +21,7 @@ const exitSkipped = 3
 
 func newImageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Build, list and prune base images"}
-	cmd.AddCommand(newImageBuildCmd(g), newImageLsCmd(g), newImagePruneCmd(g), newImageWarmCmd(g))
+	cmd.AddCommand(newImageBuildCmd(g), newImageLsCmd(g), newImagePruneCmd(g), newImageWarmCmd(g), newImagePushCmd(g), newImagePullCmd(g))
 	return cmd
 }
 
