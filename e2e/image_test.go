@@ -28,6 +28,11 @@ type imageRow struct {
 	Disk         string            `json:"disk"`
 	DiskBytes    int64             `json:"disk_bytes"`
 	BuildSeconds float64           `json:"build_seconds"`
+	Dir          string            `json:"dir"`
+	Outputs      map[string]struct {
+		File   string `json:"file"`
+		SHA256 string `json:"sha256"`
+	} `json:"outputs"`
 }
 
 func imageLs(t *testing.T, env ...string) []imageRow {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what fleet needs on a Debian or Ubuntu host: QEMU, qemu-img, the
 # image build tools (mmdebstrap, sfdisk), git, rsync and OpenSSH for workspaces,
-# unshare (util-linux) for read-only shared folders, less for fleet top's pager
+# unshare (util-linux) for read-only shared folders, less for fleet top's pager,
 # tmux, in which the e2e tests drive fleet top, and docker-registry, the OCI
 # registry the image push and pull tests start on loopback.
 set -euo pipefail
