@@ -121,7 +121,9 @@ func benchCockpit(t *testing.T, add func(what, value, target string)) {
 		mustFleet(t, time.Minute, "exec", "bt-5", "--name", "bt", "--", "sh", "-c",
 			fmt.Sprintf(`printf 'event=notification\nat=%%s\nmessage=%%s\n' "$(date +%%s)" "$(printf '%%s' '%s' | od -An -tx1 | tr -d ' \n')" > ~/.fleet/session/agent`, msg))
 		t0 := time.Now()
-		ui.waitFor(msg, 20*time.Second, func(s string) bool { return strings.Contains(s, "8 machines") && strings.Contains(s, "bench question") && strings.Contains(s, fmt.Sprint(i)) && strings.Contains(rowOf(s, "bt-5"), "waiting") })
+		ui.waitFor(msg, 20*time.Second, func(s string) bool {
+			return strings.Contains(s, "8 machines") && strings.Contains(s, "bench question") && strings.Contains(s, fmt.Sprint(i)) && strings.Contains(rowOf(s, "bt-5"), "waiting")
+		})
 		agentLat = append(agentLat, time.Since(t0))
 	}
 	sort.Slice(agentLat, func(i, j int) bool { return agentLat[i] < agentLat[j] })

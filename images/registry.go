@@ -25,6 +25,7 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // An image travels through an OCI registry as one artifact: its
@@ -92,6 +93,17 @@ func isLoopback(hostport string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// loginHint turns a refused login into what to do about it.
+func (r *Remote) loginHint(err error) error {
+	var er *errcode.ErrorResponse
+	if errors.Is(err, auth.ErrBasicCredentialNotFound) || (errors.As(err, &er) && er.StatusCode == http.StatusUnauthorized) ||
+		strings.Contains(err.Error(), "401 Unauthorized") {
+		return fmt.Errorf("%s asks for a login that the Docker config does not have or it refused (docker login %s, or a credential helper in %s): %w",
+			r.Ref.Registry, r.Ref.Registry, "DOCKER_CONFIG or ~/.docker/config.json", err)
+	}
+	return err
+}
+
 func (r *Remote) say(format string, args ...any) {
 	if r.Progress != nil {
 		r.Progress(format, args...)
@@ -143,9 +155,19 @@ func sortedKeys(m map[string]Output) []string {
 }
 
 // Push uploads img and tags it with the reference's tag, or with its
+// version and "latest" when the reference has none.
+func (r *Remote) Push(ctx context.Context, img Image) (ocispec.Descriptor, error) {
+	d, err := r.push(ctx, img)
+	if err != nil {
+		return d, r.loginHint(err)
+	}
+	return d, nil
+}
+
+// push uploads img and tags it with the reference's tag, or with its
 // version and "latest" when the reference has none. Blobs the registry
 // has are skipped; a blob cut off part way resumes.
-func (r *Remote) Push(ctx context.Context, img Image) (ocispec.Descriptor, error) {
+func (r *Remote) push(ctx context.Context, img Image) (ocispec.Descriptor, error) {
 	cfg, err := os.ReadFile(filepath.Join(img.Dir, ManifestFile))
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -362,6 +384,14 @@ var ErrUpToDate = errors.New("already here")
 // manifest, and promotes it only then. A version already here with the
 // same disk is ErrUpToDate (promoted if it was not latest).
 func (r *Remote) Pull(ctx context.Context, s Store) (Image, error) {
+	img, err := r.pull(ctx, s)
+	if err != nil && !errors.Is(err, ErrUpToDate) {
+		return img, r.loginHint(err)
+	}
+	return img, err
+}
+
+func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 	tag := r.Ref.Reference
 	if tag == "" {
 		tag = "latest"
