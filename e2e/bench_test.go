@@ -72,6 +72,11 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "registry" {
+		t.Run("registry", func(t *testing.T) { benchRegistry(t, add) })
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "cockpit" {
 		t.Run("cockpit", func(t *testing.T) { benchCockpit(t, add) })
 		printRows(rows)
@@ -161,6 +166,7 @@ func TestBench(t *testing.T) {
 	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 	t.Run("cockpit", func(t *testing.T) { benchCockpit(t, add) })
+	t.Run("registry", func(t *testing.T) { benchRegistry(t, add) })
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op
