@@ -81,10 +81,12 @@ type Config struct {
 	CACerts       []byte
 	ClaudeVersion string // npm version or dist-tag; "" means latest
 	NpmRegistry   string // "" means https://registry.npmjs.org/
-	Outputs       []string
-	IfChanged     bool // skip when recipe, source and versions match latest
-	Accel         string
-	BootTimeout   time.Duration
+	// NodeVersion is lts (default), system, a major or a version.
+	NodeVersion string
+	Outputs     []string
+	IfChanged   bool // skip when recipe, source and versions match latest
+	Accel       string
+	BootTimeout time.Duration
 
 	Store         images.Store
 	CacheDir      string // content-keyed cache of sources and built disks ("" disables)
@@ -141,10 +143,13 @@ func Definition(name, source string) (Config, error) {
 // build steps, the source (mirror and its package index, or the cloud
 // image's digest), the packages, the provision scripts and the resolved
 // Claude Code version. Equal hashes mean an equal image.
-func (c Config) RecipeHash(mirror, sourceDigest, claudeVersion string) string {
+func (c Config) RecipeHash(mirror, sourceDigest, claudeVersion, nodeVersion string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n%s\n%s\n", recipeVersion, c.Name, c.Source, c.Suite,
 		strings.Join(c.Components, ","), mirror, c.DiskSizeGiB, strings.Join(c.Packages, ","), sourceDigest, claudeVersion)
+	if nodeVersion != "" {
+		fmt.Fprintf(h, "node %s\n", nodeVersion)
+	}
 	h.Write([]byte(c.Recipe.Hash()))
 	h.Write(c.CACerts)
 	return hex.EncodeToString(h.Sum(nil))

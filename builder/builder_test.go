@@ -42,26 +42,27 @@ func TestRecipeHashChangesWithInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h1 := c.RecipeHash("http://a", "sha256:1", "2.1.0")
-	if h1 != c.RecipeHash("http://a", "sha256:1", "2.1.0") {
+	h1 := c.RecipeHash("http://a", "sha256:1", "2.1.0", "")
+	if h1 != c.RecipeHash("http://a", "sha256:1", "2.1.0", "") {
 		t.Fatal("hash not stable")
 	}
 	for what, h := range map[string]string{
-		"mirror":         c.RecipeHash("http://b", "sha256:1", "2.1.0"),
-		"source digest":  c.RecipeHash("http://a", "sha256:2", "2.1.0"),
-		"claude version": c.RecipeHash("http://a", "sha256:1", "2.1.1"),
+		"mirror":         c.RecipeHash("http://b", "sha256:1", "2.1.0", ""),
+		"source digest":  c.RecipeHash("http://a", "sha256:2", "2.1.0", ""),
+		"claude version": c.RecipeHash("http://a", "sha256:1", "2.1.1", ""),
+		"node version":   c.RecipeHash("http://a", "sha256:1", "2.1.0", "26.1.0 npm 11.0.0"),
 	} {
 		if h == h1 {
 			t.Errorf("%s must change the hash", what)
 		}
 	}
 	c.Packages = append(c.Packages, "jq")
-	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0") {
+	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0", "") {
 		t.Fatal("packages must change the hash")
 	}
 	c.Packages = c.Packages[:len(c.Packages)-1]
 	c.Recipe, _ = provision.Get("base")
-	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0") {
+	if h1 == c.RecipeHash("http://a", "sha256:1", "2.1.0", "") {
 		t.Fatal("the recipe must change the hash")
 	}
 	if _, err := Definition("nope", ""); err == nil {

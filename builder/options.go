@@ -26,6 +26,7 @@ type Options struct {
 	Recipe        string   // provision recipe ("" means full)
 	ClaudeVersion string   // npm version or dist-tag ("" means latest)
 	NpmRegistry   string   // "" means https://registry.npmjs.org/
+	NodeVersion   string   // lts ("" too), system, a major or a version
 	Outputs       []string // exports besides the store's disk
 	CACertFiles   []string // PEM files of extra CAs the image trusts
 	ScriptFiles   []string // the user's own scripts, run after the toolchain
@@ -82,6 +83,10 @@ func (o Options) Config() (Config, error) {
 	}
 	cfg.Mirror, cfg.KeepOnFailure, cfg.IfChanged = o.Mirror, o.KeepOnFailure, o.IfChanged
 	cfg.ClaudeVersion, cfg.NpmRegistry = o.ClaudeVersion, o.NpmRegistry
+	if err := ValidNodeVersion(o.NodeVersion); err != nil {
+		return Config{}, err
+	}
+	cfg.NodeVersion = o.NodeVersion
 	cfg.Outputs = o.Outputs
 	accel := qemu.Accel(o.Accel)
 	if accel == "" {

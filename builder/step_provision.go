@@ -74,6 +74,7 @@ func (s *StepProvision) Cleanup(multistep.StateBag) {}
 // env is what every script sees.
 func (s *StepProvision) env(cfg *Config, state multistep.StateBag) []string {
 	claude, _ := state.Get("claude_version").(string)
+	node, _ := state.Get("node").(NodeRelease)
 	source := "rootfs"
 	if cfg.Source == SourceCloud {
 		source = "ssh"
@@ -82,6 +83,11 @@ func (s *StepProvision) env(cfg *Config, state multistep.StateBag) []string {
 		"FLEET_SOURCE=" + source,
 		"FLEET_CLAUDE_VERSION=" + claude,
 		"FLEET_NPM_REGISTRY=" + cfg.NpmRegistry,
+		"FLEET_NODE_VERSION=" + node.Version,
+		"FLEET_NODE_TARBALL=" + node.Tarball,
+		"FLEET_NODE_INTEGRITY=" + node.Integrity,
+		"FLEET_NPM_TARBALL=" + node.NpmTarball,
+		"FLEET_NPM_INTEGRITY=" + node.NpmIntegrity,
 		"FLEET_AGENT_USER=agent",
 		"DEBIAN_FRONTEND=noninteractive",
 	}

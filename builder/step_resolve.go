@@ -23,7 +23,8 @@ const claudePackage = "@anthropic-ai/claude-code"
 // tag such as "latest" points at now.
 //
 // Reads "config", "mirror" or "source_digest". Writes "source_digest",
-// "claude_version", "recipe_hash". No cleanup.
+// "claude_version", "node" (a NodeRelease, zero for system), "recipe_hash".
+// No cleanup.
 type StepResolveVersions struct {
 	Client *http.Client // nil: a client with a 60 s timeout
 }
@@ -54,11 +55,35 @@ func (s *StepResolveVersions) Run(ctx context.Context, state multistep.StateBag)
 		cfg.say("Claude Code %s", v)
 	}
 	state.Put("claude_version", claude)
-	state.Put("recipe_hash", cfg.RecipeHash(mirror, state.Get("source_digest").(string), claude))
+	node := NodeRelease{}
+	if cfg.installsNode() && cfg.NodeVersion != NodeSystem {
+		var err error
+		if node, err = ResolveNode(ctx, client, cfg.NpmRegistry, "amd64", cfg.NodeVersion, time.Now()); err != nil {
+			return halt(state, err)
+		}
+		cfg.say("Node.js %s, npm %s", node.Version, node.NpmVersion)
+	}
+	state.Put("node", node)
+	nodeKey := ""
+	if node.Version != "" {
+		nodeKey = node.Version + " npm " + node.NpmVersion
+	}
+	state.Put("recipe_hash", cfg.RecipeHash(mirror, state.Get("source_digest").(string), claude, nodeKey))
 	return multistep.ActionContinue
 }
 
 func (s *StepResolveVersions) Cleanup(multistep.StateBag) {}
+
+// installsNode says the recipe installs Node.js (its script reads the
+// tarball the build resolved).
+func (c *Config) installsNode() bool {
+	for _, sc := range c.Recipe.Scripts {
+		if strings.Contains(string(sc.Body), "FLEET_NODE_TARBALL") {
+			return true
+		}
+	}
+	return false
+}
 
 func (c *Config) installsClaude() bool {
 	for _, sc := range c.Recipe.Scripts {

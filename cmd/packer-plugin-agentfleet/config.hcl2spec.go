@@ -24,6 +24,7 @@ type FlatConfig struct {
 	ChecksumURL         *string           `mapstructure:"checksum_url" cty:"checksum_url" hcl:"checksum_url"`
 	Recipe              *string           `mapstructure:"recipe" cty:"recipe" hcl:"recipe"`
 	ClaudeVersion       *string           `mapstructure:"claude_version" cty:"claude_version" hcl:"claude_version"`
+	NodeVersion         *string           `mapstructure:"node_version" cty:"node_version" hcl:"node_version"`
 	NpmRegistry         *string           `mapstructure:"npm_registry" cty:"npm_registry" hcl:"npm_registry"`
 	Outputs             []string          `mapstructure:"outputs" cty:"outputs" hcl:"outputs"`
 	Scripts             []string          `mapstructure:"scripts" cty:"scripts" hcl:"scripts"`
@@ -62,6 +63,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"checksum_url":               &hcldec.AttrSpec{Name: "checksum_url", Type: cty.String, Required: false},
 		"recipe":                     &hcldec.AttrSpec{Name: "recipe", Type: cty.String, Required: false},
 		"claude_version":             &hcldec.AttrSpec{Name: "claude_version", Type: cty.String, Required: false},
+		"node_version":               &hcldec.AttrSpec{Name: "node_version", Type: cty.String, Required: false},
 		"npm_registry":               &hcldec.AttrSpec{Name: "npm_registry", Type: cty.String, Required: false},
 		"outputs":                    &hcldec.AttrSpec{Name: "outputs", Type: cty.List(cty.String), Required: false},
 		"scripts":                    &hcldec.AttrSpec{Name: "scripts", Type: cty.List(cty.String), Required: false},
