@@ -11,6 +11,10 @@ prefix=${FLEET_NODE_PREFIX:-/usr/local}
 if [ -z "${FLEET_NODE_TARBALL:-}" ]; then
   apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 else
+  # The official binaries link libatomic (not in a minimal install).
+  if command -v apt-get >/dev/null && [ "$prefix" = /usr/local ]; then
+    apt-get install -y -qq --no-install-recommends libatomic1 >/dev/null
+  fi
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   # fetch URL INTEGRITY FILE: download, then compare sha512 with the
