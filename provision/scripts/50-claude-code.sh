@@ -10,4 +10,9 @@ registry=${FLEET_NPM_REGISTRY:-https://registry.npmjs.org/}
 export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 npm install --global --no-fund --no-audit --loglevel=error \
   --registry "$registry" "@anthropic-ai/claude-code@$version"
+# npm 12 no longer runs a package's install scripts by default: run the
+# one that links the native binary, as its own message says to.
+if ! claude --version >/dev/null 2>&1; then
+  (cd "$(npm root --global)/@anthropic-ai/claude-code" && node install.cjs)
+fi
 claude --version
