@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -130,28 +132,13 @@ func imageFiles(img Image) ([]ocispec.Descriptor, []string, error) {
 	if err := add(img.Disk, img.DiskSHA256, DiskMediaType, DiskFile, "", img.DiskBytes); err != nil {
 		return nil, nil, err
 	}
-	for _, kind := range sortedKeys(img.Outputs) {
+	for _, kind := range slices.Sorted(maps.Keys(img.Outputs)) {
 		o := img.Outputs[kind]
 		if err := add(filepath.Join(img.Dir, o.File), o.SHA256, OutputMediaType, o.File, kind, o.Bytes); err != nil {
 			return nil, nil, err
 		}
 	}
 	return descs, paths, nil
-}
-
-func sortedKeys(m map[string]Output) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	for i := range ks {
-		for j := i + 1; j < len(ks); j++ {
-			if ks[j] < ks[i] {
-				ks[i], ks[j] = ks[j], ks[i]
-			}
-		}
-	}
-	return ks
 }
 
 // Push uploads img and tags it with the reference's tag, or with its
