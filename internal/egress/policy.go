@@ -351,19 +351,25 @@ func SavePolicy(dir string, p Policy) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".egress-*.json")
+	return writeAtomic(dir, PolicyFile, append(b, '\n'))
+}
+
+// writeAtomic replaces dir/name with b through a temporary file and a
+// rename, so a reader in another process sees the old file or the new.
+func writeAtomic(dir, name string, b []byte) error {
+	tmp, err := os.CreateTemp(dir, "."+name+"-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
+	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, PolicyFile))
+	return os.Rename(tmp.Name(), filepath.Join(dir, name))
 }
 
 // The reasons of refusals an allowlist entry would have let through.

@@ -248,11 +248,7 @@ func (m *Meter) Record(v Usage) error {
 	m.load()
 	m.u.Add(v)
 	b, _ := json.Marshal(m.u)
-	tmp := filepath.Join(m.Dir, UsageFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(m.Dir, UsageFile))
+	return writeAtomic(m.Dir, UsageFile, b)
 }
 
 // apiUsage is the usage object of the Messages API.
