@@ -17,6 +17,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
@@ -217,17 +218,9 @@ func (a *cliActions) Run(fl, machine, action, arg string) (string, error) {
 	c := exec.CommandContext(ctx, a.self, args...)
 	c.Stdout, c.Stderr = &out, &out
 	if err := c.Run(); err != nil {
-		return "", fmt.Errorf("%s", strings.TrimSpace(lastLines(out.String(), 1)))
+		return "", fmt.Errorf("%s", strings.TrimSpace(execx.Tail(out.Bytes(), 1)))
 	}
-	return lastLines(out.String(), 1), nil
-}
-
-func lastLines(s string, n int) string {
-	ls := strings.Split(strings.TrimSpace(s), "\n")
-	if len(ls) > n {
-		ls = ls[len(ls)-n:]
-	}
-	return strings.Join(ls, "\n")
+	return strings.TrimSpace(execx.Tail(out.Bytes(), 1)), nil
 }
 
 func (a *cliActions) Allow(fl, machine, pattern string) error {
