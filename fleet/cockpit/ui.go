@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
@@ -106,13 +107,8 @@ func (u *UI) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return u, nil
 }
 
-func oneLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
-}
+// oneLine is the last line of a command's output or error.
+func oneLine(s string) string { return strings.TrimSpace(execx.Tail([]byte(s), 1)) }
 
 func (u *UI) rows() []Row { return u.Model.Rows(u.filter) }
 
