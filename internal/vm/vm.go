@@ -26,6 +26,9 @@ type Spec struct {
 	Name      string // unique on this host, e.g. "myproj-2"
 	Dir       string // folder the driver owns for this machine
 	BaseImage string // path to the read-only base disk the clone links to
+	// Arch is the guest's architecture ("" is amd64). A driver runs one
+	// of another architecture than the host's under emulation.
+	Arch      Arch
 	CPUs      int
 	MemoryMiB int
 	Seed      Seed
@@ -135,6 +138,32 @@ type Capabilities struct {
 	// driver cannot restrict the guest's network (so egress control would
 	// be a lie and is refused).
 	ForwardIP string
+	// Arches are the guest architectures the driver runs (nil: amd64).
+	Arches []Arch
+	// Accelerated means guests of the host's own architecture run under a
+	// hardware accelerator here, so any other would be emulated: many
+	// times slower, which spawn asks the user to confirm.
+	Accelerated bool
+}
+
+// Runs says whether the driver runs guests of arch.
+func (c Capabilities) Runs(arch Arch) bool {
+	if len(c.Arches) == 0 {
+		return arch.Or() == AMD64
+	}
+	for _, a := range c.Arches {
+		if a == arch.Or() {
+			return true
+		}
+	}
+	return false
+}
+
+// ArchValidator is implemented by drivers that run several architectures:
+// it checks what one needs on this host (its emulator, its firmware)
+// before anything is made.
+type ArchValidator interface {
+	ValidateArch(ctx context.Context, arch Arch) error
 }
 
 // ShareValidator is implemented by drivers with SharedFolders: it checks

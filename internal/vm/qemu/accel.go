@@ -15,9 +15,9 @@ func DetectAccel() Accel {
 			return AccelKVM
 		}
 	case "darwin":
-		// Hypervisor.framework runs guests of the host's own architecture,
-		// and the guests are x86_64 so far: an Apple Silicon Mac emulates.
-		if ok, _ := HVFUsable(); ok && runtime.GOARCH == "amd64" {
+		// Hypervisor.framework runs guests of the host's own architecture
+		// (arm64 images on Apple Silicon); the driver emulates any other.
+		if ok, _ := HVFUsable(); ok {
 			return AccelHVF
 		}
 	}

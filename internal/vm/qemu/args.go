@@ -3,6 +3,8 @@ package qemu
 import (
 	"fmt"
 	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // Accel is a QEMU accelerator.
@@ -17,7 +19,11 @@ const (
 // MachineArgs is the input to SystemArgs: every file and number a machine's
 // qemu-system command line is made of.
 type MachineArgs struct {
-	Name      string
+	Name string
+	// Arch picks the board: q35 for amd64, virt with UEFI Firmware (the
+	// code flash, read-only) for arm64.
+	Arch      vm.Arch
+	Firmware  string
 	Accel     Accel
 	CPUs      int
 	MemoryMiB int
@@ -82,26 +88,30 @@ func netdevArgs(m MachineArgs) string {
 	return s
 }
 
-// SystemArgs builds the qemu-system-x86_64 argument list. It is a pure
-// function so it can be table-tested.
+// SystemArgs builds the qemu-system-x86_64 or qemu-system-aarch64
+// argument list. It is a pure function so it can be table-tested.
 func SystemArgs(m MachineArgs) []string {
-	cpu := "max" // TCG: every feature QEMU can emulate
-	if m.Accel == AccelKVM || m.Accel == AccelHVF {
-		cpu = "host"
-	}
 	args := []string{
 		"-name", fmt.Sprintf("%s,process=fleet-%s", qemuEscape(m.Name), qemuEscape(m.Name)),
 		// RAM is always the backend "mem", whatever holds it, so state
 		// saved by one kind of machine loads into any other.
-		"-machine", "q35,memory-backend=mem",
+		"-machine", machineType(m),
 		"-accel", string(m.Accel),
-		"-cpu", cpu,
+		"-cpu", cpuModel(m),
 		"-smp", fmt.Sprint(m.CPUs),
 		"-m", fmt.Sprintf("%dM", m.MemoryMiB),
 		"-object", memoryBackend(m),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
 		"-daemonize", "-pidfile", m.PIDFile,
+	}
+	if m.Arch.Or() == vm.ARM64 {
+		// UEFI from the code flash alone: without a variables flash the
+		// firmware keeps its variables in RAM, and it boots the disk's
+		// removable-media path (or the kernel QEMU hands it) all the same.
+		args = append(args, "-drive", fmt.Sprintf("if=pflash,format=raw,unit=0,readonly=on,file=%s", qemuEscape(m.Firmware)))
+	}
+	args = append(args,
 		"-drive", fmt.Sprintf("if=virtio,file=%s,format=qcow2,discard=unmap", qemuEscape(m.Disk)),
 		"-drive", fmt.Sprintf("if=virtio,file=%s,format=raw,readonly=on", qemuEscape(m.Seed)),
 		"-netdev", netdevArgs(m),
@@ -109,15 +119,20 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-net-pci,netdev=net0,romfile=",
 		// Host entropy so early boot never blocks in getrandom().
 		"-device", "virtio-rng-pci",
-		"-serial", "file:" + m.SerialLog,
+		"-serial", "file:"+m.SerialLog,
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", m.QMPSocket),
+	)
+	if m.Arch.Or() == vm.AMD64 {
 		// A new generation ID at every start: a guest restored from saved
-		// state (a warm template's clones) reseeds its kernel RNG.
-		"-device", "vmgenid,guid=auto",
+		// state (a warm template's clones) reseeds its kernel RNG. QEMU has
+		// it on x86 only; every clone's identity program reseeds too.
+		args = append(args, "-device", "vmgenid,guid=auto")
+	}
+	args = append(args,
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", fmt.Sprintf("socket,id=qga0,path=%s,server=on,wait=off", qemuEscape(m.GuestAgentSocket)),
 		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-	}
+	)
 	if m.Kernel != "" {
 		args = append(args, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", m.Append)
 	}
@@ -131,6 +146,37 @@ func SystemArgs(m MachineArgs) []string {
 		)
 	}
 	return args
+}
+
+// machineType is the board: q35 on x86; on arm64 the generic virt board,
+// with the newest interrupt controller the accelerator offers (GICv2, the
+// default, stops at 8 CPUs). HVF keeps QEMU's default, which is what it
+// supports.
+func machineType(m MachineArgs) string {
+	if m.Arch.Or() == vm.AMD64 {
+		return "q35,memory-backend=mem"
+	}
+	switch m.Accel {
+	case AccelTCG:
+		return "virt,gic-version=max,memory-backend=mem"
+	case AccelKVM:
+		return "virt,gic-version=host,memory-backend=mem"
+	}
+	return "virt,memory-backend=mem"
+}
+
+// cpuModel is the host's CPU under an accelerator. Under TCG it is every
+// feature QEMU can emulate; on arm64 with QEMU's own pointer
+// authentication algorithm, since emulating the architected one (QARMA)
+// costs more than the rest of the CPU.
+func cpuModel(m MachineArgs) string {
+	switch {
+	case m.Accel == AccelKVM || m.Accel == AccelHVF:
+		return "host"
+	case m.Arch.Or() == vm.ARM64:
+		return "max,pauth-impdef=on"
+	}
+	return "max"
 }
 
 // memoryBackend is the guest RAM's backend: in shared memory for virtiofs

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 func argAfter(args []string, flag string) []string {
@@ -155,5 +157,106 @@ func TestResumeDiffersOnlyByIncoming(t *testing.T) {
 	resumed := SystemArgs(m)
 	if !slices.Equal(resumed[:len(saved)], saved) || !slices.Equal(resumed[len(saved):], []string{"-incoming", "defer"}) {
 		t.Errorf("resumed args differ beyond -incoming:\n%q\n%q", saved, resumed)
+	}
+}
+
+// An arm64 machine: the virt board with UEFI from a read-only code flash,
+// virtio on PCI like x86 (no IDE, no ISA serial), and no vmgenid (x86
+// only in QEMU; the identity program reseeds clones itself).
+func TestSystemArgsARM64(t *testing.T) {
+	base := MachineArgs{Name: "p-1", Arch: vm.ARM64, Firmware: "/usr/share/AAVMF/AAVMF_CODE.fd", Accel: AccelTCG, CPUs: 2, MemoryMiB: 2048,
+		Disk: "/f/disk.qcow2", Seed: "/f/seed.iso", QMPSocket: "/f/qmp.sock", GuestAgentSocket: "/f/qga.sock", SerialLog: "/f/serial.log", PIDFile: "/f/qemu.pid"}
+	tests := []struct {
+		name string
+		edit func(*MachineArgs)
+		flag string
+		want []string
+	}{
+		{"tcg: virt with the newest GIC (GICv2 stops at 8 CPUs)", func(m *MachineArgs) {}, "-machine", []string{"virt,gic-version=max,memory-backend=mem"}},
+		{"tcg: every emulated feature, cheap pointer authentication", func(m *MachineArgs) {}, "-cpu", []string{"max,pauth-impdef=on"}},
+		{"kvm on an arm64 host: its own GIC and CPU", func(m *MachineArgs) { m.Accel = AccelKVM }, "-machine", []string{"virt,gic-version=host,memory-backend=mem"}},
+		{"kvm cpu", func(m *MachineArgs) { m.Accel = AccelKVM }, "-cpu", []string{"host"}},
+		{"firmware first, then the disk and the seed, all virtio", func(m *MachineArgs) {}, "-drive", []string{
+			"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+			"if=virtio,file=/f/disk.qcow2,format=qcow2,discard=unmap",
+			"if=virtio,file=/f/seed.iso,format=raw,readonly=on"}},
+		{"a comma in the firmware path cannot add options", func(m *MachineArgs) { m.Firmware = "/fw,readonly=off/code.fd" }, "-drive", []string{
+			"if=pflash,format=raw,unit=0,readonly=on,file=/fw,,readonly=off/code.fd",
+			"if=virtio,file=/f/disk.qcow2,format=qcow2,discard=unmap",
+			"if=virtio,file=/f/seed.iso,format=raw,readonly=on"}},
+		{"PCI devices, no vmgenid", func(m *MachineArgs) {}, "-device", []string{"virtio-net-pci,netdev=net0,romfile=", "virtio-rng-pci",
+			"virtio-serial-pci,id=vser0", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"}},
+		{"the kernel handed to the firmware", func(m *MachineArgs) {
+			m.Kernel, m.Initrd, m.Append = "/i/vmlinuz", "/i/initrd.img", "root=UUID=x console=ttyAMA0"
+		}, "-append", []string{"root=UUID=x console=ttyAMA0"}},
+		{"serial is the board's PL011, to a file", func(m *MachineArgs) {}, "-serial", []string{"file:/f/serial.log"}},
+		{"same network as x86", func(m *MachineArgs) { m.Restrict = true }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,restrict=on,ipv6=off"}},
+		{"warm template RAM in a file", func(m *MachineArgs) { m.MemoryFile, m.MemoryShared = "/t/memory", true }, "-object",
+			[]string{"memory-backend-file,id=mem,size=2048M,mem-path=/t/memory,share=on"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := base
+			tt.edit(&m)
+			args := SystemArgs(m)
+			if got := argAfter(args, tt.flag); !slices.Equal(got, tt.want) {
+				t.Errorf("%s = %q, want %q", tt.flag, got, tt.want)
+			}
+			if slices.Contains(args, "vmgenid,guid=auto") || strings.Contains(strings.Join(args, " "), "q35") {
+				t.Errorf("x86-only arguments in an arm64 machine: %q", args)
+			}
+		})
+	}
+}
+
+// HVF on a Mac: the host's CPU, and on Apple Silicon the virt board with
+// QEMU's default GIC (the one Hypervisor.framework offers). This path
+// cannot run on the Linux machines the tests use; the arguments are
+// checked here, the boot is not.
+func TestSystemArgsHVF(t *testing.T) {
+	m := MachineArgs{Name: "p-1", Accel: AccelHVF, CPUs: 4, MemoryMiB: 4096, Disk: "/f/disk.qcow2", Seed: "/f/seed.iso",
+		QMPSocket: "/f/qmp.sock", GuestAgentSocket: "/f/qga.sock", SerialLog: "/f/serial.log", PIDFile: "/f/qemu.pid"}
+	for _, tt := range []struct {
+		arch          vm.Arch
+		machine, cpu  string
+		firmwareDrive bool
+	}{
+		{vm.AMD64, "q35,memory-backend=mem", "host", false},
+		{vm.ARM64, "virt,memory-backend=mem", "host", true},
+	} {
+		m.Arch, m.Firmware = tt.arch, "/opt/homebrew/share/qemu/edk2-aarch64-code.fd"
+		args := SystemArgs(m)
+		if got := argAfter(args, "-accel"); !slices.Equal(got, []string{"hvf"}) {
+			t.Errorf("%s: -accel %q", tt.arch, got)
+		}
+		if got := argAfter(args, "-machine"); !slices.Equal(got, []string{tt.machine}) {
+			t.Errorf("%s: -machine %q, want %s", tt.arch, got, tt.machine)
+		}
+		if got := argAfter(args, "-cpu"); !slices.Equal(got, []string{tt.cpu}) {
+			t.Errorf("%s: -cpu %q, want %s", tt.arch, got, tt.cpu)
+		}
+		hasFW := slices.Contains(argAfter(args, "-drive"), "if=pflash,format=raw,unit=0,readonly=on,file=/opt/homebrew/share/qemu/edk2-aarch64-code.fd")
+		if hasFW != tt.firmwareDrive {
+			t.Errorf("%s: firmware drive %v, want %v", tt.arch, hasFW, tt.firmwareDrive)
+		}
+	}
+}
+
+// The driver emulates any architecture but the host's, whatever its
+// accelerator: KVM cannot run an aarch64 guest on an x86 host.
+func TestDriverAcceleratesOnlyTheHostsArchitecture(t *testing.T) {
+	d := &Driver{Accel: AccelKVM, Binary: "qemu-system-x86_64", ARM64Binary: "qemu-system-aarch64"}
+	other := vm.ARM64
+	if vm.HostArch() == vm.ARM64 {
+		other = vm.AMD64
+	}
+	if got := d.accel(vm.HostArch()); got != AccelKVM {
+		t.Errorf("host arch runs under %s", got)
+	}
+	if got := d.accel(other); got != AccelTCG {
+		t.Errorf("%s runs under %s on a %s host", other, got, vm.HostArch())
+	}
+	if d.binary(vm.ARM64) != "qemu-system-aarch64" || d.binary("") != "qemu-system-x86_64" {
+		t.Error("wrong emulator per architecture")
 	}
 }

@@ -32,13 +32,19 @@ const (
 	qmpFile    = vm.QMPFile
 )
 
-// Driver runs machines with qemu-system-x86_64.
+// Driver runs machines with qemu-system-x86_64 and qemu-system-aarch64.
 type Driver struct {
 	Runner execx.Runner
-	Accel  Accel
-	Binary string // qemu-system binary, default qemu-system-x86_64
-	ImgBin string // qemu-img binary, default qemu-img
-	Log    hclog.Logger
+	// Accel runs guests of the host's architecture; any other runs under
+	// TCG, whatever Accel says.
+	Accel       Accel
+	Binary      string // qemu-system binary for amd64 guests, default qemu-system-x86_64
+	ARM64Binary string // for arm64 guests, default qemu-system-aarch64
+	ImgBin      string // qemu-img binary, default qemu-img
+	// FirmwareDirs are searched for arm64 guests' UEFI firmware
+	// descriptors (default FirmwareDirs).
+	FirmwareDirs []string
+	Log          hclog.Logger
 }
 
 // New returns a driver with the given accelerator ("" picks the fastest).
@@ -49,7 +55,43 @@ func New(r execx.Runner, accel Accel, log hclog.Logger) *Driver {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Driver{Runner: r, Accel: accel, Binary: "qemu-system-x86_64", ImgBin: "qemu-img", Log: log.Named("qemu")}
+	return &Driver{Runner: r, Accel: accel, Binary: "qemu-system-x86_64", ARM64Binary: "qemu-system-aarch64",
+		ImgBin: "qemu-img", FirmwareDirs: FirmwareDirs, Log: log.Named("qemu")}
+}
+
+// binary is the qemu-system program for guests of arch.
+func (d *Driver) binary(arch vm.Arch) string {
+	if arch.Or() == vm.ARM64 {
+		return d.ARM64Binary
+	}
+	return d.Binary
+}
+
+// accel is the accelerator for guests of arch: the driver's for the
+// host's own architecture, software emulation for any other.
+func (d *Driver) accel(arch vm.Arch) Accel {
+	if arch.Or() != vm.HostArch() {
+		return AccelTCG
+	}
+	return d.Accel
+}
+
+// ValidateArch checks the emulator and, for arm64, the UEFI firmware that
+// guests of arch need.
+func (d *Driver) ValidateArch(ctx context.Context, arch vm.Arch) error {
+	if arch.Or() == vm.AMD64 {
+		return d.Validate(ctx)
+	}
+	if _, err := exec.LookPath(d.ARM64Binary); err != nil {
+		return fmt.Errorf("%s is not installed, and arm64 machines need it (Debian/Ubuntu: apt-get install qemu-system-arm qemu-efi-aarch64; macOS: brew install qemu)", d.ARM64Binary)
+	}
+	if _, err := FindFirmware(arch.QEMU(), d.FirmwareDirs); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath(d.ImgBin); err != nil {
+		return fmt.Errorf("%s is not installed (Debian/Ubuntu: apt-get install qemu-utils)", d.ImgBin)
+	}
+	return nil
 }
 
 var _ vm.Driver = (*Driver)(nil)
@@ -57,7 +99,8 @@ var _ vm.Driver = (*Driver)(nil)
 func (d *Driver) Name() string { return "qemu" }
 
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{ImageFormat: "qcow2", Snapshots: true, LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP}
+	return vm.Capabilities{ImageFormat: "qcow2", Snapshots: true, LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP,
+		Arches: vm.Arches, Accelerated: d.Accel != AccelTCG}
 }
 
 // Validate checks that qemu-system and qemu-img are on PATH.
@@ -128,10 +171,17 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
 	ma := MachineArgs{
-		Name: s.Name, Accel: d.Accel, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
+	}
+	if s.Arch.Or() == vm.ARM64 {
+		fw, err := FindFirmware(s.Arch.QEMU(), d.FirmwareDirs)
+		if err != nil {
+			return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+		}
+		ma.Firmware = fw
 	}
 	if s.Boot != nil {
 		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
@@ -160,10 +210,10 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		ma.VirtiofsSocket = vfs
 	}
 	args := SystemArgs(ma)
-	d.Log.Debug("starting", "vm", s.Name, "accel", d.Accel)
+	d.Log.Debug("starting", "vm", s.Name, "arch", s.Arch.Or(), "accel", ma.Accel)
 	// -daemonize: the command returns once the guest is set up; QEMU's
 	// errors (bad disk, no accelerator) arrive here before it detaches.
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: args, Env: s.Network.Env}); err != nil {
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.binary(s.Arch), Args: args, Env: s.Network.Env}); err != nil {
 		stopVirtiofsd(ma.VirtiofsSocket)
 		if ma.Incoming {
 			return vm.Runtime{}, fmt.Errorf("resume %s: QEMU exited before it could load the saved state %s: %w", s.Name, state, err)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -248,11 +247,13 @@ func syncFile(path string) error {
 
 // StateKey is what saved state depends on: the QEMU build (its version and
 // the binary's size and time, so an upgrade changes it), the accelerator,
-// the versioned machine type q35 stands for in that build, the CPU model,
-// CPUs, memory, and the network's shape (restricted or not, the forwarded
-// guest ports). Paths, host ports and the forwards' commands may differ.
+// the versioned machine type q35 (or virt) stands for in that build, the
+// CPU model, the firmware, CPUs, memory, and the network's shape
+// (restricted or not, the forwarded guest ports). Paths, host ports and
+// the forwards' commands may differ.
 func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
-	bin, err := exec.LookPath(d.Binary)
+	binName := d.binary(s.Arch)
+	bin, err := exec.LookPath(binName)
 	if err != nil {
 		return "", err
 	}
@@ -260,20 +261,19 @@ func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: []string{"-machine", "help"}})
+	out, err := d.Runner.Run(ctx, execx.Cmd{Name: binName, Args: []string{"-machine", "help"}})
 	if err != nil {
-		return "", fmt.Errorf("ask %s for its machine types: %w", d.Binary, err)
+		return "", fmt.Errorf("ask %s for its machine types: %w", binName, err)
 	}
-	version, err := d.Runner.Run(ctx, execx.Cmd{Name: d.Binary, Args: []string{"--version"}})
+	version, err := d.Runner.Run(ctx, execx.Cmd{Name: binName, Args: []string{"--version"}})
 	if err != nil {
 		return "", err
 	}
-	ma := MachineArgs{Accel: d.Accel, Restrict: s.Network.Restrict}
+	ma := MachineArgs{Arch: s.Arch, Accel: d.accel(s.Arch), Restrict: s.Network.Restrict}
 	var ports []int
 	for _, f := range s.Network.Forwards {
 		ports = append(ports, f.GuestPort)
 	}
-	cpu := SystemArgs(ma)[slices.Index(SystemArgs(ma), "-cpu")+1]
 	// ram=file: templates keep RAM in a file their clones map (older
 	// templates, whose state held the RAM, never match).
 	// A directly started kernel adds its loader ROM: another machine.
@@ -281,21 +281,36 @@ func (d *Driver) StateKey(ctx context.Context, s vm.Spec) (string, error) {
 	if s.Boot != nil {
 		boot = "kernel"
 	}
-	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d ram=file boot=%s restrict=%v forwards=%v",
-		strings.TrimSpace(strings.SplitN(string(version), "\n", 2)[0]), fi.Size(), fi.ModTime().Unix(), d.Accel,
-		q35Alias(string(out)), cpu, s.CPUs, s.MemoryMiB, boot, s.Network.Restrict, ports), nil
+	board, machine := "q35", ""
+	if s.Arch.Or() == vm.ARM64 {
+		// The firmware's code is part of the saved machine.
+		fw, err := FindFirmware(s.Arch.QEMU(), d.FirmwareDirs)
+		if err != nil {
+			return "", err
+		}
+		ffi, err := os.Stat(fw)
+		if err != nil {
+			return "", err
+		}
+		board = "virt"
+		machine = fmt.Sprintf(" arch=arm64 firmware=%s size=%d mtime=%d", fw, ffi.Size(), ffi.ModTime().Unix())
+	}
+	return fmt.Sprintf("qemu=%s size=%d mtime=%d accel=%s machine=%s cpu=%s cpus=%d mem=%d ram=file boot=%s restrict=%v forwards=%v%s",
+		strings.TrimSpace(strings.SplitN(string(version), "\n", 2)[0]), fi.Size(), fi.ModTime().Unix(), ma.Accel,
+		boardAlias(string(out), board), cpuModel(ma), s.CPUs, s.MemoryMiB, boot, s.Network.Restrict, ports, machine), nil
 }
 
-// q35Alias reads which versioned machine type "q35" stands for from
-// `qemu-system -machine help` ("q35   Standard PC ... (alias of pc-q35-7.2)").
-func q35Alias(help string) string {
+// boardAlias reads which versioned machine type board ("q35", "virt")
+// stands for from `qemu-system -machine help` ("q35   Standard PC ...
+// (alias of pc-q35-7.2)").
+func boardAlias(help, board string) string {
 	for _, l := range strings.Split(help, "\n") {
 		f := strings.Fields(l)
-		if len(f) > 0 && f[0] == "q35" {
+		if len(f) > 0 && f[0] == board {
 			if i := strings.Index(l, "alias of "); i >= 0 {
 				return strings.TrimSuffix(strings.TrimSpace(l[i+len("alias of "):]), ")")
 			}
 		}
 	}
-	return "q35"
+	return board
 }

@@ -12,11 +12,73 @@ import (
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
-func TestQ35AliasIsTheVersionedMachineType(t *testing.T) {
+func TestBoardAliasIsTheVersionedMachineType(t *testing.T) {
 	help := "Supported machines are:\npc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)\n" +
 		"q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc-q35-7.2           Standard PC (Q35 + ICH9, 2009)\n"
-	if got := q35Alias(help); got != "pc-q35-7.2" {
-		t.Errorf("q35Alias = %q", got)
+	if got := boardAlias(help, "q35"); got != "pc-q35-7.2" {
+		t.Errorf("boardAlias(q35) = %q", got)
+	}
+	arm := "virt                 QEMU 7.2 ARM Virtual Machine (alias of virt-7.2)\nvirt-7.1              QEMU 7.1 ARM Virtual Machine\n"
+	if got := boardAlias(arm, "virt"); got != "virt-7.2" {
+		t.Errorf("boardAlias(virt) = %q", got)
+	}
+	if got := boardAlias("nothing here", "virt"); got != "virt" {
+		t.Errorf("an unknown help text gives %q, want the bare board", got)
+	}
+}
+
+// An arm64 guest's key names its own board, CPU model and firmware, and is
+// never an x86 template's; on a host of another architecture it is
+// emulated whatever the driver's accelerator.
+func TestStateKeyOfAnARM64Guest(t *testing.T) {
+	dir := t.TempDir()
+	for _, b := range []string{"qemu-system-x86_64", "qemu-system-aarch64"} {
+		os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\n"), 0o755)
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	fw := filepath.Join(dir, "code.fd")
+	os.WriteFile(fw, make([]byte, 4096), 0o644)
+	t.Setenv(FirmwareEnv, fw)
+	var asked []string
+	f := &execxtest.Fake{Handle: func(c execx.Cmd) ([]byte, error) {
+		asked = append(asked, c.Name)
+		if c.Args[0] == "--version" {
+			return []byte("QEMU emulator version 7.2.22\n"), nil
+		}
+		if c.Name == "qemu-system-aarch64" {
+			return []byte("virt   QEMU 7.2 ARM Virtual Machine (alias of virt-7.2)\n"), nil
+		}
+		return []byte("q35   Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\n"), nil
+	}}
+	d := &Driver{Runner: f, Accel: AccelKVM, Binary: "qemu-system-x86_64", ARM64Binary: "qemu-system-aarch64"}
+	if vm.HostArch() == vm.ARM64 {
+		d.Accel = AccelTCG
+	}
+	s := vm.Spec{Name: "a", Dir: "/x/a", Arch: vm.ARM64, CPUs: 2, MemoryMiB: 2048}
+	k, err := d.StateKey(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"machine=virt-7.2", "cpu=max,pauth-impdef=on", "accel=tcg", "arch=arm64", "firmware=" + fw} {
+		if !strings.Contains(k, want) {
+			t.Errorf("key %q lacks %s", k, want)
+		}
+	}
+	for _, name := range asked {
+		if name != "qemu-system-aarch64" {
+			t.Errorf("asked %s about an arm64 guest", name)
+		}
+	}
+	s.Arch = vm.AMD64
+	x, _ := d.StateKey(context.Background(), s)
+	if x == k || strings.Contains(x, "virt") {
+		t.Errorf("the amd64 key %q is the arm64 one's", x)
+	}
+	// Another firmware build is another machine.
+	os.WriteFile(fw, make([]byte, 8192), 0o644)
+	s.Arch = vm.ARM64
+	if k2, _ := d.StateKey(context.Background(), s); k2 == k {
+		t.Error("a new firmware kept the key")
 	}
 }
 
