@@ -35,6 +35,16 @@ const (
 	latestLink   = "latest"
 )
 
+// latestOf is the name of arch's "latest" link. Each architecture has its
+// own, so a nightly arm64 build does not replace the amd64 image spawn
+// uses, and amd64 keeps the plain "latest" it always had.
+func latestOf(arch vm.Arch) string {
+	if arch.Or() == vm.AMD64 {
+		return latestLink
+	}
+	return latestLink + "-" + string(arch)
+}
+
 // Manifest records what an image version is made of.
 type Manifest struct {
 	Name         string            `json:"name"`
@@ -49,9 +59,12 @@ type Manifest struct {
 	Outputs      map[string]Output `json:"outputs,omitempty"` // exported formats by kind
 	// KernelCmdline, with the kernel and initrd outputs, starts the
 	// image's kernel directly (see DirectBoot).
-	KernelCmdline string    `json:"kernel_cmdline,omitempty"`
-	BuiltAt       time.Time `json:"built_at"`
-	BuildSeconds  float64   `json:"build_seconds"`
+	KernelCmdline string `json:"kernel_cmdline,omitempty"`
+	// Arch is the guest architecture; "" in manifests from before it was
+	// recorded, which were all amd64.
+	Arch         vm.Arch   `json:"arch,omitempty"`
+	BuiltAt      time.Time `json:"built_at"`
+	BuildSeconds float64   `json:"build_seconds"`
 }
 
 // Output is one exported file in a version's folder.
@@ -89,18 +102,41 @@ type Image struct {
 // Store is the local image store rooted at Root (FLEET_HOME/images).
 type Store struct{ Root string }
 
-// Resolve finds "name" (its latest version) or "name@version".
-func (s Store) Resolve(ref string) (Image, error) {
+// Resolve finds "name" (its latest version) or "name@version". A bare
+// name is the latest of this host's architecture or, when there is none,
+// of the other one.
+func (s Store) Resolve(ref string) (Image, error) { return s.ResolveArch(ref, "") }
+
+// ResolveArch is Resolve with a bare name meaning the latest of arch ("":
+// as Resolve). A version is what it names, whatever arch says: spawn
+// checks that the two agree.
+func (s Store) ResolveArch(ref string, arch vm.Arch) (Image, error) {
 	name, version, hasVersion := strings.Cut(ref, "@")
 	if !IsKnown(name) {
 		return Image{}, fmt.Errorf("unknown image %q (known images: %s)", name, strings.Join(Known, ", "))
 	}
 	if !hasVersion {
-		target, err := os.Readlink(filepath.Join(s.Root, name, latestLink))
-		if err != nil {
+		order := []vm.Arch{arch}
+		if arch == "" {
+			order = []vm.Arch{vm.HostArch()}
+			for _, a := range vm.Arches {
+				if a != vm.HostArch() {
+					order = append(order, a)
+				}
+			}
+		}
+		for _, a := range order {
+			if target, err := os.Readlink(filepath.Join(s.Root, name, latestOf(a))); err == nil {
+				version = filepath.Base(target)
+				break
+			}
+		}
+		if version == "" {
+			if arch != "" {
+				return Image{}, fmt.Errorf("image %s has no %s build yet; build it with: fleet image build %s --arch %s", name, arch, name, arch)
+			}
 			return Image{}, fmt.Errorf("image %s is not built yet; build it with: fleet image build %s", name, name)
 		}
-		version = filepath.Base(target)
 	}
 	img, err := s.load(name, version)
 	if err != nil {
@@ -119,11 +155,12 @@ func (s Store) load(name, version string) (Image, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return Image{}, fmt.Errorf("corrupt manifest: %w", err)
 	}
+	m.Arch = m.Arch.Or()
 	disk := filepath.Join(dir, DiskFile)
 	if _, err := os.Stat(disk); err != nil {
 		return Image{}, err
 	}
-	latest, _ := os.Readlink(filepath.Join(s.Root, name, latestLink))
+	latest, _ := os.Readlink(filepath.Join(s.Root, name, latestOf(m.Arch)))
 	return Image{Manifest: m, Dir: dir, Disk: disk, Latest: filepath.Base(latest) == version}, nil
 }
 
@@ -198,13 +235,15 @@ func (s Store) Add(m Manifest, disk string, extras ...map[string]string) (Image,
 	return s.load(m.Name, m.Version)
 }
 
-// Promote points name's "latest" at version atomically (a new symlink
-// renamed over the old one), so a reader sees the old or the new version.
+// Promote points name's "latest" of the version's architecture at it
+// atomically (a new symlink renamed over the old one), so a reader sees
+// the old or the new version.
 func (s Store) Promote(name, version string) error {
-	if _, err := s.load(name, version); err != nil {
+	img, err := s.load(name, version)
+	if err != nil {
 		return fmt.Errorf("promote %s@%s: %w", name, version, err)
 	}
-	link := filepath.Join(s.Root, name, latestLink)
+	link := filepath.Join(s.Root, name, latestOf(img.Arch))
 	tmp := link + ".tmp"
 	_ = os.Remove(tmp)
 	if err := os.Symlink(version, tmp); err != nil {
@@ -216,7 +255,8 @@ func (s Store) Promote(name, version string) error {
 // NewVersion returns a sortable version string for a build started at t.
 func NewVersion(t time.Time) string { return t.UTC().Format("20060102-150405") }
 
-// Prune removes all but the newest keep versions of each image. It never
+// Prune removes all but the newest keep versions of each image and
+// architecture. It never
 // removes the latest version, nor a version with a file in inUse (the base
 // disk or OVA of a machine made from it): deleting it would break that
 // machine's clone.
@@ -228,10 +268,11 @@ func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err erro
 	if err != nil {
 		return nil, err
 	}
-	seen := map[string]int{}
+	seen := map[string]int{}  // per name and architecture
 	for _, img := range all { // newest first within each name
-		seen[img.Name]++
-		if seen[img.Name] <= keep || img.Latest || usesDir(inUse, img.Dir) {
+		k := img.Name + "/" + string(img.Arch.Or())
+		seen[k]++
+		if seen[k] <= keep || img.Latest || usesDir(inUse, img.Dir) {
 			continue
 		}
 		// Rename first, so a half-removed version never looks loadable.

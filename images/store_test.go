@@ -3,9 +3,12 @@ package images
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // addVersion stores a fake disk as name@version.
@@ -249,5 +252,73 @@ func TestDirectBootNeedsKernelInitrdAndCmdline(t *testing.T) {
 		if broken.DirectBoot() != nil {
 			t.Errorf("%+v boots directly", broken.Manifest)
 		}
+	}
+}
+
+// Each architecture has its own latest: a nightly arm64 build does not
+// replace the amd64 image spawn uses, a bare name means this host's
+// architecture first, and prune keeps the newest of each.
+func TestLatestIsPerArchitecture(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	add := func(version string, arch vm.Arch) {
+		disk := filepath.Join(t.TempDir(), "disk")
+		os.WriteFile(disk, []byte(version), 0o644)
+		if _, err := s.Add(Manifest{Name: "debian-12", Version: version, Arch: arch}, disk); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Promote("debian-12", version); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := vm.ARM64
+	if vm.HostArch() == vm.ARM64 {
+		other = vm.AMD64
+	}
+	add("20260101-000000", other)
+	// Only the other architecture is built: a bare name finds it.
+	if img, err := s.Resolve("debian-12"); err != nil || img.Version != "20260101-000000" {
+		t.Fatalf("only %s built: %+v %v", other, img.Version, err)
+	}
+	if _, err := s.ResolveArch("debian-12", vm.HostArch()); err == nil || !strings.Contains(err.Error(), "--arch "+string(vm.HostArch())) {
+		t.Errorf("no %s build: %v", vm.HostArch(), err)
+	}
+	add("20260102-000000", vm.HostArch())
+	add("20260103-000000", other)
+	if img, _ := s.Resolve("debian-12"); img.Version != "20260102-000000" {
+		t.Errorf("bare name = %s, want this host's architecture's latest", img.Version)
+	}
+	if img, _ := s.ResolveArch("debian-12", other); img.Version != "20260103-000000" || img.Arch.Or() != other {
+		t.Errorf("--arch %s = %s", other, img.Version)
+	}
+	list, _ := s.List()
+	latest := 0
+	for _, img := range list {
+		if img.Latest {
+			latest++
+		}
+	}
+	if latest != 2 {
+		t.Errorf("%d versions marked latest, want one per architecture", latest)
+	}
+	removed, err := s.Prune(1, nil)
+	if err != nil || len(removed) != 1 || removed[0].Version != "20260101-000000" {
+		t.Errorf("prune --keep 1 removed %+v, %v; want only the older %s", removed, err, other)
+	}
+}
+
+// Manifests from before architectures were recorded are amd64, and keep
+// their "latest".
+func TestOldManifestsAreAMD64(t *testing.T) {
+	s := Store{Root: t.TempDir()}
+	addVersion(t, s, "debian-12", "v1")
+	if err := s.Promote("debian-12", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(s.Root, "debian-12", "latest")); err != nil {
+		t.Fatalf("amd64 latest link: %v", err)
+	}
+	img, err := s.ResolveArch("debian-12", vm.AMD64)
+	if err != nil || img.Arch.Or() != vm.AMD64 || !img.Latest {
+		t.Fatalf("%+v %v", img, err)
 	}
 }
