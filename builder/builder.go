@@ -45,6 +45,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
@@ -60,10 +61,11 @@ const (
 
 // Config is one image build.
 type Config struct {
-	Name        string // image name, e.g. "debian-12"
-	Source      string // SourceMirror or SourceCloud
-	Distro      string // "debian" or "ubuntu"
-	Suite       string // distribution suite, e.g. "bookworm" (mirror sources)
+	Name        string  // image name, e.g. "debian-12"
+	Arch        vm.Arch // the guest's architecture ("" is amd64)
+	Source      string  // SourceMirror or SourceCloud
+	Distro      string  // "debian" or "ubuntu"
+	Suite       string  // distribution suite, e.g. "bookworm" (mirror sources)
 	Components  []string
 	Mirror      string // package mirror; empty: read from /etc/apt
 	AptRoot     string // where to read apt sources from ("/" normally)
@@ -150,6 +152,11 @@ func (c Config) RecipeHash(mirror, sourceDigest, claudeVersion, nodeVersion stri
 	if nodeVersion != "" {
 		fmt.Fprintf(h, "node %s\n", nodeVersion)
 	}
+	// amd64, the only architecture before there were two, adds nothing,
+	// so the images baked then keep their hash (and cached disks).
+	if c.Arch.Or() != vm.AMD64 {
+		fmt.Fprintf(h, "arch %s\n", c.Arch)
+	}
 	h.Write([]byte(c.Recipe.Hash()))
 	h.Write(c.CACerts)
 	return hex.EncodeToString(h.Sum(nil))
@@ -185,6 +192,18 @@ func (c *Config) Validate() error {
 	if c.Source != SourceCloud && runtime.GOOS != "linux" {
 		// mmdebstrap, chroot, bind mounts and loop devices are Linux's.
 		return fmt.Errorf("%s from a package mirror is a chroot bake, which needs a Linux host; on %s pull an image a Linux host baked (fleet image pull REF), or bake from a cloud image (--source-url and --checksum-url), which boots and provisions over SSH", c.Name, runtime.GOOS)
+	}
+	if c.Arch.Or() != vm.AMD64 {
+		for _, o := range c.Outputs {
+			if o == "ova" || o == "vagrant" {
+				return fmt.Errorf("the %s output is a VirtualBox machine, which fleet makes for amd64 images only; an %s image exports as qcow2", o, c.Arch)
+			}
+		}
+	}
+	if c.Source == SourceMirror && c.Arch.Or() != vm.HostArch() {
+		if err := CheckForeignChroot(c.Arch, "/proc/sys/fs/binfmt_misc"); err != nil {
+			return err
+		}
 	}
 	if c.Source == SourceCloud && (c.CloudImageURL == "" || c.ChecksumURL == "") {
 		return fmt.Errorf("%s from a cloud image needs --source-url and --checksum-url (a SHA256SUMS file)", c.Name)

@@ -47,12 +47,12 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string, b
 	_, _ = rand.Read(id)
 	g := &guest{
 		driver: qemu.New(cfg.Runner, qemu.Accel(cfg.Accel), nil),
-		spec: vm.Spec{Name: name, Dir: dir, BaseImage: base, CPUs: 2, MemoryMiB: 2048, Seed: vm.Seed{
+		spec: vm.Spec{Name: name, Dir: dir, BaseImage: base, Arch: cfg.Arch, CPUs: 2, MemoryMiB: 2048, Seed: vm.Seed{
 			InstanceID: hex.EncodeToString(id), Hostname: name, User: user, AuthorizedKey: client.AuthorizedKey,
 			HostKeyPrivate: string(host.PrivatePEM), HostKeyPublic: host.AuthorizedKey,
 		}, Boot: boot},
 	}
-	if err := g.driver.Validate(ctx); err != nil {
+	if err := g.driver.ValidateArch(ctx, cfg.Arch); err != nil {
 		return nil, err
 	}
 	if err := g.driver.Create(ctx, g.spec); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
 )
@@ -20,6 +21,7 @@ import (
 // image from the same choices.
 type Options struct {
 	Name          string   // image name: ubuntu-24.04 or debian-12
+	Arch          string   // amd64 or arm64 ("" is the host's)
 	Mirror        string   // build from this package mirror
 	SourceURL     string   // build from the cloud image at this URL...
 	ChecksumURL   string   // ...listed in this SHA256SUMS file
@@ -56,6 +58,13 @@ func (o Options) Config() (Config, error) {
 	cfg, err := Definition(o.Name, source)
 	if err != nil {
 		return Config{}, err
+	}
+	if cfg.Arch, err = vm.ParseArch(o.Arch); err != nil {
+		return Config{}, err
+	}
+	cfg.Packages = forArch(cfg.Packages, cfg.Arch)
+	if cfg.Arch != vm.AMD64 {
+		cfg.CloudImageURL = strings.ReplaceAll(cfg.CloudImageURL, "-amd64.", "-"+string(cfg.Arch)+".")
 	}
 	if o.SourceURL != "" {
 		cfg.CloudImageURL = o.SourceURL

@@ -13,8 +13,11 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
-// StepAssembleDisk turns the root file system into a bootable raw disk:
-// one MBR partition, ext4, GRUB in the boot sector, root by UUID.
+// StepAssembleDisk turns the root file system into a bootable raw disk,
+// root by UUID: for amd64 one MBR partition, ext4, GRUB in the boot
+// sector; for arm64, whose firmware is UEFI, a GPT disk with an EFI system
+// partition holding GRUB at the removable-media path (the firmware boots
+// it with no boot entry in its variables) and the ext4 root.
 //
 // For recipes that boot their kernel directly (provision.Recipe.DirectBoot)
 // it also copies out the kernel and initrd GRUB boots, with GRUB's command
@@ -38,7 +41,7 @@ func (s *StepAssembleDisk) Run(ctx context.Context, state multistep.StateBag) mu
 	if cfg.directBoot() {
 		bootDir = work
 	}
-	boot, err := assemble(ctx, cfg.Runner, state.Get("rootfs").(string), raw, filepath.Join(work, "mnt"), cfg.DiskSizeGiB, bootDir)
+	boot, err := assemble(ctx, cfg.Runner, cfg.Arch.Or(), state.Get("rootfs").(string), raw, filepath.Join(work, "mnt"), cfg.DiskSizeGiB, bootDir)
 	if err != nil {
 		return halt(state, fmt.Errorf("assemble disk: %w", err))
 	}
@@ -62,7 +65,17 @@ func (u *undoStack) run() {
 	*u = nil
 }
 
-func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, sizeGiB int, bootDir string) (*vm.DirectBoot, error) {
+// diskLayout is the partition table (an sfdisk script) of arch's disks
+// and the partition numbers of the EFI system partition (0: none) and the
+// root file system.
+func diskLayout(arch vm.Arch) (script string, esp, root int) {
+	if arch.Or() == vm.AMD64 {
+		return "label: dos\nstart=2048, type=83, bootable\n", 0, 1
+	}
+	return "label: gpt\nstart=2048, size=64MiB, type=U, name=ESP\ntype=L, name=root\n", 1, 2
+}
+
+func assemble(ctx context.Context, r execx.Runner, arch vm.Arch, rootfs, raw, mnt string, sizeGiB int, bootDir string) (*vm.DirectBoot, error) {
 	run := func(name string, args ...string) (string, error) {
 		out, err := r.Run(ctx, execx.Cmd{Name: name, Args: args})
 		return strings.TrimSpace(string(out)), err
@@ -81,7 +94,8 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 	if err := os.Truncate(raw, int64(sizeGiB)<<30); err != nil {
 		return nil, err
 	}
-	if _, err := r.Run(ctx, execx.Cmd{Name: "sfdisk", Args: []string{"--quiet", raw}, Stdin: strings.NewReader("label: dos\nstart=2048, type=83, bootable\n")}); err != nil {
+	layout, espN, rootN := diskLayout(arch)
+	if _, err := r.Run(ctx, execx.Cmd{Name: "sfdisk", Args: []string{"--quiet", raw}, Stdin: strings.NewReader(layout)}); err != nil {
 		return nil, err
 	}
 	loop, err := run("losetup", "--partscan", "--show", "--find", raw)
@@ -89,14 +103,20 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 		return nil, err
 	}
 	undo.push(func() { cleanupRun("losetup", "--detach", loop) })
-	part := loop + "p1"
-	// Without udev the partition node can appear a moment late.
-	for i := 0; i < 50 && !fileExists(part); i++ {
-		cleanupRun("partx", "--update", loop)
-		time.Sleep(100 * time.Millisecond)
+	part := fmt.Sprintf("%sp%d", loop, rootN)
+	esp := ""
+	if espN > 0 {
+		esp = fmt.Sprintf("%sp%d", loop, espN)
 	}
-	if !fileExists(part) {
-		return nil, fmt.Errorf("partition device %s did not appear", part)
+	// Without udev the partition nodes can appear a moment late.
+	for _, p := range []string{part, esp} {
+		for i := 0; i < 50 && p != "" && !fileExists(p); i++ {
+			cleanupRun("partx", "--update", loop)
+			time.Sleep(100 * time.Millisecond)
+		}
+		if p != "" && !fileExists(p) {
+			return nil, fmt.Errorf("partition device %s did not appear", p)
+		}
 	}
 	if _, err := run("mkfs.ext4", "-q", "-L", "fleetroot", part); err != nil {
 		return nil, err
@@ -134,8 +154,28 @@ func assemble(ctx context.Context, r execx.Runner, rootfs, raw, mnt string, size
 		return nil, err
 	}
 	undo.push(func() { _ = os.Remove(byUUID) })
-	if _, err := run("chroot", mnt, "grub-install", "--target=i386-pc", loop); err != nil {
-		return nil, err
+	if esp == "" {
+		if _, err := run("chroot", mnt, "grub-install", "--target=i386-pc", loop); err != nil {
+			return nil, err
+		}
+	} else {
+		// The ESP is the firmware's alone: not in fstab, so the guest's
+		// boot does not wait on a FAT mount it never needs.
+		if _, err := run("mkfs.vfat", "-n", "ESP", esp); err != nil {
+			return nil, fmt.Errorf("format the EFI system partition (mkfs.vfat is in dosfstools): %w", err)
+		}
+		efi := filepath.Join(mnt, "boot", "efi")
+		if err := os.MkdirAll(efi, 0o755); err != nil {
+			return nil, err
+		}
+		if _, err := run("mount", esp, efi); err != nil {
+			return nil, err
+		}
+		undo.push(func() { cleanupRun("umount", efi) })
+		if _, err := run("chroot", mnt, "grub-install", "--target=arm64-efi", "--efi-directory=/boot/efi",
+			"--removable", "--no-nvram", "--no-uefi-secure-boot", loop); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := run("chroot", mnt, "update-grub"); err != nil {
 		return nil, err

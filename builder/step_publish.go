@@ -45,7 +45,7 @@ func (s *StepPublish) Run(ctx context.Context, state multistep.StateBag) multist
 	m := images.Manifest{
 		Name: cfg.Name, Version: state.Get("version").(string),
 		Source: describeSource(cfg, state), SourceDigest: state.Get("source_digest").(string),
-		RecipeHash: state.Get("recipe_hash").(string), Recipe: cfg.Recipe.Name, Packages: versions,
+		RecipeHash: state.Get("recipe_hash").(string), Recipe: cfg.Recipe.Name, Packages: versions, Arch: cfg.Arch.Or(),
 		DiskSHA256: sum, DiskBytes: size, Outputs: map[string]images.Output{},
 		BuiltAt: time.Now().UTC(), BuildSeconds: time.Since(s.Started).Seconds(),
 	}

@@ -58,7 +58,7 @@ func (s *StepResolveVersions) Run(ctx context.Context, state multistep.StateBag)
 	node := NodeRelease{}
 	if cfg.installsNode() && cfg.NodeVersion != NodeSystem {
 		var err error
-		if node, err = ResolveNode(ctx, client, cfg.NpmRegistry, "amd64", cfg.NodeVersion, time.Now()); err != nil {
+		if node, err = ResolveNode(ctx, client, cfg.NpmRegistry, string(cfg.Arch.Or()), cfg.NodeVersion, time.Now()); err != nil {
 			return halt(state, err)
 		}
 		cfg.say("Node.js %s, npm %s", node.Version, node.NpmVersion)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -24,8 +25,11 @@ func (s *StepBootstrapRootfs) Run(ctx context.Context, state multistep.StateBag)
 	}
 	cfg := state.Get("config").(*Config)
 	rootfs := filepath.Join(state.Get("workdir").(string), "rootfs")
-	cfg.say("bootstrapping %s root file system (%d packages and their dependencies)...", cfg.Suite, len(cfg.Packages))
-	_, err := cfg.Runner.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: MmdebstrapArgs(cfg.Suite, state.Get("mirror").(string), rootfs, cfg.Components, cfg.Packages)})
+	cfg.say("bootstrapping %s %s root file system (%d packages and their dependencies)...", cfg.Suite, cfg.Arch.Or(), len(cfg.Packages))
+	if cfg.Arch.Or() != vm.HostArch() {
+		cfg.say("  %s packages install under qemu-user-static emulation: slower than native", cfg.Arch)
+	}
+	_, err := cfg.Runner.Run(ctx, execx.Cmd{Name: "mmdebstrap", Args: MmdebstrapArgs(cfg.Arch.Or(), cfg.Suite, state.Get("mirror").(string), rootfs, cfg.Components, cfg.Packages)})
 	if err != nil {
 		return halt(state, fmt.Errorf("bootstrap %s: %w", cfg.Name, err))
 	}
@@ -35,13 +39,15 @@ func (s *StepBootstrapRootfs) Run(ctx context.Context, state multistep.StateBag)
 
 func (s *StepBootstrapRootfs) Cleanup(multistep.StateBag) {}
 
-// MmdebstrapArgs builds the mmdebstrap command line.
-func MmdebstrapArgs(suite, mirror, target string, components, packages []string) []string {
+// MmdebstrapArgs builds the mmdebstrap command line. A foreign arch runs
+// its maintainer scripts through binfmt_misc (mmdebstrap checks it with
+// arch-test).
+func MmdebstrapArgs(arch vm.Arch, suite, mirror, target string, components, packages []string) []string {
 	if len(components) == 0 {
 		components = []string{"main"}
 	}
 	return []string{
-		"--mode=root", "--variant=apt", "--quiet",
+		"--mode=root", "--variant=apt", "--quiet", "--architectures=" + string(arch),
 		"--include=" + strings.Join(packages, ","),
 		suite, target,
 		fmt.Sprintf("deb %s %s %s", mirror, suite, strings.Join(components, " ")),

@@ -49,7 +49,7 @@ func (b *Builder) Prepare(raws ...any) ([]string, []string, error) {
 	c := b.config
 	b.build, err = builder.Options{
 		Name: c.ImageName, Mirror: c.Mirror, SourceURL: c.SourceURL, ChecksumURL: c.ChecksumURL,
-		Recipe: c.Recipe, ClaudeVersion: c.ClaudeVersion, NpmRegistry: c.NpmRegistry, NodeVersion: c.NodeVersion,
+		Arch: c.Arch, Recipe: c.Recipe, ClaudeVersion: c.ClaudeVersion, NpmRegistry: c.NpmRegistry, NodeVersion: c.NodeVersion,
 		Outputs: c.Outputs, ScriptFiles: c.Scripts, CACertFiles: c.CACerts, NoHostCA: c.NoHostCA, IfChanged: c.IfChanged,
 		// `packer build -on-error=abort` keeps what failed, as --keep-on-failure does.
 		KeepOnFailure: c.PackerOnError == "abort",

@@ -22,6 +22,9 @@ type Config struct {
 	// Build from the cloud image at this URL, listed in checksum_url's SHA256SUMS.
 	SourceURL   string `mapstructure:"source_url"`
 	ChecksumURL string `mapstructure:"checksum_url"`
+	// Guest architecture: amd64 or arm64 (default: the host's). arm64 on
+	// an amd64 host provisions under qemu-user-static.
+	Arch string `mapstructure:"arch"`
 	// Provision recipe: full (default) or base.
 	Recipe string `mapstructure:"recipe"`
 	// Claude Code npm version or dist-tag (default latest).

@@ -22,6 +22,7 @@ type FlatConfig struct {
 	Mirror              *string           `mapstructure:"mirror" cty:"mirror" hcl:"mirror"`
 	SourceURL           *string           `mapstructure:"source_url" cty:"source_url" hcl:"source_url"`
 	ChecksumURL         *string           `mapstructure:"checksum_url" cty:"checksum_url" hcl:"checksum_url"`
+	Arch                *string           `mapstructure:"arch" cty:"arch" hcl:"arch"`
 	Recipe              *string           `mapstructure:"recipe" cty:"recipe" hcl:"recipe"`
 	ClaudeVersion       *string           `mapstructure:"claude_version" cty:"claude_version" hcl:"claude_version"`
 	NodeVersion         *string           `mapstructure:"node_version" cty:"node_version" hcl:"node_version"`
@@ -64,6 +65,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"recipe":                     &hcldec.AttrSpec{Name: "recipe", Type: cty.String, Required: false},
 		"claude_version":             &hcldec.AttrSpec{Name: "claude_version", Type: cty.String, Required: false},
 		"node_version":               &hcldec.AttrSpec{Name: "node_version", Type: cty.String, Required: false},
+		"arch":                       &hcldec.AttrSpec{Name: "arch", Type: cty.String, Required: false},
 		"npm_registry":               &hcldec.AttrSpec{Name: "npm_registry", Type: cty.String, Required: false},
 		"outputs":                    &hcldec.AttrSpec{Name: "outputs", Type: cty.List(cty.String), Required: false},
 		"scripts":                    &hcldec.AttrSpec{Name: "scripts", Type: cty.List(cty.String), Required: false},

@@ -53,6 +53,23 @@ func TestPrepareMapsTheSourceBlockOntoTheSameOptions(t *testing.T) {
 	}
 }
 
+// arch in the source block is --arch: an arm64 cloud image, and the
+// VirtualBox exports it cannot have refused.
+func TestPrepareArch(t *testing.T) {
+	home := t.TempDir()
+	var b Builder
+	if _, _, err := b.Prepare(map[string]any{"image_name": "ubuntu-24.04", "arch": "aarch64", "fleet_home": home, "no_host_ca": true}); err != nil {
+		t.Fatal(err)
+	}
+	if b.build.Arch != "arm64" || !strings.HasSuffix(b.build.CloudImageURL, "noble-server-cloudimg-arm64.img") {
+		t.Errorf("arch %q image %s", b.build.Arch, b.build.CloudImageURL)
+	}
+	var b2 Builder
+	if _, _, err := b2.Prepare(map[string]any{"image_name": "ubuntu-24.04", "arch": "arm64", "outputs": []string{"vagrant"}, "fleet_home": home, "no_host_ca": true}); err == nil {
+		t.Error("an arm64 vagrant box was accepted")
+	}
+}
+
 func TestPrepareRejectsBadBlocks(t *testing.T) {
 	home := t.TempDir()
 	for _, tc := range []struct {

@@ -43,14 +43,20 @@ systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer \
 # image keeps its own boot setup.
 [ "${FLEET_SOURCE:-rootfs}" = rootfs ] || exit 0
 . /etc/os-release
+# The serial console: an arm64 virt board's is its PL011 (ttyAMA0), which
+# GRUB reaches through the UEFI console; a PC's is the 8250 (ttyS0).
+case "$(dpkg --print-architecture)" in
+arm64) console=ttyAMA0 terminal=console ;;
+*) console=ttyS0 terminal=serial ;;
+esac
 cat > /etc/default/grub <<GRUB
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
 GRUB_TIMEOUT_STYLE=hidden
 GRUB_DISTRIBUTOR="$NAME"
 GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="console=ttyS0,115200"
-GRUB_TERMINAL="serial"
+GRUB_CMDLINE_LINUX="console=$console,115200"
+GRUB_TERMINAL="$terminal"
 GRUB_SERIAL_COMMAND="serial --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 GRUB
