@@ -27,6 +27,10 @@ type SpawnRequest struct {
 	// Warm says whether machines are restored from the image's warm
 	// template instead of booted, where the machine allows.
 	Warm WarmMode
+	// Arch, if set, is the architecture the user asked for (--arch): it
+	// must be the image's, and it is the consent to emulate one the host
+	// cannot accelerate.
+	Arch vm.Arch
 }
 
 // WarmMode is how a spawn uses warm templates.
@@ -49,6 +53,7 @@ type ImageRef struct {
 	Disk          string // path to the read-only base disk
 	Recipe        string // what it was baked with: whether it can be warmed
 	Boot          *vm.DirectBoot
+	Arch          vm.Arch // the guest's architecture ("" is amd64)
 }
 
 func (r ImageRef) String() string { return r.Name + "@" + r.Version }

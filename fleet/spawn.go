@@ -41,6 +41,14 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	if err := c.Driver.Validate(ctx); err != nil {
 		return nil, err
 	}
+	if err := CheckArch(req.Image, req.Arch, c.Driver); err != nil {
+		return nil, err
+	}
+	if av, ok := c.Driver.(vm.ArchValidator); ok {
+		if err := av.ValidateArch(ctx, req.Image.Arch); err != nil {
+			return nil, err
+		}
+	}
 	if !req.Force {
 		if err := CheckMemory(req.Count, req.MemoryMiB); err != nil {
 			return nil, err
@@ -74,7 +82,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 		id := randomID()
 		machines[i] = &Machine{
-			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot,
+			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot, Arch: req.Image.Arch,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
 			Network: netRec,

@@ -31,19 +31,22 @@ type Machine struct {
 	Image     string `json:"image"`      // name@version
 	BaseImage string `json:"base_image"` // path of the disk the clone links to
 	// Boot is the image's kernel, started directly, if it has one.
-	Boot       *vm.DirectBoot `json:"boot,omitempty"`
-	CPUs       int            `json:"cpus"`
-	MemoryMiB  int            `json:"memory_mib"`
-	Dir        string         `json:"dir"`
-	HostKey    string         `json:"host_key"` // pinned ed25519 public key (authorized_keys form)
-	InstanceID string         `json:"instance_id"`
-	Desired    Desired        `json:"desired"`
-	SSHAddr    string         `json:"ssh_addr,omitempty"`
-	PID        int            `json:"pid,omitempty"`
-	CreatedAt  time.Time      `json:"created_at"`
-	StartedAt  time.Time      `json:"started_at,omitempty"`
-	Workspace  *Workspace     `json:"workspace,omitempty"`
-	Network    *Network       `json:"network,omitempty"` // nil: open, as before egress control
+	Boot *vm.DirectBoot `json:"boot,omitempty"`
+	// Arch is the guest's architecture; "" in state from before it was
+	// recorded (amd64).
+	Arch       vm.Arch    `json:"arch,omitempty"`
+	CPUs       int        `json:"cpus"`
+	MemoryMiB  int        `json:"memory_mib"`
+	Dir        string     `json:"dir"`
+	HostKey    string     `json:"host_key"` // pinned ed25519 public key (authorized_keys form)
+	InstanceID string     `json:"instance_id"`
+	Desired    Desired    `json:"desired"`
+	SSHAddr    string     `json:"ssh_addr,omitempty"`
+	PID        int        `json:"pid,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  time.Time  `json:"started_at,omitempty"`
+	Workspace  *Workspace `json:"workspace,omitempty"`
+	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
 }
 
 // State is a fleet's state file.

@@ -41,7 +41,7 @@ func imageOf(r ImageRef) images.Image {
 func (c *Controller) templateSpec(name, dir string, img ImageRef, cpus, mem int, n *Network) (vm.Spec, error) {
 	m := &Machine{Name: name, Dir: dir, Network: n}
 	net, err := c.networkShape(m)
-	return vm.Spec{Name: name, Dir: dir, BaseImage: img.Disk, CPUs: cpus, MemoryMiB: mem, Network: net, Boot: img.Boot}, err
+	return vm.Spec{Name: name, Dir: dir, BaseImage: img.Disk, Arch: img.Arch, CPUs: cpus, MemoryMiB: mem, Network: net, Boot: img.Boot}, err
 }
 
 // Template returns the warm template of img for machines of this shape,

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/agentfleet/agentfleet/builder"
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/spf13/cobra"
 )
@@ -48,7 +50,7 @@ func newDoctorCmd(g *globals) *cobra.Command {
 				}
 			} else {
 				for _, c := range checks {
-					fmt.Fprintf(cmd.OutOrStdout(), "%-5s %-14s %s\n", strings.ToUpper(c.Status), c.Name, c.Detail)
+					fmt.Fprintf(cmd.OutOrStdout(), "%-5s %-19s %s\n", strings.ToUpper(c.Status), c.Name, c.Detail)
 				}
 			}
 			if failed {
@@ -89,6 +91,7 @@ func runChecks(ctx context.Context, r execx.Runner, home string) []check {
 		}
 		out = append(out, check{"accelerator", "warn", detail})
 	}
+	out = append(out, arm64Checks(ctx, r)...)
 	out = append(out, virtualBoxChecks(ctx, r)...)
 	var fs syscall.Statfs_t
 	_ = os.MkdirAll(home, 0o700)
@@ -142,4 +145,38 @@ func vboxVersionCheck(v string) check {
 		return check{"virtualbox", "fail", v + " is broken (idle VMs burn 100% CPU); upgrade to 7.2.6 or later"}
 	}
 	return check{"virtualbox", "ok", v}
+}
+
+// arm64Checks report what arm64 images need here: qemu-system-aarch64 and
+// UEFI firmware to boot them, and on another architecture's Linux host the
+// qemu-user-static handler a chroot bake runs their packages through. They
+// warn, never fail: amd64 images need none of it.
+func arm64Checks(ctx context.Context, r execx.Runner) []check {
+	var out []check
+	hint := "arm64 images need it (" + arm64InstallHint() + ")"
+	if b, err := r.Run(ctx, execx.Cmd{Name: "qemu-system-aarch64", Args: []string{"--version"}}); err != nil {
+		out = append(out, check{"qemu-system-aarch64", "warn", "not found: " + hint})
+	} else {
+		out = append(out, check{"qemu-system-aarch64", "ok", strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])})
+	}
+	if fw, err := qemu.FindFirmware("aarch64", qemu.FirmwareDirs); err != nil {
+		out = append(out, check{"arm64 firmware", "warn", err.Error()})
+	} else {
+		out = append(out, check{"arm64 firmware", "ok", fw})
+	}
+	if runtime.GOOS == "linux" && vm.HostArch() != vm.ARM64 {
+		if err := builder.CheckForeignChroot(vm.ARM64, "/proc/sys/fs/binfmt_misc"); err != nil {
+			out = append(out, check{"arm64 bakes", "warn", err.Error()})
+		} else {
+			out = append(out, check{"arm64 bakes", "ok", "qemu-user-static is registered with binfmt_misc"})
+		}
+	}
+	return out
+}
+
+func arm64InstallHint() string {
+	if runtime.GOOS == "darwin" {
+		return "brew install qemu"
+	}
+	return "apt-get install qemu-system-arm qemu-efi-aarch64"
 }

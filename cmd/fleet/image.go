@@ -10,6 +10,7 @@ import (
 	"github.com/agentfleet/agentfleet/builder"
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/spf13/cobra"
@@ -51,6 +52,12 @@ Sources:
 Mirror builds need root (loop devices, mount, chroot). Disks built from the
 same recipe are reused from FLEET_CACHE (default FLEET_HOME/cache).
 
+--arch arm64 bakes an aarch64 image (default: this host's architecture).
+On an amd64 Linux host its packages install in the chroot under
+qemu-user-static (Debian: qemu-user-static binfmt-support arch-test), and
+it is verified booted under qemu-system-aarch64 with UEFI firmware
+(qemu-system-arm qemu-efi-aarch64). Each architecture has its own latest.
+
 Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 		Example: `  sudo fleet image build debian-12
   sudo fleet image build ubuntu-24.04 --mirror http://ubuntu-mirror.internal/ubuntu
@@ -58,6 +65,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
   sudo fleet image build debian-12 --script ./corp-tools.sh
   sudo fleet image build debian-12 --claude-version 2.1.330 --if-changed
   sudo fleet image build debian-12 --node-version 22
+  sudo fleet image build debian-12 --arch arm64    # on amd64: under qemu-user-static
 
   # nightly, from cron (3: nothing changed):
   15 3 * * * root fleet image build debian-12 --if-changed; [ $? -ne 1 ]`,
@@ -104,6 +112,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 	f.StringVar(&o.Mirror, "mirror", "", "build from this package mirror (default for debian-12: the one in /etc/apt)")
 	f.StringVar(&o.SourceURL, "source-url", "", "build from the cloud image at this URL")
 	f.StringVar(&o.ChecksumURL, "checksum-url", "", "SHA256SUMS file that lists the cloud image")
+	f.StringVar(&o.Arch, "arch", "", "guest architecture: amd64 or arm64 (default: this host's, "+string(vm.HostArch())+")")
 	f.StringVar(&o.Recipe, "recipe", "full", "provision recipe: "+strings.Join(provision.RecipeNames, ", ")+" (base: no Docker, Node or Claude Code)")
 	f.StringVar(&o.ClaudeVersion, "claude-version", "latest", "Claude Code npm version or dist-tag to install")
 	f.StringVar(&o.NodeVersion, "node-version", "lts", "Node.js: lts, a major (24) or a version (24.12.0), the official binaries from\nthe npm registry checked by its integrity hash; system keeps the distribution's")
@@ -146,7 +155,7 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				return printJSON(cmd, rows)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tLATEST\tSIZE\tCLAUDE\tDOCKER\tNODE\tBUILT\tWARM")
+			fmt.Fprintln(tw, "NAME\tVERSION\tARCH\tLATEST\tSIZE\tCLAUDE\tDOCKER\tNODE\tBUILT\tWARM")
 			for _, r := range rows {
 				i := r.Image
 				latest := ""
@@ -157,7 +166,7 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				for _, t := range r.Templates {
 					warm = append(warm, fmt.Sprintf("%dcpu/%dM (%dM)", t.CPUs, t.MemoryMiB, t.Bytes>>20))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Version, latest, i.DiskBytes>>20,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Version, i.Arch, latest, i.DiskBytes>>20,
 					dash(i.Packages["claude-code"]), dash(i.Packages["docker"]), dash(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
 			}
 			return tw.Flush()
@@ -248,7 +257,7 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 // imageRef is what the controller needs of a stored image, booting disk
 // (the qcow2, or the driver's own export of it).
 func imageRef(img images.Image, disk string) fleet.ImageRef {
-	return fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot()}
+	return fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot(), Arch: img.Arch}
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {

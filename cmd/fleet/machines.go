@@ -13,6 +13,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/spf13/cobra"
 )
 
@@ -33,11 +34,13 @@ type machineOpts struct {
 	writable bool
 	noWarm   bool
 	cold     bool
+	arch     string
 	net      fleet.NetworkOverrides
 }
 
 func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: ubuntu-24.04 if built, else debian-12)")
+	cmd.Flags().StringVar(&o.arch, "arch", "", "guest architecture, amd64 or arm64: picks that build of --image, and runs one\nthis host would emulate (an arm64 image on an amd64 host with KVM)")
 	cmd.Flags().IntVar(&o.cpus, "cpus", defaultCPUs, "virtual CPUs per machine")
 	cmd.Flags().StringVar(&o.memory, "memory", defaultMemory, "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
@@ -84,15 +87,21 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
+	var arch vm.Arch
+	if o.arch != "" {
+		if arch, err = vm.ParseArch(o.arch); err != nil {
+			return fleet.SpawnRequest{}, err
+		}
+	}
 	store := imageStore(c.Layout)
 	ref := o.image
 	if ref == "" {
 		ref = "ubuntu-24.04"
-		if _, err := store.Resolve(ref); err != nil {
+		if _, err := store.ResolveArch(ref, arch); err != nil {
 			ref = "debian-12"
 		}
 	}
-	img, err := store.Resolve(ref)
+	img, err := store.ResolveArch(ref, arch)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
@@ -110,7 +119,7 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: imageRef(img, disk), Workspace: ws, Network: netReq, Warm: warm}, nil
+		Image: imageRef(img, disk), Workspace: ws, Network: netReq, Warm: warm, Arch: arch}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
