@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agentfleet/agentfleet/internal/execx/execxtest"
 	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/provision"
 )
 
 func TestForArchSwapsKernelAndBootLoader(t *testing.T) {
@@ -116,4 +118,41 @@ func TestRecipeHashNamesArm64(t *testing.T) {
 	if c.RecipeHash("http://a", "sha256:1", "2.1.0", "") == amd {
 		t.Error("arm64 has the amd64 hash")
 	}
+}
+
+// Recipes whose fast-boot script rebuilds the initrd with its own module
+// list get the small initrd from the start; the untrimmed recipe keeps the
+// kernel package's own.
+func TestBootstrapSmallInitrdOnlyWhereFastBootRebuildsIt(t *testing.T) {
+	for _, tt := range []struct {
+		recipe string
+		hook   bool
+	}{{"base", true}, {"full", true}, {"untrimmed", false}} {
+		cfg := testConfig(t)
+		cfg.Recipe, _ = provision.Get(tt.recipe)
+		f := cfg.Runner.(*execxtest.Fake)
+		mustContinue(t, &StepBootstrapRootfs{}, bag(cfg, "mirror", "http://m/debian", "workdir", t.TempDir()))
+		calls := f.Calls()
+		if len(calls) != 1 || !strings.HasPrefix(calls[0], "mmdebstrap ") {
+			t.Fatalf("%s: calls %v", tt.recipe, calls)
+		}
+		got := strings.Contains(calls[0], smallInitrdHook)
+		if got != tt.hook {
+			t.Errorf("%s: small initrd hook %v, want %v", tt.recipe, got, tt.hook)
+		}
+	}
+	if !strings.Contains(smallInitrdHook, "MODULES=list") || !strings.Contains(string(mustScript(t, "85-fast-boot.sh")), "echo MODULES=list > /etc/initramfs-tools/conf.d/90-agentfleet.conf") {
+		t.Error("the hook and the fast-boot script no longer write the same setting")
+	}
+}
+
+func mustScript(t *testing.T, name string) []byte {
+	r, _ := provision.Get("full")
+	for _, s := range r.Scripts {
+		if s.Name == name {
+			return s.Body
+		}
+	}
+	t.Fatalf("no script %s", name)
+	return nil
 }

@@ -74,6 +74,12 @@ func TestBench(t *testing.T) {
 	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "registry" {
 		t.Run("registry", func(t *testing.T) { benchRegistry(t, add) })
+	t.Run("arm64", func(t *testing.T) { benchARM64(t, add) })
+		printRows(rows)
+		return
+	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "arm64" {
+		t.Run("arm64", func(t *testing.T) { benchARM64(t, add) })
 		printRows(rows)
 		return
 	}

@@ -44,6 +44,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	fleetHome = filepath.Join(dir, "home")
+	// The arm64 image bakes beside the amd64 one and the tests that come
+	// first: both bakes are mostly one process at a time.
+	startARM64Bake(dir)
 	// The image is built once per run; its disk comes from FLEET_CACHE when
 	// the recipe is unchanged, so a second run skips the bootstrap.
 	cmd := exec.Command(fleetBin, "image", "build", "debian-12")
@@ -56,6 +59,7 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Printf("e2e: image ready in %s\n", time.Since(start).Round(time.Second))
 	code := m.Run()
+	stopARM64Bake()
 	// Whatever a failed test left behind, in any fleet, must not outlive the run.
 	fleets, _ := os.ReadDir(filepath.Join(fleetHome, "fleets"))
 	for _, f := range fleets {
