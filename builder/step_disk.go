@@ -158,24 +158,8 @@ func assemble(ctx context.Context, r execx.Runner, arch vm.Arch, rootfs, raw, mn
 		if _, err := run("chroot", mnt, "grub-install", "--target=i386-pc", loop); err != nil {
 			return nil, err
 		}
-	} else {
-		// The ESP is the firmware's alone: not in fstab, so the guest's
-		// boot does not wait on a FAT mount it never needs.
-		if _, err := run("mkfs.vfat", "-n", "ESP", esp); err != nil {
-			return nil, fmt.Errorf("format the EFI system partition (mkfs.vfat is in dosfstools): %w", err)
-		}
-		efi := filepath.Join(mnt, "boot", "efi")
-		if err := os.MkdirAll(efi, 0o755); err != nil {
-			return nil, err
-		}
-		if _, err := run("mount", esp, efi); err != nil {
-			return nil, err
-		}
-		undo.push(func() { cleanupRun("umount", efi) })
-		if _, err := run("chroot", mnt, "grub-install", "--target=arm64-efi", "--efi-directory=/boot/efi",
-			"--removable", "--no-nvram", "--no-uefi-secure-boot", loop); err != nil {
-			return nil, err
-		}
+	} else if err := installEFIGrub(ctx, r, mnt, esp, uuid); err != nil {
+		return nil, err
 	}
 	if _, err := run("chroot", mnt, "update-grub"); err != nil {
 		return nil, err
@@ -191,6 +175,56 @@ func assemble(ctx context.Context, r execx.Runner, arch vm.Arch, rootfs, raw, mn
 		return nil, nil
 	}
 	return copyBootFiles(mnt, string(cfg), bootDir)
+}
+
+// efiGrubModules are built into the EFI GRUB image: what it needs to find
+// the root file system by UUID and read grub.cfg from it. The rest load
+// from /boot/grub/arm64-efi on the root, as grub-install arranges.
+var efiGrubModules = []string{"part_gpt", "part_msdos", "ext2", "fat", "search", "search_fs_uuid", "normal", "configfile", "linux", "gzio", "echo", "test"}
+
+// installEFIGrub does what grub-install --removable does, without mounting
+// the FAT file system (the host kernel may not have vfat; the build hosts
+// here do not): GRUB's image, made in the chroot with grub-mkimage, finds
+// the root by UUID and reads its grub.cfg; mtools writes it to the EFI
+// system partition at the removable-media path, EFI/BOOT/BOOTAA64.EFI,
+// which the firmware boots with no boot entry in its variables. The ESP is
+// the firmware's alone: not in fstab, so the guest's boot does not wait on
+// a FAT mount it never needs.
+func installEFIGrub(ctx context.Context, r execx.Runner, mnt, esp, uuid string) error {
+	run := func(name string, args ...string) error {
+		// mtools would refuse a partition whose size is no whole number of
+		// (made-up) tracks.
+		_, err := r.Run(ctx, execx.Cmd{Name: name, Args: args, Env: []string{"MTOOLS_SKIP_CHECK=1"}})
+		return err
+	}
+	if err := run("mkfs.vfat", "-n", "ESP", esp); err != nil {
+		return fmt.Errorf("format the EFI system partition (mkfs.vfat is in dosfstools): %w", err)
+	}
+	modDir := filepath.Join(mnt, "boot", "grub", "arm64-efi")
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		return err
+	}
+	if err := run("sh", "-c", `cp "$1"/usr/lib/grub/arm64-efi/*.mod "$1"/usr/lib/grub/arm64-efi/*.lst "$1"/boot/grub/arm64-efi/`, "sh", mnt); err != nil {
+		return fmt.Errorf("copy GRUB's modules: %w", err)
+	}
+	early := fmt.Sprintf("search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n", uuid)
+	if err := os.WriteFile(filepath.Join(mnt, "tmp", "fleet-grub-early.cfg"), []byte(early), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(mnt, "tmp", "fleet-grub-early.cfg"))
+	args := append([]string{mnt, "grub-mkimage", "-O", "arm64-efi", "-o", "/tmp/BOOTAA64.EFI", "-c", "/tmp/fleet-grub-early.cfg", "-p", "/boot/grub"}, efiGrubModules...)
+	if err := run("chroot", args...); err != nil {
+		return fmt.Errorf("make GRUB's EFI image: %w", err)
+	}
+	img := filepath.Join(mnt, "tmp", "BOOTAA64.EFI")
+	defer os.Remove(img)
+	if err := run("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"); err != nil {
+		return fmt.Errorf("write the EFI system partition (mtools): %w", err)
+	}
+	if err := run("mcopy", "-i", esp, img, "::/EFI/BOOT/BOOTAA64.EFI"); err != nil {
+		return fmt.Errorf("write the EFI system partition (mtools): %w", err)
+	}
+	return nil
 }
 
 // copyBootFiles copies the kernel and initrd of grub.cfg's first entry out
