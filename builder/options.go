@@ -104,6 +104,9 @@ func (o Options) Config() (Config, error) {
 	cfg.Accel, cfg.BootTimeout = string(accel), o.BootTimeout
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = qemu.BootTimeout(accel)
+		if cfg.Arch != vm.HostArch() { // emulated whatever the accelerator
+			cfg.BootTimeout = qemu.BootTimeout(qemu.AccelTCG)
+		}
 	}
 	cfg.Store = images.Store{Root: filepath.Join(o.Home, "images")}
 	cfg.TmpDir = filepath.Join(o.Home, "tmp")

@@ -3,6 +3,7 @@ package fleet
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -58,5 +59,25 @@ func TestCheckArch(t *testing.T) {
 				t.Errorf("not one line: %q", err)
 			}
 		})
+	}
+}
+
+// A machine of another architecture is emulated even on an accelerated
+// host, so it gets the emulated boot timeout.
+func TestEmulatedMachinesWaitLonger(t *testing.T) {
+	c := &Controller{BootTimeout: 3 * time.Minute, EmulatedBootTimeout: 10 * time.Minute}
+	other := vm.ARM64
+	if vm.HostArch() == vm.ARM64 {
+		other = vm.AMD64
+	}
+	if got := c.bootTimeout(vm.HostArch()); got != 3*time.Minute {
+		t.Errorf("host arch: %s", got)
+	}
+	if got := c.bootTimeout(other); got != 10*time.Minute {
+		t.Errorf("%s on a %s host: %s", other, vm.HostArch(), got)
+	}
+	c.BootTimeout = 20 * time.Minute // FLEET_BOOT_TIMEOUT, or TCG already
+	if got := c.bootTimeout(other); got != 20*time.Minute {
+		t.Errorf("a longer timeout was shortened: %s", got)
 	}
 }

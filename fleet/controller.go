@@ -30,6 +30,9 @@ type Controller struct {
 	Progress io.Writer
 	// BootTimeout bounds waiting for SSH after a start (TCG is slow).
 	BootTimeout time.Duration
+	// EmulatedBootTimeout, if longer, bounds it instead for machines of
+	// another architecture than the host's, which always run emulated.
+	EmulatedBootTimeout time.Duration
 	// StopGrace is how long a guest gets to power off before it is killed.
 	StopGrace time.Duration
 	// Parallel limits concurrent clone+boot operations.

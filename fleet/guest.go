@@ -104,11 +104,19 @@ func (c *Controller) dial(ctx context.Context, m *Machine) (*ssh.Client, error) 
 	return c.sshPool().Get(ctx, m.Name, t)
 }
 
+// bootTimeout is how long a machine of arch may take to answer SSH.
+func (c *Controller) bootTimeout(arch vm.Arch) time.Duration {
+	if arch.Or() != vm.HostArch() && c.EmulatedBootTimeout > c.BootTimeout {
+		return c.EmulatedBootTimeout
+	}
+	return c.BootTimeout
+}
+
 // waitSSH waits for a booting machine's sshd with the boot timeout, and
 // gives up at once if the machine dies or pauses meanwhile (a full host
 // disk pauses QEMU; waiting out the timeout would say nothing).
 func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
-	wctx, cancel := context.WithTimeoutCause(ctx, c.BootTimeout, errors.New("boot timeout"))
+	wctx, cancel := context.WithTimeoutCause(ctx, c.bootTimeout(m.Arch), errors.New("boot timeout"))
 	defer cancel()
 	watch, stop := context.WithCancelCause(wctx)
 	defer stop(nil)

@@ -142,7 +142,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	if err != nil {
 		return images.Template{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
+	wctx, cancel := context.WithTimeout(ctx, c.bootTimeout(img.Arch))
 	defer cancel()
 	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
 	if err != nil {

@@ -173,6 +173,7 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 		}
 		d := qemu.New(execx.Local{}, accel, c.Log)
 		c.Driver, c.BootTimeout = d, qemu.BootTimeout(d.Accel)
+		c.EmulatedBootTimeout = qemu.BootTimeout(qemu.AccelTCG)
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
 	case "virtualbox":
 		vb := virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
