@@ -150,6 +150,10 @@ func TestARM64Guest(t *testing.T) {
 	}
 	t.Logf("aarch64 machine answered SSH in %s", time.Since(start).Round(time.Second))
 
+	var rows []struct{ Name, State, Arch string }
+	if err := json.Unmarshal([]byte(fleetWithEnv(t, time.Minute, env, "ls", "--json", "--name", "arm").stdout), &rows); err != nil || len(rows) != 1 || rows[0].Arch != "arm64" {
+		t.Errorf("ls --json: %+v %v", rows, err)
+	}
 	in := func(script string) result {
 		return fleetWithEnv(t, 5*time.Minute, env, "exec", "arm-1", "--name", "arm", "--", "sh", "-c", script)
 	}

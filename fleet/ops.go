@@ -27,15 +27,16 @@ const (
 
 // MachineStatus is one row of `fleet ls`.
 type MachineStatus struct {
-	Name      string `json:"name"`
-	State     string `json:"state"`
-	Image     string `json:"image"`
-	Provider  string `json:"provider"` // the hypervisor driver: qemu or virtualbox
-	Address   string `json:"address,omitempty"`
-	UptimeSec int64  `json:"uptime_seconds,omitempty"`
-	CPUs      int    `json:"cpus"`
-	MemoryMiB int    `json:"memory_mib"`
-	PID       int    `json:"pid,omitempty"`
+	Name      string  `json:"name"`
+	State     string  `json:"state"`
+	Image     string  `json:"image"`
+	Provider  string  `json:"provider"` // the hypervisor driver: qemu or virtualbox
+	Arch      vm.Arch `json:"arch,omitempty"`
+	Address   string  `json:"address,omitempty"`
+	UptimeSec int64   `json:"uptime_seconds,omitempty"`
+	CPUs      int     `json:"cpus"`
+	MemoryMiB int     `json:"memory_mib"`
+	PID       int     `json:"pid,omitempty"`
 	// Agent is the machine's agent session (running machines only).
 	Agent *session.Status `json:"agent,omitempty"`
 	// Spend is what the credential proxy counted (machines with one).
@@ -76,7 +77,7 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 	}
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
-		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), Arch: m.Arch.Or(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
 		if ms.Spend, err = MachineSpend(m); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
