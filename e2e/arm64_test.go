@@ -64,7 +64,7 @@ func startARM64Bake(dir string) {
 	arm64Bake.log = filepath.Join(dir, "arm64-bake.log")
 	arm64Bake.done = make(chan struct{})
 	script := filepath.Join(dir, "git.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\nset -e\napt-get install -y -q --no-install-recommends git >/dev/null\n"), 0o644)
+	os.WriteFile(script, []byte("#!/bin/sh\nset -e\napt-get update -qq\napt-get install -y -q --no-install-recommends git >/dev/null\n"), 0o644)
 	log, err := os.Create(arm64Bake.log)
 	if err != nil {
 		arm64Bake.err = err
