@@ -66,6 +66,8 @@ func (f firmwareDescriptor) usableFor(arch string) bool {
 		if t.Architecture != arch {
 			continue
 		}
+		// Descriptors name machine types by glob ("virt-*"); any
+		// versioned virt stands for the one fleet starts.
 		for _, m := range t.Machines {
 			if ok, _ := path.Match(m, "virt-7.2"); ok || m == "virt" {
 				return true
