@@ -163,7 +163,8 @@ func dumpConsoles(t *testing.T) {
 		return
 	}
 	logs, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "machines", "*", "serial.log"))
-	for _, l := range logs {
+	kept, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "rolled-back", "*.serial.log"))
+	for _, l := range append(logs, kept...) {
 		b, _ := os.ReadFile(l)
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 		if len(lines) > 40 {

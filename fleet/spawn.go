@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -224,6 +226,21 @@ func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Netw
 	return nil
 }
 
+// keepConsole copies a machine's serial console out of its folder before
+// rollback removes the folder, and returns where (""; nothing to keep).
+func (c *Controller) keepConsole(m *Machine) string {
+	b, err := os.ReadFile(filepath.Join(m.Dir, vm.SerialFile))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	dir := c.Layout.RolledBackDir(c.Fleet)
+	dst := filepath.Join(dir, m.Name+".serial.log")
+	if os.MkdirAll(dir, 0o700) != nil || os.WriteFile(dst, b, 0o600) != nil {
+		return ""
+	}
+	return dst
+}
+
 // rollback deletes machines newest first on a fresh, time-boxed context.
 func (c *Controller) rollback(created []*Machine) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
@@ -231,8 +248,13 @@ func (c *Controller) rollback(created []*Machine) {
 	for i := len(created) - 1; i >= 0; i-- {
 		m := created[i]
 		c.sshPool().Drop(m.Name)
+		kept := c.keepConsole(m)
 		if err := c.deleteMachine(ctx, c.spec(m, vm.Seed{})); err != nil {
 			c.say("%s: rollback failed: %v", m.Name, err)
+			continue
+		}
+		if kept != "" {
+			c.say("%s: rolled back (its serial console is kept: %s)", m.Name, kept)
 			continue
 		}
 		c.say("%s: rolled back", m.Name)
