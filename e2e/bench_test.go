@@ -74,7 +74,6 @@ func TestBench(t *testing.T) {
 	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "registry" {
 		t.Run("registry", func(t *testing.T) { benchRegistry(t, add) })
-	t.Run("arm64", func(t *testing.T) { benchARM64(t, add) })
 		printRows(rows)
 		return
 	}
@@ -173,6 +172,7 @@ func TestBench(t *testing.T) {
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
 	t.Run("cockpit", func(t *testing.T) { benchCockpit(t, add) })
 	t.Run("registry", func(t *testing.T) { benchRegistry(t, add) })
+	t.Run("arm64", func(t *testing.T) { benchARM64(t, add) })
 	// The bake gets the cores to itself.
 
 	// 5. The bake: a fresh one into an empty cache, the --if-changed no-op

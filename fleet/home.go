@@ -42,7 +42,10 @@ func (l Layout) MachinesDir(fleet string) string { return filepath.Join(l.FleetD
 
 // RolledBackDir keeps the serial consoles of machines a failed spawn
 // removed: the one clue to a guest that never answered.
-func (l Layout) RolledBackDir(fleet string) string { return filepath.Join(l.FleetDir(fleet), "rolled-back") }
+func (l Layout) RolledBackDir(fleet string) string {
+	return filepath.Join(l.FleetDir(fleet), "rolled-back")
+}
+
 func (l Layout) MachineDir(fleet, vm string) string {
 	return filepath.Join(l.MachinesDir(fleet), vm)
 }
