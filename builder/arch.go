@@ -52,8 +52,19 @@ func CheckForeignChroot(arch vm.Arch, dir string) error {
 	}
 	// F: the kernel opens the interpreter when the handler is registered,
 	// so it runs inside a chroot that does not have it.
-	if !strings.Contains(string(b), "flags: ") || !strings.Contains(strings.SplitN(strings.SplitAfter(string(b), "flags: ")[1], "\n", 2)[0], "F") {
+	if !strings.Contains(handlerField(string(b), "flags:"), "F") {
 		return fmt.Errorf("the binfmt_misc handler qemu-%s lacks the F flag, so it cannot run inside a chroot (Debian's qemu-user-static registers it with F)", arch.QEMU())
 	}
 	return nil
+}
+
+// handlerField is the value of a binfmt_misc handler file's "name:" line
+// ("flags: PF" gives "PF"), or "".
+func handlerField(handler, name string) string {
+	for _, l := range strings.Split(handler, "\n") {
+		if v, ok := strings.CutPrefix(l, name); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
