@@ -120,6 +120,7 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 	defer cancel()
 	watch, stop := context.WithCancelCause(wctx)
 	defer stop(nil)
+	console := newConsoleWatch(m.Dir)
 	go func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
@@ -128,6 +129,10 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 			case <-watch.Done():
 				return
 			case <-t.C:
+			}
+			if console.poll(time.Now()); console.sshdDead(time.Now()) {
+				stop(sshdFailedError(m))
+				return
 			}
 			if err := c.availability(watch, m); err != nil {
 				var ue *UnavailableError
@@ -140,6 +145,9 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 	}()
 	_, err := c.dial(watch, m)
 	if cause := context.Cause(watch); err != nil && cause != nil && cause != context.Canceled {
+		if errors.Is(cause, errSSHDFailed) {
+			return cause
+		}
 		var ue *UnavailableError
 		if errors.As(cause, &ue) {
 			// The fix is the caller's to give: a spawn rolls back.

@@ -7,7 +7,8 @@ const (
 	// Written by the driver.
 	DiskFile       = "disk.qcow2"      // the linked clone (qemu)
 	SeedFile       = "seed.iso"        // NoCloud identity seed
-	SerialFile     = "serial.log"      // the guest's serial console
+	SerialFile     = "serial.log"      // the guest's serial console (the console logger's, rotating to serial.log.1)
+	ConsoleSocket  = "console.sock"    // where QEMU serves the console to its logger (or a short path in the temp dir)
 	PIDFile        = "qemu.pid"        // the hypervisor process (qemu)
 	QMPFile        = "qmp.sock"        // QEMU's control socket (or a short path in the temp dir)
 	GuestAgentFile = "qga.sock"        // the QEMU guest agent's port, host side (likewise)

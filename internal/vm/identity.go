@@ -92,13 +92,30 @@ while (my $l = <DATA>) {
 }
 my $R = $v{root};
 sub mkdirs { my $p = ''; for my $part (grep { length } split m{/}, $_[0]) { $p .= "/$part"; mkdir $p } }
+# A file is replaced whole (written beside it, then renamed over it), so
+# a crash at any moment leaves the old file or the new one, never an empty
+# one: an empty host key is an sshd that never starts again.
 sub put {
     my ($path, $data, $mode, $append) = @_;
-    open(my $f, $append ? '>>' : '>', $path) or die "write $path: $!\n";
-    print $f $data;
-    close $f or die "write $path: $!\n";
+    if ($append) {
+        open(my $f, '>>', $path) or die "write $path: $!\n";
+        print $f $data;
+        close $f or die "write $path: $!\n";
+    } else {
+        my $tmp = "$path.fleet-new";
+        open(my $f, '>', $tmp) or die "write $tmp: $!\n";
+        print $f $data;
+        close $f or die "write $tmp: $!\n";
+        if (defined $mode && length $mode) { chmod(oct($mode), $tmp) or die "chmod $tmp: $!\n" }
+        rename($tmp, $path) or die "rename $tmp: $!\n";
+        return;
+    }
     if (defined $mode && length $mode) { chmod(oct($mode), $path) or die "chmod $path: $!\n" }
 }
+# sync(2) writes every file system out and flushes the disk (QEMU then
+# writes its qcow2 metadata), so what came before it survives a killed
+# hypervisor.
+sub flush_disks { system('sync') == 0 or die "sync: $?\n" }
 if ($v{restored}) {
     # The host's time first: the template's clock stood still while saved.
     if (defined $v{time}) { system('date', '-s', '@' . $v{time}) == 0 or die "set the clock: date exited $?\n" }
@@ -116,7 +133,7 @@ if (open(my $h, '>', "$R/proc/sys/kernel/hostname")) { print $h $v{hostname}; cl
 my @hosts;
 if (open(my $f, '<', "$R/etc/hosts")) { @hosts = grep { !/^127\.0\.1\.1\s/ } <$f>; close $f }
 put("$R/etc/hosts", join('', @hosts) . "127.0.1.1 $v{hostname}\n");
-unlink glob("$R/etc/ssh/ssh_host_*");
+unlink grep { !m{/ssh_host_ed25519_key(\.pub)?$} } glob("$R/etc/ssh/ssh_host_*");
 umask 077;
 put("$R/etc/ssh/ssh_host_ed25519_key", $v{host_key}, '0600');
 put("$R/etc/ssh/ssh_host_ed25519_key.pub", $v{host_key_pub}, '0644');
@@ -137,10 +154,14 @@ for my $file (@files) {
 }
 if (length $v{instance}) {
     # This instance's seed is applied: a later boot of it (after fleet
-    # stop) must not append the seed's files again.
+    # stop) must not append the seed's files again. The marker goes to
+    # disk only after everything it vouches for: a crash before it, and
+    # the next boot applies the seed again.
+    flush_disks();
     mkdirs("$R/var/lib/agentfleet");
     put("$R/var/lib/agentfleet/seeded-instance", "$v{instance}\n");
 }
+flush_disks();
 if ($v{restored}) {
     # sshd rereads its host keys on SIGHUP; Docker its proxy settings on
     # restart (only if it ever started: it is socket-activated).

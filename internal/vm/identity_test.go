@@ -155,3 +155,43 @@ func TestIdentityScriptFeedsTheProgramToPerl(t *testing.T) {
 		t.Errorf("does not parse: %v %s", err, out)
 	}
 }
+
+// A hypervisor killed at any moment leaves a machine that boots: the
+// identity's files are on disk (sync) before the instance marker that
+// says they are, and no file is ever seen empty or half-written (each
+// is renamed into place). A stand-in sync records what the disk would
+// hold at each flush.
+func TestIdentityIsOnDiskBeforeTheMarkerSaysSo(t *testing.T) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl here")
+	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, bin := t.TempDir(), t.TempDir()
+	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.WriteFile(dir+"/etc/ssh/ssh_host_ed25519_key", []byte("the template's key"), 0o600)
+	log := filepath.Join(bin, "flushes")
+	// Each flush appends: the key's content, then the marker's (or "-").
+	stub := "#!/bin/sh\n{ cat " + dir + "/etc/ssh/ssh_host_ed25519_key; cat " + dir + SeededInstanceFile + " 2>/dev/null || echo -; } >> " + log + "\n"
+	os.WriteFile(filepath.Join(bin, "sync"), []byte(stub), 0o755)
+	seed := Seed{InstanceID: "i-7", Hostname: "proj-7", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey",
+		HostKeyPrivate: "NEW KEY", HostKeyPublic: "ssh-ed25519 AAAAhost"}
+	cmd := exec.Command("perl", "-")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	cmd.Stdin = strings.NewReader(seed.identityProgram(nil, dir))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	b, _ := os.ReadFile(log)
+	if got, want := string(b), "NEW KEY\n-\nNEW KEY\ni-7\n"; got != want {
+		t.Fatalf("at each flush the disk held %q, want %q: the key first, then the marker", got, want)
+	}
+	leftovers, _ := filepath.Glob(dir + "/etc/ssh/*.fleet-new")
+	if len(leftovers) > 0 {
+		t.Fatalf("temporary files left: %v", leftovers)
+	}
+}

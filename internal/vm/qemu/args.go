@@ -34,7 +34,13 @@ type MachineArgs struct {
 	// virtio-serial port: the host-only channel into the guest.
 	GuestAgentSocket string
 	SerialLog        string
-	PIDFile          string
+	// ConsoleSocket, if set, serves the serial console on a socket for
+	// the console logger (see console.go) instead of writing SerialLog.
+	ConsoleSocket string
+	// Paused starts the guest stopped (-S), to be continued over QMP once
+	// the console logger listens.
+	Paused  bool
+	PIDFile string
 	// SSHHostPort 0 lets QEMU pick a free port atomically at bind time; the
 	// chosen port is read back over QMP. That avoids the race of picking a
 	// port in Go and handing it to QEMU while another spawn does the same.
@@ -119,7 +125,7 @@ func SystemArgs(m MachineArgs) []string {
 		"-device", "virtio-net-pci,netdev=net0,romfile=",
 		// Host entropy so early boot never blocks in getrandom().
 		"-device", "virtio-rng-pci",
-		"-serial", "file:"+m.SerialLog,
+		"-serial", serialArg(m),
 		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", m.QMPSocket),
 	)
 	if m.Arch.Or() == vm.AMD64 {
@@ -135,6 +141,9 @@ func SystemArgs(m MachineArgs) []string {
 	)
 	if m.Kernel != "" {
 		args = append(args, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", m.Append)
+	}
+	if m.Paused && !m.Incoming {
+		args = append(args, "-S")
 	}
 	if m.Incoming {
 		args = append(args, "-incoming", "defer")
@@ -204,4 +213,14 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // overlay whose backing file is the read-only base.
 func OverlayArgs(base, overlay string) []string {
 	return []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, overlay}
+}
+
+// serialArg is where the guest's serial console goes: the console
+// logger's socket, or (the builder's machines, which run no one else's
+// code) a plain file.
+func serialArg(m MachineArgs) string {
+	if m.ConsoleSocket != "" {
+		return fmt.Sprintf("unix:%s,server=on,wait=off", qemuEscape(m.ConsoleSocket))
+	}
+	return "file:" + m.SerialLog
 }

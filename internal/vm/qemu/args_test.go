@@ -47,6 +47,8 @@ func TestSystemArgs(t *testing.T) {
 			"if=virtio,file=/x,,snapshot=on/disk.qcow2,format=qcow2,discard=unmap",
 			"if=virtio,file=/f/proj-1/seed.iso,format=raw,readonly=on"}},
 		{"serial to file", func(m *MachineArgs) {}, "-serial", []string{"file:/f/proj-1/serial.log"}},
+		{"serial to the console logger's socket, commas escaped", func(m *MachineArgs) { m.ConsoleSocket = "/f/a,b/console.sock" }, "-serial",
+			[]string{"unix:/f/a,,b/console.sock,server=on,wait=off"}},
 		{"qmp socket", func(m *MachineArgs) {}, "-qmp", []string{"unix:/f/proj-1/qmp.sock,server=on,wait=off"}},
 		{"pid file", func(m *MachineArgs) {}, "-pidfile", []string{"/f/proj-1/qemu.pid"}},
 		{"RAM is always the backend mem", func(m *MachineArgs) {}, "-machine", []string{"q35,memory-backend=mem"}},

@@ -44,7 +44,12 @@ type Driver struct {
 	// FirmwareDirs are searched for arm64 guests' UEFI firmware
 	// descriptors (default FirmwareDirs).
 	FirmwareDirs []string
-	Log          hclog.Logger
+	// ConsoleCommand, if set, is the argv of the console logger (the
+	// fleet binary and ConsoleCommand): machines' consoles are then
+	// capped and rotated. Unset (the builder's own machines), a console
+	// is a plain file.
+	ConsoleCommand []string
+	Log            hclog.Logger
 }
 
 // New returns a driver with the given accelerator ("" picks the fastest).
@@ -176,6 +181,11 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
 	}
+	if len(d.ConsoleCommand) > 0 {
+		ma.ConsoleSocket = socketPath(s.Dir, vm.ConsoleSocket, ".con")
+		_ = os.Remove(ma.ConsoleSocket)
+		ma.Paused = true // until the logger listens
+	}
 	if s.Arch.Or() == vm.ARM64 {
 		fw, err := FindFirmware(s.Arch.QEMU(), d.FirmwareDirs)
 		if err != nil {
@@ -223,6 +233,12 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	pid, err := readPID(pidf)
 	if err != nil {
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	if ma.ConsoleSocket != "" {
+		if err := d.startConsoleLogger(ctx, ma, !ma.Incoming); err != nil {
+			d.kill(pid)
+			return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+		}
 	}
 	if ma.Incoming {
 		if err := d.restore(ctx, s, pid, state, own, ma.MemoryFile != ""); err != nil {
@@ -336,6 +352,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 func (d *Driver) cleanupRuntime(dir string) {
 	_ = os.Remove(qmpPath(dir))
 	_ = os.Remove(qgaPath(dir))
+	_ = os.Remove(socketPath(dir, vm.ConsoleSocket, ".con"))
 	_ = os.Remove(filepath.Join(dir, PIDFile))
 }
 
