@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 )
 
 // exitError carries a specific exit status (e.g. a remote command's).
@@ -30,6 +31,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyServerCommand {
 		log.SetOutput(io.Discard)
 		os.Exit(runProxyServer(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == qemu.ConsoleCommand {
+		os.Exit(qemu.RunConsoleCommand(os.Args[2:]))
 	}
 	// The Packer SDK's communicators log through the standard logger:
 	// debug output, which the root command's --debug turns back on.

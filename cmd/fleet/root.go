@@ -172,6 +172,9 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 			return fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
 		}
 		d := qemu.New(execx.Local{}, accel, c.Log)
+		if self, err := os.Executable(); err == nil {
+			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
+		}
 		c.Driver, c.BootTimeout = d, qemu.BootTimeout(d.Accel)
 		c.EmulatedBootTimeout = qemu.BootTimeout(qemu.AccelTCG)
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
