@@ -23,6 +23,10 @@ import (
 // sshdFailed matches systemd's console line for an sshd that did not start.
 var sshdFailed = regexp.MustCompile(`Failed to start (ssh|sshd|openssh-server)\.service|(ssh|sshd)\.service: (Failed with result|Start request repeated too quickly)`)
 
+// ansiCSI is a terminal control sequence: systemd colours unit names on
+// the console.
+var ansiCSI = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]`)
+
 // sshdGrace is how long SSH may still come up after the console said
 // sshd failed (systemd restarts it a few times on failure).
 const sshdGrace = 20 * time.Second
@@ -65,7 +69,7 @@ func (w *consoleWatch) poll(now time.Time) {
 		w.carry = append(w.carry[:0], b[max(0, len(b)-4096):]...)
 		return
 	}
-	if w.failedAt.IsZero() && sshdFailed.Match(b[:last]) {
+	if w.failedAt.IsZero() && sshdFailed.Match(ansiCSI.ReplaceAll(b[:last], nil)) {
 		w.failedAt = now
 	}
 	w.carry = append([]byte(nil), b[last+1:]...)
@@ -92,8 +96,9 @@ func consoleTail(dir string, lines int) string {
 		f.Seek(fi.Size()-64<<10, io.SeekStart)
 	}
 	b, _ := io.ReadAll(io.LimitReader(f, 64<<10))
-	// Consoles end lines with \r\n; the carriage returns would be escaped.
-	t := execx.Tail(bytes.ReplaceAll(b, []byte("\r"), nil), lines)
+	// Consoles end lines with \r\n and colour unit names: both would only
+	// be escaped. What else the guest wrote is made harmless below.
+	t := execx.Tail(ansiCSI.ReplaceAll(bytes.ReplaceAll(b, []byte("\r"), nil), nil), lines)
 	return termsafe.Text(t)
 }
 

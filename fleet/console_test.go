@@ -24,7 +24,7 @@ func TestConsoleWatchSeesAFailedSSHD(t *testing.T) {
 	if !w.failedAt.IsZero() {
 		t.Fatal("half a line matched")
 	}
-	f.WriteString("rt ssh.service - OpenBSD Secure Shell server.\r\n\x1b]0;pwned\x07\x1b[2Jevil\r\n")
+	f.WriteString("rt \x1b[0;1;39mssh.service\x1b[0m - OpenBSD Secure Shell server.\r\n\x1b]0;pwned\x07\x1b[2Jevil\r\n")
 	w.poll(t0.Add(time.Second))
 	if w.sshdDead(t0.Add(time.Second)) {
 		t.Fatal("sshd given no grace to restart")
