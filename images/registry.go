@@ -404,8 +404,10 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 	if err := json.Unmarshal(cfg, &m); err != nil {
 		return Image{}, fmt.Errorf("the image manifest: %w", err)
 	}
-	if !IsKnown(m.Name) || !safeFile.MatchString(m.Version) {
-		return Image{}, fmt.Errorf("%s holds image %q version %q, which this fleet does not take", r.Ref, m.Name, m.Version)
+	// The manifest names folders, links and files here, and is printed:
+	// it is checked before anything is written.
+	if err := m.Check(); err != nil {
+		return Image{}, fmt.Errorf("%s holds an image manifest this fleet does not take: %w", r.Ref, err)
 	}
 	if have, err := s.load(m.Name, m.Version); err == nil {
 		if have.DiskSHA256 != m.DiskSHA256 {
@@ -439,6 +441,17 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 			disk = dst
 		} else {
 			extras[l.Annotations[OutputAnnotation]] = dst
+		}
+	}
+	// The digests say the disk is the one pushed, not that it is safe to
+	// use: its header must name no host file (backing file, data file).
+	// The exported qcow2, if any, too. Nothing is stored otherwise.
+	if err := CheckDisk(disk); err != nil {
+		return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: %w", m.Name, m.Version, r.Ref, err)
+	}
+	if p, ok := extras["qcow2"]; ok {
+		if err := CheckDisk(p); err != nil {
+			return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: its qcow2 export: %w", m.Name, m.Version, r.Ref, err)
 		}
 	}
 	img, err := s.Add(m, disk, extras)
