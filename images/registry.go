@@ -33,7 +33,8 @@ import (
 // An image travels through an OCI registry as one artifact: its
 // manifest.json as the config blob, then one layer per file (the disk
 // and every export), each named by its file and digested as the manifest
-// says. A pull checks every digest before anything is promoted.
+// says. A pull checks the manifest, every digest and the disk's header
+// before anything is stored or promoted.
 const (
 	ArtifactType    = "application/vnd.agentfleet.image.v1"
 	ConfigMediaType = "application/vnd.agentfleet.image.manifest.v1+json"
@@ -366,9 +367,10 @@ var safeFile = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // ErrUpToDate says a pull found the image already here.
 var ErrUpToDate = errors.New("already here")
 
-// Pull fetches the reference's image into s, checking every blob's
-// digest and size against the registry's descriptor and the image's own
-// manifest, and promotes it only then. A version already here with the
+// Pull fetches the reference's image into s, checking its manifest's
+// fields, every blob's digest and size against the registry's descriptor
+// and the image's own manifest, and the disk's qcow2 header (it must name
+// no host file), and promotes it only then. A version already here with the
 // same disk is ErrUpToDate (promoted if it was not latest).
 func (r *Remote) Pull(ctx context.Context, s Store) (Image, error) {
 	img, err := r.pull(ctx, s)
