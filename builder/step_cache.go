@@ -6,13 +6,15 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/agentfleet/agentfleet/internal/qcow2"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
 // StepCheckCache looks for a disk already built from the same recipe (same
 // mirror, suite, packages and scripts). A hit skips the bootstrap,
-// provision, disk and convert steps.
+// provision, disk and convert steps. A cached disk whose qcow2 header
+// names another file (or is not a standalone qcow2) is not used.
 //
 // Reads "config", "recipe_hash", "workdir". Writes, on a hit, "qcow2",
 // "cache_hit", "versions" and, for direct boot, "boot" (all recorded
@@ -27,6 +29,12 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 	}
 	cached := cachePath(cfg, hash)
 	if !fileExists(cached) {
+		return multistep.ActionContinue
+	}
+	// The cache is a folder anyone with the user's rights writes: a disk
+	// there is judged as one from outside before it becomes an image.
+	if _, err := qcow2.Check(cached, qcow2.Expect{Format: qcow2.QCOW2}); err != nil {
+		cfg.say("cached disk not used, rebuilding: %v", err)
 		return multistep.ActionContinue
 	}
 	dst := filepath.Join(state.Get("workdir").(string), "disk.qcow2")

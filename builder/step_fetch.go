@@ -14,17 +14,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/qcow2"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
 // StepFetchSource downloads the cloud image named by CloudImageURL, with
-// progress and resume, and verifies it against the digest its SHA256SUMS
-// file lists. Verified images are cached by digest, so a second build of
-// the same source downloads nothing.
+// progress and resume, verifies it against the digest its SHA256SUMS
+// file lists, and checks its qcow2 header (a standalone disk: no backing
+// or data file). Verified images are cached by digest, so a second build
+// of the same source downloads nothing.
 //
 // Reads "config", "workdir". Writes "source_image", "source_digest". No
 // cleanup: a partial download is kept (as .part) to resume next time, a
-// file that fails its checksum is deleted at once.
+// file that fails its checksum or its qcow2 header check is deleted at
+// once.
 type StepFetchSource struct {
 	Client *http.Client // nil: http.DefaultClient
 }
@@ -56,6 +59,13 @@ func (s *StepFetchSource) Run(ctx context.Context, state multistep.StateBag) mul
 		cfg.say("source %s: cached (sha256 %s)", file, want[:12])
 	} else if err := download(ctx, client, cfg, cfg.CloudImageURL, dst, want); err != nil {
 		return halt(state, err)
+	}
+	// The checksum says the file is the one listed, not that it is safe
+	// to boot: a header naming a backing or data file would have the build
+	// VM read a host file. Checked on every build, cached or not.
+	if _, err := qcow2.Check(dst, qcow2.Expect{Format: qcow2.QCOW2}); err != nil {
+		os.Remove(dst)
+		return halt(state, fmt.Errorf("source %s (deleted): %w", file, err))
 	}
 	state.Put("source_image", dst)
 	state.Put("source_digest", "sha256:"+want)

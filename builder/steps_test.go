@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net/http"
@@ -150,7 +151,7 @@ func TestStepIfChangedSkipsOnlyWhenTheRecipeHashMatchesLatest(t *testing.T) {
 	// No image yet: build.
 	mustContinue(t, &StepIfChanged{}, bag(cfg, "recipe_hash", "aaaa"+strings.Repeat("0", 60)))
 	disk := filepath.Join(t.TempDir(), "d")
-	os.WriteFile(disk, []byte("x"), 0o644)
+	qcow2test.Write(disk, qcow2test.Options{})
 	if _, err := cfg.Store.Add(images.Manifest{Name: "debian-12", Version: "v1", RecipeHash: "aaaa" + strings.Repeat("0", 60)}, disk); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 	}
 	cached := cachePath(cfg, hash)
 	os.MkdirAll(filepath.Dir(cached), 0o755)
-	os.WriteFile(cached, []byte("disk"), 0o644)
+	qcow2test.Write(cached, qcow2test.Options{})
 	os.WriteFile(cached+".versions.json", []byte(`{"node":"18.19.0"}`), 0o644)
 	// A recipe that boots its kernel directly needs the kernel cached too:
 	// without it the disk alone is a miss.
@@ -208,6 +209,26 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(boot.Kernel); string(b) != "kernel" {
 		t.Errorf("kernel of a cached disk: %q", b)
+	}
+	// A cached disk swapped for one that names a host file, or that is
+	// not qcow2 at all, is never used.
+	var progress bytes.Buffer
+	cfg.Progress = &progress
+	for name, disk := range map[string][]byte{
+		"a backing file": qcow2test.Image(qcow2test.Options{Backing: "/root/.ssh/id_ed25519", BackingFormat: "raw"}),
+		"a data file":    qcow2test.Image(qcow2test.Options{DataFile: "/etc/shadow", Incompatible: 1 << 2}),
+		"raw bytes":      []byte("disk"),
+	} {
+		os.WriteFile(cached, disk, 0o644)
+		work := t.TempDir()
+		s = bag(cfg, "recipe_hash", hash, "workdir", work)
+		mustContinue(t, &StepCheckCache{}, s)
+		if _, hit := s.GetOk("cache_hit"); hit || fileExists(filepath.Join(work, "disk.qcow2")) {
+			t.Errorf("a cached disk with %s was used", name)
+		}
+	}
+	if !strings.Contains(progress.String(), "cached disk not used") || !strings.Contains(progress.String(), "backing file") {
+		t.Errorf("said %q", progress.String())
 	}
 }
 
@@ -247,7 +268,7 @@ func cloudServer(t *testing.T, body []byte, listed string) (*httptest.Server, *i
 }
 
 func TestStepFetchSourceVerifiesResumesAndCaches(t *testing.T) {
-	body := bytes.Repeat([]byte("cloud image bytes "), 100000)
+	body := append(qcow2test.Image(qcow2test.Options{Size: 3 << 30}), bytes.Repeat([]byte("cloud image bytes "), 100000)...)
 	sum := sha256.Sum256(body)
 	want := hex.EncodeToString(sum[:])
 	srv, gets := cloudServer(t, body, want)
@@ -273,6 +294,42 @@ func TestStepFetchSourceVerifiesResumesAndCaches(t *testing.T) {
 	mustContinue(t, &StepFetchSource{}, bag(cfg, "workdir", t.TempDir()))
 	if *gets != 1 {
 		t.Fatalf("%d downloads, want 1", *gets)
+	}
+}
+
+// A cloud image whose checksum is right but whose header names a host
+// file is refused and deleted, downloaded or found in the cache.
+func TestStepFetchSourceRefusesADiskThatNamesAHostFile(t *testing.T) {
+	for name, body := range map[string][]byte{
+		"a backing file": qcow2test.Image(qcow2test.Options{Backing: "/root/.ssh/id_ed25519", BackingFormat: "raw"}),
+		"a data file":    qcow2test.Image(qcow2test.Options{DataFile: "/etc/shadow", Incompatible: 1 << 2}),
+		"not qcow2":      []byte("an ISO or a raw disk"),
+	} {
+		sum := sha256.Sum256(body)
+		want := hex.EncodeToString(sum[:])
+		srv, _ := cloudServer(t, body, want)
+		cfg := testConfig(t)
+		cfg.Source, cfg.CacheDir = SourceCloud, t.TempDir()
+		cfg.CloudImageURL, cfg.ChecksumURL = srv.URL+"/cloud.img", srv.URL+"/SHA256SUMS"
+		for _, round := range []string{"downloaded", "cached"} {
+			if round == "cached" {
+				dst := filepath.Join(cfg.CacheDir, "sources", "sha256-"+want+".img")
+				os.WriteFile(dst, body, 0o644)
+			}
+			s := bag(cfg, "workdir", t.TempDir())
+			if (&StepFetchSource{}).Run(context.Background(), s) != multistep.ActionHalt {
+				t.Fatalf("%s, %s: accepted", name, round)
+			}
+			if err := s.Get("error").(error).Error(); !strings.Contains(err, "refused disk") || strings.Contains(err, "\n") {
+				t.Errorf("%s, %s: %s", name, round, err)
+			}
+			if _, ok := s.GetOk("source_image"); ok {
+				t.Errorf("%s, %s: the source was handed on", name, round)
+			}
+			if left, _ := filepath.Glob(filepath.Join(cfg.CacheDir, "sources", "*")); len(left) != 0 {
+				t.Errorf("%s, %s: a refused source was kept: %v", name, round, left)
+			}
+		}
 	}
 }
 
@@ -526,7 +583,7 @@ func TestStepPublishStoresManifestAndPromotes(t *testing.T) {
 	cfg := testConfig(t)
 	work := t.TempDir()
 	disk := filepath.Join(work, "disk.qcow2")
-	os.WriteFile(disk, []byte("the disk"), 0o644)
+	qcow2test.Write(disk, qcow2test.Options{})
 	ova := filepath.Join(work, "debian-12-v1.ova")
 	os.WriteFile(ova, []byte("the ova"), 0o644)
 	s := bag(cfg, "qcow2", disk, "version", "v1", "recipe_hash", "rh", "source_digest", "sha256:sd", "mirror", "http://m",
@@ -552,7 +609,7 @@ func TestStepPublishStoresManifestAndPromotes(t *testing.T) {
 func TestBuildFailureKeepsOldLatestAndCleansUp(t *testing.T) {
 	cfg := testConfig(t)
 	disk := filepath.Join(t.TempDir(), "d")
-	os.WriteFile(disk, []byte("old"), 0o644)
+	qcow2test.Write(disk, qcow2test.Options{})
 	cfg.Store.Add(images.Manifest{Name: "debian-12", Version: "old"}, disk)
 	cfg.Store.Promote("debian-12", "old")
 	cfg.Mirror = "http://127.0.0.1:1/debian"

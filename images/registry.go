@@ -33,7 +33,8 @@ import (
 // An image travels through an OCI registry as one artifact: its
 // manifest.json as the config blob, then one layer per file (the disk
 // and every export), each named by its file and digested as the manifest
-// says. A pull checks every digest before anything is promoted.
+// says. A pull checks the manifest, every digest and the disk's header
+// before anything is stored or promoted.
 const (
 	ArtifactType    = "application/vnd.agentfleet.image.v1"
 	ConfigMediaType = "application/vnd.agentfleet.image.manifest.v1+json"
@@ -366,9 +367,10 @@ var safeFile = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // ErrUpToDate says a pull found the image already here.
 var ErrUpToDate = errors.New("already here")
 
-// Pull fetches the reference's image into s, checking every blob's
-// digest and size against the registry's descriptor and the image's own
-// manifest, and promotes it only then. A version already here with the
+// Pull fetches the reference's image into s, checking its manifest's
+// fields, every blob's digest and size against the registry's descriptor
+// and the image's own manifest, and the disk's qcow2 header (it must name
+// no host file), and promotes it only then. A version already here with the
 // same disk is ErrUpToDate (promoted if it was not latest).
 func (r *Remote) Pull(ctx context.Context, s Store) (Image, error) {
 	img, err := r.pull(ctx, s)
@@ -404,8 +406,10 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 	if err := json.Unmarshal(cfg, &m); err != nil {
 		return Image{}, fmt.Errorf("the image manifest: %w", err)
 	}
-	if !IsKnown(m.Name) || !safeFile.MatchString(m.Version) {
-		return Image{}, fmt.Errorf("%s holds image %q version %q, which this fleet does not take", r.Ref, m.Name, m.Version)
+	// The manifest names folders, links and files here, and is printed:
+	// it is checked before anything is written.
+	if err := m.Check(); err != nil {
+		return Image{}, fmt.Errorf("%s holds an image manifest this fleet does not take: %w", r.Ref, err)
 	}
 	if have, err := s.load(m.Name, m.Version); err == nil {
 		if have.DiskSHA256 != m.DiskSHA256 {
@@ -439,6 +443,17 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 			disk = dst
 		} else {
 			extras[l.Annotations[OutputAnnotation]] = dst
+		}
+	}
+	// The digests say the disk is the one pushed, not that it is safe to
+	// use: its header must name no host file (backing file, data file).
+	// The exported qcow2, if any, too. Nothing is stored otherwise.
+	if err := CheckDisk(disk); err != nil {
+		return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: %w", m.Name, m.Version, r.Ref, err)
+	}
+	if p, ok := extras["qcow2"]; ok {
+		if err := CheckDisk(p); err != nil {
+			return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: its qcow2 export: %w", m.Name, m.Version, r.Ref, err)
 		}
 	}
 	img, err := s.Add(m, disk, extras)

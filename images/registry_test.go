@@ -5,13 +5,16 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/registrytest"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -31,7 +34,7 @@ func storedImage(t *testing.T, version string, diskBytes int) (Store, Image) {
 		sum := sha256.Sum256(b)
 		return p, hex.EncodeToString(sum[:]), int64(n)
 	}
-	disk, dsum, dsize := file("disk", diskBytes)
+	disk, dsum, dsize := qcowFile(t, filepath.Join(work, "disk"), diskBytes)
 	kern, ksum, ksize := file("vmlinuz", 3000)
 	m := Manifest{Name: "debian-12", Version: version, Recipe: "base", DiskSHA256: dsum, DiskBytes: dsize,
 		Outputs: map[string]Output{OutputKernel: {File: "vmlinuz", SHA256: ksum, Bytes: ksize}}, BuiltAt: time.Now()}
@@ -43,6 +46,30 @@ func storedImage(t *testing.T, version string, diskBytes int) (Store, Image) {
 		t.Fatal(err)
 	}
 	return s, img
+}
+
+// qcowFile writes a valid qcow2 of n bytes (at least its header's), its
+// tail random, and returns its path, SHA-256 and size.
+func qcowFile(t *testing.T, p string, n int, o ...qcow2test.Options) (string, string, int64) {
+	t.Helper()
+	var opts qcow2test.Options
+	if len(o) > 0 {
+		opts = o[0]
+	}
+	if opts.ClusterBits == 0 {
+		opts.ClusterBits = 12
+	}
+	b := qcow2test.Image(opts)
+	if len(b) < n {
+		tail := make([]byte, n-len(b))
+		rand.Read(tail)
+		b = append(b, tail...)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return p, hex.EncodeToString(sum[:]), int64(len(b))
 }
 
 func open(t *testing.T, ref string) *Remote {
@@ -223,5 +250,170 @@ func TestCheckLayersRefusesWhatTheManifestDoesNotName(t *testing.T) {
 		if err := checkLayers(layers, m); err == nil {
 			t.Errorf("%s accepted", name)
 		}
+	}
+}
+
+// craftedImage is a version folder written by hand, as someone with push
+// access to a registry would: any manifest, any disk, with digests that
+// match, so that only fleet's own checks stand in the way.
+func craftedImage(t *testing.T, m Manifest, disk qcow2test.Options) Image {
+	t.Helper()
+	dir := t.TempDir()
+	p, sum, size := qcowFile(t, filepath.Join(dir, DiskFile), 64<<10, disk)
+	m.DiskSHA256, m.DiskBytes = sum, size
+	// Push reads the outputs from files with names of its own; the
+	// manifest it sends says what it says.
+	pushed := map[string]Output{}
+	for kind, o := range m.Outputs {
+		b := []byte("output " + kind)
+		os.WriteFile(filepath.Join(dir, "out-"+kind), b, 0o644)
+		s := sha256.Sum256(b)
+		o.SHA256, o.Bytes = hex.EncodeToString(s[:]), int64(len(b))
+		m.Outputs[kind] = o
+		pushed[kind] = Output{File: "out-" + kind, SHA256: o.SHA256, Bytes: o.Bytes}
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, ManifestFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := Image{Manifest: m, Dir: dir, Disk: p}
+	img.Outputs = pushed
+	return img
+}
+
+// storeState is everything under a store's root: names, link targets and
+// file contents, to show that a refused pull changed nothing.
+func storeState(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if strings.HasPrefix(rel, ".uploads") {
+			return nil
+		}
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			fmt.Fprintf(&b, "%s -> %s\n", rel, target)
+		case fi.Mode().IsRegular():
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, "%s %x\n", rel, sha256.Sum256(c))
+		default:
+			fmt.Fprintf(&b, "%s/\n", rel)
+		}
+		return nil
+	})
+	return b.String()
+}
+
+// A pushed image whose disk names a host file pulls nothing: the digests
+// match, but the header is refused, and the store (its latest included)
+// is as it was.
+func TestPullRefusesADiskThatNamesAHostFile(t *testing.T) {
+	reg := registrytest.Start(t, "", "")
+	ctx := context.Background()
+	secret := filepath.Join(t.TempDir(), "id_ed25519")
+	os.WriteFile(secret, []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nthe host's key\n"), 0o600)
+	// The store already has a good version, which stays latest.
+	_, goodImg := storedImage(t, "20261201-010000", 80<<10)
+	if _, err := open(t, reg.Addr+"/fleet/good").Push(ctx, goodImg); err != nil {
+		t.Fatal(err)
+	}
+	dst := Store{Root: t.TempDir()}
+	if _, err := open(t, reg.Addr+"/fleet/good").Pull(ctx, dst); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		disk qcow2test.Options
+		want string
+	}{
+		"a backing file":              {qcow2test.Options{Backing: secret, BackingFormat: "raw"}, `names the backing file "` + secret + `"`},
+		"a v2 backing file":           {qcow2test.Options{Version: 2, Backing: secret}, "names the backing file"},
+		"an external data file":       {qcow2test.Options{DataFile: secret, Incompatible: 1 << 2}, "external file"},
+		"an unknown incompatible bit": {qcow2test.Options{Incompatible: 1 << 12}, "incompatible feature bits"},
+		"an encrypted disk":           {qcow2test.Options{CryptMethod: 2}, "encrypted"},
+		"qcow version 9":              {qcow2test.Options{Version: 9}, "version 9"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			img := craftedImage(t, Manifest{Name: "debian-12", Version: "20261202-000000", Recipe: "full", BuiltAt: time.Now()}, tc.disk)
+			repo := reg.Addr + "/fleet/" + strings.ReplaceAll(name, " ", "-")
+			if _, err := open(t, repo).Push(ctx, img); err != nil {
+				t.Fatal(err)
+			}
+			before := storeState(t, dst.Root)
+			_, err := open(t, repo).Pull(ctx, dst)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "nothing is promoted") || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("pull: %v", err)
+			}
+			if after := storeState(t, dst.Root); after != before {
+				t.Fatalf("a refused pull changed the store:\n%s\nwas:\n%s", after, before)
+			}
+			if got, err := dst.Resolve("debian-12"); err != nil || got.Version != goodImg.Version {
+				t.Fatalf("latest is now %q, %v", got.Version, err)
+			}
+		})
+	}
+}
+
+// A pushed manifest whose fields would become paths, links or terminal
+// text outside what fleet takes is refused before anything is written:
+// an arch like "../../../../victim" once made Promote replace a file
+// outside the store with a symlink.
+func TestPullRefusesAHostileManifest(t *testing.T) {
+	reg := registrytest.Start(t, "", "")
+	ctx := context.Background()
+	top := t.TempDir()
+	dst := Store{Root: filepath.Join(top, "store")}
+	os.MkdirAll(dst.Root, 0o755)
+	victim := filepath.Join(top, "victim")
+	os.WriteFile(victim, []byte("a file outside the store"), 0o644)
+	// Where the old latestOf put arch "../../../../victim": the victim.
+	if filepath.Join(dst.Root, "debian-12", "latest-../../../../victim") != victim {
+		t.Fatal("the test's path arithmetic is wrong")
+	}
+	base := func() Manifest {
+		return Manifest{Name: "debian-12", Version: "20261203-000000", Recipe: "full", BuiltAt: time.Now()}
+	}
+	for name, mod := range map[string]func(*Manifest){
+		"arch escaping the store": func(m *Manifest) { m.Arch = "../../../../victim" },
+		"arch with a slash":       func(m *Manifest) { m.Arch = "amd64/../../x" },
+		"unknown arch":            func(m *Manifest) { m.Arch = "riscv64" },
+		"version escaping":        func(m *Manifest) { m.Version = "../../victim" },
+		"version latest":          func(m *Manifest) { m.Version = "latest" },
+		"version latest-arm64":    func(m *Manifest) { m.Version = "latest-arm64" },
+		"output file escaping": func(m *Manifest) {
+			m.Outputs = map[string]Output{OutputKernel: {File: "../../../victim"}}
+		},
+		"output over the manifest": func(m *Manifest) { m.Outputs = map[string]Output{OutputKernel: {File: ManifestFile}} },
+		"output over the disk":     func(m *Manifest) { m.Outputs = map[string]Output{"ova": {File: DiskFile}} },
+		"escape in the cmdline":    func(m *Manifest) { m.KernelCmdline = "root=/dev/vda \x1b]0;pwned\x07" },
+		"escape in a package":      func(m *Manifest) { m.Packages = map[string]string{"docker": "27\x1b[2K\rwarning: none"} },
+		"escape in the source":     func(m *Manifest) { m.Source = "https://x/\x1b[1A\x1b[2Kok" },
+		"escape in the recipe":     func(m *Manifest) { m.Recipe = "full\x1b[31m" },
+		"negative build time":      func(m *Manifest) { m.BuildSeconds = -1 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := base()
+			mod(&m)
+			img := craftedImage(t, m, qcow2test.Options{})
+			repo := reg.Addr + "/fleet/" + strings.ReplaceAll(name, " ", "-") + ":t"
+			if _, err := open(t, repo).Push(ctx, img); err != nil {
+				t.Fatal(err)
+			}
+			before := storeState(t, top)
+			_, err := open(t, repo).Pull(ctx, dst)
+			if err == nil || !strings.Contains(err.Error(), "does not take") || strings.ContainsAny(err.Error(), "\n\r\x1b\x07") {
+				t.Fatalf("pull: %q", err)
+			}
+			if after := storeState(t, top); after != before {
+				t.Fatalf("a refused pull changed files:\n%s\nwas:\n%s", after, before)
+			}
+			if b, _ := os.ReadFile(victim); string(b) != "a file outside the store" {
+				t.Fatal("the victim changed")
+			}
+		})
 	}
 }

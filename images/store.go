@@ -8,12 +8,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/qcow2"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // Known lists the image names agentfleet can build.
@@ -37,12 +40,16 @@ const (
 
 // latestOf is the name of arch's "latest" link. Each architecture has its
 // own, so a nightly arm64 build does not replace the amd64 image spawn
-// uses, and amd64 keeps the plain "latest" it always had.
-func latestOf(arch vm.Arch) string {
-	if arch.Or() == vm.AMD64 {
-		return latestLink
+// uses, and amd64 keeps the plain "latest" it always had. Only an
+// architecture fleet knows names a link: the name is part of a path.
+func latestOf(arch vm.Arch) (string, error) {
+	switch a := arch.Or(); {
+	case a == vm.AMD64:
+		return latestLink, nil
+	case slices.Contains(vm.Arches, a):
+		return latestLink + "-" + string(a), nil
 	}
-	return latestLink + "-" + string(arch)
+	return "", fmt.Errorf("architecture %s is none of %s", show(string(arch)), archList())
 }
 
 // Manifest records what an image version is made of.
@@ -126,7 +133,11 @@ func (s Store) ResolveArch(ref string, arch vm.Arch) (Image, error) {
 			}
 		}
 		for _, a := range order {
-			if target, err := os.Readlink(filepath.Join(s.Root, name, latestOf(a))); err == nil {
+			link, err := latestOf(a)
+			if err != nil {
+				return Image{}, err
+			}
+			if target, err := os.Readlink(filepath.Join(s.Root, name, link)); err == nil {
 				version = filepath.Base(target)
 				break
 			}
@@ -138,16 +149,48 @@ func (s Store) ResolveArch(ref string, arch vm.Arch) (Image, error) {
 			return Image{}, fmt.Errorf("image %s is not built yet; build it with: fleet image build %s", name, name)
 		}
 	}
-	img, err := s.load(name, version)
+	img, err := s.use(name, version)
 	if err != nil {
-		return Image{}, fmt.Errorf("image %s@%s: %w", name, version, err)
+		return Image{}, fmt.Errorf("image %s@%s: %w", name, line(version), err)
 	}
 	return img, nil
 }
 
+// use loads a version to be used: its manifest and its disk's header are
+// checked again, since a store can be written by more than fleet.
+func (s Store) use(name, version string) (Image, error) {
+	img, err := s.load(name, version)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := CheckDisk(img.Disk); err != nil {
+		return Image{}, err
+	}
+	return img, nil
+}
+
+// CheckDisk judges a disk the store holds or takes: a qcow2 that names no
+// other file. It reads the header only.
+func CheckDisk(path string) error {
+	_, err := qcow2.Check(path, qcow2.Expect{Format: qcow2.QCOW2})
+	return err
+}
+
+// load reads a version's manifest and checks it, with the folder it is in.
 func (s Store) load(name, version string) (Image, error) {
+	if !IsKnown(name) {
+		return Image{}, fmt.Errorf("unknown image %s", show(name))
+	}
+	if err := CheckVersion(version); err != nil {
+		return Image{}, err
+	}
 	dir := filepath.Join(s.Root, name, version)
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if fi, err := os.Lstat(dir); err != nil {
+		return Image{}, fmt.Errorf("not in the store: %w", err)
+	} else if !fi.IsDir() {
+		return Image{}, fmt.Errorf("%s is not a folder", dir)
+	}
+	b, err := readRegular(filepath.Join(dir, ManifestFile), maxManifest)
 	if err != nil {
 		return Image{}, err
 	}
@@ -155,32 +198,63 @@ func (s Store) load(name, version string) (Image, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return Image{}, fmt.Errorf("corrupt manifest: %w", err)
 	}
+	if err := m.Check(); err != nil {
+		return Image{}, fmt.Errorf("manifest refused: %w", err)
+	}
+	if m.Name != name || m.Version != version {
+		return Image{}, fmt.Errorf("manifest refused: it is for %s@%s, not %s@%s", m.Name, m.Version, name, version)
+	}
 	m.Arch = m.Arch.Or()
 	disk := filepath.Join(dir, DiskFile)
-	if _, err := os.Stat(disk); err != nil {
+	if fi, err := os.Lstat(disk); err != nil {
+		return Image{}, err
+	} else if !fi.Mode().IsRegular() {
+		return Image{}, fmt.Errorf("%s is not a regular file", disk)
+	}
+	link, err := latestOf(m.Arch)
+	if err != nil {
 		return Image{}, err
 	}
-	latest, _ := os.Readlink(filepath.Join(s.Root, name, latestOf(m.Arch)))
+	latest, _ := os.Readlink(filepath.Join(s.Root, name, link))
 	return Image{Manifest: m, Dir: dir, Disk: disk, Latest: filepath.Base(latest) == version}, nil
+}
+
+// Skipped is a stored version that List leaves out, and why.
+type Skipped struct {
+	Name    string
+	Version string // its folder's name, as found: clean it to show it
+	Dir     string
+	Err     error
 }
 
 // List returns every stored version, newest first within each name.
 func (s Store) List() ([]Image, error) {
+	out, _, err := s.Scan()
+	return out, err
+}
+
+// Scan is List with the versions it left out: a manifest or a disk that
+// does not pass its checks is never listed, pruned or used.
+func (s Store) Scan() ([]Image, []Skipped, error) {
 	var out []Image
+	var skipped []Skipped
 	for _, name := range Known {
 		entries, err := os.ReadDir(filepath.Join(s.Root, name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		} else if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, e := range entries {
 			if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 				continue
 			}
-			if img, err := s.load(name, e.Name()); err == nil {
-				out = append(out, img)
+			img, err := s.use(name, e.Name())
+			if err != nil {
+				skipped = append(skipped, Skipped{Name: name, Version: e.Name(), Dir: filepath.Join(s.Root, name, e.Name()), Err: err})
+				continue
 			}
+			out = append(out, img)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -189,14 +263,22 @@ func (s Store) List() ([]Image, error) {
 		}
 		return out[i].Version > out[j].Version
 	})
-	return out, nil
+	return out, skipped, nil
 }
 
 // Add moves a finished disk (and any exported files, named in
 // m.Outputs and found at extras[kind]) into the store as name/version,
 // makes them read-only (clones link to the disk) and writes the manifest.
-// It does not promote: the caller promotes a verified version.
+// It does not promote: the caller promotes a verified version. The
+// manifest and the disk's header are checked first: nothing that fails
+// them enters the store.
 func (s Store) Add(m Manifest, disk string, extras ...map[string]string) (Image, error) {
+	if err := m.Check(); err != nil {
+		return Image{}, fmt.Errorf("store %s: manifest refused: %w", show(m.Name+"@"+m.Version), err)
+	}
+	if err := CheckDisk(disk); err != nil {
+		return Image{}, fmt.Errorf("store %s@%s: %w", m.Name, m.Version, err)
+	}
 	dir := filepath.Join(s.Root, m.Name, m.Version)
 	if _, err := os.Stat(dir); err == nil {
 		return Image{}, fmt.Errorf("image %s@%s already exists", m.Name, m.Version)
@@ -239,11 +321,15 @@ func (s Store) Add(m Manifest, disk string, extras ...map[string]string) (Image,
 // atomically (a new symlink renamed over the old one), so a reader sees
 // the old or the new version.
 func (s Store) Promote(name, version string) error {
-	img, err := s.load(name, version)
+	img, err := s.use(name, version)
 	if err != nil {
-		return fmt.Errorf("promote %s@%s: %w", name, version, err)
+		return fmt.Errorf("promote %s@%s: %w", line(name), line(version), err)
 	}
-	link := filepath.Join(s.Root, name, latestOf(img.Arch))
+	latest, err := latestOf(img.Arch)
+	if err != nil {
+		return fmt.Errorf("promote %s@%s: %w", img.Name, img.Version, err)
+	}
+	link := filepath.Join(s.Root, img.Name, latest)
 	tmp := link + ".tmp"
 	_ = os.Remove(tmp)
 	if err := os.Symlink(version, tmp); err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -15,7 +16,7 @@ import (
 func addVersion(t *testing.T, s Store, name, version string) Image {
 	t.Helper()
 	disk := filepath.Join(t.TempDir(), "disk")
-	if err := os.WriteFile(disk, []byte("disk of "+version), 0o644); err != nil {
+	if err := qcow2test.Write(disk, qcow2test.Options{Size: uint64(len(version)) << 20}); err != nil {
 		t.Fatal(err)
 	}
 	img, err := s.Add(Manifest{Name: name, Version: version, RecipeHash: "r-" + version}, disk)
@@ -53,10 +54,13 @@ func TestAddStoresReadOnlyDiskAndDoesNotPromote(t *testing.T) {
 func TestResolveErrors(t *testing.T) {
 	s := Store{Root: t.TempDir()}
 	for ref, want := range map[string]string{
-		"windows-95":      `unknown image "windows-95" (known images: ubuntu-24.04, debian-12)`,
-		"debian-12":       "image debian-12 is not built yet; build it with: fleet image build debian-12",
-		"debian-12@nope":  "image debian-12@nope: open",
-		"ubuntu-24.04@x/": "image ubuntu-24.04@x/: open",
+		"windows-95":             `unknown image "windows-95" (known images: ubuntu-24.04, debian-12)`,
+		"debian-12":              "image debian-12 is not built yet; build it with: fleet image build debian-12",
+		"debian-12@nope":         "image debian-12@nope: not in the store",
+		"ubuntu-24.04@x/":        `image ubuntu-24.04@x/: version "x/" is not a version fleet takes`,
+		"debian-12@../../../etc": `image debian-12@../../../etc: version "../../../etc" is not`,
+		"debian-12@latest":       `image debian-12@latest: version "latest" is not`,
+		"debian-12@\x1b]0;x\x07": `image debian-12@\e]0;x\x07: version "\e]0;x\x07" is not`,
 	} {
 		_, err := s.Resolve(ref)
 		if err == nil || len(err.Error()) < len(want) || err.Error()[:len(want)] != want {
@@ -194,10 +198,11 @@ func TestPruneKeepsAVersionWhoseOVAIsInUse(t *testing.T) {
 // key, read-only once published, and a machine linked to it keeps the
 // version from being pruned.
 func TestWarmTemplatesAreKeyedAndKeepTheirVersion(t *testing.T) {
-	img := Image{Dir: t.TempDir()}
+	dir := t.TempDir()
+	img := Image{Dir: dir, Disk: filepath.Join(dir, DiskFile)}
 	staged := filepath.Join(img.Dir, "staging")
 	os.MkdirAll(staged, 0o755)
-	os.WriteFile(filepath.Join(staged, TemplateDisk), []byte("disk"), 0o644)
+	qcow2test.Write(filepath.Join(staged, TemplateDisk), qcow2test.Options{Backing: img.Disk, BackingFormat: "qcow2"})
 	os.WriteFile(filepath.Join(staged, TemplateState), []byte("state"), 0o644)
 	os.WriteFile(filepath.Join(staged, TemplateMeta), []byte(`{"key":"k1","cpus":1,"memory_mib":1024}`), 0o644)
 	// A 1 GiB guest that touched one page: its RAM file is sparse.
@@ -262,7 +267,7 @@ func TestLatestIsPerArchitecture(t *testing.T) {
 	s := Store{Root: t.TempDir()}
 	add := func(version string, arch vm.Arch) {
 		disk := filepath.Join(t.TempDir(), "disk")
-		os.WriteFile(disk, []byte(version), 0o644)
+		qcow2test.Write(disk, qcow2test.Options{})
 		if _, err := s.Add(Manifest{Name: "debian-12", Version: version, Arch: arch}, disk); err != nil {
 			t.Fatal(err)
 		}

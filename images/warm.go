@@ -5,11 +5,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"syscall"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/qcow2"
 )
 
 // A warm template is one machine of an image version, booted to ready and
@@ -54,17 +57,22 @@ func TemplateDir(img Image, key string) string {
 }
 
 // FindTemplate returns img's template for exactly key. A template whose
-// recorded key differs is never returned.
+// recorded key differs, or whose files do not pass their checks, is never
+// returned.
 func FindTemplate(img Image, key string) (Template, bool) {
-	t, err := loadTemplate(TemplateDir(img, key))
+	t, err := loadTemplate(img, TemplateDir(img, key))
 	if err != nil || t.Key != key {
 		return Template{}, false
 	}
 	return t, true
 }
 
-func loadTemplate(dir string) (Template, error) {
-	b, err := os.ReadFile(filepath.Join(dir, TemplateMeta))
+// loadTemplate reads a template of img and checks its files before any
+// clone uses them: each a regular file (QEMU maps the memory file into a
+// guest's RAM, so a link to a host file would show the guest that file),
+// and the disk an overlay on img's disk that names no other file.
+func loadTemplate(img Image, dir string) (Template, error) {
+	b, err := readRegular(filepath.Join(dir, TemplateMeta), maxManifest)
 	if err != nil {
 		return Template{}, err
 	}
@@ -73,11 +81,17 @@ func loadTemplate(dir string) (Template, error) {
 		return Template{}, err
 	}
 	for _, f := range []string{TemplateDisk, TemplateMemory, TemplateState} {
-		fi, err := os.Stat(filepath.Join(dir, f))
+		fi, err := os.Lstat(filepath.Join(dir, f))
 		if err != nil {
 			return Template{}, err
 		}
+		if !fi.Mode().IsRegular() {
+			return Template{}, fmt.Errorf("template file %s is not a regular file", filepath.Join(dir, f))
+		}
 		t.Bytes += allocated(fi)
+	}
+	if _, err := qcow2.Check(t.Disk(), qcow2.Expect{Backing: img.Disk}); err != nil {
+		return Template{}, err
 	}
 	return t, nil
 }
@@ -96,7 +110,7 @@ func Templates(img Image) []Template {
 	entries, _ := os.ReadDir(filepath.Join(img.Dir, "warm"))
 	var out []Template
 	for _, e := range entries {
-		if t, err := loadTemplate(filepath.Join(img.Dir, "warm", e.Name())); err == nil {
+		if t, err := loadTemplate(img, filepath.Join(img.Dir, "warm", e.Name())); err == nil {
 			out = append(out, t)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/agentfleet/agentfleet/builder"
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
@@ -139,9 +140,15 @@ func newImageLsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			imgs, err := imageStore(l).List()
+			imgs, skipped, err := imageStore(l).Scan()
 			if err != nil {
 				return err
+			}
+			// A version whose manifest or disk does not pass its checks is
+			// not listed (nor used): say which and why, on stderr.
+			for _, sk := range skipped {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s@%s is not listed and cannot be used: %s (remove %s)\n",
+					sk.Name, termsafe.Line(sk.Version), termsafe.Line(sk.Err.Error()), termsafe.Line(sk.Dir))
 			}
 			type row struct {
 				images.Image
@@ -166,8 +173,10 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				for _, t := range r.Templates {
 					warm = append(warm, fmt.Sprintf("%dcpu/%dM (%dM)", t.CPUs, t.MemoryMiB, t.Bytes>>20))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", i.Name, i.Version, i.Arch, latest, i.DiskBytes>>20,
-					dash(i.Packages["claude-code"]), dash(i.Packages["docker"]), dash(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
+				// Manifests may come from a registry: each field is one
+				// clean line, whatever the store's checks let through.
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", cell(i.Name), cell(i.Version), cell(string(i.Arch)), latest, i.DiskBytes>>20,
+					cell(i.Packages["claude-code"]), cell(i.Packages["docker"]), cell(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
 			}
 			return tw.Flush()
 		},
@@ -208,7 +217,7 @@ and every version a machine still links to (in any fleet) are always kept.`,
 				}
 			} else {
 				for _, i := range removed {
-					fmt.Fprintf(cmd.OutOrStdout(), "removed %s@%s (%dM)\n", i.Name, i.Version, i.DiskBytes>>20)
+					fmt.Fprintf(cmd.OutOrStdout(), "removed %s@%s (%dM)\n", termsafe.Line(i.Name), termsafe.Line(i.Version), i.DiskBytes>>20)
 				}
 				if len(removed) == 0 && err == nil {
 					fmt.Fprintln(cmd.OutOrStdout(), "nothing to prune")
@@ -228,6 +237,10 @@ func dash(s string) string {
 	}
 	return s
 }
+
+// cell is a table cell of text from a manifest: one clean line, no tab
+// (termsafe escapes it) to shift the columns, "-" when empty.
+func cell(s string) string { return dash(termsafe.Line(s)) }
 
 func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())
