@@ -367,3 +367,14 @@ func TestWaitEndsOnAnUnreadableExitAndTimesOut(t *testing.T) {
 		t.Fatalf("a wait past its deadline: %+v", res[0])
 	}
 }
+
+func TestProgressCarriesNoRawGuestBytes(t *testing.T) {
+	var out strings.Builder
+	c := &Controller{Progress: &out}
+	for _, h := range hostile {
+		c.say("%s: collected %s", "m-1", "refs/heads/"+h)
+	}
+	if where, bad := rawControl(out.String()); bad || strings.Count(out.String(), "\n") != len(hostile) {
+		t.Fatalf("progress %q: raw %s", out.String(), where)
+	}
+}

@@ -245,7 +245,7 @@ func statusOf(kv map[string][]string) (Status, error) {
 		n, ok := ParseExitCode(code)
 		s.ExitCode, s.State = n, Succeeded
 		if !ok {
-			s.Message = "unreadable exit status " + strconv.Quote(Clean(code[len(code)-1], 20))
+			s.Message = `unreadable exit status "` + Clean(code[len(code)-1], 20) + `"`
 		}
 		if n != 0 || !ok {
 			s.State = Failed
