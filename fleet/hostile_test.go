@@ -119,13 +119,14 @@ func (g *hostileGuest) serve(nc net.Conn, cfg *ssh.ServerConfig) {
 
 // flood writes n bytes of b repeated, in chunks, and no newline unless b
 // has one: what a guest that wants the host's memory sends.
-func flood(w io.Writer, b string, n int) {
+func flood(w io.Writer, b string, n int) (sent int) {
 	chunk := []byte(strings.Repeat(b, 32<<10/len(b)+1))[:32<<10]
-	for sent := 0; sent < n; sent += len(chunk) {
+	for ; sent < n; sent += len(chunk) {
 		if _, err := w.Write(chunk); err != nil {
-			return
+			return sent
 		}
 	}
+	return sent
 }
 
 // hostile holds what a guest uses against a terminal: erase the line, set
@@ -162,6 +163,16 @@ func TestGuestAnswersAreBounded(t *testing.T) {
 	}
 	if err := c.KillSession(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
 		t.Fatalf("a %d-byte kill answer: %v", floodSize, err)
+	}
+	// Past the limit the host stops reading: a guest that would send 1 GiB
+	// gets to send little more than the limit and what is in flight.
+	sent := make(chan int, 1)
+	g.set(func(_ string, out, _ io.Writer) uint32 { sent <- flood(out, "A", 1<<30); return 0 })
+	if _, err := c.SessionStatus(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
+		t.Fatalf("a 1 GiB status answer: %v", err)
+	}
+	if n := <-sent; n > 32<<20 {
+		t.Fatalf("the host read on: the guest sent %d MiB of a status", n>>20)
 	}
 	// A snapshot that is well-formed but for its many lines.
 	g.set(func(_ string, out, _ io.Writer) uint32 { flood(out, "last=41\n", floodSize); return 0 })

@@ -35,18 +35,36 @@ func (c *Controller) guestRun(ctx context.Context, m *Machine, script string, st
 	if err != nil {
 		return nil, err
 	}
-	out, stderr := bounded.NewBuffer(bounded.Answer), bounded.NewTail(bounded.Stderr)
-	code, err := sshx.Run(ctx, cl, script, stdin, out, stderr)
+	// Past the limit the answer is wrong whatever follows: stop the
+	// command rather than read a flood to its end.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out, stderr := &answer{Buffer: bounded.NewBuffer(bounded.Answer), over: cancel}, bounded.NewTail(bounded.Stderr)
+	code, err := sshx.Run(rctx, cl, script, stdin, out, stderr)
+	if terr := out.Err(); terr != nil {
+		return nil, fmt.Errorf("%s: the guest's answer: %w", m.Name, terr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", m.Name, err)
 	}
 	if code != 0 {
 		return out.Bytes(), guestError(m.Name, code, stderr.Bytes())
 	}
-	if err := out.Err(); err != nil {
-		return nil, fmt.Errorf("%s: the guest's answer: %w", m.Name, err)
-	}
 	return out.Bytes(), nil
+}
+
+// answer is a bounded.Buffer that calls over once it has dropped bytes.
+type answer struct {
+	*bounded.Buffer
+	over func()
+}
+
+func (a *answer) Write(p []byte) (int, error) {
+	n, err := a.Buffer.Write(p)
+	if a.Truncated() {
+		a.over()
+	}
+	return n, err
 }
 
 // GuestError is a guest-side script that failed.
@@ -194,6 +212,9 @@ type WaitResult struct {
 	TimedOut bool `json:"timed_out,omitempty"`
 }
 
+// statusTimeout bounds one status poll of Wait.
+const statusTimeout = 30 * time.Second
+
 // Wait polls the machines' agents until all have ended (or ctx ends) and
 // reports each. A machine with no session counts as ended. changed, if
 // set, hears each agent's state when first seen and when it changes
@@ -208,7 +229,11 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 			out[i].Machine = m.Name
 			var last session.State
 			for {
-				st, err := c.SessionStatus(ctx, m)
+				// One poll is brief: a guest that does not answer is
+				// asked again, not waited on past the caller's deadline.
+				qctx, cancel := context.WithTimeout(ctx, statusTimeout)
+				st, err := c.SessionStatus(qctx, m)
+				cancel()
 				if err == nil && changed != nil && st.State != last {
 					changed(m, st, last == "")
 					last = st.State
