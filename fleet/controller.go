@@ -12,6 +12,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/crypto/ssh"
@@ -64,9 +65,11 @@ func (c *Controller) say(format string, args ...any) {
 	if c.Progress == nil {
 		return
 	}
+	// What is said often quotes a guest (a path, a branch, its stderr).
+	line := termsafe.Text(fmt.Sprintf(format, args...))
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
-	fmt.Fprintf(c.Progress, format+"\n", args...)
+	fmt.Fprintln(c.Progress, line)
 }
 
 func (c *Controller) sshPool() *sshx.Pool {

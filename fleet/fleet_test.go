@@ -143,7 +143,7 @@ func TestSSHConfigPinsKeys(t *testing.T) {
 func TestPrefixWriterKeepsLinesWhole(t *testing.T) {
 	var out strings.Builder
 	var mu sync.Mutex
-	a := &prefixWriter{w: &out, mu: &mu, prefix: "a: "}
+	a := newPrefixWriter(&out, &mu, "a: ")
 	a.Write([]byte("one\ntw"))
 	a.Write([]byte("o\nthree"))
 	a.Flush()

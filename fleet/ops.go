@@ -12,6 +12,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/sync/errgroup"
@@ -440,7 +441,7 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 		case m.SSHAddr != "":
 			var err error
 			if pending, what, err = c.Pending(ctx, m); err != nil {
-				pending, what = true, "cannot be checked ("+err.Error()+")"
+				pending, what = true, "cannot be checked ("+termsafe.Line(err.Error())+")"
 			}
 		case w.PendingAtStop != nil:
 			pending, what = *w.PendingAtStop, "work found when it was stopped or suspended"

@@ -11,9 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // SessionRequest is one agent run on one machine.
@@ -25,35 +27,63 @@ type SessionRequest struct {
 }
 
 // guestRun runs script on m with stdin, returning stdout; a non-zero
-// exit is an error carrying the script's stderr.
+// exit is an error carrying the script's stderr. The host keeps at most
+// bounded.Answer bytes of stdout (more is an error: no script of ours
+// says that much) and the end of stderr.
 func (c *Controller) guestRun(ctx context.Context, m *Machine, script string, stdin io.Reader) ([]byte, error) {
 	cl, err := c.Connect(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	var out, stderr bytes.Buffer
-	code, err := sshx.Run(ctx, cl, script, stdin, &out, &stderr)
+	// Past the limit the answer is wrong whatever follows: stop the
+	// command rather than read a flood to its end.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out, stderr := &answer{Buffer: bounded.NewBuffer(bounded.Answer), over: cancel}, bounded.NewTail(bounded.Stderr)
+	code, err := sshx.Run(rctx, cl, script, stdin, out, stderr)
+	if terr := out.Err(); terr != nil {
+		return nil, fmt.Errorf("%s: the guest's answer: %w", m.Name, terr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", m.Name, err)
 	}
 	if code != 0 {
-		return out.Bytes(), &GuestError{Machine: m.Name, Code: code, Stderr: strings.TrimSpace(execx.Tail(stderr.Bytes(), 3))}
+		return out.Bytes(), guestError(m.Name, code, stderr.Bytes())
 	}
 	return out.Bytes(), nil
+}
+
+// answer is a bounded.Buffer that calls over once it has dropped bytes.
+type answer struct {
+	*bounded.Buffer
+	over func()
+}
+
+func (a *answer) Write(p []byte) (int, error) {
+	n, err := a.Buffer.Write(p)
+	if a.Truncated() {
+		a.over()
+	}
+	return n, err
 }
 
 // GuestError is a guest-side script that failed.
 type GuestError struct {
 	Machine string
 	Code    int
-	Stderr  string
+	Stderr  string // the last lines, safe for a terminal
+}
+
+// guestError keeps the last lines of a failed script's stderr, cleaned.
+func guestError(machine string, code int, stderr []byte) *GuestError {
+	return &GuestError{Machine: machine, Code: code, Stderr: termsafe.Text(strings.TrimSpace(execx.Tail(stderr, 3)))}
 }
 
 func (e *GuestError) Error() string {
 	if e.Stderr == "" {
 		return fmt.Sprintf("%s: exit status %d", e.Machine, e.Code)
 	}
-	return fmt.Sprintf("%s: %s", e.Machine, e.Stderr)
+	return fmt.Sprintf("%s: %s", e.Machine, termsafe.Text(e.Stderr))
 }
 
 // StartSession starts an agent in m's tmux session, replacing any
@@ -114,7 +144,10 @@ func (c *Controller) KillSession(ctx context.Context, m *Machine) error {
 
 // Logs writes the machines' agent logs to w, rendered for reading unless
 // raw; with follow, until each session ends. Lines are prefixed with the
-// machine's name when prefix is set.
+// machine's name when prefix is set. Rendered lines are safe for a
+// terminal; raw ones are as written (the caller cleans them for a
+// terminal). A line longer than bounded.Line is cut and marked, except
+// raw and unprefixed, which streams through whole.
 func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefix bool, w io.Writer) error {
 	var mu sync.Mutex
 	errs := make([]error, len(ms))
@@ -123,67 +156,49 @@ func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pw := &prefixWriter{w: w, mu: &mu}
+			name := ""
 			if prefix {
-				pw.prefix = m.Name + ": "
+				name = m.Name + ": "
 			}
-			lw := &lineFilter{out: pw, raw: raw}
+			var out io.Writer = newLineWriter(bounded.Line, func(line []byte, cut int64) {
+				text := string(line)
+				if !raw {
+					if text = session.Render(text); text == "" && cut == 0 {
+						return
+					}
+				}
+				// A rendered line may be several: each gets the prefix.
+				mu.Lock()
+				defer mu.Unlock()
+				for _, l := range strings.Split(text+cutMark(cut), "\n") {
+					fmt.Fprintf(w, "%s%s\n", name, l)
+				}
+			})
+			if raw && !prefix {
+				out = &lockedWriter{w: w, mu: &mu}
+			}
 			cl, err := c.Connect(ctx, m)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			var stderr bytes.Buffer
-			code, err := sshx.Run(ctx, cl, session.LogsScript(follow), nil, lw, &stderr)
-			lw.Flush()
-			pw.Flush()
+			stderr := bounded.NewTail(bounded.Stderr)
+			code, err := sshx.Run(ctx, cl, session.LogsScript(follow), nil, out, stderr)
+			if f, ok := out.(*lineWriter); ok {
+				f.Flush()
+			}
 			switch {
 			case err != nil:
 				errs[i] = Named(m.Name, err)
 			case code == 3:
 				errs[i] = fmt.Errorf("%s: no session has run on this machine", m.Name)
 			case code != 0:
-				errs[i] = fmt.Errorf("%s: logs: exit %d %s", m.Name, code, strings.TrimSpace(stderr.String()))
+				errs[i] = fmt.Errorf("%s: logs: exit %d %s", m.Name, code, termsafe.Text(strings.TrimSpace(execx.Tail(stderr.Bytes(), 3))))
 			}
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// lineFilter renders whole lines (Claude's stream-json made readable).
-type lineFilter struct {
-	out io.Writer
-	raw bool
-	buf []byte
-}
-
-func (f *lineFilter) Write(p []byte) (int, error) {
-	f.buf = append(f.buf, p...)
-	for {
-		i := bytes.IndexByte(f.buf, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		f.emit(string(f.buf[:i]))
-		f.buf = f.buf[i+1:]
-	}
-}
-
-func (f *lineFilter) Flush() {
-	if len(f.buf) > 0 {
-		f.emit(string(f.buf))
-		f.buf = nil
-	}
-}
-
-func (f *lineFilter) emit(line string) {
-	if !f.raw {
-		if line = session.Render(line); line == "" {
-			return
-		}
-	}
-	fmt.Fprintln(f.out, line)
 }
 
 // WaitResult is one machine's end of Wait.
@@ -193,7 +208,12 @@ type WaitResult struct {
 	// Why a lost agent is lost (its machine died or was stopped).
 	Why string `json:"why,omitempty"`
 	Err string `json:"error,omitempty"`
+	// TimedOut: ctx's deadline passed before the agent ended.
+	TimedOut bool `json:"timed_out,omitempty"`
 }
+
+// statusTimeout bounds one status poll of Wait.
+const statusTimeout = 30 * time.Second
 
 // Wait polls the machines' agents until all have ended (or ctx ends) and
 // reports each. A machine with no session counts as ended. changed, if
@@ -209,7 +229,11 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 			out[i].Machine = m.Name
 			var last session.State
 			for {
-				st, err := c.SessionStatus(ctx, m)
+				// One poll is brief: a guest that does not answer is
+				// asked again, not waited on past the caller's deadline.
+				qctx, cancel := context.WithTimeout(ctx, statusTimeout)
+				st, err := c.SessionStatus(qctx, m)
+				cancel()
 				if err == nil && changed != nil && st.State != last {
 					changed(m, st, last == "")
 					last = st.State
@@ -234,10 +258,17 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				select {
 				case <-ctx.Done():
 					out[i].Status = st
-					if err == nil {
-						err = ctx.Err()
+					out[i].TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
+					switch {
+					case out[i].TimedOut && err == nil:
+						out[i].Err = "timed out while the agent was " + string(st.State)
+					case out[i].TimedOut:
+						out[i].Err = "timed out; last: " + err.Error()
+					case err == nil:
+						out[i].Err = ctx.Err().Error()
+					default:
+						out[i].Err = err.Error()
 					}
-					out[i].Err = err.Error()
 					return
 				case <-time.After(every):
 					if err != nil {

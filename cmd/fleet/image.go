@@ -175,8 +175,8 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				}
 				// Manifests may come from a registry: each field is one
 				// clean line, whatever the store's checks let through.
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", cell(i.Name), cell(i.Version), cell(string(i.Arch)), latest, i.DiskBytes>>20,
-					cell(i.Packages["claude-code"]), cell(i.Packages["docker"]), cell(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", manifestCell(i.Name), manifestCell(i.Version), manifestCell(string(i.Arch)), latest, i.DiskBytes>>20,
+					manifestCell(i.Packages["claude-code"]), manifestCell(i.Packages["docker"]), manifestCell(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
 			}
 			return tw.Flush()
 		},
@@ -238,9 +238,9 @@ func dash(s string) string {
 	return s
 }
 
-// cell is a table cell of text from a manifest: one clean line, no tab
-// (termsafe escapes it) to shift the columns, "-" when empty.
-func cell(s string) string { return dash(termsafe.Line(s)) }
+// manifestCell is a table cell of text from a manifest: a cell (one clean
+// line, no tab to shift the columns), "-" when empty.
+func manifestCell(s string) string { return dash(cell(s)) }
 
 func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())

@@ -67,8 +67,8 @@ func TestImageLsPrintsNoRawManifestText(t *testing.T) {
 // cursor or shift columns.
 func TestCellIsOneCleanLine(t *testing.T) {
 	for in, want := range map[string]string{"": "-", "27.5.1": "27.5.1", "a\tb": `a\tb`, "x\x1b[2Jy": `x\e[2Jy`, "1\r\nwarning": `1\r\nwarning`, "\u202eevil": `\u202eevil`} {
-		if got := cell(in); got != want {
-			t.Errorf("cell(%q) = %q, want %q", in, got, want)
+		if got := manifestCell(in); got != want {
+			t.Errorf("manifestCell(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

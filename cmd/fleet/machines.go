@@ -13,6 +13,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/spf13/cobra"
 )
@@ -285,7 +286,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 					agent = agentCell(*m.Agent, "")
 				}
 				tokens, cost := spendCells(m.Spend)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", m.Name, m.State, m.Provider, m.Image, addr, up, m.CPUs, m.MemoryMiB, tokens, cost, agent)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", cell(m.Name), cell(m.State), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
 				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
@@ -305,7 +306,10 @@ func newExecCmd(g *globals) *cobra.Command {
 		Long: `Runs CMD in the named machine (or all, in parallel) as the agent user.
 Each argument arrives in the guest exactly as given. The exit status is the
 command's; with --all, each output line is prefixed with the machine's name
-and the status is the first non-zero one.`,
+and the status is the worst one: the highest, 255 for a machine that could
+not run it or a status no process can exit with (so 256 never reads as 0).
+On a terminal, control bytes and escape sequences in the output are shown
+escaped; into a pipe or a file the output is as the command wrote it.`,
 		Example: `  fleet exec myproj-1 -- uname -a
   fleet exec --all -- sh -c 'cd /workspace && git log --oneline | head -3'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -334,23 +338,19 @@ and the status is the first non-zero one.`,
 			if err != nil {
 				return err
 			}
-			res := c.Exec(cmd.Context(), ms, argv, os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr(), all || len(ms) > 1)
-			var errs []error
-			code := 0
+			// A terminal gets the guests' output cleaned; a pipe gets it
+			// as it is.
+			stdout, flushOut := forPerson(cmd.OutOrStdout())
+			stderr, flushErr := forPerson(cmd.ErrOrStderr())
+			res := c.Exec(cmd.Context(), ms, argv, os.Stdin, stdout, stderr, all || len(ms) > 1)
+			flushOut()
+			flushErr()
 			for _, r := range res {
 				if r.Err != nil {
-					errs = append(errs, fleet.Named(r.Machine, r.Err))
-					if code == 0 {
-						code = 255
-					}
-				} else if r.ExitCode != 0 && code == 0 {
-					code = r.ExitCode
+					fmt.Fprintln(cmd.ErrOrStderr(), "fleet: "+termsafe.Text(fleet.Named(r.Machine, r.Err).Error()))
 				}
 			}
-			if len(errs) > 0 {
-				return errors.Join(errs...)
-			}
-			if code != 0 {
+			if code := fleet.WorstExit(res); code != 0 {
 				return exitError{code}
 			}
 			return nil
@@ -457,3 +457,8 @@ func spendCells(s *fleet.Spend) (tokens, cost string) {
 	}
 	return tokens, cost
 }
+
+// cell is one table cell of what may have come from a guest (an agent's
+// state, a phase): one line, no raw control bytes, and no tab to shift
+// the columns.
+func cell(s string) string { return termsafe.Line(s) }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 )
 
@@ -45,9 +46,10 @@ func main() {
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
-		os.Exit(ee.code)
+		os.Exit(exitStatus(ee.code))
 	default:
-		fmt.Fprintln(os.Stderr, "fleet: "+err.Error())
+		// Errors quote guests (stderr, names, states): never raw.
+		fmt.Fprintln(os.Stderr, "fleet: "+termsafe.Text(err.Error()))
 		if ctx.Err() != nil {
 			os.Exit(130)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
@@ -150,7 +151,9 @@ func newNetLogCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			return tailAudit(cmd.Context(), ms[0].Dir, follow, asJSON, cmd.OutOrStdout())
+			out, flush := forPerson(cmd.OutOrStdout())
+			defer flush()
+			return tailAudit(cmd.Context(), ms[0].Dir, follow, asJSON, out)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions until interrupted")
@@ -167,7 +170,7 @@ func tailAudit(ctx context.Context, dir string, follow, asJSON bool, w io.Writer
 			_, err := w.Write(line)
 			return err
 		}
-		return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) { fmt.Fprintln(w, e.String()) })
+		return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) { fmt.Fprintln(w, termsafe.Line(e.String())) })
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/spf13/cobra"
 )
 
@@ -20,7 +21,10 @@ func openRemote(cmd *cobra.Command, g *globals, ref string, plainHTTP bool) (*im
 	if err != nil {
 		return nil, store, err
 	}
-	r.Progress = func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }
+	// Progress names what the registry sent: cleaned for the terminal.
+	r.Progress = func(format string, args ...any) {
+		fmt.Fprintln(cmd.ErrOrStderr(), termsafe.Line(fmt.Sprintf(format, args...)))
+	}
 	return r, store, nil
 }
 
@@ -90,8 +94,8 @@ Exit status: 0 pulled (or already here), 3 already here with --if-changed, 1 fai
 			start := time.Now()
 			img, err := r.Pull(cmd.Context(), store)
 			if errors.Is(err, images.ErrUpToDate) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s@%s is already here\n", img.Name, img.Version)
-				fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", img.Name, img.Version)
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s@%s is already here\n", termsafe.Line(img.Name), termsafe.Line(img.Version))
+				fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", termsafe.Line(img.Name), termsafe.Line(img.Version))
 				if ifChanged {
 					return exitError{exitSkipped}
 				}
@@ -100,8 +104,8 @@ Exit status: 0 pulled (or already here), 3 already here with --if-changed, 1 fai
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "pulled %s@%s in %s, verified and promoted to latest\n", img.Name, img.Version, time.Since(start).Round(100*time.Millisecond))
-			fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", img.Name, img.Version)
+			fmt.Fprintf(cmd.ErrOrStderr(), "pulled %s@%s in %s, verified and promoted to latest\n", termsafe.Line(img.Name), termsafe.Line(img.Version), time.Since(start).Round(100*time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", termsafe.Line(img.Name), termsafe.Line(img.Version))
 			return nil
 		},
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 )
@@ -222,6 +223,11 @@ func newLogsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "logs VM...|--all",
 		Short: "Show agents' output (readable Claude output; --raw for stream-json)",
+		Long: `Prints each agent's log, Claude's stream-json rendered for reading.
+With --raw, the log as written: into a pipe or a file byte for byte, on a
+terminal with control bytes and escape sequences shown escaped (as every
+rendered line is). A line longer than 1 MiB is cut and marked, except with
+--raw for one machine.`,
 		Example: `  fleet logs myproj-1
   fleet logs -f --all
   fleet logs --raw myproj-1 | jq -c 'select(.type=="result")'`,
@@ -234,7 +240,14 @@ func newLogsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			return c.Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, cmd.OutOrStdout())
+			// Rendered lines are clean already; --raw is cleaned for a
+			// terminal and left as written for a pipe or a file.
+			out, flush := cmd.OutOrStdout(), func() {}
+			if raw {
+				out, flush = forPerson(out)
+			}
+			defer flush()
+			return c.Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, out)
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "every machine, lines prefixed with its name")
@@ -250,8 +263,10 @@ func newWaitCmd(g *globals) *cobra.Command {
 		Use:   "wait [VM...|--all]",
 		Short: "Wait for agents to finish; non-zero exit if any failed",
 		Long: `Returns when every named agent (all, without names) has ended, printing
-each one's result. Exit status: 0 all succeeded, 1 any failed or was lost,
-2 the timeout passed first. Safe to run again: sessions do not depend on it.
+each one's result. Exit status: 0 all succeeded, 1 any failed or was lost
+(an exit status the agent left unreadable counts as failed), 2 the timeout
+passed first. Without --timeout it waits as long as the agents run. Safe to
+run again: sessions do not depend on it.
 With --notify, each agent that ends, and each that starts waiting for
 input, rings the bell, shows a desktop notification and runs fleet.hcl's
 notify command with the event as JSON on stdin (as fleet top does).`,
@@ -302,19 +317,13 @@ notify command with the event as JSON on stdin (as fleet top does).`,
 					if r.Why != "" {
 						cell += " (machine " + string(lostState(r.Why)) + ")"
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", r.Machine, cell)
+					fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", r.Machine, termsafe.Line(cell))
 				}
 			}
-			code := 0
-			for _, r := range res {
-				switch {
-				case r.Err != "":
-					code = max(code, 2)
-				case r.Status.State == session.Failed || r.Status.State == session.Lost:
-					code = max(code, 1)
-				}
+			if late := timedOut(res); len(late) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "fleet: wait: gave up after %s: %s still running (fleet wait again, or fleet kill)\n", timeout, strings.Join(late, ", "))
 			}
-			if code != 0 {
+			if code := waitExit(res); code != 0 {
 				return exitError{code}
 			}
 			return nil
@@ -322,7 +331,7 @@ notify command with the event as JSON on stdin (as fleet top does).`,
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet (the default)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30m, 2h); exit status 2")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30m, 2h): exit status 2 (default: no limit)")
 	cmd.Flags().BoolVar(&notify, "notify", false, "tell the user as each agent ends or waits for input (bell, desktop, fleet.hcl's notify)")
 	return cmd
 }
@@ -347,6 +356,36 @@ func newKillCmd(g *globals) *cobra.Command {
 		})
 }
 
+// waitExit is wait's exit status: 2 when an agent could not be waited
+// for (the timeout passed, it could not be read), else 1 when any failed
+// or was lost, else 0. Only states count: a guest's own number never
+// becomes fleet's status.
+func waitExit(res []fleet.WaitResult) int {
+	code := 0
+	for _, r := range res {
+		switch {
+		case r.Err != "":
+			code = max(code, 2)
+		case r.Status.State == session.Failed || r.Status.State == session.Lost:
+			code = max(code, 1)
+		case r.Status.State != session.Succeeded && r.Status.State != session.Idle:
+			code = max(code, 1) // not an end: never success
+		}
+	}
+	return code
+}
+
+// timedOut names the machines whose agents outlived wait's timeout.
+func timedOut(res []fleet.WaitResult) []string {
+	var out []string
+	for _, r := range res {
+		if r.TimedOut {
+			out = append(out, r.Machine)
+		}
+	}
+	return out
+}
+
 // agentCell renders an agent's state for ls and wait.
 func agentCell(st session.Status, errText string) string {
 	if errText != "" {
@@ -358,6 +397,9 @@ func agentCell(st session.Status, errText string) string {
 	}
 	if st.State == session.Failed {
 		s = fmt.Sprintf("failed (exit %d)", st.ExitCode)
+		if st.Message != "" {
+			s = "failed (" + st.Message + ")"
+		}
 	}
 	if st.State != session.Idle && st.ElapsedSec > 0 {
 		s += " " + (time.Duration(st.ElapsedSec) * time.Second).String()

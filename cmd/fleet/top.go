@@ -16,9 +16,11 @@ import (
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
+	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -90,7 +92,7 @@ func oneLineErr(err error) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
 	}
-	return s
+	return termsafe.Line(s)
 }
 
 func newTopCmd(g *globals) *cobra.Command {
@@ -214,13 +216,16 @@ func (a *cliActions) Run(fl, machine, action, arg string) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Minute)
 	defer cancel()
-	var out bytes.Buffer
+	// Only the last line is shown: keep the end of what it said.
+	out := bounded.NewTail(bounded.Stderr)
 	c := exec.CommandContext(ctx, a.self, args...)
-	c.Stdout, c.Stderr = &out, &out
-	if err := c.Run(); err != nil {
-		return "", fmt.Errorf("%s", strings.TrimSpace(execx.Tail(out.Bytes(), 1)))
+	c.Stdout, c.Stderr = out, out
+	err := c.Run()
+	last := termsafe.Line(strings.TrimSpace(execx.Tail(out.Bytes(), 1)))
+	if err != nil {
+		return "", fmt.Errorf("%s", last)
 	}
-	return strings.TrimSpace(execx.Tail(out.Bytes(), 1)), nil
+	return last, nil
 }
 
 func (a *cliActions) Allow(fl, machine, pattern string) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // MachinesMsg is the host's view of the fleets' machines (no SSH).
@@ -109,6 +110,10 @@ type Event struct {
 	Message  string `json:"message,omitempty"`
 	Host     string `json:"host,omitempty"`
 	Port     int    `json:"port,omitempty"`
+	// Folded is how many events about the machine this notification
+	// stands for besides itself (notifications are one per machine per
+	// NotifyQuiet).
+	Folded int `json:"folded,omitempty"`
 }
 
 // Notable says the user is told (bell, desktop, notify command): an
@@ -143,7 +148,10 @@ func (e Event) Text() string {
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
-	return s
+	if e.Folded > 0 {
+		s += fmt.Sprintf(" (and %d more)", e.Folded)
+	}
+	return termsafe.Line(s)
 }
 
 // Model is the cockpit's state.

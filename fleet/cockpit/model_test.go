@@ -218,7 +218,7 @@ func TestNotifier(t *testing.T) {
 	for _, tc := range []struct {
 		goos, have, want string
 	}{
-		{"linux", "notify-send", "notify-send --app-name=fleet -- 'fleet: p-1' 'p-1: failed (exit 3): \"; rm -rf ~ #'"},
+		{"linux", "notify-send", "notify-send --app-name=fleet -- 'fleet: p-1' 'p-1: failed (exit 3): &quot;; rm -rf ~ #'"}, // the body is markup
 		{"darwin", "osascript", "osascript -e 'on run argv' -e 'display notification (item 2 of argv) with title (item 1 of argv)' -e 'end run' 'fleet: p-1' 'p-1: failed (exit 3): \"; rm -rf ~ #'"},
 		{"linux", "", ""},
 		{"darwin", "notify-send", ""},

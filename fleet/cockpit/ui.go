@@ -9,6 +9,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
 )
@@ -319,7 +320,7 @@ func (u *UI) View() string {
 			if mark == "> " {
 				line = "\x1b[7m" + ansi.Truncate(line, w, "") + "\x1b[0m"
 			}
-			lines = append(lines, line, "\x1b[2m    "+detail(r)+"\x1b[0m")
+			lines = append(lines, line, "\x1b[2m    "+safe(detail(r))+"\x1b[0m")
 		}
 		if len(rows) == 0 {
 			lines = append(lines, "  no machines (fleet spawn N makes some)")
@@ -374,20 +375,20 @@ func (u *UI) header(rows []Row) string {
 	if u.filter != "" {
 		parts = append(parts, "filter: "+u.filter)
 	}
-	return "\x1b[1m" + strings.Join(parts, " · ") + "\x1b[0m"
+	return "\x1b[1m" + safe(strings.Join(parts, " · ")) + "\x1b[0m"
 }
 
 func (u *UI) notice() string {
 	switch u.mode {
 	case filtering:
-		return "filter: " + u.input + "█"
+		return "filter: " + safe(u.input) + "█"
 	case tasking:
 		r, _, _ := u.selected()
-		return "task for " + r.Name + ": " + u.input + "█"
+		return "task for " + safe(r.Name) + ": " + safe(u.input) + "█"
 	}
 	// What the user just did comes first, then a refusal to answer.
 	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second {
-		return u.status
+		return safe(u.status)
 	}
 	if r, f, found := u.shownRefusal(); found {
 		{
@@ -395,15 +396,15 @@ func (u *UI) notice() string {
 			if !f.Allowable {
 				hint = "allowing would not help"
 			}
-			return fmt.Sprintf("\x1b[33m! %s was refused %s · %s (%s)\x1b[0m", r.Name, fleet.RefusedPattern(f.Host, f.Port), hint, f.Reason)
+			return fmt.Sprintf("\x1b[33m! %s was refused %s · %s (%s)\x1b[0m", safe(r.Name), safe(fleet.RefusedPattern(f.Host, f.Port)), hint, safe(f.Reason))
 		}
 	}
 	if u.status != "" && u.clock().Sub(u.statusAt) < time.Minute {
-		return u.status
+		return safe(u.status)
 	}
 	if len(u.recent) > 0 {
 		e := u.recent[0]
-		return e.Time.Local().Format("15:04:05") + " " + e.Text()
+		return e.Time.Local().Format("15:04:05") + " " + safe(e.Text())
 	}
 	return ""
 }
@@ -435,9 +436,15 @@ func (u *UI) keys() string {
 	return "enter attach · l logs · d diff · c collect · a apply · k kill · s suspend · n new · e allow · / filter · ? help · q quit"
 }
 
+// columns lays out a row. Every cell is cleaned (termsafe.Line): the
+// model's strings came from guests and their audit logs, and whatever
+// reached it, nothing drawn can move the cursor or erase a line.
 func columns(mark, name, state, t, turns, tokens, cost, git string) string {
-	return fmt.Sprintf("%s%-14s %-17s %7s %5s %8s %-15s %s", mark, cut(name, 14), cut(state, 17), t, turns, tokens, cut(cost, 15), git)
+	return fmt.Sprintf("%s%-14s %-17s %7s %5s %8s %-15s %s", mark, cut(safe(name), 14), cut(safe(state), 17), safe(t), safe(turns), safe(tokens), cut(safe(cost), 15), safe(git))
 }
+
+// safe is guest text on its way to the screen.
+func safe(s string) string { return termsafe.Line(s) }
 
 func cut(s string, n int) string { return ansi.Truncate(s, n, "…") }
 

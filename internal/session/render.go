@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // event is the part of a Claude Code stream-json line that rendering and
@@ -40,8 +42,11 @@ func parseEvent(line []byte) (event, bool) {
 // Render turns one log line into what a person reads: Claude's text, its
 // tool calls in one line each, and the final result; a line that is not
 // stream-json (setup output, another agent, an error) is shown as it is.
-// It returns "" for events not worth a line.
-func Render(line string) string {
+// It returns "" for events not worth a line. What it returns is safe
+// for a terminal (termsafe.Text): the line is the guest's.
+func Render(line string) string { return termsafe.Text(render(line)) }
+
+func render(line string) string {
 	ev, ok := parseEvent([]byte(line))
 	if !ok {
 		return line

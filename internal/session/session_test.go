@@ -2,11 +2,14 @@ package session
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // nasty is a task a shell would love to misread.
@@ -133,5 +136,49 @@ func TestRender(t *testing.T) {
 	want := "● session started (claude-x)\nReading the tests.\n→ Bash go test ./...\n✓ done in 4 turn(s), $0.0123\n✗ failed after 1 turn(s): Invalid API key · Please run /login\nnpm WARN deprecated\n"
 	if b.String() != want {
 		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// hostile holds the sequences a guest would use against a terminal:
+// erase the line, set the window title, a C1 CSI (as a character and as
+// a bare byte), a right-to-left override, and a carriage return that
+// would overwrite what came before.
+var hostile = []string{"\x1b[2K", "\x1b]0;owned\x07", "\u009b2J", "\x9b2J", "\u202e", "\rwarning: forged"}
+
+// rawControl reports the first byte or character in s that a terminal
+// would act on rather than print.
+func rawControl(s string) (string, bool) {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1,
+			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
+			r >= 0x80 && r <= 0x9f,
+			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
+			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
+		}
+		i += n
+	}
+	return "", false
+}
+
+func TestRenderedLinesHaveNoRawControls(t *testing.T) {
+	for _, h := range hostile {
+		j, _ := json.Marshal(h)
+		for _, line := range []string{
+			"npm WARN " + h + " deprecated",
+			`{"type":"assistant","message":{"content":[{"type":"text","text":` + string(j) + `},{"type":"tool_use","name":` + string(j) + `,"input":{"command":` + string(j) + `}}]}}`,
+			`{"type":"user","message":{"content":[{"type":"tool_result","content":` + string(j) + `,"is_error":true}]}}`,
+			`{"type":"result","subtype":` + string(j) + `,"is_error":true,"result":` + string(j) + `}`,
+			`{"type":"system","subtype":"init","model":` + string(j) + `}`,
+		} {
+			out := Render(line)
+			if out == "" {
+				t.Errorf("%q rendered as nothing", line)
+			}
+			if where, bad := rawControl(out); bad {
+				t.Errorf("Render(%q) = %q: raw %s", line, out, where)
+			}
+		}
 	}
 }

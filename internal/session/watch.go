@@ -9,10 +9,10 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // An agent's state is read by one perl program in the guest (perl-base is
@@ -240,12 +240,14 @@ func statusOf(kv map[string][]string) (Status, error) {
 	hookAt := num("hook_at")
 	switch code, hasExit := kv["exit"]; {
 	case hasExit:
-		n, err := strconv.Atoi(strings.TrimSpace(code[len(code)-1]))
-		if err != nil {
-			return Status{}, errors.New("unreadable exit status " + strconv.Quote(Clean(code[len(code)-1], 20)))
-		}
+		// Anything but one clean number is a failure, never a success:
+		// " 0", "0x0", "-0", "1e9" and two exit lines all fail.
+		n, ok := ParseExitCode(code)
 		s.ExitCode, s.State = n, Succeeded
-		if n != 0 {
+		if !ok {
+			s.Message = `unreadable exit status "` + Clean(code[len(code)-1], 20) + `"`
+		}
+		if n != 0 || !ok {
 			s.State = Failed
 		}
 	case get("alive") == "1":
@@ -310,30 +312,42 @@ func jsonText(s string) string {
 	return out
 }
 
-// Clean makes guest text safe for a terminal line: invalid UTF-8, control
-// bytes (escape sequences above all) and line breaks become spaces or
-// visible escapes, and it is cut to max runes.
-func Clean(s string, max int) string {
-	var b strings.Builder
-	n := 0
-	for i, w := 0, 0; i < len(s); i += w {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		w = size
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			r = '?'
-		case r == '\t' || r == '\n' || r == '\r':
-			r = ' '
-		case unicode.IsControl(r) || r == 0x2028 || r == 0x2029 || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069):
-			// C0, DEL, C1 (CSI among them) and bidirectional overrides.
-			r = '?'
-		}
-		if n >= max {
-			b.WriteString("…")
-			break
-		}
-		b.WriteRune(r)
-		n++
+// unreadableExit is what a failed session reports when its exit file
+// holds anything but a clean status: never 0.
+const unreadableExit = 255
+
+// ParseExitCode reads an exit file's value(s). ok only for exactly one
+// value that is a plain decimal number ("0", "1", "137"): no sign, space,
+// leading zero, exponent or base prefix. A value that is not ok reads as
+// unreadableExit, so whatever a guest wrote there, only "0" succeeds.
+func ParseExitCode(vals []string) (int, bool) {
+	if len(vals) != 1 {
+		return unreadableExit, false
 	}
-	return strings.TrimSpace(b.String())
+	v := vals[0]
+	if v == "" || len(v) > 10 || (v[0] == '0' && len(v) > 1) {
+		return unreadableExit, false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return unreadableExit, false
+		}
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return unreadableExit, false
+	}
+	return n, true
+}
+
+var spaces = strings.NewReplacer("\t", " ", "\n", " ", "\r", " ")
+
+// Clean makes guest text safe for one terminal line (termsafe.Line, with
+// tabs and line breaks as spaces) and cuts it to max runes.
+func Clean(s string, max int) string {
+	s = strings.TrimSpace(termsafe.Line(spaces.Replace(s)))
+	if utf8.RuneCountInString(s) <= max {
+		return s
+	}
+	return strings.TrimSpace(string([]rune(s)[:max])) + "…"
 }

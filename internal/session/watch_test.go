@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/hex"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,9 +101,63 @@ func TestSnapshotStates(t *testing.T) {
 	if st.State != Failed || st.ExitCode != 3 || st.ElapsedSec < 29 || st.ElapsedSec > 32 {
 		t.Fatalf("exit 3 thirty seconds after a start a minute ago: %+v", st)
 	}
+	// A garbled exit file is a failure that says so (a waiter ends), not
+	// an error a waiter polls forever, and never a success.
 	os.WriteFile(filepath.Join(dir, "exit"), []byte("0; rm -rf /\n"), 0o600)
-	if _, err := ParseStatus([]byte(runGuest(t, home, StatusScript(), ""))); err == nil || strings.ContainsAny(err.Error(), "\n") {
-		t.Fatalf("a garbled exit file: %v", err)
+	st, err := ParseStatus([]byte(runGuest(t, home, StatusScript(), "")))
+	if err != nil || st.State != Failed || st.ExitCode == 0 || !strings.Contains(st.Message, "unreadable") || strings.ContainsAny(st.Message, "\n") {
+		t.Fatalf("a garbled exit file: %+v %v", st, err)
+	}
+}
+
+// The exit status a guest reports cannot pass for success unless it is a
+// clean 0, through the guest program or around it.
+func TestExitStatusCannotBeForged(t *testing.T) {
+	for _, tc := range []struct {
+		file  string // the exit file's bytes
+		state State
+		code  int
+	}{
+		{"0\n", Succeeded, 0},
+		{"0", Succeeded, 0},
+		{"1\n", Failed, 1},
+		{"137\n", Failed, 137},
+		{"256\n", Failed, 256},
+		{"-1\n", Failed, unreadableExit},
+		{"-0\n", Failed, unreadableExit},
+		{"+0\n", Failed, unreadableExit},
+		{"1e9\n", Failed, unreadableExit},
+		{"0x1\n", Failed, unreadableExit},
+		{"0x0\n", Failed, unreadableExit},
+		{"00\n", Failed, unreadableExit},
+		{" 0\n", Failed, unreadableExit},
+		{"\t0\n", Failed, unreadableExit},
+		{"0 1\n", Failed, unreadableExit},
+		{"99999999999999999999\n", Failed, unreadableExit},
+		{"4294967296\n", Failed, 4294967296}, // failed: clamped where it becomes an exit status
+		{"0\x00\n", Failed, unreadableExit},
+		{"\xd9\xa0\n", Failed, unreadableExit}, // an Arabic-Indic zero
+		{"\n", Failed, unreadableExit},
+	} {
+		// As the guest program reads it (the agent's own file).
+		home, dir := guestHome(t)
+		start(dir, 0)
+		os.WriteFile(filepath.Join(dir, "exit"), []byte(tc.file), 0o600)
+		st, err := ParseStatus([]byte(runGuest(t, home, StatusScript(), "")))
+		if err != nil || st.State != tc.state || st.ExitCode != tc.code {
+			t.Errorf("exit file %q: %+v %v, want %s %d", tc.file, st, err, tc.state, tc.code)
+		}
+		// As a guest that is not running the program may send it.
+		v := strings.TrimRight(tc.file, "\n")
+		st, err = ParseStatus([]byte("started=1\nnow=2\nexit=" + v + "\n.\n"))
+		if err != nil || st.State != tc.state || st.ExitCode != tc.code {
+			t.Errorf("exit=%q: %+v %v, want %s %d", v, st, err, tc.state, tc.code)
+		}
+	}
+	// Two exit lines: the program prints one, so this is not it.
+	st, err := ParseStatus([]byte("started=1\nnow=2\nexit=1\nexit=0\n.\n"))
+	if err != nil || st.State != Failed || st.ExitCode == 0 {
+		t.Fatalf("two exit lines: %+v %v", st, err)
 	}
 }
 
@@ -153,7 +209,7 @@ func TestSnapshotLastLineIsRenderedAndClean(t *testing.T) {
 		"\x1b[31mred\x1b[0m \x9b2J\xff bad\n" +
 		"== fleet: agent exited with status 0\n\n"
 	os.WriteFile(filepath.Join(dir, "log"), []byte(log), 0o600)
-	if st := snapshot(t, home); st.LastLine != "?[31mred?[0m ?2J? bad" {
+	if st := snapshot(t, home); st.LastLine != `\e[31mred\e[0m \x9b2J\xff bad` {
 		t.Fatalf("last line %q", st.LastLine)
 	}
 	os.WriteFile(filepath.Join(dir, "log"), []byte(log[:strings.Index(log, "\x1b")]+"\n"+result+"\n"), 0o600)
@@ -216,11 +272,13 @@ func TestWatchReportsChanges(t *testing.T) {
 func TestCleanMakesGuestTextSafe(t *testing.T) {
 	for in, want := range map[string]string{
 		"plain":               "plain",
-		"a\x1b[2Jb":           "a?[2Jb",
+		"a\x1b[2Jb":           `a\e[2Jb`,
 		"tab\tand\nnewline\r": "tab and newline",
-		"\u202eevil":          "?evil",
-		string([]byte{0xff}):  "?",
-		"\u009b1m":            "?1m",
+		"\u202eevil":          `\u202eevil`,
+		string([]byte{0xff}):  `\xff`,
+		"\u009b1m":            `\x9b1m`,
+		"\x9b1m":              `\x9b1m`,
+		"\x1b]0;pwned\a":      `\e]0;pwned\x07`,
 	} {
 		if got := Clean(in, 100); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
@@ -258,5 +316,32 @@ func TestReadSnapshotsBoundsALyingGuest(t *testing.T) {
 	st, err := ParseStatus([]byte("started=1\nnow=5\nalive=1\nlast=zz\nhook_tool=\x1b[2J\ncommits=-1\nfiles=9\nevil=1\n.\n"))
 	if err != nil || st.State != Working || st.LastLine != "" || st.Tool != "" || st.Commits != nil {
 		t.Fatalf("%+v %v", st, err)
+	}
+}
+
+// flood is a guest stream that never ends a line: it counts what the host
+// took from it, and gives up (an error) after limit bytes, so a reader
+// that would hold it all fails the test instead of the machine.
+type flood struct{ read, limit int64 }
+
+func (f *flood) Read(p []byte) (int, error) {
+	if f.read >= f.limit {
+		return 0, errors.New("read past the bound")
+	}
+	for i := range p {
+		p[i] = 'A'
+	}
+	f.read += int64(len(p))
+	return len(p), nil
+}
+
+func TestReadSnapshotsStopsAnEndlessLine(t *testing.T) {
+	f := &flood{limit: 64 << 20}
+	err := ReadSnapshots(io.MultiReader(strings.NewReader("started=1\nlast="), f), func(Status, error) bool { return true })
+	if err == nil || strings.Contains(err.Error(), "past the bound") {
+		t.Fatalf("an endless line: %v", err)
+	}
+	if f.read > 2*maxSnapshotLine {
+		t.Fatalf("read %d bytes of one line (the bound is %d)", f.read, maxSnapshotLine)
 	}
 }

@@ -173,25 +173,28 @@ func NewPool() *Pool { return &Pool{clients: map[string]*ssh.Client{}, backoff: 
 // readiness within ctx) if there is none or the old one died.
 func (p *Pool) Get(ctx context.Context, name string, t Target) (*ssh.Client, error) {
 	p.mu.Lock()
-	c := p.clients[name]
+	dead := p.clients[name]
 	p.mu.Unlock()
-	if c != nil {
+	if dead != nil {
 		// A cheap liveness probe: a dead transport fails this immediately.
-		if _, _, err := c.SendRequest("keepalive@agentfleet", true, nil); err == nil {
-			return c, nil
+		if _, _, err := dead.SendRequest("keepalive@agentfleet", true, nil); err == nil {
+			return dead, nil
 		}
-		c.Close()
+		dead.Close()
 	}
 	c, err := WaitReady(ctx, t, p.backoff)
 	if err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
-	if old := p.clients[name]; old != nil && old != c {
-		old.Close()
+	defer p.mu.Unlock()
+	if other := p.clients[name]; other != nil && other != dead {
+		// Another caller connected meanwhile and may be using it: keep
+		// theirs, not ours.
+		c.Close()
+		return other, nil
 	}
 	p.clients[name] = c
-	p.mu.Unlock()
 	return c, nil
 }
 

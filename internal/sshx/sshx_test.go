@@ -49,7 +49,10 @@ func startServer(t *testing.T, ln net.Listener, hostKey ssh.Signer, clientKey ss
 				defer sc.Close()
 				go ssh.DiscardRequests(reqs)
 				for nch := range chans {
-					ch, creqs, _ := nch.Accept()
+					ch, creqs, err := nch.Accept()
+					if err != nil {
+						continue
+					}
 					go func() {
 						defer ch.Close()
 						for r := range creqs {
@@ -215,5 +218,33 @@ func TestPoolKeepsOneConnection(t *testing.T) {
 	}
 	if n := srv.waitAccepted(2); n != 2 {
 		t.Fatalf("after drop want a second connection, got %d", n)
+	}
+}
+
+// Callers that connect at once each get a connection that stays open:
+// the one that loses the race does not close the winner's under it.
+func TestPoolConcurrentGetsShareALiveConnection(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	startServer(t, ln, host, client.PublicKey())
+	tgt := Target{Addr: ln.Addr().String(), User: "agent", Signer: client, HostKey: host.PublicKey()}
+	p := NewPool()
+	defer p.Close()
+	errs := make(chan error, 8)
+	for i := 0; i < cap(errs); i++ {
+		go func() {
+			c, err := p.Get(context.Background(), "vm-1", tgt)
+			if err == nil {
+				for j := 0; j < 5 && err == nil; j++ {
+					_, err = Run(context.Background(), c, "hello", nil, nil, nil)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < cap(errs); i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

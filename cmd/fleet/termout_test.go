@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/session"
+)
+
+// hostile holds what a guest uses against a terminal: erase the line, set
+// the window title, a C1 CSI (as a character and as a bare byte), a
+// right-to-left override, a carriage return that overwrites the line.
+var hostile = []string{"\x1b[2K", "\x1b]0;owned\x07", "\u009b2J", "\x9b2J", "\u202e", "\rwarning: forged"}
+
+func rawControl(s string) (string, bool) {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1,
+			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
+			r >= 0x80 && r <= 0x9f,
+			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
+			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
+		}
+		i += n
+	}
+	return "", false
+}
+
+func TestExitStatusNeverReadsAsSuccess(t *testing.T) {
+	for code, want := range map[int]int{0: 1, 1: 1, 2: 2, 130: 130, 255: 255, 256: 255, 257: 255, 512: 255, -1: 255, -256: 255, 1 << 32: 255, 4294967295: 255} {
+		if got := exitStatus(code); got != want {
+			t.Errorf("exitStatus(%d) = %d, want %d", code, got, want)
+		}
+	}
+}
+
+func TestWaitExitCountsStatesNotNumbers(t *testing.T) {
+	ok := fleet.WaitResult{Status: session.Status{State: session.Succeeded}}
+	for _, tc := range []struct {
+		name string
+		res  []fleet.WaitResult
+		want int
+	}{
+		{"all succeeded", []fleet.WaitResult{ok, ok}, 0},
+		{"idle", []fleet.WaitResult{{Status: session.Status{State: session.Idle}}}, 0},
+		{"failed with 256", []fleet.WaitResult{ok, {Status: session.Status{State: session.Failed, ExitCode: 256}}}, 1},
+		{"failed with -1", []fleet.WaitResult{{Status: session.Status{State: session.Failed, ExitCode: -1}}}, 1},
+		{"failed with 0", []fleet.WaitResult{{Status: session.Status{State: session.Failed}}}, 1},
+		{"lost", []fleet.WaitResult{{Status: session.Status{State: session.Lost}}}, 1},
+		{"timed out", []fleet.WaitResult{ok, {Status: session.Status{State: session.Working}, Err: "timed out", TimedOut: true}}, 2},
+		{"no state", []fleet.WaitResult{{}}, 1},
+		{"a state no one knows", []fleet.WaitResult{{Status: session.Status{State: "succeeded\x00"}}}, 1},
+	} {
+		if got := waitExit(tc.res); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// pretendTerminal makes isTerminal true for w for the test's length.
+func pretendTerminal(t *testing.T, w io.Writer) {
+	old := isTerminal
+	isTerminal = func(x io.Writer) bool { return x == w }
+	t.Cleanup(func() { isTerminal = old })
+}
+
+func TestGuestBytesReachATerminalCleanAndAPipeRaw(t *testing.T) {
+	in := "ok " + strings.Join(hostile, " ") + " é\n"
+	var term, pipe bytes.Buffer
+	pretendTerminal(t, &term)
+	for _, w := range []*bytes.Buffer{&term, &pipe} {
+		out, flush := forPerson(w)
+		// Byte by byte: a sequence split across writes is still caught.
+		for i := 0; i < len(in); i++ {
+			out.Write([]byte{in[i]})
+		}
+		flush()
+	}
+	if where, bad := rawControl(term.String()); bad || !strings.Contains(term.String(), "é") {
+		t.Fatalf("terminal got %q: raw %s", term.String(), where)
+	}
+	if pipe.String() != in {
+		t.Fatalf("a pipe got %q, want the bytes as written", pipe.String())
+	}
+}
+
+func TestGuestFieldsInTablesAndErrorsAreClean(t *testing.T) {
+	for _, h := range hostile {
+		st := session.Status{State: session.Failed, ExitCode: 1, Message: "unreadable exit status " + h}
+		for _, s := range []string{cell(agentCell(st, "")), cell(agentCell(session.Status{}, h)), cell("paused: " + h + "\tcol"), oneLineErr(errors.New("x " + h))} {
+			if where, bad := rawControl(s); bad || strings.ContainsAny(s, "\t\n") {
+				t.Errorf("%q: raw %s", s, where)
+			}
+		}
+	}
+}
