@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,12 +62,16 @@ func TestWarmTemplateDecidesAndSaysWhy(t *testing.T) {
 	t.Run("--no-warm with a template", func(t *testing.T) {
 		staged := filepath.Join(imgDir, "warm", "staged")
 		os.MkdirAll(staged, 0o755)
-		for _, f := range []string{images.TemplateDisk, images.TemplateMemory, images.TemplateState} {
+		for _, f := range []string{images.TemplateMemory, images.TemplateState} {
 			os.WriteFile(filepath.Join(staged, f), []byte(f), 0o644)
+		}
+		// The template's disk is an overlay on the image's, as the store checks.
+		if err := qcow2test.Write(filepath.Join(staged, images.TemplateDisk), qcow2test.Options{Backing: img.Disk, BackingFormat: "qcow2"}); err != nil {
+			t.Fatal(err)
 		}
 		key := "image=debian-12@v1 k"
 		os.WriteFile(filepath.Join(staged, images.TemplateMeta), []byte(`{"key":"`+key+`"}`), 0o644)
-		if _, err := images.PublishTemplate(images.Image{Dir: imgDir}, key, staged); err != nil {
+		if _, err := images.PublishTemplate(images.Image{Dir: imgDir, Disk: img.Disk}, key, staged); err != nil {
 			t.Fatal(err)
 		}
 		var out bytes.Buffer

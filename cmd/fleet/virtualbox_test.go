@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,7 +43,7 @@ func TestSpawnEightOnVirtualBox(t *testing.T) {
 	// An image with an OVA, as `fleet image build --output qcow2,ova` stores it.
 	src := t.TempDir()
 	disk := filepath.Join(src, "disk.qcow2")
-	os.WriteFile(disk, []byte("qcow2"), 0o644)
+	qcow2test.Write(disk, qcow2test.Options{})
 	ova := vboxtest.WriteOVA(t, filepath.Join(src, "debian-12-v1.ova"))
 	store := images.Store{Root: filepath.Join(home, "images")}
 	m := images.Manifest{Name: "debian-12", Version: "v1", Outputs: map[string]images.Output{"ova": {File: "debian-12-v1.ova"}}}
