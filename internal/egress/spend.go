@@ -490,6 +490,7 @@ const (
 
 // Done marks that the answer was read to its end, not cut or abandoned.
 func (c *Counter) Done() { c.done = true }
+
 // Write takes the next bytes of the response body.
 func (c *Counter) Write(p []byte) (int, error) {
 	if !c.Stream {
