@@ -27,6 +27,7 @@ type apiRequest struct {
 	Documents      int  // document blocks anywhere
 	URLs           []string
 	LongCache      bool // a cache_control asks for the one-hour cache
+	Malformed      string // why a member that is checked is not in its shape
 
 	toolsChanged bool
 }
@@ -97,15 +98,15 @@ func (r *apiRequest) take(key string, v any) {
 		if m, ok := v.(map[string]any); ok {
 			r.ThinkingBudget = count(m["budget_tokens"])
 		}
-	case "tools":
-		r.Tools, _ = v.([]any)
-		if v != nil && r.Tools == nil {
-			r.Tools = []any{v} // not a list: refused as a malformed tool
+	case "tools", "mcp_servers":
+		l, ok := v.([]any)
+		if !ok && v != nil {
+			r.Malformed = key + " is not a list"
 		}
-	case "mcp_servers":
-		r.MCPServers, _ = v.([]any)
-		if v != nil && r.MCPServers == nil {
-			r.MCPServers = []any{v}
+		if key == "tools" {
+			r.Tools = l
+		} else {
+			r.MCPServers = l
 		}
 	case "container":
 		r.Container = v != nil

@@ -51,6 +51,9 @@ func confine(r *apiRequest, pol Policy, polErr error) string {
 	if polErr != nil {
 		pol = Policy{Mode: ModeNone}
 	}
+	if r.Malformed != "" {
+		return r.Malformed
+	}
 	open := pol.Mode == ModeOpen
 	unreadable := func(what string) string {
 		if polErr != nil {
