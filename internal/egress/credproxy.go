@@ -122,9 +122,9 @@ func (p *CredProxy) start() {
 	p.srv = &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: DefaultTimeout,
-		// The whole request, body and all. ServeHTTP lifts it once the
-		// body is in: the server would otherwise cut an answer still
-		// streaming when it passes.
+		// The whole request, body and all. It is lifted once the body is
+		// in (net/http does so at the body's end, ServeHTTP too), so an
+		// answer that streams past it is not cut.
 		ReadTimeout:    orDefault(p.RequestTimeout, DefaultRequestTimeout),
 		IdleTimeout:    orDefault(p.IdleTimeout, DefaultCredIdleTimeout),
 		MaxHeaderBytes: maxHeaderBytes,
