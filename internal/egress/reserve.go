@@ -26,7 +26,7 @@ type apiRequest struct {
 	Images         int  // image blocks anywhere
 	Documents      int  // document blocks anywhere
 	URLs           []string
-	LongCache      bool // a cache_control asks for the one-hour cache
+	LongCache      bool   // a cache_control asks for the one-hour cache
 	Malformed      string // why a member that is checked is not in its shape
 
 	toolsChanged bool
