@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strings"
 )
@@ -34,7 +33,7 @@ type apiRequest struct {
 
 type rawField struct {
 	key        string
-	start, end int64
+	start, end int64 // the value's bytes
 }
 
 // maxNesting bounds how deep a request body may nest; a real one nests a
@@ -43,47 +42,30 @@ const maxNesting = 128
 
 var errDuplicateKey = errors.New("a JSON object names a member twice")
 
-// parseRequest reads a request body strictly: one JSON object, no member
-// named twice anywhere (parsers differ on which one wins), nothing after
-// it. Member names match exactly, as the API matches them.
+// parseRequest reads a request body strictly: one valid JSON object, no
+// member named twice anywhere (parsers differ on which one wins). Member
+// names match exactly, as the API matches them. One pass over the bytes
+// notes what matters in every object (see scan); only the small
+// top-level members are decoded.
 func parseRequest(body []byte) (*apiRequest, error) {
+	if !json.Valid(body) {
+		return nil, errors.New("the body is not valid JSON")
+	}
 	r := &apiRequest{body: body}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, errors.New("the body is not a JSON object")
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		kt, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key := kt.(string)
-		if seen[key] {
-			return nil, fmt.Errorf("%w (%s)", errDuplicateKey, printable(key))
-		}
-		seen[key] = true
-		start := dec.InputOffset()
-		switch key {
-		case "tools", "mcp_servers", "thinking", "model", "max_tokens", "container":
-			v, err := decodeValue(dec, 1)
-			if err != nil {
-				return nil, err
-			}
-			r.take(key, v)
-		default:
-			if err := r.walk(dec, 1); err != nil {
-				return nil, err
-			}
-		}
-		r.fields = append(r.fields, rawField{key, start, dec.InputOffset()})
-	}
-	if _, err := dec.Token(); err != nil {
+	if err := r.scan(); err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("the body has more after its JSON object")
+	for _, f := range r.fields {
+		switch f.key {
+		case "tools", "mcp_servers", "thinking", "model", "max_tokens", "container":
+			dec := json.NewDecoder(bytes.NewReader(body[f.start:f.end]))
+			dec.UseNumber()
+			var v any
+			if err := dec.Decode(&v); err != nil {
+				return nil, fmt.Errorf("reading %s: %w", printable(f.key), err)
+			}
+			r.take(f.key, v)
+		}
 	}
 	return r, nil
 }
@@ -113,8 +95,8 @@ func (r *apiRequest) take(key string, v any) {
 	}
 }
 
-// count reads a token count: a non-negative number, capped; anything else
-// is 0 (not given).
+// count reads a token count: a positive number, capped; anything else is
+// 0 (not given).
 func count(v any) int64 {
 	n, ok := v.(json.Number)
 	if !ok {
@@ -127,123 +109,138 @@ func count(v any) int64 {
 	return int64(math.Ceil(min(f, 1e12)))
 }
 
-// walk reads one value without keeping it, noting the blocks that matter:
-// URL sources the API would fetch, images and documents, one-hour cache.
-func (r *apiRequest) walk(dec *json.Decoder, depth int) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	return r.walkFrom(dec, tok, depth)
+// scanFrame is one object or array open during scan.
+type scanFrame struct {
+	obj       bool
+	keys      map[string]bool
+	key       string // the member being read
+	expectKey bool
+	typ, url  string
+	hasURL    bool
+	ttl       string
 }
 
-func (r *apiRequest) walkFrom(dec *json.Decoder, tok json.Token, depth int) error {
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil
+// scan walks the (valid) body once: it refuses a member named twice,
+// records the top-level members' value ranges, and notes in every object
+// what the API would act on: URL sources it would fetch, image and
+// document blocks, the one-hour cache.
+func (r *apiRequest) scan() error {
+	b := r.body
+	var stack []*scanFrame
+	valueStart := -1 // of the top-level member being read
+	endMember := func(i int) {
+		if valueStart >= 0 && len(r.fields) > 0 {
+			f := &r.fields[len(r.fields)-1]
+			f.start, f.end = int64(valueStart), int64(len(bytes.TrimRight(b[:i], " \t\r\n")))
+		}
+		valueStart = -1
 	}
-	if depth > maxNesting {
-		return fmt.Errorf("the body nests deeper than %d levels", maxNesting)
-	}
-	if d == '[' {
-		for dec.More() {
-			if err := r.walk(dec, depth+1); err != nil {
-				return err
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch c {
+		case '{', '[':
+			if len(stack) == 1 && valueStart < 0 {
+				valueStart = i
+			}
+			if len(stack) >= maxNesting {
+				return fmt.Errorf("the body nests deeper than %d levels", maxNesting)
+			}
+			stack = append(stack, &scanFrame{obj: c == '{', expectKey: c == '{'})
+		case '}', ']':
+			top := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if len(stack) == 0 {
+				if !top.obj {
+					return errors.New("the body is not a JSON object")
+				}
+				endMember(i)
+				if len(bytes.TrimSpace(b[i+1:])) > 0 {
+					return errors.New("the body has more after its JSON object")
+				}
+				return nil
+			}
+			if top.obj {
+				switch {
+				case top.typ == "url" && top.hasURL:
+					r.URLs = append(r.URLs, top.url)
+				case top.typ == "image":
+					r.Images++
+				case top.typ == "document":
+					r.Documents++
+				}
+				if top.ttl == "1h" {
+					r.LongCache = true
+				}
+			}
+		case ',':
+			top := stack[len(stack)-1]
+			if len(stack) == 1 {
+				endMember(i)
+			}
+			top.expectKey = top.obj
+		case '"':
+			j := i + 1
+			escaped := false
+			for ; b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					escaped = true
+					j++
+				}
+			}
+			raw := b[i : j+1]
+			if len(stack) == 0 {
+				return errors.New("the body is not a JSON object")
+			}
+			top := stack[len(stack)-1]
+			switch {
+			case top.obj && top.expectKey:
+				k := unquote(raw, escaped)
+				if top.keys == nil {
+					top.keys = map[string]bool{}
+				}
+				if top.keys[k] {
+					return fmt.Errorf("%w (%s)", errDuplicateKey, printable(k))
+				}
+				top.keys[k], top.key, top.expectKey = true, k, false
+				if len(stack) == 1 {
+					r.fields = append(r.fields, rawField{key: k})
+				}
+			case top.obj:
+				if len(stack) == 1 && valueStart < 0 {
+					valueStart = i
+				}
+				switch top.key {
+				case "type":
+					top.typ = unquote(raw, escaped)
+				case "url":
+					top.url, top.hasURL = unquote(raw, escaped), true
+				case "ttl":
+					top.ttl = unquote(raw, escaped)
+				}
+			}
+			i = j
+		case ' ', '\t', '\r', '\n', ':':
+		default:
+			// A number, true, false or null.
+			if len(stack) == 0 {
+				return errors.New("the body is not a JSON object")
+			}
+			if len(stack) == 1 && valueStart < 0 {
+				valueStart = i
 			}
 		}
-		_, err := dec.Token()
-		return err
 	}
-	keys := map[string]bool{}
-	var typ, url, ttl string
-	for dec.More() {
-		kt, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		k := kt.(string)
-		if keys[k] {
-			return fmt.Errorf("%w (%s)", errDuplicateKey, printable(k))
-		}
-		keys[k] = true
-		vt, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		if s, ok := vt.(string); ok {
-			switch k {
-			case "type":
-				typ = s
-			case "url":
-				url = s
-			case "ttl":
-				ttl = s
-			}
-		}
-		if err := r.walkFrom(dec, vt, depth+1); err != nil {
-			return err
-		}
-	}
-	switch {
-	case typ == "url" && keys["url"]:
-		r.URLs = append(r.URLs, url)
-	case typ == "image":
-		r.Images++
-	case typ == "document":
-		r.Documents++
-	}
-	if ttl == "1h" {
-		r.LongCache = true
-	}
-	_, err := dec.Token()
-	return err
+	return errors.New("the body is not a JSON object")
 }
 
-// decodeValue decodes one value whole, refusing a member named twice.
-func decodeValue(dec *json.Decoder, depth int) (any, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+// unquote is a JSON string's value.
+func unquote(raw []byte, escaped bool) string {
+	if !escaped {
+		return string(raw[1 : len(raw)-1])
 	}
-	return decodeFrom(dec, tok, depth)
-}
-
-func decodeFrom(dec *json.Decoder, tok json.Token, depth int) (any, error) {
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return tok, nil
-	}
-	if depth > maxNesting {
-		return nil, fmt.Errorf("the body nests deeper than %d levels", maxNesting)
-	}
-	if d == '[' {
-		out := []any{}
-		for dec.More() {
-			v, err := decodeValue(dec, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, v)
-		}
-		_, err := dec.Token()
-		return out, err
-	}
-	out := map[string]any{}
-	for dec.More() {
-		kt, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		k := kt.(string)
-		if _, dup := out[k]; dup {
-			return nil, fmt.Errorf("%w (%s)", errDuplicateKey, printable(k))
-		}
-		if out[k], err = decodeValue(dec, depth+1); err != nil {
-			return nil, err
-		}
-	}
-	_, err := dec.Token()
-	return out, err
+	var s string
+	json.Unmarshal(raw, &s)
+	return s
 }
 
 // Body is the request to forward: the guest's bytes unchanged unless a
@@ -269,7 +266,7 @@ func (r *apiRequest) Body() ([]byte, error) {
 			b.Write(v)
 			continue
 		}
-		b.Write(bytes.TrimLeft(r.body[f.start:f.end], " \t\r\n:"))
+		b.Write(r.body[f.start:f.end])
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil
