@@ -162,7 +162,9 @@ func newCredBench(t *testing.T, metered bool) *credBench {
 	up, _ := url.Parse("http://" + ln.Addr().String())
 	p := &egress.CredProxy{Token: "tok", Credential: egress.Credential{Kind: egress.APIKey, Value: "sk-ant-bench"}, Upstream: up,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Audit: egress.NewAudit(dir), Machine: "bench",
-		Policy: func() (egress.Policy, error) { return egress.Policy{Mode: egress.ModeAllowlist, Allow: []string{}}, nil }}
+		Policy: func() (egress.Policy, error) {
+			return egress.Policy{Mode: egress.ModeAllowlist, Allow: []string{}}, nil
+		}}
 	if metered {
 		p.Meter = &egress.Meter{Dir: dir}
 		p.Spend = func() (egress.SpendConfig, error) {

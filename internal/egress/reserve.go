@@ -363,3 +363,13 @@ func (r *apiRequest) reservation(ps []Price) Reservation {
 	usd := (float64(in)*inRate+float64(out)*outRate)/1e6 + float64(searches)*p.webSearchFee()
 	return Reservation{Tokens: in + out, USD: usd}
 }
+
+// ReservationFor is what the credential proxy reserves for a message call
+// with body at prices ps.
+func ReservationFor(body []byte, ps []Price) (Reservation, error) {
+	r, err := parseRequest(body)
+	if err != nil {
+		return Reservation{}, err
+	}
+	return r.reservation(ps), nil
+}
