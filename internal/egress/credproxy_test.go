@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -219,5 +220,180 @@ func TestCredentialProxyStripsTheKeyFromResponseHeaders(t *testing.T) {
 		if h.Get("Content-Type") != "text/event-stream" {
 			t.Errorf("%s: an innocent header was dropped: %v", cred.Kind, h)
 		}
+	}
+}
+
+// An upstream that echoes the key everywhere an answer has room for it:
+// informational 103 headers, header names and values, announced and
+// unannounced trailers. Read raw, the guest's bytes never hold it.
+func TestTheKeyNeverComesBackInAnyPartOfAResponse(t *testing.T) {
+	const key = "sk-ant-echo-KEY-1234"
+	for _, nameInTrailer := range []bool{false, true} {
+		rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			got := r.Header.Get("X-Api-Key")
+			h := w.Header()
+			h.Set("Link", "</style.css>; rel=preload; k="+got)
+			h.Set("X-"+got, "1")
+			w.WriteHeader(http.StatusEarlyHints)
+			h.Set("Link", "</a.js>; rel=preload")
+			h.Set("X-Echo", strings.ToUpper(got))
+			w.WriteHeader(http.StatusEarlyHints)
+			for k := range h {
+				delete(h, k)
+			}
+			announce := "X-Trailer-Key, X-Fine"
+			if nameInTrailer {
+				announce += ", X-" + got
+			}
+			h.Set("Trailer", announce)
+			h.Set("Content-Type", "text/event-stream")
+			h.Set("X-Innocent", "yes")
+			w.WriteHeader(200)
+			io.WriteString(w, sseAnswer(1, 1))
+			w.(http.Flusher).Flush()
+			h.Set("X-Trailer-Key", got)
+			h.Set("X-Fine", "ok")
+			h.Set("X-"+got, "2")
+			h.Set(http.TrailerPrefix+"X-Late", "Bearer "+got)
+			h.Set(http.TrailerPrefix+"X-Late-Fine", "ok")
+		}, Budget{}, func(p *CredProxy) { p.Credential.Value = key })
+		c, err := net.Dial("tcp", strings.TrimPrefix(rig.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		body := `{"max_tokens":1}`
+		fmt.Fprintf(c, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: tok\r\nTE: trailers\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		raw, _ := io.ReadAll(c)
+		if rig.calls.Load() != 1 {
+			t.Fatalf("the upstream got %d calls; the guest read %q", rig.calls.Load(), raw)
+		}
+		if strings.Contains(strings.ToLower(string(raw)), strings.ToLower(key)) {
+			t.Fatalf("the key came back:\n%s", raw)
+		}
+		// (Innocent unannounced trailers may go with the scrubbed ones:
+		// httputil counts trailers to decide how to pass them on.)
+		want := []string{"HTTP/1.1 103", "</a.js>", "X-Innocent: yes", `"text":"hi"`}
+		if !nameInTrailer {
+			want = append(want, "X-Fine: ok") // an announced trailer
+		}
+		for _, w := range want {
+			if !strings.Contains(string(raw), w) {
+				t.Errorf("the answer lost %q:\n%s", w, raw)
+			}
+		}
+	}
+}
+
+// 2,000 connections, each served and closed, leave no goroutine behind.
+func TestConnectionsLeaveNothingBehind(t *testing.T) {
+	rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"data":[]}`) }, Budget{})
+	get := func() {
+		c, s := net.Pipe()
+		done := make(chan struct{})
+		go func() { rig.p.ServeConn(context.Background(), s); close(done) }()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Api-Key: tok\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%v %v", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		c.Close()
+		<-done // ServeConn returns once its connection is gone
+	}
+	get()
+	start := runtime.NumGoroutine()
+	for i := 0; i < 2000; i++ {
+		get()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	n := runtime.NumGoroutine()
+	for n > start+10 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	if n > start+10 {
+		t.Fatalf("%d goroutines after 2,000 connections, %d before", n, start)
+	}
+}
+
+// A body that never arrives whole is cut at the request deadline, however
+// it trickles; the call never reaches the upstream.
+func TestASlowBodyIsCut(t *testing.T) {
+	rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) {}, Budget{}, func(p *CredProxy) { p.RequestTimeout = 300 * time.Millisecond })
+	c, err := net.Dial("tcp", strings.TrimPrefix(rig.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: tok\r\nContent-Length: 100000\r\n\r\n{")
+	cut := make(chan struct{})
+	go func() { io.Copy(io.Discard, c); close(cut) }()
+	t0 := time.Now()
+	for i := 0; ; i++ {
+		select {
+		case <-cut:
+			if rig.calls.Load() != 0 {
+				t.Error("a body that never arrived was forwarded")
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		c.Write([]byte(" ")) // one byte at a time, never the whole body
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("still open after %d trickled bytes", i)
+		}
+	}
+}
+
+// An answer that streams for longer than the request deadline, and
+// longer than a write may stall, is not cut while it flows.
+func TestAFlowingStreamIsNotCut(t *testing.T) {
+	rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n")
+		for i := 0; i < 8; i++ {
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+			fmt.Fprintf(w, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"part%d\"}}\n\n", i)
+		}
+		io.WriteString(w, "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n")
+	}, Budget{USD: 10}, func(p *CredProxy) { p.RequestTimeout, p.WriteStall = 200*time.Millisecond, 300*time.Millisecond })
+	code, body := rig.post(haikuCall)
+	if code != 200 || !strings.Contains(body, "part7") {
+		t.Fatalf("%d %q", code, body)
+	}
+	if u := rig.usage(); u.OutputTokens != 9 || u.HeldTokens != 0 {
+		t.Errorf("%+v", u)
+	}
+}
+
+func TestRequestBodiesAreBoundedAndPlain(t *testing.T) {
+	rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) {}, Budget{}, func(p *CredProxy) { p.MaxBody = 4096 })
+	big := `{"max_tokens":1,"messages":"` + strings.Repeat("x", 5000) + `"}`
+	if code, body := rig.post(big); code != 413 || !strings.Contains(body, "request_too_large") {
+		t.Errorf("an oversized body: %d %s", code, body)
+	}
+	// Chunked, with no length to refuse up front.
+	req, _ := http.NewRequest("POST", rig.base+"/v1/messages", io.MultiReader(strings.NewReader(big)))
+	req.Header.Set("X-Api-Key", "tok")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 413 {
+			t.Errorf("an oversized chunked body: %d", resp.StatusCode)
+		}
+	}
+	if code, body := rig.post(`{"max_tokens":1}`, "Content-Encoding", "gzip"); code != 415 {
+		t.Errorf("a compressed body: %d %s", code, body)
+	}
+	if code, body := rig.post(`{"max_tokens":1}`, "Connection", "Upgrade", "Upgrade", "websocket"); code != 400 {
+		t.Errorf("an upgrade: %d %s", code, body)
+	}
+	if rig.calls.Load() != 0 {
+		t.Errorf("%d refused calls reached the upstream", rig.calls.Load())
 	}
 }

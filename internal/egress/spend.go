@@ -25,20 +25,36 @@ const (
 	UsageFile = vm.UsageFile // what was counted: written by the proxy server only
 )
 
-// Usage is what one machine's calls used, as the API reported it.
+// Usage is what one machine's calls used, as the API reported it, plus
+// what is held for calls whose usage is not known.
 type Usage struct {
-	Calls            int64   `json:"calls"`
-	InputTokens      int64   `json:"input_tokens"`
-	OutputTokens     int64   `json:"output_tokens"`
-	CacheWriteTokens int64   `json:"cache_write_tokens"`
-	CacheReadTokens  int64   `json:"cache_read_tokens"`
-	CostUSD          float64 `json:"cost_usd"`
+	Calls            int64 `json:"calls"`
+	InputTokens      int64 `json:"input_tokens"`
+	OutputTokens     int64 `json:"output_tokens"`
+	CacheWriteTokens int64 `json:"cache_write_tokens"`
+	CacheReadTokens  int64 `json:"cache_read_tokens"`
+	// WebSearches and WebFetches are the API's server-side tool uses
+	// (usage.server_tool_use); searches carry a fee per use.
+	WebSearches int64 `json:"web_search_requests,omitempty"`
+	WebFetches  int64 `json:"web_fetch_requests,omitempty"`
+	// CostUSD includes HeldUSD, so everything that reads the cost sees
+	// what the budget sees.
+	CostUSD float64 `json:"cost_usd"`
+	// HeldTokens and HeldUSD are reservations: the most the calls in
+	// flight may cost, and the whole reservation of every call whose
+	// answer told no usage (a hang-up, a cut or unreadable answer, a proxy
+	// that stopped mid-call). They are charged as if spent; a call's
+	// reservation is replaced by its real usage when its answer is read.
+	HeldTokens int64   `json:"held_tokens,omitempty"`
+	HeldUSD    float64 `json:"held_usd,omitempty"`
+	// Unsettled counts the calls charged their whole reservation.
+	Unsettled int64 `json:"unsettled_calls,omitempty"`
 }
 
-// Tokens is every token billed: input (fresh, cache writes and cache
-// reads) and output. Budgets in tokens count this.
+// Tokens is every token billed or held: input (fresh, cache writes and
+// cache reads), output, and reservations. Budgets in tokens count this.
 func (u Usage) Tokens() int64 {
-	return u.InputTokens + u.OutputTokens + u.CacheWriteTokens + u.CacheReadTokens
+	return u.InputTokens + u.OutputTokens + u.CacheWriteTokens + u.CacheReadTokens + u.HeldTokens
 }
 
 // Add sums v into u.
@@ -48,19 +64,49 @@ func (u *Usage) Add(v Usage) {
 	u.OutputTokens += v.OutputTokens
 	u.CacheWriteTokens += v.CacheWriteTokens
 	u.CacheReadTokens += v.CacheReadTokens
+	u.WebSearches += v.WebSearches
+	u.WebFetches += v.WebFetches
 	u.CostUSD += v.CostUSD
+	u.HeldTokens += v.HeldTokens
+	u.HeldUSD += v.HeldUSD
+	u.Unsettled += v.Unsettled
 }
 
 // Price is what a model costs, in US dollars per million tokens. Model is
 // a prefix of the API's model name ("claude-sonnet-4" covers
 // "claude-sonnet-4-20250514"); "*" prices every model no entry names.
+// WebSearch is the server-side web search fee in dollars per 1,000
+// searches; zero means DefaultWebSearchPer1000, the API's $10.
 type Price struct {
 	Model      string  `json:"model"`
 	Input      float64 `json:"input"`
 	Output     float64 `json:"output"`
 	CacheWrite float64 `json:"cache_write"`
 	CacheRead  float64 `json:"cache_read"`
+	WebSearch  float64 `json:"web_search,omitempty"`
 }
+
+// DefaultWebSearchPer1000 is the API's web search fee: $10 per 1,000
+// searches, whatever the model.
+const DefaultWebSearchPer1000 = 10.0
+
+// webSearchFee is the price of one search.
+func (p Price) webSearchFee() float64 {
+	if p.WebSearch > 0 {
+		return p.WebSearch / 1000
+	}
+	return DefaultWebSearchPer1000 / 1000
+}
+
+// Long-context rates: a call whose input passes longContext tokens (the
+// 1M-token context window) is billed twice the input prices and 1.5 times
+// the output price. Only models with that window take such input, so the
+// rule is applied whatever the model.
+const (
+	longContext       = 200_000
+	longContextInput  = 2.0
+	longContextOutput = 1.5
+)
 
 // DefaultPrices is the README's price table (a test keeps the two the
 // same); fleet.hcl's price blocks override or add entries. A model no
@@ -105,7 +151,7 @@ func ValidatePrices(ps []Price) error {
 			return fmt.Errorf("price %q is given twice", p.Model)
 		}
 		seen[p.Model] = true
-		for _, v := range []float64{p.Input, p.Output, p.CacheWrite, p.CacheRead} {
+		for _, v := range []float64{p.Input, p.Output, p.CacheWrite, p.CacheRead, p.WebSearch} {
 			if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) || v > 1e6 {
 				return fmt.Errorf("price %q: %v dollars per million tokens is not a price", p.Model, v)
 			}
@@ -134,10 +180,32 @@ func PriceFor(ps []Price, model string) (Price, bool) {
 	return Price{}, false
 }
 
-// Cost prices u's tokens.
+// priceOrDearest is PriceFor, or for a model no entry prices (a table
+// without "*") the dearest rate of each kind in the table: a budget errs
+// on the side of stopping early.
+func priceOrDearest(ps []Price, model string) Price {
+	if p, ok := PriceFor(ps, model); ok {
+		return p
+	}
+	d := Price{Model: "*"}
+	for _, p := range ps {
+		d.Input, d.Output = max(d.Input, p.Input), max(d.Output, p.Output)
+		d.CacheWrite, d.CacheRead = max(d.CacheWrite, p.CacheWrite), max(d.CacheRead, p.CacheRead)
+		d.WebSearch = max(d.WebSearch, p.WebSearch)
+	}
+	return d
+}
+
+// Cost prices u's tokens and search fees (one call's usage: the
+// long-context rates apply to a call whose input passed longContext).
 func (p Price) Cost(u Usage) float64 {
-	return (float64(u.InputTokens)*p.Input + float64(u.OutputTokens)*p.Output +
-		float64(u.CacheWriteTokens)*p.CacheWrite + float64(u.CacheReadTokens)*p.CacheRead) / 1e6
+	in, out := 1.0, 1.0
+	if u.InputTokens+u.CacheWriteTokens+u.CacheReadTokens > longContext {
+		in, out = longContextInput, longContextOutput
+	}
+	return (float64(u.InputTokens)*p.Input*in+float64(u.OutputTokens)*p.Output*out+
+		float64(u.CacheWriteTokens)*p.CacheWrite*in+float64(u.CacheReadTokens)*p.CacheRead*in)/1e6 +
+		float64(u.WebSearches)*p.webSearchFee()
 }
 
 // Budget caps a machine's spend; zero fields are no cap.
@@ -215,9 +283,32 @@ func LoadUsage(dir string) (Usage, error) {
 	return u, nil
 }
 
+// Reservation is the most one call may cost, held against the budget from
+// before it is forwarded until its answer settles it.
+type Reservation struct {
+	Tokens int64
+	USD    float64
+}
+
+// Admits says whether a call reserving r may start with u already spent or
+// held, and if not why, in words for the agent and the audit log.
+func (b Budget) Admits(u Usage, r Reservation) (bool, string) {
+	if done, why := b.Reached(u); done {
+		return false, why
+	}
+	if b.Tokens > 0 && u.Tokens()+r.Tokens > b.Tokens {
+		return false, fmt.Sprintf("%d of its %d-token budget used or held, and this call may use up to %d more", u.Tokens(), b.Tokens, r.Tokens)
+	}
+	if b.USD > 0 && u.CostUSD+r.USD > b.USD {
+		return false, fmt.Sprintf("$%.4f of its $%.2f budget used or held, and this call may cost up to $%.4f more", u.CostUSD, b.USD, r.USD)
+	}
+	return true, ""
+}
+
 // Meter keeps one machine's usage: in memory for the proxy server's life,
-// and in usage.json after every call, so a restarted server (or the
-// controller) reads the same numbers.
+// and in usage.json after every change, reservations included, so a
+// restarted server (or the controller) reads the same numbers and a call
+// in flight when a server stopped stays charged.
 type Meter struct {
 	Dir string
 	mu  sync.Mutex
@@ -226,7 +317,8 @@ type Meter struct {
 	loaded bool
 }
 
-// Usage is what the meter has counted.
+// Usage is what the meter has counted and holds. A usage file that
+// cannot be read counts as nothing here; Reserve refuses on it.
 func (m *Meter) Usage() Usage {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -234,10 +326,95 @@ func (m *Meter) Usage() Usage {
 	return m.u
 }
 
-func (m *Meter) load() {
-	if !m.loaded {
-		m.u, _ = LoadUsage(m.Dir)
-		m.loaded = true
+func (m *Meter) load() error {
+	if m.loaded {
+		return nil
+	}
+	u, err := LoadUsage(m.Dir)
+	if err != nil {
+		// Not loaded: a file that cannot be read is never written over
+		// with a count that forgot it.
+		return fmt.Errorf("reading what this machine has spent: %w", err)
+	}
+	m.u, m.loaded = u, true
+	return nil
+}
+
+// save writes the total: the one write path of usage.json.
+func (m *Meter) save() error {
+	b, _ := json.Marshal(m.u)
+	if err := writeAtomic(m.Dir, UsageFile, b); err != nil {
+		return fmt.Errorf("saving what this machine has spent: %w", err)
+	}
+	return nil
+}
+
+// Reserve holds r against b if b admits it, and saves the hold before the
+// call may go: ok false with why when the budget does not admit it, an
+// error when the usage cannot be read or saved (the call must not go).
+// Check and hold are one step, so concurrent calls cannot all pass a
+// check made before any of them held anything.
+func (m *Meter) Reserve(r Reservation, b Budget) (ok bool, why string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.load(); err != nil {
+		return false, "", err
+	}
+	if ok, why := b.Admits(m.u, r); !ok {
+		return false, why, nil
+	}
+	before := m.u
+	m.u.HeldTokens += r.Tokens
+	m.u.HeldUSD += r.USD
+	m.u.CostUSD += r.USD
+	if err := m.save(); err != nil {
+		m.u = before
+		return false, "", err
+	}
+	return true, "", nil
+}
+
+// Settle ends the call that reserved r. With ok, its reservation is
+// replaced by v, the usage its answer reported; without, the whole
+// reservation stays charged. Release is Settle for a call that provably
+// never reached the API.
+func (m *Meter) Settle(r Reservation, v Usage, ok bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.load(); err != nil {
+		return err
+	}
+	if ok {
+		m.unhold(r)
+		m.u.Add(v)
+	} else {
+		m.u.Calls++
+		m.u.Unsettled++
+	}
+	return m.save()
+}
+
+// Release drops the reservation of a call that was never sent.
+func (m *Meter) Release(r Reservation) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.load(); err != nil {
+		return err
+	}
+	m.unhold(r)
+	return m.save()
+}
+
+func (m *Meter) unhold(r Reservation) {
+	m.u.HeldTokens -= r.Tokens
+	m.u.HeldUSD -= r.USD
+	m.u.CostUSD -= r.USD
+	// Sums and differences of floats leave dust, never a real amount.
+	if math.Abs(m.u.HeldUSD) < 1e-9 {
+		m.u.HeldUSD = 0
+	}
+	if m.u.CostUSD < 0 && m.u.CostUSD > -1e-9 {
+		m.u.CostUSD = 0
 	}
 }
 
@@ -245,10 +422,11 @@ func (m *Meter) load() {
 func (m *Meter) Record(v Usage) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.load()
+	if err := m.load(); err != nil {
+		return err
+	}
 	m.u.Add(v)
-	b, _ := json.Marshal(m.u)
-	return writeAtomic(m.Dir, UsageFile, b)
+	return m.save()
 }
 
 // apiUsage is the usage object of the Messages API.
@@ -257,6 +435,10 @@ type apiUsage struct {
 	OutputTokens     *int64 `json:"output_tokens"`
 	CacheWriteTokens *int64 `json:"cache_creation_input_tokens"`
 	CacheReadTokens  *int64 `json:"cache_read_input_tokens"`
+	ServerToolUse    *struct {
+		WebSearches *int64 `json:"web_search_requests"`
+		WebFetches  *int64 `json:"web_fetch_requests"`
+	} `json:"server_tool_use"`
 }
 
 // merge takes the counts a usage object carries. The API's counts are
@@ -275,26 +457,39 @@ func (u *Usage) merge(a *apiUsage) {
 	set(&u.OutputTokens, a.OutputTokens)
 	set(&u.CacheWriteTokens, a.CacheWriteTokens)
 	set(&u.CacheReadTokens, a.CacheReadTokens)
+	if s := a.ServerToolUse; s != nil {
+		set(&u.WebSearches, s.WebSearches)
+		set(&u.WebFetches, s.WebFetches)
+	}
 }
 
 // Counter reads one response's usage as its bytes pass (Write), whether
 // server-sent events or one JSON body, holding at most maxEventLine bytes of
-// it. Result prices what it saw.
+// a stream or maxBody of a whole answer. Result prices what it saw, and
+// only an answer read to its end tells usage: Done marks that end.
 type Counter struct {
 	Stream bool
-	line   []byte
-	long   bool // the current line passed maxEventLine and is skipped
-	body   bytes.Buffer
-	over   bool // the whole body passed maxBody: not counted
-	model  string
-	usage  Usage
-	seen   bool
+	// Unreadable marks an answer the counter cannot read (an encoding it
+	// does not decode): it tells no usage.
+	Unreadable bool
+	line       []byte
+	long       bool // the current line passed maxEventLine and is skipped
+	body       bytes.Buffer
+	over       bool // the whole body passed maxBody: not counted
+	model      string
+	usage      Usage
+	started    bool // message_start seen
+	delta      bool // message_delta seen
+	done       bool // the answer was read to its clean end
 }
 
 const (
 	maxEventLine = 64 << 10
 	maxBody      = 16 << 20
 )
+
+// Done marks that the answer was read to its end, not cut or abandoned.
+func (c *Counter) Done() { c.done = true }
 
 // Write takes the next bytes of the response body.
 func (c *Counter) Write(p []byte) (int, error) {
@@ -357,39 +552,43 @@ func (c *Counter) event(line []byte) {
 	case "message_start":
 		c.model = ev.Message.Model
 		c.usage.merge(ev.Message.Usage)
-		c.seen = true
+		c.started = true
 	case "message_delta":
 		c.usage.merge(ev.Usage)
-		c.seen = true
+		c.delta = true
 	}
 }
 
 // Result is the response's usage priced with ps; ok is false when the
-// response carried none.
+// response told none for certain: not read to its end, unreadable, over
+// maxBody, or a stream without both its message_start and a
+// message_delta (the delta carries the final output count).
 func (c *Counter) Result(ps []Price) (u Usage, model string, ok bool) {
+	seen := false
 	if !c.Stream {
-		if c.line = nil; !c.over {
+		if c.line = nil; !c.over && c.done && !c.Unreadable {
 			var whole struct {
 				Model string    `json:"model"`
 				Usage *apiUsage `json:"usage"`
 			}
 			if json.Unmarshal(c.body.Bytes(), &whole) == nil && whole.Usage != nil {
-				c.model, c.seen = whole.Model, true
+				c.model, seen = whole.Model, true
 				c.usage.merge(whole.Usage)
 			}
 		}
-	} else if len(c.line) > 0 && !c.long {
-		c.event(c.line) // a last line without its newline
-		c.line = c.line[:0]
+	} else {
+		if len(c.line) > 0 && !c.long {
+			c.event(c.line) // a last line without its newline
+			c.line = c.line[:0]
+		}
+		seen = c.started && c.delta && c.done && !c.Unreadable
 	}
-	if !c.seen {
+	if !seen {
 		return Usage{}, "", false
 	}
 	u = c.usage
 	u.Calls = 1
-	if p, found := PriceFor(ps, c.model); found {
-		u.CostUSD = p.Cost(u)
-	}
+	u.CostUSD = priceOrDearest(ps, c.model).Cost(u)
 	return u, c.model, true
 }
 

@@ -37,6 +37,7 @@ func TestCounterReadsAStreamInAnyChunking(t *testing.T) {
 		for i := 0; i < len(streamed); i += size {
 			c.Write([]byte(streamed[i:min(i+size, len(streamed))]))
 		}
+		c.Done()
 		got, model, ok := c.Result(DefaultPrices)
 		if !ok || got != want || model != "claude-sonnet-4-5-20250929" {
 			t.Fatalf("chunks of %d: %+v %q %v, want %+v", size, got, model, ok, want)
@@ -52,6 +53,7 @@ func TestCounterReadsAWholeResponse(t *testing.T) {
 	c := &Counter{}
 	c.Write([]byte(`{"id":"m","model":"claude-haiku-4-5","content":[{"type":"text","text":"\"usage\":{}"}],`))
 	c.Write([]byte(`"usage":{"input_tokens":10,"output_tokens":20}}`))
+	c.Done()
 	got, _, ok := c.Result(DefaultPrices)
 	if want := (Usage{Calls: 1, InputTokens: 10, OutputTokens: 20, CostUSD: (10*1 + 20*5) / 1e6}); !ok || got != want {
 		t.Fatalf("%+v, want %+v", got, want)
@@ -59,21 +61,43 @@ func TestCounterReadsAWholeResponse(t *testing.T) {
 }
 
 func TestCounterWithoutUsageCountsNothing(t *testing.T) {
+	whole := `{"model":"claude-haiku-4-5","usage":{"input_tokens":10,"output_tokens":20}}`
 	for _, tc := range []struct {
-		stream bool
-		body   string
+		stream, done, unreadable bool
+		body                     string
 	}{
-		{true, "event: ping\ndata: {\"type\":\"ping\"}\n\n"},
-		{true, "data: not json\n\ndata: {\"type\":\"message_start\"\n"},
-		{false, `{"type":"error","error":{"type":"overloaded_error"}}`},
-		{false, `not json at all`},
-		{false, ""},
+		{true, true, false, "event: ping\ndata: {\"type\":\"ping\"}\n\n"},
+		{true, true, false, "data: not json\n\ndata: {\"type\":\"message_start\"\n"},
+		{false, true, false, `{"type":"error","error":{"type":"overloaded_error"}}`},
+		{false, true, false, `not json at all`},
+		{false, true, false, ""},
+		// Cut short: the guest hung up, or the upstream broke off.
+		{true, false, false, streamed},
+		{false, false, false, whole},
+		// Usage so far, but not the final count: input only, before any
+		// output was counted.
+		{true, true, false, streamed[:strings.Index(streamed, "event: message_delta")]},
+		// Read whole, but in an encoding the counter does not decode.
+		{true, true, true, streamed},
+		{false, true, true, whole},
 	} {
-		c := &Counter{Stream: tc.stream}
+		c := &Counter{Stream: tc.stream, Unreadable: tc.unreadable}
 		c.Write([]byte(tc.body))
-		if u, _, ok := c.Result(DefaultPrices); ok {
-			t.Errorf("%q counted %+v", tc.body, u)
+		if tc.done {
+			c.Done()
 		}
+		if u, _, ok := c.Result(DefaultPrices); ok {
+			t.Errorf("%q (done %v, unreadable %v) counted %+v", tc.body, tc.done, tc.unreadable, u)
+		}
+	}
+	// An answer past maxBody is not parsed, whatever it ends with.
+	c := &Counter{}
+	c.Write([]byte(`{"pad":"`))
+	c.Write(make([]byte, maxBody))
+	c.Write([]byte(`","model":"x","usage":{"input_tokens":1,"output_tokens":1}}`))
+	c.Done()
+	if u, _, ok := c.Result(DefaultPrices); ok {
+		t.Errorf("an oversized answer counted %+v", u)
 	}
 }
 
@@ -83,6 +107,7 @@ func TestCounterSkipsHugeLinesButKeepsCounting(t *testing.T) {
 	huge := `data: {"type":"content_block_delta","delta":{"text":"` + strings.Repeat("x", 3*maxEventLine) + `"}}` + "\n"
 	c.Write([]byte(huge))
 	c.Write([]byte(`data: {"type":"message_delta","usage":{"output_tokens":9}}`)) // no final newline
+	c.Done()
 	u, _, ok := c.Result(DefaultPrices)
 	if !ok || u.InputTokens != 5 || u.OutputTokens != 9 {
 		t.Fatalf("%+v %v", u, ok)
@@ -220,7 +245,7 @@ func meterRig(t *testing.T, budget Budget) (post func(stream bool) (int, string)
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
 	post = func(stream bool) (int, string) {
-		req, _ := http.NewRequest("POST", srv.URL+"/v1/messages", strings.NewReader(`{}`))
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/messages", strings.NewReader(`{"max_tokens":10}`))
 		req.Header.Set("X-Api-Key", "tok")
 		if stream {
 			req.Header.Set("Accept", "text/event-stream")
@@ -237,8 +262,9 @@ func meterRig(t *testing.T, budget Budget) (post func(stream bool) (int, string)
 }
 
 func TestCredentialProxyCountsAndStopsAtTheBudget(t *testing.T) {
-	// Calls use 110, 220, 330 tokens: the third starts at 330 < 400 and
-	// passes; the fourth starts at 660 and is refused.
+	// Calls use 110, 220, 330 tokens and each reserves 27 (17 bytes and
+	// 10 of output): the third starts at 330+27 <= 400 and passes; the
+	// fourth starts at 660 and is refused.
 	post, sent, setBudget, dir := meterRig(t, Budget{Tokens: 400})
 	for i, stream := range []bool{true, false, true} {
 		if code, body := post(stream); code != 200 {
