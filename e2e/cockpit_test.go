@@ -152,7 +152,7 @@ func startUsageStub(t *testing.T) *usageStub {
 const cockpitAgent = `task=$(cat)
 case "$task" in *api*)
   for s in true false true; do
-    curl -sS -m 60 "$ANTHROPIC_BASE_URL/v1/messages" -H "Authorization: Bearer $ANTHROPIC_AUTH_TOKEN" -d "{\"stream\":$s}"; echo
+    curl -sS -m 60 "$ANTHROPIC_BASE_URL/v1/messages" -H "Authorization: Bearer $ANTHROPIC_AUTH_TOKEN" -d "{\"stream\":$s,\"max_tokens\":30}"; echo
   done
   exit 0;;
 esac

@@ -107,6 +107,7 @@ func ProxyHandlers(dir string) (map[byte]func(context.Context, net.Conn), *egres
 			Meter:      &egress.Meter{Dir: dir},
 			Machine:    filepath.Base(dir),
 			Spend:      func() (egress.SpendConfig, error) { return egress.LoadSpendConfig(dir) },
+			Policy:     credPolicy(dir),
 		}
 		handlers[egress.KindCredentials] = p.ServeConn
 	}
@@ -150,4 +151,15 @@ func (c *Controller) stopMachine(ctx context.Context, s vm.Spec) error {
 func (c *Controller) deleteMachine(ctx context.Context, s vm.Spec) error {
 	egress.StopServer(s.Dir)
 	return c.Driver.Delete(ctx, s)
+}
+
+// credPolicy is what the credential proxy holds the model API's own
+// network tools (web fetch, MCP servers, URL sources) to: the machine's
+// egress policy, read per call. A machine with no policy file has open
+// egress: it reaches anything itself, so the API may too.
+func credPolicy(dir string) func() (egress.Policy, error) {
+	if _, err := os.Stat(filepath.Join(dir, egress.PolicyFile)); errors.Is(err, os.ErrNotExist) {
+		return func() (egress.Policy, error) { return egress.Policy{Mode: egress.ModeOpen}, nil }
+	}
+	return func() (egress.Policy, error) { return egress.LoadPolicy(dir) }
 }
