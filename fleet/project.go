@@ -85,6 +85,7 @@ type PriceBlock struct {
 	Output     float64 `hcl:"output"`
 	CacheWrite float64 `hcl:"cache_write,optional"`
 	CacheRead  float64 `hcl:"cache_read,optional"`
+	WebSearch  float64 `hcl:"web_search,optional"` // dollars per 1,000 searches
 }
 
 // EgressBlock is `egress { ... }`.
@@ -212,7 +213,7 @@ func (p Project) spend(flags egress.Budget) (egress.SpendConfig, error) {
 	}
 	var over []egress.Price
 	for _, pb := range p.Prices {
-		over = append(over, egress.Price{Model: pb.Model, Input: pb.Input, Output: pb.Output, CacheWrite: pb.CacheWrite, CacheRead: pb.CacheRead})
+		over = append(over, egress.Price{Model: pb.Model, Input: pb.Input, Output: pb.Output, CacheWrite: pb.CacheWrite, CacheRead: pb.CacheRead, WebSearch: pb.WebSearch})
 	}
 	if err := egress.ValidatePrices(over); err != nil {
 		return egress.SpendConfig{}, err
