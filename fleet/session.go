@@ -228,12 +228,16 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 			defer wg.Done()
 			out[i].Machine = m.Name
 			var last session.State
+			var lastGood session.Status // what the last answered poll said
 			for {
 				// One poll is brief: a guest that does not answer is
 				// asked again, not waited on past the caller's deadline.
 				qctx, cancel := context.WithTimeout(ctx, statusTimeout)
 				st, err := c.SessionStatus(qctx, m)
 				cancel()
+				if err == nil {
+					lastGood = st
+				}
 				if err == nil && changed != nil && st.State != last {
 					changed(m, st, last == "")
 					last = st.State
@@ -257,11 +261,13 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				}
 				select {
 				case <-ctx.Done():
-					out[i].Status = st
+					// The deadline may cut the last poll short: report
+					// what the last one that answered said.
+					out[i].Status = lastGood
 					out[i].TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
 					switch {
-					case out[i].TimedOut && err == nil:
-						out[i].Err = "timed out while the agent was " + string(st.State)
+					case out[i].TimedOut && lastGood.State != "":
+						out[i].Err = "timed out while the agent was " + string(lastGood.State)
 					case out[i].TimedOut:
 						out[i].Err = "timed out; last: " + err.Error()
 					case err == nil:
