@@ -62,7 +62,7 @@ func TestDiffOutputCleansOnlyTerminals(t *testing.T) {
 	var tty bytes.Buffer
 	w, flush = diffOutput(&tty, func(io.Writer) bool { return true })
 	// Written in pieces, one splitting a character.
-	for _, piece := range []string{patch[:3], patch[3:len(patch)-2], patch[len(patch)-2:]} {
+	for _, piece := range []string{patch[:3], patch[3 : len(patch)-2], patch[len(patch)-2:]} {
 		io.WriteString(w, piece)
 	}
 	flush()
