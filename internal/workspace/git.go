@@ -359,11 +359,13 @@ func splitZ(s string) []string {
 }
 
 // hostReads are the paths in the tree that this repository's config makes
-// git run or read: the core.hooksPath folder, the words of core.fsmonitor
-// that name files in the tree, and config files included from the tree.
-// Relative to the top; a folder ends in "/".
+// git run or read: the core.hooksPath folder, config files included from
+// the tree, and the words of every program-valued setting (core.fsmonitor,
+// gpg.program, a filter's smudge, hook.*.command, ...) that name files in
+// the tree. Relative to the top; a folder ends in "/".
 func (g Repo) hostReads(ctx context.Context) []string {
-	// Read without noRun, whose own core.hooksPath would hide the user's.
+	// Read without noRun, whose own settings would hide the user's. git
+	// config runs nothing.
 	out, err := g.Runner.Run(ctx, execx.Cmd{Name: "git", Args: []string{"config", "--list", "--show-origin", "-z"}, Dir: g.Dir})
 	if err != nil {
 		return nil
@@ -390,7 +392,8 @@ func (g Repo) hostReads(ctx context.Context) []string {
 		}
 		reads = append(reads, rel)
 	}
-	var hooks, fsmonitor string
+	programs := map[string]string{} // the last value of each program-valued key
+	var hooks string
 	fields := strings.Split(string(out), "\x00")
 	for i := 0; i+1 < len(fields); i += 2 {
 		origin, kv := fields[i], fields[i+1]
@@ -402,8 +405,6 @@ func (g Repo) hostReads(ctx context.Context) []string {
 		switch k = strings.ToLower(k); {
 		case k == "core.hookspath":
 			hooks = v
-		case k == "core.fsmonitor":
-			fsmonitor = v
 		case isFile && (k == "include.path" || strings.HasPrefix(k, "includeif.") && strings.HasSuffix(k, ".path")):
 			// Relative to the including file; listed even while it is
 			// missing, since a merge could create it.
@@ -411,22 +412,41 @@ func (g Repo) hostReads(ctx context.Context) []string {
 				v = filepath.Join(filepath.Dir(file), v)
 			}
 			inTree(v, false)
+		case programKey(k):
+			programs[k] = v
 		}
 	}
 	if hooks != "" {
 		inTree(hooks, true)
 	}
-	switch strings.ToLower(fsmonitor) {
-	case "", "true", "false", "yes", "no", "on", "off", "1", "0":
-	default:
+	for _, v := range programs {
+		switch strings.ToLower(v) {
+		case "", "true", "false", "yes", "no", "on", "off", "1", "0":
+			continue
+		}
 		// A shell command: any word may be the program or its script.
-		for _, w := range strings.Fields(fsmonitor) {
-			if !strings.HasPrefix(w, "-") {
-				inTree(strings.Trim(w, `"'`), false)
+		for _, w := range strings.Fields(strings.TrimPrefix(v, "!")) {
+			if w = strings.Trim(w, `"'`); w != "" && !strings.HasPrefix(w, "-") {
+				inTree(w, false)
 			}
 		}
 	}
 	return reads
+}
+
+// programKey reports whether a config key's value is a program git runs.
+func programKey(k string) bool {
+	switch k {
+	case "core.fsmonitor", "core.pager", "core.editor", "core.sshcommand", "core.askpass", "core.gitproxy",
+		"core.alternaterefscommand", "sequence.editor", "gpg.program", "credential.helper", "uploadpack.packobjectshook":
+		return true
+	}
+	for _, suffix := range []string{".command", ".textconv", ".driver", ".clean", ".smudge", ".process", ".program", ".cmd", ".helper"} {
+		if strings.HasSuffix(k, suffix) {
+			return true
+		}
+	}
+	return strings.HasPrefix(k, "pager.") || strings.HasPrefix(k, "alias.")
 }
 
 // matchAny reports whether p is one of reads or inside one of its

@@ -411,6 +411,8 @@ func TestMergeRefusesWhatGitWouldTakeInstructionsFrom(t *testing.T) {
 		{"included config", map[string]string{"tools/git.cfg": "[core]\n\tpager = touch " + filepath.Join(m, "pager") + "\n"}, "tools/git.cfg"},
 		{"hooks folder in another case", map[string]string{"Tools/Hooks/post-merge": hook(m, "post-merge")}, "Tools/Hooks/post-merge"},
 		{"fsmonitor program", map[string]string{"tools/fsmon": hook(m, "fsmonitor")}, "tools/fsmon"},
+		{"signing program", map[string]string{"tools/sign.sh": hook(m, "gpg")}, "tools/sign.sh"},
+		{"config hook", map[string]string{"scripts/on-merge": hook(m, "hook")}, "scripts/on-merge"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g, start := agentBranch(t, func(host string) {
@@ -419,6 +421,8 @@ func TestMergeRefusesWhatGitWouldTakeInstructionsFrom(t *testing.T) {
 				run(t, host, nil, "git", "config", "include.path", "../tools/git.cfg")
 				run(t, host, nil, "git", "config", "core.hooksPath", "tools/hooks")
 				run(t, host, nil, "git", "config", "core.fsmonitor", "sh tools/fsmon")
+				run(t, host, nil, "git", "config", "gpg.program", "./tools/sign.sh")
+				run(t, host, nil, "git", "config", "hook.merge.command", "'"+filepath.Join(host, "scripts", "on-merge")+"' --quiet")
 			}, tc.files)
 			err := g.Merge(context.Background(), "fleet/vm-1", io.Discard)
 			if !errors.Is(err, ErrRunsCode) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "merge by hand") {
