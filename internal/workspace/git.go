@@ -213,23 +213,28 @@ func (g Repo) Import(ctx context.Context, pack io.Reader, l Limits) error {
 }
 
 func (g Repo) indexPack(ctx context.Context, pack io.Reader, l Limits, hashLen int, env []string) error {
-	pr, pw := io.Pipe()
+	// An OS pipe, not an io.Pipe: index-pack reads it directly, so when
+	// it stops, Run returns even while the checker still waits on the VM.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
 	checked := make(chan error, 1)
 	go func() {
 		err := checkPack(pack, pw, l, hashLen)
 		checked <- err // before index-pack can see the stream end
-		pw.CloseWithError(err)
+		pw.Close()
 	}()
 	// Two threads, each holding a delta's base and result at most, the
 	// delta base caches, and room for the rest.
 	dataKiB := (1<<30 + 4*l.Object + 2*96<<20) >> 10
 	args := noRunArgs("-c", fmt.Sprintf("core.bigFileThreshold=%d", l.Object), "-c", "core.deltaBaseCacheLimit=96m",
 		"index-pack", "--stdin", "--strict", "--threads=2", fmt.Sprintf("--max-input-size=%d", l.Pack))
-	_, err := g.Runner.Run(ctx, execx.Cmd{
+	_, err = g.Runner.Run(ctx, execx.Cmd{
 		Name: "sh", Args: append([]string{"-c", `ulimit -d "$1" 2>/dev/null; shift; exec git "$@"`, "sh", fmt.Sprint(dataKiB)}, args...),
 		Dir: g.Dir, Env: env, Stdin: pr,
 	})
-	pr.CloseWithError(errIndexPackDone) // unblocks the checker if index-pack stopped reading
+	pr.Close() // a checker still writing gets EPIPE and stops
 	if err == nil {
 		return <-checked
 	}

@@ -317,5 +317,8 @@ func (p *passReader) flush() error {
 	}
 	_, err := p.dst.Write(p.buf[p.done:p.pos])
 	p.done = p.pos
-	return err
+	if err != nil {
+		return fmt.Errorf("%w: %w", errIndexPackDone, err)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
 )
@@ -330,5 +331,32 @@ func TestImportRefusesInflationBombs(t *testing.T) {
 	tree := packOf(append(objHeader(objTree, 5), deflate(t, data([]byte("junk!")))...))
 	if err := g.Import(ctx, bytes.NewReader(tree), PackLimits(1<<20)); err == nil || !strings.Contains(err.Error(), "check the VM's objects") {
 		t.Fatalf("a malformed tree: %v", err)
+	}
+}
+
+// A VM that sends a bad object and then stalls cannot hold collect:
+// index-pack's refusal ends Import while the checker still waits.
+func TestImportReturnsWhenIndexPackRefusesAndTheVMStalls(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	dir := t.TempDir()
+	run(t, dir, nil, "git", "init", "-q")
+	tree := append(objHeader(objTree, 5), deflate(t, data([]byte("junk!")))...)
+	start := append([]byte("PACK\x00\x00\x00\x02\x00\x00\x00\x02"), tree...)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write(start) // and nothing more, ever
+	done := make(chan error, 1)
+	go func() {
+		done <- Repo{Runner: execx.Local{}, Dir: dir}.Import(context.Background(), pr, PackLimits(1<<20))
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "git index-pack") {
+			t.Fatalf("got %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Import waited on a stalled VM after index-pack had refused the pack")
 	}
 }
