@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 )
@@ -39,6 +40,16 @@ func ParseSyncMode(s string) (SyncMode, error) {
 
 // DefaultMaxCollect caps what one collect reads from one VM.
 const DefaultMaxCollect = 2 << 30
+
+// DefaultMaxEntries caps how many files, folders and links one rsync-mode
+// collect unpacks from one VM.
+const DefaultMaxEntries = 1 << 20
+
+// guestTail is the end of what a guest wrote to stderr, cleaned for an
+// error message.
+func guestTail(t *bounded.Tail, lines int) string {
+	return termsafe.Text(strings.TrimSpace(execx.Tail(t.Bytes(), lines)))
+}
 
 // Workspace is a machine's project record.
 type Workspace struct {
@@ -185,14 +196,14 @@ func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(p.repo.Pack(ctx, p.start, pw)) }()
-	var stderr bytes.Buffer
-	code, err := sshx.Run(ctx, cl, workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), pr, io.Discard, &stderr)
+	stderr := bounded.NewTail(bounded.Stderr)
+	code, err := sshx.Run(ctx, cl, workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), pr, io.Discard, stderr)
 	pr.Close()
 	if err != nil {
 		return err
 	}
 	if code != 0 {
-		return fmt.Errorf("unpack in the VM: exit %d: %s", code, execx.Tail(stderr.Bytes(), 5))
+		return fmt.Errorf("unpack in the VM: exit %d: %s", code, guestTail(stderr, 5))
 	}
 	return nil
 }
@@ -232,9 +243,9 @@ func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspa
 	if err != nil {
 		return err
 	}
-	var stderr bytes.Buffer
-	if code, err := sshx.Run(ctx, cl, "touch ~/"+syncedMarker, nil, io.Discard, &stderr); err != nil || code != 0 {
-		return fmt.Errorf("mark the sync: exit %d %v %s", code, err, stderr.String())
+	stderr := bounded.NewTail(bounded.Stderr)
+	if code, err := sshx.Run(ctx, cl, "touch ~/"+syncedMarker, nil, io.Discard, stderr); err != nil || code != 0 {
+		return fmt.Errorf("mark the sync: exit %d %v %s", code, err, guestTail(stderr, 3))
 	}
 	return nil
 }
@@ -255,10 +266,10 @@ func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
 		// vboxsf has no owners of its own: files appear as the agent's.
 		opts += ",uid=$(id -u),gid=$(id -g)"
 	}
-	var stderr bytes.Buffer
+	stderr := bounded.NewTail(bounded.Stderr)
 	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t %[4]s -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, vm.ShareTag, fs)
-	if code, err := sshx.Run(ctx, cl, cmd, nil, io.Discard, &stderr); err != nil || code != 0 {
-		return fmt.Errorf("mount the shared folder: exit %d %v %s", code, err, strings.TrimSpace(stderr.String()))
+	if code, err := sshx.Run(ctx, cl, cmd, nil, io.Discard, stderr); err != nil || code != 0 {
+		return fmt.Errorf("mount the shared folder: exit %d %v %s", code, err, guestTail(stderr, 3))
 	}
 	return nil
 }
@@ -283,13 +294,16 @@ func (c *Controller) guestState(ctx context.Context, m *Machine, commit bool) (w
 	if err != nil {
 		return workspace.GuestState{}, err
 	}
-	var out, stderr bytes.Buffer
-	code, err := sshx.Run(ctx, cl, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil, &out, &stderr)
+	out, stderr := bounded.NewBuffer(bounded.Answer), bounded.NewTail(bounded.Stderr)
+	code, err := sshx.Run(ctx, cl, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil, out, stderr)
 	if err != nil {
 		return workspace.GuestState{}, err
 	}
 	if code != 0 {
-		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: exit %d: %s", workspace.GuestDir, code, execx.Tail(stderr.Bytes(), 3))
+		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: exit %d: %s", workspace.GuestDir, code, guestTail(stderr, 3))
+	}
+	if err := out.Err(); err != nil {
+		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: %w", workspace.GuestDir, err)
 	}
 	return workspace.ParseState(out.Bytes())
 }
@@ -311,7 +325,7 @@ func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, err
 			if st.Head == w.Collected.Head && st.Tree == w.Collected.Tree {
 				return false, "", nil
 			}
-		} else if st.Head == w.Start && st.Tree == c.treeOf(ctx, w, w.Start) {
+		} else if st.Head == w.Start && st.Tree == (workspace.Repo{Runner: c.runner(), Dir: w.Source}).TreeOf(ctx, w.Start) {
 			return false, "", nil
 		}
 		return true, "commits or changes in " + workspace.GuestDir, nil
@@ -320,8 +334,8 @@ func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, err
 		if err != nil {
 			return false, "", err
 		}
-		var out bytes.Buffer
-		code, err := sshx.Run(ctx, cl, "find "+workspace.GuestDir+" -newer ~/"+syncedMarker+" -print -quit", nil, &out, io.Discard)
+		out := bounded.NewBuffer(bounded.Answer)
+		code, err := sshx.Run(ctx, cl, "find "+workspace.GuestDir+" -newer ~/"+syncedMarker+" -print -quit", nil, out, io.Discard)
 		if err != nil {
 			return false, "", err
 		}
@@ -332,18 +346,11 @@ func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, err
 	return false, "", nil
 }
 
-func (c *Controller) treeOf(ctx context.Context, w *Workspace, commit string) string {
-	out, err := c.runner().Run(ctx, execx.Cmd{Name: "git", Args: []string{"rev-parse", commit + "^{tree}"}, Dir: w.Source})
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // CollectOptions tune a collect.
 type CollectOptions struct {
-	Into     string // rsync: results parent folder ("" = the fleet's results folder)
-	MaxBytes int64  // what one VM may send (0 = DefaultMaxCollect)
+	Into       string // rsync: results parent folder ("" = the fleet's results folder)
+	MaxBytes   int64  // what one VM may send (0 = DefaultMaxCollect); in git mode also what its objects inflate to (workspace.PackLimits)
+	MaxEntries int64  // rsync: files, folders and links one VM may send (0 = DefaultMaxEntries)
 }
 
 // Collect brings each machine's work to the host: in git mode as branch
@@ -402,6 +409,9 @@ func (c *Controller) collectOne(ctx context.Context, m *Machine, o CollectOption
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = DefaultMaxCollect // destroy --collect comes here directly
 	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = DefaultMaxEntries
+	}
 	if m.SSHAddr == "" {
 		return workspace.Summary{}, fmt.Errorf("not running (start it with: fleet start %s)", m.Name)
 	}
@@ -446,7 +456,7 @@ func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOption
 // import (too large, malformed) ends the VM's session at once.
 func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
 	return c.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack",
-		func(r io.Reader) error { return repo.Import(ctx, r, max) })
+		func(r io.Reader) error { return repo.Import(ctx, r, workspace.PackLimits(max)) })
 }
 
 // readGuestStream runs script on m and hands its stdout to read. Once read
@@ -460,12 +470,12 @@ func (c *Controller) readGuestStream(ctx context.Context, m *Machine, script, wh
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	var stderr bytes.Buffer
+	stderr := bounded.NewTail(bounded.Stderr)
 	done := make(chan error, 1)
 	go func() {
-		code, err := sshx.Run(sctx, cl, script, nil, pw, &stderr)
+		code, err := sshx.Run(sctx, cl, script, nil, pw, stderr)
 		if err == nil && code != 0 {
-			err = fmt.Errorf("%s in the VM: exit %d: %s", what, code, execx.Tail(stderr.Bytes(), 3))
+			err = fmt.Errorf("%s in the VM: exit %d: %s", what, code, guestTail(stderr, 3))
 		}
 		pw.CloseWithError(err)
 		done <- err
@@ -536,7 +546,7 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 	defer os.RemoveAll(tmp)
 	var n int
 	err = c.readGuestStream(ctx, m, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, "tar",
-		func(r io.Reader) (err error) { n, err = workspace.Untar(r, tmp, o.MaxBytes); return err })
+		func(r io.Reader) (err error) { n, err = workspace.Untar(r, tmp, o.MaxBytes, o.MaxEntries); return err })
 	if err != nil {
 		return sum, err
 	}

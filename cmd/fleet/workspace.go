@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 )
 
 // workspace resolves how the project reaches the VMs: the flag, else
@@ -80,23 +83,34 @@ func projectSettings(ctx context.Context, dir string) (fleet.Project, error) {
 func newCollectCmd(g *globals) *cobra.Command {
 	var all, asJSON bool
 	var into, maxSize string
+	var maxEntries int64
 	cmd := &cobra.Command{
 		Use:   "collect VM...|--all",
 		Short: "Bring agents' work to the host: git branches fleet/<vm>, or a results folder",
 		Long: `In git mode, fetches each VM's commits into this repository as the branch
 fleet/<vm>; whatever the agent left uncommitted arrives as one more commit on
 top, labelled as such. The VM sends a pack that is checked like any fetch from
-an untrusted remote (git index-pack --strict) and capped by --max-size; its
-refs, config and hooks never reach the host, and the host's working tree,
-index, HEAD, hooks and config are not written.
+an untrusted remote (git index-pack --strict) and capped by --max-size, both
+what it sends and what its objects inflate to; its refs, config and hooks
+never reach the host, and the host's working tree, index, HEAD, hooks and
+config are not written.
 
 In rsync mode, copies /workspace into FLEET_HOME/fleets/<fleet>/results/<vm>
-(or --into DIR/<vm>), never over the project itself.
+(or --into DIR/<vm>), never over the project itself, within --max-size and
+--max-entries (every file, folder and link counts).
 
 The summary lists commits and files per machine and flags paths that can run
-code on the host or in CI (.git*, .github/, .gitlab-ci.yml, .claude/,
-.mcp.json, .envrc, .vscode/, Vagrantfile, Makefile, package.json scripts):
-review those before merging.`,
+code on the host or in CI, in any letter case: git's own files (.git*,
+.lfsconfig, and what this repository's core.hooksPath, core.fsmonitor and
+included config point at), CI (.github/, .gitlab-ci.yml, ...), agent and
+editor settings (.claude/, CLAUDE.md, AGENTS.md, .cursor/, .mcp.json,
+.vscode/, .idea/, .devcontainer/), environments (.envrc, .env, mise and
+asdf files), build and task files (Makefile, GNUmakefile, justfile,
+Taskfile.yml, Dockerfile, build.rs, setup.py, pyproject.toml, Gradle and
+Maven files, ...), package-manager config (.npmrc, .yarnrc.yml,
+.pnpmfile.cjs, .cargo/, pip.conf, ...), test configuration (conftest.py,
+pytest.ini, jest.config.*, ...) and package.json scripts: review those
+before merging.`,
 		Example: `  fleet collect --all
   fleet collect myproj-2 && git log --oneline main..fleet/myproj-2
   fleet collect --all --json | jq '.[] | select(.flagged | length > 0)'
@@ -114,13 +128,13 @@ review those before merging.`,
 				return err
 			}
 			defer c.Close()
-			sums, err := c.Collect(cmd.Context(), args, all, fleet.CollectOptions{Into: into, MaxBytes: max})
+			sums, err := c.Collect(cmd.Context(), args, all, fleet.CollectOptions{Into: into, MaxBytes: max, MaxEntries: maxEntries})
 			if asJSON {
 				if perr := printJSON(cmd, sums); perr != nil {
 					return perr
 				}
 			} else {
-				printSummaries(cmd, sums)
+				printSummaries(cmd.OutOrStdout(), sums)
 			}
 			return err
 		},
@@ -128,34 +142,40 @@ review those before merging.`,
 	cmd.Flags().BoolVar(&all, "all", false, "every machine of the fleet")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&into, "into", "", "rsync mode: put results in DIR/<vm> instead of the fleet's results folder")
-	cmd.Flags().StringVar(&maxSize, "max-size", "2G", "refuse more than this from one VM (e.g. 500M, 2G)")
+	cmd.Flags().StringVar(&maxSize, "max-size", "2G", "refuse more than this from one VM (e.g. 500M, 2G); in git mode also what its objects inflate to")
+	cmd.Flags().Int64Var(&maxEntries, "max-entries", fleet.DefaultMaxEntries, "rsync mode: refuse more files, folders and links than this from one VM")
 	return cmd
 }
 
-func printSummaries(cmd *cobra.Command, sums []workspace.Summary) {
-	w := cmd.OutOrStdout()
+// printSummaries prints what collect brought in. Every name in it may
+// come from the VM, so each goes through termsafe.Line: a file named with
+// escape sequences or a newline cannot erase or forge a line of the summary.
+func printSummaries(w io.Writer, sums []workspace.Summary) {
 	for _, s := range sums {
+		machine := termsafe.Line(s.Machine)
 		switch {
 		case s.Into != "":
-			fmt.Fprintf(w, "%s: results in %s\n", s.Machine, s.Into)
+			fmt.Fprintf(w, "%s: results in %s\n", machine, termsafe.Line(s.Into))
 			continue
 		case s.Unchanged:
-			fmt.Fprintf(w, "%s: nothing new\n", s.Machine)
+			fmt.Fprintf(w, "%s: nothing new\n", machine)
 			continue
 		}
 		extra := ""
 		if s.Uncommitted {
 			extra = " (the last one is its uncommitted work)"
 		}
-		fmt.Fprintf(w, "%s: %s  %d commit(s)%s, %d file(s)\n", s.Machine, s.Branch, s.Commits, extra, len(s.Files))
+		fmt.Fprintf(w, "%s: %s  %d commit(s)%s, %d file(s)\n", machine, termsafe.Line(s.Branch), s.Commits, extra, len(s.Files))
+		flagged := make(map[string]bool, len(s.Flagged))
+		for _, f := range s.Flagged {
+			flagged[f] = true
+		}
 		for _, f := range s.Files {
 			mark := " "
-			for _, fl := range s.Flagged {
-				if fl == f {
-					mark = "!"
-				}
+			if flagged[f] {
+				mark = "!"
 			}
-			fmt.Fprintf(w, "  %s %s\n", mark, f)
+			fmt.Fprintf(w, "  %s %s\n", mark, termsafe.Line(f))
 		}
 		if len(s.Flagged) > 0 {
 			fmt.Fprintf(w, "  ! %d path(s) can run code on the host or in CI: review them before merging\n", len(s.Flagged))
@@ -210,7 +230,9 @@ func newDiffCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s: nothing collected yet and the machine is not running", m.Name)
 			}
 			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
-			return repo.Diff(cmd.Context(), m.Workspace.Start, m.Workspace.Collected.Tip, stat, cmd.OutOrStdout())
+			out, flush := diffOutput(cmd.OutOrStdout(), isTerminal)
+			err = repo.Diff(cmd.Context(), m.Workspace.Start, m.Workspace.Collected.Tip, stat, out)
+			return errors.Join(err, flush())
 		},
 	}
 	cmd.Flags().BoolVar(&stat, "stat", false, "a summary per file instead of the patch")
@@ -222,8 +244,12 @@ func newApplyCmd(g *globals) *cobra.Command {
 		Use:   "apply VM",
 		Short: "Merge an agent's collected branch into the current branch",
 		Long: `Merges fleet/<vm> (run fleet collect first) into the branch checked out in
-the project, as a merge commit. Refuses when tracked files have uncommitted
-changes, so nothing of yours is mixed into the merge or lost.`,
+the project, as a merge commit, with hooks and fsmonitor off. Refuses when
+tracked files have uncommitted changes, so nothing of yours is mixed into the
+merge or lost, and when the branch changes what git on this host would run
+on its own later (.gitattributes, .lfsconfig, files under this repository's
+core.hooksPath or named by core.fsmonitor, config it includes from the tree):
+read those with fleet diff, then merge by hand.`,
 		Example: `  fleet collect myproj-1 && fleet diff myproj-1 --stat && fleet apply myproj-1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -247,17 +273,38 @@ changes, so nothing of yours is mixed into the merge or lost.`,
 			if dirty {
 				return fmt.Errorf("%s has uncommitted changes; commit or stash them before applying %s", repo.Dir, m.Workspace.Branch)
 			}
-			if err := repo.Merge(cmd.Context(), m.Workspace.Branch, cmd.ErrOrStderr()); err != nil {
+			// git prints the agent's file names: cleaned on their way.
+			out := termsafe.NewWriter(cmd.ErrOrStderr())
+			err = repo.Merge(cmd.Context(), m.Workspace.Branch, out)
+			out.Flush()
+			if err != nil {
 				var re *execx.RunError
 				if errors.As(err, &re) {
-					return fmt.Errorf("merge %s stopped (resolve the conflicts and commit, or git merge --abort):\n%s", m.Workspace.Branch, strings.TrimSpace(execx.Tail(re.Output, 8)))
+					return fmt.Errorf("merge %s stopped (resolve the conflicts and commit, or git merge --abort):\n%s",
+						termsafe.Line(m.Workspace.Branch), termsafe.Text(strings.TrimSpace(execx.Tail(re.Output, 8))))
 				}
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "merged %s into %s\n", m.Workspace.Branch, repo.CheckedOut(cmd.Context()))
+			fmt.Fprintf(cmd.OutOrStdout(), "merged %s into %s\n", termsafe.Line(m.Workspace.Branch), termsafe.Line(repo.CheckedOut(cmd.Context())))
 			return nil
 		},
 	}
+}
+
+// diffOutput is where a diff goes: a terminal gets it through
+// termsafe.NewWriter, so the VM's content cannot drive the terminal; a
+// pipe or file gets it byte for byte (fleet diff VM | git apply).
+func diffOutput(w io.Writer, isTerm func(io.Writer) bool) (io.Writer, func() error) {
+	if !isTerm(w) {
+		return w, func() error { return nil }
+	}
+	tw := termsafe.NewWriter(w)
+	return tw, tw.Flush
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // parseSize reads a byte size in M or G (parseMemory's syntax).

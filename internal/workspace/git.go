@@ -3,10 +3,13 @@
 //
 // Git mode: the host packs a snapshot commit and the VM unpacks it into a
 // fresh clone; on collect the VM sends a pack of the agent's new objects,
-// which the host checks (index-pack --strict, size-capped) and points one
-// branch at. The host never runs anything the VM sent, never takes a ref
-// name from the VM, and never writes its working tree, index, HEAD, hooks
-// or config. Rsync mode: rsync in, a tar stream out into a results folder,
+// which the host checks (index-pack --strict, its size and what it
+// inflates to capped) and points one branch at. The host never runs
+// anything the VM sent, never takes a ref name from the VM, and never
+// writes its working tree, index, HEAD, hooks or config; every git command
+// on the host's repository runs with hooks, fsmonitor and submodule
+// recursion off (noRun), and apply refuses work that changes what git
+// itself would run on a later command. Rsync mode: rsync in, a tar stream out into a results folder,
 // unpacked under an os.Root so nothing lands outside it.
 package workspace
 
@@ -16,11 +19,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // identity is who the snapshot and work-in-progress commits are by.
@@ -50,7 +57,7 @@ var ErrNotRepo = errors.New("not inside a git repository")
 
 // Open finds the repository that contains dir.
 func Open(ctx context.Context, r execx.Runner, dir string) (Repo, error) {
-	out, err := r.Run(ctx, execx.Cmd{Name: "git", Args: []string{"-C", dir, "rev-parse", "--show-toplevel"}})
+	out, err := r.Run(ctx, execx.Cmd{Name: "git", Args: append(noRunArgs(), "-C", dir, "rev-parse", "--show-toplevel")})
 	if err != nil {
 		if execx.IsNotFound(err) {
 			return Repo{}, err
@@ -60,12 +67,36 @@ func Open(ctx context.Context, r execx.Runner, dir string) (Repo, error) {
 	return Repo{Runner: r, Dir: strings.TrimSpace(string(out))}, nil
 }
 
-// git runs one git command in the repository with hooks switched off.
+// noRun goes before every git command on the host's repository. The
+// agent's commits become files in the user's tree (after apply), so
+// nothing git runs may be named by the tree: hooks (core.hooksPath can
+// point into it, as in a project's .githooks), the fsmonitor program (the
+// same), submodules its .gitmodules names, and background gc, which runs
+// hooks of its own. Children inherit these through GIT_CONFIG_PARAMETERS.
+// Diffs add --no-ext-diff and --no-textconv; filters and merge drivers
+// that .gitattributes names are kept from the agent by Merge's refusal.
+var noRun = []string{
+	"--no-pager",
+	"-c", "core.hooksPath=/dev/null",
+	"-c", "core.fsmonitor=false",
+	"-c", "submodule.recurse=false",
+	"-c", "gc.auto=0",
+	"-c", "maintenance.auto=false",
+}
+
+func noRunArgs(args ...string) []string { return append(append([]string(nil), noRun...), args...) }
+
+// run runs one git command in the repository with noRun and returns its
+// output as it is.
+func (g Repo) run(ctx context.Context, c execx.Cmd) ([]byte, error) {
+	c.Name, c.Args, c.Dir = "git", noRunArgs(c.Args...), g.Dir
+	return g.Runner.Run(ctx, c)
+}
+
+// git runs one git command in the repository with noRun and returns its
+// output trimmed.
 func (g Repo) git(ctx context.Context, env []string, stdin io.Reader, args ...string) (string, error) {
-	out, err := g.Runner.Run(ctx, execx.Cmd{
-		Name: "git", Args: append([]string{"-c", "core.hooksPath=/dev/null"}, args...),
-		Dir: g.Dir, Env: env, Stdin: stdin,
-	})
+	out, err := g.run(ctx, execx.Cmd{Args: args, Env: env, Stdin: stdin})
 	return strings.TrimSpace(string(out)), err
 }
 
@@ -124,9 +155,9 @@ func (g Repo) Snapshot(ctx context.Context) (base, start string, err error) {
 
 // Pack writes a pack of everything reachable from start to w.
 func (g Repo) Pack(ctx context.Context, start string, w io.Writer) error {
-	_, err := g.Runner.Run(ctx, execx.Cmd{
-		Name: "git", Args: []string{"pack-objects", "--revs", "--stdout", "-q"},
-		Dir: g.Dir, Stdin: strings.NewReader(start + "\n"), Stdout: w, StreamStdout: true,
+	_, err := g.run(ctx, execx.Cmd{
+		Args:  []string{"pack-objects", "--revs", "--stdout", "-q"},
+		Stdin: strings.NewReader(start + "\n"), Stdout: w, StreamStdout: true,
 	})
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", short(start), err)
@@ -135,47 +166,93 @@ func (g Repo) Pack(ctx context.Context, start string, w io.Writer) error {
 }
 
 // ErrTooLarge says a VM sent more than the collect limit.
-var ErrTooLarge = errors.New("pack larger than the collect limit")
+var ErrTooLarge = errors.New("larger than the collect limit")
 
 // Import reads a pack the VM sent and stores its objects. index-pack
 // --strict checks every object as a fetch from an untrusted remote is
-// checked (no .git path components, no malformed trees), and maxBytes caps
-// what is read, so a VM cannot fill the disk or stall the host.
-func (g Repo) Import(ctx context.Context, pack io.Reader, maxBytes int64) error {
-	lr := &limitReader{r: pack, left: maxBytes}
-	_, err := g.git(ctx, nil, lr, "index-pack", "--stdin", "--strict", fmt.Sprintf("--max-input-size=%d", maxBytes))
-	if lr.hit {
-		return fmt.Errorf("%w (%d MiB; raise it with --max-size)", ErrTooLarge, maxBytes>>20)
+// checked (no .git path components, no malformed trees). Before it sees
+// an object, checkPack has checked the object's declared size against l,
+// so neither the pack's bytes nor what its objects inflate to can fill
+// the host's disk or memory; index-pack also runs under a data-size
+// rlimit, should anything slip past. It writes into a quarantine folder,
+// as receive-pack does, so a refused pack leaves nothing behind.
+func (g Repo) Import(ctx context.Context, pack io.Reader, l Limits) error {
+	hashLen := 20
+	if f, err := g.git(ctx, nil, nil, "rev-parse", "--show-object-format"); err == nil && f == "sha256" {
+		hashLen = 32
 	}
+	objects, err := g.git(ctx, nil, nil, "rev-parse", "--path-format=absolute", "--git-path", "objects")
 	if err != nil {
-		return fmt.Errorf("check the VM's objects: %w", err)
+		return fmt.Errorf("find the object store: %w", err)
+	}
+	quarantine, err := os.MkdirTemp(objects, "incoming-fleet-")
+	if err != nil {
+		return fmt.Errorf("make a quarantine for the VM's objects: %w", err)
+	}
+	defer os.RemoveAll(quarantine)
+	if err := os.Mkdir(filepath.Join(quarantine, "pack"), 0o755); err != nil {
+		return err
+	}
+	if err := g.indexPack(ctx, pack, l, hashLen, []string{"GIT_OBJECT_DIRECTORY=" + quarantine, "GIT_ALTERNATE_OBJECT_DIRECTORIES=" + objects}); err != nil {
+		return err
+	}
+	// The index last: git uses a pack once its index is there.
+	names, err := filepath.Glob(filepath.Join(quarantine, "pack", "pack-*"))
+	if err != nil {
+		return err
+	}
+	sort.Slice(names, func(i, j int) bool {
+		return !strings.HasSuffix(names[i], ".idx") && strings.HasSuffix(names[j], ".idx")
+	})
+	for _, n := range names {
+		if err := os.Rename(n, filepath.Join(objects, "pack", filepath.Base(n))); err != nil {
+			return fmt.Errorf("store the VM's objects: %w", err)
+		}
 	}
 	return nil
 }
 
-// limitReader fails once more than left bytes are read.
-type limitReader struct {
-	r    io.Reader
-	left int64
-	hit  bool
+func (g Repo) indexPack(ctx context.Context, pack io.Reader, l Limits, hashLen int, env []string) error {
+	// An OS pipe, not an io.Pipe: index-pack reads it directly, so when
+	// it stops, Run returns even while the checker still waits on the VM.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	checked := make(chan error, 1)
+	go func() {
+		err := checkPack(pack, pw, l, hashLen)
+		checked <- err // before index-pack can see the stream end
+		pw.Close()
+	}()
+	// Two threads, each holding a delta's base and result at most, the
+	// delta base caches, and room for the rest.
+	dataKiB := (1<<30 + 4*l.Object + 2*96<<20) >> 10
+	args := noRunArgs("-c", fmt.Sprintf("core.bigFileThreshold=%d", l.Object), "-c", "core.deltaBaseCacheLimit=96m",
+		"index-pack", "--stdin", "--strict", "--threads=2", fmt.Sprintf("--max-input-size=%d", l.Pack))
+	_, err = g.Runner.Run(ctx, execx.Cmd{
+		Name: "sh", Args: append([]string{"-c", `ulimit -d "$1" 2>/dev/null; shift; exec git "$@"`, "sh", fmt.Sprint(dataKiB)}, args...),
+		Dir: g.Dir, Env: env, Stdin: pr,
+	})
+	pr.Close() // a checker still writing gets EPIPE and stops
+	if err == nil {
+		return <-checked
+	}
+	select {
+	case cerr := <-checked:
+		if cerr != nil && !errors.Is(cerr, errIndexPackDone) {
+			return cerr
+		}
+	default: // index-pack refused the pack on its own; the checker waits on the VM
+	}
+	var re *execx.RunError
+	if errors.As(err, &re) {
+		return fmt.Errorf("check the VM's objects: git index-pack: %w: %s", re.Err, termsafe.Text(execx.Tail(re.Output, 5)))
+	}
+	return fmt.Errorf("check the VM's objects: %w", err)
 }
 
-func (l *limitReader) Read(p []byte) (int, error) {
-	if l.left <= 0 {
-		l.hit = true
-		return 0, ErrTooLarge
-	}
-	if int64(len(p)) > l.left {
-		p = p[:l.left+1] // one byte past the limit proves it was exceeded
-	}
-	n, err := l.r.Read(p)
-	l.left -= int64(n)
-	if l.left < 0 {
-		l.hit = true
-		return n, ErrTooLarge
-	}
-	return n, err
-}
+var errIndexPackDone = errors.New("index-pack stopped reading")
 
 // IsCommit reports whether id names a commit the repository has.
 func (g Repo) IsCommit(ctx context.Context, id string) bool {
@@ -184,6 +261,15 @@ func (g Repo) IsCommit(ctx context.Context, id string) bool {
 	}
 	t, err := g.git(ctx, nil, nil, "cat-file", "-t", id)
 	return err == nil && t == "commit"
+}
+
+// TreeOf returns commit's tree, or "".
+func (g Repo) TreeOf(ctx context.Context, commit string) string {
+	out, err := g.git(ctx, nil, nil, "rev-parse", "--verify", "-q", commit+"^{tree}")
+	if err != nil {
+		return ""
+	}
+	return out
 }
 
 // CheckedOut returns the branch HEAD points at ("" when detached).
@@ -213,23 +299,192 @@ func (g Repo) Dirty(ctx context.Context) (bool, error) {
 	return out != "", nil
 }
 
-// Merge merges branch into the checked-out branch.
+// ErrRunsCode says a branch changes files the host's git would run, or
+// read as instructions, on its own.
+var ErrRunsCode = errors.New("changes files git on this host runs or takes instructions from")
+
+// Merge merges branch into the checked-out branch, with hooks off and
+// --no-verify. It first refuses a branch that changes what git would run
+// from the tree: .gitattributes (it picks filter and merge drivers, which
+// config cannot switch off wholesale), .lfsconfig (where git-lfs's filter
+// fetches from), and the files this repository's own config points into
+// the tree (a core.hooksPath folder, a core.fsmonitor program, an included
+// config file). Those the user merges by hand, after reading them.
 func (g Repo) Merge(ctx context.Context, branch string, out io.Writer) error {
-	_, err := g.Runner.Run(ctx, execx.Cmd{
-		Name: "git", Args: []string{"merge", "--no-ff", "--no-edit", "-m", "Merge " + branch + " (agentfleet)", branch},
-		Dir: g.Dir, Stdout: out, Stderr: out,
+	changed, err := g.changedSinceFork(ctx, branch)
+	if err != nil {
+		return err
+	}
+	reads := g.hostReads(ctx)
+	var refused []string
+	for _, f := range changed {
+		if b := fold(path.Base(f)); b == ".gitattributes" || b == ".lfsconfig" || matchAny(f, reads) {
+			refused = append(refused, f)
+		}
+	}
+	if len(refused) > 0 {
+		shown := refused
+		if len(shown) > 5 {
+			shown = append(shown[:5:5], fmt.Sprintf("and %d more", len(refused)-5))
+		}
+		for i := range shown {
+			shown[i] = termsafe.Line(shown[i])
+		}
+		return fmt.Errorf("%s %w (%s): review them, then merge by hand: git -c core.hooksPath=/dev/null merge --no-verify %s",
+			branch, ErrRunsCode, strings.Join(shown, ", "), branch)
+	}
+	return g.merge(ctx, branch, out)
+}
+
+func (g Repo) merge(ctx context.Context, branch string, out io.Writer) error {
+	_, err := g.run(ctx, execx.Cmd{
+		Args:   []string{"merge", "--no-ff", "--no-edit", "--no-verify", "-m", "Merge " + branch + " (agentfleet)", branch},
+		Stdout: out, Stderr: out,
 	})
 	return err
 }
 
+// changedSinceFork lists the paths branch changed since it left HEAD.
+func (g Repo) changedSinceFork(ctx context.Context, branch string) ([]string, error) {
+	out, err := g.git(ctx, nil, nil, "diff", "--name-only", "--no-renames", "--no-ext-diff", "--no-textconv", "-z", "HEAD..."+branch, "--")
+	if err != nil {
+		return nil, fmt.Errorf("list what %s changes: %w", branch, err)
+	}
+	return splitZ(out), nil
+}
+
+func splitZ(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, "\x00") {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// hostReads are the paths in the tree that this repository's config makes
+// git run or read: the core.hooksPath folder, config files included from
+// the tree, and the words of every program-valued setting (core.fsmonitor,
+// gpg.program, a filter's smudge, hook.*.command, ...) that name files in
+// the tree. Relative to the top; a folder ends in "/".
+func (g Repo) hostReads(ctx context.Context) []string {
+	// Read without noRun, whose own settings would hide the user's. git
+	// config runs nothing.
+	out, err := g.Runner.Run(ctx, execx.Cmd{Name: "git", Args: []string{"config", "--list", "--show-origin", "-z"}, Dir: g.Dir})
+	if err != nil {
+		return nil
+	}
+	var reads []string
+	inTree := func(p string, dir bool) {
+		if strings.HasPrefix(p, "~/") {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return
+			}
+			p = filepath.Join(home, p[2:])
+		}
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(g.Dir, p)
+		}
+		rel, err := filepath.Rel(g.Dir, filepath.Clean(p))
+		if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+			return
+		}
+		rel = filepath.ToSlash(rel)
+		if dir {
+			rel += "/"
+		}
+		reads = append(reads, rel)
+	}
+	programs := map[string]string{} // the last value of each program-valued key
+	var hooks string
+	fields := strings.Split(string(out), "\x00")
+	for i := 0; i+1 < len(fields); i += 2 {
+		origin, kv := fields[i], fields[i+1]
+		file, isFile := strings.CutPrefix(origin, "file:")
+		if isFile {
+			inTree(file, false)
+		}
+		k, v, _ := strings.Cut(kv, "\n")
+		switch k = strings.ToLower(k); {
+		case k == "core.hookspath":
+			hooks = v
+		case isFile && (k == "include.path" || strings.HasPrefix(k, "includeif.") && strings.HasSuffix(k, ".path")):
+			// Relative to the including file; listed even while it is
+			// missing, since a merge could create it.
+			if !filepath.IsAbs(v) && !strings.HasPrefix(v, "~/") {
+				v = filepath.Join(filepath.Dir(file), v)
+			}
+			inTree(v, false)
+		case programKey(k):
+			programs[k] = v
+		}
+	}
+	if hooks != "" {
+		inTree(hooks, true)
+	}
+	for _, v := range programs {
+		switch strings.ToLower(v) {
+		case "", "true", "false", "yes", "no", "on", "off", "1", "0":
+			continue
+		}
+		// A shell command: any word may be the program or its script.
+		for _, w := range strings.Fields(strings.TrimPrefix(v, "!")) {
+			if w = strings.Trim(w, `"'`); w != "" && !strings.HasPrefix(w, "-") {
+				inTree(w, false)
+			}
+		}
+	}
+	return reads
+}
+
+// programKey reports whether a config key's value is a program git runs.
+func programKey(k string) bool {
+	switch k {
+	case "core.fsmonitor", "core.pager", "core.editor", "core.sshcommand", "core.askpass", "core.gitproxy",
+		"core.alternaterefscommand", "sequence.editor", "gpg.program", "credential.helper", "uploadpack.packobjectshook":
+		return true
+	}
+	for _, suffix := range []string{".command", ".textconv", ".driver", ".clean", ".smudge", ".process", ".program", ".cmd", ".helper"} {
+		if strings.HasSuffix(k, suffix) {
+			return true
+		}
+	}
+	return strings.HasPrefix(k, "pager.") || strings.HasPrefix(k, "alias.")
+}
+
+// matchAny reports whether p is one of reads or inside one of its
+// folders, compared as Risky compares names.
+func matchAny(p string, reads []string) bool {
+	fp := foldPath(p)
+	for _, r := range reads {
+		fr := foldPath(strings.TrimSuffix(r, "/"))
+		if fp == fr || strings.HasPrefix(fp, fr+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func foldPath(p string) string {
+	segs := strings.Split(path.Clean(p), "/")
+	for i, s := range segs {
+		segs[i] = fold(s)
+	}
+	return strings.Join(segs, "/")
+}
+
 // Diff writes what changed from start to tip: a patch, or with stat a
-// summary. External diff drivers and textconv stay off for VM content.
+// summary. External diff drivers, textconv and colour stay off: the
+// output is the VM's content as it is, for a pipe (fleet diff | git
+// apply) or, cleaned by the caller, a terminal.
 func (g Repo) Diff(ctx context.Context, start, tip string, stat bool, w io.Writer) error {
-	args := []string{"-c", "core.hooksPath=/dev/null", "--no-pager", "diff", "--no-ext-diff", "--no-textconv"}
+	args := []string{"diff", "--no-ext-diff", "--no-textconv", "--no-color"}
 	if stat {
 		args = append(args, "--stat")
 	}
-	_, err := g.Runner.Run(ctx, execx.Cmd{Name: "git", Args: append(args, start, tip, "--"), Dir: g.Dir, Stdout: w, StreamStdout: true})
+	_, err := g.run(ctx, execx.Cmd{Args: append(args, start, tip, "--"), Stdout: w, StreamStdout: true})
 	return err
 }
 
@@ -247,7 +502,8 @@ type Summary struct {
 }
 
 // Summarize counts commits and lists changed files from start to tip,
-// flagging the ones that can run code.
+// flagging the ones that can run code: Risky names, package.json scripts,
+// and the files this repository's config has git run (hostReads).
 func (g Repo) Summarize(ctx context.Context, start, tip string) (commits int, files, flagged []string, err error) {
 	n, err := g.git(ctx, nil, nil, "rev-list", "--count", start+".."+tip)
 	if err != nil {
@@ -258,27 +514,35 @@ func (g Repo) Summarize(ctx context.Context, start, tip string) (commits int, fi
 	if err != nil {
 		return 0, nil, nil, err
 	}
-	for _, f := range strings.Split(out, "\x00") {
-		if f == "" {
-			continue
-		}
+	reads := g.hostReads(ctx)
+	for _, f := range splitZ(out) {
 		files = append(files, f)
-		if Risky(f) || (filepath.Base(f) == "package.json" && g.scriptsChanged(ctx, start, tip, f)) {
+		if Risky(f) || matchAny(f, reads) || (IsPackageJSON(f) && g.scriptsChanged(ctx, start, tip, f)) {
 			flagged = append(flagged, f)
 		}
 	}
 	return commits, files, flagged, nil
 }
 
+// maxPackageJSON is the largest package.json read to compare scripts; a
+// larger one is flagged unread.
+const maxPackageJSON = 1 << 20
+
 func (g Repo) scriptsChanged(ctx context.Context, start, tip, path string) bool {
-	read := func(rev string) []byte {
-		out, err := g.Runner.Run(ctx, execx.Cmd{Name: "git", Args: []string{"cat-file", "blob", rev + ":" + path}, Dir: g.Dir})
+	read := func(rev string) ([]byte, bool) {
+		size, err := g.git(ctx, nil, nil, "cat-file", "-s", rev+":"+path)
 		if err != nil {
-			return nil
+			return nil, true // absent
 		}
-		return out
+		if n, err := strconv.ParseInt(size, 10, 64); err != nil || n > maxPackageJSON {
+			return nil, false
+		}
+		out, err := g.run(ctx, execx.Cmd{Args: []string{"cat-file", "blob", rev + ":" + path}})
+		return out, err == nil
 	}
-	return PackageScriptsDiffer(read(start), read(tip))
+	a, oka := read(start)
+	b, okb := read(tip)
+	return !oka || !okb || PackageScriptsDiffer(a, b)
 }
 
 func short(id string) string {

@@ -105,7 +105,7 @@ func collect(t *testing.T, g Repo, guest, start string, limit int64) (GuestState
 	pack := exec.Command("sh", "-c", PackScript(guest, st.Tip, start))
 	out, _ := pack.StdoutPipe()
 	pack.Start()
-	ierr := g.Import(context.Background(), out, limit)
+	ierr := g.Import(context.Background(), out, PackLimits(limit))
 	io.Copy(io.Discard, out)
 	pack.Wait()
 	return st, ierr
@@ -267,17 +267,7 @@ func TestParseStateRefusesAnythingButObjectNames(t *testing.T) {
 	}
 }
 
-func TestRiskyPaths(t *testing.T) {
-	for p, want := range map[string]bool{
-		".github/workflows/ci.yml": true, ".gitlab-ci.yml": true, ".gitattributes": true, "sub/.gitmodules": true,
-		".claude/settings.json": true, "pkg/.claude/commands/x.md": true, ".mcp.json": true, "web/.envrc": true,
-		".vscode/tasks.json": true, "Vagrantfile": true, "tools/Makefile": true, ".husky/pre-commit": true,
-		"main.go": false, "docs/github.md": false, "Makefile.md": false, "package.json": false,
-	} {
-		if Risky(p) != want {
-			t.Errorf("Risky(%q) = %v", p, !want)
-		}
-	}
+func TestPackageScriptsDiffer(t *testing.T) {
 	same := `{"scripts":{"test":"go test"},"version":"1"}`
 	if PackageScriptsDiffer([]byte(same), []byte(`{"version":"2","scripts":{"test":"go test"}}`)) {
 		t.Error("a version bump is not a scripts change")
@@ -287,5 +277,191 @@ func TestRiskyPaths(t *testing.T) {
 	}
 	if !PackageScriptsDiffer(nil, []byte(`{"scripts":{"x":"y"}}`)) || !PackageScriptsDiffer([]byte(same), []byte("{not json")) {
 		t.Error("new or unreadable package.json with scripts must be flagged")
+	}
+}
+
+// agentBranch makes a clean host repository and, through the real
+// collect path, a branch fleet/vm-1 whose commit adds files.
+func agentBranch(t *testing.T, configure func(host string), files map[string]string) (Repo, string) {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	host := t.TempDir()
+	run(t, host, nil, "git", "init", "-q", "-b", "main")
+	write(t, filepath.Join(host, "main.go"), "package main\n")
+	run(t, host, nil, "git", "add", "-A")
+	run(t, host, nil, "git", "commit", "-q", "-m", "first")
+	configure(host)
+	g := Repo{Runner: execx.Local{}, Dir: host}
+	guest := t.TempDir()
+	_, start := syncIn(t, g, guest)
+	for name, body := range files {
+		write(t, filepath.Join(guest, name), body)
+		os.Chmod(filepath.Join(guest, name), 0o755)
+	}
+	run(t, guest, nil, "git", "add", "-A")
+	run(t, guest, nil, "git", "commit", "-q", "-m", "agent work")
+	st, err := collect(t, g, guest, start, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetBranch(context.Background(), "fleet/vm-1", st.Tip); err != nil {
+		t.Fatal(err)
+	}
+	return g, start
+}
+
+// hook is a program that leaves a marker named after itself.
+func hook(marks, name string) string {
+	return "#!/bin/sh\ntouch '" + filepath.Join(marks, name) + "'\n"
+}
+
+func marks(t *testing.T, dir string) []string {
+	t.Helper()
+	es, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// The attack: the user's repository keeps its hooks in the tree
+// (core.hooksPath=.githooks) and its fsmonitor program too; the agent's
+// commit adds hooks there. Nothing the agent committed runs while fleet
+// collects, diffs, merges, or checks the tree afterwards.
+func TestApplyRunsNothingTheAgentCommitted(t *testing.T) {
+	m := t.TempDir()
+	hooks := []string{"post-merge", "pre-merge-commit", "post-checkout", "reference-transaction", "prepare-commit-msg",
+		"commit-msg", "pre-commit", "post-commit", "post-rewrite", "pre-auto-gc", "post-index-change"}
+	files := map[string]string{"fsmon.sh": hook(m, "fsmonitor"), "feature.go": "package main\n"}
+	for _, h := range hooks {
+		files[".githooks/"+h] = hook(m, h)
+	}
+	g, start := agentBranch(t, func(host string) {
+		run(t, host, nil, "git", "config", "core.hooksPath", ".githooks")
+		run(t, host, nil, "git", "config", "core.fsmonitor", "./fsmon.sh")
+	}, files)
+	ctx := context.Background()
+	host := g.Dir
+
+	// apply refuses: the branch changes what git here would run.
+	err := g.Merge(ctx, "fleet/vm-1", io.Discard)
+	if !errors.Is(err, ErrRunsCode) || !strings.Contains(err.Error(), ".githooks/post-merge") || !strings.Contains(err.Error(), "and 7 more") {
+		t.Fatalf("Merge: %v", err)
+	}
+	if g.TreeOf(ctx, "HEAD") != g.TreeOf(ctx, start) {
+		t.Fatal("a refused merge moved HEAD")
+	}
+	// collect flags them, though only hooksPath puts them on the list.
+	_, _, flagged, err := g.Summarize(ctx, start, "fleet/vm-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(flagged, " "), "fsmon.sh") || !strings.Contains(strings.Join(flagged, " "), ".githooks/commit-msg") {
+		t.Fatalf("flagged = %v", flagged)
+	}
+
+	// Merged anyway (the layer under the refusal): the hooks and the
+	// monitor are now in the user's tree, and fleet's own git commands
+	// still run none of them.
+	var out bytes.Buffer
+	if err := g.merge(ctx, "fleet/vm-1", &out); err != nil {
+		t.Fatalf("merge: %v\n%s", err, out.String())
+	}
+	if _, err := os.Stat(filepath.Join(host, ".githooks", "post-merge")); err != nil {
+		t.Fatal("the hooks did not reach the tree: the test proves nothing")
+	}
+	if _, err := g.Dirty(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g.Summarize(ctx, start, "HEAD")
+	g.Diff(ctx, start, "HEAD", false, io.Discard)
+	g.SetBranch(ctx, "fleet/vm-2", g.Head(ctx))
+	if got := marks(t, m); len(got) != 0 {
+		t.Fatalf("the agent's code ran on the host: %v", got)
+	}
+	// The control: plain git in the same repository runs them, so the
+	// hooks and monitor above were live.
+	run(t, host, nil, "git", "commit", "-q", "--allow-empty", "-m", "user's own commit")
+	run(t, host, nil, "git", "status", "--porcelain")
+	got := strings.Join(marks(t, m), " ")
+	for _, want := range []string{"commit-msg", "reference-transaction", "fsmonitor"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("control: plain git did not run %s (ran: %s)", want, got)
+		}
+	}
+}
+
+// .gitattributes picks filter and merge drivers that config cannot turn
+// off wholesale; .lfsconfig steers git-lfs; config included from the tree
+// is config. apply refuses branches that change any of them, at any
+// depth and in any case.
+func TestMergeRefusesWhatGitWouldTakeInstructionsFrom(t *testing.T) {
+	m := t.TempDir()
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"attributes", map[string]string{".gitattributes": "*.txt filter=evil\n", "a.txt": "x\n"}, ".gitattributes"},
+		{"nested attributes", map[string]string{"sub/.GitAttributes": "* merge=evil\n"}, "sub/.GitAttributes"},
+		{"lfs", map[string]string{".lfsconfig": "[lfs]\n\turl = https://evil.example/\n"}, ".lfsconfig"},
+		{"included config", map[string]string{"tools/git.cfg": "[core]\n\tpager = touch " + filepath.Join(m, "pager") + "\n"}, "tools/git.cfg"},
+		{"hooks folder in another case", map[string]string{"Tools/Hooks/post-merge": hook(m, "post-merge")}, "Tools/Hooks/post-merge"},
+		{"fsmonitor program", map[string]string{"tools/fsmon": hook(m, "fsmonitor")}, "tools/fsmon"},
+		{"signing program", map[string]string{"tools/sign.sh": hook(m, "gpg")}, "tools/sign.sh"},
+		{"config hook", map[string]string{"scripts/on-merge": hook(m, "hook")}, "scripts/on-merge"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, start := agentBranch(t, func(host string) {
+				run(t, host, nil, "git", "config", "filter.evil.smudge", "touch "+filepath.Join(m, "smudge")+"; cat")
+				run(t, host, nil, "git", "config", "filter.evil.clean", "cat")
+				run(t, host, nil, "git", "config", "include.path", "../tools/git.cfg")
+				run(t, host, nil, "git", "config", "core.hooksPath", "tools/hooks")
+				run(t, host, nil, "git", "config", "core.fsmonitor", "sh tools/fsmon")
+				run(t, host, nil, "git", "config", "gpg.program", "./tools/sign.sh")
+				run(t, host, nil, "git", "config", "hook.merge.command", "'"+filepath.Join(host, "scripts", "on-merge")+"' --quiet")
+			}, tc.files)
+			err := g.Merge(context.Background(), "fleet/vm-1", io.Discard)
+			if !errors.Is(err, ErrRunsCode) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "merge by hand") {
+				t.Fatalf("got %v", err)
+			}
+			if g.TreeOf(context.Background(), "HEAD") != g.TreeOf(context.Background(), start) {
+				t.Fatal("a refused merge moved HEAD")
+			}
+			if got := marks(t, m); len(got) != 0 {
+				t.Fatalf("ran: %v", got)
+			}
+		})
+	}
+	// Ordinary work merges.
+	g, start := agentBranch(t, func(string) {}, map[string]string{"feature.go": "package main\n", "docs/attributes.md": "x\n"})
+	if err := g.Merge(context.Background(), "fleet/vm-1", io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if g.TreeOf(context.Background(), "HEAD") == g.TreeOf(context.Background(), start) {
+		t.Fatal("nothing merged")
+	}
+}
+
+// An error from index-pack quotes git's stderr, which names the VM's
+// content, cleaned.
+func TestImportErrorsAreClean(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	dir := t.TempDir()
+	run(t, dir, nil, "git", "init", "-q")
+	// A tree whose entry name carries escape sequences and a newline.
+	tree := append([]byte("100644 \x1b[2K\x1b]0;pwned\x07a\nwarning: forged\x00"), make([]byte, 20)...)
+	pack := packOf(append(objHeader(objTree, int64(len(tree))), deflate(t, data(tree))...))
+	err := Repo{Runner: execx.Local{}, Dir: dir}.Import(context.Background(), bytes.NewReader(pack), PackLimits(1<<20))
+	if err == nil {
+		t.Fatal("a tree naming a missing blob was accepted")
+	}
+	if strings.ContainsAny(err.Error(), "\x1b\x07") {
+		t.Fatalf("raw control bytes in %q", err)
 	}
 }

@@ -10,25 +10,64 @@ import (
 	"strings"
 )
 
+// ErrTooMany says a VM's results have more entries than collect takes.
+var ErrTooMany = errors.New("more entries than the collect limit")
+
 // Untar unpacks a tar stream the VM sent into dir. Every write goes
 // through an os.Root, so no name, "..", absolute path or symlink in the
 // stream can place a file outside dir; set-id bits are dropped, device
-// and fifo entries skipped, and more than maxBytes of content refused.
-func Untar(r io.Reader, dir string, maxBytes int64) (files int, err error) {
+// and fifo entries skipped. Two caps hold whatever the entries are: the
+// stream's own bytes (headers, names and padding count, so a flood of
+// empty entries costs what it sends) against maxBytes, and every entry
+// (folders, links, empty files, skipped devices, and folders an entry's
+// name makes on its way) against maxEntries.
+func Untar(r io.Reader, dir string, maxBytes, maxEntries int64) (files int, err error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return 0, err
 	}
 	defer root.Close()
-	tr := tar.NewReader(r)
-	var total int64
+	cr := &capReader{r: r, left: maxBytes}
+	tr := tar.NewReader(cr)
+	var entries int64
+	count := func(n int64) error {
+		if entries += n; entries > maxEntries {
+			return fmt.Errorf("the VM's results have %w (%d; raise it with --max-entries)", ErrTooMany, maxEntries)
+		}
+		return nil
+	}
+	tooLarge := func() error {
+		return fmt.Errorf("the VM's results are %w (%d MiB; raise it with --max-size)", ErrTooLarge, maxBytes>>20)
+	}
+	// parents makes the folders above name that the stream did not make
+	// first (an honest tar lists every folder before its contents), each
+	// counted as an entry.
+	parents := func(name string) error {
+		d := path.Dir(name)
+		if d == "." {
+			return nil
+		}
+		if fi, err := root.Stat(d); err == nil && fi.IsDir() {
+			return nil
+		}
+		if err := count(int64(strings.Count(d, "/") + 1)); err != nil {
+			return err
+		}
+		return root.MkdirAll(d, 0o755)
+	}
 	for {
 		h, err := tr.Next()
+		if cr.over {
+			return files, tooLarge()
+		}
 		if errors.Is(err, io.EOF) {
 			return files, nil
 		}
 		if err != nil {
 			return files, fmt.Errorf("read results stream: %w", err)
+		}
+		if err := count(1); err != nil {
+			return files, err
 		}
 		name := path.Clean(strings.TrimPrefix(h.Name, "./"))
 		if name == "." || name == "" {
@@ -37,23 +76,28 @@ func Untar(r io.Reader, dir string, maxBytes int64) (files int, err error) {
 		mode := os.FileMode(h.Mode).Perm()
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := root.MkdirAll(name, 0o755); err != nil {
+			if err := parents(name); err != nil {
+				return files, fmt.Errorf("results: %s: %w", name, err)
+			}
+			if err := root.Mkdir(name, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
 		case tar.TypeReg:
-			if total += h.Size; total > maxBytes {
-				return files, fmt.Errorf("%w (%d MiB; raise it with --max-size)", ErrTooLarge, maxBytes>>20)
+			if h.Size > cr.left {
+				return files, tooLarge()
 			}
-			if d := path.Dir(name); d != "." {
-				if err := root.MkdirAll(d, 0o755); err != nil {
-					return files, fmt.Errorf("results: %s: %w", name, err)
-				}
+			if err := parents(name); err != nil {
+				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
 			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 			if err != nil {
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
 			_, cerr := io.Copy(f, io.LimitReader(tr, h.Size))
+			if cr.over {
+				f.Close()
+				return files, tooLarge()
+			}
 			if err := errors.Join(cerr, f.Close()); err != nil {
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
@@ -61,11 +105,35 @@ func Untar(r io.Reader, dir string, maxBytes int64) (files int, err error) {
 		case tar.TypeSymlink:
 			// Kept as a link; the Root refuses any later write through it
 			// that would leave dir.
+			if err := parents(name); err != nil {
+				return files, fmt.Errorf("results: %s: %w", name, err)
+			}
 			if err := root.Symlink(h.Linkname, name); err != nil {
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
 		default:
-			// Hard links, devices, fifos: not project content.
+			// Hard links, devices, fifos: not project content (counted
+			// all the same).
 		}
 	}
+}
+
+// capReader fails once more than left bytes are read.
+type capReader struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		c.over = true
+		return 0, ErrTooLarge
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }

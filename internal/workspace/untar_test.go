@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -26,6 +28,9 @@ func tarOf(t *testing.T, es ...entry) *bytes.Buffer {
 		if e.typ != tar.TypeReg {
 			h.Size = 0
 		}
+		if e.typ == tar.TypeDir {
+			h.Mode = 0o755
+		}
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +48,7 @@ func TestUntarWritesResultsAndNothingElse(t *testing.T) {
 		entry{name: "./src/main.go", body: "package main\n", typ: tar.TypeReg},
 		entry{name: "./run.sh", body: "#!/bin/sh\n", typ: tar.TypeReg, mode: 0o4755},
 		entry{name: "./docs", typ: tar.TypeDir},
-	), dir, 1<<20)
+	), dir, 1<<20, 1000)
 	if err != nil || n != 2 {
 		t.Fatalf("n=%d err=%v", n, err)
 	}
@@ -59,7 +64,7 @@ func TestUntarWritesResultsAndNothingElse(t *testing.T) {
 		"absolute":          tarOf(t, entry{name: filepath.Join(outside, "escaped"), body: "x", typ: tar.TypeReg}),
 		"through a symlink": tarOf(t, entry{name: "out", link: outside, typ: tar.TypeSymlink}, entry{name: "out/escaped", body: "x", typ: tar.TypeReg}),
 	} {
-		Untar(stream, t.TempDir(), 1<<20)
+		Untar(stream, t.TempDir(), 1<<20, 1000)
 		if _, err := os.Stat(filepath.Join(outside, "escaped")); err == nil {
 			t.Fatalf("%s: a file landed outside the results folder", name)
 		}
@@ -67,8 +72,86 @@ func TestUntarWritesResultsAndNothingElse(t *testing.T) {
 			t.Fatalf("%s: a file landed beside the results folder", name)
 		}
 	}
-	_, err = Untar(tarOf(t, entry{name: "big", body: string(make([]byte, 2048)), typ: tar.TypeReg}), t.TempDir(), 1024)
+	_, err = Untar(tarOf(t, entry{name: "big", body: string(make([]byte, 2048)), typ: tar.TypeReg}), t.TempDir(), 1024+3*512, 1000)
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("size limit: %v", err)
+	}
+}
+
+// countEntries counts what a results folder holds, itself excluded.
+func countEntries(t *testing.T, dir string) int {
+	t.Helper()
+	n := -1
+	filepath.Walk(dir, func(string, os.FileInfo, error) error { n++; return nil })
+	return n
+}
+
+// Every entry counts against the caps, whatever its kind: a flood of
+// empty folders, symlinks, empty files, hard links or devices stops at
+// the entry cap, and a stream of headers alone is charged its bytes.
+func TestUntarCountsEveryEntry(t *testing.T) {
+	const flood, limit = 10000, 100
+	for _, kind := range []struct {
+		name string
+		make func(i int) entry
+	}{
+		{"folders", func(i int) entry { return entry{name: fmt.Sprintf("d%d/", i), typ: tar.TypeDir} }},
+		{"symlinks", func(i int) entry { return entry{name: fmt.Sprintf("l%d", i), link: "x", typ: tar.TypeSymlink} }},
+		{"empty files", func(i int) entry { return entry{name: fmt.Sprintf("f%d", i), typ: tar.TypeReg} }},
+		{"hard links", func(i int) entry { return entry{name: fmt.Sprintf("h%d", i), link: "f0", typ: tar.TypeLink} }},
+		{"fifos", func(i int) entry { return entry{name: fmt.Sprintf("p%d", i), typ: tar.TypeFifo} }},
+	} {
+		t.Run(kind.name, func(t *testing.T) {
+			es := make([]entry, flood)
+			for i := range es {
+				es[i] = kind.make(i)
+			}
+			stream := tarOf(t, es...)
+			dir := t.TempDir()
+			_, err := Untar(bytes.NewReader(stream.Bytes()), dir, 1<<30, limit)
+			if !errors.Is(err, ErrTooMany) || !strings.Contains(err.Error(), "--max-entries") {
+				t.Fatalf("%d %s against a cap of %d: %v", flood, kind.name, limit, err)
+			}
+			if n := countEntries(t, dir); n > limit {
+				t.Fatalf("%d entries made past a cap of %d", n, limit)
+			}
+			// The bytes: a 1-byte cap lets nothing through.
+			dir = t.TempDir()
+			if _, err := Untar(bytes.NewReader(stream.Bytes()), dir, 1, 1<<30); !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("a 1-byte cap: %v", err)
+			}
+			if n := countEntries(t, dir); n != 0 {
+				t.Fatalf("a 1-byte cap let %d entries through", n)
+			}
+			// Within both caps the same kind of stream unpacks whole.
+			few := tarOf(t, es[:limit]...)
+			if _, err := Untar(few, t.TempDir(), int64(few.Len()), limit); err != nil {
+				t.Fatalf("within the caps: %v", err)
+			}
+		})
+	}
+}
+
+// Folders a name makes on its way count too: one file 5,000 folders
+// deep, with no folder entries before it, is refused at the cap.
+func TestUntarCountsTheFoldersANameMakes(t *testing.T) {
+	deep := strings.Repeat("a/", 5000) + "f"
+	dir := t.TempDir()
+	_, err := Untar(tarOf(t, entry{name: deep, body: "x", typ: tar.TypeReg}), dir, 1<<30, 1000)
+	if !errors.Is(err, ErrTooMany) {
+		t.Fatalf("got %v", err)
+	}
+	if n := countEntries(t, dir); n > 1000 {
+		t.Fatalf("%d folders made past a cap of 1000", n)
+	}
+	// An honest stream lists every folder before what is in it: those
+	// are counted once.
+	var es []entry
+	for i := 1; i <= 50; i++ {
+		es = append(es, entry{name: strings.Repeat("b/", i), typ: tar.TypeDir})
+	}
+	es = append(es, entry{name: strings.Repeat("b/", 50) + "f", body: "x", typ: tar.TypeReg})
+	if n, err := Untar(tarOf(t, es...), t.TempDir(), 1<<30, 51); err != nil || n != 1 {
+		t.Fatalf("an honest deep stream: %d %v", n, err)
 	}
 }
