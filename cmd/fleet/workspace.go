@@ -14,7 +14,6 @@ import (
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 )
 
 // workspace resolves how the project reaches the VMs: the flag, else
@@ -230,9 +229,11 @@ func newDiffCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s: nothing collected yet and the machine is not running", m.Name)
 			}
 			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
-			out, flush := diffOutput(cmd.OutOrStdout(), isTerminal)
+			// Cleaned on a terminal; byte for byte into a pipe (| git apply).
+			out, flush := forPerson(cmd.OutOrStdout())
 			err = repo.Diff(cmd.Context(), m.Workspace.Start, m.Workspace.Collected.Tip, stat, out)
-			return errors.Join(err, flush())
+			flush()
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&stat, "stat", false, "a summary per file instead of the patch")
@@ -289,22 +290,6 @@ read those with fleet diff, then merge by hand.`,
 			return nil
 		},
 	}
-}
-
-// diffOutput is where a diff goes: a terminal gets it through
-// termsafe.NewWriter, so the VM's content cannot drive the terminal; a
-// pipe or file gets it byte for byte (fleet diff VM | git apply).
-func diffOutput(w io.Writer, isTerm func(io.Writer) bool) (io.Writer, func() error) {
-	if !isTerm(w) {
-		return w, func() error { return nil }
-	}
-	tw := termsafe.NewWriter(w)
-	return tw, tw.Flush
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // parseSize reads a byte size in M or G (parseMemory's syntax).
