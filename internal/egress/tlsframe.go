@@ -117,11 +117,12 @@ type framer struct {
 	records int
 	ccs     bool // this direction sent its first ChangeCipherSpec
 
-	mhdr  [4]byte // the current handshake message's header
-	nmhdr int
-	mleft int    // its body bytes still to come
-	msg   []byte // a hello held for parsing, header included
-	msgs  int    // handshake messages read in this direction
+	mhdr   [4]byte // the current handshake message's header
+	nmhdr  int
+	mleft  int    // its body bytes still to come
+	msg    []byte // a hello held for parsing, header included
+	msgs   int    // handshake messages read in this direction
+	hellos int    // ClientHellos among them
 }
 
 func newFramer(from side, sess *tlsSession, h Host) *framer {
@@ -299,6 +300,7 @@ func (f *framer) endMessage() string {
 		f.sess.once.Do(func() { close(f.sess.helloSeen) })
 		return ""
 	}
+	f.hellos++
 	hi, err := parseClientHelloMsg(msg)
 	if err != nil {
 		return "a malformed ClientHello: " + shortErr(err)
