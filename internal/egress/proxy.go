@@ -34,7 +34,8 @@ type Proxy struct {
 	// IdleTimeout.
 	Recheck time.Duration
 	// Timeout bounds each step before data flows: request headers,
-	// resolving, dialing, and the TLS ClientHello after a CONNECT.
+	// resolving, dialing, and after a CONNECT the guest's TLS ClientHello
+	// and the upstream's ServerHello.
 	Timeout time.Duration
 	// IdleTimeout cuts a connection when no byte has passed either way for
 	// this long (0: DefaultIdleTimeout).
