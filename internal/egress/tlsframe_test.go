@@ -318,6 +318,15 @@ func TestRecordBoundedReadsNoFurtherThanTheRecord(t *testing.T) {
 	if err != nil || !bytes.Equal(hi.Raw, hello) {
 		t.Fatalf("read %d bytes (%v), want exactly the %d of the hello's records", len(hi.Raw), err, len(hello))
 	}
+	// A hello split over two records, then another record: both of the
+	// hello's, nothing of the next.
+	msg := hello[recordHeaderLen:]
+	split := append(record(recHandshake, 0x0301, msg[:100]), record(recHandshake, 0x0301, msg[100:])...)
+	next := record(recApplicationData, 0x0303, after)
+	hi, err = readClientHello(t.Context(), bytes.NewReader(append(bytes.Clone(split), next...)))
+	if err != nil || hi.SNI != "allowed.test" || !bytes.Equal(hi.Raw, split) {
+		t.Fatalf("a split hello: read %d bytes (%v), want the %d of its two records", len(hi.Raw), err, len(split))
+	}
 }
 
 // refWalk is an independent, simple reading of a record stream: the length
