@@ -229,6 +229,26 @@ func (p Policy) Decide(h Host, port int) Verdict {
 	return Verdict{Reason: ReasonNotAllowed}
 }
 
+// DeniedAddr says which deny entry written as an address covers a on
+// port, or "" if none does. The proxy asks it of every address a name
+// resolves to: `fleet net deny 203.0.113.7` holds whatever name leads
+// there.
+func (p Policy) DeniedAddr(a netip.Addr, port int) string {
+	if p.Mode == ModeOpen {
+		return ""
+	}
+	for _, s := range p.Deny {
+		pt, err := ParseDenyPattern(s)
+		if err != nil || !pt.host.IP.IsValid() || (pt.port != 0 && pt.port != port) {
+			continue
+		}
+		if pt.host.IP.Unmap() == a.Unmap() {
+			return "denied by " + pt.String()
+		}
+	}
+	return ""
+}
+
 // PinnedAddr is the address the hosts pins give h's name, matched without
 // regard to case as DNS names are.
 func (p Policy) PinnedAddr(h Host) (string, bool) {

@@ -335,3 +335,30 @@ func TestPresetsSayTheirPorts(t *testing.T) {
 		}
 	}
 }
+
+func TestDeniedAddrCoversOnlyAddressEntries(t *testing.T) {
+	p := Policy{Mode: ModeAllowlist, Allow: []string{"allowed.test:443"},
+		Deny: []string{"203.0.113.7", "203.0.113.8:80", "2001:db8::1", "allowed.test", "bad entry"}}
+	for _, c := range []struct {
+		addr string
+		port int
+		want string
+	}{
+		{"203.0.113.7", 443, "denied by 203.0.113.7"},
+		{"203.0.113.7", 22, "denied by 203.0.113.7"},
+		{"::ffff:203.0.113.7", 443, "denied by 203.0.113.7"},
+		{"203.0.113.8", 80, "denied by 203.0.113.8:80"},
+		{"203.0.113.8", 443, ""},
+		{"2001:db8::1", 443, "denied by 2001:db8::1"},
+		{"2001:db8::2", 443, ""},
+		{"203.0.113.70", 443, ""},
+	} {
+		if got := p.DeniedAddr(netip.MustParseAddr(c.addr), c.port); got != c.want {
+			t.Errorf("%s port %d: %q, want %q", c.addr, c.port, got, c.want)
+		}
+	}
+	p.Mode = ModeOpen
+	if got := p.DeniedAddr(netip.MustParseAddr("203.0.113.7"), 443); got != "" {
+		t.Errorf("open mode has no proxy to deny with: %q", got)
+	}
+}

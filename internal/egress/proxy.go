@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -33,17 +34,23 @@ type Proxy struct {
 	// IdleTimeout.
 	Recheck time.Duration
 	// Timeout bounds each step before data flows: request headers,
-	// resolving, dialing, and the TLS ClientHello after a CONNECT.
+	// resolving, dialing, and after a CONNECT the guest's TLS ClientHello
+	// and the upstream's ServerHello.
 	Timeout time.Duration
 	// IdleTimeout cuts a connection when no byte has passed either way for
 	// this long (0: DefaultIdleTimeout).
 	IdleTimeout time.Duration
+	// RequestTimeout bounds the whole of a plain-HTTP request, headers and
+	// body, from the connection's start (0: DefaultRequestTimeout): a
+	// guest that trickles a body holds a connection no longer than this.
+	RequestTimeout time.Duration
 }
 
 // Deadlines when a Proxy leaves them zero.
 const (
-	DefaultTimeout     = 15 * time.Second
-	DefaultIdleTimeout = 10 * time.Minute
+	DefaultTimeout        = 15 * time.Second
+	DefaultIdleTimeout    = 10 * time.Minute
+	DefaultRequestTimeout = 2 * time.Minute
 )
 
 // copyBufs bounds what each tunnel direction holds: a fixed buffer from a
@@ -55,9 +62,11 @@ const maxHeaderBytes = 64 << 10
 // ServeConn handles one guest connection and closes it.
 func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	start := time.Now()
 	lim := &limitReader{r: c, n: maxHeaderBytes}
 	br := bufio.NewReader(lim)
-	c.SetReadDeadline(time.Now().Add(p.timeout()))
+	// The headers' deadline is absolute: trickling them does not extend it.
+	c.SetReadDeadline(start.Add(min(p.timeout(), p.requestTimeout())))
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		p.deny(c, Entry{}, http.StatusBadRequest, "malformed request: "+shortErr(err))
@@ -69,7 +78,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 		p.tunnel(ctx, c, br, req)
 		return
 	}
-	p.forward(ctx, c, req)
+	p.forward(ctx, c, req, start)
 }
 
 func (p *Proxy) timeout() time.Duration {
@@ -77,6 +86,13 @@ func (p *Proxy) timeout() time.Duration {
 		return p.Timeout
 	}
 	return DefaultTimeout
+}
+
+func (p *Proxy) requestTimeout() time.Duration {
+	if p.RequestTimeout > 0 {
+		return p.RequestTimeout
+	}
+	return DefaultRequestTimeout
 }
 
 func (p *Proxy) idleTimeout() time.Duration {
@@ -110,6 +126,13 @@ func (p *Proxy) admit(ctx context.Context, c net.Conn, e *Entry, h Host) (net.Co
 		if r := RefusedAddr(a, p.HostNets); r != "" {
 			e.Addr = a.String()
 			p.deny(c, *e, http.StatusForbidden, fmt.Sprintf("%s resolves to %s", h, r))
+			return nil, v, false
+		}
+	}
+	for _, a := range addrs {
+		if why := pol.DeniedAddr(a, e.Port); why != "" {
+			e.Addr = a.String()
+			p.deny(c, *e, http.StatusForbidden, fmt.Sprintf("%s resolves to %s, %s", h, a, why))
 			return nil, v, false
 		}
 	}
@@ -190,30 +213,44 @@ func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *h
 
 // clientHello checks what the guest sends first: a TLS handshake record,
 // within the timeout, whose ClientHello names the CONNECT host. It returns
-// the bytes read, to go upstream unchanged.
-func (p *Proxy) clientHello(ctx context.Context, c net.Conn, br *bufio.Reader, e Entry, h Host) ([]byte, bool) {
+// the hello with the bytes read, to go upstream unchanged.
+func (p *Proxy) clientHello(ctx context.Context, c net.Conn, br *bufio.Reader, e Entry, h Host) (helloInfo, bool) {
 	c.SetReadDeadline(time.Now().Add(p.timeout()))
 	defer c.SetReadDeadline(time.Time{})
 	first, err := br.Peek(1)
 	switch {
 	case err != nil:
 		p.logDeny(e, "no TLS ClientHello: "+shortErr(err))
-		return nil, false
-	case first[0] != 0x16:
+		return helloInfo{}, false
+	case first[0] != recHandshake:
 		p.logDeny(e, fmt.Sprintf("not TLS: a tunnel to %s carries only TLS to that name (first byte %q; an entry marked /raw allows other protocols)", h, first[0]))
-		return nil, false
+		return helloInfo{}, false
 	}
-	sni, raw, err := readClientHello(ctx, br)
+	hi, err := readClientHello(ctx, br)
 	if err != nil {
 		p.logDeny(e, "malformed TLS ClientHello: "+shortErr(err))
-		return nil, false
+		return helloInfo{}, false
 	}
-	if why := sniMismatch(h, sni); why != "" {
-		e.SNI = printable(sni)
+	if why := helloProblem(h, hi); why != "" {
+		e.SNI = printable(hi.SNI)
 		p.logDeny(e, why)
-		return nil, false
+		return helloInfo{}, false
 	}
-	return raw, true
+	return hi, true
+}
+
+// helloProblem says why a ClientHello may not go to h, or "" if it may.
+// An encrypted ClientHello (ECH) hides the name it really asks for behind
+// the one in the clear, so it is refused: a CDN would route it to any of
+// its sites.
+func helloProblem(h Host, hi helloInfo) string {
+	if why := sniMismatch(h, hi.SNI); why != "" {
+		return why
+	}
+	if hi.ECH {
+		return "TLS with an encrypted ClientHello (ECH) to " + h.String() + ": the server name it asks for is hidden"
+	}
+	return ""
 }
 
 func sniMismatch(h Host, sni string) string {
@@ -236,9 +273,8 @@ func (p *Proxy) logDeny(e Entry, why string) {
 }
 
 // splice copies both ways until both sides finish, the tunnel idles out,
-// or the policy no longer allows the host. A TLS tunnel sends nothing
-// either way until the guest's ClientHello has passed; a raw one starts
-// both directions at once, since its upstream may speak first (SSH).
+// or the policy no longer allows the host. A raw tunnel starts both
+// directions at once, since its upstream may speak first (SSH).
 func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net.Conn, e Entry, h Host, raw bool) {
 	done := make(chan struct{})
 	defer close(done)
@@ -247,13 +283,9 @@ func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net
 	act := &activity{}
 	act.touch()
 	go p.watch(ctx, done, act, e, h, cut)
-	var hello []byte
 	if !raw {
-		var ok bool
-		if hello, ok = p.clientHello(ctx, c, br, e, h); !ok {
-			cut()
-			return
-		}
+		p.spliceTLS(ctx, c, br, up, e, h, act, cut)
+		return
 	}
 	downDone := make(chan struct{})
 	go func() {
@@ -261,9 +293,63 @@ func (p *Proxy) splice(ctx context.Context, c net.Conn, br *bufio.Reader, up net
 		closeWrite(c)
 		close(downDone)
 	}()
-	if _, err := up.Write(hello); err == nil {
-		copyTouching(up, br, act)
+	copyTouching(up, br, act)
+	closeWrite(up)
+	<-downDone
+}
+
+// spliceTLS carries a tunnel that is not raw: TLS records only, both ways,
+// checked by a framer on each direction (see tlsframe.go) and cut at the
+// first byte that is not. The guest's ClientHello goes first, alone;
+// nothing else of the guest's goes up until the upstream has answered with
+// a ServerHello, so a server that speaks another protocol gets one hello
+// at most, and its own first bytes cut the tunnel.
+func (p *Proxy) spliceTLS(ctx context.Context, c net.Conn, br *bufio.Reader, up net.Conn, e Entry, h Host, act *activity, cut func()) {
+	var logOnce sync.Once
+	fail := func(err error) bool {
+		var fe *framingError
+		if !errors.As(err, &fe) {
+			return false
+		}
+		logOnce.Do(func() { p.logDeny(e, "tunnel cut: "+fe.Error()) })
+		cut()
+		return true
 	}
+	hi, ok := p.clientHello(ctx, c, br, e, h)
+	if !ok {
+		cut()
+		return
+	}
+	sess := newTLSSession()
+	guest, server := newFramer(fromGuest, sess, h), newFramer(fromUpstream, sess, h)
+	// The framer reads the hello too, so it knows where the guest's
+	// stream stands.
+	if _, err := guest.feed(hi.Raw); fail(err) {
+		return
+	}
+	if _, err := up.Write(hi.Raw); err != nil {
+		cut()
+		return
+	}
+	downDone := make(chan struct{})
+	go func() {
+		fail(copyTouching(c, framedReader{up, server}, act))
+		closeWrite(c)
+		close(downDone)
+	}()
+	wait := time.NewTimer(p.timeout())
+	defer wait.Stop()
+	select {
+	case <-sess.helloSeen:
+	case <-downDone:
+		return // the upstream ended, or was cut, before its ServerHello
+	case <-wait.C:
+		p.logDeny(e, fmt.Sprintf("tunnel cut: the upstream sent no TLS ServerHello within %s", p.timeout()))
+		cut()
+		<-downDone
+		return
+	}
+	fail(copyTouching(up, framedReader{br, guest}, act))
 	closeWrite(up)
 	<-downDone
 }
@@ -295,11 +381,20 @@ func (p *Proxy) watch(ctx context.Context, done <-chan struct{}, act *activity, 
 			continue
 		}
 		pol, err := p.Policy()
-		if v := pol.Decide(h, e.Port); err != nil || !v.Allow {
-			why := v.Reason
-			if err != nil {
-				why = "no readable policy"
+		why := ""
+		switch v := pol.Decide(h, e.Port); {
+		case err != nil:
+			why = "no readable policy"
+		case !v.Allow:
+			why = v.Reason
+		default:
+			if a, aerr := netip.ParseAddr(e.Addr); aerr == nil {
+				if d := pol.DeniedAddr(a, e.Port); d != "" {
+					why = fmt.Sprintf("%s resolves to %s, %s", h, a, d)
+				}
 			}
+		}
+		if why != "" {
 			p.logDeny(e, "tunnel cut: "+why)
 			cut()
 			return
@@ -326,11 +421,18 @@ func (t touchReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func copyTouching(dst io.Writer, src io.Reader, act *activity) {
+// copyTouching copies through a pooled buffer, and returns why it ended
+// (nil at EOF).
+func copyTouching(dst io.Writer, src io.Reader, act *activity) error {
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
-	io.CopyBuffer(dst, touchReader{src, act}, *buf)
+	// writerOnly hides dst's ReadFrom, which would copy through a buffer
+	// of its own instead of the pooled one.
+	_, err := io.CopyBuffer(writerOnly{dst}, touchReader{src, act}, *buf)
+	return err
 }
+
+type writerOnly struct{ io.Writer }
 
 type touchConn struct {
 	net.Conn
@@ -346,7 +448,9 @@ func closeWrite(c net.Conn) {
 }
 
 // forward serves a plain-HTTP request in absolute form, one per connection.
-func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request) {
+// The request, body and all, must have arrived by RequestTimeout after
+// start.
+func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request, start time.Time) {
 	e := Entry{Proxy: "egress", Method: printable(req.Method)}
 	u := req.URL
 	if u == nil || u.Scheme != "http" || u.Host == "" {
@@ -387,10 +491,23 @@ func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request) {
 	// The Host header is the host that was checked, never the guest's own.
 	req.Host = u.Host
 	req.Close = true
+	c.SetReadDeadline(start.Add(p.requestTimeout()))
+	var body *bodyReader
+	if req.Body != nil && req.Body != http.NoBody {
+		// Wrapped only when there is one: any other Body makes the
+		// request chunked.
+		body = &bodyReader{ReadCloser: req.Body}
+		req.Body = body
+	}
 	if err := req.Write(up); err != nil {
+		if body != nil && errors.Is(body.err, os.ErrDeadlineExceeded) {
+			p.deny(c, e, http.StatusRequestTimeout, fmt.Sprintf("request cut: it did not arrive whole within %s", p.requestTimeout()))
+			return
+		}
 		reply(c, http.StatusBadGateway, "upstream write failed")
 		return
 	}
+	c.SetReadDeadline(time.Time{})
 	resp, err := http.ReadResponse(bufio.NewReader(up), req)
 	if err != nil {
 		reply(c, http.StatusBadGateway, "bad upstream response: "+shortErr(err))
@@ -399,6 +516,21 @@ func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request) {
 	defer resp.Body.Close()
 	resp.Close = true
 	resp.Write(c)
+}
+
+// bodyReader keeps the error reading a guest's request body ended with,
+// to tell a guest too slow from an upstream that failed.
+type bodyReader struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
 }
 
 // reply writes a short plain-text HTTP response, the proxy's only way to

@@ -426,6 +426,8 @@ func TestTunnelsCarryOnlyTLSToTheirName(t *testing.T) {
 		{"plain HTTP with another Host on an allowed port 80", "allowed.test:80", "", "GET / HTTP/1.1\r\nHost: other.test\r\n\r\n", "not TLS"},
 		{"STARTTLS: cleartext first, TLS later", "allowed.test:25", "220 smtp ready\r\n", "EHLO guest\r\nSTARTTLS\r\n", "not TLS"},
 		{"raw bytes", "allowed.test:443", "", "\x00\x01\x02", "not TLS"},
+		{"an SSLv2-style hello", "allowed.test:443", "", "\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10", "not TLS"},
+		{"a heartbeat first", "allowed.test:443", "", "\x18\x03\x03\x00\x03\x01\x40\x00", "not TLS"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -48,6 +48,18 @@ const (
 // DefaultMaxConns is a machine's cap on concurrent proxy connections.
 const DefaultMaxConns = 256
 
+// A machine's rate of new proxy connections, when its Server leaves it
+// zero: each one has already cost a shim start (about 4 ms of host CPU),
+// and what is refused beyond the rate costs the server a close.
+const (
+	DefaultConnRate  = 50 // a second, sustained
+	DefaultConnBurst = 100
+)
+
+// rateLogEvery is how often a refusal over the rate is logged: one line
+// per interval, counting those since the last, however hard the flood.
+const rateLogEvery = 10 * time.Second
+
 // Server serves one machine's proxy connections.
 type Server struct {
 	Handlers map[byte]func(ctx context.Context, c net.Conn)
@@ -57,9 +69,19 @@ type Server struct {
 	IdleExit time.Duration
 	// Poll is how often the server checks its folder and idleness.
 	Poll time.Duration
+	// ConnRate and ConnBurst bound how fast new connections are taken, as
+	// a token bucket: ConnRate a second, ConnBurst at once (0: defaults).
+	ConnRate  float64
+	ConnBurst int
 
 	active atomic.Int64
 	lastAt atomic.Int64 // unix nanos of the last connection's end or start
+
+	// Only the accept loop touches these.
+	clock      func() time.Time // time.Now unless a test sets it
+	bucket     tokenBucket
+	overRate   int       // refused over the rate since the last log line
+	overRateAt time.Time // when that line was written
 }
 
 // Active is the number of connections being served.
@@ -164,6 +186,12 @@ func (s *Server) receive(ctx context.Context, uc *net.UnixConn, wg *sync.WaitGro
 		conn.Close()
 		return
 	}
+	if !s.takeRate(kind) {
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		reply(conn, 503, "too many new connections from this machine; try again shortly")
+		conn.Close()
+		return
+	}
 	max := s.MaxConns
 	if max <= 0 {
 		max = DefaultMaxConns
@@ -187,6 +215,52 @@ func (s *Server) receive(ctx context.Context, uc *net.UnixConn, wg *sync.WaitGro
 		}()
 		serve(ctx, conn)
 	}()
+}
+
+// takeRate takes a token for a new connection, or logs (at most once per
+// rateLogEvery) that it is refused.
+func (s *Server) takeRate(kind byte) bool {
+	now := time.Now()
+	if s.clock != nil {
+		now = s.clock()
+	}
+	rate, burst := s.ConnRate, s.ConnBurst
+	if rate <= 0 {
+		rate = DefaultConnRate
+	}
+	if burst <= 0 {
+		burst = DefaultConnBurst
+	}
+	if s.bucket.take(now, rate, float64(burst)) {
+		return true
+	}
+	s.overRate++
+	if s.overRateAt.IsZero() || now.Sub(s.overRateAt) >= rateLogEvery {
+		why := fmt.Sprintf("over this machine's rate of %g new proxy connections a second (burst %d): %d refused since the last such line", rate, burst, s.overRate)
+		s.Audit.Log(Entry{Proxy: kindName(kind), Verdict: "deny", Reason: why})
+		s.overRate, s.overRateAt = 0, now
+	}
+	return false
+}
+
+// tokenBucket holds up to burst tokens and gains rate a second.
+type tokenBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func (b *tokenBucket) take(now time.Time, rate, burst float64) bool {
+	switch d := now.Sub(b.last); {
+	case b.last.IsZero():
+		b.tokens, b.last = burst, now
+	case d > 0:
+		b.tokens, b.last = min(burst, b.tokens+d.Seconds()*rate), now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 func kindName(k byte) string {

@@ -216,3 +216,83 @@ func TestHandoffStartsAServerWhenNoneAnswers(t *testing.T) {
 		t.Error("a handoff with no server and a failing start succeeded")
 	}
 }
+
+// A flood of new connections gets the bucket's burst, then its rate, never
+// more, and a bounded number of log lines.
+func TestServerLimitsTheRateOfNewConnections(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1_000_000, 0)
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := &Server{ConnRate: 10, ConnBurst: 20, Handlers: map[byte]func(context.Context, net.Conn){
+		KindEgress: func(_ context.Context, c net.Conn) { c.Write([]byte("served\n")); c.Close() },
+	}}
+	s.clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	dir, _ := runServer(t, s)
+	flood := func(n int) (served int) {
+		for i := 0; i < n; i++ {
+			g, end := guestPair(t)
+			if err := Handoff(dir, KindEgress, end, noStart); err != nil {
+				t.Fatalf("handoff %d: %v", i, err)
+			}
+			end.Close()
+			g.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, _ := bufio.NewReader(g).ReadString('\n')
+			switch {
+			case line == "served\n":
+				served++
+			case !strings.Contains(line, "503"):
+				t.Fatalf("guest read %q", line)
+			}
+			g.Close()
+		}
+		return served
+	}
+	if got := flood(200); got != 20 {
+		t.Errorf("a flood of 200 at once: %d served, want the burst of 20", got)
+	}
+	advance(time.Second)
+	if got := flood(50); got != 10 {
+		t.Errorf("a second later: %d served, want the rate's 10", got)
+	}
+	advance(time.Hour)
+	if got := flood(100); got != 20 {
+		t.Errorf("an hour later: %d served, want the burst of 20, not more", got)
+	}
+	var lines []string
+	f, _ := os.Open(filepath.Join(dir, AuditFile))
+	ReadEntries(f, func(e Entry) {
+		if strings.Contains(e.Reason, "new proxy connections a second") {
+			lines = append(lines, e.Reason)
+		}
+	})
+	f.Close()
+	// One line at the first refusal; none within the next ten seconds;
+	// one an hour later counting every refusal since: 179 + 40 + 1.
+	if len(lines) != 2 || !strings.Contains(lines[0], "rate of 10 new proxy connections a second (burst 20): 1 refused") ||
+		!strings.Contains(lines[1], ": 220 refused since the last such line") {
+		t.Errorf("log lines %q", lines)
+	}
+}
+
+func TestTokenBucket(t *testing.T) {
+	var b tokenBucket
+	t0 := time.Unix(0, 0).Add(time.Hour)
+	taken := 0
+	for i := 0; i < 1000; i++ {
+		if b.take(t0, 50, 100) {
+			taken++
+		}
+	}
+	// Half a second buys 25 more; a clock that goes back buys nothing.
+	for i := 0; i < 1000; i++ {
+		if b.take(t0.Add(500*time.Millisecond), 50, 100) {
+			taken++
+		}
+		if b.take(t0, 50, 100) {
+			taken++
+		}
+	}
+	if taken != 125 {
+		t.Errorf("took %d, want 100 + 25", taken)
+	}
+}

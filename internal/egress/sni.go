@@ -7,24 +7,32 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"time"
 )
 
 var errHelloRead = errors.New("client hello read")
 
-// readClientHello reads a TLS ClientHello from r and returns its server name
-// and every byte it consumed, to be replayed to the upstream unchanged. The
-// parsing is crypto/tls's own, so fragmented or odd hellos are read the way
-// a real TLS server reads them; the handshake is abandoned once the hello is
-// seen.
-func readClientHello(ctx context.Context, r io.Reader) (string, []byte, error) {
+// helloInfo is what a ClientHello says about where it goes.
+type helloInfo struct {
+	SNI string
+	ECH bool // it carries an encrypted_client_hello extension
+	Raw []byte
+}
+
+// readClientHello reads a TLS ClientHello from r and returns what it names
+// and every byte it consumed, whole records only, to be replayed to the
+// upstream unchanged. The parsing is crypto/tls's own, so fragmented or odd
+// hellos are read the way a real TLS server reads them; the handshake is
+// abandoned once the hello is seen.
+func readClientHello(ctx context.Context, r io.Reader) (helloInfo, error) {
 	var raw bytes.Buffer
-	var sni string
+	var hi helloInfo
 	seen := false
-	conn := &helloConn{r: io.TeeReader(io.LimitReader(r, maxHeaderBytes), &raw)}
+	conn := &helloConn{r: io.TeeReader(&recordBounded{r: io.LimitReader(r, maxHeaderBytes)}, &raw)}
 	srv := tls.Server(conn, &tls.Config{
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni, seen = h.ServerName, true
+			hi.SNI, hi.ECH, seen = h.ServerName, slices.Contains(h.Extensions, extECH), true
 			return nil, errHelloRead
 		},
 	})
@@ -33,9 +41,10 @@ func readClientHello(ctx context.Context, r io.Reader) (string, []byte, error) {
 		if err == nil {
 			err = errors.New("no ClientHello")
 		}
-		return "", nil, err
+		return helloInfo{}, err
 	}
-	return sni, raw.Bytes(), nil
+	hi.Raw = raw.Bytes()
+	return hi, nil
 }
 
 // helloConn is the read side of a connection as crypto/tls needs it; what
