@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -46,6 +47,11 @@ func benchProxy(t *testing.T, add func(what, value, target string)) {
 		}
 		pol.Hosts = map[string]string{"allowed.test": stubSiteIP}
 		if err := egress.SavePolicy(dir, pol); err != nil {
+			t.Fatal(err)
+		}
+		// This row measures each design's own speed, so the server's
+		// per-machine rate limit is lifted.
+		if err := os.WriteFile(filepath.Join(dir, "proxy-limits.json"), []byte(`{"connections_per_second":1000000,"connection_burst":1000000}`), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		open := func() (net.Conn, *exec.Cmd) {

@@ -22,6 +22,10 @@ import (
 type ProxyLimits struct {
 	MaxConnections int `json:"max_connections,omitempty"` // 0: egress.DefaultMaxConns
 	IdleTimeoutSec int `json:"idle_timeout_seconds,omitempty"`
+	// New connections a second, sustained and at once (0: egress's
+	// DefaultConnRate and DefaultConnBurst).
+	ConnectionsPerSecond float64 `json:"connections_per_second,omitempty"`
+	ConnectionBurst      int     `json:"connection_burst,omitempty"`
 }
 
 // proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
@@ -67,7 +71,8 @@ func RunProxyServer(ctx context.Context, dir string) error {
 	// holding hundreds of tunnels stays well inside its memory bound.
 	debug.SetGCPercent(25)
 	debug.SetMemoryLimit(40 << 20)
-	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit}
+	s := &egress.Server{Handlers: handlers, MaxConns: limits.MaxConnections, Audit: audit, IdleExit: proxyIdleExit,
+		ConnRate: limits.ConnectionsPerSecond, ConnBurst: limits.ConnectionBurst}
 	err = s.Run(ctx, dir)
 	if errors.Is(err, egress.ErrServing) {
 		return nil // another shim started it first

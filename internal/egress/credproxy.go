@@ -84,8 +84,8 @@ type CredProxy struct {
 }
 
 // Limits of the credential proxy when its fields leave them zero.
+// The whole-request deadline is DefaultRequestTimeout, the egress proxy's.
 const (
-	DefaultRequestTimeout  = 2 * time.Minute
 	DefaultCredIdleTimeout = 5 * time.Minute
 	DefaultWriteStall      = 2 * time.Minute
 	DefaultMaxRequestBody  = 32 << 20

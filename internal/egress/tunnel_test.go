@@ -85,9 +85,9 @@ func cutByProxy(t *testing.T, c net.Conn, br *bufio.Reader) []byte {
 	return got
 }
 
-// settled waits until the upstream has seen n bytes or a moment has passed,
+// upstreamGot waits until the upstream has seen n bytes or a moment has passed,
 // so the test sees all the proxy forwarded.
-func settled(received func() []byte, n int) []byte {
+func upstreamGot(received func() []byte, n int) []byte {
 	for i := 0; i < 100 && len(received()) < n; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -115,7 +115,7 @@ func TestTunnelCutsGuestCleartextAfterTheHello(t *testing.T) {
 	if rest := cutByProxy(t, c, br); len(rest) != 0 {
 		t.Errorf("the guest got %q after the cut", rest)
 	}
-	if got := settled(received, len(hello)); !bytes.Equal(got, hello) {
+	if got := upstreamGot(received, len(hello)); !bytes.Equal(got, hello) {
 		t.Errorf("the upstream received %d bytes (%q...), want only the %d of the hello", len(got), got[min(len(got), len(hello)):], len(hello))
 	}
 	want := fmt.Sprintf("tunnel cut: the guest broke TLS framing at byte %d: byte 0x45 'E' is not a TLS record", len(hello))
@@ -167,7 +167,7 @@ func TestTunnelRefusesASecondHelloToAnotherName(t *testing.T) {
 	cutByProxy(t, c, br)
 	// All of the second hello but its last byte went up: never a whole one.
 	want := len(hello) + len(ccs) + len(other) - 1
-	if got := settled(received, want); len(got) != want {
+	if got := upstreamGot(received, want); len(got) != want {
 		t.Errorf("the upstream received %d bytes, want %d", len(got), want)
 	}
 	if e := r.lastEntry(); !strings.Contains(e.Reason, "a ClientHello refused: TLS server name other.test does not match CONNECT host allowed.test") {
@@ -188,7 +188,7 @@ func TestTunnelHoldsTheGuestUntilTheServerHello(t *testing.T) {
 	smuggled := record(recApplicationData, 0x0303, []byte("\r\nEHLO guest\r\nMAIL FROM:<a@b>\r\n"))
 	c.Write(append(bytes.Clone(hello), smuggled...))
 	cutByProxy(t, c, br)
-	if got := settled(func() []byte { return []byte(received()) }, len(hello)); !bytes.Equal(got, hello) {
+	if got := upstreamGot(func() []byte { return []byte(received()) }, len(hello)); !bytes.Equal(got, hello) {
 		t.Errorf("the upstream received %q, want only the hello", got[min(len(got), len(hello)):])
 	}
 	if e := r.lastEntry(); !strings.Contains(e.Reason, "tunnel cut: the upstream sent no TLS ServerHello within 300ms") {
