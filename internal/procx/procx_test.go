@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCmdlineAndAlive(t *testing.T) {
@@ -13,7 +14,13 @@ func TestCmdlineAndAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := c.Process.Pid
+	// Between fork and exec the child's command line is empty: wait for
+	// the exec, as a pid file's reader would only see it after.
 	got, err := Cmdline(pid)
+	for i := 0; i < 200 && err == nil && !strings.Contains(got, "sleep"); i++ {
+		time.Sleep(5 * time.Millisecond)
+		got, err = Cmdline(pid)
+	}
 	if err != nil || !strings.Contains(got, "sleep\x0030") {
 		t.Fatalf("%q %v", got, err)
 	}
