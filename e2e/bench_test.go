@@ -87,6 +87,11 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "credproxy" {
+		t.Run("credproxy", func(t *testing.T) { benchCredProxy(t, add) })
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "egress" {
 		t.Run("proxy", func(t *testing.T) { benchProxy(t, add) })
 		t.Run("egress", func(t *testing.T) { benchEgress(t, add) })
