@@ -29,7 +29,7 @@ func Untar(r io.Reader, dir string, maxBytes, maxEntries int64) (files int, err 
 	defer root.Close()
 	cr := &capReader{r: r, left: maxBytes}
 	tr := tar.NewReader(cr)
-	var entries int64
+	var entries, written int64 // entries seen, file bytes written
 	count := func(n int64) error {
 		if entries += n; entries > maxEntries {
 			return fmt.Errorf("the VM's results have %w (%d; raise it with --max-entries)", ErrTooMany, maxEntries)
@@ -83,9 +83,15 @@ func Untar(r io.Reader, dir string, maxBytes, maxEntries int64) (files int, err 
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
 		case tar.TypeReg:
-			if h.Size > cr.left {
+			// A sparse entry's holes read as zeros that the stream never
+			// carried: what is written counts, not only what arrives.
+			if sparse(h) {
+				return files, fmt.Errorf("results: %s: a sparse file in the VM's results stream is refused (its holes would be written in full)", name)
+			}
+			if h.Size > cr.left || h.Size > maxBytes-written {
 				return files, tooLarge()
 			}
+			written += h.Size
 			if err := parents(name); err != nil {
 				return files, fmt.Errorf("results: %s: %w", name, err)
 			}
@@ -136,4 +142,17 @@ func (c *capReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.left -= int64(n)
 	return n, err
+}
+
+// sparse reports whether h is a GNU sparse file, in any of its forms.
+func sparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }

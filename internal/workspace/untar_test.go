@@ -155,3 +155,88 @@ func TestUntarCountsTheFoldersANameMakes(t *testing.T) {
 		t.Fatalf("an honest deep stream: %d %v", n, err)
 	}
 }
+
+// paxSparse is a tar stream of n entries, each a PAX 1.0 sparse file that
+// claims 2 GB and carries 1 byte: archive/tar reads the holes as zeros
+// the stream never sent. Written by hand, as a hostile guest's tar would.
+func paxSparse(n int) []byte {
+	var out bytes.Buffer
+	block := func(name string, size int64, typ byte) []byte {
+		b := make([]byte, 512)
+		copy(b, name)
+		copy(b[100:], "0000644\x00")
+		copy(b[108:], "0000000\x00")
+		copy(b[116:], "0000000\x00")
+		copy(b[124:], fmt.Sprintf("%011o\x00", size))
+		copy(b[136:], "00000000000\x00")
+		b[156] = typ
+		copy(b[257:], "ustar\x0000")
+		copy(b[148:], "        ")
+		sum := 0
+		for _, c := range b {
+			sum += int(c)
+		}
+		copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+		return b
+	}
+	record := func(k, v string) string {
+		l := len(k) + len(v) + 3
+		for {
+			s := fmt.Sprintf("%d %s=%s\n", l, k, v)
+			if len(s) == l {
+				return s
+			}
+			l = len(s)
+		}
+	}
+	pad := func(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
+	for i := 0; i < n; i++ {
+		pax := record("GNU.sparse.major", "1") + record("GNU.sparse.minor", "0") +
+			record("GNU.sparse.name", fmt.Sprintf("big%d", i)) + record("GNU.sparse.realsize", "2000000000")
+		out.Write(block("pax", int64(len(pax)), 'x'))
+		out.Write(pad([]byte(pax)))
+		// The sparse map (1 region: offset 0, 1 byte), then the data.
+		data := pad([]byte("1\n0\n1\n"))
+		data = append(data, pad([]byte("A"))...)
+		out.Write(block(fmt.Sprintf("big%d", i), int64(len(data)), '0'))
+		out.Write(data)
+	}
+	out.Write(make([]byte, 1024))
+	return out.Bytes()
+}
+
+// The stream's holes would be written in full: a few KiB that would
+// write gigabytes are refused, and nothing of them is left.
+func TestUntarRefusesSparseFiles(t *testing.T) {
+	stream := paxSparse(3)
+	if tr := tar.NewReader(bytes.NewReader(stream)); true {
+		h, err := tr.Next()
+		if err != nil || h.Size != 2000000000 {
+			t.Fatalf("the crafted stream does not read as a 2 GB file: %+v %v", h, err)
+		}
+	}
+	dir := t.TempDir()
+	_, err := Untar(bytes.NewReader(stream), dir, 1<<30, 1<<20)
+	if err == nil || !strings.Contains(err.Error(), "sparse") {
+		t.Fatalf("a sparse stream: %v", err)
+	}
+	var total int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, _ error) error {
+		if fi != nil && !fi.IsDir() {
+			total += fi.Size()
+		}
+		return nil
+	})
+	if total != 0 {
+		t.Fatalf("%d bytes written", total)
+	}
+}
+
+// Whatever an entry claims, the bytes written add up against the cap.
+func TestUntarCountsWhatIsWritten(t *testing.T) {
+	es := []entry{{name: "a", body: strings.Repeat("x", 600), typ: tar.TypeReg}, {name: "b", body: strings.Repeat("y", 600), typ: tar.TypeReg}}
+	stream := tarOf(t, es...)
+	if _, err := Untar(bytes.NewReader(stream.Bytes()), t.TempDir(), 1000, 100); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("1,200 bytes of files against a 1,000-byte cap: %v", err)
+	}
+}
