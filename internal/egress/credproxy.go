@@ -405,7 +405,15 @@ func (p *CredProxy) readBody(r *http.Request) (body []byte, release func(), err 
 	if r.ContentLength > max {
 		return nil, release, errBodyTooLarge
 	}
+	// A declared length is held against the machine's share before it is
+	// allocated: 256 connections each announcing 32 MiB and trickling
+	// must not cost 8 GiB up front.
 	if r.ContentLength > 0 {
+		if p.held.Add(r.ContentLength) > maxHeldBodies {
+			p.held.Add(-r.ContentLength)
+			return nil, release, errBodiesBusy
+		}
+		held = r.ContentLength
 		body = make([]byte, 0, r.ContentLength)
 	}
 	chunk := make([]byte, 32<<10)
@@ -415,11 +423,13 @@ func (p *CredProxy) readBody(r *http.Request) (body []byte, release func(), err 
 			if int64(len(body)+n) > max {
 				return nil, release, errBodyTooLarge
 			}
-			if p.held.Add(int64(n)) > maxHeldBodies {
-				p.held.Add(-int64(n))
-				return nil, release, errBodiesBusy
+			if grow := int64(len(body)+n) - held; grow > 0 {
+				if p.held.Add(grow) > maxHeldBodies {
+					p.held.Add(-grow)
+					return nil, release, errBodiesBusy
+				}
+				held += grow
 			}
-			held += int64(n)
 			body = append(body, chunk[:n]...)
 		}
 		if rerr == io.EOF {

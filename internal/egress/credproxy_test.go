@@ -3,6 +3,7 @@ package egress
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -395,5 +397,41 @@ func TestRequestBodiesAreBoundedAndPlain(t *testing.T) {
 	}
 	if rig.calls.Load() != 0 {
 		t.Errorf("%d refused calls reached the upstream", rig.calls.Load())
+	}
+}
+
+// blockingBody sends nothing until it is closed: a guest trickling a body
+// it announced as large.
+type blockingBody struct{ done chan struct{} }
+
+func (b blockingBody) Read([]byte) (int, error) { <-b.done; return 0, io.ErrUnexpectedEOF }
+func (b blockingBody) Close() error             { return nil }
+
+// An announced length is held against the machine's share before any of
+// it is allocated: the fifth 32 MiB announcement is refused at once.
+func TestAnnouncedBodiesAreHeldBeforeTheyAreAllocated(t *testing.T) {
+	p := &CredProxy{}
+	body := blockingBody{make(chan struct{})}
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		r := httptest.NewRequest(http.MethodPost, "/v1/messages", nil)
+		r.Body, r.ContentLength = body, 32<<20
+		wg.Add(1)
+		go func() { defer wg.Done(); _, release, _ := p.readBody(r); release() }()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.held.Load() < 128<<20 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	r := httptest.NewRequest(http.MethodPost, "/v1/messages", nil)
+	r.Body, r.ContentLength = body, 32<<20
+	if _, release, err := p.readBody(r); !errors.Is(err, errBodiesBusy) {
+		t.Errorf("a fifth 32 MiB body while four are announced: %v", err)
+		release()
+	}
+	close(body.done)
+	wg.Wait()
+	if n := p.held.Load(); n != 0 {
+		t.Fatalf("%d bytes still held after every call ended", n)
 	}
 }
