@@ -33,6 +33,10 @@ type Usage struct {
 	OutputTokens     int64 `json:"output_tokens"`
 	CacheWriteTokens int64 `json:"cache_write_tokens"`
 	CacheReadTokens  int64 `json:"cache_read_tokens"`
+	// CacheWrite1hTokens is the part of CacheWriteTokens written to the
+	// one-hour cache (usage.cache_creation), which costs twice the input
+	// price rather than the five-minute cache's CacheWrite.
+	CacheWrite1hTokens int64 `json:"cache_write_1h_tokens,omitempty"`
 	// WebSearches and WebFetches are the API's server-side tool uses
 	// (usage.server_tool_use); searches carry a fee per use.
 	WebSearches int64 `json:"web_search_requests,omitempty"`
@@ -64,6 +68,7 @@ func (u *Usage) Add(v Usage) {
 	u.OutputTokens += v.OutputTokens
 	u.CacheWriteTokens += v.CacheWriteTokens
 	u.CacheReadTokens += v.CacheReadTokens
+	u.CacheWrite1hTokens += v.CacheWrite1hTokens
 	u.WebSearches += v.WebSearches
 	u.WebFetches += v.WebFetches
 	u.CostUSD += v.CostUSD
@@ -85,6 +90,10 @@ type Price struct {
 	CacheRead  float64 `json:"cache_read"`
 	WebSearch  float64 `json:"web_search,omitempty"`
 }
+
+// cacheWrite1hFactor: a write to the one-hour prompt cache costs twice
+// the input price (the five-minute cache's, CacheWrite, is 1.25 times).
+const cacheWrite1hFactor = 2.0
 
 // DefaultWebSearchPer1000 is the API's web search fee: $10 per 1,000
 // searches, whatever the model.
@@ -203,8 +212,10 @@ func (p Price) Cost(u Usage) float64 {
 	if u.InputTokens+u.CacheWriteTokens+u.CacheReadTokens > longContext {
 		in, out = longContextInput, longContextOutput
 	}
+	long := min(max(u.CacheWrite1hTokens, 0), u.CacheWriteTokens) // the one-hour cache's writes
 	return (float64(u.InputTokens)*p.Input*in+float64(u.OutputTokens)*p.Output*out+
-		float64(u.CacheWriteTokens)*p.CacheWrite*in+float64(u.CacheReadTokens)*p.CacheRead*in)/1e6 +
+		float64(u.CacheWriteTokens-long)*p.CacheWrite*in+float64(long)*max(p.CacheWrite, cacheWrite1hFactor*p.Input)*in+
+		float64(u.CacheReadTokens)*p.CacheRead*in)/1e6 +
 		float64(u.WebSearches)*p.webSearchFee()
 }
 
@@ -435,6 +446,9 @@ type apiUsage struct {
 	OutputTokens     *int64 `json:"output_tokens"`
 	CacheWriteTokens *int64 `json:"cache_creation_input_tokens"`
 	CacheReadTokens  *int64 `json:"cache_read_input_tokens"`
+	CacheCreation    *struct {
+		OneHour *int64 `json:"ephemeral_1h_input_tokens"`
+	} `json:"cache_creation"`
 	ServerToolUse    *struct {
 		WebSearches *int64 `json:"web_search_requests"`
 		WebFetches  *int64 `json:"web_fetch_requests"`
@@ -457,6 +471,9 @@ func (u *Usage) merge(a *apiUsage) {
 	set(&u.OutputTokens, a.OutputTokens)
 	set(&u.CacheWriteTokens, a.CacheWriteTokens)
 	set(&u.CacheReadTokens, a.CacheReadTokens)
+	if c := a.CacheCreation; c != nil {
+		set(&u.CacheWrite1hTokens, c.OneHour)
+	}
 	if s := a.ServerToolUse; s != nil {
 		set(&u.WebSearches, s.WebSearches)
 		set(&u.WebFetches, s.WebFetches)

@@ -339,3 +339,34 @@ func TestREADMEPriceTableIsTheDefault(t *testing.T) {
 		t.Fatalf("README prices:\n%v\nDefaultPrices:\n%v", got, DefaultPrices)
 	}
 }
+
+// Writes to the one-hour prompt cache cost twice the input price, not the
+// five-minute cache's 1.25 times: 100k of them on claude-opus-4-5 are $1,
+// and reading them at the five-minute rate would let a $5 budget spend $8.
+func TestOneHourCacheWritesArePricedAsSuch(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		c := &Counter{Stream: stream}
+		usage := `{"input_tokens":10,"output_tokens":0,"cache_creation_input_tokens":100000,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":100000}}`
+		if stream {
+			c.Write([]byte(`event: message_start` + "\n" + `data: {"type":"message_start","message":{"model":"claude-opus-4-5","usage":` + usage + "}}\n\n"))
+			c.Write([]byte(`event: message_delta` + "\n" + `data: {"type":"message_delta","usage":{"output_tokens":0}}` + "\n\n"))
+		} else {
+			c.Write([]byte(`{"model":"claude-opus-4-5","usage":` + usage + `}`))
+		}
+		c.Done()
+		got, _, ok := c.Result(DefaultPrices)
+		want := (10*5 + 100000*10) / 1e6
+		if !ok || got.CacheWrite1hTokens != 100000 || math.Abs(got.CostUSD-want) > 1e-9 {
+			t.Errorf("stream=%v: %+v, want $%.6f", stream, got, want)
+		}
+	}
+	// Without the breakdown, cache writes are the five-minute cache's.
+	p, _ := PriceFor(DefaultPrices, "claude-opus-4-5")
+	if got := p.Cost(Usage{CacheWriteTokens: 100000}); math.Abs(got-0.625) > 1e-9 {
+		t.Errorf("five-minute writes: $%f", got)
+	}
+	// A breakdown that claims more one-hour writes than writes is held to them.
+	if got := p.Cost(Usage{CacheWriteTokens: 10, CacheWrite1hTokens: 1 << 40}); math.Abs(got-10*10/1e6) > 1e-12 {
+		t.Errorf("an inflated breakdown: $%f", got)
+	}
+}
