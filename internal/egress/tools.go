@@ -218,15 +218,24 @@ func fetchDomains(pol Policy) []string {
 	return out
 }
 
-// fetchNameAllowed says pol allows name on 443 or 80 and denies nothing at
-// or under it.
+// fetchNameAllowed says pol allows name and its subdomains on 443 or 80
+// and denies nothing at or under it: the API's allowed_domains lets the
+// tool fetch every subdomain of a name it lists, so a name is given only
+// where the policy would let the guest reach those too (an entry and its
+// *. wildcard).
 func fetchNameAllowed(pol Policy, name string) bool {
 	h, err := ParseHost(name)
 	if err != nil || h.Name == "" {
 		return false
 	}
-	if !pol.Decide(h, 443).Allow && !pol.Decide(h, 80).Allow {
+	sub, err := ParseHost("any-subdomain." + name)
+	if err != nil {
 		return false
+	}
+	for _, x := range []Host{h, sub} {
+		if !pol.Decide(x, 443).Allow && !pol.Decide(x, 80).Allow {
+			return false
+		}
 	}
 	for _, s := range pol.Deny {
 		d, err := ParseDenyPattern(s)

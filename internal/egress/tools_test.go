@@ -40,7 +40,7 @@ func (tr *toolRig) last() ([]byte, http.Header) {
 }
 
 var testPolicy = Policy{Mode: ModeAllowlist,
-	Allow: []string{"allowed.test:443", "docs.other.test:443", "parent.test:443", "*.wild.test:443", "ssh.test:22", "203.0.113.7:443"},
+	Allow: []string{"allowed.test:443", "*.allowed.test:443", "docs.other.test:443", "parent.test:443", "*.wild.test:443", "ssh.test:22", "203.0.113.7:443"},
 	Deny:  []string{"evil.parent.test"}}
 
 func policyOf(p Policy) func() (Policy, error) { return func() (Policy, error) { return p, nil } }
@@ -94,12 +94,14 @@ func TestWebFetchIsConfinedToTheAllowlist(t *testing.T) {
 		extra string
 		want  []any
 	}{
-		// Exact names on the web's ports: not the wildcard, not port 22,
-		// not parent.test (a deny entry lies under it), not the address.
-		{``, []any{"allowed.test", "docs.other.test"}},
-		{`,"allowed_domains":["allowed.test","evil.test","parent.test","x.allowed.test","ALLOWED.test/docs"]`, []any{"allowed.test", "ALLOWED.test/docs"}},
+		// Names allowed with their subdomains (the API's list covers them)
+		// on the web's ports: not docs.other.test (its subdomains are not
+		// allowed), not the wildcard alone, not port 22, not parent.test (a
+		// deny entry lies under it), not the address.
+		{``, []any{"allowed.test"}},
+		{`,"allowed_domains":["allowed.test","evil.test","parent.test","x.allowed.test","ALLOWED.test/docs"]`, []any{"allowed.test", "x.allowed.test", "ALLOWED.test/docs"}},
 		{`,"blocked_domains":["other.test"]`, []any{"allowed.test"}},
-		{`,"allowed_domains":null`, []any{"allowed.test", "docs.other.test"}},
+		{`,"allowed_domains":null`, []any{"allowed.test"}},
 	} {
 		if code, body := tr.post(fetchTool(tc.extra)); code != 200 {
 			t.Fatalf("%s: %d %s", tc.extra, code, body)
@@ -110,8 +112,12 @@ func TestWebFetchIsConfinedToTheAllowlist(t *testing.T) {
 			t.Errorf("%s: forwarded %v, want allowed_domains %v", tc.extra, tool, tc.want)
 		}
 	}
-	// A guest list already inside the allowlist is left as it is.
-	exact := fetchTool(`,"allowed_domains":["docs.other.test"]`)
+	// A guest list already inside the allowlist is left as it is; one that
+	// names an allowed host whose subdomains are not is refused.
+	if code, _ := tr.post(fetchTool(`,"allowed_domains":["docs.other.test"]`)); code != 403 {
+		t.Errorf("docs.other.test (its subdomains not allowed) given to web fetch: %d", code)
+	}
+	exact := fetchTool(`,"allowed_domains":["x.allowed.test"]`)
 	tr.post(exact)
 	if got, _ := tr.last(); string(got) != exact {
 		t.Errorf("an already confined tool was rewritten: %s", got)
