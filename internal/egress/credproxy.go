@@ -341,11 +341,17 @@ func (p *CredProxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			c := &Counter{Stream: strings.Contains(resp.Header.Get("Content-Type"), "text/event-stream")}
 			resp.Body, c.Unreadable = decodeBody(resp)
 			if metered {
+				failed := resp.StatusCode >= 400
 				resp.Body = &meteredBody{ReadCloser: resp.Body, c: c, done: func(c *Counter) {
 					u, _, ok := c.Result(prices)
-					if ok {
+					switch {
+					case ok:
 						endCall(settled, u)
-					} else {
+					case failed && c.APIError():
+						// Refused by the API (a 429 or 529 agents retry):
+						// nothing billed, so nothing held.
+						endCall(released, Usage{})
+					default:
 						endCall(kept, Usage{})
 					}
 				}}

@@ -271,10 +271,21 @@ func TestAnswersWithoutUsageKeepTheReservation(t *testing.T) {
 			w.Header().Set("Content-Type", "application/json")
 			io.WriteString(w, `{"pad":"`+strings.Repeat("x", maxBody)+`","model":"claude-haiku-4-5","usage":{"input_tokens":5,"output_tokens":8000}}`)
 		},
-		"an error with no usage": func(w http.ResponseWriter, r *http.Request) {
+		"an error that is not the API's error object": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(502)
+			io.WriteString(w, `<html>bad gateway</html>`)
+		},
+		"an API error cut short": func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", "200")
 			w.WriteHeader(529)
-			io.WriteString(w, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)
+			io.WriteString(w, `{"type":"error","error":{"type":"overloaded_error"`)
+		},
+		"an error that also reports usage": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(500)
+			io.WriteString(w, `{"type":"error","error":{"type":"api_error"},"usage":{"output_tokens":"lots"}}`)
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -455,5 +466,31 @@ func TestSettledAndUnsentCallsHoldNothing(t *testing.T) {
 	}
 	if u := down.usage(); u.HeldTokens != 0 || u.Calls != 0 {
 		t.Errorf("a call the upstream never took is held: %+v", u)
+	}
+}
+
+// The API's own refusal (overloaded, rate-limited), read whole, bills
+// nothing: its reservation is given back, so retries do not eat a budget.
+func TestAnAPIRefusalGivesTheReservationBack(t *testing.T) {
+	for _, code := range []int{429, 529, 400} {
+		rig := newProxyRig(t, func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			io.WriteString(w, `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`)
+		}, Budget{USD: 100})
+		resp, err := rig.send("/v1/messages", haikuCall)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != code {
+			t.Fatalf("status %d, want %d", resp.StatusCode, code)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if u := rig.waitUsage(func(u Usage) bool { return u.HeldTokens == 0 }); u.HeldTokens != 0 || u.CostUSD != 0 || u.Unsettled != 0 {
+			t.Errorf("%d: charged %+v for a call the API refused", code, u)
+		}
 	}
 }

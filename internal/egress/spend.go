@@ -609,6 +609,24 @@ func (c *Counter) Result(ps []Price) (u Usage, model string, ok bool) {
 	return u, c.model, true
 }
 
+// APIError reports whether the answer, read whole, was the API's own
+// error object ({"type":"error",...}): the API bills no tokens for a call
+// it refused (overloaded, rate-limited, invalid), so its reservation can
+// be given back. Anything less certain keeps it.
+func (c *Counter) APIError() bool {
+	if c.Stream || c.over || !c.done || c.Unreadable {
+		return false
+	}
+	var e struct {
+		Type  string `json:"type"`
+		Error *struct {
+			Type string `json:"type"`
+		} `json:"error"`
+		Usage json.RawMessage `json:"usage"`
+	}
+	return json.Unmarshal(c.body.Bytes(), &e) == nil && e.Type == "error" && e.Error != nil && e.Error.Type != "" && e.Usage == nil
+}
+
 // SortedPrices is ps by model, "*" last, for printing.
 func SortedPrices(ps []Price) []Price {
 	out := append([]Price(nil), ps...)
