@@ -27,7 +27,9 @@ var riskyDirs = set(
 	".vscode", ".idea", ".zed", ".fleet", ".helix", ".devcontainer", ".storybook",
 	".claude", ".cursor", ".windsurf", ".gemini", ".codex", ".continue", ".roo", ".kiro", ".amazonq", ".opencode", ".clinerules",
 	// package managers and toolchains
-	".cargo", ".pip", ".bundle", ".yarn", ".mvn", ".mise", ".config", ".venv", ".direnv",
+	".cargo", ".pip", ".bundle", ".yarn", ".mvn", ".mise", "mise", ".config", ".venv", ".direnv",
+	// more CI and deploy folders
+	".teamcity", ".azure-pipelines", ".pipelines", "fastlane",
 )
 
 // riskyFiles are file names that run or configure code.
@@ -63,7 +65,20 @@ var riskyFiles = set(
 	".npmrc", ".yarnrc", ".yarnrc.yml", ".pnpmfile.cjs", ".pnpmfile.mjs", "pnpm-workspace.yaml",
 	"bunfig.toml", ".bunfig.toml", "deno.json", "deno.jsonc",
 	"pip.conf", "pip.ini", ".pypirc", "poetry.toml", "uv.toml", "pdm.toml", "pixi.toml", "hatch.toml", "pipfile",
-	".gemrc", "gemfile", "rakefile", "guardfile", "capfile",
+	".gemrc", "gemfile", "rakefile", "guardfile", "capfile", "podfile", "brewfile", "cpanfile", "dangerfile", "fastfile",
+	".simplecov", "spec_helper.rb", "test_helper.rb", "rails_helper.rb",
+	// lockfiles: where the next install fetches code from
+	"package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lock", "bun.lockb", "deno.lock",
+	"cargo.lock", "gemfile.lock", "poetry.lock", "uv.lock", "pdm.lock", "pipfile.lock", "composer.lock", "go.sum",
+	"go.mod", "go.work", "requirements.txt", "requirements-dev.txt", "constraints.txt",
+	// more build and task files that are code
+	"sconstruct", "sconscript", "wscript", "tasks.py", "fabfile.py", "dodo.py", "snakefile", "buck", ".buckconfig",
+	"dune", "dune-project", "build.ninja", "premake5.lua", "xmake.lua", "tox.toml",
+	// more CI and deploy configs that run build commands
+	"azure-pipelines.yaml", ".drone.yaml", "buildspec.yml", "buildspec.yaml", ".cirrus.star", "netlify.toml",
+	"vercel.json", "fly.toml", "render.yaml", "codemagic.yaml", "bitrise.yml",
+	// editors
+	".dir-locals-2.el", ".lazy.lua", ".vimrc",
 	// python, ruby and others: test configuration and start-up files
 	"conftest.py", "pytest.ini", "tox.ini", "setup.py", "setup.cfg", "pyproject.toml", "noxfile.py",
 	"sitecustomize.py", "usercustomize.py", ".pdbrc", ".pdbrc.py", ".irbrc", ".pryrc", ".rspec", ".rubocop.yml",
@@ -80,6 +95,13 @@ var riskyPrefixes = []string{
 	"nuxt.config.", "svelte.config.", "astro.config.", "vue.config.", "remix.config.", "metro.config.",
 	"playwright.config.", "cypress.config.", "karma.conf.", ".mocharc", "gulpfile.", "gruntfile.",
 	"lint-staged.config.", ".lintstagedrc", "commitlint.config.", "tsup.config.",
+	"jest.setup.", "setuptests.", "vitest.setup.", "ava.config.", "renovate.",
+}
+
+// riskyAffixes are name families known by both ends: mise.<env>.toml,
+// requirements-<x>.txt.
+var riskyAffixes = [][2]string{
+	{"mise.", ".toml"}, {".mise.", ".toml"}, {"requirements", ".txt"}, {"requirements", ".in"}, {"constraints", ".txt"},
 }
 
 // riskySuffixes end file names that a build includes or an editor opens
@@ -87,7 +109,7 @@ var riskyPrefixes = []string{
 // tasks).
 var riskySuffixes = []string{
 	".mk", ".cmake", ".bzl", ".gradle", ".gradle.kts", ".gemspec", ".csproj", ".fsproj", ".vbproj",
-	".props", ".targets", ".code-workspace", ".sublime-project", ".pth",
+	".props", ".targets", ".code-workspace", ".sublime-project", ".pth", ".just",
 }
 
 func set(names ...string) map[string]bool {
@@ -120,6 +142,11 @@ func Risky(p string) bool {
 		}
 		for _, suf := range riskySuffixes {
 			if strings.HasSuffix(k, suf) {
+				return true
+			}
+		}
+		for _, a := range riskyAffixes {
+			if strings.HasPrefix(k, a[0]) && strings.HasSuffix(k, a[1]) {
 				return true
 			}
 		}
@@ -166,10 +193,21 @@ func hfsIgnored(r rune) bool {
 	return false
 }
 
+// packageRunFields are the package.json fields that decide what code npm,
+// pnpm or yarn run on the next install, build or test: the scripts, the
+// fields that build native code or pick the package manager, and every
+// field that names a dependency or where it comes from (a new
+// "github:evil/x" dependency's postinstall runs on the host's next
+// npm install).
+var packageRunFields = []string{
+	"scripts", "gypfile", "packageManager", "pnpm", "bin", "config", "workspaces",
+	"dependencies", "devDependencies", "optionalDependencies", "peerDependencies", "bundledDependencies",
+	"bundleDependencies", "overrides", "resolutions", "engines",
+}
+
 // PackageScriptsDiffer reports whether two package.json contents (nil:
-// absent) differ in what npm, pnpm or yarn run or let run: "scripts", and
-// the fields that build native code, pick the package manager, or say
-// which dependencies may run install scripts. Keys are read exactly, as
+// absent) differ in what npm, pnpm or yarn run or let run
+// (packageRunFields). Keys are read exactly, as
 // npm reads them (a "Scripts" key cannot stand in for "scripts"), the
 // last of duplicates winning as in JSON.parse. Unparsable content counts
 // as different: it cannot be shown to be harmless.
@@ -183,7 +221,7 @@ func PackageScriptsDiffer(a, b []byte) bool {
 		if err := json.Unmarshal(b, &raw); err != nil {
 			return nil, false
 		}
-		for _, k := range []string{"scripts", "gypfile", "packageManager", "pnpm"} {
+		for _, k := range packageRunFields {
 			if r, ok := raw[k]; ok {
 				var v any
 				if err := json.Unmarshal(r, &v); err != nil {

@@ -43,11 +43,24 @@ func TestRiskyPaths(t *testing.T) {
 		{"app.csproj", true}, {"Directory.Build.props", true}, {"composer.json", true}, {"binding.gyp", true},
 		{"flake.nix", true}, {".tool-versions", true}, {".dir-locals.el", true}, {".nvim.lua", true},
 
+		// Lockfiles and dependency lists: where the next install fetches code from.
+		{"package-lock.json", true}, {"web/yarn.lock", true}, {"pnpm-lock.yaml", true}, {"Cargo.lock", true},
+		{"requirements.txt", true}, {"requirements-test.txt", true}, {"go.mod", true}, {"go.sum", true},
+		// Close analogues of the listed names.
+		{"mise/config.toml", true}, {"mise.dev.toml", true}, {".mise.ci.toml", true}, {".dir-locals-2.el", true},
+		{".lazy.lua", true}, {"Podfile", true}, {"Brewfile", true}, {"cpanfile", true}, {"Dangerfile", true},
+		{"fastlane/Fastfile", true}, {"SConstruct", true}, {"wscript", true}, {"tasks.py", true}, {"fabfile.py", true},
+		{"Snakefile", true}, {"BUCK", true}, {"azure-pipelines.yaml", true}, {".drone.yaml", true},
+		{"buildspec.yml", true}, {".teamcity/settings.kts", true}, {"netlify.toml", true}, {"vercel.json", true},
+		{"jest.setup.ts", true}, {"src/setupTests.js", true}, {"vitest.setup.ts", true}, {"spec/spec_helper.rb", true},
+		{"test/test_helper.rb", true}, {"ava.config.js", true}, {"mod.just", true},
+
 		// Ordinary work stays unflagged.
 		{"main.go", false}, {"docs/github.md", false}, {"Makefile.md", false}, {"package.json", false},
 		{"src/config.go", false}, {"build/output.txt", false}, {"workspace/notes.txt", false},
 		{"docs/claude.md.txt", false}, {"jest.config", false}, {"README.md", false}, {"src/env.go", false},
 		{"internal/setup/setup.go", false}, {"tests/test_conftest_helpers.py", false}, {"mkdocs.yml", false},
+		{"src/tasks/queue.go", false}, {"docs/requirements.md", false}, {"internal/mise.go", false}, {".editorconfig", false},
 	} {
 		if got := Risky(tc.path); got != tc.want {
 			t.Errorf("Risky(%q) = %v, want %v", tc.path, got, tc.want)
@@ -102,12 +115,17 @@ func TestPackageScriptsDifferReadsKeysAsNpmDoes(t *testing.T) {
 		`{"scripts":{"test":"go test"},"gypfile":true}`,
 		`{"scripts":{"test":"go test"},"packageManager":"yarn@1.0.0+sha256.abc"}`,
 		`{"scripts":{"test":"go test"},"pnpm":{"onlyBuiltDependencies":["evil"]}}`,
+		// A new dependency's install script runs on the next npm install.
+		`{"scripts":{"test":"go test"},"dependencies":{"x":"github:evil/x"}}`,
+		`{"scripts":{"test":"go test"},"devDependencies":{"y":"file:../y"}}`,
+		`{"scripts":{"test":"go test"},"overrides":{"lodash":"npm:evil@1"}}`,
+		`{"scripts":{"test":"go test"},"bin":{"git":"./x.js"}}`,
 	} {
 		if !PackageScriptsDiffer([]byte(base), []byte(tip)) {
 			t.Errorf("not flagged: %s", tip)
 		}
 	}
-	if PackageScriptsDiffer([]byte(base), []byte(`{"scripts":{"test":"go test"},"SCRIPTS":{"x":"y"},"dependencies":{"a":"1"}}`)) {
+	if PackageScriptsDiffer([]byte(base), []byte(`{"scripts":{"test":"go test"},"SCRIPTS":{"x":"y"},"Dependencies":{"a":"1"},"description":"new"}`)) {
 		t.Error("a key npm does not read is not a scripts change")
 	}
 	if PackageScriptsDiffer(nil, []byte(`{"name":"x"}`)) {
