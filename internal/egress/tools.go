@@ -1,12 +1,16 @@
 package egress
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The model API can reach the network for its caller: its web fetch tool
@@ -284,7 +288,54 @@ func urlAllowed(pol Policy, u string) (bool, string) {
 		}
 	}
 	v := pol.Decide(h, port)
-	return v.Allow, v.Reason
+	if !v.Allow {
+		return false, v.Reason
+	}
+	if why := deniedByAddress(pol, h, port); why != "" {
+		return false, why
+	}
+	return true, v.Reason
+}
+
+// lookupNetIP resolves names for deniedByAddress (a variable for tests).
+var lookupNetIP = net.DefaultResolver.LookupNetIP
+
+// deniedByAddress applies the policy's deny entries written as addresses
+// to a name, as the egress proxy does: the name is resolved here, on the
+// host (the API's own resolver may answer otherwise; a deny by name is
+// the sure way). A name that does not resolve passes only when no such
+// entry exists.
+func deniedByAddress(pol Policy, h Host, port int) string {
+	if h.IP.IsValid() {
+		return pol.DeniedAddr(h.IP, port)
+	}
+	has := false
+	for _, s := range pol.Deny {
+		if d, err := ParseDenyPattern(s); err == nil && d.host.IP.IsValid() {
+			has = true
+			break
+		}
+	}
+	if !has {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := lookupNetIP(ctx, "ip", h.Name)
+	if err != nil {
+		return "its name does not resolve here, and this machine denies addresses (" + shortErr(err) + ")"
+	}
+	if name, ok := pol.PinnedAddr(h); ok {
+		if a, err := netip.ParseAddr(name); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, a := range addrs {
+		if why := pol.DeniedAddr(a, port); why != "" {
+			return h.Name + " resolves to " + a.String() + ", " + why
+		}
+	}
+	return ""
 }
 
 // filterBetas drops the anthropic-beta values that switch on a network

@@ -1,10 +1,12 @@
 package egress
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"strings"
 	"sync"
@@ -253,5 +255,45 @@ func TestTokenCountsAreCheckedToo(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 403 || tr.calls.Load() != 0 {
 		t.Errorf("count_tokens with a refused MCP server: %d", resp.StatusCode)
+	}
+}
+
+// A deny entry written as an address covers the API's own connections
+// too: an MCP server or a URL source whose name resolves there is refused,
+// as the egress proxy refuses the guest's.
+func TestAddressDeniesCoverTheAPIsConnections(t *testing.T) {
+	old := lookupNetIP
+	defer func() { lookupNetIP = old }()
+	lookupNetIP = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		switch host {
+		case "allowed.test":
+			return []netip.Addr{netip.MustParseAddr("198.51.100.9"), netip.MustParseAddr("203.0.113.7")}, nil
+		case "x.allowed.test":
+			return []netip.Addr{netip.MustParseAddr("198.51.100.10")}, nil
+		}
+		return nil, errors.New("no such host")
+	}
+	pol := testPolicy
+	pol.Deny = append(append([]string(nil), pol.Deny...), "203.0.113.7")
+	for _, tc := range []struct {
+		url  string
+		want bool
+	}{
+		{"https://allowed.test/mcp", false},    // one of its addresses is denied
+		{"https://x.allowed.test/mcp", true},   // its address is not
+		{"https://203.0.113.7/mcp", false},     // the address itself
+		{"https://nx.allowed.test/mcp", false}, // cannot be checked: refused while addresses are denied
+	} {
+		if ok, why := urlAllowed(pol, tc.url); ok != tc.want {
+			t.Errorf("%s: allowed %v (%s), want %v", tc.url, ok, why, tc.want)
+		}
+	}
+	// Without address denies nothing is resolved.
+	lookupNetIP = func(context.Context, string, string) ([]netip.Addr, error) {
+		t.Fatal("resolved a name with no address deny in the policy")
+		return nil, nil
+	}
+	if ok, why := urlAllowed(testPolicy, "https://allowed.test/mcp"); !ok {
+		t.Errorf("allowed.test without address denies: %s", why)
 	}
 }
