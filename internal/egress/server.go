@@ -328,10 +328,14 @@ func Handoff(dir string, kind byte, conn *os.File, start func() error) error {
 	if err == nil {
 		return nil
 	}
+	// A server is started only when none runs: a flood of shims facing a
+	// busy server retries its socket, never multiplying processes.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if serr := start(); serr != nil {
-			return serr
+		if _, running := ServerPID(dir); !running {
+			if serr := start(); serr != nil {
+				return serr
+			}
 		}
 		for i := 0; i < 50; i++ {
 			if err = send(); err == nil {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -294,5 +296,36 @@ func TestTokenBucket(t *testing.T) {
 	}
 	if taken != 125 {
 		t.Errorf("took %d, want 100 + 25", taken)
+	}
+}
+
+// A shim facing a server that runs but does not take its connection (busy,
+// or exiting) retries the socket and starts no second server: a flood of
+// shims must not multiply processes.
+func TestHandoffStartsNoServerWhileOneRuns(t *testing.T) {
+	dir, err := filepath.Abs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A live process whose command line names the folder, as a server's does.
+	busy := exec.Command("sh", "-c", "sleep 30", dir)
+	if err := busy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { busy.Process.Kill(); busy.Wait() }()
+	os.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(busy.Process.Pid)+"\n"), 0o600)
+	for i := 0; i < 100; i++ { // its exec done: the command line is readable
+		if _, ok := ServerPID(dir); ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	starts := 0
+	_, end := guestPair(t)
+	if err := Handoff(dir, KindEgress, end, func() error { starts++; return nil }); err == nil {
+		t.Fatal("a handoff no server took succeeded")
+	}
+	if starts != 0 {
+		t.Fatalf("%d servers started while one ran", starts)
 	}
 }
