@@ -242,10 +242,15 @@ func dash(s string) string {
 // line, no tab to shift the columns), "-" when empty.
 func manifestCell(s string) string { return dash(cell(s)) }
 
+// printJSON prints v as indented JSON, with every rune a terminal acts
+// on escaped (the same JSON value: guest and registry strings are in it).
 func printJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = cmd.OutOrStdout().Write(append(termsafe.JSON(b), '\n'))
+	return err
 }
 
 // warmImage finds or makes img's warm template for machines of this

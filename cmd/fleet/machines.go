@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -260,9 +259,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(cmd, st)
 			}
 			if len(st) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "fleet %s has no machines (create some with: fleet spawn N)\n", c.Fleet)

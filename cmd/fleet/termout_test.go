@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/spf13/cobra"
 	"testing"
 	"unicode/utf8"
 
@@ -99,5 +102,24 @@ func TestGuestFieldsInTablesAndErrorsAreClean(t *testing.T) {
 				t.Errorf("%q: raw %s", s, where)
 			}
 		}
+	}
+}
+
+// --json listings carry guest strings: a CSI or a bidi override in one is
+// a \u escape, the same JSON value, never the rune itself.
+func TestPrintJSONEscapesTerminalControls(t *testing.T) {
+	var out bytes.Buffer
+	cmd := &cobra.Command{}
+	cmd.SetOut(&out)
+	hostile := "done\u009b2J\u202eexe"
+	if err := printJSON(cmd, []map[string]string{{"state": hostile}}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsRune(out.String(), 0x9b) || strings.ContainsRune(out.String(), 0x202e) {
+		t.Fatalf("raw controls in %q", out.String())
+	}
+	var back []map[string]string
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back[0]["state"] != hostile {
+		t.Fatalf("not the same JSON: %v %q", err, out.String())
 	}
 }

@@ -264,7 +264,7 @@ happens (what fleet top announces), until interrupted:
 			print := func(ev cockpit.Event) error {
 				if asJSON {
 					b, _ := json.Marshal(ev)
-					_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
+					_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", termsafe.JSON(b))
 					return err
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s %-14s %s\n", ev.Time.Local().Format("15:04:05"), ev.Kind, ev.Text())

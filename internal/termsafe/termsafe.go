@@ -145,3 +145,27 @@ func (c *Writer) Flush() error {
 	c.pending = nil
 	return err
 }
+
+// JSON makes encoded JSON safe to show: every rune a terminal would act
+// on that encoding/json leaves as it is (DEL, C1 controls, bidirectional
+// overrides, line separators) becomes a \u escape. The result is the same
+// JSON value, so `fleet ls --json | jq` reads what it always did.
+func JSON(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r >= 0x7f && !(r == utf8.RuneError && n <= 1) && unsafe(r, true) {
+			if out == nil {
+				out = append(make([]byte, 0, len(b)+16), b[:i]...)
+			}
+			out = fmt.Appendf(out, `\u%04x`, r)
+		} else if out != nil {
+			out = append(out, b[i:i+n]...)
+		}
+		i += n
+	}
+	if out == nil {
+		return b
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package termsafe
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -97,5 +98,26 @@ func TestWriterCleansAStreamSplitAnywhere(t *testing.T) {
 	w.Flush()
 	if out.String() != `cut \xe6\x97` {
 		t.Fatalf("a partial character at the end: %q", out.String())
+	}
+}
+
+// JSON keeps the value and loses the terminal controls: U+009B (CSI),
+// U+202E and DEL pass through encoding/json untouched.
+func TestJSONEscapesWhatEncodingJSONLeaves(t *testing.T) {
+	in := map[string]string{"state": "ok\u009b2J\u202eevil\x7f ✓"}
+	raw, _ := json.Marshal(in)
+	got := JSON(raw)
+	for _, r := range string(got) {
+		if r == 0x9b || r == 0x202e || r == 0x7f {
+			t.Fatalf("%U survived: %q", r, got)
+		}
+	}
+	var back map[string]string
+	if err := json.Unmarshal(got, &back); err != nil || back["state"] != in["state"] {
+		t.Fatalf("the value changed: %q %v", back["state"], err)
+	}
+	plain := []byte(`{"a":"b ✓"}`)
+	if string(JSON(plain)) != string(plain) {
+		t.Fatal("safe JSON was rewritten")
 	}
 }
