@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"io"
 	"strings"
-
-	"github.com/spf13/cobra"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/spf13/cobra"
 )
 
 // hostile holds what a guest uses against a terminal: erase the line, set
