@@ -5,30 +5,15 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
+
+	"github.com/agentfleet/agentfleet/internal/termsafe/termsafetest"
 )
 
-// rawControlIn reports the first byte or character of s a terminal would
-// act on rather than print.
-func rawControlIn(s string) (string, bool) {
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n <= 1,
-			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
-			r >= 0x80 && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
-			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
-		}
-		i += n
-	}
-	return "", false
-}
+var rawControlIn = termsafetest.RawControl
 
 // fleetQuiet runs fleet without logging its output (which may be large).
 func fleetQuiet(t *testing.T, timeout time.Duration, args ...string) (stdout []byte, code int) {

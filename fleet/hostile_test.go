@@ -11,11 +11,11 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/termsafe/termsafetest"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/crypto/ssh"
 )
@@ -129,27 +129,9 @@ func flood(w io.Writer, b string, n int) (sent int) {
 	return sent
 }
 
-// hostile holds what a guest uses against a terminal: erase the line, set
-// the window title, a C1 CSI (as a character and as a bare byte), a
-// right-to-left override, a carriage return that overwrites the line.
-var hostile = []string{"\x1b[2K", "\x1b]0;owned\x07", "\u009b2J", "\x9b2J", "\u202e", "\rwarning: forged"}
+var hostile = termsafetest.Hostile
 
-// rawControl reports the first byte or character in s that a terminal
-// would act on rather than print.
-func rawControl(s string) (string, bool) {
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n <= 1,
-			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
-			r >= 0x80 && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
-			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
-		}
-		i += n
-	}
-	return "", false
-}
+var rawControl = termsafetest.RawControl
 
 const floodSize = 24 << 20 // well past every bound, cheap over loopback
 

@@ -3,13 +3,13 @@ package fleet
 import (
 	"bytes"
 	"context"
-	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 

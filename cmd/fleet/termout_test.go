@@ -4,36 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/termsafe/termsafetest"
 	"github.com/spf13/cobra"
 )
 
-// hostile holds what a guest uses against a terminal: erase the line, set
-// the window title, a C1 CSI (as a character and as a bare byte), a
-// right-to-left override, a carriage return that overwrites the line.
-var hostile = []string{"\x1b[2K", "\x1b]0;owned\x07", "\u009b2J", "\x9b2J", "\u202e", "\rwarning: forged"}
+var hostile = termsafetest.Hostile
 
-func rawControl(s string) (string, bool) {
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n <= 1,
-			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
-			r >= 0x80 && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
-			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
-		}
-		i += n
-	}
-	return "", false
-}
+var rawControl = termsafetest.RawControl
 
 func TestExitStatusNeverReadsAsSuccess(t *testing.T) {
 	for code, want := range map[int]int{0: 1, 1: 1, 2: 2, 130: 130, 255: 255, 256: 255, 257: 255, 512: 255, -1: 255, -256: 255, 1 << 32: 255, 4294967295: 255} {

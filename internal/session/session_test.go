@@ -3,13 +3,13 @@ package session
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"unicode/utf8"
+
+	"github.com/agentfleet/agentfleet/internal/termsafe/termsafetest"
 )
 
 // nasty is a task a shell would love to misread.
@@ -139,28 +139,9 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// hostile holds the sequences a guest would use against a terminal:
-// erase the line, set the window title, a C1 CSI (as a character and as
-// a bare byte), a right-to-left override, and a carriage return that
-// would overwrite what came before.
-var hostile = []string{"\x1b[2K", "\x1b]0;owned\x07", "\u009b2J", "\x9b2J", "\u202e", "\rwarning: forged"}
+var hostile = termsafetest.Hostile
 
-// rawControl reports the first byte or character in s that a terminal
-// would act on rather than print.
-func rawControl(s string) (string, bool) {
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n <= 1,
-			r < 0x20 && r != '\n' && r != '\t', r == 0x7f,
-			r >= 0x80 && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
-			return fmt.Sprintf("%q at %d", s[i:i+n], i), true
-		}
-		i += n
-	}
-	return "", false
-}
+var rawControl = termsafetest.RawControl
 
 func TestRenderedLinesHaveNoRawControls(t *testing.T) {
 	for _, h := range hostile {
