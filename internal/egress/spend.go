@@ -449,7 +449,7 @@ type apiUsage struct {
 	CacheCreation    *struct {
 		OneHour *int64 `json:"ephemeral_1h_input_tokens"`
 	} `json:"cache_creation"`
-	ServerToolUse    *struct {
+	ServerToolUse *struct {
 		WebSearches *int64 `json:"web_search_requests"`
 		WebFetches  *int64 `json:"web_fetch_requests"`
 	} `json:"server_tool_use"`
