@@ -50,6 +50,7 @@ const (
 	maxOVF      = 1 << 20
 	maxSmall    = 64 << 10 // metadata.json, Vagrantfile, .mf
 	maxMembers  = 8
+	maxPadding  = 1 << 20 // zeros after a tar's end (tar pads to its record size)
 	maxOVFDepth = 16
 )
 
@@ -185,6 +186,7 @@ func checkArchive(f *os.File, size int64, box bool) error {
 	n, _ := f.ReadAt(magic[:], 0)
 	gz := n == 2 && magic == [2]byte{0x1f, 0x8b}
 	var tr *tar.Reader
+	var rest io.Reader // what follows the archive's end
 	if gz {
 		if !box {
 			return errors.New("it is gzip-compressed: an OVA is a plain tar")
@@ -196,9 +198,10 @@ func checkArchive(f *os.File, size int64, box bool) error {
 		defer zr.Close()
 		// A VMDK's grains are compressed already: a box that unpacks to
 		// far more than its size is a bomb, not a disk.
-		tr = tar.NewReader(&capped{r: zr, left: 2*size + 64<<20})
+		c := &capped{r: zr, left: 2*size + 64<<20}
+		tr, rest = tar.NewReader(c), c
 	} else {
-		tr = tar.NewReader(f)
+		tr, rest = tar.NewReader(f), f
 	}
 	a := &archive{box: box, names: map[string]int64{}, lower: map[string]bool{}}
 	for i := 0; ; i++ {
@@ -215,6 +218,15 @@ func checkArchive(f *os.File, size int64, box bool) error {
 		if err := a.member(tr, h, f, gz, i); err != nil {
 			return fmt.Errorf("member %s: %w", show(h.Name), err)
 		}
+	}
+	// A reader that does not stop where Go's does (a lone zero block)
+	// would find more members: only padding may follow the end.
+	tail, err := io.ReadAll(io.LimitReader(rest, maxPadding+1))
+	if err != nil {
+		return fmt.Errorf("after its tar: %w", err)
+	}
+	if len(tail) > maxPadding || bytes.ContainsFunc(tail, func(r rune) bool { return r != 0 }) {
+		return errors.New("it has data after the end of its tar")
 	}
 	return a.whole()
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +197,16 @@ func TestOVAShapes(t *testing.T) {
 	// An OVA is a plain tar: VirtualBox does not unpack a gzipped one.
 	refused(t, "gzipped ova", CheckOutputFile(OutputOVA, writeFile(t, tarOf(t, true, ovaMembers(nil)))), "plain tar")
 	refused(t, "not a tar", CheckOutputFile(OutputOVA, writeFile(t, []byte("<Envelope/>"))), "its tar")
+	// Members hidden after the end, for a reader that goes on past it.
+	good := tarOf(t, false, ovaMembers(nil))
+	hidden := tarOf(t, false, []tm{reg("x.vmdk", []byte("RW 2048 FLAT \"/etc/shadow\" 0"))})
+	refused(t, "members after the end", CheckOutputFile(OutputOVA, writeFile(t, append(slices.Clone(good), hidden...))), "data after the end")
+	if err := CheckOutputFile(OutputOVA, writeFile(t, append(slices.Clone(good), make([]byte, 10240)...))); err != nil {
+		t.Errorf("an OVA padded to a tar record: %v", err)
+	}
+	// A lone zero block, then more members: Go stops there, so must fleet.
+	lone := append(slices.Clone(good[:len(good)-1024]), make([]byte, 512)...)
+	refused(t, "lone zero block", CheckOutputFile(OutputOVA, writeFile(t, append(lone, hidden...))), "its tar after 2 members")
 	// The archive itself a link to elsewhere.
 	link := filepath.Join(t.TempDir(), "x.ova")
 	os.Symlink(writeFile(t, tarOf(t, false, ovaMembers(nil))), link)
@@ -389,4 +400,26 @@ func TestPullRefusesHostileOutputs(t *testing.T) {
 		})
 	}
 
+}
+
+func FuzzCheckOVF(f *testing.F) {
+	f.Add([]byte(imagestest.OVF(diskName, 100)))
+	f.Add([]byte(`<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"><vbox:Machine xmlns:vbox="http://www.virtualbox.org/ovf/machine"/></Envelope>`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, err := checkOVF(b)
+		if err != nil {
+			if termsafe.Line(err.Error()) != err.Error() {
+				t.Fatalf("error with control characters: %q", err)
+			}
+			return
+		}
+		for _, fl := range info.files {
+			if !memberName.MatchString(fl.href) || strings.Contains(fl.href, "..") {
+				t.Fatalf("passed the href %q", fl.href)
+			}
+		}
+		if bytes.Contains(b, []byte("virtualbox.org")) && bytes.Contains(b, []byte(":Machine")) {
+			t.Fatalf("passed a vbox:Machine: %q", b)
+		}
+	})
 }
