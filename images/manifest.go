@@ -94,6 +94,10 @@ func (m Manifest) Check() error {
 		if !namePattern.MatchString(kind) {
 			return fmt.Errorf("output kind %s is not a name", show(kind))
 		}
+		// Each kind has its own check before it is stored or used.
+		if !slices.Contains(OutputKinds, kind) {
+			return fmt.Errorf("output kind %s is none of %s", show(kind), strings.Join(OutputKinds, ", "))
+		}
 		// A file of the version folder, and none that fleet keeps there.
 		if !safeFile.MatchString(o.File) || o.File == ManifestFile || o.File == DiskFile || o.File == "warm" || files[o.File] {
 			return fmt.Errorf("output %s has the file name %s, which may not be in a version folder", kind, show(o.File))

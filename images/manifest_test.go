@@ -89,6 +89,8 @@ func TestManifestCheckRefusesEveryHostileField(t *testing.T) {
 		"output sha256 not hex":  func(m *Manifest) { m.Outputs["ova"] = Output{File: "x.ova", SHA256: "nope"} },
 		"negative output size":   func(m *Manifest) { m.Outputs["ova"] = Output{File: "x.ova", Bytes: -1} },
 		"output file with space": func(m *Manifest) { m.Outputs["ova"] = Output{File: "x .ova"} },
+		"unknown output kind":    func(m *Manifest) { m.Outputs["vhd"] = Output{File: "x.vhd"} },
+		"output kind by case":    func(m *Manifest) { m.Outputs["OVA"] = Output{File: "x2.ova"} },
 	} {
 		m := builtManifest()
 		mod(&m)

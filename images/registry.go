@@ -447,13 +447,14 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 	}
 	// The digests say the disk is the one pushed, not that it is safe to
 	// use: its header must name no host file (backing file, data file).
-	// The exported qcow2, if any, too. Nothing is stored otherwise.
+	// Each export too, by its kind: a qcow2's header, an OVA's or a box's
+	// members, OVF and VMDKs. Nothing is stored otherwise.
 	if err := CheckDisk(disk); err != nil {
 		return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: %w", m.Name, m.Version, r.Ref, err)
 	}
-	if p, ok := extras["qcow2"]; ok {
-		if err := CheckDisk(p); err != nil {
-			return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: its qcow2 export: %w", m.Name, m.Version, r.Ref, err)
+	for _, kind := range slices.Sorted(maps.Keys(extras)) {
+		if err := CheckOutputFile(kind, extras[kind]); err != nil {
+			return Image{}, fmt.Errorf("pull %s@%s from %s: nothing is promoted: %w", m.Name, m.Version, r.Ref, err)
 		}
 	}
 	img, err := s.Add(m, disk, extras)

@@ -258,6 +258,13 @@ func TestCheckLayersRefusesWhatTheManifestDoesNotName(t *testing.T) {
 // match, so that only fleet's own checks stand in the way.
 func craftedImage(t *testing.T, m Manifest, disk qcow2test.Options) Image {
 	t.Helper()
+	return craftedImageFiles(t, m, disk, nil)
+}
+
+// craftedImageFiles is craftedImage with the outputs' contents by kind
+// ("output KIND" where files has none).
+func craftedImageFiles(t *testing.T, m Manifest, disk qcow2test.Options, files map[string][]byte) Image {
+	t.Helper()
 	dir := t.TempDir()
 	p, sum, size := qcowFile(t, filepath.Join(dir, DiskFile), 64<<10, disk)
 	m.DiskSHA256, m.DiskBytes = sum, size
@@ -265,7 +272,10 @@ func craftedImage(t *testing.T, m Manifest, disk qcow2test.Options) Image {
 	// manifest it sends says what it says.
 	pushed := map[string]Output{}
 	for kind, o := range m.Outputs {
-		b := []byte("output " + kind)
+		b, ok := files[kind]
+		if !ok {
+			b = []byte("output " + kind)
+		}
 		os.WriteFile(filepath.Join(dir, "out-"+kind), b, 0o644)
 		s := sha256.Sum256(b)
 		o.SHA256, o.Bytes = hex.EncodeToString(s[:]), int64(len(b))

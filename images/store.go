@@ -156,14 +156,18 @@ func (s Store) ResolveArch(ref string, arch vm.Arch) (Image, error) {
 	return img, nil
 }
 
-// use loads a version to be used: its manifest and its disk's header are
-// checked again, since a store can be written by more than fleet.
+// use loads a version to be used: its manifest, its disk's header and
+// its outputs are checked again, since a store can be written by more
+// than fleet.
 func (s Store) use(name, version string) (Image, error) {
 	img, err := s.load(name, version)
 	if err != nil {
 		return Image{}, err
 	}
 	if err := CheckDisk(img.Disk); err != nil {
+		return Image{}, err
+	}
+	if err := checkOutputs(img); err != nil {
 		return Image{}, err
 	}
 	return img, nil
