@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
@@ -102,7 +103,7 @@ func writeVagrantBox(path, name, vmdk string, diskGiB int) error {
 		return err
 	}
 	meta, _ := json.Marshal(map[string]string{"provider": "virtualbox"})
-	vf := []byte("Vagrant.configure(\"2\") do |config|\n  config.ssh.username = \"agent\"\nend\n")
+	vf := []byte(images.VagrantBoxVagrantfile) // the store refuses any other
 	return writeTar(path, true, []tarMember{
 		{"metadata.json", meta, ""}, {"Vagrantfile", vf, ""}, {"box.ovf", ovf, ""}, {"box-disk001.vmdk", nil, vmdk},
 	})

@@ -9,8 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
-	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +22,9 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/execx/execxtest"
+	"github.com/agentfleet/agentfleet/internal/ovatest"
+	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
@@ -585,7 +586,8 @@ func TestStepPublishStoresManifestAndPromotes(t *testing.T) {
 	disk := filepath.Join(work, "disk.qcow2")
 	qcow2test.Write(disk, qcow2test.Options{})
 	ova := filepath.Join(work, "debian-12-v1.ova")
-	os.WriteFile(ova, []byte("the ova"), 0o644)
+	ovaBytes := ovatest.OVA("debian-12-v1")
+	os.WriteFile(ova, ovaBytes, 0o644)
 	s := bag(cfg, "qcow2", disk, "version", "v1", "recipe_hash", "rh", "source_digest", "sha256:sd", "mirror", "http://m",
 		"versions", map[string]string{"docker": "20.10.24"}, "outputs", map[string]string{"ova": ova})
 	mustContinue(t, &StepPublish{Started: time.Now()}, s)
@@ -593,7 +595,7 @@ func TestStepPublishStoresManifestAndPromotes(t *testing.T) {
 	if err != nil || img.Version != "v1" {
 		t.Fatalf("latest: %+v %v", img, err)
 	}
-	sum := sha256.Sum256([]byte("the ova"))
+	sum := sha256.Sum256(ovaBytes)
 	if img.Outputs["ova"].SHA256 != hex.EncodeToString(sum[:]) || img.Packages["docker"] != "20.10.24" ||
 		img.SourceDigest != "sha256:sd" || img.RecipeHash != "rh" || img.Recipe != "full" {
 		b, _ := json.Marshal(img.Manifest)

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentfleet/agentfleet/images/imagestest"
+	"github.com/agentfleet/agentfleet/internal/ovatest"
 	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/registrytest"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
@@ -58,7 +58,7 @@ const diskName = "debian-12-v1-disk001.vmdk"
 // disk; edit changes the OVF's text first.
 func ovaMembers(edit func(ovf string) string) []tm {
 	disk := vmdktest.Build(vmdktest.Options{Descriptor: vmdktest.Descriptor(diskName, 2048)})
-	ovf := imagestest.OVF(diskName, len(disk))
+	ovf := ovatest.OVF(diskName, len(disk))
 	if edit != nil {
 		ovf = edit(ovf)
 	}
@@ -93,8 +93,8 @@ func TestOVAShapes(t *testing.T) {
 	if err := CheckOutputFile(OutputOVA, writeFile(t, tarOf(t, false, ovaMembers(nil)))); err != nil {
 		t.Fatalf("fleet's shape: %v", err)
 	}
-	if err := CheckOutputFile(OutputOVA, imagestest.WriteOVA(t, filepath.Join(t.TempDir(), "debian-12-v1.ova"))); err != nil {
-		t.Fatalf("imagestest.WriteOVA: %v", err)
+	if err := CheckOutputFile(OutputOVA, ovatest.WriteOVA(t, filepath.Join(t.TempDir(), "debian-12-v1.ova"))); err != nil {
+		t.Fatalf("ovatest.WriteOVA: %v", err)
 	}
 	ovf := func(old, new string) func(string) string {
 		return func(s string) string {
@@ -106,7 +106,7 @@ func TestOVAShapes(t *testing.T) {
 	}
 	withDisk := func(disk []byte) []tm {
 		m := ovaMembers(nil)
-		m[0] = reg(m[0].hdr.Name, []byte(imagestest.OVF(diskName, len(disk))))
+		m[0] = reg(m[0].hdr.Name, []byte(ovatest.OVF(diskName, len(disk))))
 		m[1] = reg(diskName, disk)
 		return m
 	}
@@ -153,7 +153,7 @@ func TestOVAShapes(t *testing.T) {
 		"two envelopes":              {ovaMembers(ovf("<References>", "<References><Envelope/>")), "root"},
 		"not xml":                    {ovaMembers(func(string) string { return "<Envelope" }), "its XML"},
 		"ovf not first":              {func() []tm { m := ovaMembers(nil); return []tm{m[1], m[0]} }(), "not the OVA's first"},
-		"two ovfs":                   {append(ovaMembers(nil), reg("b.ovf", []byte(imagestest.OVF(diskName, 1)))), "second OVF"},
+		"two ovfs":                   {append(ovaMembers(nil), reg("b.ovf", []byte(ovatest.OVF(diskName, 1)))), "second OVF"},
 		"no ovf":                     {ovaMembers(nil)[1:], "no OVF"},
 		"stray member":               {append(ovaMembers(nil), reg("run.sh", []byte("#!/bin/sh"))), `member "run.sh": it is none of the files`},
 		"unreferenced vmdk":          {append(ovaMembers(nil), reg("b.vmdk", vmdktest.Build(vmdktest.Options{}))), "does not reference"},
@@ -216,7 +216,7 @@ func TestOVAShapes(t *testing.T) {
 func boxMembers(meta, vagrantfile string) []tm {
 	disk := vmdktest.Build(vmdktest.Options{Descriptor: vmdktest.Descriptor(diskName, 2048)})
 	return []tm{reg("metadata.json", []byte(meta)), reg("Vagrantfile", []byte(vagrantfile)),
-		reg("box.ovf", []byte(imagestest.OVF("box-disk001.vmdk", len(disk)))), reg("box-disk001.vmdk", disk)}
+		reg("box.ovf", []byte(ovatest.OVF("box-disk001.vmdk", len(disk)))), reg("box-disk001.vmdk", disk)}
 }
 
 func TestVagrantBoxShapes(t *testing.T) {
@@ -241,7 +241,7 @@ func TestVagrantBoxShapes(t *testing.T) {
 			"Vagrant would run it on the host"},
 		"flat extent in the disk": {func() []tm {
 			m := boxMembers(`{"provider":"virtualbox"}`, VagrantBoxVagrantfile)
-			m[2], m[3] = reg("box.ovf", []byte(imagestest.OVF("box-disk001.vmdk", len(flat)))), reg("box-disk001.vmdk", flat)
+			m[2], m[3] = reg("box.ovf", []byte(ovatest.OVF("box-disk001.vmdk", len(flat)))), reg("box-disk001.vmdk", flat)
 			return m
 		}(), "FLAT extent"},
 		"symlink member": {append(boxMembers(`{"provider":"virtualbox"}`, VagrantBoxVagrantfile),
@@ -372,7 +372,7 @@ func TestPullRefusesHostileOutputs(t *testing.T) {
 		outputs map[string][]byte
 		want    string
 	}{
-		"ova with a FLAT extent": {map[string][]byte{OutputOVA: tarOf(t, false, []tm{reg("a.ovf", []byte(imagestest.OVF(diskName, len(flat)))), reg(diskName, flat)})}, "FLAT extent"},
+		"ova with a FLAT extent": {map[string][]byte{OutputOVA: tarOf(t, false, []tm{reg("a.ovf", []byte(ovatest.OVF(diskName, len(flat)))), reg(diskName, flat)})}, "FLAT extent"},
 		"ova with a symlink":     {map[string][]byte{OutputOVA: tarOf(t, false, []tm{ovaMembers(nil)[0], {tar.Header{Name: diskName, Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"}, nil}})}, "symbolic link"},
 		"box for libvirt":        {map[string][]byte{OutputVagrant: box(`{"provider":"libvirt"}`)}, "not virtualbox"},
 		"good ova, bad box":      {map[string][]byte{OutputOVA: tarOf(t, false, ovaMembers(nil)), OutputVagrant: box(`{"provider":"libvirt"}`)}, "not virtualbox"},
@@ -403,7 +403,7 @@ func TestPullRefusesHostileOutputs(t *testing.T) {
 }
 
 func FuzzCheckOVF(f *testing.F) {
-	f.Add([]byte(imagestest.OVF(diskName, 100)))
+	f.Add([]byte(ovatest.OVF(diskName, 100)))
 	f.Add([]byte(`<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"><vbox:Machine xmlns:vbox="http://www.virtualbox.org/ovf/machine"/></Envelope>`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		info, err := checkOVF(b)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -108,11 +107,13 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	// Each driver boots the image format it names (VirtualBox: the OVA).
 	disk := img.Disk
 	if f := c.Driver.Capabilities().ImageFormat; f != "" && f != "qcow2" {
-		out, has := img.Outputs[f]
-		if !has {
+		if _, has := img.Outputs[f]; !has {
 			return fleet.SpawnRequest{}, fmt.Errorf("image %s@%s has no %s for the %s driver: build one with: fleet image build %s --output qcow2,%s", img.Name, img.Version, strings.ToUpper(f), c.Driver.Name(), img.Name, f)
 		}
-		disk = filepath.Join(img.Dir, out.File)
+		// Checked as it is handed out: an export from outside is data.
+		if disk, err = img.OutputPath(f); err != nil {
+			return fleet.SpawnRequest{}, err
+		}
 	}
 	netReq, err := proj.Network(o.net)
 	if err != nil {

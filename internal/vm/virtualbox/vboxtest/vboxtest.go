@@ -3,13 +3,14 @@
 package vboxtest
 
 import (
-	"archive/tar"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/agentfleet/agentfleet/internal/ovatest"
 )
 
 var (
@@ -45,19 +46,5 @@ func Fake(t testing.TB) string {
 // OVF, which is what the fake (and the OVF standard) checks.
 func WriteOVA(t testing.TB, path string) string {
 	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	base := filepath.Base(path)
-	for _, m := range []struct{ name, body string }{{base + ".ovf", "<Envelope/>"}, {base + "-disk001.vmdk", "disk"}} {
-		tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.body))})
-		tw.Write([]byte(m.body))
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return ovatest.WriteOVA(t, path)
 }

@@ -1,7 +1,7 @@
-// Package imagestest writes small exports for tests, in the shape fleet's
+// Package ovatest writes small exports for tests, in the shape fleet's
 // builder writes them (builder/step_export.go) and images.CheckOutputFile
 // takes, without qemu-img.
-package imagestest
+package ovatest
 
 import (
 	"archive/tar"
