@@ -307,6 +307,7 @@ func TestHandoffStartsNoServerWhileOneRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Chdir(dir) // Handoff works from the machine folder; restored after
 	// A live process whose command line names the folder, as a server's does.
 	busy := exec.Command("sh", "-c", "sleep 30", dir)
 	if err := busy.Start(); err != nil {
