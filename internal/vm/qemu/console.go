@@ -9,10 +9,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/procx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // The serial console is bounded: a guest can write to its console as fast
@@ -210,3 +215,25 @@ func (r *rotatingFile) Write(p []byte) (int, error) {
 }
 
 func (r *rotatingFile) Close() error { return r.f.Close() }
+
+// stopConsoleLogger ends the console logger of the machine in dir, if one
+// still runs, and waits for it: it exits by itself once QEMU closes the
+// socket, but a stop or destroy that returned must leave no process.
+func stopConsoleLogger(dir string) {
+	want := "\x00" + filepath.Join(dir, vm.SerialFile) + "\x00"
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b)+"\x00", want) || !strings.Contains(string(b), ConsoleCommand+"\x00") {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 200 && procx.Alive(pid); i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // A cold boot starts paused, so the console logger misses nothing; a
@@ -76,5 +79,31 @@ func TestConsoleLoggerCapsAndRotates(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(log + "*"); len(m) != 2 {
 		t.Fatalf("files: %v", m)
+	}
+}
+
+// A stop or destroy leaves no console logger behind, even one that has
+// not yet seen QEMU close its socket.
+func TestStopConsoleLoggerLeavesNoProcess(t *testing.T) {
+	dir := t.TempDir()
+	p := exec.Command("sh", "-c", "sleep 30", ConsoleCommand, consoleServe, filepath.Join(dir, "c.sock"), filepath.Join(dir, vm.SerialFile))
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { p.Wait(); close(done) }()
+	time.Sleep(100 * time.Millisecond) // its exec done
+	stopConsoleLogger(t.TempDir())     // another machine's: untouched
+	select {
+	case <-done:
+		t.Fatal("another machine's logger was killed")
+	default:
+	}
+	stopConsoleLogger(dir)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		p.Process.Kill()
+		t.Fatal("the logger still runs")
 	}
 }

@@ -341,6 +341,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 		}
 	}
 	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
+	stopConsoleLogger(s.Dir)
 	_ = os.Remove(qmpPath(s.Dir))
 	_ = os.Remove(qgaPath(s.Dir))
 	if err := os.RemoveAll(s.Dir); err != nil {
@@ -350,6 +351,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 }
 
 func (d *Driver) cleanupRuntime(dir string) {
+	stopConsoleLogger(dir)
 	_ = os.Remove(qmpPath(dir))
 	_ = os.Remove(qgaPath(dir))
 	_ = os.Remove(socketPath(dir, vm.ConsoleSocket, ".con"))
