@@ -10,13 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/procx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -72,8 +71,8 @@ func detachLogger(sock, log string) error {
 	if err != nil {
 		return err
 	}
-	var stderr tailWriter
-	cmd.Stderr = &stderr
+	stderr := bounded.NewTail(512)
+	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -117,19 +116,6 @@ func (d *Driver) startConsoleLogger(ctx context.Context, ma MachineArgs, cont bo
 	}
 	return nil
 }
-
-// tailWriter keeps the last 512 bytes written to it.
-type tailWriter struct{ b []byte }
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 512 {
-		t.b = t.b[len(t.b)-512:]
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string { return string(t.b) }
 
 // ServeConsole connects to QEMU's console socket and copies what it sends
 // into log until QEMU closes it. The previous boot's log becomes log.1;
@@ -221,19 +207,7 @@ func (r *rotatingFile) Close() error { return r.f.Close() }
 // socket, but a stop or destroy that returned must leave no process.
 func stopConsoleLogger(dir string) {
 	want := "\x00" + filepath.Join(dir, vm.SerialFile) + "\x00"
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b)+"\x00", want) || !strings.Contains(string(b), ConsoleCommand+"\x00") {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if err != nil || pid <= 0 {
-			continue
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		for i := 0; i < 200 && procx.Alive(pid); i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	killByCmdline(func(cmdline string) bool {
+		return strings.Contains(cmdline+"\x00", want) && strings.Contains(cmdline, ConsoleCommand+"\x00")
+	})
 }

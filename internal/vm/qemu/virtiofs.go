@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/procx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -95,16 +97,26 @@ func (d *Driver) startVirtiofsd(ctx context.Context, s vm.Spec) (string, error) 
 // stopVirtiofsd kills the daemon serving sock, if any (it normally exits
 // with QEMU; this covers a QEMU that never connected).
 func stopVirtiofsd(sock string) {
+	killByCmdline(func(cmdline string) bool { return strings.Contains(cmdline, "--socket-path="+sock+"\x00") })
+}
+
+// killByCmdline kills every process whose NUL-separated command line
+// match accepts, and waits (up to 2 s each) until it is gone. Linux reads
+// /proc; elsewhere nothing is found.
+func killByCmdline(match func(cmdline string) bool) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), "--socket-path="+sock+"\x00") {
+		if err != nil || !match(string(b)) {
 			continue
 		}
-		var pid int
-		fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
-		if pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 200 && procx.Alive(pid); i++ {
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }
