@@ -31,9 +31,7 @@ bench:
 	set -o pipefail; FLEET_E2E=1 FLEET_BENCH=1 $(GO) test -count=1 -timeout 60m -run TestBench -v ./e2e/ | grep -vE '^(=== RUN|    e2e_test|    bench_test.go:[0-9]+: fleet )'
 
 lint:
-	$(GO) vet ./...
-	test -z "$$(gofmt -l .)"
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	scripts/lint.sh
 
 demo:
 	scripts/demo.sh

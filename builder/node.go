@@ -115,6 +115,7 @@ func pickNodeVersion(versions []string, released map[string]time.Time, want stri
 				return want, nil
 			}
 		}
+		//lint:ignore ST1005 Node.js is a proper name
 		return "", fmt.Errorf("Node.js %s is not published", want)
 	default:
 		major, _ := strconv.Atoi(want)
@@ -150,6 +151,7 @@ func ResolveNode(ctx context.Context, client *http.Client, registry, arch, want 
 	base := strings.TrimRight(registry, "/") + "/"
 	body, err := httpGet(ctx, client, base+url.PathEscape(pkg))
 	if err != nil {
+		//lint:ignore ST1005 Node.js is a proper name
 		return NodeRelease{}, fmt.Errorf("Node.js releases on the npm registry: %w", err)
 	}
 	var doc struct {

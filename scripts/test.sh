@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the e2e image build needs loop devices and mount): su -c $0, or sudo $0 where sudo is installed" >&2; exit 1; }
 scripts/deps.sh
 export FLEET_CACHE=${FLEET_CACHE:-/var/cache/agentfleet}
+echo "== lint (vet, gofmt, staticcheck)"
+scripts/lint.sh
 echo "== unit tests"
-go vet ./...
 go test -count=1 ./...
 echo "== cross-compile (linux and darwin, amd64 and arm64)"
 scripts/cross.sh

@@ -207,7 +207,7 @@ func newAttachCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if !st.State.Live() {
-				return fmt.Errorf("%s has no running agent (state: %s); start one with fleet run %s --task ...", ms[0].Name, st.State, ms[0].Name)
+				return fmt.Errorf("%s has no running agent (state: %s); start one with: fleet run %s --task TEXT", ms[0].Name, st.State, ms[0].Name)
 			}
 			cl, err := c.Connect(cmd.Context(), ms[0])
 			if err != nil {
