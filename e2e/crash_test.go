@@ -28,9 +28,10 @@ func TestWarmCloneSurvivesAKill(t *testing.T) {
 
 	// One spawn per machine, each killed its own delay after its spawn
 	// said ready (the guest's page cache is written back seconds later).
-	delays := map[string]time.Duration{"crash-1": time.Second, "crash-2": 3 * time.Second, "crash-3": 6 * time.Second, "crash-4": 10 * time.Second}
+	// 6 s is where the bug was; 1 s and 3 s are before the write-back.
+	delays := map[string]time.Duration{"crash-1": time.Second, "crash-2": 3 * time.Second, "crash-3": 6 * time.Second}
 	var wg sync.WaitGroup
-	for _, vm := range []string{"crash-1", "crash-2", "crash-3", "crash-4"} {
+	for _, vm := range []string{"crash-1", "crash-2", "crash-3"} {
 		r := run(bootDeadline, "spawn", "1", "--sync", "none")
 		ready := time.Now()
 		if r.code != 0 || strings.TrimSpace(r.stdout) != vm {
@@ -78,7 +79,7 @@ func TestWarmCloneSurvivesAKill(t *testing.T) {
 	if r := run(2*bootDeadline, "start", "--all"); r.code != 0 {
 		t.Fatalf("start after kill -9: %s", r.stderr)
 	}
-	fmt.Printf("e2e: 4 killed warm clones cold-booted back in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	fmt.Printf("e2e: %d killed warm clones cold-booted back in %s\n", len(delays), time.Since(t0).Round(100*time.Millisecond))
 	for vm, after := range delays {
 		out := run(time.Minute, "exec", vm, "--", "sh", "-c", "hostname; systemctl is-active ssh; test -s /etc/machine-id && echo machine-id")
 		if out.code != 0 || out.stdout != vm+"\nactive\nmachine-id\n" {
