@@ -13,10 +13,13 @@ import (
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/internal/vm/vmtest"
+	"github.com/agentfleet/agentfleet/provision"
 )
 
 // The driver conformance suite against QEMU with real VMs (the VirtualBox
-// driver runs the same suite over its fake in unit tests).
+// driver runs the same suite over its fake in unit tests): the lifecycle,
+// the guest agent and the snapshot steps (suspend, resume, discard, save
+// state) on one machine, three cold boots and one restore.
 func TestQEMUDriverConformance(t *testing.T) {
 	requireE2E(t)
 	t.Parallel()
@@ -40,6 +43,9 @@ func TestQEMUDriverConformance(t *testing.T) {
 				Seed: vm.Seed{InstanceID: "i-" + name, Hostname: name, User: "agent", AuthorizedKey: client.AuthorizedKey,
 					HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}}
 		},
-		ClientKey: client, User: "agent", BootTimeout: qemu.BootTimeout(d.Accel) + 2*time.Minute,
+		ClientKey: client, User: "agent", BootTimeout: d.Capabilities().BootTimeout + 2*time.Minute,
+		// The snapshot steps run whatever the image; the guest agent's
+		// only on images that have it (those warm templates are made of).
+		GuestAgent: provision.CanWarm(img.Recipe),
 	})
 }

@@ -29,7 +29,7 @@ type Controller struct {
 	Log    hclog.Logger
 	// Progress receives one-line, human-readable progress messages.
 	Progress io.Writer
-	// BootTimeout bounds waiting for SSH after a start (TCG is slow).
+	// BootTimeout, if set, overrides the driver's Capabilities.BootTimeout.
 	BootTimeout time.Duration
 	// EmulatedBootTimeout, if longer, bounds it instead for machines of
 	// another architecture than the host's, which always run emulated.

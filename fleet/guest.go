@@ -106,6 +106,9 @@ func (c *Controller) dial(ctx context.Context, m *Machine) (*ssh.Client, error) 
 
 // bootTimeout is how long a machine of arch may take to answer SSH.
 func (c *Controller) bootTimeout(arch vm.Arch) time.Duration {
+	if c.BootTimeout == 0 { // no override: the driver's
+		return c.Driver.Capabilities().BootTimeoutFor(arch)
+	}
 	if arch.Or() != vm.HostArch() && c.EmulatedBootTimeout > c.BootTimeout {
 		return c.EmulatedBootTimeout
 	}

@@ -138,11 +138,11 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		return err
 	}
 	if o.DiscardMemory {
-		if err := c.Driver.DiscardSuspended(spec); err != nil {
+		if err := vm.DiscardSuspended(c.Driver, spec); err != nil {
 			return fmt.Errorf("%s: %w", m.Name, err)
 		}
 	}
-	resuming := c.Driver.Suspended(spec)
+	resuming := vm.Suspended(c.Driver, spec)
 	if m.Desired == WantSuspended && !resuming && !o.DiscardMemory {
 		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, vm.SuspendFile), m.Name)
 	}
@@ -219,7 +219,7 @@ func (c *Controller) suspendOne(ctx context.Context, m *Machine) error {
 	c.sshPool().Drop(m.Name)
 	t0 := time.Now()
 	spec := c.spec(m, vm.Seed{})
-	if err := c.Driver.Suspend(ctx, spec); err != nil {
+	if err := vm.Suspend(ctx, c.Driver, spec); err != nil {
 		return err
 	}
 	egress.StopServer(m.Dir)

@@ -67,7 +67,7 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 	if err != nil {
 		return t, false, err
 	}
-	key, err := c.Driver.StateKey(ctx, probe)
+	key, err := vm.StateKey(ctx, c.Driver, probe)
 	if err != nil {
 		return t, false, err
 	}
@@ -160,13 +160,13 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	bootTook := time.Since(t0)
 	// The identity channel must work, or no clone could be given one.
 	gctx, gcancel := context.WithTimeout(ctx, 2*time.Minute)
-	_, err = c.Driver.GuestRun(gctx, spec, "true")
+	_, err = vm.GuestRun(gctx, c.Driver, spec, "true")
 	gcancel()
 	if err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, img.Name)
 	}
 	time.Sleep(time.Second) // the SSH session ends in the guest too
-	if err := c.Driver.SaveState(ctx, spec, filepath.Join(staged, images.TemplateState)); err != nil {
+	if err := vm.SaveState(ctx, c.Driver, spec, filepath.Join(staged, images.TemplateState)); err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
 	for _, f := range []string{vm.SeedFile, vm.SerialFile} {
@@ -193,7 +193,7 @@ func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) e
 	// One guest process sets the clock, then the rest (the clock first:
 	// the template's stood still while it was saved).
 	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
-	if _, err := c.Driver.GuestRun(ictx, spec, seed.IdentityScript(r)); err != nil {
+	if _, err := vm.GuestRun(ictx, c.Driver, spec, seed.IdentityScript(r)); err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
 	return nil

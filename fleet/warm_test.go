@@ -17,6 +17,7 @@ import (
 // test, so a decision to make a template shows.
 type snapDriver struct {
 	vm.Driver
+	vm.Snapshotter
 	t *testing.T
 }
 

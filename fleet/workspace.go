@@ -261,13 +261,12 @@ func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
 	if m.Workspace.Writable {
 		opts = "rw"
 	}
-	fs := c.Driver.Capabilities().ShareFS
-	if fs == "vboxsf" {
-		// vboxsf has no owners of its own: files appear as the agent's.
-		opts += ",uid=$(id -u),gid=$(id -g)"
+	caps := c.Driver.Capabilities()
+	if caps.ShareMountOptions != "" {
+		opts += "," + caps.ShareMountOptions
 	}
 	stderr := bounded.NewTail(bounded.Stderr)
-	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t %[4]s -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, vm.ShareTag, fs)
+	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t %[4]s -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, caps.ShareTag, caps.ShareFS)
 	if code, err := sshx.Run(ctx, cl, cmd, nil, io.Discard, stderr); err != nil || code != 0 {
 		return fmt.Errorf("mount the shared folder: exit %d %v %s", code, err, guestTail(stderr, 3))
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -14,7 +13,6 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/vm"
-	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/spf13/cobra"
 )
 
@@ -63,36 +61,27 @@ func newDoctorCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// runChecks asks each driver about the host, then adds what holds for all
+// of them: arm64 bakes (binfmt), disk and memory.
 func runChecks(ctx context.Context, r execx.Runner, home string) []check {
 	var out []check
-	version := func(name string, args ...string) (string, error) {
-		b, err := r.Run(ctx, execx.Cmd{Name: name, Args: args})
-		return strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]), err
+	for _, d := range hostDrivers(r, home) {
+		for _, hc := range vm.HostChecks(ctx, d) {
+			detail := hc.Detail
+			if hc.Hint != "" {
+				detail += " (" + hc.Hint + ")"
+			}
+			out = append(out, check{hc.Name, string(hc.Status), detail})
+		}
 	}
-	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
-		if v, err := version(bin, "--version"); err != nil {
-			out = append(out, check{bin, "fail", err.Error() + " (" + qemuInstallHint() + ")"})
+	if runtime.GOOS == "linux" && vm.HostArch() != vm.ARM64 {
+		// A chroot bake of arm64 packages runs them through qemu-user-static.
+		if err := builder.CheckForeignChroot(vm.ARM64, "/proc/sys/fs/binfmt_misc"); err != nil {
+			out = append(out, check{"arm64 bakes", "warn", err.Error()})
 		} else {
-			out = append(out, check{bin, "ok", v})
+			out = append(out, check{"arm64 bakes", "ok", "qemu-user-static is registered with binfmt_misc"})
 		}
 	}
-	if runtime.GOOS == "darwin" {
-		if ok, why := qemu.HVFUsable(); ok {
-			out = append(out, check{"accelerator", "ok", "hvf (Hypervisor.framework)"})
-		} else {
-			out = append(out, check{"accelerator", "warn", "tcg (software emulation, 10-50x slower): " + why})
-		}
-	} else if ok, why := qemu.KVMUsable(); ok {
-		out = append(out, check{"accelerator", "ok", "kvm"})
-	} else {
-		detail := "tcg (software emulation, 10-50x slower): " + why
-		if st, err := os.Stat("/dev/kvm"); err == nil && strings.Contains(why, "permission") {
-			detail += fmt.Sprintf("; /dev/kvm is %v: add yourself to its group (sudo usermod -aG kvm $USER)", st.Mode())
-		}
-		out = append(out, check{"accelerator", "warn", detail})
-	}
-	out = append(out, arm64Checks(ctx, r)...)
-	out = append(out, virtualBoxChecks(ctx, r)...)
 	var fs syscall.Statfs_t
 	_ = os.MkdirAll(home, 0o700)
 	if err := syscall.Statfs(home, &fs); err == nil {
@@ -107,76 +96,4 @@ func runChecks(ctx context.Context, r execx.Runner, home string) []check {
 		out = append(out, check{"memory", "ok", fmt.Sprintf("%d MiB available (about %d machines at 2G)", mem, mem/2048)})
 	}
 	return out
-}
-
-// qemuInstallHint says how this host gets QEMU.
-func qemuInstallHint() string {
-	if runtime.GOOS == "darwin" {
-		return "macOS: brew install qemu"
-	}
-	return "Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils"
-}
-
-var vboxVersionRe = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)
-
-// virtualBoxChecks reports the VirtualBox version (7.2.4 is broken: idle
-// VMs burn 100% CPU) and whether KVM holds VT-x, which makes VirtualBox fail.
-func virtualBoxChecks(ctx context.Context, r execx.Runner) []check {
-	b, err := r.Run(ctx, execx.Cmd{Name: "VBoxManage", Args: []string{"--version"}})
-	if err != nil {
-		return []check{{"virtualbox", "ok", "not installed (optional)"}}
-	}
-	v := strings.TrimSpace(string(b))
-	out := []check{vboxVersionCheck(v)}
-	if _, err := os.Stat("/sys/module/kvm_intel"); err == nil {
-		out = append(out, check{"kvm-vbox", "warn", "the kvm_intel module holds VT-x, so VirtualBox VMs will fail to start; free it with: sudo modprobe -r kvm_intel"})
-	} else if _, err := os.Stat("/sys/module/kvm_amd"); err == nil {
-		out = append(out, check{"kvm-vbox", "warn", "the kvm_amd module holds AMD-V, so VirtualBox VMs will fail to start; free it with: sudo modprobe -r kvm_amd"})
-	}
-	return out
-}
-
-func vboxVersionCheck(v string) check {
-	m := vboxVersionRe.FindStringSubmatch(v)
-	if m == nil {
-		return check{"virtualbox", "warn", "unrecognised version " + v}
-	}
-	if m[1] == "7" && m[2] == "2" && m[3] == "4" {
-		return check{"virtualbox", "fail", v + " is broken (idle VMs burn 100% CPU); upgrade to 7.2.6 or later"}
-	}
-	return check{"virtualbox", "ok", v}
-}
-
-// arm64Checks report what arm64 images need here: qemu-system-aarch64 and
-// UEFI firmware to boot them, and on another architecture's Linux host the
-// qemu-user-static handler a chroot bake runs their packages through. They
-// warn, never fail: amd64 images need none of it.
-func arm64Checks(ctx context.Context, r execx.Runner) []check {
-	var out []check
-	hint := "arm64 images need it (" + arm64InstallHint() + ")"
-	if b, err := r.Run(ctx, execx.Cmd{Name: "qemu-system-aarch64", Args: []string{"--version"}}); err != nil {
-		out = append(out, check{"qemu-system-aarch64", "warn", "not found: " + hint})
-	} else {
-		out = append(out, check{"qemu-system-aarch64", "ok", strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])})
-	}
-	if fw, err := qemu.FindFirmware("aarch64", qemu.FirmwareDirs); err != nil {
-		out = append(out, check{"arm64 firmware", "warn", err.Error()})
-	} else {
-		out = append(out, check{"arm64 firmware", "ok", fw})
-	}
-	if runtime.GOOS == "linux" && vm.HostArch() != vm.ARM64 {
-		if err := builder.CheckForeignChroot(vm.ARM64, "/proc/sys/fs/binfmt_misc"); err != nil {
-			out = append(out, check{"arm64 bakes", "warn", err.Error()})
-		} else {
-			out = append(out, check{"arm64 bakes", "ok", "qemu-user-static is registered with binfmt_misc"})
-		}
-	}
-	return out
-}
-
-func arm64InstallHint() string {
-	if runtime.GOOS == "darwin" {
-		return "brew install qemu"
-	}
-	return "apt-get install qemu-system-arm qemu-efi-aarch64"
 }

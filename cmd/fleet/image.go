@@ -12,7 +12,6 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
-	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/spf13/cobra"
 )
@@ -86,8 +85,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 				return err
 			}
 			cfg.Progress = cmd.ErrOrStderr()
-			accel := qemu.Accel(cfg.Accel)
-			warnTCG(cmd.ErrOrStderr(), accel)
+			warnTCG(cmd.ErrOrStderr(), cfg.Accel)
 			res, err := builder.Build(cmd.Context(), cfg)
 			if err != nil {
 				return err

@@ -14,7 +14,6 @@ import (
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
-	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 )
 
 // exitError carries a specific exit status (e.g. a remote command's).
@@ -33,8 +32,8 @@ func main() {
 		log.SetOutput(io.Discard)
 		os.Exit(runProxyServer(os.Args[2:]))
 	}
-	if len(os.Args) > 1 && os.Args[1] == qemu.ConsoleCommand {
-		os.Exit(qemu.RunConsoleCommand(os.Args[2:]))
+	if len(os.Args) > 1 && driverCommands[os.Args[1]] != nil {
+		os.Exit(driverCommands[os.Args[1]](os.Args[2:]))
 	}
 	// The Packer SDK's communicators log through the standard logger:
 	// debug output, which the root command's --debug turns back on.

@@ -14,6 +14,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
 	"github.com/hashicorp/go-hclog"
@@ -175,26 +176,37 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
 		}
-		c.Driver, c.BootTimeout = d, qemu.BootTimeout(d.Accel)
-		c.EmulatedBootTimeout = qemu.BootTimeout(qemu.AccelTCG)
-		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), d.Accel) }
+		c.Driver = d
+		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), string(d.Accel)) }
 	case "virtualbox":
 		vb := virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
 		// spawn and up --force also allow VirtualBox 7.2.4.
 		if f := cmd.Flags().Lookup("force"); f != nil && f.Value.String() == "true" {
 			vb.Force = true
 		}
-		c.Driver = vb
-		c.BootTimeout, c.BeforeBoot = 5*time.Minute, nil
+		c.Driver, c.BeforeBoot = vb, nil
 	default:
 		return fmt.Errorf("unknown provider %q (use qemu or virtualbox)", provider)
 	}
 	return nil
 }
 
-// warnTCG says once, in one line, that there is no hardware acceleration.
-func warnTCG(w io.Writer, a qemu.Accel) {
-	if a == qemu.AccelTCG {
+// hostDrivers are every driver this host could run, built to ask about
+// the host (fleet doctor), running their programs through r.
+func hostDrivers(r execx.Runner, home string) []vm.Driver {
+	return []vm.Driver{qemu.New(r, "", nil), virtualbox.New(r, filepath.Join(home, "virtualbox"), nil)}
+}
+
+// driverCommands are the drivers' hidden entry points: helper processes
+// they start by running this binary with the command's name first.
+var driverCommands = map[string]func(args []string) int{
+	qemu.ConsoleCommand: qemu.RunConsoleCommand,
+}
+
+// warnTCG says once, in one line, that there is no hardware acceleration
+// (accel is QEMU's, as --accel names it).
+func warnTCG(w io.Writer, accel string) {
+	if qemu.Accel(accel) == qemu.AccelTCG {
 		_, why := qemu.KVMUsable()
 		fmt.Fprintf(w, "warning: no hardware virtualization (%s); using TCG software emulation, VMs will be slow\n", why)
 	}

@@ -33,7 +33,7 @@ type Spec struct {
 	MemoryMiB int
 	Seed      Seed
 	// Share, if set, is a host folder the guest can mount with tag
-	// ShareTag (Capabilities.SharedFolders).
+	// Capabilities.ShareTag (Capabilities.SharedFolders).
 	Share *Share
 	// Network is how the guest reaches out; the zero value is open.
 	Network Network
@@ -87,9 +87,6 @@ type Forward struct {
 	Command   []string
 }
 
-// ShareTag is the mount tag of Spec.Share in the guest.
-const ShareTag = "workspace"
-
 // Share is a host folder shared live with the guest.
 type Share struct {
 	HostDir  string
@@ -115,14 +112,21 @@ type Status struct {
 // the host file system holding the disk is full.
 const PausedDiskFull = "disk full"
 
-// Capabilities are optional driver features, stated as data rather than
-// discovered by calling methods that fail.
+// Capabilities are a driver's features and facts, stated as data rather
+// than discovered by calling methods that fail, or asked of the driver's
+// name.
 type Capabilities struct {
-	// ImageFormat is the image output the driver boots: "qcow2" (the
-	// baked disk) or "ova" (an export of it).
+	// ImageFormat is the image output the driver boots: one of
+	// ImageFormats.
 	ImageFormat string
+	// BootTimeout bounds waiting for a started guest's SSH.
+	BootTimeout time.Duration
+	// EmulatedBootTimeout, if longer, bounds it instead for guests of
+	// another architecture than the host's, which always run emulated.
+	EmulatedBootTimeout time.Duration
 	// Snapshots means the driver can save a running machine's RAM and
-	// device state to a file and start from it (suspend and resume).
+	// device state to a file and start from it (suspend and resume): it
+	// implements Snapshotter.
 	Snapshots    bool
 	LinkedClones bool // Create is a copy-on-write clone, not a full copy
 	// SerializeRegistry means Create/Delete must not run concurrently
@@ -132,8 +136,13 @@ type Capabilities struct {
 	// /workspace (--sync shared).
 	SharedFolders bool
 	// ShareFS is the guest file system type that mounts the share
-	// (virtiofs, vboxsf).
-	ShareFS string
+	// (virtiofs, vboxsf), ShareTag the name the guest mounts it by, and
+	// ShareMountOptions what the guest's mount needs besides ro or rw,
+	// which the controller adds (a shell word list, expanded in the
+	// guest). All three are empty without SharedFolders.
+	ShareFS           string
+	ShareTag          string
+	ShareMountOptions string
 	// ForwardIP is the guest-side address of Network.Forwards, "" if the
 	// driver cannot restrict the guest's network (so egress control would
 	// be a lie and is refused).
@@ -144,6 +153,18 @@ type Capabilities struct {
 	// hardware accelerator here, so any other would be emulated: many
 	// times slower, which spawn asks the user to confirm.
 	Accelerated bool
+}
+
+// ImageFormats are the image outputs a driver may boot: the baked qcow2
+// disk, or a VirtualBox OVA exported from it.
+var ImageFormats = []string{"qcow2", "ova"}
+
+// BootTimeoutFor is how long a guest of arch may take to answer SSH.
+func (c Capabilities) BootTimeoutFor(arch Arch) time.Duration {
+	if arch.Or() != HostArch() && c.EmulatedBootTimeout > c.BootTimeout {
+		return c.EmulatedBootTimeout
+	}
+	return c.BootTimeout
 }
 
 // Runs says whether the driver runs guests of arch.
@@ -159,20 +180,9 @@ func (c Capabilities) Runs(arch Arch) bool {
 	return false
 }
 
-// ArchValidator is implemented by drivers that run several architectures:
-// it checks what one needs on this host (its emulator, its firmware)
-// before anything is made.
-type ArchValidator interface {
-	ValidateArch(ctx context.Context, arch Arch) error
-}
-
-// ShareValidator is implemented by drivers with SharedFolders: it checks
-// what a share needs on this host before anything is made.
-type ShareValidator interface {
-	ValidateShare(s *Share) error
-}
-
-// Driver makes, runs and removes machines on one hypervisor.
+// Driver makes, runs and removes machines on one hypervisor: the lifecycle
+// every driver has. What only some can do is an optional interface beside
+// it (optional.go); facts are in Capabilities.
 type Driver interface {
 	Name() string
 	Capabilities() Capabilities
@@ -190,25 +200,6 @@ type Driver interface {
 	Stop(ctx context.Context, s Spec, grace time.Duration) error
 	// Status reports whether the machine's process runs.
 	Status(ctx context.Context, s Spec) (Status, error)
-	// Suspend saves a running machine's RAM and device state in its folder
-	// and ends its process (Capabilities.Snapshots); the next Start
-	// resumes it where it was.
-	Suspend(ctx context.Context, s Spec) error
-	// Suspended reports whether the machine has saved state Start resumes.
-	Suspended(s Spec) bool
-	// DiscardSuspended drops that state: the next Start boots the disk.
-	DiscardSuspended(s Spec) error
-	// SaveState saves a running machine's state to path and ends its
-	// process: what a warm template's clones start from.
-	SaveState(ctx context.Context, s Spec, path string) error
-	// StateKey names every fact of this host's hypervisor and of s that
-	// saved state depends on (build, accelerator, machine and CPU model,
-	// CPUs, memory, network shape): state saved under one key is only
-	// restored under the same key.
-	StateKey(ctx context.Context, s Spec) (string, error)
-	// GuestRun runs a shell script as root in the guest over a host-only
-	// channel (no network), for identity after a restore.
-	GuestRun(ctx context.Context, s Spec, script string) (string, error)
 	// Delete forces the machine off and removes everything Create made.
 	// Deleting a machine that does not exist is not an error.
 	Delete(ctx context.Context, s Spec) error

@@ -46,7 +46,7 @@ type MachineArgs struct {
 	// port in Go and handing it to QEMU while another spawn does the same.
 	SSHHostPort int
 	// VirtiofsSocket, if set, is a virtiofsd socket shared as tag
-	// "workspace"; vhost-user needs the guest RAM in shared memory.
+	// shareTag; vhost-user needs the guest RAM in shared memory.
 	VirtiofsSocket string
 	// Restrict cuts the guest off from the host and the outside (slirp
 	// restrict=on); it then reaches only the Forwards and keeps its SSH
@@ -151,7 +151,7 @@ func SystemArgs(m MachineArgs) []string {
 	if m.VirtiofsSocket != "" {
 		args = append(args,
 			"-chardev", fmt.Sprintf("socket,id=vfs,path=%s", qemuEscape(m.VirtiofsSocket)),
-			"-device", "vhost-user-fs-pci,chardev=vfs,tag=workspace",
+			"-device", "vhost-user-fs-pci,chardev=vfs,tag="+shareTag,
 		)
 	}
 	return args

@@ -114,5 +114,5 @@ func FindFirmware(arch string, dirs []string) (string, error) {
 			return f.Mapping.Executable.Filename, nil
 		}
 	}
-	return "", fmt.Errorf("no UEFI firmware for %s guests (Debian/Ubuntu: apt-get install qemu-efi-aarch64; macOS: brew install qemu; or set %s to its code flash file)", arch, FirmwareEnv)
+	return "", fmt.Errorf("no UEFI firmware for %s guests (%s; or set %s to its code flash file)", arch, installHint(pkgFirmware), FirmwareEnv)
 }

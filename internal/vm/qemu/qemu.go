@@ -88,23 +88,36 @@ func (d *Driver) ValidateArch(ctx context.Context, arch vm.Arch) error {
 		return d.Validate(ctx)
 	}
 	if _, err := exec.LookPath(d.ARM64Binary); err != nil {
-		return fmt.Errorf("%s is not installed, and arm64 machines need it (Debian/Ubuntu: apt-get install qemu-system-arm qemu-efi-aarch64; macOS: brew install qemu)", d.ARM64Binary)
+		return fmt.Errorf("%s is not installed, and arm64 machines need it (%s)", d.ARM64Binary, installHint(pkgARM64))
 	}
 	if _, err := FindFirmware(arch.QEMU(), d.FirmwareDirs); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath(d.ImgBin); err != nil {
-		return fmt.Errorf("%s is not installed (Debian/Ubuntu: apt-get install qemu-utils)", d.ImgBin)
+		return fmt.Errorf("%s is not installed (%s)", d.ImgBin, installHint(pkgImg))
 	}
 	return nil
 }
 
-var _ vm.Driver = (*Driver)(nil)
+var (
+	_ vm.Driver         = (*Driver)(nil)
+	_ vm.Snapshotter    = (*Driver)(nil)
+	_ vm.GuestAgent     = (*Driver)(nil)
+	_ vm.ArchValidator  = (*Driver)(nil)
+	_ vm.ShareValidator = (*Driver)(nil)
+)
 
 func (d *Driver) Name() string { return "qemu" }
 
+// shareTag is the virtiofs tag (vhost-user-fs-pci tag=) the guest mounts.
+const shareTag = "workspace"
+
+// Capabilities: boot timeouts by accelerator (guests of another
+// architecture always run under TCG); virtiofs shares need no mount
+// options (the host side enforces read-only).
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{ImageFormat: "qcow2", Snapshots: true, LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ForwardIP: ForwardIP,
+	return vm.Capabilities{ImageFormat: "qcow2", BootTimeout: BootTimeout(d.Accel), EmulatedBootTimeout: BootTimeout(AccelTCG),
+		Snapshots: true, LinkedClones: true, SharedFolders: true, ShareFS: "virtiofs", ShareTag: shareTag, ForwardIP: ForwardIP,
 		Arches: vm.Arches, Accelerated: d.Accel != AccelTCG}
 }
 
@@ -112,7 +125,7 @@ func (d *Driver) Capabilities() vm.Capabilities {
 func (d *Driver) Validate(ctx context.Context) error {
 	for _, bin := range []string{d.Binary, d.ImgBin} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("%s is not installed (Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils)", bin)
+			return fmt.Errorf("%s is not installed (%s)", bin, installHint(pkgAMD64))
 		}
 	}
 	return nil

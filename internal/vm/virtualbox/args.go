@@ -76,10 +76,10 @@ func attachSeedArgs(name, iso string) []string {
 		"--port", "0", "--device", "0", "--type", "dvddrive", "--medium", iso}
 }
 
-// shareArgs shares dir with the guest as the "workspace" folder;
+// shareArgs shares dir with the guest as the shareTag folder;
 // --readonly is enforced by VirtualBox on the host side.
 func shareArgs(name, dir string, writable bool) []string {
-	args := []string{"sharedfolder", "add", name, "--name", "workspace", "--hostpath", dir}
+	args := []string{"sharedfolder", "add", name, "--name", shareTag, "--hostpath", dir}
 	if !writable {
 		args = append(args, "--readonly")
 	}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -47,15 +46,24 @@ func New(r execx.Runner, home string, log hclog.Logger) *Driver {
 
 func (d *Driver) Name() string { return "virtualbox" }
 
+// shareTag names the shared folder (sharedfolder add --name) the guest
+// mounts.
+const shareTag = "workspace"
+
+// bootTimeout bounds a guest's boot to SSH: VirtualBox always has VT-x or
+// AMD-V (it runs nothing without), so there is no slow case.
+const bootTimeout = 5 * time.Minute
+
 // Capabilities: linked clones, a serialized registry, vboxsf shared folders
 // (the image needs virtualbox-guest-utils, which Ubuntu has and Debian 12
-// does not). No ForwardIP: NAT
-// cannot be cut down to a proxy, so fleet refuses egress control here.
+// does not; vboxsf has no owners of its own, so files are mounted as the
+// agent's). No snapshots (savestate would work, but its saved machines are
+// not yet tested here). No ForwardIP: NAT cannot be cut down to a proxy,
+// so fleet refuses egress control here.
 func (d *Driver) Capabilities() vm.Capabilities {
-	return vm.Capabilities{ImageFormat: "ova", LinkedClones: true, SerializeRegistry: true, SharedFolders: true, ShareFS: "vboxsf"}
+	return vm.Capabilities{ImageFormat: "ova", BootTimeout: bootTimeout, LinkedClones: true, SerializeRegistry: true,
+		SharedFolders: true, ShareFS: "vboxsf", ShareTag: shareTag, ShareMountOptions: "uid=$(id -u),gid=$(id -g)"}
 }
-
-var versionRe = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)
 
 // Validate checks VBoxManage and its version before anything is made.
 func (d *Driver) Validate(ctx context.Context) error {
@@ -64,21 +72,6 @@ func (d *Driver) Validate(ctx context.Context) error {
 		return err
 	}
 	return checkVersion(strings.TrimSpace(out), d.Force)
-}
-
-func checkVersion(v string, force bool) error {
-	m := versionRe.FindStringSubmatch(v)
-	if m == nil {
-		return fmt.Errorf("VBoxManage --version printed %q, not a version", v)
-	}
-	major, _ := strconv.Atoi(m[1])
-	switch {
-	case major < 7:
-		return fmt.Errorf("VirtualBox %s is too old: this driver needs 7.0 or later", v)
-	case m[1] == "7" && m[2] == "2" && m[3] == "4" && !force:
-		return fmt.Errorf("VirtualBox 7.2.4 makes idle VMs burn 100%% CPU (fixed in 7.2.6): upgrade, or pass --force to use it anyway")
-	}
-	return nil
 }
 
 // machineFile records what Create made, for Start and Delete.
@@ -223,42 +216,13 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 
 // explainStart turns VirtualBox's VT-x conflict codes into the fix.
 func explainStart(err error) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "VERR_VMX_IN_VMX_ROOT_MODE"):
-		return fmt.Errorf("%w\nKVM holds VT-x, so VirtualBox cannot use it: stop KVM guests, then: sudo modprobe -r kvm_intel", err)
-	case strings.Contains(msg, "VERR_SVM_IN_USE"):
-		return fmt.Errorf("%w\nKVM holds AMD-V, so VirtualBox cannot use it: stop KVM guests, then: sudo modprobe -r kvm_amd", err)
+	for _, k := range kvmHolders {
+		if strings.Contains(err.Error(), k.code) {
+			return fmt.Errorf("%w\nKVM holds %s, so VirtualBox cannot use it: stop KVM guests, then: %s", err, k.feature, k.fix())
+		}
 	}
 	return err
 }
-
-// Suspend is not offered (Capabilities.Snapshots is false): VirtualBox's
-// savestate would work, but its saved machines are not yet tested here.
-func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
-	return fmt.Errorf("the virtualbox driver cannot suspend machines: use fleet stop")
-}
-
-// SaveState is not offered, like Suspend.
-func (d *Driver) SaveState(context.Context, vm.Spec, string) error {
-	return fmt.Errorf("the virtualbox driver cannot save machine state")
-}
-
-// StateKey: no state is ever saved.
-func (d *Driver) StateKey(context.Context, vm.Spec) (string, error) {
-	return "", fmt.Errorf("the virtualbox driver cannot save machine state")
-}
-
-// GuestRun has no host-only channel on VirtualBox here.
-func (d *Driver) GuestRun(context.Context, vm.Spec, string) (string, error) {
-	return "", fmt.Errorf("the virtualbox driver has no guest channel")
-}
-
-// Suspended is always false: nothing is ever saved.
-func (d *Driver) Suspended(vm.Spec) bool { return false }
-
-// DiscardSuspended has nothing to discard.
-func (d *Driver) DiscardSuspended(vm.Spec) error { return nil }
 
 // Status asks VirtualBox for the VM's state.
 func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {

@@ -1,0 +1,159 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// What only some drivers can do is an interface of its own beside Driver.
+// A driver implements one only if it can do all of it (no stubs); callers
+// reach it through the helpers below, which answer ErrNotSupported, naming
+// the driver, for one that cannot.
+
+// ErrNotSupported is wrapped by every error that says the driver lacks an
+// optional interface.
+var ErrNotSupported = errors.New("not supported by this driver")
+
+// Snapshotter saves a running machine's RAM and device state to a file and
+// starts from it: suspend and resume, and warm templates. A driver that
+// implements it says Capabilities.Snapshots.
+type Snapshotter interface {
+	// Suspend saves a running machine's state in its folder and ends its
+	// process; the next Start resumes it where it was.
+	Suspend(ctx context.Context, s Spec) error
+	// Suspended reports whether the machine has saved state Start resumes.
+	Suspended(s Spec) bool
+	// DiscardSuspended drops that state: the next Start boots the disk.
+	DiscardSuspended(s Spec) error
+	// SaveState saves a running machine's state to path and ends its
+	// process: what a warm template's clones start from.
+	SaveState(ctx context.Context, s Spec, path string) error
+	// StateKey names every fact of this host's hypervisor and of s that
+	// saved state depends on (build, accelerator, machine and CPU model,
+	// CPUs, memory, network shape): state saved under one key is only
+	// restored under the same key.
+	StateKey(ctx context.Context, s Spec) (string, error)
+}
+
+// GuestAgent runs commands in a guest over a host-only channel (no
+// network), for identity after a restore.
+type GuestAgent interface {
+	// GuestRun runs a shell script as root in the guest and returns its
+	// output; a non-zero exit is an error.
+	GuestRun(ctx context.Context, s Spec, script string) (string, error)
+}
+
+// ArchValidator is implemented by drivers that run several architectures:
+// it checks what one needs on this host (its emulator, its firmware)
+// before anything is made.
+type ArchValidator interface {
+	ValidateArch(ctx context.Context, arch Arch) error
+}
+
+// ShareValidator is implemented by drivers with SharedFolders: it checks
+// what a share needs on this host before anything is made.
+type ShareValidator interface {
+	ValidateShare(s *Share) error
+}
+
+// HostChecker reports what the driver needs of this host (its programs,
+// their versions, firmware, accelerator) for `fleet doctor`.
+type HostChecker interface {
+	HostChecks(ctx context.Context) []HostCheck
+}
+
+// HostCheck is one finding about the host.
+type HostCheck struct {
+	Name   string
+	Status CheckStatus
+	Detail string
+	// Hint, if set, says how to fix it (an install command).
+	Hint string
+}
+
+// CheckStatus grades a HostCheck.
+type CheckStatus string
+
+const (
+	CheckOK   CheckStatus = "ok"
+	CheckWarn CheckStatus = "warn" // works, slower or with less
+	CheckFail CheckStatus = "fail" // the driver cannot run here
+)
+
+// Snapshots returns d's Snapshotter, or an error wrapping ErrNotSupported.
+func Snapshots(d Driver) (Snapshotter, error) {
+	if sn, ok := d.(Snapshotter); ok {
+		return sn, nil
+	}
+	return nil, fmt.Errorf("the %s driver cannot save machine state: %w", d.Name(), ErrNotSupported)
+}
+
+// Guest returns d's GuestAgent, or an error wrapping ErrNotSupported.
+func Guest(d Driver) (GuestAgent, error) {
+	if g, ok := d.(GuestAgent); ok {
+		return g, nil
+	}
+	return nil, fmt.Errorf("the %s driver has no guest channel: %w", d.Name(), ErrNotSupported)
+}
+
+// Suspend suspends s on d (Snapshotter.Suspend).
+func Suspend(ctx context.Context, d Driver, s Spec) error {
+	sn, err := Snapshots(d)
+	if err != nil {
+		return err
+	}
+	return sn.Suspend(ctx, s)
+}
+
+// Suspended says whether s has saved state on d: never, on a driver
+// that cannot save any.
+func Suspended(d Driver, s Spec) bool {
+	sn, ok := d.(Snapshotter)
+	return ok && sn.Suspended(s)
+}
+
+// DiscardSuspended drops s's saved state on d; a driver that cannot save
+// any has nothing to drop.
+func DiscardSuspended(d Driver, s Spec) error {
+	if sn, ok := d.(Snapshotter); ok {
+		return sn.DiscardSuspended(s)
+	}
+	return nil
+}
+
+// SaveState saves s's state on d to path (Snapshotter.SaveState).
+func SaveState(ctx context.Context, d Driver, s Spec, path string) error {
+	sn, err := Snapshots(d)
+	if err != nil {
+		return err
+	}
+	return sn.SaveState(ctx, s, path)
+}
+
+// StateKey is what state saved from s on d depends on
+// (Snapshotter.StateKey).
+func StateKey(ctx context.Context, d Driver, s Spec) (string, error) {
+	sn, err := Snapshots(d)
+	if err != nil {
+		return "", err
+	}
+	return sn.StateKey(ctx, s)
+}
+
+// GuestRun runs script in s's guest on d (GuestAgent.GuestRun).
+func GuestRun(ctx context.Context, d Driver, s Spec, script string) (string, error) {
+	g, err := Guest(d)
+	if err != nil {
+		return "", err
+	}
+	return g.GuestRun(ctx, s, script)
+}
+
+// HostChecks are d's checks of this host, none if it has none.
+func HostChecks(ctx context.Context, d Driver) []HostCheck {
+	if hc, ok := d.(HostChecker); ok {
+		return hc.HostChecks(ctx)
+	}
+	return nil
+}
