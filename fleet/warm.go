@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
@@ -146,7 +147,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	defer cancel()
 	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
 	if err != nil {
-		return images.Template{}, fmt.Errorf("warm template: waiting for SSH: %w (serial console: %s)", err, filepath.Join(staged, vm.SerialFile))
+		return images.Template{}, fmt.Errorf("warm template: waiting for SSH: %w (serial console: %s)", err, filepath.Join(staged, layout.SerialFile))
 	}
 	// Ready means booted through: then it forgets the key it was reached
 	// with, so the saved RAM and disk hold no one's key.
@@ -169,7 +170,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	if err := c.Driver.SaveState(ctx, spec, filepath.Join(staged, images.TemplateState)); err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
-	for _, f := range []string{vm.SeedFile, vm.SerialFile} {
+	for _, f := range []string{layout.SeedFile, layout.SerialFile} {
 		_ = os.Remove(filepath.Join(staged, f))
 	}
 	meta, _ := json.MarshalIndent(images.TemplateMetaInfo{Key: key, CPUs: cpus, MemoryMiB: mem, CreatedAt: time.Now().UTC(), BootSec: bootTook.Seconds()}, "", "  ")

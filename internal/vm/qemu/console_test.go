@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -86,7 +87,7 @@ func TestConsoleLoggerCapsAndRotates(t *testing.T) {
 // not yet seen QEMU close its socket.
 func TestStopConsoleLoggerLeavesNoProcess(t *testing.T) {
 	dir := t.TempDir()
-	p := exec.Command("sh", "-c", "sleep 30", ConsoleCommand, consoleServe, filepath.Join(dir, "c.sock"), filepath.Join(dir, vm.SerialFile))
+	p := exec.Command("sh", "-c", "sleep 30", ConsoleCommand, consoleServe, filepath.Join(dir, "c.sock"), filepath.Join(dir, layout.SerialFile))
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}

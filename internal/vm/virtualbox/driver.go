@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/go-hclog"
 )
@@ -82,7 +83,7 @@ func checkVersion(v string, force bool) error {
 }
 
 // machineFile records what Create made, for Start and Delete.
-const machineFile = vm.VirtualBoxRec
+const machineFile = layout.VirtualBoxRec
 
 type machineRecord struct {
 	Template string `json:"template"`
@@ -153,7 +154,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 		}
 	}()
 	steps := [][]string{
-		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, vm.SerialFile)),
+		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, layout.SerialFile)),
 		addSeedControllerArgs(s.Name),
 		attachSeedArgs(s.Name, iso),
 	}
