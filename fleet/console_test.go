@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/layout"
-	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 func TestConsoleWatchSeesAFailedSSHD(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/agentfleet/agentfleet/internal/layout"
-	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // A machine that never answered is rolled back, folder and all; its serial

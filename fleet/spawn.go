@@ -235,7 +235,7 @@ func (c *Controller) keepConsole(m *Machine) string {
 		return ""
 	}
 	dir := c.Layout.RolledBackDir(c.Fleet)
-	dst := filepath.Join(dir, m.Name+".serial.log")
+	dst := filepath.Join(dir, m.Name+"."+layout.SerialFile)
 	if os.MkdirAll(dir, 0o700) != nil || os.WriteFile(dst, b, 0o600) != nil {
 		return ""
 	}

@@ -80,12 +80,12 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 	if !mayMake {
 		return t, false, errNoTemplate
 	}
-	warmDir := filepath.Join(iimg.Dir, "warm")
+	warmDir := filepath.Join(iimg.Dir, layout.WarmFolder)
 	if err := os.MkdirAll(warmDir, 0o755); err != nil {
 		return t, false, err
 	}
 	// One maker per key: templates of other shapes are made meanwhile.
-	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+".lock", "the warm template of "+img.String(),
+	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+layout.TemplateLockSuffix, "the warm template of "+img.String(),
 		func() { c.say("waiting for another fleet command making this warm template of %s...", img) })
 	if err != nil {
 		return t, false, err
@@ -101,7 +101,7 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 // makeTemplate boots one anonymous machine of img, waits until it is
 // ready, takes away its key, and saves it.
 func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
-	staged := filepath.Join(imageOf(img).Dir, "warm", ".make-"+randomHex(6))
+	staged := filepath.Join(imageOf(img).Dir, layout.WarmFolder, layout.TemplateStagingPrefix+randomHex(6))
 	spec, err := c.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
 	if err != nil {
 		return images.Template{}, err

@@ -66,12 +66,18 @@ const (
 	CacheFolder      = "cache"      // the builder's cache (FLEET_CACHE moves it)
 )
 
+// The builder's cache folder (CacheFolder, or FLEET_CACHE).
+const (
+	CacheImagesFolder = "images" // finished disks by recipe hash, the builder's sidecar files beside each
+)
+
 // Every file of a fleet's folder (Paths.FleetDir), all written by the
 // controller.
 const (
 	StateFile        = "state.json"    // the fleet's machines, written under the lock
 	LockFile         = "lock"          // held by a command that changes the state
-	KeyFile          = "id_ed25519"    // the fleet's SSH client key (and KeyFile+".pub")
+	KeyFile          = "id_ed25519"    // the fleet's SSH client key
+	PublicKeySuffix  = ".pub"          // KeyFile+".pub": its public half
 	FleetKnownHosts  = "known_hosts"   // every machine's pinned host key, for fleet ssh-config
 	SpawningFile     = "spawning.json" // what a running spawn is making, read by fleet ls
 	ResultsFolder    = "results"       // collected results: the user's, kept by destroy
@@ -106,6 +112,6 @@ const (
 // Files of the VirtualBox driver's folder (FLEET_HOME/virtualbox).
 const (
 	VirtualBoxLock      = "registry.lock" // serializes VirtualBox registry operations host-wide
-	VirtualBoxTemplates = "templates"     // <template>.clones.json: the machines cloned from an imported template
-	ClonesSuffix        = ".clones.json"
+	VirtualBoxTemplates = "templates"     // the imported template VMs' folders, and each one's clone list
+	ClonesSuffix        = ".clones.json"  // templates/<template>.clones.json: the machines cloned from it
 )

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/layout"
-	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // A cold boot starts paused, so the console logger misses nothing; a

@@ -41,7 +41,7 @@ func New(r execx.Runner, home string, log hclog.Logger) *Driver {
 		log = hclog.NewNullLogger()
 	}
 	return &Driver{
-		v:    &vbm{runner: r, bin: "VBoxManage", lockPath: filepath.Join(home, "registry.lock"), backoff: 200 * time.Millisecond, tries: 6},
+		v:    &vbm{runner: r, bin: "VBoxManage", lockPath: filepath.Join(home, layout.VirtualBoxLock), backoff: 200 * time.Millisecond, tries: 6},
 		Home: home, Log: log.Named("virtualbox"),
 	}
 }
@@ -124,7 +124,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
 	}
-	iso := filepath.Join(s.Dir, "seed.iso")
+	iso := filepath.Join(s.Dir, layout.SeedFile)
 	if err := vm.WriteSeedISO(iso, s.Seed); err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func (d *Driver) ensureTemplate(ctx context.Context, ova string) (string, error)
 			return "", fmt.Errorf("template %s was removed behind fleet's back while %s still use it: destroy them (fleet destroy --force) and spawn again", tpl, strings.Join(users, ", "))
 		}
 		d.Log.Info("importing template", "ova", ova, "template", tpl)
-		if _, err := d.v.runUnlocked(ctx, importArgs(ova, tpl, filepath.Join(d.Home, "templates"))...); err != nil {
+		if _, err := d.v.runUnlocked(ctx, importArgs(ova, tpl, filepath.Join(d.Home, layout.VirtualBoxTemplates))...); err != nil {
 			// An import that failed half way may have registered the VM.
 			if _, uerr := d.v.runUnlocked(context.Background(), unregisterArgs(tpl)...); uerr != nil && !notFound(uerr) {
 				d.Log.Warn("could not unregister a half-imported template", "template", tpl, "error", uerr)
@@ -321,7 +321,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 		if _, err := d.v.runUnlocked(ctx, unregisterArgs(s.Name)...); err != nil && !notFound(err) {
 			return fmt.Errorf("delete %s: %w", s.Name, err)
 		}
-		d.v.runUnlocked(ctx, closeDVDArgs(filepath.Join(s.Dir, "seed.iso"))...) // best effort: only tidies the media registry
+		d.v.runUnlocked(ctx, closeDVDArgs(filepath.Join(s.Dir, layout.SeedFile))...) // best effort: only tidies the media registry
 		if err := d.updateClones(rec.Template, func(c []string) []string {
 			return slices.DeleteFunc(c, func(n string) bool { return n == s.Name })
 		}); err != nil {
@@ -339,7 +339,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 // clones lists the machines recorded as using template tpl.
 func (d *Driver) clones(tpl string) []string {
 	var c []string
-	b, err := os.ReadFile(filepath.Join(d.Home, "templates", tpl+".clones.json"))
+	b, err := os.ReadFile(filepath.Join(d.Home, layout.VirtualBoxTemplates, tpl+layout.ClonesSuffix))
 	if err == nil {
 		_ = json.Unmarshal(b, &c)
 	}
@@ -348,7 +348,7 @@ func (d *Driver) clones(tpl string) []string {
 
 // updateClones changes a template's clone list; the caller holds the lock.
 func (d *Driver) updateClones(tpl string, f func([]string) []string) error {
-	path := filepath.Join(d.Home, "templates", tpl+".clones.json")
+	path := filepath.Join(d.Home, layout.VirtualBoxTemplates, tpl+layout.ClonesSuffix)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
