@@ -24,7 +24,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Files inside a machine's folder (all named in internal/vm/files.go).
+// Files inside a machine's folder (all named in internal/layout).
 const (
 	DiskFile   = layout.DiskFile
 	SeedFile   = layout.SeedFile
