@@ -18,9 +18,11 @@
 // A machine folder's life has one order:
 //  1. The driver's Create makes the folder (vm.Spec.Dir) and writes its
 //     files: the disk, the seed, its records.
-//  2. After Create returns, the controller writes its files (policy,
-//     credentials, proxy limits, spend), then Start boots the machine and
-//     the proxies write theirs beside it.
+//  2. After Create returns, the controller writes its files: policy,
+//     credentials, proxy limits and spend before Start, known_hosts when
+//     rsync first needs it. While the machine runs, the driver's console
+//     logger and the proxies write theirs (the controller stops the
+//     proxies before Delete).
 //  3. Delete removes the folder whole. Nothing but the files named here is
 //     ever put in it, and nothing of the machine lives outside it (sockets
 //     too long for a path go to the temp dir, named after the folder).
