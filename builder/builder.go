@@ -45,6 +45,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -294,7 +295,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 func (c *Config) directBoot() bool { return c.Recipe.DirectBoot() && c.Source != SourceCloud }
 
 func cachePath(cfg *Config, hash string) string {
-	return filepath.Join(cfg.CacheDir, "images", cfg.Name+"-"+hash[:16]+".qcow2")
+	return filepath.Join(cfg.CacheDir, layout.CacheImagesFolder, cfg.Name+"-"+hash[:16]+".qcow2")
 }
 
 // HostCACerts returns the certificate authorities this host's

@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
@@ -69,7 +71,7 @@ func bootGuest(ctx context.Context, cfg *Config, name, base, dir, user string, b
 	g.client, err = sshx.WaitReady(wctx, g.target, sshx.DefaultBackoff)
 	if err != nil {
 		g.stop(false)
-		return nil, fmt.Errorf("%s never answered on SSH (serial console: %s/serial.log): %w", name, dir, err)
+		return nil, fmt.Errorf("%s never answered on SSH (serial console: %s): %w", name, filepath.Join(dir, layout.SerialFile), err)
 	}
 	return g, nil
 }

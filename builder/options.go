@@ -10,6 +10,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/provision"
@@ -108,14 +109,14 @@ func (o Options) Config() (Config, error) {
 			cfg.BootTimeout = qemu.BootTimeout(qemu.AccelTCG)
 		}
 	}
-	cfg.Store = images.Store{Root: filepath.Join(o.Home, "images")}
-	cfg.TmpDir = filepath.Join(o.Home, "tmp")
+	cfg.Store = images.Store{Root: layout.Paths{Root: o.Home}.ImagesDir()}
+	cfg.TmpDir = layout.Paths{Root: o.Home}.TmpDir()
 	cfg.CacheDir = o.CacheDir
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = os.Getenv("FLEET_CACHE")
 	}
 	if cfg.CacheDir == "" {
-		cfg.CacheDir = filepath.Join(o.Home, "cache")
+		cfg.CacheDir = layout.Paths{Root: o.Home}.CacheDir()
 	}
 	if !o.NoHostCA {
 		if cfg.CACerts, err = HostCACerts("/"); err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -37,7 +38,7 @@ func (s *StepCheckCache) Run(ctx context.Context, state multistep.StateBag) mult
 		cfg.say("cached disk not used, rebuilding: %v", err)
 		return multistep.ActionContinue
 	}
-	dst := filepath.Join(state.Get("workdir").(string), "disk.qcow2")
+	dst := filepath.Join(state.Get("workdir").(string), layout.ImageDisk)
 	if err := linkOrCopy(cached, dst); err != nil {
 		cfg.say("cache unreadable, rebuilding: %v", err)
 		return multistep.ActionContinue

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -24,7 +25,7 @@ func (s *StepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 		return multistep.ActionContinue
 	}
 	cfg := state.Get("config").(*Config)
-	out := filepath.Join(state.Get("workdir").(string), "disk.qcow2")
+	out := filepath.Join(state.Get("workdir").(string), layout.ImageDisk)
 	var args []string
 	if raw, ok := state.GetOk("raw"); ok {
 		args = ConvertArgs("raw", raw.(string), out, false)

@@ -22,6 +22,7 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/execx/execxtest"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/ovatest"
 	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -198,7 +199,7 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 	os.WriteFile(cached+".cmdline", []byte("root=UUID=x ro"), 0o644)
 	s = bag(cfg, "recipe_hash", hash, "workdir", work)
 	mustContinue(t, &StepCheckCache{}, s)
-	if s.Get("cache_hit") != true || s.Get("qcow2") != filepath.Join(work, "disk.qcow2") {
+	if s.Get("cache_hit") != true || s.Get("qcow2") != filepath.Join(work, layout.ImageDisk) {
 		t.Fatal("cache miss on a cached recipe")
 	}
 	if v, _ := s.Get("versions").(map[string]string); v["node"] != "18.19.0" {
@@ -224,7 +225,7 @@ func TestStepCheckCacheHitAndMiss(t *testing.T) {
 		work := t.TempDir()
 		s = bag(cfg, "recipe_hash", hash, "workdir", work)
 		mustContinue(t, &StepCheckCache{}, s)
-		if _, hit := s.GetOk("cache_hit"); hit || fileExists(filepath.Join(work, "disk.qcow2")) {
+		if _, hit := s.GetOk("cache_hit"); hit || fileExists(filepath.Join(work, layout.ImageDisk)) {
 			t.Errorf("a cached disk with %s was used", name)
 		}
 	}
@@ -583,7 +584,7 @@ func readTar(t *testing.T, path string, gz bool) []member {
 func TestStepPublishStoresManifestAndPromotes(t *testing.T) {
 	cfg := testConfig(t)
 	work := t.TempDir()
-	disk := filepath.Join(work, "disk.qcow2")
+	disk := filepath.Join(work, layout.ImageDisk)
 	qcow2test.Write(disk, qcow2test.Options{})
 	ova := filepath.Join(work, "debian-12-v1.ova")
 	ovaBytes := ovatest.OVA("debian-12-v1")

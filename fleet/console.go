@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
-	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // A boot whose sshd failed is said from the serial console, within the
@@ -41,7 +41,7 @@ type consoleWatch struct {
 }
 
 func newConsoleWatch(dir string) *consoleWatch {
-	return &consoleWatch{path: filepath.Join(dir, vm.SerialFile)}
+	return &consoleWatch{path: filepath.Join(dir, layout.SerialFile)}
 }
 
 // maxConsoleRead bounds one poll: a guest flooding its console costs the
@@ -87,7 +87,7 @@ func (w *consoleWatch) sshdDead(now time.Time) bool {
 // consoleTail is the last lines of a machine's console, cleaned for a
 // terminal, read from at most the file's last 64 KiB.
 func consoleTail(dir string, lines int) string {
-	f, err := os.Open(filepath.Join(dir, vm.SerialFile))
+	f, err := os.Open(filepath.Join(dir, layout.SerialFile))
 	if err != nil {
 		return ""
 	}

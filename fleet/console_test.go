@@ -9,12 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 func TestConsoleWatchSeesAFailedSSHD(t *testing.T) {
 	dir := t.TempDir()
-	log := filepath.Join(dir, vm.SerialFile)
+	log := filepath.Join(dir, layout.SerialFile)
 	f, _ := os.Create(log)
 	defer f.Close()
 	w := newConsoleWatch(dir)
@@ -43,7 +43,7 @@ func TestConsoleWatchSeesAFailedSSHD(t *testing.T) {
 
 func TestConsoleWatchIgnoresOtherFailuresAndStaysBounded(t *testing.T) {
 	dir := t.TempDir()
-	log := filepath.Join(dir, vm.SerialFile)
+	log := filepath.Join(dir, layout.SerialFile)
 	os.WriteFile(log, []byte("[FAILED] Failed to start docker.service\nsshd: listening\n"), 0o644)
 	w := newConsoleWatch(dir)
 	w.poll(time.Now())

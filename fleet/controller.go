@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -140,7 +142,7 @@ func (c *Controller) fleetKey(create bool) (ssh.Signer, string, error) {
 	if err := WriteFileAtomic(path, kp.PrivatePEM, 0o600); err != nil {
 		return nil, "", err
 	}
-	if err := WriteFileAtomic(path+".pub", []byte(kp.AuthorizedKey+"\n"), 0o644); err != nil {
+	if err := WriteFileAtomic(path+layout.PublicKeySuffix, []byte(kp.AuthorizedKey+"\n"), 0o644); err != nil {
 		return nil, "", err
 	}
 	s, err := sshx.LoadSigner(path)
@@ -162,7 +164,7 @@ func (c *Controller) target(m *Machine) (sshx.Target, error) {
 
 // consoleHint points at the serial log of a machine that failed to boot.
 func (c *Controller) consoleHint(m *Machine) string {
-	return fmt.Sprintf(" (serial console: %s/serial.log)", m.Dir)
+	return fmt.Sprintf(" (serial console: %s)", filepath.Join(m.Dir, layout.SerialFile))
 }
 
 // MachineNames resolves a user's machine argument (or --all) to records.

@@ -5,50 +5,16 @@ package fleet
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
-// Home returns FLEET_HOME, the root of all state, images and caches.
-func Home() (string, error) {
-	if h := os.Getenv("FLEET_HOME"); h != "" {
-		return filepath.Abs(h)
-	}
-	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
-		return filepath.Join(x, "agentfleet"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("cannot find a home for fleet state (set FLEET_HOME): %w", err)
-	}
-	return filepath.Join(home, ".local", "share", "agentfleet"), nil
-}
-
-// Layout names the folders under FLEET_HOME.
-type Layout struct{ Root string }
-
-func (l Layout) FleetsDir() string             { return filepath.Join(l.Root, "fleets") }
-func (l Layout) FleetDir(fleet string) string  { return filepath.Join(l.Root, "fleets", fleet) }
-func (l Layout) StateFile(fleet string) string { return filepath.Join(l.FleetDir(fleet), "state.json") }
-func (l Layout) LockFile(fleet string) string  { return filepath.Join(l.FleetDir(fleet), "lock") }
-func (l Layout) KeyFile(fleet string) string   { return filepath.Join(l.FleetDir(fleet), "id_ed25519") }
-func (l Layout) KnownHosts(fleet string) string {
-	return filepath.Join(l.FleetDir(fleet), "known_hosts")
-}
-func (l Layout) ResultsDir(fleet string) string  { return filepath.Join(l.FleetDir(fleet), "results") }
-func (l Layout) MachinesDir(fleet string) string { return filepath.Join(l.FleetDir(fleet), "machines") }
-
-// RolledBackDir keeps the serial consoles of machines a failed spawn
-// removed: the one clue to a guest that never answered.
-func (l Layout) RolledBackDir(fleet string) string {
-	return filepath.Join(l.FleetDir(fleet), "rolled-back")
-}
-
-func (l Layout) MachineDir(fleet, vm string) string {
-	return filepath.Join(l.MachinesDir(fleet), vm)
-}
+// Layout names the folders under FLEET_HOME; the leaf package layout owns
+// them, so the Packer plugin finds FLEET_HOME without the controller.
+type Layout = layout.Paths
 
 var nameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
 

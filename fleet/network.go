@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -70,7 +71,7 @@ type Network struct {
 
 // credentialsFile holds a machine's token and upstream; the token is not
 // the key, and it dies with the machine folder.
-const credentialsFile = vm.CredentialsFile
+const credentialsFile = layout.CredentialsFile
 
 type credentialsConfig struct {
 	Token    string `json:"token"`

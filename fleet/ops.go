@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 
@@ -144,7 +145,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 	}
 	resuming := vm.Suspended(c.Driver, spec)
 	if m.Desired == WantSuspended && !resuming && !o.DiscardMemory {
-		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, vm.SuspendFile), m.Name)
+		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, layout.SuspendFile), m.Name)
 	}
 	t0 := time.Now()
 	rt, err := c.startMachine(ctx, spec)
@@ -225,7 +226,7 @@ func (c *Controller) suspendOne(ctx context.Context, m *Machine) error {
 	egress.StopServer(m.Dir)
 	m.SSHAddr, m.PID, m.Desired = "", 0, WantSuspended
 	size := ""
-	if fi, err := os.Stat(filepath.Join(m.Dir, vm.SuspendFile)); err == nil {
+	if fi, err := os.Stat(filepath.Join(m.Dir, layout.SuspendFile)); err == nil {
 		size = fmt.Sprintf(", %d MiB saved", fi.Size()>>20)
 	}
 	c.say("%s: suspended in %s%s", m.Name, time.Since(t0).Round(10*time.Millisecond), size)

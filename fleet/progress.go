@@ -7,6 +7,8 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // A spawn holds the fleet lock and records its machines in the state file
@@ -16,7 +18,7 @@ import (
 // spawn's pid: a spawn killed with SIGKILL leaves a file no one shows.
 
 // spawningFile is written by the spawn, read by ls.
-const spawningFile = "spawning.json"
+const spawningFile = layout.SpawningFile
 
 // Phases of a machine being made.
 const (

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -30,7 +31,7 @@ type ProxyLimits struct {
 
 // proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
 // at spawn, the proxy server reads it when it starts.
-const proxyLimitsFile = vm.ProxyLimitsFile
+const proxyLimitsFile = layout.ProxyLimitsFile
 
 func saveProxyLimits(dir string, l ProxyLimits) error {
 	b, _ := json.Marshal(l)

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // A machine that never answered is rolled back, folder and all; its serial
@@ -18,7 +18,7 @@ func TestRollbackKeepsTheSerialConsole(t *testing.T) {
 		t.Errorf("no console yet, kept %q", got)
 	}
 	os.MkdirAll(m.Dir, 0o700)
-	os.WriteFile(filepath.Join(m.Dir, vm.SerialFile), []byte("[ 0.0] Linux version ...\nKernel panic\n"), 0o644)
+	os.WriteFile(filepath.Join(m.Dir, layout.SerialFile), []byte("[ 0.0] Linux version ...\nKernel panic\n"), 0o644)
 	kept := c.keepConsole(m)
 	b, err := os.ReadFile(kept)
 	if err != nil || string(b) != "[ 0.0] Linux version ...\nKernel panic\n" {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
@@ -229,12 +230,12 @@ func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Netw
 // keepConsole copies a machine's serial console out of its folder before
 // rollback removes the folder, and returns where (""; nothing to keep).
 func (c *Controller) keepConsole(m *Machine) string {
-	b, err := os.ReadFile(filepath.Join(m.Dir, vm.SerialFile))
+	b, err := os.ReadFile(filepath.Join(m.Dir, layout.SerialFile))
 	if err != nil || len(b) == 0 {
 		return ""
 	}
 	dir := c.Layout.RolledBackDir(c.Fleet)
-	dst := filepath.Join(dir, m.Name+".serial.log")
+	dst := filepath.Join(dir, m.Name+"."+layout.SerialFile)
 	if os.MkdirAll(dir, 0o700) != nil || os.WriteFile(dst, b, 0o600) != nil {
 		return ""
 	}

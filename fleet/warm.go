@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/provision"
@@ -79,12 +80,12 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 	if !mayMake {
 		return t, false, errNoTemplate
 	}
-	warmDir := filepath.Join(iimg.Dir, "warm")
+	warmDir := filepath.Join(iimg.Dir, layout.WarmFolder)
 	if err := os.MkdirAll(warmDir, 0o755); err != nil {
 		return t, false, err
 	}
 	// One maker per key: templates of other shapes are made meanwhile.
-	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+".lock", "the warm template of "+img.String(),
+	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+layout.TemplateLockSuffix, "the warm template of "+img.String(),
 		func() { c.say("waiting for another fleet command making this warm template of %s...", img) })
 	if err != nil {
 		return t, false, err
@@ -100,7 +101,7 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 // makeTemplate boots one anonymous machine of img, waits until it is
 // ready, takes away its key, and saves it.
 func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
-	staged := filepath.Join(imageOf(img).Dir, "warm", ".make-"+randomHex(6))
+	staged := filepath.Join(imageOf(img).Dir, layout.WarmFolder, layout.TemplateStagingPrefix+randomHex(6))
 	spec, err := c.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
 	if err != nil {
 		return images.Template{}, err
@@ -146,7 +147,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	defer cancel()
 	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
 	if err != nil {
-		return images.Template{}, fmt.Errorf("warm template: waiting for SSH: %w (serial console: %s)", err, filepath.Join(staged, vm.SerialFile))
+		return images.Template{}, fmt.Errorf("warm template: waiting for SSH: %w (serial console: %s)", err, filepath.Join(staged, layout.SerialFile))
 	}
 	// Ready means booted through: then it forgets the key it was reached
 	// with, so the saved RAM and disk hold no one's key.
@@ -169,7 +170,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	if err := vm.SaveState(ctx, c.Driver, spec, filepath.Join(staged, images.TemplateState)); err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
-	for _, f := range []string{vm.SeedFile, vm.SerialFile} {
+	for _, f := range []string{layout.SeedFile, layout.SerialFile} {
 		_ = os.Remove(filepath.Join(staged, f))
 	}
 	meta, _ := json.MarshalIndent(images.TemplateMetaInfo{Key: key, CPUs: cpus, MemoryMiB: mem, CreatedAt: time.Now().UTC(), BootSec: bootTook.Seconds()}, "", "  ")

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -35,7 +36,7 @@ func (d snapDriver) Create(context.Context, vm.Spec) error {
 // one line; --no-warm restores from a template that exists and makes none.
 func TestWarmTemplateDecidesAndSaysWhy(t *testing.T) {
 	imgDir := t.TempDir()
-	img := ImageRef{Name: "debian-12", Version: "v1", Disk: filepath.Join(imgDir, "disk.qcow2"), Recipe: "full"}
+	img := ImageRef{Name: "debian-12", Version: "v1", Disk: filepath.Join(imgDir, layout.ImageDisk), Recipe: "full"}
 	cases := []struct {
 		name   string
 		driver vm.Driver
@@ -61,7 +62,7 @@ func TestWarmTemplateDecidesAndSaysWhy(t *testing.T) {
 		})
 	}
 	t.Run("--no-warm with a template", func(t *testing.T) {
-		staged := filepath.Join(imgDir, "warm", "staged")
+		staged := filepath.Join(imgDir, layout.WarmFolder, "staged")
 		os.MkdirAll(staged, 0o755)
 		for _, f := range []string{images.TemplateMemory, images.TemplateState} {
 			os.WriteFile(filepath.Join(staged, f), []byte(f), 0o644)

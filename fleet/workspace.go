@@ -13,6 +13,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -211,7 +212,7 @@ func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace
 // opensshArgs are the ssh options that reach m with its pinned host key
 // (for rsync, which needs the OpenSSH client).
 func (c *Controller) opensshArgs(m *Machine) ([]string, error) {
-	kh := filepath.Join(m.Dir, "known_hosts")
+	kh := filepath.Join(m.Dir, layout.KnownHostsFile)
 	if err := WriteFileAtomic(kh, []byte(m.Name+" "+m.HostKey+"\n"), 0o644); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -99,7 +100,7 @@ func (m Manifest) Check() error {
 			return fmt.Errorf("output kind %s is none of %s", show(kind), strings.Join(OutputKinds, ", "))
 		}
 		// A file of the version folder, and none that fleet keeps there.
-		if !safeFile.MatchString(o.File) || o.File == ManifestFile || o.File == DiskFile || o.File == "warm" || files[o.File] {
+		if !safeFile.MatchString(o.File) || o.File == ManifestFile || o.File == DiskFile || o.File == layout.WarmFolder || files[o.File] {
 			return fmt.Errorf("output %s has the file name %s, which may not be in a version folder", kind, show(o.File))
 		}
 		files[o.File] = true

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2"
 	"github.com/agentfleet/agentfleet/internal/qcow2/qcow2test"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -245,7 +246,7 @@ func TestTemplatesAreCheckedBeforeUse(t *testing.T) {
 	s := Store{Root: t.TempDir()}
 	img := addVersion(t, s, "debian-12", "v1")
 	publish := func(key string, disk qcow2test.Options, memLink string) bool {
-		staged := filepath.Join(img.Dir, "warm", ".make-"+key)
+		staged := filepath.Join(img.Dir, layout.WarmFolder, layout.TemplateStagingPrefix+key)
 		os.MkdirAll(staged, 0o755)
 		qcow2test.Write(filepath.Join(staged, TemplateDisk), disk)
 		os.WriteFile(filepath.Join(staged, TemplateState), []byte("state"), 0o644)

@@ -28,6 +28,8 @@ import (
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 	"oras.land/oras-go/v2/registry/remote/errcode"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // An image travels through an OCI registry as one artifact: its
@@ -426,7 +428,7 @@ func (r *Remote) pull(ctx context.Context, s Store) (Image, error) {
 	if err := checkLayers(man.Layers, m); err != nil {
 		return Image{}, fmt.Errorf("%s: %w", r.Ref, err)
 	}
-	staging := filepath.Join(s.Root, m.Name, ".pull-"+m.Version)
+	staging := filepath.Join(s.Root, m.Name, layout.PullPrefix+m.Version)
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return Image{}, err
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -32,10 +33,11 @@ func IsKnown(name string) bool {
 	return false
 }
 
+// A version folder's files, named in package layout.
 const (
-	DiskFile     = "disk.qcow2"
-	ManifestFile = "manifest.json"
-	latestLink   = "latest"
+	DiskFile     = layout.ImageDisk
+	ManifestFile = layout.ManifestFile
+	latestLink   = layout.LatestLink
 )
 
 // latestOf is the name of arch's "latest" link. Each architecture has its
@@ -287,7 +289,7 @@ func (s Store) Add(m Manifest, disk string, extras ...map[string]string) (Image,
 	if _, err := os.Stat(dir); err == nil {
 		return Image{}, fmt.Errorf("image %s@%s already exists", m.Name, m.Version)
 	}
-	staging := filepath.Join(s.Root, m.Name, ".staging-"+m.Version)
+	staging := filepath.Join(s.Root, m.Name, layout.StagingPrefix+m.Version)
 	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return Image{}, err
 	}
@@ -366,7 +368,7 @@ func (s Store) Prune(keep int, inUse map[string]bool) (removed []Image, err erro
 			continue
 		}
 		// Rename first, so a half-removed version never looks loadable.
-		trash := filepath.Join(s.Root, img.Name, ".prune-"+img.Version)
+		trash := filepath.Join(s.Root, img.Name, layout.PrunePrefix+img.Version)
 		if err := os.Rename(img.Dir, trash); err != nil {
 			return removed, fmt.Errorf("prune %s@%s: %w", img.Name, img.Version, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2"
 )
 
@@ -21,12 +22,12 @@ import (
 // warm/<key>/, so it goes with its image and is kept with it: a prune
 // never removes a version that a machine's disk links to.
 
-// Files of a template's folder.
+// Files of a template's folder, named in package layout.
 const (
-	TemplateDisk   = "disk.qcow2"
-	TemplateMemory = "memory" // the guest's RAM; clones map it copy-on-write
-	TemplateState  = "state"  // device state only
-	TemplateMeta   = "template.json"
+	TemplateDisk   = layout.TemplateDisk
+	TemplateMemory = layout.TemplateMemory // the guest's RAM; clones map it copy-on-write
+	TemplateState  = layout.TemplateState  // device state only
+	TemplateMeta   = layout.TemplateMeta
 )
 
 // TemplateMetaInfo is template.json.
@@ -53,7 +54,7 @@ func (t Template) State() string  { return filepath.Join(t.Dir, TemplateState) }
 // TemplateDir is where the template for key lives in img.
 func TemplateDir(img Image, key string) string {
 	h := sha256.Sum256([]byte(key))
-	return filepath.Join(img.Dir, "warm", hex.EncodeToString(h[:8]))
+	return filepath.Join(img.Dir, layout.WarmFolder, hex.EncodeToString(h[:8]))
 }
 
 // FindTemplate returns img's template for exactly key. A template whose
@@ -107,10 +108,10 @@ func allocated(fi os.FileInfo) int64 {
 
 // Templates lists img's templates, newest first.
 func Templates(img Image) []Template {
-	entries, _ := os.ReadDir(filepath.Join(img.Dir, "warm"))
+	entries, _ := os.ReadDir(filepath.Join(img.Dir, layout.WarmFolder))
 	var out []Template
 	for _, e := range entries {
-		if t, err := loadTemplate(img, filepath.Join(img.Dir, "warm", e.Name())); err == nil {
+		if t, err := loadTemplate(img, filepath.Join(img.Dir, layout.WarmFolder, e.Name())); err == nil {
 			out = append(out, t)
 		}
 	}

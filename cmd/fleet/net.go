@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"io"
 	"net"
 	"os"
@@ -189,7 +189,7 @@ func runProxy(args []string) int {
 	if args[0] == "credentials" {
 		kind = egress.KindCredentials
 	}
-	errLog := filepath.Join(dir, vm.ProxyErrorsLog)
+	errLog := filepath.Join(dir, layout.ProxyErrorsLog)
 	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
 		_ = unix.Dup2(int(f.Fd()), 2)
 		f.Close()

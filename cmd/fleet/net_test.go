@@ -17,6 +17,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // TestMain lets a test run this binary as the proxy, the way QEMU does.
@@ -89,7 +90,7 @@ func TestCredentialProxyProcessTakesTheKeyFromItsEnvironmentOnly(t *testing.T) {
 	}))
 	defer up.Close()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "credentials.json"), []byte(fmt.Sprintf(`{"token":"tok","upstream":%q}`, up.URL)), 0o600)
+	os.WriteFile(filepath.Join(dir, layout.CredentialsFile), []byte(fmt.Sprintf(`{"token":"tok","upstream":%q}`, up.URL)), 0o600)
 	c := proxyConn(t, "credentials", dir, fleet.CredentialEnv+"=ANTHROPIC_API_KEY:sk-real", "ANTHROPIC_API_KEY=")
 	fmt.Fprint(c, "POST /v1/messages HTTP/1.1\r\nHost: 10.0.2.100\r\nAuthorization: Bearer tok\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)

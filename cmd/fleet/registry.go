@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/spf13/cobra"
 )
@@ -17,7 +18,7 @@ func openRemote(cmd *cobra.Command, g *globals, ref string, plainHTTP bool) (*im
 		return nil, images.Store{}, err
 	}
 	store := imageStore(l)
-	r, err := images.OpenRemote(ref, plainHTTP, filepath.Join(store.Root, ".uploads"))
+	r, err := images.OpenRemote(ref, plainHTTP, filepath.Join(store.Root, layout.UploadsFolder))
 	if err != nil {
 		return nil, store, err
 	}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
 	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
@@ -78,7 +78,7 @@ func (g *globals) logger() hclog.Logger {
 }
 
 func (g *globals) layout() (fleet.Layout, error) {
-	h, err := fleet.Home()
+	h, err := layout.Home()
 	return fleet.Layout{Root: h}, err
 }
 
@@ -179,7 +179,7 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 		c.Driver = d
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), string(d.Accel)) }
 	case "virtualbox":
-		vb := virtualbox.New(execx.Local{}, filepath.Join(c.Layout.Root, "virtualbox"), c.Log)
+		vb := virtualbox.New(execx.Local{}, c.Layout.VirtualBoxDir(), c.Log)
 		// spawn and up --force also allow VirtualBox 7.2.4.
 		if f := cmd.Flags().Lookup("force"); f != nil && f.Value.String() == "true" {
 			vb.Force = true
@@ -194,7 +194,7 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 // hostDrivers are every driver this host could run, built to ask about
 // the host (fleet doctor), running their programs through r.
 func hostDrivers(r execx.Runner, home string) []vm.Driver {
-	return []vm.Driver{qemu.New(r, "", nil), virtualbox.New(r, filepath.Join(home, "virtualbox"), nil)}
+	return []vm.Driver{qemu.New(r, "", nil), virtualbox.New(r, layout.Paths{Root: home}.VirtualBoxDir(), nil)}
 }
 
 // driverCommands are the drivers' hidden entry points: helper processes
@@ -213,7 +213,7 @@ func warnTCG(w io.Writer, accel string) {
 }
 
 func imageStore(l fleet.Layout) images.Store {
-	return images.Store{Root: filepath.Join(l.Root, "images")}
+	return images.Store{Root: l.ImagesDir()}
 }
 
 // parseCount parses a machine count: a positive integer.

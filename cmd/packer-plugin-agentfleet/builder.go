@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	"github.com/agentfleet/agentfleet/builder"
-	"github.com/agentfleet/agentfleet/fleet"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/hashicorp/hcl/v2/hcldec"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
@@ -42,7 +42,7 @@ func (b *Builder) Prepare(raws ...any) ([]string, []string, error) {
 	}
 	home := b.config.FleetHome
 	if home == "" {
-		if home, err = fleet.Home(); err != nil {
+		if home, err = layout.Home(); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,7 +17,7 @@ import (
 
 // AuditFile is the per-machine log of every egress and credential decision,
 // one JSON object per line.
-const AuditFile = vm.AuditFile
+const AuditFile = layout.AuditFile
 
 // Entry is one decision.
 type Entry struct {

@@ -3,7 +3,7 @@ package egress
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"net"
 	"net/netip"
 	"os"
@@ -345,7 +345,7 @@ func presetNames(user map[string][]string) []string {
 }
 
 // PolicyFile is where a machine's policy lives in its folder.
-const PolicyFile = vm.PolicyFile
+const PolicyFile = layout.PolicyFile
 
 // LoadPolicy reads a machine's policy. A missing or unreadable policy is an
 // error, and callers treat it as "deny everything".

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/procx"
-	"github.com/agentfleet/agentfleet/internal/vm"
 	"io"
 	"net"
 	"os"
@@ -31,9 +31,9 @@ import (
 
 // Files of the proxy server in a machine's folder, all written by it.
 const (
-	SocketFile = vm.ProxySocket  // where shims hand connections over
-	LockFile   = vm.ProxyLock    // held while a server runs: one per machine
-	PIDFile    = vm.ProxyPIDFile // for StopServer
+	SocketFile = layout.ProxySocket  // where shims hand connections over
+	LockFile   = layout.ProxyLock    // held while a server runs: one per machine
+	PIDFile    = layout.ProxyPIDFile // for StopServer
 )
 
 // ErrServing means another server already serves the machine.

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // Spend is measured where the guest cannot touch it: the credential
@@ -21,8 +21,8 @@ import (
 
 // Files of the meter in a machine's folder.
 const (
-	SpendFile = vm.SpendFile // budget and prices: written by the controller
-	UsageFile = vm.UsageFile // what was counted: written by the proxy server only
+	SpendFile = layout.SpendFile // budget and prices: written by the controller
+	UsageFile = layout.UsageFile // what was counted: written by the proxy server only
 )
 
 // Usage is what one machine's calls used, as the API reported it, plus

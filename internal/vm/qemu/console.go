@@ -16,7 +16,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // The serial console is bounded: a guest can write to its console as fast
@@ -206,7 +206,7 @@ func (r *rotatingFile) Close() error { return r.f.Close() }
 // still runs, and waits for it: it exits by itself once QEMU closes the
 // socket, but a stop or destroy that returned must leave no process.
 func stopConsoleLogger(dir string) {
-	want := "\x00" + filepath.Join(dir, vm.SerialFile) + "\x00"
+	want := "\x00" + filepath.Join(dir, layout.SerialFile) + "\x00"
 	killByCmdline(func(cmdline string) bool {
 		return strings.Contains(cmdline+"\x00", want) && strings.Contains(cmdline, ConsoleCommand+"\x00")
 	})

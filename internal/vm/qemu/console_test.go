@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // A cold boot starts paused, so the console logger misses nothing; a
@@ -86,7 +86,7 @@ func TestConsoleLoggerCapsAndRotates(t *testing.T) {
 // not yet seen QEMU close its socket.
 func TestStopConsoleLoggerLeavesNoProcess(t *testing.T) {
 	dir := t.TempDir()
-	p := exec.Command("sh", "-c", "sleep 30", ConsoleCommand, consoleServe, filepath.Join(dir, "c.sock"), filepath.Join(dir, vm.SerialFile))
+	p := exec.Command("sh", "-c", "sleep 30", ConsoleCommand, consoleServe, filepath.Join(dir, "c.sock"), filepath.Join(dir, layout.SerialFile))
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}

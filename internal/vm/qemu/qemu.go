@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/procx"
 	"os"
 	"os/exec"
@@ -23,13 +24,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Files inside a machine's folder (all named in internal/vm/files.go).
+// Files inside a machine's folder (all named in internal/layout).
 const (
-	DiskFile   = vm.DiskFile
-	SeedFile   = vm.SeedFile
-	SerialFile = vm.SerialFile
-	PIDFile    = vm.PIDFile
-	qmpFile    = vm.QMPFile
+	DiskFile   = layout.DiskFile
+	SeedFile   = layout.SeedFile
+	SerialFile = layout.SerialFile
+	PIDFile    = layout.PIDFile
+	qmpFile    = layout.QMPFile
 )
 
 // Driver runs machines with qemu-system-x86_64 and qemu-system-aarch64.
@@ -159,7 +160,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
 func qmpPath(dir string) string { return socketPath(dir, qmpFile, ".qmp") }
 
 // qgaPath is the guest agent's socket, short like qmpPath.
-func qgaPath(dir string) string { return socketPath(dir, vm.GuestAgentFile, ".qga") }
+func qgaPath(dir string) string { return socketPath(dir, layout.GuestAgentFile, ".qga") }
 
 func socketPath(dir, name, ext string) string {
 	p := filepath.Join(dir, name)
@@ -195,7 +196,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		Restrict: s.Network.Restrict,
 	}
 	if len(d.ConsoleCommand) > 0 {
-		ma.ConsoleSocket = socketPath(s.Dir, vm.ConsoleSocket, ".con")
+		ma.ConsoleSocket = socketPath(s.Dir, layout.ConsoleSocket, ".con")
 		_ = os.Remove(ma.ConsoleSocket)
 		ma.Paused = true // until the logger listens
 	}
@@ -215,7 +216,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	state, own := "", false
 	switch {
 	case d.Suspended(s):
-		state, own = filepath.Join(s.Dir, vm.SuspendFile), true
+		state, own = filepath.Join(s.Dir, layout.SuspendFile), true
 	case s.Template != nil:
 		state, ma.MemoryFile = s.Template.State, s.Template.Memory
 	case s.MemoryFile != "":
@@ -367,7 +368,7 @@ func (d *Driver) cleanupRuntime(dir string) {
 	stopConsoleLogger(dir)
 	_ = os.Remove(qmpPath(dir))
 	_ = os.Remove(qgaPath(dir))
-	_ = os.Remove(socketPath(dir, vm.ConsoleSocket, ".con"))
+	_ = os.Remove(socketPath(dir, layout.ConsoleSocket, ".con"))
 	_ = os.Remove(filepath.Join(dir, PIDFile))
 }
 

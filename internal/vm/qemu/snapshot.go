@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -31,7 +32,7 @@ func (d *Driver) Suspend(ctx context.Context, s vm.Spec) error {
 	if s.Share != nil {
 		return fmt.Errorf("suspend %s: its shared folder (virtiofs) cannot be saved with the machine; use fleet stop", s.Name)
 	}
-	if err := d.SaveState(ctx, s, filepath.Join(s.Dir, vm.SuspendFile)); err != nil {
+	if err := d.SaveState(ctx, s, filepath.Join(s.Dir, layout.SuspendFile)); err != nil {
 		return fmt.Errorf("suspend %w", err)
 	}
 	return nil
@@ -104,14 +105,14 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 
 // Suspended reports whether s has saved state to resume from.
 func (d *Driver) Suspended(s vm.Spec) bool {
-	_, err := os.Stat(filepath.Join(s.Dir, vm.SuspendFile))
+	_, err := os.Stat(filepath.Join(s.Dir, layout.SuspendFile))
 	return err == nil
 }
 
 // DiscardSuspended drops s's saved state, so its next start boots from
 // the disk (what was in its memory is lost).
 func (d *Driver) DiscardSuspended(s vm.Spec) error {
-	err := os.Remove(filepath.Join(s.Dir, vm.SuspendFile))
+	err := os.Remove(filepath.Join(s.Dir, layout.SuspendFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

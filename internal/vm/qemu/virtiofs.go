@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/procx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // VirtiofsSocketFile is the vhost-user socket of a machine's shared folder.
-const VirtiofsSocketFile = vm.VirtiofsFile
+const VirtiofsSocketFile = layout.VirtiofsFile
 
 // virtiofsdPaths are where distributions install virtiofsd: QEMU 7.2's
 // own (Debian 12), and the Rust daemon packaged on its own later.
@@ -79,7 +80,7 @@ func (d *Driver) startVirtiofsd(ctx context.Context, s vm.Spec) (string, error) 
 	sock := filepath.Join(s.Dir, VirtiofsSocketFile)
 	stopVirtiofsd(sock)
 	_ = os.Remove(sock)
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: "unshare", Args: VirtiofsdArgs(findVirtiofsd(), sock, s.Share.HostDir, filepath.Join(s.Dir, vm.VirtiofsdLog), s.Share.Writable)}); err != nil {
+	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: "unshare", Args: VirtiofsdArgs(findVirtiofsd(), sock, s.Share.HostDir, filepath.Join(s.Dir, layout.VirtiofsdLog), s.Share.Writable)}); err != nil {
 		return "", fmt.Errorf("start virtiofsd for %s: %w", s.Name, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -90,7 +91,7 @@ func (d *Driver) startVirtiofsd(ctx context.Context, s vm.Spec) (string, error) 
 		time.Sleep(50 * time.Millisecond)
 	}
 	stopVirtiofsd(sock)
-	log, _ := os.ReadFile(filepath.Join(s.Dir, vm.VirtiofsdLog))
+	log, _ := os.ReadFile(filepath.Join(s.Dir, layout.VirtiofsdLog))
 	return "", fmt.Errorf("start virtiofsd for %s: no socket after 10s: %s", s.Name, execx.Tail(log, 5))
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/go-hclog"
 )
@@ -39,7 +40,7 @@ func New(r execx.Runner, home string, log hclog.Logger) *Driver {
 		log = hclog.NewNullLogger()
 	}
 	return &Driver{
-		v:    &vbm{runner: r, bin: "VBoxManage", lockPath: filepath.Join(home, "registry.lock"), backoff: 200 * time.Millisecond, tries: 6},
+		v:    &vbm{runner: r, bin: "VBoxManage", lockPath: filepath.Join(home, layout.VirtualBoxLock), backoff: 200 * time.Millisecond, tries: 6},
 		Home: home, Log: log.Named("virtualbox"),
 	}
 }
@@ -75,7 +76,7 @@ func (d *Driver) Validate(ctx context.Context) error {
 }
 
 // machineFile records what Create made, for Start and Delete.
-const machineFile = vm.VirtualBoxRec
+const machineFile = layout.VirtualBoxRec
 
 type machineRecord struct {
 	Template string `json:"template"`
@@ -116,7 +117,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
 	}
-	iso := filepath.Join(s.Dir, "seed.iso")
+	iso := filepath.Join(s.Dir, layout.SeedFile)
 	if err := vm.WriteSeedISO(iso, s.Seed); err != nil {
 		return err
 	}
@@ -146,7 +147,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (err error) {
 		}
 	}()
 	steps := [][]string{
-		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, vm.SerialFile)),
+		modifyArgs(s.Name, s.CPUs, s.MemoryMiB, port, filepath.Join(s.Dir, layout.SerialFile)),
 		addSeedControllerArgs(s.Name),
 		attachSeedArgs(s.Name, iso),
 	}
@@ -178,7 +179,7 @@ func (d *Driver) ensureTemplate(ctx context.Context, ova string) (string, error)
 			return "", fmt.Errorf("template %s was removed behind fleet's back while %s still use it: destroy them (fleet destroy --force) and spawn again", tpl, strings.Join(users, ", "))
 		}
 		d.Log.Info("importing template", "ova", ova, "template", tpl)
-		if _, err := d.v.runUnlocked(ctx, importArgs(ova, tpl, filepath.Join(d.Home, "templates"))...); err != nil {
+		if _, err := d.v.runUnlocked(ctx, importArgs(ova, tpl, filepath.Join(d.Home, layout.VirtualBoxTemplates))...); err != nil {
 			// An import that failed half way may have registered the VM.
 			if _, uerr := d.v.runUnlocked(context.Background(), unregisterArgs(tpl)...); uerr != nil && !notFound(uerr) {
 				d.Log.Warn("could not unregister a half-imported template", "template", tpl, "error", uerr)
@@ -284,7 +285,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 		if _, err := d.v.runUnlocked(ctx, unregisterArgs(s.Name)...); err != nil && !notFound(err) {
 			return fmt.Errorf("delete %s: %w", s.Name, err)
 		}
-		d.v.runUnlocked(ctx, closeDVDArgs(filepath.Join(s.Dir, "seed.iso"))...) // best effort: only tidies the media registry
+		d.v.runUnlocked(ctx, closeDVDArgs(filepath.Join(s.Dir, layout.SeedFile))...) // best effort: only tidies the media registry
 		if err := d.updateClones(rec.Template, func(c []string) []string {
 			return slices.DeleteFunc(c, func(n string) bool { return n == s.Name })
 		}); err != nil {
@@ -302,7 +303,7 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 // clones lists the machines recorded as using template tpl.
 func (d *Driver) clones(tpl string) []string {
 	var c []string
-	b, err := os.ReadFile(filepath.Join(d.Home, "templates", tpl+".clones.json"))
+	b, err := os.ReadFile(filepath.Join(d.Home, layout.VirtualBoxTemplates, tpl+layout.ClonesSuffix))
 	if err == nil {
 		_ = json.Unmarshal(b, &c)
 	}
@@ -311,7 +312,7 @@ func (d *Driver) clones(tpl string) []string {
 
 // updateClones changes a template's clone list; the caller holds the lock.
 func (d *Driver) updateClones(tpl string, f func([]string) []string) error {
-	path := filepath.Join(d.Home, "templates", tpl+".clones.json")
+	path := filepath.Join(d.Home, layout.VirtualBoxTemplates, tpl+layout.ClonesSuffix)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}

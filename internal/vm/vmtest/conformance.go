@@ -139,7 +139,7 @@ func checkNotSupported(t *testing.T, d vm.Driver) {
 		_, err := vm.Snapshots(d)
 		notSupported("snapshots", err)
 		notSupported("suspend", vm.Suspend(ctx, d, s))
-		notSupported("save state", vm.SaveState(ctx, d, s, filepath.Join(s.Dir, "state")))
+		notSupported("save state", vm.SaveState(ctx, d, s, filepath.Join(s.Dir, "conformance-state")))
 		_, err = vm.StateKey(ctx, d, s)
 		notSupported("state key", err)
 		if vm.Suspended(d, s) {
@@ -148,7 +148,7 @@ func checkNotSupported(t *testing.T, d vm.Driver) {
 		if err := vm.DiscardSuspended(d, s); err != nil {
 			t.Errorf("discarding nothing: %v", err)
 		}
-		if _, err := os.Stat(filepath.Join(s.Dir, "state")); err == nil {
+		if _, err := os.Stat(filepath.Join(s.Dir, "conformance-state")); err == nil {
 			t.Errorf("save state wrote a file")
 		}
 	}
@@ -382,7 +382,7 @@ func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
 		start(t) // from the disk
 	})
 	st.run(t, "save state", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "state")
+		path := filepath.Join(t.TempDir(), "conformance-state")
 		if err := sn.SaveState(ctx, s, path); err != nil {
 			t.Fatalf("save state: %v", err)
 		}
