@@ -395,7 +395,9 @@ func (f *fakeAgent) GuestRun(ctx context.Context, s vm.Spec, script string) (str
 
 type exitErr struct{ code int }
 
-func (e exitErr) Error() string   { return fmt.Sprintf("guest script exited %d: \x1b]0;owned\x07nope", e.code) }
+func (e exitErr) Error() string {
+	return fmt.Sprintf("guest script exited %d: \x1b]0;owned\x07nope", e.code)
+}
 func (e exitErr) ExitStatus() int { return e.code }
 
 func TestGuestAgentTransport(t *testing.T) {
