@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -64,9 +65,21 @@ func (t agentTransport) Run(ctx context.Context, c Cmd) (int, error) {
 	case errors.As(err, &es):
 		code = es.ExitStatus()
 	}
+	// The Error names the machine: a driver's error that does too is
+	// said without it.
+	msg := strings.TrimPrefix(err.Error(), t.s.Name+": ")
 	if code > 0 {
-		_, _ = io.WriteString(c.Stderr, err.Error())
+		_, _ = io.WriteString(c.Stderr, msg)
 		return code, nil
 	}
-	return -1, fmt.Errorf("the guest agent: %w", err)
+	return -1, &agentError{msg: msg, err: err}
 }
+
+// agentError is the agent's error said without the machine's name.
+type agentError struct {
+	msg string
+	err error
+}
+
+func (e *agentError) Error() string { return e.msg }
+func (e *agentError) Unwrap() error { return e.err }

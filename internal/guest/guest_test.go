@@ -410,11 +410,11 @@ func TestGuestAgentTransport(t *testing.T) {
 		t.Fatalf("out=%q err=%v spec=%+v", out, err, f.spec)
 	}
 	// A channel that fails is a transport error; its text is cleaned.
-	f.run = func(context.Context, string) (string, error) {
-		return "", errors.New("guest agent guest-exec: \x1b[2Kno agent\r\nforged")
-	}
+	// A driver's error that names the machine is said without it.
+	broken := errors.New("guest agent guest-exec: \x1b[2Kno agent\r\nforged")
+	f.run = func(context.Context, string) (string, error) { return "", fmt.Errorf("w-1: %w", broken) }
 	err = r.Run(ctx, Cmd{Step: "check the guest agent", Script: "true"})
-	if ExitCode(err) != -1 || !strings.HasPrefix(err.Error(), "w-1: check the guest agent: the guest agent: ") {
+	if ExitCode(err) != -1 || !errors.Is(err, broken) || !strings.HasPrefix(err.Error(), "w-1: check the guest agent: guest agent guest-exec: ") {
 		t.Fatalf("a broken channel: %v", err)
 	}
 	if where, bad := termsafetest.RawControl(err.Error()); bad || strings.Contains(err.Error(), "\n") {
@@ -423,7 +423,7 @@ func TestGuestAgentTransport(t *testing.T) {
 	// An error that carries a status is the script's exit.
 	f.run = func(context.Context, string) (string, error) { return "", fmt.Errorf("w-1: %w", exitErr{5}) }
 	err = r.Run(ctx, Cmd{Step: "identity", Script: "false"})
-	if ExitCode(err) != 5 || !strings.Contains(err.Error(), "w-1: identity: exit 5: ") || !strings.Contains(err.Error(), "nope") {
+	if ExitCode(err) != 5 || !strings.HasPrefix(err.Error(), "w-1: identity: exit 5: guest script exited 5") || !strings.Contains(err.Error(), "nope") {
 		t.Fatalf("an exit over the agent: %v", err)
 	}
 	if where, bad := termsafetest.RawControl(err.Error()); bad {
