@@ -46,7 +46,11 @@ func TestGuestErrorsNameTheMachineOnce(t *testing.T) {
 // exec keeps a command's exit status apart from a failure to run it.
 func TestExecExitStatusIsTheCommands(t *testing.T) {
 	c, m, g := newHostileFleet(t)
-	g.set(func(cmd string, out, errw io.Writer) uint32 { fmt.Fprint(out, cmd); fmt.Fprint(errw, "oops\n"); return 7 })
+	g.set(func(cmd string, out, errw io.Writer) uint32 {
+		fmt.Fprint(out, cmd)
+		fmt.Fprint(errw, "oops\n")
+		return 7
+	})
 	var out, errOut bytes.Buffer
 	rs := c.Exec(context.Background(), []*Machine{m}, []string{"sh", "-c", "exit 7"}, nil, &out, &errOut, false)
 	if rs[0].ExitCode != 7 || rs[0].Err != nil || WorstExit(rs) != 7 {
