@@ -2,11 +2,10 @@ package builder
 
 import (
 	"context"
-	"fmt"
 	"io"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/sshx"
+	guestcmd "github.com/agentfleet/agentfleet/internal/guest" // builder has a type guest
 	"golang.org/x/crypto/ssh"
 )
 
@@ -29,8 +28,16 @@ type sshComm struct{ client *ssh.Client }
 var _ Communicator = (*sshComm)(nil)
 
 func (c *sshComm) Run(ctx context.Context, command string, out io.Writer) (int, error) {
-	return sshx.Run(ctx, c.client, command, nil, out, out)
+	err := c.runner().Run(ctx, guestcmd.Cmd{Step: "run a build command", Script: command, Stdout: out, Stderr: out})
+	if code := guestcmd.ExitCode(err); code >= 0 {
+		return code, nil // the caller says what a non-zero exit means
+	}
+	return -1, err
 }
+
+// runner runs commands in the guest (the build's one machine, so its
+// errors need no name).
+func (c *sshComm) runner() *guestcmd.Runner { return guestcmd.OverSSH("", c.client) }
 
 func (c *sshComm) Upload(dst string, r io.Reader) error {
 	return c.cat(context.Background(), "cat > "+execx.ShellQuote(dst), r, io.Discard, "upload to "+dst)
@@ -41,12 +48,5 @@ func (c *sshComm) Download(src string, w io.Writer) error {
 }
 
 func (c *sshComm) cat(ctx context.Context, command string, in io.Reader, out io.Writer, what string) error {
-	code, err := sshx.Run(ctx, c.client, command, in, out, io.Discard)
-	if err == nil && code != 0 {
-		err = fmt.Errorf("exit status %d", code)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
+	return c.runner().Run(ctx, guestcmd.Cmd{Step: what, Script: command, Stdin: in, Stdout: out})
 }

@@ -1,7 +1,6 @@
 package builder
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/bounded"
+	guestcmd "github.com/agentfleet/agentfleet/internal/guest" // builder has a type guest
+	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
 
@@ -43,17 +44,18 @@ func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multiste
 	s.g = g
 	cfg.say("verify: SSH ready after %s", time.Since(t0).Round(time.Second))
 	// Checks need the boot finished (dockerd starting, cloud-init done).
-	_, _ = sshx.Run(ctx, g.client, "systemctl is-system-running --wait", nil, nil, nil)
+	r := guestcmd.OverSSH(g.spec.Name, g.client)
+	_ = r.Run(ctx, guestcmd.Cmd{Step: "wait for the boot", Script: "systemctl is-system-running --wait"})
 	for _, c := range cfg.Recipe.Checks {
-		var out bytes.Buffer
-		code, err := sshx.Run(ctx, g.client, c.Command, nil, &out, &out)
+		out := bounded.NewBuffer(bounded.Answer) // stdout and stderr, as a person reads them
+		err := r.Run(ctx, guestcmd.Cmd{Step: c.What, Script: c.Command, Stdout: out, Stderr: out})
+		if code := guestcmd.ExitCode(err); code > 0 {
+			return halt(state, fmt.Errorf("verify: %s failed (exit %d): %s; the image was not promoted", c.What, code, termsafe.Text(strings.TrimSpace(lastLines(out.String(), 8)))))
+		}
 		if err != nil {
-			return halt(state, fmt.Errorf("verify %q: %w", c.What, err))
+			return halt(state, fmt.Errorf("verify: %w", err))
 		}
-		if code != 0 {
-			return halt(state, fmt.Errorf("verify: %s failed (exit %d): %s; the image was not promoted", c.What, code, strings.TrimSpace(lastLines(out.String(), 8))))
-		}
-		cfg.say("verify: %-34s ok %s", c.What, firstLine(out.String()))
+		cfg.say("verify: %-34s ok %s", c.What, termsafe.Line(firstLine(out.String())))
 	}
 	if cfg.CacheDir != "" {
 		cacheDisk(cfg, state, disk)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/guest"
 )
 
 // ExecResult is one machine's outcome of Exec.
@@ -32,7 +32,7 @@ func (c *Controller) Exec(ctx context.Context, ms []*Machine, argv []string, std
 		go func() {
 			defer wg.Done()
 			results[i] = ExecResult{Machine: m.Name, ExitCode: -1}
-			cl, err := c.Connect(ctx, m)
+			r, err := c.guestRunner(ctx, m)
 			if err != nil {
 				results[i].Err = err
 				return
@@ -48,12 +48,15 @@ func (c *Controller) Exec(ctx context.Context, ms []*Machine, argv []string, std
 			if len(ms) > 1 {
 				in = nil // one stdin cannot feed several machines
 			}
-			code, err := sshx.Run(ctx, cl, cmd, in, o, e)
+			err = r.Run(ctx, guest.Cmd{Step: "exec", Script: cmd, Stdin: in, Stdout: o, Stderr: e})
 			if prefix {
 				po.Flush()
 				pe.Flush()
 			}
-			results[i].ExitCode, results[i].Err = code, err
+			// A non-zero exit is the command's answer, not a failure to run it.
+			if results[i].ExitCode = guest.ExitCode(err); results[i].ExitCode < 0 {
+				results[i].Err = err
+			}
 		}()
 	}
 	wg.Wait()

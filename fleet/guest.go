@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/crypto/ssh"
 )
@@ -164,10 +165,11 @@ func (c *Controller) waitSSH(ctx context.Context, m *Machine) error {
 }
 
 // Named prefixes err with the machine's name, unless err already names
-// it (a state error does).
+// it (a state error and a guest command's error do).
 func Named(machine string, err error) error {
 	var ue *UnavailableError
-	if err == nil || errors.As(err, &ue) {
+	var ge *guest.Error
+	if err == nil || errors.As(err, &ue) || errors.As(err, &ge) && ge.Machine == machine {
 		return err
 	}
 	return fmt.Errorf("%s: %w", machine, err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/termsafe/termsafetest"
@@ -170,7 +171,7 @@ func TestGuestAnswersAreBounded(t *testing.T) {
 			return 1
 		})
 		err := c.KillSession(ctx, m)
-		var ge *GuestError
+		var ge *guest.Error
 		if !errors.As(err, &ge) || ge.Code != 1 {
 			t.Fatalf("a failed kill: %v", err)
 		}

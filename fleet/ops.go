@@ -173,12 +173,12 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 	if resuming {
 		// The guest's clock stood still while it was saved.
 		if err := c.setClock(ctx, m); err != nil {
-			return fmt.Errorf("%s: set the clock after resume: %w", m.Name, err)
+			return err // it names the machine and the step
 		}
 	}
 	if m.Workspace != nil && m.Workspace.Mode == SyncShared && !resuming {
 		if err := c.mountShared(ctx, m); err != nil {
-			return fmt.Errorf("%s: %w", m.Name, err)
+			return Named(m.Name, err)
 		}
 	}
 	c.say("%s: ready", m.Name)
@@ -188,7 +188,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 // setClock sets the guest's clock to the host's.
 func (c *Controller) setClock(ctx context.Context, m *Machine) error {
 	now := time.Now()
-	_, err := c.guestRun(ctx, m, fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
+	_, err := c.guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
 	return err
 }
 

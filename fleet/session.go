@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
-	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/session"
-	"github.com/agentfleet/agentfleet/internal/sshx"
-	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // SessionRequest is one agent run on one machine.
@@ -26,64 +24,26 @@ type SessionRequest struct {
 	Getenv  func(string) string // where credentials come from (os.Getenv)
 }
 
-// guestRun runs script on m with stdin, returning stdout; a non-zero
-// exit is an error carrying the script's stderr. The host keeps at most
-// bounded.Answer bytes of stdout (more is an error: no script of ours
-// says that much) and the end of stderr.
-func (c *Controller) guestRun(ctx context.Context, m *Machine, script string, stdin io.Reader) ([]byte, error) {
+// guestRunner is the one way the controller runs commands in m: over
+// its kept connection, each error naming m and the step.
+func (c *Controller) guestRunner(ctx context.Context, m *Machine) (*guest.Runner, error) {
 	cl, err := c.Connect(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	// Past the limit the answer is wrong whatever follows: stop the
-	// command rather than read a flood to its end.
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	out, stderr := &answer{Buffer: bounded.NewBuffer(bounded.Answer), over: cancel}, bounded.NewTail(bounded.Stderr)
-	code, err := sshx.Run(rctx, cl, script, stdin, out, stderr)
-	if terr := out.Err(); terr != nil {
-		return nil, fmt.Errorf("%s: the guest's answer: %w", m.Name, terr)
-	}
+	return guest.OverSSH(m.Name, cl), nil
+}
+
+// guestRun runs script on m as step with stdin, returning stdout; a
+// non-zero exit is a *guest.Error carrying the end of its stderr. The
+// host keeps at most bounded.Answer bytes of stdout (more is an error: no
+// script of ours says that much).
+func (c *Controller) guestRun(ctx context.Context, m *Machine, step, script string, stdin io.Reader) ([]byte, error) {
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", m.Name, err)
+		return nil, err
 	}
-	if code != 0 {
-		return out.Bytes(), guestError(m.Name, code, stderr.Bytes())
-	}
-	return out.Bytes(), nil
-}
-
-// answer is a bounded.Buffer that calls over once it has dropped bytes.
-type answer struct {
-	*bounded.Buffer
-	over func()
-}
-
-func (a *answer) Write(p []byte) (int, error) {
-	n, err := a.Buffer.Write(p)
-	if a.Truncated() {
-		a.over()
-	}
-	return n, err
-}
-
-// GuestError is a guest-side script that failed.
-type GuestError struct {
-	Machine string
-	Code    int
-	Stderr  string // the last lines, safe for a terminal
-}
-
-// guestError keeps the last lines of a failed script's stderr, cleaned.
-func guestError(machine string, code int, stderr []byte) *GuestError {
-	return &GuestError{Machine: machine, Code: code, Stderr: termsafe.Text(strings.TrimSpace(execx.Tail(stderr, 3)))}
-}
-
-func (e *GuestError) Error() string {
-	if e.Stderr == "" {
-		return fmt.Sprintf("%s: exit status %d", e.Machine, e.Code)
-	}
-	return fmt.Sprintf("%s: %s", e.Machine, termsafe.Text(e.Stderr))
+	return r.Output(ctx, guest.Cmd{Step: step, Script: script, Stdin: stdin})
 }
 
 // StartSession starts an agent in m's tmux session, replacing any
@@ -110,14 +70,15 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 	if st, err := c.SessionStatus(ctx, m); err == nil && st.State.Live() {
 		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)
 	}
-	if _, err := c.guestRun(ctx, m, session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
-		return fmt.Errorf("store the task: %w", err)
+	// Each error names the machine and the step.
+	if _, err := c.guestRun(ctx, m, "store the task", session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
+		return err
 	}
-	if _, err := c.guestRun(ctx, m, session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
-		return fmt.Errorf("install the session: %w", err)
+	if _, err := c.guestRun(ctx, m, "install the session", session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
+		return err
 	}
-	if _, err := c.guestRun(ctx, m, session.StartScript(), bytes.NewReader(creds)); err != nil {
-		return fmt.Errorf("start the session: %w", err)
+	if _, err := c.guestRun(ctx, m, "start the session", session.StartScript(), bytes.NewReader(creds)); err != nil {
+		return err
 	}
 	c.say("%s: %s started", m.Name, r.Profile.Name)
 	return nil
@@ -125,7 +86,7 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 
 // SessionStatus reports m's agent.
 func (c *Controller) SessionStatus(ctx context.Context, m *Machine) (session.Status, error) {
-	out, err := c.guestRun(ctx, m, session.StatusScript(), nil)
+	out, err := c.guestRun(ctx, m, "read the agent's status", session.StatusScript(), nil)
 	if err != nil {
 		return session.Status{}, err
 	}
@@ -134,9 +95,8 @@ func (c *Controller) SessionStatus(ctx context.Context, m *Machine) (session.Sta
 
 // KillSession stops m's agent and keeps the machine.
 func (c *Controller) KillSession(ctx context.Context, m *Machine) error {
-	_, err := c.guestRun(ctx, m, session.KillScript(), nil)
-	var ge *GuestError
-	if errors.As(err, &ge) && ge.Code == 3 {
+	_, err := c.guestRun(ctx, m, "kill the agent", session.KillScript(), nil)
+	if guest.IsExit(err, 3) {
 		return fmt.Errorf("%s has no agent session", m.Name)
 	}
 	return err
@@ -177,24 +137,19 @@ func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefi
 			if raw && !prefix {
 				out = &lockedWriter{w: w, mu: &mu}
 			}
-			cl, err := c.Connect(ctx, m)
+			r, err := c.guestRunner(ctx, m)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			stderr := bounded.NewTail(bounded.Stderr)
-			code, err := sshx.Run(ctx, cl, session.LogsScript(follow), nil, out, stderr)
+			err = r.Run(ctx, guest.Cmd{Step: "read the logs", Script: session.LogsScript(follow), Stdout: out})
 			if f, ok := out.(*lineWriter); ok {
 				f.Flush()
 			}
-			switch {
-			case err != nil:
-				errs[i] = Named(m.Name, err)
-			case code == 3:
-				errs[i] = fmt.Errorf("%s: no session has run on this machine", m.Name)
-			case code != 0:
-				errs[i] = fmt.Errorf("%s: logs: exit %d %s", m.Name, code, termsafe.Text(strings.TrimSpace(execx.Tail(stderr.Bytes(), 3))))
+			if guest.IsExit(err, 3) {
+				err = fmt.Errorf("%s: no session has run on this machine", m.Name)
 			}
+			errs[i] = err
 		}()
 	}
 	wg.Wait()

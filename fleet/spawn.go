@@ -149,7 +149,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			if tpl != nil {
 				t2 := time.Now()
 				if err := c.identify(gctx, spec, seed); err != nil {
-					return fmt.Errorf("%s: restored from the warm template, but: %w", m.Name, err)
+					return Named(m.Name, fmt.Errorf("restored from the warm template, but: %w", err))
 				}
 				c.say("%s: restored from the warm template in %s (restore %s, identity %s; ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond),
 					t2.Sub(t1).Round(10*time.Millisecond), time.Since(t2).Round(10*time.Millisecond), rt.SSHAddr)

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -151,17 +151,20 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	}
 	// Ready means booted through: then it forgets the key it was reached
 	// with, so the saved RAM and disk hold no one's key.
-	var out strings.Builder
-	code, err := sshx.Run(wctx, cl, "cloud-init status --wait >/dev/null 2>&1; systemctl is-system-running --wait >/dev/null 2>&1; "+
-		"rm -f ~/.ssh/authorized_keys; sudo -n rm -f /root/.ssh/authorized_keys; sync", nil, &out, &out)
+	err = guest.OverSSH(spec.Name, cl).Run(wctx, guest.Cmd{Step: "settle the guest", Script: "cloud-init status --wait >/dev/null 2>&1; systemctl is-system-running --wait >/dev/null 2>&1; " +
+		"rm -f ~/.ssh/authorized_keys; sudo -n rm -f /root/.ssh/authorized_keys; sync"})
 	cl.Close()
-	if err != nil || code != 0 {
-		return images.Template{}, fmt.Errorf("warm template: settle the guest: exit %d %v %s", code, err, out.String())
+	if err != nil {
+		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
 	bootTook := time.Since(t0)
 	// The identity channel must work, or no clone could be given one.
+	agent, err := c.guestAgent(spec)
+	if err != nil {
+		return images.Template{}, fmt.Errorf("warm template: %w", err)
+	}
 	gctx, gcancel := context.WithTimeout(ctx, 2*time.Minute)
-	_, err = vm.GuestRun(gctx, c.Driver, spec, "true")
+	err = agent.Run(gctx, guest.Cmd{Step: "check the guest agent", Script: "true"})
 	gcancel()
 	if err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, img.Name)
@@ -194,10 +197,21 @@ func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) e
 	// One guest process sets the clock, then the rest (the clock first:
 	// the template's stood still while it was saved).
 	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
-	if _, err := vm.GuestRun(ictx, c.Driver, spec, seed.IdentityScript(r)); err != nil {
+	agent, err := c.guestAgent(spec)
+	if err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
-	return nil
+	return agent.Run(ictx, guest.Cmd{Step: "give it its identity", Script: seed.IdentityScript(r)})
+}
+
+// guestAgent is the runner over the driver's host-only channel into
+// spec's machine, for a driver that has one.
+func (c *Controller) guestAgent(spec vm.Spec) (*guest.Runner, error) {
+	a, err := vm.Guest(c.Driver)
+	if err != nil {
+		return nil, err
+	}
+	return guest.OverAgent(a, spec), nil
 }
 
 func randomHex(n int) string { return hex.EncodeToString(randomBytes(n)) }

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/session"
-	"github.com/agentfleet/agentfleet/internal/sshx"
 )
 
 // WatchAgent streams m's agent snapshots to fn until ctx ends: one guest
@@ -40,14 +40,14 @@ func (c *Controller) WatchAgent(ctx context.Context, m *Machine, fn func(session
 const minSnapshotGap = 100 * time.Millisecond
 
 func (c *Controller) watchOnce(ctx context.Context, m *Machine, fn func(session.Status, error)) error {
-	cl, err := c.Connect(ctx, m)
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := sshx.Run(ctx, cl, session.WatchScript(), nil, pw, io.Discard)
+		err := r.Run(ctx, guest.Cmd{Step: "watch the agent", Script: session.WatchScript(), Stdout: pw})
 		pw.CloseWithError(err)
 		done <- err
 	}()

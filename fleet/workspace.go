@@ -13,9 +13,8 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/layout"
-	"github.com/agentfleet/agentfleet/internal/sshx"
-	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 )
@@ -45,12 +44,6 @@ const DefaultMaxCollect = 2 << 30
 // DefaultMaxEntries caps how many files, folders and links one rsync-mode
 // collect unpacks from one VM.
 const DefaultMaxEntries = 1 << 20
-
-// guestTail is the end of what a guest wrote to stderr, cleaned for an
-// error message.
-func guestTail(t *bounded.Tail, lines int) string {
-	return termsafe.Text(strings.TrimSpace(execx.Tail(t.Bytes(), lines)))
-}
 
 // Workspace is a machine's project record.
 type Workspace struct {
@@ -184,29 +177,22 @@ func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspac
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("%s: bring in %s: %w", m.Name, p.req.Dir, err)
+		return Named(m.Name, fmt.Errorf("bring in %s: %w", p.req.Dir, err))
 	}
 	c.say("%s: %s in %s (%s)", m.Name, workspace.GuestDir, time.Since(t0).Round(10*time.Millisecond), p.req.Mode)
 	return nil
 }
 
 func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
-	cl, err := c.Connect(ctx, m)
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(p.repo.Pack(ctx, p.start, pw)) }()
-	stderr := bounded.NewTail(bounded.Stderr)
-	code, err := sshx.Run(ctx, cl, workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), pr, io.Discard, stderr)
+	err = r.Run(ctx, guest.Cmd{Step: "unpack the workspace", Script: workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), Stdin: pr})
 	pr.Close()
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("unpack in the VM: exit %d: %s", code, guestTail(stderr, 5))
-	}
-	return nil
+	return err
 }
 
 // opensshArgs are the ssh options that reach m with its pinned host key
@@ -240,21 +226,17 @@ func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspa
 	if _, err := c.runner().Run(ctx, execx.Cmd{Name: "rsync", Args: RsyncArgs(ssh, p.req.Dir, p.req.Excludes)}); err != nil {
 		return err
 	}
-	cl, err := c.Connect(ctx, m)
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
-	stderr := bounded.NewTail(bounded.Stderr)
-	if code, err := sshx.Run(ctx, cl, "touch ~/"+syncedMarker, nil, io.Discard, stderr); err != nil || code != 0 {
-		return fmt.Errorf("mark the sync: exit %d %v %s", code, err, guestTail(stderr, 3))
-	}
-	return nil
+	return r.Run(ctx, guest.Cmd{Step: "mark the sync", Script: "touch ~/" + syncedMarker})
 }
 
 // mountShared mounts the machine's shared folder at /workspace (after
 // every boot: spawn and start).
 func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
-	cl, err := c.Connect(ctx, m)
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -266,12 +248,8 @@ func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
 	if caps.ShareMountOptions != "" {
 		opts += "," + caps.ShareMountOptions
 	}
-	stderr := bounded.NewTail(bounded.Stderr)
 	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t %[4]s -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, caps.ShareTag, caps.ShareFS)
-	if code, err := sshx.Run(ctx, cl, cmd, nil, io.Discard, stderr); err != nil || code != 0 {
-		return fmt.Errorf("mount the shared folder: exit %d %v %s", code, err, guestTail(stderr, 3))
-	}
-	return nil
+	return r.Run(ctx, guest.Cmd{Step: "mount the shared folder", Script: cmd})
 }
 
 func (c *Controller) runner() execx.Runner {
@@ -290,22 +268,11 @@ func short(id string) string {
 
 // guestState runs StateScript in m (git mode).
 func (c *Controller) guestState(ctx context.Context, m *Machine, commit bool) (workspace.GuestState, error) {
-	cl, err := c.Connect(ctx, m)
+	out, err := c.guestRun(ctx, m, "read the state of "+workspace.GuestDir, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil)
 	if err != nil {
 		return workspace.GuestState{}, err
 	}
-	out, stderr := bounded.NewBuffer(bounded.Answer), bounded.NewTail(bounded.Stderr)
-	code, err := sshx.Run(ctx, cl, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil, out, stderr)
-	if err != nil {
-		return workspace.GuestState{}, err
-	}
-	if code != 0 {
-		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: exit %d: %s", workspace.GuestDir, code, guestTail(stderr, 3))
-	}
-	if err := out.Err(); err != nil {
-		return workspace.GuestState{}, fmt.Errorf("read the VM's %s: %w", workspace.GuestDir, err)
-	}
-	return workspace.ParseState(out.Bytes())
+	return workspace.ParseState(out)
 }
 
 // Pending reports whether a running machine has work no collect has
@@ -330,16 +297,17 @@ func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, err
 		}
 		return true, "commits or changes in " + workspace.GuestDir, nil
 	case SyncRsync:
-		cl, err := c.Connect(ctx, m)
+		r, err := c.guestRunner(ctx, m)
 		if err != nil {
 			return false, "", err
 		}
+		// Any answer means changed, so its length does not matter.
 		out := bounded.NewBuffer(bounded.Answer)
-		code, err := sshx.Run(ctx, cl, "find "+workspace.GuestDir+" -newer ~/"+syncedMarker+" -print -quit", nil, out, io.Discard)
-		if err != nil {
+		err = r.Run(ctx, guest.Cmd{Step: "look for changed files", Script: "find " + workspace.GuestDir + " -newer ~/" + syncedMarker + " -print -quit", Stdout: out})
+		if err != nil && guest.ExitCode(err) < 0 {
 			return false, "", err
 		}
-		if code != 0 || strings.TrimSpace(out.String()) != "" {
+		if err != nil || strings.TrimSpace(out.String()) != "" {
 			return true, "files changed in " + workspace.GuestDir, nil
 		}
 	}
@@ -455,7 +423,7 @@ func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOption
 // fetchPack streams the VM's pack into the host repository; a failed
 // import (too large, malformed) ends the VM's session at once.
 func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
-	return c.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack",
+	return c.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack the commits",
 		func(r io.Reader) error { return repo.Import(ctx, r, workspace.PackLimits(max)) })
 }
 
@@ -463,20 +431,16 @@ func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.R
 // returns, the rest of the stream is bounded by finishStream. read's error
 // wins over the guest's.
 func (c *Controller) readGuestStream(ctx context.Context, m *Machine, script, what string, read func(io.Reader) error) error {
-	cl, err := c.Connect(ctx, m)
+	r, err := c.guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	stderr := bounded.NewTail(bounded.Stderr)
 	done := make(chan error, 1)
 	go func() {
-		code, err := sshx.Run(sctx, cl, script, nil, pw, stderr)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("%s in the VM: exit %d: %s", what, code, guestTail(stderr, 3))
-		}
+		err := r.Run(sctx, guest.Cmd{Step: what, Script: script, Stdout: pw})
 		pw.CloseWithError(err)
 		done <- err
 	}()

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/agentfleet/agentfleet/internal/bounded"
 )
 
 func TestParseSyncMode(t *testing.T) {
@@ -151,22 +149,5 @@ func TestRemoveFleetDirKeepsResults(t *testing.T) {
 	}
 	if _, err := os.Stat(l.FleetDir("p")); err == nil {
 		t.Fatal("an empty fleet's folder was kept")
-	}
-}
-
-// A guest's stderr quoted in an error is its cleaned tail: a flood keeps
-// only the end, and escape sequences cannot reach the terminal.
-func TestGuestTailIsBoundedAndClean(t *testing.T) {
-	tail := bounded.NewTail(bounded.Stderr)
-	for i := 0; i < 100000; i++ {
-		tail.Write([]byte("noise noise noise noise\n"))
-	}
-	tail.Write([]byte("\x1b[1A\x1b[2Kfatal: \x1b]0;owned\x07bad object\r\n"))
-	got := guestTail(tail, 3)
-	if strings.ContainsAny(got, "\x1b\x07\r") {
-		t.Fatalf("raw control bytes: %q", got)
-	}
-	if !strings.Contains(got, "bad object") || strings.Count(got, "\n") != 2 || len(got) > 200 {
-		t.Fatalf("want the last 3 lines, cleaned: %q", got)
 	}
 }

@@ -213,7 +213,7 @@ func newAttachCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return interactiveCommand(cl, "tmux attach-session -t "+session.TmuxSession, true)
+			return interactiveCommand(ms[0].Name, "attach", cl, "tmux attach-session -t "+session.TmuxSession, true)
 		},
 	}
 }

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
@@ -42,35 +43,30 @@ func newSSHCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if len(args) > 1 {
-				code, err := sshx.Run(cmd.Context(), cl, execx.ShellJoin(args[1:]), os.Stdin, os.Stdout, os.Stderr)
-				if err != nil {
-					return err
+				err := guest.OverSSH(ms[0].Name, cl).Run(cmd.Context(), guest.Cmd{Step: "ssh", Script: execx.ShellJoin(args[1:]), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+				if code := guest.ExitCode(err); code > 0 {
+					return exitError{code} // the command's own status, said by its stderr
 				}
-				if code != 0 {
-					return exitError{code}
-				}
-				return nil
+				return err
 			}
-			return interactiveShell(cl)
+			return interactiveShell(ms[0].Name, cl)
 		},
 	}
 }
 
 // interactiveShell runs a login shell with a PTY sized like the local
 // terminal, in raw mode, following window size changes.
-func interactiveShell(cl *ssh.Client) error { return interactiveCommand(cl, "", false) }
+func interactiveShell(name string, cl *ssh.Client) error {
+	return interactiveCommand(name, "ssh", cl, "", false)
+}
 
-// interactiveCommand runs command (a login shell when "") with a PTY:
-// sized like the local terminal when stdin is one (raw mode, following
-// window changes), or 80x24 with always (tmux needs a terminal even when
-// a script drives it).
-func interactiveCommand(cl *ssh.Client, command string, always bool) error {
-	sess, err := cl.NewSession()
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	sess.Stdin, sess.Stdout, sess.Stderr = os.Stdin, os.Stdout, os.Stderr
+// interactiveCommand runs command (a login shell when "") in machine name
+// with a PTY: sized like the local terminal when stdin is one (raw mode,
+// following window changes), or 80x24 with always (tmux needs a terminal
+// even when a script drives it). It ends when the guest's side does: the
+// keys a person types, Ctrl-C among them, are the guest's.
+func interactiveCommand(name, step string, cl *ssh.Client, command string, always bool) error {
+	c := guest.Cmd{Step: step, Script: command, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
 	fd := int(os.Stdin.Fd())
 	tt := os.Getenv("TERM")
 	if tt == "" || tt == "dumb" {
@@ -78,9 +74,6 @@ func interactiveCommand(cl *ssh.Client, command string, always bool) error {
 	}
 	if term.IsTerminal(fd) {
 		w, h, _ := term.GetSize(fd)
-		if err := sess.RequestPty(tt, h, w, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
-			return err
-		}
 		old, err := term.MakeRaw(fd)
 		if err != nil {
 			return err
@@ -89,33 +82,34 @@ func interactiveCommand(cl *ssh.Client, command string, always bool) error {
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
+		resize, done := make(chan guest.Size, 1), make(chan struct{})
+		defer close(done)
 		go func() {
-			for range winch {
+			for {
+				select {
+				case <-done:
+					return
+				case <-winch:
+				}
 				if w, h, err := term.GetSize(fd); err == nil {
-					_ = sess.WindowChange(h, w)
+					select {
+					case resize <- guest.Size{Width: w, Height: h}:
+					case <-done:
+						return
+					}
 				}
 			}
 		}()
+		c.PTY = &guest.PTY{Term: tt, Width: w, Height: h, Echo: true, Resize: resize}
 	} else if always {
-		if err := sess.RequestPty(tt, 24, 80, ssh.TerminalModes{ssh.ECHO: 0}); err != nil {
-			return err
-		}
+		c.PTY = &guest.PTY{Term: tt, Width: 80, Height: 24}
 	}
-	if command == "" {
-		err = sess.Shell()
-	} else {
-		err = sess.Start(command)
+	// Not cancelled by a signal: the session is the person's to end.
+	err := guest.OverSSH(name, cl).Run(context.Background(), c)
+	if code := guest.ExitCode(err); code > 0 {
+		return exitError{code}
 	}
-	if err != nil {
-		return err
-	}
-	if err := sess.Wait(); err != nil {
-		if ee, ok := err.(*ssh.ExitError); ok {
-			return exitError{ee.ExitStatus()}
-		}
-		return err
-	}
-	return nil
+	return err
 }
 
 func newSSHConfigCmd(g *globals) *cobra.Command {
