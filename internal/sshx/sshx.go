@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -124,39 +123,6 @@ func WaitReady(ctx context.Context, t Target, b Backoff) (*ssh.Client, error) {
 			delay = b.Max
 		}
 	}
-}
-
-// Run executes one command string in a new session on c. It returns the
-// command's exit status; err is non-nil only when the command could not be
-// run or its status is unknown (connection lost, ctx cancelled).
-func Run(ctx context.Context, c *ssh.Client, command string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	s, err := c.NewSession()
-	if err != nil {
-		return -1, fmt.Errorf("open ssh session: %w", err)
-	}
-	defer s.Close()
-	s.Stdin, s.Stdout, s.Stderr = stdin, stdout, stderr
-	done := make(chan error, 1)
-	go func() { done <- s.Run(command) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = s.Signal(ssh.SIGKILL)
-		s.Close()
-		return -1, ctx.Err()
-	}
-	if err == nil {
-		return 0, nil
-	}
-	var ee *ssh.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitStatus(), nil
-	}
-	var missing *ssh.ExitMissingError
-	if errors.As(err, &missing) {
-		return -1, fmt.Errorf("remote command ended without an exit status (connection lost?)")
-	}
-	return -1, err
 }
 
 // Pool keeps one connection per machine name and reuses it for every session.

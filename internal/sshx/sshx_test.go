@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -113,11 +114,11 @@ func TestPinnedKeyAcceptedAndExitCodesReturned(t *testing.T) {
 	}
 	defer c.Close()
 	var out, errOut bytes.Buffer
-	code, err := Run(context.Background(), c, "hello", nil, &out, &errOut)
+	code, err := runCmd(context.Background(), c, "hello", nil, &out, &errOut)
 	if err != nil || code != 0 || out.String() != "hello" {
 		t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
 	}
-	code, err = Run(context.Background(), c, "exit 7", nil, &out, &out)
+	code, err = runCmd(context.Background(), c, "exit 7", nil, &out, &out)
 	if err != nil || code != 7 {
 		t.Fatalf("code=%d err=%v", code, err)
 	}
@@ -204,7 +205,7 @@ func TestPoolKeepsOneConnection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code, err := Run(context.Background(), c, "exit 0", nil, nil, nil); err != nil || code != 0 {
+		if code, err := runCmd(context.Background(), c, "exit 0", nil, nil, nil); err != nil || code != 0 {
 			t.Fatal(code, err)
 		}
 	}
@@ -236,7 +237,7 @@ func TestPoolConcurrentGetsShareALiveConnection(t *testing.T) {
 			c, err := p.Get(context.Background(), "vm-1", tgt)
 			if err == nil {
 				for j := 0; j < 5 && err == nil; j++ {
-					_, err = Run(context.Background(), c, "hello", nil, nil, nil)
+					_, err = runCmd(context.Background(), c, "hello", nil, nil, nil)
 				}
 			}
 			errs <- err
@@ -247,4 +248,36 @@ func TestPoolConcurrentGetsShareALiveConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// runCmd runs one command on c for these tests (fleet runs guest
+// commands through internal/guest).
+func runCmd(ctx context.Context, c *ssh.Client, command string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	s, err := c.NewSession()
+	if err != nil {
+		return -1, fmt.Errorf("open ssh session: %w", err)
+	}
+	defer s.Close()
+	s.Stdin, s.Stdout, s.Stderr = stdin, stdout, stderr
+	done := make(chan error, 1)
+	go func() { done <- s.Run(command) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = s.Signal(ssh.SIGKILL)
+		s.Close()
+		return -1, ctx.Err()
+	}
+	if err == nil {
+		return 0, nil
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitStatus(), nil
+	}
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return -1, fmt.Errorf("remote command ended without an exit status (connection lost?)")
+	}
+	return -1, err
 }

@@ -141,15 +141,6 @@ func StateKey(ctx context.Context, d Driver, s Spec) (string, error) {
 	return sn.StateKey(ctx, s)
 }
 
-// GuestRun runs script in s's guest on d (GuestAgent.GuestRun).
-func GuestRun(ctx context.Context, d Driver, s Spec, script string) (string, error) {
-	g, err := Guest(d)
-	if err != nil {
-		return "", err
-	}
-	return g.GuestRun(ctx, s, script)
-}
-
 // HostChecks are d's checks of this host, none if it has none.
 func HostChecks(ctx context.Context, d Driver) []HostCheck {
 	if hc, ok := d.(HostChecker); ok {

@@ -48,10 +48,9 @@ func (f *full) HostChecks(context.Context) []HostCheck {
 func TestHelpersSayNotSupportedNamingTheDriver(t *testing.T) {
 	ctx, d, s := context.Background(), bare{}, Spec{Name: "m"}
 	_, kerr := StateKey(ctx, d, s)
-	_, rerr := GuestRun(ctx, d, s, "true")
 	_, serr := Snapshots(d)
 	_, gerr := Guest(d)
-	for name, err := range map[string]error{"suspend": Suspend(ctx, d, s), "save": SaveState(ctx, d, s, "/x"), "key": kerr, "run": rerr, "snapshots": serr, "guest": gerr} {
+	for name, err := range map[string]error{"suspend": Suspend(ctx, d, s), "save": SaveState(ctx, d, s, "/x"), "key": kerr, "snapshots": serr, "guest": gerr} {
 		if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "the bare driver") {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -66,9 +65,10 @@ func TestHelpersHandOnToTheDriver(t *testing.T) {
 	ctx, s := context.Background(), Spec{Name: "m"}
 	f := &full{}
 	k, kerr := StateKey(ctx, f, s)
-	out, rerr := GuestRun(ctx, f, s, "echo hi")
+	g, gerr := Guest(f)
+	out, rerr := g.GuestRun(ctx, s, "echo hi")
 	if Suspend(ctx, f, s) != nil || !Suspended(f, s) || DiscardSuspended(f, s) != nil || SaveState(ctx, f, s, "/p") != nil ||
-		k != "k" || kerr != nil || out != "out" || rerr != nil || len(HostChecks(ctx, f)) != 1 {
+		k != "k" || kerr != nil || out != "out" || rerr != nil || gerr != nil || len(HostChecks(ctx, f)) != 1 {
 		t.Fatal("a helper changed the driver's answer")
 	}
 	want := "key m|run m echo hi|suspend m|suspended m|discard m|save m /p"

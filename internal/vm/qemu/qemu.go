@@ -9,8 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/layout"
-	"github.com/agentfleet/agentfleet/internal/procx"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +16,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/procx"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/vm"

@@ -155,8 +155,6 @@ func checkNotSupported(t *testing.T, d vm.Driver) {
 	if _, ok := d.(vm.GuestAgent); !ok {
 		_, err := vm.Guest(d)
 		notSupported("guest agent", err)
-		_, err = vm.GuestRun(ctx, d, s, "true")
-		notSupported("guest run", err)
 	}
 	if _, ok := d.(vm.HostChecker); !ok && vm.HostChecks(ctx, d) != nil {
 		t.Errorf("host checks from a driver without any")
