@@ -298,12 +298,7 @@ notify command with the event as JSON on stdin (as fleet top does).`,
 					if first && st.State.Live() {
 						return // where it stands, not news
 					}
-					ev := cockpit.Event{Time: time.Now(), Fleet: c.Fleet, Machine: m.Name, Kind: "agent", State: string(st.State), Message: st.Message}
-					if st.State == session.Succeeded || st.State == session.Failed {
-						code := st.ExitCode
-						ev.ExitCode = &code
-					}
-					n.Notify(ev)
+					n.Notify(cockpit.AgentEvent(time.Now(), c.Fleet, m.Name, st))
 				}
 			}
 			res := c.Wait(ctx, ms, 2*time.Second, changed)

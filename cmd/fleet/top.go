@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -17,9 +15,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
 	"github.com/agentfleet/agentfleet/internal/bounded"
-	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
@@ -271,99 +267,25 @@ happens (what fleet top announces), until interrupted:
 				return err
 			}
 			if !follow {
-				return printEventsNow(cmd.Context(), cs, print)
+				evs, err := cockpit.Current(cmd.Context(), cs)
+				if err != nil {
+					return err
+				}
+				for _, ev := range evs {
+					if err := print(ev); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
 			for _, c := range cs {
 				c.Progress = nil
 			}
-			return followEvents(cmd.Context(), cs, print)
+			return cockpit.Follow(cmd.Context(), cs, print)
 		},
 	}
 	cmd.Flags().BoolVar(&allFleets, "all-fleets", false, "every fleet on this host")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "print events as they happen, until interrupted")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
 	return cmd
-}
-
-// printEventsNow prints each machine's state and its logged refusals.
-func printEventsNow(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
-	now := time.Now()
-	var evs []cockpit.Event
-	for _, c := range cs {
-		st, err := c.Status(ctx)
-		if err != nil {
-			return err
-		}
-		m := cockpit.NewModel()
-		m.Apply(cockpit.MachinesMsg{At: now, Fleet: c.Fleet, Machines: st})
-		for _, ms := range st {
-			if ms.Agent != nil {
-				m.Apply(cockpit.AgentMsg{At: now, Fleet: c.Fleet, Machine: ms.Name, Status: *ms.Agent})
-			}
-		}
-		evs = append(evs, m.Snapshot(now)...)
-		s, err := c.Store().Load()
-		if err != nil {
-			return err
-		}
-		for _, mach := range s.Machines {
-			err := egress.Tail(ctx, mach.Dir, false, 0, func(line []byte) error {
-				return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) {
-					if e.Verdict != "deny" {
-						return
-					}
-					ev := cockpit.Event{Time: e.Time, Fleet: c.Fleet, Machine: mach.Name, Kind: "egress_denied",
-						Host: session.Clean(e.Host, 253), Port: e.Port, Message: session.Clean(e.Reason, 200)}
-					if e.Proxy == "credentials" {
-						if !strings.HasPrefix(e.Reason, egress.BudgetReason) {
-							return
-						}
-						ev.Kind, ev.Host, ev.Port = "budget_reached", "", 0
-					}
-					evs = append(evs, ev)
-				})
-			})
-			if err != nil {
-				return err
-			}
-		}
-	}
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
-	for _, ev := range evs {
-		if err := print(ev); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// followEvents runs the cockpit's feed and model without a screen.
-func followEvents(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	msgs := make(chan any, 256)
-	feed := &cockpit.Feed{Controllers: cs, Send: func(m any) {
-		select {
-		case msgs <- m:
-		case <-ctx.Done():
-		}
-	}}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); feed.Run(ctx) }()
-	defer wg.Wait()
-	model := cockpit.NewModel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m := <-msgs:
-			for _, ev := range model.Apply(m) {
-				if err := print(ev); err != nil {
-					cancel()
-					return err
-				}
-			}
-		}
-	}
 }
