@@ -79,10 +79,9 @@ func (o *taskOpts) load(n int, project string) ([][]byte, fleet.SessionRequest, 
 	if err != nil {
 		return nil, req, err
 	}
-	if req.Profile, err = proj.Profile(o.agent); err != nil {
+	if req, err = proj.SessionRequest(o.agent); err != nil {
 		return nil, req, err
 	}
-	req.Setup, req.Getenv = proj.Setup, os.Getenv
 	return tasks, req, nil
 }
 

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/agentfleet/agentfleet/fleet"
@@ -16,67 +14,15 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// workspace resolves how the project reaches the VMs: the flag, else
-// fleet.hcl, else git inside a repository and rsync elsewhere.
+// workspace is how the project reaches the VMs, and its fleet.hcl.
 func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, fleet.Project, error) {
-	dir := o.project
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return fleet.WorkspaceRequest{}, fleet.Project{}, err
-		}
-		dir = wd
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	_, repoErr := workspace.Open(ctx, execx.Local{}, dir)
-	proj, err := projectSettings(ctx, dir)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	mode := o.sync
-	if mode == "" {
-		mode = proj.Sync
-	}
-	if mode == "" {
-		mode = string(fleet.SyncRsync)
-		if repoErr == nil {
-			mode = string(fleet.SyncGit)
-		}
-	}
-	m, err := fleet.ParseSyncMode(mode)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	if m == fleet.SyncRsync || m == fleet.SyncShared {
-		if home, _ := os.UserHomeDir(); dir == "/" || dir == home {
-			return fleet.WorkspaceRequest{}, fleet.Project{}, fmt.Errorf("not bringing all of %s into VMs: cd into a project, pass --project DIR, or --sync none", dir)
-		}
-	}
-	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, proj, nil
+	return fleet.ProjectWorkspace(ctx, o.project, o.sync, o.excludes, o.writable)
 }
 
 // projectSettings is the fleet.hcl for a project folder ("" means the
-// working directory): the nearest one up to the repository's top.
+// working directory).
 func projectSettings(ctx context.Context, dir string) (fleet.Project, error) {
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return fleet.Project{}, err
-		}
-		dir = wd
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return fleet.Project{}, err
-	}
-	top := dir
-	if repo, err := workspace.Open(ctx, execx.Local{}, dir); err == nil {
-		top = repo.Dir
-	}
-	return fleet.FindProject(dir, top)
+	return fleet.ProjectAt(ctx, dir)
 }
 
 func newCollectCmd(g *globals) *cobra.Command {
