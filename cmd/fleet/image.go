@@ -100,8 +100,7 @@ Exit status: 0 built and promoted, 3 skipped by --if-changed, 1 failed.`,
 			// The default shape's template, so the first spawn restores
 			// instead of booting. The image is already promoted: a failure
 			// here only leaves that first spawn to make it.
-			mem, _ := parseMemory(defaultMemory)
-			if _, _, err := warmImage(cmd, g, res.Image, defaultCPUs, mem, fleet.NetworkOverrides{}); err != nil {
+			if _, _, err := warmImage(cmd, g, res.Image, fleet.DefaultCPUs, fleet.DefaultMemoryMiB, fleet.NetworkOverrides{}); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: no warm template made (%v); the first spawn makes one\n", err)
 			}
 			return nil
@@ -267,13 +266,7 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 	if err != nil {
 		return images.Template{}, false, err
 	}
-	return c.Template(cmd.Context(), imageRef(img, img.Disk), cpus, mem, rec)
-}
-
-// imageRef is what the controller needs of a stored image, booting disk
-// (the qcow2, or the driver's own export of it).
-func imageRef(img images.Image, disk string) fleet.ImageRef {
-	return fleet.ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot(), Arch: img.Arch}
+	return c.Template(cmd.Context(), fleet.StoredImage(img, img.Disk), cpus, mem, rec)
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {
@@ -324,7 +317,7 @@ and network shape. spawn makes one on first use if none matches (not with
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&cpus, "cpus", defaultCPUs, "virtual CPUs of the machines it is for")
+	cmd.Flags().IntVar(&cpus, "cpus", fleet.DefaultCPUs, "virtual CPUs of the machines it is for")
 	cmd.Flags().StringVar(&memory, "memory", defaultMemory, "memory of the machines it is for")
 	cmd.Flags().StringVar(&egressMode, "egress", "", "network shape of the machines it is for: allowlist (default), none or open")
 	cmd.Flags().StringVar(&creds, "credentials", "", "proxy (default), env or none: the proxy adds a forward")

@@ -16,11 +16,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// The default machine shape, which fleet image build warms.
-const (
-	defaultCPUs   = 2
-	defaultMemory = "2G"
-)
+// defaultMemory is fleet.DefaultMemoryMiB as --memory says it.
+var defaultMemory = fmt.Sprintf("%dG", fleet.DefaultMemoryMiB/1024)
 
 type machineOpts struct {
 	image    string
@@ -38,9 +35,9 @@ type machineOpts struct {
 }
 
 func (o *machineOpts) addFlags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: ubuntu-24.04 if built, else debian-12)")
+	cmd.Flags().StringVar(&o.image, "image", "", "base image NAME or NAME@VERSION (default: "+strings.Join(fleet.DefaultImages, " if built, else ")+")")
 	cmd.Flags().StringVar(&o.arch, "arch", "", "guest architecture, amd64 or arm64: picks that build of --image, and runs one\nthis host would emulate (an arm64 image on an amd64 host with KVM)")
-	cmd.Flags().IntVar(&o.cpus, "cpus", defaultCPUs, "virtual CPUs per machine")
+	cmd.Flags().IntVar(&o.cpus, "cpus", fleet.DefaultCPUs, "virtual CPUs per machine")
 	cmd.Flags().StringVar(&o.memory, "memory", defaultMemory, "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
 	cmd.Flags().BoolVar(&o.noWarm, "no-warm", false, "do not make a warm template for this shape: restore from one only if it exists,\nelse boot cold (by default the first spawn of a shape makes one: one cold boot)")
@@ -92,35 +89,16 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 			return fleet.SpawnRequest{}, err
 		}
 	}
-	store := imageStore(c.Layout)
-	ref := o.image
-	if ref == "" {
-		ref = "ubuntu-24.04"
-		if _, err := store.ResolveArch(ref, arch); err != nil {
-			ref = "debian-12"
-		}
-	}
-	img, err := store.ResolveArch(ref, arch)
+	img, err := fleet.SpawnImage(imageStore(c.Layout), o.image, arch, c.Driver)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
-	}
-	// Each driver boots the image format it names (VirtualBox: the OVA).
-	disk := img.Disk
-	if f := c.Driver.Capabilities().ImageFormat; f != "" && f != "qcow2" {
-		if _, has := img.Outputs[f]; !has {
-			return fleet.SpawnRequest{}, fmt.Errorf("image %s@%s has no %s for the %s driver: build one with: fleet image build %s --output qcow2,%s", img.Name, img.Version, strings.ToUpper(f), c.Driver.Name(), img.Name, f)
-		}
-		// Checked as it is handed out: an export from outside is data.
-		if disk, err = img.OutputPath(f); err != nil {
-			return fleet.SpawnRequest{}, err
-		}
 	}
 	netReq, err := proj.Network(o.net)
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
 	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: imageRef(img, disk), Workspace: ws, Network: netReq, Warm: warm, Arch: arch}, nil
+		Image: img, Workspace: ws, Network: netReq, Warm: warm, Arch: arch}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {

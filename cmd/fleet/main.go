@@ -26,11 +26,11 @@ func main() {
 	// no cobra, nothing printed.
 	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyCommand {
 		log.SetOutput(io.Discard)
-		os.Exit(runProxy(os.Args[2:]))
+		os.Exit(fleet.ProxyShimMain(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyServerCommand {
 		log.SetOutput(io.Discard)
-		os.Exit(runProxyServer(os.Args[2:]))
+		os.Exit(fleet.ProxyServerMain(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && driverCommands[os.Args[1]] != nil {
 		os.Exit(driverCommands[os.Args[1]](os.Args[2:]))

@@ -4,15 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/layout"
 	"io"
-	"net"
-	"os"
-	"os/exec"
-	"os/signal"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -21,7 +14,6 @@ import (
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 )
 
 func newNetCmd(g *globals) *cobra.Command {
@@ -172,102 +164,6 @@ func tailAudit(ctx context.Context, dir string, follow, asJSON bool, w io.Writer
 		}
 		return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) { fmt.Fprintln(w, termsafe.Line(e.String())) })
 	})
-}
-
-// runProxy is the shim QEMU starts per guest connection to a proxy
-// (`fleet __proxy KIND DIR`, the connection as stdin, stdout and stderr).
-// It hands the connection to the machine's proxy server, starting that
-// server if none runs, and exits: a guest's open connections cost no
-// process each. Nothing may be printed (it would reach the guest), so
-// stderr goes to a file in the machine folder first.
-func runProxy(args []string) int {
-	if len(args) != 2 || (args[0] != "egress" && args[0] != "credentials") {
-		fmt.Fprintln(os.Stderr, "usage: fleet __proxy egress|credentials MACHINE_DIR (started by the hypervisor)")
-		return 2
-	}
-	kind, dir := egress.KindEgress, args[1]
-	if args[0] == "credentials" {
-		kind = egress.KindCredentials
-	}
-	errLog := filepath.Join(dir, layout.ProxyErrorsLog)
-	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-		_ = unix.Dup2(int(f.Fd()), 2)
-		f.Close()
-	} else {
-		_ = syscall.Close(2)
-	}
-	conn := os.Stdin
-	os.Stdout.Close()
-	if os.Getenv(perConnectionEnv) == "1" {
-		return servePerConnection(dir, kind, conn)
-	}
-	err := egress.Handoff(dir, kind, conn, func() error { return startProxyServer(dir, errLog) })
-	// Our copy must go, or closing the server's would not end the guest's
-	// connection.
-	conn.Close()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339), "proxy shim:", err)
-		return 1
-	}
-	return 0
-}
-
-// perConnectionEnv, set in the hypervisor's environment (never the
-// guest's), makes the shim serve its connection itself: the design before
-// the per-machine server, a process per connection with no shared cap.
-// It exists so `make bench` can measure both side by side.
-const perConnectionEnv = "FLEET_PROXY_PER_CONNECTION"
-
-func servePerConnection(dir string, kind byte, f *os.File) int {
-	conn, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "proxy:", err)
-		return 1
-	}
-	handlers, _, err := fleet.ProxyHandlers(dir)
-	if err != nil || handlers[kind] == nil {
-		fmt.Fprintln(os.Stderr, "proxy: no handler:", err)
-		conn.Close()
-		return 1
-	}
-	handlers[kind](context.Background(), conn)
-	return 0
-}
-
-// startProxyServer starts `fleet __proxyd DIR` in its own session, so it
-// outlives the shim and the fleet command; it inherits the environment,
-// and with it the host credential the hypervisor was given.
-func startProxyServer(dir, errLog string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(self, fleet.ProxyServerCommand, dir)
-	if f, err := os.OpenFile(errLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-		cmd.Stderr = f
-		defer f.Close()
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	return cmd.Process.Release()
-}
-
-// runProxyServer is `fleet __proxyd DIR`: the machine's proxy server.
-func runProxyServer(args []string) int {
-	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: fleet __proxyd MACHINE_DIR (started by the proxy shim)")
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	if err := fleet.RunProxyServer(ctx, args[0]); err != nil {
-		fmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339), "proxy server:", err)
-		return 1
-	}
-	return 0
 }
 
 func newNetBudgetCmd(g *globals) *cobra.Command {

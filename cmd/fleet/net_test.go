@@ -24,10 +24,10 @@ import (
 func TestMain(m *testing.M) {
 	// The shim starts the machine's proxy server as this binary.
 	if len(os.Args) > 1 && os.Args[1] == fleet.ProxyServerCommand {
-		os.Exit(runProxyServer(os.Args[2:]))
+		os.Exit(fleet.ProxyServerMain(os.Args[2:]))
 	}
 	if args := os.Getenv("FLEET_TEST_PROXY_ARGS"); args != "" {
-		os.Exit(runProxy(strings.Fields(args)))
+		os.Exit(fleet.ProxyShimMain(strings.Fields(args)))
 	}
 	os.Exit(m.Run())
 }

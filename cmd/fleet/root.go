@@ -137,24 +137,19 @@ func (g *globals) controller(cmd *cobra.Command) (*fleet.Controller, error) {
 		Layout: l, Fleet: name, Log: log, Progress: cmd.ErrOrStderr(),
 		StopGrace: 60 * time.Second, Parallel: 8,
 	}
-	// The provider is decided here, once: a fleet keeps the driver it was
-	// made with; a new one takes --provider (or FLEET_PROVIDER), else
-	// fleet.hcl's, else qemu.
-	provider := g.provider
-	if st, err := c.Store().Load(); err == nil && st.Driver != "" && len(st.Machines) > 0 {
-		if provider != "" && provider != st.Driver {
-			return nil, fmt.Errorf("fleet %s runs on %s: --provider %s cannot change that (destroy it first)", name, st.Driver, provider)
-		}
-		provider = st.Driver
-	} else if provider == "" {
+	// A fleet keeps its driver; a new one takes --provider, else
+	// fleet.hcl's (of --project), else the default.
+	provider, err := fleet.ChooseProvider(c.Store(), g.provider, func() string {
 		project := ""
 		if f := cmd.Flags().Lookup("project"); f != nil {
 			project = f.Value.String()
 		}
 		// A broken fleet.hcl is reported by the command that reads it.
-		if proj, err := projectSettings(cmd.Context(), project); err == nil {
-			provider = proj.Provider
-		}
+		proj, _ := projectSettings(cmd.Context(), project)
+		return proj.Provider
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := g.setDriver(cmd, c, provider); err != nil {
 		return nil, err

@@ -79,10 +79,9 @@ func (o *taskOpts) load(n int, project string) ([][]byte, fleet.SessionRequest, 
 	if err != nil {
 		return nil, req, err
 	}
-	if req.Profile, err = proj.Profile(o.agent); err != nil {
+	if req, err = proj.SessionRequest(o.agent); err != nil {
 		return nil, req, err
 	}
-	req.Setup, req.Getenv = proj.Setup, os.Getenv
 	return tasks, req, nil
 }
 
@@ -298,12 +297,7 @@ notify command with the event as JSON on stdin (as fleet top does).`,
 					if first && st.State.Live() {
 						return // where it stands, not news
 					}
-					ev := cockpit.Event{Time: time.Now(), Fleet: c.Fleet, Machine: m.Name, Kind: "agent", State: string(st.State), Message: st.Message}
-					if st.State == session.Succeeded || st.State == session.Failed {
-						code := st.ExitCode
-						ev.ExitCode = &code
-					}
-					n.Notify(ev)
+					n.Notify(cockpit.AgentEvent(time.Now(), c.Fleet, m.Name, st))
 				}
 			}
 			res := c.Wait(ctx, ms, 2*time.Second, changed)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,17 +8,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/fleet/cockpit"
-	"github.com/agentfleet/agentfleet/internal/bounded"
-	"github.com/agentfleet/agentfleet/internal/egress"
-	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
@@ -142,7 +135,7 @@ runs fleet.hcl's notify command with the event as JSON on stdin.`,
 			if allFleets {
 				title = fmt.Sprintf("fleet top · %d fleets", len(cs))
 			}
-			ui := &cockpit.UI{Model: cockpit.NewModel(), Actions: newCLIActions(cmd.Context(), cs), Notifier: n, Title: title}
+			ui := &cockpit.UI{Model: cockpit.NewModel(), Actions: g.topActions(cmd), Notifier: n, Title: title}
 			p := tea.NewProgram(ui, tea.WithAltScreen(), tea.WithContext(cmd.Context()))
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -165,76 +158,36 @@ runs fleet.hcl's notify command with the event as JSON on stdin.`,
 	return cmd
 }
 
-// cliActions are fleet top's keys: this binary's own subcommands, so each
-// does exactly what the command does, refusals and all.
-type cliActions struct {
-	ctx  context.Context
-	self string
-	byFl map[string]*fleet.Controller
-}
-
-func newCLIActions(ctx context.Context, cs []*fleet.Controller) *cliActions {
+// topActions are fleet top's keys on the controller. Each action has a
+// controller of its own (as the command of the same name would), so its
+// progress is its own: the last line is what the cockpit shows. attach
+// is this binary's own subcommand: it takes the terminal raw, and a
+// process of its own gives it back whole whatever happens to the SSH
+// session.
+func (g *globals) topActions(cmd *cobra.Command) *cockpit.ControllerActions {
 	self, err := os.Executable()
 	if err != nil {
 		self = os.Args[0]
 	}
-	a := &cliActions{ctx: ctx, self: self, byFl: map[string]*fleet.Controller{}}
-	for _, c := range cs {
-		a.byFl[c.Fleet] = c
+	return &cockpit.ControllerActions{
+		Ctx: cmd.Context(),
+		Open: func(fleetName string, progress io.Writer) (*fleet.Controller, error) {
+			one := *g
+			one.fleetName = fleetName
+			c, err := one.controller(cmd)
+			if err != nil {
+				return nil, err
+			}
+			// Nothing may write past the screen: the warning a boot
+			// gives goes nowhere the cockpit shows.
+			c.Progress, c.BeforeBoot = progress, nil
+			return c, nil
+		},
+		Attach: func(fleetName, machine string) *exec.Cmd {
+			return exec.Command(self, "attach", "--name", fleetName, machine)
+		},
+		Summaries: printSummaries,
 	}
-	return a
-}
-
-// The scripts get the binary, the fleet and the machine as $0, $1, $2:
-// nothing is spliced into them.
-const (
-	pagerScript = `"$0" "$3" --name "$1" "$2" 2>&1 | { if [ -n "${PAGER:-}" ]; then sh -c "$PAGER"; elif command -v less >/dev/null; then less -R; else more; fi; }`
-	pauseScript = `printf '\n[enter returns to fleet top] '; read -r _`
-	applyScript = `"$0" collect --name "$1" "$2" || { ` + pauseScript + `; exit 1; }
-printf '\nMerge fleet/%s into the branch checked out in the project? [y/N] ' "$2"
-read -r a
-case "$a" in y|Y|yes) "$0" apply --name "$1" "$2" ;; *) echo "not applied" ;; esac
-` + pauseScript
-)
-
-func (a *cliActions) Command(fl, machine, action string) *exec.Cmd {
-	switch action {
-	case "attach":
-		return exec.Command(a.self, "attach", "--name", fl, machine)
-	case "logs", "diff":
-		return exec.Command("sh", "-c", pagerScript, a.self, fl, machine, action)
-	case "apply":
-		return exec.Command("sh", "-c", applyScript, a.self, fl, machine)
-	}
-	return exec.Command("sh", "-c", `"$0" "$3" --name "$1" "$2"; `+pauseScript, a.self, fl, machine, action)
-}
-
-func (a *cliActions) Run(fl, machine, action, arg string) (string, error) {
-	args := []string{action, "--name", fl, machine}
-	if action == "run" {
-		args = append(args, "--task", arg)
-	}
-	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Minute)
-	defer cancel()
-	// Only the last line is shown: keep the end of what it said.
-	out := bounded.NewTail(bounded.Stderr)
-	c := exec.CommandContext(ctx, a.self, args...)
-	c.Stdout, c.Stderr = out, out
-	err := c.Run()
-	last := termsafe.Line(strings.TrimSpace(execx.Tail(out.Bytes(), 1)))
-	if err != nil {
-		return "", fmt.Errorf("%s", last)
-	}
-	return last, nil
-}
-
-func (a *cliActions) Allow(fl, machine, pattern string) error {
-	c, ok := a.byFl[fl]
-	if !ok {
-		return fmt.Errorf("unknown fleet %q", fl)
-	}
-	_, err := c.AllowHost(a.ctx, []string{machine}, false, pattern)
-	return err
 }
 
 func newEventsCmd(g *globals) *cobra.Command {
@@ -271,99 +224,25 @@ happens (what fleet top announces), until interrupted:
 				return err
 			}
 			if !follow {
-				return printEventsNow(cmd.Context(), cs, print)
+				evs, err := cockpit.Current(cmd.Context(), cs)
+				if err != nil {
+					return err
+				}
+				for _, ev := range evs {
+					if err := print(ev); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
 			for _, c := range cs {
 				c.Progress = nil
 			}
-			return followEvents(cmd.Context(), cs, print)
+			return cockpit.Follow(cmd.Context(), cs, print)
 		},
 	}
 	cmd.Flags().BoolVar(&allFleets, "all-fleets", false, "every fleet on this host")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "print events as they happen, until interrupted")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per line")
 	return cmd
-}
-
-// printEventsNow prints each machine's state and its logged refusals.
-func printEventsNow(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
-	now := time.Now()
-	var evs []cockpit.Event
-	for _, c := range cs {
-		st, err := c.Status(ctx)
-		if err != nil {
-			return err
-		}
-		m := cockpit.NewModel()
-		m.Apply(cockpit.MachinesMsg{At: now, Fleet: c.Fleet, Machines: st})
-		for _, ms := range st {
-			if ms.Agent != nil {
-				m.Apply(cockpit.AgentMsg{At: now, Fleet: c.Fleet, Machine: ms.Name, Status: *ms.Agent})
-			}
-		}
-		evs = append(evs, m.Snapshot(now)...)
-		s, err := c.Store().Load()
-		if err != nil {
-			return err
-		}
-		for _, mach := range s.Machines {
-			err := egress.Tail(ctx, mach.Dir, false, 0, func(line []byte) error {
-				return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) {
-					if e.Verdict != "deny" {
-						return
-					}
-					ev := cockpit.Event{Time: e.Time, Fleet: c.Fleet, Machine: mach.Name, Kind: "egress_denied",
-						Host: session.Clean(e.Host, 253), Port: e.Port, Message: session.Clean(e.Reason, 200)}
-					if e.Proxy == "credentials" {
-						if !strings.HasPrefix(e.Reason, egress.BudgetReason) {
-							return
-						}
-						ev.Kind, ev.Host, ev.Port = "budget_reached", "", 0
-					}
-					evs = append(evs, ev)
-				})
-			})
-			if err != nil {
-				return err
-			}
-		}
-	}
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
-	for _, ev := range evs {
-		if err := print(ev); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// followEvents runs the cockpit's feed and model without a screen.
-func followEvents(ctx context.Context, cs []*fleet.Controller, print func(cockpit.Event) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	msgs := make(chan any, 256)
-	feed := &cockpit.Feed{Controllers: cs, Send: func(m any) {
-		select {
-		case msgs <- m:
-		case <-ctx.Done():
-		}
-	}}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); feed.Run(ctx) }()
-	defer wg.Wait()
-	model := cockpit.NewModel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m := <-msgs:
-			for _, ev := range model.Apply(m) {
-				if err := print(ev); err != nil {
-					cancel()
-					return err
-				}
-			}
-		}
-	}
 }

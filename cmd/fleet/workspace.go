@@ -2,81 +2,24 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/agentfleet/agentfleet/fleet"
-	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/workspace"
 	"github.com/spf13/cobra"
 )
 
-// workspace resolves how the project reaches the VMs: the flag, else
-// fleet.hcl, else git inside a repository and rsync elsewhere.
+// workspace is how the project reaches the VMs, and its fleet.hcl.
 func (o *machineOpts) workspace(ctx context.Context) (fleet.WorkspaceRequest, fleet.Project, error) {
-	dir := o.project
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return fleet.WorkspaceRequest{}, fleet.Project{}, err
-		}
-		dir = wd
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	_, repoErr := workspace.Open(ctx, execx.Local{}, dir)
-	proj, err := projectSettings(ctx, dir)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	mode := o.sync
-	if mode == "" {
-		mode = proj.Sync
-	}
-	if mode == "" {
-		mode = string(fleet.SyncRsync)
-		if repoErr == nil {
-			mode = string(fleet.SyncGit)
-		}
-	}
-	m, err := fleet.ParseSyncMode(mode)
-	if err != nil {
-		return fleet.WorkspaceRequest{}, fleet.Project{}, err
-	}
-	if m == fleet.SyncRsync || m == fleet.SyncShared {
-		if home, _ := os.UserHomeDir(); dir == "/" || dir == home {
-			return fleet.WorkspaceRequest{}, fleet.Project{}, fmt.Errorf("not bringing all of %s into VMs: cd into a project, pass --project DIR, or --sync none", dir)
-		}
-	}
-	return fleet.WorkspaceRequest{Mode: m, Dir: dir, Excludes: append(proj.Exclude, o.excludes...), Writable: o.writable || proj.SharedWritable}, proj, nil
+	return fleet.ProjectWorkspace(ctx, o.project, o.sync, o.excludes, o.writable)
 }
 
 // projectSettings is the fleet.hcl for a project folder ("" means the
-// working directory): the nearest one up to the repository's top.
+// working directory).
 func projectSettings(ctx context.Context, dir string) (fleet.Project, error) {
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return fleet.Project{}, err
-		}
-		dir = wd
-	}
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return fleet.Project{}, err
-	}
-	top := dir
-	if repo, err := workspace.Open(ctx, execx.Local{}, dir); err == nil {
-		top = repo.Dir
-	}
-	return fleet.FindProject(dir, top)
+	return fleet.ProjectAt(ctx, dir)
 }
 
 func newCollectCmd(g *globals) *cobra.Command {
@@ -182,23 +125,6 @@ func printSummaries(w io.Writer, sums []workspace.Summary) {
 	}
 }
 
-// gitMachine loads a git-mode machine for diff and apply.
-func gitMachine(cmd *cobra.Command, c *fleet.Controller, name string) (*fleet.Machine, error) {
-	s, err := c.Store().Load()
-	if err != nil {
-		return nil, err
-	}
-	ms, err := c.Select(s, []string{name}, false)
-	if err != nil {
-		return nil, err
-	}
-	m := ms[0]
-	if m.Workspace == nil || m.Workspace.Mode != fleet.SyncGit {
-		return nil, fmt.Errorf("%s was not spawned with --sync git: diff and apply work on git branches", name)
-	}
-	return m, nil
-}
-
 func newDiffCmd(g *globals) *cobra.Command {
 	var stat bool
 	cmd := &cobra.Command{
@@ -213,25 +139,9 @@ func newDiffCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			m, err := gitMachine(cmd, c, args[0])
-			if err != nil {
-				return err
-			}
-			if m.SSHAddr != "" {
-				if _, err := c.Collect(cmd.Context(), args, false, fleet.CollectOptions{}); err != nil {
-					return err
-				}
-				if m, err = gitMachine(cmd, c, args[0]); err != nil {
-					return err
-				}
-			}
-			if m.Workspace.Collected == nil {
-				return fmt.Errorf("%s: nothing collected yet and the machine is not running", m.Name)
-			}
-			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
 			// Cleaned on a terminal; byte for byte into a pipe (| git apply).
 			out, flush := forPerson(cmd.OutOrStdout())
-			err = repo.Diff(cmd.Context(), m.Workspace.Start, m.Workspace.Collected.Tip, stat, out)
+			err = c.Diff(cmd.Context(), args[0], stat, out)
 			flush()
 			return err
 		},
@@ -259,34 +169,11 @@ read those with fleet diff, then merge by hand.`,
 				return err
 			}
 			defer c.Close()
-			m, err := gitMachine(cmd, c, args[0])
+			branch, into, err := c.Apply(cmd.Context(), args[0], cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			if m.Workspace.Collected == nil {
-				return fmt.Errorf("%s: nothing collected yet; run fleet collect %s first", m.Name, m.Name)
-			}
-			repo := workspace.Repo{Runner: execx.Local{}, Dir: m.Workspace.Source}
-			dirty, err := repo.Dirty(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if dirty {
-				return fmt.Errorf("%s has uncommitted changes; commit or stash them before applying %s", repo.Dir, m.Workspace.Branch)
-			}
-			// git prints the agent's file names: cleaned on their way.
-			out := termsafe.NewWriter(cmd.ErrOrStderr())
-			err = repo.Merge(cmd.Context(), m.Workspace.Branch, out)
-			out.Flush()
-			if err != nil {
-				var re *execx.RunError
-				if errors.As(err, &re) {
-					return fmt.Errorf("merge %s stopped (resolve the conflicts and commit, or git merge --abort):\n%s",
-						termsafe.Line(m.Workspace.Branch), termsafe.Text(strings.TrimSpace(execx.Tail(re.Output, 8))))
-				}
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "merged %s into %s\n", termsafe.Line(m.Workspace.Branch), termsafe.Line(repo.CheckedOut(cmd.Context())))
+			fmt.Fprintf(cmd.OutOrStdout(), "merged %s into %s\n", termsafe.Line(branch), termsafe.Line(into))
 			return nil
 		},
 	}

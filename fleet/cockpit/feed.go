@@ -132,7 +132,7 @@ func (f *Feed) follow(ctx context.Context, c *fleet.Controller, ms []fleet.Machi
 func (f *Feed) tailAudit(ctx context.Context, fleetName string, m *fleet.Machine, began time.Time, poll time.Duration) {
 	egress.Tail(ctx, m.Dir, true, poll, func(line []byte) error {
 		return egress.ReadEntries(bytes.NewReader(line), func(e egress.Entry) {
-			if e.Verdict == "deny" {
+			if e.Refused() {
 				f.Send(DecisionMsg{Fleet: fleetName, Machine: m.Name, Entry: e, Old: e.Time.Before(began)})
 			}
 		})

@@ -15,7 +15,6 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
-	"github.com/agentfleet/agentfleet/internal/termsafe"
 )
 
 // MachinesMsg is the host's view of the fleets' machines (no SSH).
@@ -97,63 +96,6 @@ func (r Row) PendingRefusal() (Refusal, bool) {
 	return Refusal{}, false
 }
 
-// Event is what fleet events prints and notifications carry.
-type Event struct {
-	Time    time.Time `json:"time"`
-	Fleet   string    `json:"fleet"`
-	Machine string    `json:"machine"`
-	// Kind: "agent" (its state changed), "egress_denied" or
-	// "budget_reached".
-	Kind     string `json:"kind"`
-	State    string `json:"state,omitempty"` // agent: working, waiting, succeeded, failed, lost
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Message  string `json:"message,omitempty"`
-	Host     string `json:"host,omitempty"`
-	Port     int    `json:"port,omitempty"`
-	// Folded is how many events about the machine this notification
-	// stands for besides itself (notifications are one per machine per
-	// NotifyQuiet).
-	Folded int `json:"folded,omitempty"`
-}
-
-// Notable says the user is told (bell, desktop, notify command): an
-// agent ended or waits, or a proxy refused something.
-func (e Event) Notable() bool {
-	if e.Kind != "agent" {
-		return true
-	}
-	switch session.State(e.State) {
-	case session.Waiting, session.Succeeded, session.Failed, session.Lost:
-		return true
-	}
-	return false
-}
-
-// Text is the event in one line, for the bell's title and fleet events.
-func (e Event) Text() string {
-	var s string
-	switch e.Kind {
-	case "agent":
-		s = e.Machine + ": " + e.State
-		if e.ExitCode != nil && e.State == string(session.Failed) {
-			s += fmt.Sprintf(" (exit %d)", *e.ExitCode)
-		}
-	case "egress_denied":
-		s = fmt.Sprintf("%s: denied %s", e.Machine, fleet.RefusedPattern(e.Host, e.Port))
-	case "budget_reached":
-		s = e.Machine + ": budget reached"
-	default:
-		s = e.Machine + ": " + e.Kind
-	}
-	if e.Message != "" {
-		s += ": " + e.Message
-	}
-	if e.Folded > 0 {
-		s += fmt.Sprintf(" (and %d more)", e.Folded)
-	}
-	return termsafe.Line(s)
-}
-
 // Model is the cockpit's state.
 type Model struct {
 	rows map[string]*Row // by fleet/name
@@ -217,7 +159,7 @@ func (m *Model) machines(msg MachinesMsg) []Event {
 		if ms.State == fleet.StateDead && was != fleet.StateDead && r.Agent != nil && r.Agent.State.Live() {
 			r.Agent = &session.Status{State: session.Lost}
 			r.AgentAt = msg.At
-			evs = append(evs, Event{Time: msg.At, Fleet: msg.Fleet, Machine: ms.Name, Kind: "agent", State: string(session.Lost), Message: "its machine's hypervisor process is gone"})
+			evs = append(evs, AgentEvent(msg.At, msg.Fleet, ms.Name, session.Status{State: session.Lost, Message: "its machine's hypervisor process is gone"}))
 		}
 		if ms.State != fleet.StateRunning && ms.State != fleet.StateDead {
 			r.Agent = nil // asked again once it runs
@@ -239,7 +181,7 @@ func (m *Model) machines(msg MachinesMsg) []Event {
 
 func (m *Model) budget(at time.Time, fleetName, name string) Event {
 	m.announced[key(fleetName, name)+" budget"] = at
-	return Event{Time: at, Fleet: fleetName, Machine: name, Kind: "budget_reached",
+	return Event{Time: at, Fleet: fleetName, Machine: name, Kind: KindBudgetReached,
 		Message: "the credential proxy refuses its next model call (fleet net budget " + name + " +N raises it)"}
 }
 
@@ -264,25 +206,21 @@ func (m *Model) agent(msg AgentMsg) []Event {
 		return nil
 	}
 	r.AgentAt = msg.At
-	ev := Event{Time: msg.At, Fleet: msg.Fleet, Machine: msg.Machine, Kind: "agent", State: string(st.State), Message: st.Message}
-	if st.State == session.Succeeded || st.State == session.Failed {
-		code := st.ExitCode
-		ev.ExitCode = &code
-	}
 	if st.State == session.Idle {
 		return nil // a session cleared for the next task
 	}
-	return []Event{ev}
+	return []Event{AgentEvent(msg.At, msg.Fleet, msg.Machine, st)}
 }
 
 func (m *Model) decision(msg DecisionMsg) []Event {
 	r := m.rows[key(msg.Fleet, msg.Machine)]
 	e := msg.Entry
-	if r == nil || e.Verdict != "deny" {
+	ev, ok := AuditEvent(msg.Fleet, msg.Machine, e)
+	if r == nil || !ok {
 		return nil
 	}
-	if e.Proxy == "credentials" {
-		if !strings.HasPrefix(e.Reason, egress.BudgetReason) || msg.Old {
+	if ev.Kind == KindBudgetReached {
+		if msg.Old {
 			return nil
 		}
 		k := key(msg.Fleet, msg.Machine) + " budget"
@@ -291,8 +229,7 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 		}
 		return []Event{m.budget(e.Time, msg.Fleet, msg.Machine)}
 	}
-	host := session.Clean(e.Host, 253)
-	reason := session.Clean(e.Reason, 200)
+	host, reason := ev.Host, ev.Message
 	found := -1
 	for i, f := range r.Refusals {
 		if f.Host == host && f.Port == e.Port {
@@ -322,7 +259,7 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 		return nil
 	}
 	m.announced[k] = e.Time
-	return []Event{{Time: e.Time, Fleet: msg.Fleet, Machine: msg.Machine, Kind: "egress_denied", Host: host, Port: e.Port, Message: reason}}
+	return []Event{ev}
 }
 
 // Rows are the machines in name order, those matching filter only
@@ -348,13 +285,9 @@ func (m *Model) Rows(filter string) []Row {
 func (m *Model) Snapshot(at time.Time) []Event {
 	var out []Event
 	for _, r := range m.Rows("") {
-		ev := Event{Time: at, Fleet: r.Fleet, Machine: r.Name, Kind: "agent", State: r.State()}
+		ev := Event{Time: at, Fleet: r.Fleet, Machine: r.Name, Kind: KindAgent, State: r.State()}
 		if r.Agent != nil {
-			ev.State, ev.Message = string(r.Agent.State), r.Agent.Message
-			if r.Agent.State == session.Succeeded || r.Agent.State == session.Failed {
-				code := r.Agent.ExitCode
-				ev.ExitCode = &code
-			}
+			ev = AgentEvent(at, r.Fleet, r.Name, *r.Agent)
 		}
 		out = append(out, ev)
 	}

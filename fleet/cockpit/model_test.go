@@ -42,7 +42,7 @@ func states(m *Model) string {
 func kinds(evs []Event) string {
 	var out []string
 	for _, e := range evs {
-		out = append(out, e.Machine+":"+e.Kind+":"+e.State)
+		out = append(out, e.Machine+":"+string(e.Kind)+":"+e.State)
 	}
 	return strings.Join(out, " ")
 }

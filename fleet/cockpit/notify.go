@@ -93,7 +93,7 @@ func (n *Notifier) Notify(ev Event) {
 	} else {
 		h.folded++
 		// An agent's news outranks a refusal; otherwise the newest wins.
-		if ev.Kind == "agent" || h.ev.Kind != "agent" {
+		if ev.Kind == KindAgent || h.ev.Kind != KindAgent {
 			h.ev = &ev
 		}
 	}

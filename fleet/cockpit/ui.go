@@ -2,7 +2,6 @@ package cockpit
 
 import (
 	"fmt"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -14,14 +13,15 @@ import (
 	"github.com/charmbracelet/x/ansi"
 )
 
-// Actions are what the keys do. Each runs the same code as the command
-// of the same name: the UI never has its own way to collect or apply.
+// Actions are what the keys do. Each runs the same controller method as
+// the command of the same name (ControllerActions): the UI never has its
+// own way to collect or apply.
 type Actions interface {
-	// Command is the fleet subcommand as a process that takes the
-	// terminal (attach, logs and diff in a pager, collect, apply).
-	Command(fleetName, machine, action string) *exec.Cmd
-	// Run runs a subcommand in the background (kill, suspend, resume,
-	// stop, run --task) and returns what it said.
+	// Command is an action that takes the terminal until it ends
+	// (attach, logs and diff in a pager, collect, apply).
+	Command(fleetName, machine, action string) tea.ExecCommand
+	// Run runs an action in the background (kill, suspend, start, stop,
+	// run with a task) and returns the last line it said.
 	Run(fleetName, machine, action string, arg string) (string, error)
 	// Allow is fleet net allow PATTERN MACHINE.
 	Allow(fleetName, machine, pattern string) error
@@ -254,7 +254,7 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 func (u *UI) takeTerminal(r Row, action string) tea.Cmd {
 	c := u.Actions.Command(r.Fleet, r.Name, action)
 	name := r.Name
-	return tea.ExecProcess(c, func(err error) tea.Msg {
+	return tea.Exec(c, func(err error) tea.Msg {
 		if err != nil {
 			return actionDone{text: name + ": " + action, err: err}
 		}

@@ -19,9 +19,9 @@ type fakeActions struct {
 	allowErr               error
 }
 
-func (f *fakeActions) Command(fl, m, action string) *exec.Cmd {
+func (f *fakeActions) Command(fl, m, action string) tea.ExecCommand {
 	f.commands = append(f.commands, m+" "+action)
-	return exec.Command("true")
+	return ProcessCommand(exec.Command("true"))
 }
 
 func (f *fakeActions) Run(fl, m, action, arg string) (string, error) {

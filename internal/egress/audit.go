@@ -19,11 +19,19 @@ import (
 // one JSON object per line.
 const AuditFile = layout.AuditFile
 
+// An entry's proxy and verdict: the words the audit log is read by.
+const (
+	ProxyEgress      = "egress"
+	ProxyCredentials = "credentials"
+	VerdictAllow     = "allow"
+	VerdictDeny      = "deny"
+)
+
 // Entry is one decision.
 type Entry struct {
 	Time    time.Time `json:"time"`
-	Proxy   string    `json:"proxy"`   // "egress" or "credentials"
-	Verdict string    `json:"verdict"` // "allow" or "deny"
+	Proxy   string    `json:"proxy"`   // ProxyEgress or ProxyCredentials
+	Verdict string    `json:"verdict"` // VerdictAllow or VerdictDeny
 	Method  string    `json:"method,omitempty"`
 	Host    string    `json:"host,omitempty"`
 	Port    int       `json:"port,omitempty"`
@@ -32,6 +40,15 @@ type Entry struct {
 	Path    string    `json:"path,omitempty"`
 	Status  int       `json:"status,omitempty"`
 	Reason  string    `json:"reason"`
+}
+
+// Refused says the entry is a refusal.
+func (e Entry) Refused() bool { return e.Verdict == VerdictDeny }
+
+// BudgetReached says the entry is a model call the credential proxy
+// refused because the machine's budget is spent.
+func (e Entry) BudgetReached() bool {
+	return e.Proxy == ProxyCredentials && e.Verdict == VerdictDeny && strings.HasPrefix(e.Reason, BudgetReason)
 }
 
 // String renders an entry for `fleet net log`. Every field is escaped

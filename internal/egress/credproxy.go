@@ -184,9 +184,9 @@ func (p *CredProxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w := &guestWriter{ResponseWriter: rw, rc: rc, secret: p.Credential.Value, stall: orDefault(p.WriteStall, DefaultWriteStall)}
 	// Trailers are sent from the header map after the handler returns.
 	defer scrubHeaders(w.Header(), p.Credential.Value)
-	e := Entry{Proxy: "credentials", Method: printable(r.Method), Path: printable(r.URL.Path)}
+	e := Entry{Proxy: ProxyCredentials, Method: printable(r.Method), Path: printable(r.URL.Path)}
 	deny := func(code int, typ, reason, msg string) {
-		e.Verdict, e.Status, e.Reason = "deny", code, reason
+		e.Verdict, e.Status, e.Reason = VerdictDeny, code, reason
 		p.Audit.Log(e)
 		apiError(w, code, typ, msg)
 	}
@@ -356,7 +356,7 @@ func (p *CredProxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 					}
 				}}
 			}
-			e.Verdict, e.Status, e.Reason = "allow", resp.StatusCode, allowReason
+			e.Verdict, e.Status, e.Reason = VerdictAllow, resp.StatusCode, allowReason
 			p.Audit.Log(e)
 			return nil
 		},
@@ -367,7 +367,7 @@ func (p *CredProxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			if metered && errors.As(err, &oe) && oe.Op == "dial" {
 				endCall(released, Usage{})
 			}
-			e.Verdict, e.Status, e.Reason = "allow", http.StatusBadGateway, "upstream failed: "+shortErr(err)
+			e.Verdict, e.Status, e.Reason = VerdictAllow, http.StatusBadGateway, "upstream failed: "+shortErr(err)
 			p.Audit.Log(e)
 			apiError(w, http.StatusBadGateway, "api_error", "fleet credential proxy: upstream failed: "+shortErr(err))
 		},
@@ -530,7 +530,7 @@ func (p *CredProxy) tokenOK(r *http.Request) bool {
 }
 
 func (p *CredProxy) refuse(w http.ResponseWriter, e Entry, why string) {
-	e.Verdict, e.Status, e.Reason = "deny", http.StatusUnauthorized, why
+	e.Verdict, e.Status, e.Reason = VerdictDeny, http.StatusUnauthorized, why
 	p.Audit.Log(e)
 	apiError(w, http.StatusUnauthorized, "authentication_error", "fleet credential proxy: "+why)
 }

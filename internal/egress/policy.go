@@ -402,6 +402,6 @@ const (
 // would have let through: not a deny entry, a private address, a name
 // that does not resolve or a tunnel that broke the rules.
 func (e Entry) Allowable() bool {
-	return e.Proxy == "egress" && e.Verdict == "deny" && e.Host != "" &&
+	return e.Proxy == ProxyEgress && e.Verdict == VerdictDeny && e.Host != "" &&
 		(e.Reason == ReasonNotAllowed || (strings.HasPrefix(e.Reason, reasonPortPrefix) && strings.Contains(e.Reason, "is not in the allowlist")))
 }

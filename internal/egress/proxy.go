@@ -146,7 +146,7 @@ func (p *Proxy) admit(ctx context.Context, c net.Conn, e *Entry, h Host) (net.Co
 			continue
 		}
 		e.Addr = a.String()
-		e.Verdict, e.Reason = "allow", v.Reason
+		e.Verdict, e.Reason = VerdictAllow, v.Reason
 		if err := p.Audit.Log(*e); err != nil {
 			up.Close()
 			reply(c, http.StatusForbidden, "the audit log cannot be written")
@@ -182,7 +182,7 @@ func (p *Proxy) resolve(ctx context.Context, pol Policy, h Host) ([]netip.Addr, 
 }
 
 func (p *Proxy) deny(c net.Conn, e Entry, code int, why string) {
-	e.Proxy, e.Verdict, e.Reason, e.Status = "egress", "deny", why, code
+	e.Proxy, e.Verdict, e.Reason, e.Status = ProxyEgress, VerdictDeny, why, code
 	p.Audit.Log(e) // a denial stands even if it cannot be logged
 	reply(c, code, why)
 }
@@ -192,7 +192,7 @@ func (p *Proxy) deny(c net.Conn, e Entry, code int, why string) {
 // the host it asked for: otherwise an allowed name could carry cleartext,
 // or a TLS session to any other site behind the same address.
 func (p *Proxy) tunnel(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
-	e := Entry{Proxy: "egress", Method: "CONNECT"}
+	e := Entry{Proxy: ProxyEgress, Method: "CONNECT"}
 	h, port, err := ParseHostPort(req.RequestURI)
 	if err != nil {
 		e.Host = printable(req.RequestURI)
@@ -268,7 +268,7 @@ func sniMismatch(h Host, sni string) string {
 }
 
 func (p *Proxy) logDeny(e Entry, why string) {
-	e.Verdict, e.Reason = "deny", why
+	e.Verdict, e.Reason = VerdictDeny, why
 	p.Audit.Log(e)
 }
 
@@ -451,7 +451,7 @@ func closeWrite(c net.Conn) {
 // The request, body and all, must have arrived by RequestTimeout after
 // start.
 func (p *Proxy) forward(ctx context.Context, c net.Conn, req *http.Request, start time.Time) {
-	e := Entry{Proxy: "egress", Method: printable(req.Method)}
+	e := Entry{Proxy: ProxyEgress, Method: printable(req.Method)}
 	u := req.URL
 	if u == nil || u.Scheme != "http" || u.Host == "" {
 		p.deny(c, e, http.StatusBadRequest, "only CONNECT and absolute http:// URLs go through this proxy")

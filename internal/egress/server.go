@@ -199,7 +199,7 @@ func (s *Server) receive(ctx context.Context, uc *net.UnixConn, wg *sync.WaitGro
 	if s.active.Add(1) > int64(max) {
 		s.active.Add(-1)
 		why := fmt.Sprintf("over this machine's cap of %d concurrent proxy connections", max)
-		s.Audit.Log(Entry{Proxy: kindName(kind), Verdict: "deny", Reason: why})
+		s.Audit.Log(Entry{Proxy: kindName(kind), Verdict: VerdictDeny, Reason: why})
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		reply(conn, 503, why)
 		conn.Close()
@@ -237,7 +237,7 @@ func (s *Server) takeRate(kind byte) bool {
 	s.overRate++
 	if s.overRateAt.IsZero() || now.Sub(s.overRateAt) >= rateLogEvery {
 		why := fmt.Sprintf("over this machine's rate of %g new proxy connections a second (burst %d): %d refused since the last such line", rate, burst, s.overRate)
-		s.Audit.Log(Entry{Proxy: kindName(kind), Verdict: "deny", Reason: why})
+		s.Audit.Log(Entry{Proxy: kindName(kind), Verdict: VerdictDeny, Reason: why})
 		s.overRate, s.overRateAt = 0, now
 	}
 	return false
@@ -263,11 +263,22 @@ func (b *tokenBucket) take(now time.Time, rate, burst float64) bool {
 	return true
 }
 
+// ParseKind is the handoff kind a proxy's name stands for.
+func ParseKind(name string) (byte, error) {
+	switch name {
+	case ProxyEgress:
+		return KindEgress, nil
+	case ProxyCredentials:
+		return KindCredentials, nil
+	}
+	return 0, fmt.Errorf("unknown proxy %q (egress or credentials)", name)
+}
+
 func kindName(k byte) string {
 	if k == KindCredentials {
-		return "credentials"
+		return ProxyCredentials
 	}
-	return "egress"
+	return ProxyEgress
 }
 
 func readHandoff(uc *net.UnixConn) (byte, net.Conn, error) {
