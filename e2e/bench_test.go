@@ -139,11 +139,11 @@ func TestBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := st.Machines[:1]
-	if res := c.Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil {
+	if res := c.Sessions().Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil {
 		t.Fatal(res[0].Err)
 	}
 	kept := timeIt(20, func() {
-		if res := c.Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil || res[0].ExitCode != 0 {
+		if res := c.Sessions().Exec(ctx, m, []string{"true"}, nil, nil, nil, false); res[0].Err != nil || res[0].ExitCode != 0 {
 			t.Fatal(res[0])
 		}
 	})
@@ -237,7 +237,7 @@ func benchWorkspace(t *testing.T, c *fleetpkg.Controller, m *fleetpkg.Machine, s
 	timeOnce := func(f func()) time.Duration { clear(); t0 := time.Now(); f(); return time.Since(t0) }
 
 	fleetGit := timeOnce(func() {
-		if err := c.BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncGit, Dir: repo}); err != nil {
+		if err := c.Workspaces().BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncGit, Dir: repo}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -253,7 +253,7 @@ func benchWorkspace(t *testing.T, c *fleetpkg.Controller, m *fleetpkg.Machine, s
 	add("bring in 200MB/20k files: fleet git / git push", fmt.Sprintf("%.2f (%s vs %s)", fleetGit.Seconds()/handGit.Seconds(), fleetGit.Round(100*time.Millisecond), handGit.Round(100*time.Millisecond)), "<= 1.1")
 
 	fleetRsync := timeOnce(func() {
-		if err := c.BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncRsync, Dir: repo}); err != nil {
+		if err := c.Workspaces().BringIn(ctx, m, fleetpkg.WorkspaceRequest{Mode: fleetpkg.SyncRsync, Dir: repo}); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -70,14 +70,14 @@ func TestEmulatedMachinesWaitLonger(t *testing.T) {
 	if vm.HostArch() == vm.ARM64 {
 		other = vm.AMD64
 	}
-	if got := c.bootTimeout(vm.HostArch()); got != 3*time.Minute {
+	if got := c.Guests().bootTimeout(vm.HostArch()); got != 3*time.Minute {
 		t.Errorf("host arch: %s", got)
 	}
-	if got := c.bootTimeout(other); got != 10*time.Minute {
+	if got := c.Guests().bootTimeout(other); got != 10*time.Minute {
 		t.Errorf("%s on a %s host: %s", other, vm.HostArch(), got)
 	}
 	c.BootTimeout = 20 * time.Minute // FLEET_BOOT_TIMEOUT, or TCG already
-	if got := c.bootTimeout(other); got != 20*time.Minute {
+	if got := c.Guests().bootTimeout(other); got != 20*time.Minute {
 		t.Errorf("a longer timeout was shortened: %s", got)
 	}
 }

@@ -2,26 +2,22 @@ package fleet
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
-	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/crypto/ssh"
 )
-
-// GuestUser is the unprivileged login (with passwordless sudo) in every VM.
-const GuestUser = "agent"
 
 // Controller runs fleet operations for one fleet.
 type Controller struct {
@@ -74,11 +70,6 @@ func (c *Controller) say(format string, args ...any) {
 	fmt.Fprintln(c.Progress, line)
 }
 
-func (c *Controller) sshPool() *sshx.Pool {
-	c.poolOnce.Do(func() { c.pool = sshx.NewPool() })
-	return c.pool
-}
-
 // Close releases kept SSH connections.
 func (c *Controller) Close() {
 	if c.pool != nil {
@@ -118,55 +109,6 @@ func (c *Controller) lockSelected(ctx context.Context, names []string, all bool)
 	return unlock, s, ms, nil
 }
 
-// bootSpec is spec plus what only a boot needs: the network wiring and the
-// host credential for the proxies.
-func (c *Controller) bootSpec(ctx context.Context, m *Machine, seed vm.Seed) (vm.Spec, error) {
-	s := c.spec(m, seed)
-	n, err := c.networkSpec(ctx, m)
-	s.Network = n
-	return s, err
-}
-
-// fleetKey loads the fleet's client key, creating it on first use.
-func (c *Controller) fleetKey(create bool) (ssh.Signer, string, error) {
-	path := c.Layout.KeyFile(c.Fleet)
-	if s, err := sshx.LoadSigner(path); err == nil {
-		return s, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))), nil
-	} else if !errors.Is(err, os.ErrNotExist) || !create {
-		return nil, "", fmt.Errorf("fleet key: %w", err)
-	}
-	kp, err := sshx.NewKeyPair("agentfleet-" + c.Fleet)
-	if err != nil {
-		return nil, "", err
-	}
-	if err := WriteFileAtomic(path, kp.PrivatePEM, 0o600); err != nil {
-		return nil, "", err
-	}
-	if err := WriteFileAtomic(path+layout.PublicKeySuffix, []byte(kp.AuthorizedKey+"\n"), 0o644); err != nil {
-		return nil, "", err
-	}
-	s, err := sshx.LoadSigner(path)
-	return s, kp.AuthorizedKey, err
-}
-
-// target describes how to SSH into m.
-func (c *Controller) target(m *Machine) (sshx.Target, error) {
-	signer, _, err := c.fleetKey(false)
-	if err != nil {
-		return sshx.Target{}, err
-	}
-	hk, err := sshx.ParseAuthorizedKey(m.HostKey)
-	if err != nil {
-		return sshx.Target{}, fmt.Errorf("%s: pinned host key: %w", m.Name, err)
-	}
-	return sshx.Target{Addr: m.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, nil
-}
-
-// consoleHint points at the serial log of a machine that failed to boot.
-func (c *Controller) consoleHint(m *Machine) string {
-	return fmt.Sprintf(" (serial console: %s)", filepath.Join(m.Dir, layout.SerialFile))
-}
-
 // MachineNames resolves a user's machine argument (or --all) to records.
 func (c *Controller) Select(s *State, names []string, all bool) ([]*Machine, error) {
 	if all {
@@ -198,4 +140,26 @@ func unknownMachine(fleet, name string, s *State) error {
 		return fmt.Errorf("unknown machine %q: fleet %s has no machines", name, fleet)
 	}
 	return fmt.Errorf("unknown machine %q in fleet %s (machines: %s)", name, fleet, strings.Join(have, ", "))
+}
+
+// cleanupTimeout bounds rollback and teardown, which run on a fresh context
+// so that Ctrl-C (which cancelled the work) does not also cancel cleanup.
+const cleanupTimeout = 2 * time.Minute
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "i-" + hex.EncodeToString(b)
+}
+
+type credResult struct {
+	cred egress.Credential
+	err  error
+}
+
+func (c *Controller) runner() execx.Runner {
+	if c.Runner != nil {
+		return c.Runner
+	}
+	return execx.Local{}
 }

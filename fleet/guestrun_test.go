@@ -18,7 +18,7 @@ func TestGuestErrorsNameTheMachineOnce(t *testing.T) {
 	c, m, g := newHostileFleet(t)
 	ctx := context.Background()
 	g.set(func(_ string, _, errw io.Writer) uint32 { fmt.Fprint(errw, "tmux: no server\n"); return 1 })
-	err := c.KillSession(ctx, m)
+	err := c.Sessions().KillSession(ctx, m)
 	if want := "h-1: kill the agent: exit 1: tmux: no server"; err == nil || err.Error() != want {
 		t.Fatalf("kill: %v, want %q", err, want)
 	}
@@ -35,10 +35,10 @@ func TestGuestErrorsNameTheMachineOnce(t *testing.T) {
 	}
 	// Exit 3 of the logs script is "no session", said as such.
 	g.set(func(string, io.Writer, io.Writer) uint32 { return 3 })
-	if err := c.Logs(ctx, []*Machine{m}, false, true, false, io.Discard); err == nil || err.Error() != "h-1: no session has run on this machine" {
+	if err := c.Sessions().Logs(ctx, []*Machine{m}, false, true, false, io.Discard); err == nil || err.Error() != "h-1: no session has run on this machine" {
 		t.Fatalf("logs with no session: %v", err)
 	}
-	if err := c.KillSession(ctx, m); err == nil || err.Error() != "h-1 has no agent session" {
+	if err := c.Sessions().KillSession(ctx, m); err == nil || err.Error() != "h-1 has no agent session" {
 		t.Fatalf("kill with no session: %v", err)
 	}
 }
@@ -52,7 +52,7 @@ func TestExecExitStatusIsTheCommands(t *testing.T) {
 		return 7
 	})
 	var out, errOut bytes.Buffer
-	rs := c.Exec(context.Background(), []*Machine{m}, []string{"sh", "-c", "exit 7"}, nil, &out, &errOut, false)
+	rs := c.Sessions().Exec(context.Background(), []*Machine{m}, []string{"sh", "-c", "exit 7"}, nil, &out, &errOut, false)
 	if rs[0].ExitCode != 7 || rs[0].Err != nil || WorstExit(rs) != 7 {
 		t.Fatalf("exec of exit 7: %+v", rs[0])
 	}
@@ -62,7 +62,7 @@ func TestExecExitStatusIsTheCommands(t *testing.T) {
 	// A command that cannot be run has no status of its own.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	rs = c.Exec(ctx, []*Machine{m}, []string{"true"}, nil, &out, &errOut, false)
+	rs = c.Sessions().Exec(ctx, []*Machine{m}, []string{"true"}, nil, &out, &errOut, false)
 	if rs[0].ExitCode != -1 || rs[0].Err == nil || WorstExit(rs) != 255 {
 		t.Fatalf("exec that could not run: %+v", rs[0])
 	}

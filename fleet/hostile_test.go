@@ -47,7 +47,7 @@ func newHostileFleet(t *testing.T) (*Controller, *Machine, *hostileGuest) {
 	t.Helper()
 	c := &Controller{Layout: Layout{Root: t.TempDir()}, Fleet: "h", Driver: runningDriver{}}
 	os.MkdirAll(c.Layout.FleetDir(c.Fleet), 0o700)
-	client, _, err := c.fleetKey(true)
+	client, _, err := c.Guests().fleetKey(true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,17 +141,17 @@ func TestGuestAnswersAreBounded(t *testing.T) {
 	ctx := context.Background()
 	// A status answer with no end: refused, not held.
 	g.set(func(_ string, out, _ io.Writer) uint32 { flood(out, "A", floodSize); return 0 })
-	if _, err := c.SessionStatus(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
+	if _, err := c.Sessions().SessionStatus(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
 		t.Fatalf("a %d-byte status answer: %v", floodSize, err)
 	}
-	if err := c.KillSession(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
+	if err := c.Sessions().KillSession(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
 		t.Fatalf("a %d-byte kill answer: %v", floodSize, err)
 	}
 	// Past the limit the host stops reading: a guest that would send 1 GiB
 	// gets to send little more than the limit and what is in flight.
 	sent := make(chan int, 1)
 	g.set(func(_ string, out, _ io.Writer) uint32 { sent <- flood(out, "A", 1<<30); return 0 })
-	if _, err := c.SessionStatus(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
+	if _, err := c.Sessions().SessionStatus(ctx, m); !errors.Is(err, bounded.ErrTooLong) {
 		t.Fatalf("a 1 GiB status answer: %v", err)
 	}
 	if n := <-sent; n > 32<<20 {
@@ -159,7 +159,7 @@ func TestGuestAnswersAreBounded(t *testing.T) {
 	}
 	// A snapshot that is well-formed but for its many lines.
 	g.set(func(_ string, out, _ io.Writer) uint32 { flood(out, "last=41\n", floodSize); return 0 })
-	if _, err := c.SessionStatus(ctx, m); err == nil {
+	if _, err := c.Sessions().SessionStatus(ctx, m); err == nil {
 		t.Fatal("a flood of snapshot lines was read as a status")
 	}
 	// A failure whose stderr floods, escape sequences and all: the error
@@ -170,7 +170,7 @@ func TestGuestAnswersAreBounded(t *testing.T) {
 			fmt.Fprintf(errw, "last words %s\n", h)
 			return 1
 		})
-		err := c.KillSession(ctx, m)
+		err := c.Sessions().KillSession(ctx, m)
 		var ge *guest.Error
 		if !errors.As(err, &ge) || ge.Code != 1 {
 			t.Fatalf("a failed kill: %v", err)
@@ -194,7 +194,7 @@ func TestStartSessionRefusesAFloodingGuest(t *testing.T) {
 		flood(out, "B", floodSize)
 		return 0
 	})
-	err := c.StartSession(context.Background(), m, SessionRequest{Task: []byte("t"), Profile: session.Claude, Getenv: func(string) string { return "" }})
+	err := c.Sessions().StartSession(context.Background(), m, SessionRequest{Task: []byte("t"), Profile: session.Claude, Getenv: func(string) string { return "" }})
 	if !errors.Is(err, bounded.ErrTooLong) {
 		t.Fatalf("start against a flooding guest: %v", err)
 	}
@@ -230,7 +230,7 @@ func TestLogsCutAnEndlessLine(t *testing.T) {
 		raw, prefix bool
 	}{{"rendered", false, false}, {"rendered, prefixed", false, true}, {"raw, prefixed", true, true}} {
 		w := &countingWriter{keep: 4 << 20}
-		if err := c.Logs(context.Background(), []*Machine{m}, false, tc.raw, tc.prefix, w); err != nil {
+		if err := c.Sessions().Logs(context.Background(), []*Machine{m}, false, tc.raw, tc.prefix, w); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		out := string(w.b)
@@ -247,7 +247,7 @@ func TestLogsCutAnEndlessLine(t *testing.T) {
 	}
 	// Raw to one place streams through: nothing is cut, nothing is held.
 	w := &countingWriter{}
-	if err := c.Logs(context.Background(), []*Machine{m}, false, true, false, w); err != nil || w.n < floodSize {
+	if err := c.Sessions().Logs(context.Background(), []*Machine{m}, false, true, false, w); err != nil || w.n < floodSize {
 		t.Fatalf("raw: %d bytes, %v", w.n, err)
 	}
 }
@@ -265,7 +265,7 @@ func TestRenderedLogsAndPrefixedExecHaveNoRawControls(t *testing.T) {
 		return 0
 	})
 	w := &countingWriter{keep: 1 << 20}
-	if err := c.Logs(context.Background(), []*Machine{m, m}, false, false, true, w); err != nil {
+	if err := c.Sessions().Logs(context.Background(), []*Machine{m, m}, false, false, true, w); err != nil {
 		t.Fatal(err)
 	}
 	if where, bad := rawControl(string(w.b)); bad {
@@ -282,7 +282,7 @@ func TestRenderedLogsAndPrefixedExecHaveNoRawControls(t *testing.T) {
 		return 0
 	})
 	w = &countingWriter{keep: 4 << 20}
-	res := c.Exec(context.Background(), []*Machine{m}, []string{"x"}, nil, w, io.Discard, true)
+	res := c.Sessions().Exec(context.Background(), []*Machine{m}, []string{"x"}, nil, w, io.Discard, true)
 	if res[0].Err != nil || w.n > bounded.Line+1024 || !strings.HasSuffix(string(w.b), "h-1: ok\n") {
 		t.Fatalf("exec: %+v, %d bytes out", res[0], w.n)
 	}
@@ -328,7 +328,7 @@ func TestExitCodesCannotBeForged(t *testing.T) {
 	c, m, g := newHostileFleet(t)
 	for _, status := range []uint32{256, 512, 1<<32 - 1, 1 << 31} {
 		g.set(func(string, io.Writer, io.Writer) uint32 { return status })
-		res := c.Exec(context.Background(), []*Machine{m, m}, []string{"x"}, nil, io.Discard, io.Discard, true)
+		res := c.Sessions().Exec(context.Background(), []*Machine{m, m}, []string{"x"}, nil, io.Discard, io.Discard, true)
 		if got := WorstExit(res); got != 255 {
 			t.Errorf("guest status %d: exit %d, want 255", status, got)
 		}
@@ -343,7 +343,7 @@ func TestWaitEndsOnAnUnreadableExitAndTimesOut(t *testing.T) {
 			return 0
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		res := c.Wait(ctx, []*Machine{m}, 10*time.Millisecond, nil)
+		res := c.Sessions().Wait(ctx, []*Machine{m}, 10*time.Millisecond, nil)
 		cancel()
 		if res[0].Err != "" || res[0].Status.State != session.Failed || res[0].Status.ExitCode == 0 {
 			t.Errorf("exit=%q: %+v", exit, res[0])
@@ -356,7 +356,7 @@ func TestWaitEndsOnAnUnreadableExitAndTimesOut(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	res := c.Wait(ctx, []*Machine{m}, 10*time.Millisecond, nil)
+	res := c.Sessions().Wait(ctx, []*Machine{m}, 10*time.Millisecond, nil)
 	if !res[0].TimedOut || !strings.Contains(res[0].Err, "timed out while the agent was working") || res[0].Status.State != session.Working {
 		t.Fatalf("a wait past its deadline: %+v", res[0])
 	}

@@ -19,28 +19,13 @@ import (
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
-// CredentialsMode says how a model credential reaches an agent.
-type CredentialsMode string
+// Net owns a machine's way out and its model credential: the network
+// spec at boot, the proxies started with the hypervisor, policy and
+// budget changes on running machines.
+type Net struct{ c *Controller }
 
-const (
-	// CredentialsProxy (the default) gives the guest a per-VM token and the
-	// credential proxy's address; the real key stays on the host.
-	CredentialsProxy CredentialsMode = "proxy"
-	// CredentialsEnv forwards the host's key into the agent session's
-	// environment (never the disk or a command line).
-	CredentialsEnv CredentialsMode = "env"
-	// CredentialsNone gives the guest no credential at all.
-	CredentialsNone CredentialsMode = "none"
-)
-
-// ParseCredentialsMode checks a --credentials value.
-func ParseCredentialsMode(s string) (CredentialsMode, error) {
-	switch m := CredentialsMode(s); m {
-	case CredentialsProxy, CredentialsEnv, CredentialsNone:
-		return m, nil
-	}
-	return "", fmt.Errorf("unknown credentials mode %q (want proxy, env or none)", s)
-}
+// Net is the network-and-credentials concern of c.
+func (c *Controller) Net() Net { return Net{c} }
 
 // Guest ports of the host proxies, at the driver's ForwardIP.
 const (
@@ -58,15 +43,6 @@ type NetworkRequest struct {
 	Upstream          string // credential proxy upstream ("" = DefaultUpstream)
 	Limits            ProxyLimits
 	Spend             egress.SpendConfig // budget and prices (credential proxy only)
-}
-
-// Network is a machine's record of its egress and credentials. The policy
-// itself lives in the machine folder (egress.json), where `fleet net allow`
-// changes it and the proxy rereads it.
-type Network struct {
-	Egress            egress.Mode     `json:"egress"`
-	Credentials       CredentialsMode `json:"credentials"`
-	CredentialCommand string          `json:"credential_command,omitempty"`
 }
 
 // credentialsFile holds a machine's token and upstream; the token is not
@@ -218,12 +194,12 @@ func guestNetworkFiles(ip string, n *Network, token string) []vm.File {
 // one forward per proxy (this binary, started by the hypervisor for each
 // guest connection), and the host credential in the hypervisor's
 // environment.
-func (c *Controller) networkSpec(ctx context.Context, m *Machine) (vm.Network, error) {
-	out, err := c.networkShape(m)
+func (nt Net) networkSpec(ctx context.Context, m *Machine) (vm.Network, error) {
+	out, err := nt.networkShape(m)
 	if err != nil || m.Network == nil || m.Network.Credentials != CredentialsProxy {
 		return out, err
 	}
-	cred, err := c.hostCredential(ctx, m.Network.CredentialCommand)
+	cred, err := nt.hostCredential(ctx, m.Network.CredentialCommand)
 	if err != nil {
 		return vm.Network{}, err
 	}
@@ -239,12 +215,12 @@ func (c *Controller) networkSpec(ctx context.Context, m *Machine) (vm.Network, e
 // networkShape is m's network wiring without the host credential: the
 // restriction and the forwards. A warm template is made with this alone,
 // so it never holds a secret.
-func (c *Controller) networkShape(m *Machine) (vm.Network, error) {
+func (nt Net) networkShape(m *Machine) (vm.Network, error) {
 	n := m.Network
 	if n == nil || (n.Egress == egress.ModeOpen && n.Credentials != CredentialsProxy) {
 		return vm.Network{}, nil
 	}
-	self := c.Self
+	self := nt.c.Self
 	if self == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -287,31 +263,26 @@ func ParseCredentialEnv(v string) egress.Credential {
 // user's credential command, else ANTHROPIC_API_KEY or
 // CLAUDE_CODE_OAUTH_TOKEN. It is resolved when a machine starts (spawn, up,
 // start), while the user is there to unlock a password manager.
-func (c *Controller) hostCredential(ctx context.Context, command string) (egress.Credential, error) {
+func (nt Net) hostCredential(ctx context.Context, command string) (egress.Credential, error) {
 	// Once per distinct command: machines naming different commands get
 	// each its own credential, and one command is not run per machine.
-	c.credMu.Lock()
-	defer c.credMu.Unlock()
-	if r, ok := c.creds[command]; ok {
+	nt.c.credMu.Lock()
+	defer nt.c.credMu.Unlock()
+	if r, ok := nt.c.creds[command]; ok {
 		return r.cred, r.err
 	}
-	cred, err := c.resolveCredential(ctx, command)
-	if c.creds == nil {
-		c.creds = map[string]credResult{}
+	cred, err := nt.resolveCredential(ctx, command)
+	if nt.c.creds == nil {
+		nt.c.creds = map[string]credResult{}
 	}
-	c.creds[command] = credResult{cred, err}
+	nt.c.creds[command] = credResult{cred, err}
 	return cred, err
 }
 
-type credResult struct {
-	cred egress.Credential
-	err  error
-}
-
-func (c *Controller) resolveCredential(ctx context.Context, command string) (egress.Credential, error) {
+func (nt Net) resolveCredential(ctx context.Context, command string) (egress.Credential, error) {
 	var cred egress.Credential
 	if command == "" {
-		getenv := c.Getenv
+		getenv := nt.c.Getenv
 		if getenv == nil {
 			getenv = os.Getenv
 		}
@@ -319,7 +290,7 @@ func (c *Controller) resolveCredential(ctx context.Context, command string) (egr
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		out, err := c.runner().Run(cctx, execx.Cmd{Name: "sh", Args: []string{"-c", command}})
+		out, err := nt.c.runner().Run(cctx, execx.Cmd{Name: "sh", Args: []string{"-c", command}})
 		if err != nil {
 			// The command's output may hold a secret: say only how it failed.
 			var re *execx.RunError
@@ -339,7 +310,7 @@ func (c *Controller) resolveCredential(ctx context.Context, command string) (egr
 		cred = egress.Credential{Kind: kind, Value: v}
 	}
 	if cred.Value == "" {
-		c.say("warning: no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN here: the credential proxy will refuse the agents' API calls")
+		nt.c.say("warning: no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN here: the credential proxy will refuse the agents' API calls")
 	}
 	return cred, nil
 }
@@ -360,8 +331,8 @@ func LoadCredentialsConfig(dir string) (token, upstream string, err error) {
 // so a bad pattern or an unsuitable machine changes nothing. Running
 // proxies pick the change up on their next connection, and cut open
 // tunnels to hosts no longer allowed.
-func (c *Controller) ChangePolicy(ctx context.Context, names []string, all bool, change func(egress.Policy) (egress.Policy, error)) ([]*Machine, error) {
-	unlock, _, ms, err := c.lockSelected(ctx, names, all)
+func (nt Net) ChangePolicy(ctx context.Context, names []string, all bool, change func(egress.Policy) (egress.Policy, error)) ([]*Machine, error) {
+	unlock, _, ms, err := nt.c.lockSelected(ctx, names, all)
 	if err != nil {
 		return nil, err
 	}
@@ -396,4 +367,40 @@ func Policy(m *Machine) (egress.Policy, error) {
 		return egress.Policy{Mode: egress.ModeOpen, Allow: []string{}}, nil
 	}
 	return egress.LoadPolicy(m.Dir)
+}
+
+// bootSpec is spec plus what only a boot needs: the network wiring and the
+// host credential for the proxies.
+func (nt Net) bootSpec(ctx context.Context, m *Machine, seed vm.Seed) (vm.Spec, error) {
+	s := nt.c.spec(m, seed)
+	n, err := nt.networkSpec(ctx, m)
+	s.Network = n
+	return s, err
+}
+
+// ProxyLimits bound what one machine's proxying may hold on the host.
+type ProxyLimits struct {
+	MaxConnections int `json:"max_connections,omitempty"` // 0: egress.DefaultMaxConns
+	IdleTimeoutSec int `json:"idle_timeout_seconds,omitempty"`
+	// New connections a second, sustained and at once (0: egress's
+	// DefaultConnRate and DefaultConnBurst).
+	ConnectionsPerSecond float64 `json:"connections_per_second,omitempty"`
+	ConnectionBurst      int     `json:"connection_burst,omitempty"`
+}
+
+// proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
+// at spawn, the proxy server reads it when it starts.
+const proxyLimitsFile = layout.ProxyLimitsFile
+
+func saveProxyLimits(dir string, l ProxyLimits) error {
+	b, _ := json.Marshal(l)
+	return WriteFileAtomic(filepath.Join(dir, proxyLimitsFile), b, 0o600)
+}
+
+func loadProxyLimits(dir string) ProxyLimits {
+	var l ProxyLimits
+	if b, err := os.ReadFile(filepath.Join(dir, proxyLimitsFile)); err == nil {
+		_ = json.Unmarshal(b, &l)
+	}
+	return l
 }

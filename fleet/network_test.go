@@ -132,19 +132,19 @@ func TestChangePolicyIsAllOrNothing(t *testing.T) {
 	}
 	allow := func(p egress.Policy) (egress.Policy, error) { return p.WithAllowed("pypi.org") }
 	ctx := context.Background()
-	if _, err := c.ChangePolicy(ctx, nil, true, allow); err == nil || !strings.Contains(err.Error(), "p-3 has open egress") {
+	if _, err := c.Net().ChangePolicy(ctx, nil, true, allow); err == nil || !strings.Contains(err.Error(), "p-3 has open egress") {
 		t.Fatalf("--all over an open machine: %v", err)
 	}
 	if p, _ := egress.LoadPolicy(ms[0].Dir); len(p.Allow) != len(egress.Presets["claude"]) {
 		t.Error("a refused change still changed p-1")
 	}
-	if _, err := c.ChangePolicy(ctx, []string{"p-4"}, false, allow); err == nil || !strings.Contains(err.Error(), "--egress none") {
+	if _, err := c.Net().ChangePolicy(ctx, []string{"p-4"}, false, allow); err == nil || !strings.Contains(err.Error(), "--egress none") {
 		t.Errorf("none: %v", err)
 	}
-	if _, err := c.ChangePolicy(ctx, []string{"p-9"}, false, allow); err == nil {
+	if _, err := c.Net().ChangePolicy(ctx, []string{"p-9"}, false, allow); err == nil {
 		t.Error("an unknown machine was accepted")
 	}
-	if _, err := c.ChangePolicy(ctx, []string{"p-1", "p-2"}, false, allow); err != nil {
+	if _, err := c.Net().ChangePolicy(ctx, []string{"p-1", "p-2"}, false, allow); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range ms[:2] {
@@ -168,17 +168,17 @@ func TestParseCredentialEnv(t *testing.T) {
 func TestHostCredentialFromACommand(t *testing.T) {
 	ctx := context.Background()
 	c := &Controller{}
-	cred, err := c.hostCredential(ctx, "printf 'sk-ant-oat01-abc\\n'")
+	cred, err := c.Net().hostCredential(ctx, "printf 'sk-ant-oat01-abc\\n'")
 	if err != nil || cred.Kind != egress.OAuthToken || cred.Value != "sk-ant-oat01-abc" {
 		t.Errorf("%+v %v", cred, err)
 	}
 	c = &Controller{}
-	_, err = c.hostCredential(ctx, "echo sk-secret-in-output; exit 3")
+	_, err = c.Net().hostCredential(ctx, "echo sk-secret-in-output; exit 3")
 	if err == nil || strings.Contains(err.Error(), "sk-secret") || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("a failing command: %v (must not show its output)", err)
 	}
 	c = &Controller{Getenv: func(k string) string { return map[string]string{"ANTHROPIC_API_KEY": "k"}[k] }}
-	if cred, _ := c.hostCredential(ctx, ""); cred.Kind != egress.APIKey || cred.Value != "k" {
+	if cred, _ := c.Net().hostCredential(ctx, ""); cred.Kind != egress.APIKey || cred.Value != "k" {
 		t.Errorf("from the environment: %+v", cred)
 	}
 }

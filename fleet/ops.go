@@ -14,17 +14,10 @@ import (
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
+	"github.com/agentfleet/agentfleet/internal/workspace"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"golang.org/x/sync/errgroup"
-)
-
-// Machine states shown by ls.
-const (
-	StateRunning   = "running"
-	StateStopped   = "stopped"
-	StateDead      = "dead"      // should run, but its hypervisor process is gone
-	StateSuspended = "suspended" // its memory saved to disk, no process
 )
 
 // MachineStatus is one row of `fleet ls`.
@@ -63,7 +56,7 @@ func (c *Controller) Status(ctx context.Context) ([]MachineStatus, error) {
 			defer wg.Done()
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if st, err := c.SessionStatus(qctx, m); err == nil {
+			if st, err := c.Sessions().SessionStatus(qctx, m); err == nil {
 				out[i].Agent = &st
 			}
 		}()
@@ -133,8 +126,8 @@ func (c *Controller) Start(ctx context.Context, names []string, all bool, o Star
 
 // startOne starts one machine; the caller holds the fleet lock.
 func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) error {
-	c.sshPool().Drop(m.Name)
-	spec, err := c.bootSpec(ctx, m, vm.Seed{})
+	c.Guests().sshPool().Drop(m.Name)
+	spec, err := c.Net().bootSpec(ctx, m, vm.Seed{})
 	if err != nil {
 		return err
 	}
@@ -148,7 +141,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		return fmt.Errorf("%s was suspended, but its saved state (%s) is missing; to boot it from its disk instead, losing what was in its memory: fleet start --discard-memory %s", m.Name, filepath.Join(m.Dir, layout.SuspendFile), m.Name)
 	}
 	t0 := time.Now()
-	rt, err := c.startMachine(ctx, spec)
+	rt, err := c.Net().startMachine(ctx, spec)
 	if err != nil {
 		if resuming {
 			return fmt.Errorf("%w; the disk and the state are kept (to boot from the disk instead, losing what was in memory: fleet start --discard-memory %s)", err, m.Name)
@@ -167,7 +160,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 	} else {
 		c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
 	}
-	if err := c.waitSSH(ctx, m); err != nil {
+	if err := c.Guests().waitSSH(ctx, m); err != nil {
 		return err
 	}
 	if resuming {
@@ -177,7 +170,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		}
 	}
 	if m.Workspace != nil && m.Workspace.Mode == SyncShared && !resuming {
-		if err := c.mountShared(ctx, m); err != nil {
+		if err := c.Workspaces().mountShared(ctx, m); err != nil {
 			return Named(m.Name, err)
 		}
 	}
@@ -188,7 +181,7 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 // setClock sets the guest's clock to the host's.
 func (c *Controller) setClock(ctx context.Context, m *Machine) error {
 	now := time.Now()
-	_, err := c.guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
+	_, err := c.Guests().guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
 	return err
 }
 
@@ -213,11 +206,11 @@ func (c *Controller) suspendOne(ctx context.Context, m *Machine) error {
 	if m.Workspace != nil && m.Workspace.Mode == SyncShared {
 		return fmt.Errorf("%s has a live shared folder (virtiofs), which cannot be saved with it: use fleet stop", m.Name)
 	}
-	if _, err := c.Connect(ctx, m); err != nil {
+	if _, err := c.Guests().Connect(ctx, m); err != nil {
 		return err
 	}
 	c.rememberPending(ctx, m)
-	c.sshPool().Drop(m.Name)
+	c.Guests().sshPool().Drop(m.Name)
 	t0 := time.Now()
 	spec := c.spec(m, vm.Seed{})
 	if err := vm.Suspend(ctx, c.Driver, spec); err != nil {
@@ -259,7 +252,7 @@ func (c *Controller) rememberPending(ctx context.Context, m *Machine) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if pending, _, err := c.Pending(qctx, m); err == nil {
+	if pending, _, err := c.Workspaces().Pending(qctx, m); err == nil {
 		m.Workspace.PendingAtStop = &pending
 	}
 }
@@ -270,8 +263,8 @@ func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 		if m.SSHAddr != "" {
 			c.rememberPending(gctx, m)
 		}
-		c.sshPool().Drop(m.Name)
-		if err := c.stopMachine(gctx, c.spec(m, vm.Seed{})); err != nil {
+		c.Guests().sshPool().Drop(m.Name)
+		if err := c.Net().stopMachine(gctx, c.spec(m, vm.Seed{})); err != nil {
 			return err
 		}
 		m.SSHAddr, m.PID, m.Desired = "", 0, WantStopped
@@ -338,8 +331,8 @@ func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o De
 	var errs []error
 	for i := len(ms) - 1; i >= 0; i-- {
 		m := ms[i]
-		c.sshPool().Drop(m.Name)
-		if err := c.deleteMachine(cctx, c.spec(m, vm.Seed{})); err != nil {
+		c.Guests().sshPool().Drop(m.Name)
+		if err := c.Net().deleteMachine(cctx, c.spec(m, vm.Seed{})); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -402,7 +395,7 @@ func (c *Controller) sweepOrphans(ctx context.Context, s *State) error {
 			continue
 		}
 		dir := filepath.Join(c.Layout.MachinesDir(c.Fleet), e.Name())
-		if err := c.deleteMachine(ctx, vm.Spec{Name: e.Name(), Dir: dir}); err != nil {
+		if err := c.Net().deleteMachine(ctx, vm.Spec{Name: e.Name(), Dir: dir}); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -432,7 +425,7 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 			continue
 		}
 		if o.Collect {
-			if _, err := c.collectOne(ctx, m, o.CollectOptions); err != nil {
+			if _, err := c.Workspaces().collectOne(ctx, m, o.CollectOptions); err != nil {
 				return fmt.Errorf("%s: collect before destroy: %w (nothing was destroyed)", m.Name, err)
 			}
 			continue
@@ -441,7 +434,7 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 		switch {
 		case m.SSHAddr != "":
 			var err error
-			if pending, what, err = c.Pending(ctx, m); err != nil {
+			if pending, what, err = c.Workspaces().Pending(ctx, m); err != nil {
 				pending, what = true, "cannot be checked ("+termsafe.Line(err.Error())+")"
 			}
 		case w.PendingAtStop != nil:
@@ -457,4 +450,40 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 		return fmt.Errorf("not destroying: uncollected work in %s; run fleet collect first, or destroy --collect, or --force to discard it", strings.Join(refused, ", "))
 	}
 	return nil
+}
+
+// Collect brings each machine's work to the host: in git mode as branch
+// fleet/<vm> (the VM's uncommitted work as its own commit on top), in
+// rsync mode into a results folder. The host's working tree, index,
+// HEAD, hooks and config are never written.
+func (c *Controller) Collect(ctx context.Context, names []string, all bool, o CollectOptions) ([]workspace.Summary, error) {
+	unlock, s, ms, err := c.lockSelected(ctx, names, all)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := checkCollectable(ms, all); err != nil {
+		return nil, err
+	}
+	var out []workspace.Summary
+	var errs []error
+	for _, m := range ms {
+		if m.Workspace == nil || (m.Workspace.Mode != SyncGit && m.Workspace.Mode != SyncRsync) {
+			continue
+		}
+		var sum workspace.Summary
+		err := c.whileRunning(ctx, m, func() (err error) {
+			sum, err = c.Workspaces().collectOne(ctx, m, o)
+			return err
+		})
+		if err != nil {
+			errs = append(errs, Named(m.Name, err))
+			continue
+		}
+		out = append(out, sum)
+	}
+	if err := c.Store().Save(s); err != nil {
+		errs = append(errs, err)
+	}
+	return out, errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"fmt"
+
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,36 +14,8 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
-	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
-
-// ProxyLimits bound what one machine's proxying may hold on the host.
-type ProxyLimits struct {
-	MaxConnections int `json:"max_connections,omitempty"` // 0: egress.DefaultMaxConns
-	IdleTimeoutSec int `json:"idle_timeout_seconds,omitempty"`
-	// New connections a second, sustained and at once (0: egress's
-	// DefaultConnRate and DefaultConnBurst).
-	ConnectionsPerSecond float64 `json:"connections_per_second,omitempty"`
-	ConnectionBurst      int     `json:"connection_burst,omitempty"`
-}
-
-// proxyLimitsFile holds a machine's ProxyLimits; the controller writes it
-// at spawn, the proxy server reads it when it starts.
-const proxyLimitsFile = layout.ProxyLimitsFile
-
-func saveProxyLimits(dir string, l ProxyLimits) error {
-	b, _ := json.Marshal(l)
-	return WriteFileAtomic(filepath.Join(dir, proxyLimitsFile), b, 0o600)
-}
-
-func loadProxyLimits(dir string) ProxyLimits {
-	var l ProxyLimits
-	if b, err := os.ReadFile(filepath.Join(dir, proxyLimitsFile)); err == nil {
-		_ = json.Unmarshal(b, &l)
-	}
-	return l
-}
 
 // ProxyServerCommand is the hidden subcommand that runs a machine's proxy
 // server; the per-connection shim (ProxyCommand) starts it on demand.
@@ -141,22 +112,22 @@ func HostNets() egress.HostNets {
 // machine leaves no server, and a started one never inherits a server
 // holding the credential of its previous run.
 
-func (c *Controller) startMachine(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
-	if st, err := c.Driver.Status(ctx, s); err == nil && st.Power == vm.PowerOff {
+func (nt Net) startMachine(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	if st, err := nt.c.Driver.Status(ctx, s); err == nil && st.Power == vm.PowerOff {
 		egress.StopServer(s.Dir)
 	}
-	return c.Driver.Start(ctx, s)
+	return nt.c.Driver.Start(ctx, s)
 }
 
-func (c *Controller) stopMachine(ctx context.Context, s vm.Spec) error {
-	err := c.Driver.Stop(ctx, s, c.StopGrace)
+func (nt Net) stopMachine(ctx context.Context, s vm.Spec) error {
+	err := nt.c.Driver.Stop(ctx, s, nt.c.StopGrace)
 	egress.StopServer(s.Dir)
 	return err
 }
 
-func (c *Controller) deleteMachine(ctx context.Context, s vm.Spec) error {
+func (nt Net) deleteMachine(ctx context.Context, s vm.Spec) error {
 	egress.StopServer(s.Dir)
-	return c.Driver.Delete(ctx, s)
+	return nt.c.Driver.Delete(ctx, s)
 }
 
 // credPolicy is what the credential proxy holds the model API's own

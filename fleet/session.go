@@ -16,6 +16,13 @@ import (
 	"github.com/agentfleet/agentfleet/internal/session"
 )
 
+// Sessions runs agents and commands in machines and reads back what they
+// do: start, status, kill, logs, wait, exec and the cockpit's watch.
+type Sessions struct{ c *Controller }
+
+// Sessions is the agent-session concern of c.
+func (c *Controller) Sessions() Sessions { return Sessions{c} }
+
 // SessionRequest is one agent run on one machine.
 type SessionRequest struct {
 	Task    []byte
@@ -24,38 +31,16 @@ type SessionRequest struct {
 	Getenv  func(string) string // where credentials come from (os.Getenv)
 }
 
-// guestRunner is the one way the controller runs commands in m: over
-// its kept connection, each error naming m and the step.
-func (c *Controller) guestRunner(ctx context.Context, m *Machine) (*guest.Runner, error) {
-	cl, err := c.Connect(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	return guest.OverSSH(m.Name, cl), nil
-}
-
-// guestRun runs script on m as step with stdin, returning stdout; a
-// non-zero exit is a *guest.Error carrying the end of its stderr. The
-// host keeps at most bounded.Answer bytes of stdout (more is an error: no
-// script of ours says that much).
-func (c *Controller) guestRun(ctx context.Context, m *Machine, step, script string, stdin io.Reader) ([]byte, error) {
-	r, err := c.guestRunner(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	return r.Output(ctx, guest.Cmd{Step: step, Script: script, Stdin: stdin})
-}
-
 // StartSession starts an agent in m's tmux session, replacing any
 // previous session. It returns once tmux runs it.
-func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequest) error {
+func (ses Sessions) StartSession(ctx context.Context, m *Machine, r SessionRequest) error {
 	if len(bytes.TrimSpace(r.Task)) == 0 {
 		return fmt.Errorf("%s: the task is empty", m.Name)
 	}
 	if err := r.Profile.Validate(); err != nil {
 		return err
 	}
-	if _, err := c.Connect(ctx, m); err != nil {
+	if _, err := ses.c.Guests().Connect(ctx, m); err != nil {
 		return err // the machine's state, said once, before any step
 	}
 	// Only --credentials env forwards the host's key; with the credential
@@ -67,26 +52,26 @@ func (c *Controller) StartSession(ctx context.Context, m *Machine, r SessionRequ
 			return err
 		}
 	}
-	if st, err := c.SessionStatus(ctx, m); err == nil && st.State.Live() {
+	if st, err := ses.SessionStatus(ctx, m); err == nil && st.State.Live() {
 		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)
 	}
 	// Each error names the machine and the step.
-	if _, err := c.guestRun(ctx, m, "store the task", session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
+	if _, err := ses.c.Guests().guestRun(ctx, m, "store the task", session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
 		return err
 	}
-	if _, err := c.guestRun(ctx, m, "install the session", session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
+	if _, err := ses.c.Guests().guestRun(ctx, m, "install the session", session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
 		return err
 	}
-	if _, err := c.guestRun(ctx, m, "start the session", session.StartScript(), bytes.NewReader(creds)); err != nil {
+	if _, err := ses.c.Guests().guestRun(ctx, m, "start the session", session.StartScript(), bytes.NewReader(creds)); err != nil {
 		return err
 	}
-	c.say("%s: %s started", m.Name, r.Profile.Name)
+	ses.c.say("%s: %s started", m.Name, r.Profile.Name)
 	return nil
 }
 
 // SessionStatus reports m's agent.
-func (c *Controller) SessionStatus(ctx context.Context, m *Machine) (session.Status, error) {
-	out, err := c.guestRun(ctx, m, "read the agent's status", session.StatusScript(), nil)
+func (ses Sessions) SessionStatus(ctx context.Context, m *Machine) (session.Status, error) {
+	out, err := ses.c.Guests().guestRun(ctx, m, "read the agent's status", session.StatusScript(), nil)
 	if err != nil {
 		return session.Status{}, err
 	}
@@ -94,8 +79,8 @@ func (c *Controller) SessionStatus(ctx context.Context, m *Machine) (session.Sta
 }
 
 // KillSession stops m's agent and keeps the machine.
-func (c *Controller) KillSession(ctx context.Context, m *Machine) error {
-	_, err := c.guestRun(ctx, m, "kill the agent", session.KillScript(), nil)
+func (ses Sessions) KillSession(ctx context.Context, m *Machine) error {
+	_, err := ses.c.Guests().guestRun(ctx, m, "kill the agent", session.KillScript(), nil)
 	if guest.IsExit(err, 3) {
 		return fmt.Errorf("%s has no agent session", m.Name)
 	}
@@ -108,7 +93,7 @@ func (c *Controller) KillSession(ctx context.Context, m *Machine) error {
 // terminal; raw ones are as written (the caller cleans them for a
 // terminal). A line longer than bounded.Line is cut and marked, except
 // raw and unprefixed, which streams through whole.
-func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefix bool, w io.Writer) error {
+func (ses Sessions) Logs(ctx context.Context, ms []*Machine, follow, raw, prefix bool, w io.Writer) error {
 	var mu sync.Mutex
 	errs := make([]error, len(ms))
 	var wg sync.WaitGroup
@@ -137,7 +122,7 @@ func (c *Controller) Logs(ctx context.Context, ms []*Machine, follow, raw, prefi
 			if raw && !prefix {
 				out = &lockedWriter{w: w, mu: &mu}
 			}
-			r, err := c.guestRunner(ctx, m)
+			r, err := ses.c.Guests().guestRunner(ctx, m)
 			if err != nil {
 				errs[i] = err
 				return
@@ -174,7 +159,7 @@ const statusTimeout = 30 * time.Second
 // reports each. A machine with no session counts as ended. changed, if
 // set, hears each agent's state when first seen and when it changes
 // (waiting for input among them), from many goroutines.
-func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duration, changed func(m *Machine, st session.Status, first bool)) []WaitResult {
+func (ses Sessions) Wait(ctx context.Context, ms []*Machine, every time.Duration, changed func(m *Machine, st session.Status, first bool)) []WaitResult {
 	out := make([]WaitResult, len(ms))
 	var wg sync.WaitGroup
 	for i, m := range ms {
@@ -188,7 +173,7 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				// One poll is brief: a guest that does not answer is
 				// asked again, not waited on past the caller's deadline.
 				qctx, cancel := context.WithTimeout(ctx, statusTimeout)
-				st, err := c.SessionStatus(qctx, m)
+				st, err := ses.SessionStatus(qctx, m)
 				cancel()
 				if err == nil {
 					lastGood = st
@@ -199,7 +184,7 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 				}
 				if err == nil && !st.State.Live() {
 					out[i].Status = st
-					c.say("%s: %s", m.Name, describe(st))
+					ses.c.say("%s: %s", m.Name, describe(st))
 					return
 				}
 				// A dead or stopped machine's agent is gone: lost, not
@@ -211,7 +196,7 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 					if changed != nil {
 						changed(m, out[i].Status, false)
 					}
-					c.say("lost: %s", err)
+					ses.c.say("lost: %s", err)
 					return
 				}
 				select {
@@ -233,7 +218,7 @@ func (c *Controller) Wait(ctx context.Context, ms []*Machine, every time.Duratio
 					return
 				case <-time.After(every):
 					if err != nil {
-						c.sshPool().Drop(m.Name) // reconnect next round
+						ses.c.Guests().sshPool().Drop(m.Name) // reconnect next round
 					}
 				}
 			}

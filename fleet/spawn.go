@@ -2,8 +2,6 @@ package fleet
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -18,10 +16,6 @@ import (
 	"github.com/agentfleet/agentfleet/provision"
 	"golang.org/x/sync/errgroup"
 )
-
-// cleanupTimeout bounds rollback and teardown, which run on a fresh context
-// so that Ctrl-C (which cancelled the work) does not also cancel cleanup.
-const cleanupTimeout = 2 * time.Minute
 
 // Spawn plans and makes req.Count machines: clones and boots run in
 // parallel; if any fails, or ctx is cancelled, every machine this spawn
@@ -61,11 +55,11 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	if err != nil {
 		return nil, err
 	}
-	ws, err := c.prepareWorkspace(ctx, req.Workspace)
+	ws, err := c.Workspaces().prepareWorkspace(ctx, req.Workspace)
 	if err != nil {
 		return nil, err
 	}
-	_, pub, err := c.fleetKey(true)
+	_, pub, err := c.Guests().fleetKey(true)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +117,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			mu.Lock()
 			created = append(created, m) // Create may leave files even when it fails
 			mu.Unlock()
-			spec, err := c.bootSpec(gctx, m, seed)
+			spec, err := c.Net().bootSpec(gctx, m, seed)
 			if err != nil {
 				return err
 			}
@@ -141,14 +135,14 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			}
 			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
 			t1 := time.Now()
-			rt, err := c.startMachine(gctx, spec)
+			rt, err := c.Net().startMachine(gctx, spec)
 			if err != nil {
 				return err
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			if tpl != nil {
 				t2 := time.Now()
-				if err := c.identify(gctx, spec, seed); err != nil {
+				if err := c.Templates().identify(gctx, spec, seed); err != nil {
 					return Named(m.Name, fmt.Errorf("restored from the warm template, but: %w", err))
 				}
 				c.say("%s: restored from the warm template in %s (restore %s, identity %s; ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond),
@@ -157,18 +151,18 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
 			}
 			progress.set(m.Name, PhaseBooting)
-			if err := c.waitSSH(gctx, m); err != nil {
+			if err := c.Guests().waitSSH(gctx, m); err != nil {
 				return err
 			}
 			progress.set(m.Name, PhaseSyncing)
-			if err := c.syncIn(gctx, m, ws); err != nil {
+			if err := c.Workspaces().syncIn(gctx, m, ws); err != nil {
 				return err
 			}
 			c.say("%s: ready in %s", m.Name, time.Since(t0).Round(100*time.Millisecond))
 			// Each agent starts as soon as its own machine is ready.
 			if i < len(req.Sessions) {
 				progress.set(m.Name, PhaseStarting)
-				if err := c.StartSession(gctx, m, req.Sessions[i]); err != nil {
+				if err := c.Sessions().StartSession(gctx, m, req.Sessions[i]); err != nil {
 					return err
 				}
 			}
@@ -212,7 +206,7 @@ func (c *Controller) warmTemplate(ctx context.Context, req SpawnRequest, n *Netw
 		why = fmt.Sprintf("%s (recipe %s) has no guest agent to give a restored clone its identity", req.Image, req.Image.Recipe)
 	}
 	if why == "" {
-		t, _, err := c.template(ctx, req.Image, req.CPUs, req.MemoryMiB, n, req.Warm != WarmExisting)
+		t, _, err := c.Templates().template(ctx, req.Image, req.CPUs, req.MemoryMiB, n, req.Warm != WarmExisting)
 		switch {
 		case err == nil:
 			return &t
@@ -248,9 +242,9 @@ func (c *Controller) rollback(created []*Machine) {
 	defer cancel()
 	for i := len(created) - 1; i >= 0; i-- {
 		m := created[i]
-		c.sshPool().Drop(m.Name)
+		c.Guests().sshPool().Drop(m.Name)
 		kept := c.keepConsole(m)
-		if err := c.deleteMachine(ctx, c.spec(m, vm.Seed{})); err != nil {
+		if err := c.Net().deleteMachine(ctx, c.spec(m, vm.Seed{})); err != nil {
 			c.say("%s: rollback failed: %v", m.Name, err)
 			continue
 		}
@@ -260,10 +254,4 @@ func (c *Controller) rollback(created []*Machine) {
 		}
 		c.say("%s: rolled back", m.Name)
 	}
-}
-
-func randomID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return "i-" + hex.EncodeToString(b)
 }

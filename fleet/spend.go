@@ -52,8 +52,8 @@ func TotalSpend(ss []*Spend) egress.Usage {
 // ChangeBudget applies change to the budget of the named machines (or
 // all). Every new budget is computed and checked before any is written;
 // the proxy reads it on the agent's next call.
-func (c *Controller) ChangeBudget(ctx context.Context, names []string, all bool, change BudgetChanger) ([]*Machine, []egress.Budget, error) {
-	unlock, _, ms, err := c.lockSelected(ctx, names, all)
+func (nt Net) ChangeBudget(ctx context.Context, names []string, all bool, change BudgetChanger) ([]*Machine, []egress.Budget, error) {
+	unlock, _, ms, err := nt.c.lockSelected(ctx, names, all)
 	if err != nil {
 		return nil, nil, err
 	}

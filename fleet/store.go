@@ -6,79 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
 	"os"
 	"path/filepath"
 	"sort"
 	"syscall"
 	"time"
 )
-
-// Desired is what the user last asked a machine to be.
-type Desired string
-
-const (
-	WantRunning Desired = "running"
-	WantStopped Desired = "stopped"
-	// WantSuspended: its memory is saved in its folder; start resumes it.
-	WantSuspended Desired = "suspended"
-)
-
-// Machine is one VM's record in the fleet's state file.
-type Machine struct {
-	Name      string `json:"name"`
-	Index     int    `json:"index"`
-	Image     string `json:"image"`      // name@version
-	BaseImage string `json:"base_image"` // path of the disk the clone links to
-	// Boot is the image's kernel, started directly, if it has one.
-	Boot *vm.DirectBoot `json:"boot,omitempty"`
-	// Arch is the guest's architecture; "" in state from before it was
-	// recorded (amd64).
-	Arch       vm.Arch    `json:"arch,omitempty"`
-	CPUs       int        `json:"cpus"`
-	MemoryMiB  int        `json:"memory_mib"`
-	Dir        string     `json:"dir"`
-	HostKey    string     `json:"host_key"` // pinned ed25519 public key (authorized_keys form)
-	InstanceID string     `json:"instance_id"`
-	Desired    Desired    `json:"desired"`
-	SSHAddr    string     `json:"ssh_addr,omitempty"`
-	PID        int        `json:"pid,omitempty"`
-	CreatedAt  time.Time  `json:"created_at"`
-	StartedAt  time.Time  `json:"started_at,omitempty"`
-	Workspace  *Workspace `json:"workspace,omitempty"`
-	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
-}
-
-// State is a fleet's state file.
-type State struct {
-	Version  int        `json:"version"`
-	Fleet    string     `json:"fleet"`
-	Driver   string     `json:"driver"`
-	Machines []*Machine `json:"machines"`
-}
-
-const stateVersion = 1
-
-// Find returns the machine called name, or nil.
-func (s *State) Find(name string) *Machine {
-	for _, m := range s.Machines {
-		if m.Name == name {
-			return m
-		}
-	}
-	return nil
-}
-
-// Remove drops the machine called name.
-func (s *State) Remove(name string) {
-	out := s.Machines[:0]
-	for _, m := range s.Machines {
-		if m.Name != name {
-			out = append(out, m)
-		}
-	}
-	s.Machines = out
-}
 
 // CorruptStateError names a state file that cannot be read back.
 type CorruptStateError struct {

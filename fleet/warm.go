@@ -20,6 +20,13 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// Templates makes and finds warm templates (a booted, anonymous machine
+// saved to disk and RAM) and gives a restored clone its own identity.
+type Templates struct{ c *Controller }
+
+// Templates is the warm-template concern of c.
+func (c *Controller) Templates() Templates { return Templates{c} }
+
 // Warm clones: a machine restored from a template (one machine of the
 // image, booted to ready and anonymous, saved) instead of booted. Each
 // clone's disk is an overlay on the template's frozen disk; its RAM is the
@@ -39,17 +46,17 @@ func imageOf(r ImageRef) images.Image {
 
 // templateSpec is the shape a template for these machines must have:
 // everything StateKey reads.
-func (c *Controller) templateSpec(name, dir string, img ImageRef, cpus, mem int, n *Network) (vm.Spec, error) {
+func (tp Templates) templateSpec(name, dir string, img ImageRef, cpus, mem int, n *Network) (vm.Spec, error) {
 	m := &Machine{Name: name, Dir: dir, Network: n}
-	net, err := c.networkShape(m)
+	net, err := tp.c.Net().networkShape(m)
 	return vm.Spec{Name: name, Dir: dir, BaseImage: img.Disk, Arch: img.Arch, CPUs: cpus, MemoryMiB: mem, Network: net, Boot: img.Boot}, err
 }
 
 // Template returns the warm template of img for machines of this shape,
 // making it first if there is none (made tells which). A template whose
 // key does not match exactly is never used.
-func (c *Controller) Template(ctx context.Context, img ImageRef, cpus, mem int, n *Network) (t images.Template, made bool, err error) {
-	return c.template(ctx, img, cpus, mem, n, true)
+func (tp Templates) Template(ctx context.Context, img ImageRef, cpus, mem int, n *Network) (t images.Template, made bool, err error) {
+	return tp.template(ctx, img, cpus, mem, n, true)
 }
 
 // errNoTemplate: there is no template of that shape, and none was to be made.
@@ -57,18 +64,18 @@ var errNoTemplate = errors.New("no warm template of this shape")
 
 // template finds the template for machines of this shape; with mayMake
 // it makes one when there is none, else it returns errNoTemplate.
-func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, n *Network, mayMake bool) (t images.Template, made bool, err error) {
-	if !c.Driver.Capabilities().Snapshots {
-		return t, false, fmt.Errorf("the %s driver cannot save machine state", c.Driver.Name())
+func (tp Templates) template(ctx context.Context, img ImageRef, cpus, mem int, n *Network, mayMake bool) (t images.Template, made bool, err error) {
+	if !tp.c.Driver.Capabilities().Snapshots {
+		return t, false, fmt.Errorf("the %s driver cannot save machine state", tp.c.Driver.Name())
 	}
 	if !provision.CanWarm(img.Recipe) {
 		return t, false, fmt.Errorf("%s (recipe %s) has no guest agent, so no clone of it could be given its own identity: build it with the full recipe", img, img.Recipe)
 	}
-	probe, err := c.templateSpec("probe", "", img, cpus, mem, n)
+	probe, err := tp.templateSpec("probe", "", img, cpus, mem, n)
 	if err != nil {
 		return t, false, err
 	}
-	key, err := vm.StateKey(ctx, c.Driver, probe)
+	key, err := vm.StateKey(ctx, tp.c.Driver, probe)
 	if err != nil {
 		return t, false, err
 	}
@@ -86,7 +93,7 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 	}
 	// One maker per key: templates of other shapes are made meanwhile.
 	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+layout.TemplateLockSuffix, "the warm template of "+img.String(),
-		func() { c.say("waiting for another fleet command making this warm template of %s...", img) })
+		func() { tp.c.say("waiting for another fleet command making this warm template of %s...", img) })
 	if err != nil {
 		return t, false, err
 	}
@@ -94,15 +101,15 @@ func (c *Controller) template(ctx context.Context, img ImageRef, cpus, mem int, 
 	if t, ok := images.FindTemplate(iimg, key); ok {
 		return t, false, nil
 	}
-	t, err = c.makeTemplate(ctx, img, key, cpus, mem, n)
+	t, err = tp.makeTemplate(ctx, img, key, cpus, mem, n)
 	return t, err == nil, err
 }
 
 // makeTemplate boots one anonymous machine of img, waits until it is
 // ready, takes away its key, and saves it.
-func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
+func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
 	staged := filepath.Join(imageOf(img).Dir, layout.WarmFolder, layout.TemplateStagingPrefix+randomHex(6))
-	spec, err := c.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
+	spec, err := tp.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
 	if err != nil {
 		return images.Template{}, err
 	}
@@ -123,15 +130,15 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 		if !ok {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
-			_ = c.Driver.Delete(cctx, spec)
+			_ = tp.c.Driver.Delete(cctx, spec)
 		}
 	}()
-	c.say("making a warm template of %s (%d CPUs, %d MiB): one cold boot, then every clone restores it", img, cpus, mem)
+	tp.c.say("making a warm template of %s (%d CPUs, %d MiB): one cold boot, then every clone restores it", img, cpus, mem)
 	t0 := time.Now()
-	if err := c.Driver.Create(ctx, spec); err != nil {
+	if err := tp.c.Driver.Create(ctx, spec); err != nil {
 		return images.Template{}, err
 	}
-	rt, err := c.Driver.Start(ctx, spec)
+	rt, err := tp.c.Driver.Start(ctx, spec)
 	if err != nil {
 		return images.Template{}, err
 	}
@@ -143,7 +150,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	if err != nil {
 		return images.Template{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.bootTimeout(img.Arch))
+	wctx, cancel := context.WithTimeout(ctx, tp.c.Guests().bootTimeout(img.Arch))
 	defer cancel()
 	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
 	if err != nil {
@@ -159,7 +166,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 	}
 	bootTook := time.Since(t0)
 	// The identity channel must work, or no clone could be given one.
-	agent, err := c.guestAgent(spec)
+	agent, err := tp.guestAgent(spec)
 	if err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
@@ -170,7 +177,7 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, img.Name)
 	}
 	time.Sleep(time.Second) // the SSH session ends in the guest too
-	if err := vm.SaveState(ctx, c.Driver, spec, filepath.Join(staged, images.TemplateState)); err != nil {
+	if err := vm.SaveState(ctx, tp.c.Driver, spec, filepath.Join(staged, images.TemplateState)); err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
 	for _, f := range []string{layout.SeedFile, layout.SerialFile} {
@@ -185,19 +192,19 @@ func (c *Controller) makeTemplate(ctx context.Context, img ImageRef, key string,
 		return images.Template{}, err
 	}
 	ok = true
-	c.say("warm template of %s ready in %s (%d MiB)", img, time.Since(t0).Round(time.Second), t.Bytes>>20)
+	tp.c.say("warm template of %s ready in %s (%d MiB)", img, time.Since(t0).Round(time.Second), t.Bytes>>20)
 	return t, nil
 }
 
 // identify gives a clone restored from a template its own identity, over
 // the guest agent, before anything reaches it over the network.
-func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) error {
+func (tp Templates) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) error {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	// One guest process sets the clock, then the rest (the clock first:
 	// the template's stood still while it was saved).
 	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
-	agent, err := c.guestAgent(spec)
+	agent, err := tp.guestAgent(spec)
 	if err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
@@ -206,8 +213,8 @@ func (c *Controller) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) e
 
 // guestAgent is the runner over the driver's host-only channel into
 // spec's machine, for a driver that has one.
-func (c *Controller) guestAgent(spec vm.Spec) (*guest.Runner, error) {
-	a, err := vm.Guest(c.Driver)
+func (tp Templates) guestAgent(spec vm.Spec) (*guest.Runner, error) {
+	a, err := vm.Guest(tp.c.Driver)
 	if err != nil {
 		return nil, err
 	}

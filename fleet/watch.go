@@ -16,16 +16,16 @@ import (
 // program on the kept SSH connection, printing when the session changes
 // (and each second). A dropped connection is dialled again after a pause,
 // so a watcher costs one handshake per connection, not one per refresh.
-func (c *Controller) WatchAgent(ctx context.Context, m *Machine, fn func(session.Status, error)) {
+func (ses Sessions) WatchAgent(ctx context.Context, m *Machine, fn func(session.Status, error)) {
 	pause := time.Second
 	for ctx.Err() == nil {
-		err := c.watchOnce(ctx, m, fn)
+		err := ses.watchOnce(ctx, m, fn)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			fn(session.Status{}, err)
-			c.sshPool().Drop(m.Name)
+			ses.c.Guests().sshPool().Drop(m.Name)
 		}
 		select {
 		case <-ctx.Done():
@@ -39,8 +39,8 @@ func (c *Controller) WatchAgent(ctx context.Context, m *Machine, fn func(session
 // minSnapshotGap is the least time between two snapshots passed on.
 const minSnapshotGap = 100 * time.Millisecond
 
-func (c *Controller) watchOnce(ctx context.Context, m *Machine, fn func(session.Status, error)) error {
-	r, err := c.guestRunner(ctx, m)
+func (ses Sessions) watchOnce(ctx context.Context, m *Machine, fn func(session.Status, error)) error {
+	r, err := ses.c.Guests().guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -82,11 +82,11 @@ func (c *Controller) Machines(ctx context.Context) ([]MachineStatus, error) {
 
 // AllowHost lets machines reach pattern (fleet net allow, and the
 // cockpit's answer to a refusal).
-func (c *Controller) AllowHost(ctx context.Context, names []string, all bool, pattern string) ([]*Machine, error) {
+func (nt Net) AllowHost(ctx context.Context, names []string, all bool, pattern string) ([]*Machine, error) {
 	if _, err := egress.ParsePattern(pattern); err != nil {
 		return nil, err
 	}
-	return c.ChangePolicy(ctx, names, all, func(p egress.Policy) (egress.Policy, error) { return p.WithAllowed(pattern) })
+	return nt.ChangePolicy(ctx, names, all, func(p egress.Policy) (egress.Policy, error) { return p.WithAllowed(pattern) })
 }
 
 // RefusedPattern is the allowlist entry that would have let a refused

@@ -19,24 +19,13 @@ import (
 	"github.com/agentfleet/agentfleet/internal/workspace"
 )
 
-// SyncMode is how a project reaches its VMs.
-type SyncMode string
+// Workspaces brings a project into machines and their work back out (git
+// or rsync, or a live share), one machine at a time; the Controller
+// orchestrates it over several (locking, resuming a suspended one).
+type Workspaces struct{ c *Controller }
 
-const (
-	SyncGit    SyncMode = "git"    // a clone on branch fleet/<vm>; results come back as branches
-	SyncRsync  SyncMode = "rsync"  // one way in; results into a separate folder on collect
-	SyncShared SyncMode = "shared" // a live shared folder
-	SyncNone   SyncMode = "none"
-)
-
-// ParseSyncMode checks a --sync value.
-func ParseSyncMode(s string) (SyncMode, error) {
-	switch m := SyncMode(s); m {
-	case SyncGit, SyncRsync, SyncShared, SyncNone:
-		return m, nil
-	}
-	return "", fmt.Errorf("unknown sync mode %q (modes: git, rsync, shared, none)", s)
-}
+// Workspaces is the workspace concern of c.
+func (c *Controller) Workspaces() Workspaces { return Workspaces{c} }
 
 // DefaultMaxCollect caps what one collect reads from one VM.
 const DefaultMaxCollect = 2 << 30
@@ -44,31 +33,6 @@ const DefaultMaxCollect = 2 << 30
 // DefaultMaxEntries caps how many files, folders and links one rsync-mode
 // collect unpacks from one VM.
 const DefaultMaxEntries = 1 << 20
-
-// Workspace is a machine's project record.
-type Workspace struct {
-	Mode     SyncMode `json:"mode"`
-	Source   string   `json:"source"`          // host folder (a repository's top level in git mode)
-	Base     string   `json:"base,omitempty"`  // host HEAD at spawn (git)
-	Start    string   `json:"start,omitempty"` // commit the VM's branch started from (git)
-	Branch   string   `json:"branch,omitempty"`
-	Excludes []string `json:"excludes,omitempty"` // rsync
-	Writable bool     `json:"writable,omitempty"` // shared
-
-	Collected *Collected `json:"collected,omitempty"`
-	// PendingAtStop is what a graceful stop saw: whether the VM had work
-	// not yet collected (nil: unknown, e.g. the machine died).
-	PendingAtStop *bool `json:"pending_at_stop,omitempty"`
-}
-
-// Collected is the VM state the last collect brought to the host.
-type Collected struct {
-	Head string    `json:"head,omitempty"` // git: the VM's HEAD
-	Tree string    `json:"tree,omitempty"` // git: its working tree
-	Tip  string    `json:"tip,omitempty"`  // git: what the host branch points at
-	Into string    `json:"into,omitempty"` // rsync: the results folder
-	At   time.Time `json:"at"`
-}
 
 // WorkspaceRequest is what the user asked spawn to bring in.
 type WorkspaceRequest struct {
@@ -92,13 +56,13 @@ const syncedMarker = ".fleet-synced"
 
 // prepareWorkspace checks the request before anything is made; in git
 // mode it also takes the snapshot (the same start for every VM).
-func (c *Controller) prepareWorkspace(ctx context.Context, req WorkspaceRequest) (*preparedWorkspace, error) {
+func (ws Workspaces) prepareWorkspace(ctx context.Context, req WorkspaceRequest) (*preparedWorkspace, error) {
 	p := &preparedWorkspace{req: req}
 	switch req.Mode {
 	case SyncNone, "":
 		return nil, nil
 	case SyncGit:
-		repo, err := workspace.Open(ctx, c.runner(), req.Dir)
+		repo, err := workspace.Open(ctx, ws.c.runner(), req.Dir)
 		if err != nil {
 			return nil, fmt.Errorf("--sync git: %w (use --sync rsync for a plain folder)", err)
 		}
@@ -108,7 +72,7 @@ func (c *Controller) prepareWorkspace(ctx context.Context, req WorkspaceRequest)
 			return nil, err
 		}
 		if p.base != p.start {
-			c.say("bringing in %s at %s plus its uncommitted changes", repo.Dir, short(p.base))
+			ws.c.say("bringing in %s at %s plus its uncommitted changes", repo.Dir, short(p.base))
 		}
 	case SyncRsync:
 		for _, bin := range []string{"rsync", "ssh"} {
@@ -120,18 +84,18 @@ func (c *Controller) prepareWorkspace(ctx context.Context, req WorkspaceRequest)
 			return nil, fmt.Errorf("--sync rsync: %s is not a folder", req.Dir)
 		}
 	case SyncShared:
-		if !c.Driver.Capabilities().SharedFolders {
-			return nil, fmt.Errorf("--sync shared: the %s driver has no shared folders", c.Driver.Name())
+		if !ws.c.Driver.Capabilities().SharedFolders {
+			return nil, fmt.Errorf("--sync shared: the %s driver has no shared folders", ws.c.Driver.Name())
 		}
-		if v, ok := c.Driver.(vm.ShareValidator); ok {
+		if v, ok := ws.c.Driver.(vm.ShareValidator); ok {
 			if err := v.ValidateShare(&vm.Share{HostDir: req.Dir, Writable: req.Writable}); err != nil {
 				return nil, fmt.Errorf("--sync shared: %w", err)
 			}
 		}
 		if req.Writable {
-			c.say("warning: --sync shared --writable: the agents can change and delete files in %s directly, and whatever they leave there runs when you next build or open it", req.Dir)
+			ws.c.say("warning: --sync shared --writable: the agents can change and delete files in %s directly, and whatever they leave there runs when you next build or open it", req.Dir)
 		} else {
-			c.say("note: --sync shared: the agents read %s live (read-only); they see any secrets in it", req.Dir)
+			ws.c.say("note: --sync shared: the agents read %s live (read-only); they see any secrets in it", req.Dir)
 		}
 	}
 	return p, nil
@@ -151,16 +115,16 @@ func (p *preparedWorkspace) record(vm string) *Workspace {
 
 // BringIn brings a project into a running machine's empty /workspace, as
 // spawn does (the machine's record is not changed).
-func (c *Controller) BringIn(ctx context.Context, m *Machine, req WorkspaceRequest) error {
-	p, err := c.prepareWorkspace(ctx, req)
+func (ws Workspaces) BringIn(ctx context.Context, m *Machine, req WorkspaceRequest) error {
+	p, err := ws.prepareWorkspace(ctx, req)
 	if err != nil {
 		return err
 	}
-	return c.syncIn(ctx, m, p)
+	return ws.syncIn(ctx, m, p)
 }
 
 // syncIn brings the project into a freshly booted machine.
-func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+func (ws Workspaces) syncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
 	if p == nil {
 		return nil
 	}
@@ -168,23 +132,23 @@ func (c *Controller) syncIn(ctx context.Context, m *Machine, p *preparedWorkspac
 	var err error
 	switch p.req.Mode {
 	case SyncGit:
-		err = c.gitIn(ctx, m, p)
+		err = ws.gitIn(ctx, m, p)
 	case SyncRsync:
-		err = c.rsyncIn(ctx, m, p)
+		err = ws.rsyncIn(ctx, m, p)
 	case SyncShared:
-		err = c.mountShared(ctx, m)
+		err = ws.mountShared(ctx, m)
 	default:
 		return nil
 	}
 	if err != nil {
 		return Named(m.Name, fmt.Errorf("bring in %s: %w", p.req.Dir, err))
 	}
-	c.say("%s: %s in %s (%s)", m.Name, workspace.GuestDir, time.Since(t0).Round(10*time.Millisecond), p.req.Mode)
+	ws.c.say("%s: %s in %s (%s)", m.Name, workspace.GuestDir, time.Since(t0).Round(10*time.Millisecond), p.req.Mode)
 	return nil
 }
 
-func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
-	r, err := c.guestRunner(ctx, m)
+func (ws Workspaces) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+	r, err := ws.c.Guests().guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -197,13 +161,13 @@ func (c *Controller) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace
 
 // opensshArgs are the ssh options that reach m with its pinned host key
 // (for rsync, which needs the OpenSSH client).
-func (c *Controller) opensshArgs(m *Machine) ([]string, error) {
+func (ws Workspaces) opensshArgs(m *Machine) ([]string, error) {
 	kh := filepath.Join(m.Dir, layout.KnownHostsFile)
 	if err := WriteFileAtomic(kh, []byte(m.Name+" "+m.HostKey+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	host, port, _ := strings.Cut(m.SSHAddr, ":")
-	return []string{"ssh", "-p", port, "-i", c.Layout.KeyFile(c.Fleet), "-o", "IdentitiesOnly=yes",
+	return []string{"ssh", "-p", port, "-i", ws.c.Layout.KeyFile(ws.c.Fleet), "-o", "IdentitiesOnly=yes",
 		"-o", "UserKnownHostsFile=" + kh, "-o", "HostKeyAlias=" + m.Name, "-o", "StrictHostKeyChecking=yes",
 		"-o", "CheckHostIP=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-l", GuestUser, host}, nil
 }
@@ -218,15 +182,15 @@ func RsyncArgs(ssh []string, src string, excludes []string) []string {
 	return append(args, strings.TrimRight(src, "/")+"/", ssh[len(ssh)-1]+":"+workspace.GuestDir+"/")
 }
 
-func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
-	ssh, err := c.opensshArgs(m)
+func (ws Workspaces) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspace) error {
+	ssh, err := ws.opensshArgs(m)
 	if err != nil {
 		return err
 	}
-	if _, err := c.runner().Run(ctx, execx.Cmd{Name: "rsync", Args: RsyncArgs(ssh, p.req.Dir, p.req.Excludes)}); err != nil {
+	if _, err := ws.c.runner().Run(ctx, execx.Cmd{Name: "rsync", Args: RsyncArgs(ssh, p.req.Dir, p.req.Excludes)}); err != nil {
 		return err
 	}
-	r, err := c.guestRunner(ctx, m)
+	r, err := ws.c.Guests().guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -235,8 +199,8 @@ func (c *Controller) rsyncIn(ctx context.Context, m *Machine, p *preparedWorkspa
 
 // mountShared mounts the machine's shared folder at /workspace (after
 // every boot: spawn and start).
-func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
-	r, err := c.guestRunner(ctx, m)
+func (ws Workspaces) mountShared(ctx context.Context, m *Machine) error {
+	r, err := ws.c.Guests().guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -244,19 +208,12 @@ func (c *Controller) mountShared(ctx context.Context, m *Machine) error {
 	if m.Workspace.Writable {
 		opts = "rw"
 	}
-	caps := c.Driver.Capabilities()
+	caps := ws.c.Driver.Capabilities()
 	if caps.ShareMountOptions != "" {
 		opts += "," + caps.ShareMountOptions
 	}
 	cmd := fmt.Sprintf("mountpoint -q %[1]s || sudo mount -t %[4]s -o %[2]s %[3]s %[1]s", workspace.GuestDir, opts, caps.ShareTag, caps.ShareFS)
 	return r.Run(ctx, guest.Cmd{Step: "mount the shared folder", Script: cmd})
-}
-
-func (c *Controller) runner() execx.Runner {
-	if c.Runner != nil {
-		return c.Runner
-	}
-	return execx.Local{}
 }
 
 func short(id string) string {
@@ -267,8 +224,8 @@ func short(id string) string {
 }
 
 // guestState runs StateScript in m (git mode).
-func (c *Controller) guestState(ctx context.Context, m *Machine, commit bool) (workspace.GuestState, error) {
-	out, err := c.guestRun(ctx, m, "read the state of "+workspace.GuestDir, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil)
+func (ws Workspaces) guestState(ctx context.Context, m *Machine, commit bool) (workspace.GuestState, error) {
+	out, err := ws.c.Guests().guestRun(ctx, m, "read the state of "+workspace.GuestDir, workspace.StateScript(workspace.GuestDir, m.Name, commit), nil)
 	if err != nil {
 		return workspace.GuestState{}, err
 	}
@@ -277,14 +234,14 @@ func (c *Controller) guestState(ctx context.Context, m *Machine, commit bool) (w
 
 // Pending reports whether a running machine has work no collect has
 // brought to the host yet, and says what it is.
-func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, error) {
+func (ws Workspaces) Pending(ctx context.Context, m *Machine) (bool, string, error) {
 	w := m.Workspace
 	if w == nil {
 		return false, "", nil
 	}
 	switch w.Mode {
 	case SyncGit:
-		st, err := c.guestState(ctx, m, false)
+		st, err := ws.guestState(ctx, m, false)
 		if err != nil {
 			return false, "", err
 		}
@@ -292,12 +249,12 @@ func (c *Controller) Pending(ctx context.Context, m *Machine) (bool, string, err
 			if st.Head == w.Collected.Head && st.Tree == w.Collected.Tree {
 				return false, "", nil
 			}
-		} else if st.Head == w.Start && st.Tree == (workspace.Repo{Runner: c.runner(), Dir: w.Source}).TreeOf(ctx, w.Start) {
+		} else if st.Head == w.Start && st.Tree == (workspace.Repo{Runner: ws.c.runner(), Dir: w.Source}).TreeOf(ctx, w.Start) {
 			return false, "", nil
 		}
 		return true, "commits or changes in " + workspace.GuestDir, nil
 	case SyncRsync:
-		r, err := c.guestRunner(ctx, m)
+		r, err := ws.c.Guests().guestRunner(ctx, m)
 		if err != nil {
 			return false, "", err
 		}
@@ -321,42 +278,6 @@ type CollectOptions struct {
 	MaxEntries int64  // rsync: files, folders and links one VM may send (0 = DefaultMaxEntries)
 }
 
-// Collect brings each machine's work to the host: in git mode as branch
-// fleet/<vm> (the VM's uncommitted work as its own commit on top), in
-// rsync mode into a results folder. The host's working tree, index,
-// HEAD, hooks and config are never written.
-func (c *Controller) Collect(ctx context.Context, names []string, all bool, o CollectOptions) ([]workspace.Summary, error) {
-	unlock, s, ms, err := c.lockSelected(ctx, names, all)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := checkCollectable(ms, all); err != nil {
-		return nil, err
-	}
-	var out []workspace.Summary
-	var errs []error
-	for _, m := range ms {
-		if m.Workspace == nil || (m.Workspace.Mode != SyncGit && m.Workspace.Mode != SyncRsync) {
-			continue
-		}
-		var sum workspace.Summary
-		err := c.whileRunning(ctx, m, func() (err error) {
-			sum, err = c.collectOne(ctx, m, o)
-			return err
-		})
-		if err != nil {
-			errs = append(errs, Named(m.Name, err))
-			continue
-		}
-		out = append(out, sum)
-	}
-	if err := c.Store().Save(s); err != nil {
-		errs = append(errs, err)
-	}
-	return out, errors.Join(errs...)
-}
-
 // checkCollectable refuses a named machine that has nothing to collect.
 func checkCollectable(ms []*Machine, all bool) error {
 	if all {
@@ -373,7 +294,7 @@ func checkCollectable(ms []*Machine, all bool) error {
 	return nil
 }
 
-func (c *Controller) collectOne(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+func (ws Workspaces) collectOne(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = DefaultMaxCollect // destroy --collect comes here directly
 	}
@@ -384,16 +305,16 @@ func (c *Controller) collectOne(ctx context.Context, m *Machine, o CollectOption
 		return workspace.Summary{}, fmt.Errorf("not running (start it with: fleet start %s)", m.Name)
 	}
 	if m.Workspace.Mode == SyncRsync {
-		return c.collectFiles(ctx, m, o)
+		return ws.collectFiles(ctx, m, o)
 	}
-	return c.collectGit(ctx, m, o)
+	return ws.collectGit(ctx, m, o)
 }
 
-func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+func (ws Workspaces) collectGit(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
 	w := m.Workspace
 	sum := workspace.Summary{Machine: m.Name, Branch: w.Branch}
-	repo := workspace.Repo{Runner: c.runner(), Dir: w.Source}
-	gs, err := c.guestState(ctx, m, true)
+	repo := workspace.Repo{Runner: ws.c.runner(), Dir: w.Source}
+	gs, err := ws.guestState(ctx, m, true)
 	if err != nil {
 		return sum, err
 	}
@@ -403,7 +324,7 @@ func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOption
 	}
 	if w.Collected != nil && gs.Head == w.Collected.Head && gs.Tree == w.Collected.Tree {
 		gs.Tip = w.Collected.Tip // nothing new: keep the commit already collected
-	} else if err := c.fetchPack(ctx, m, repo, gs.Tip, w.Start, o.MaxBytes); err != nil {
+	} else if err := ws.fetchPack(ctx, m, repo, gs.Tip, w.Start, o.MaxBytes); err != nil {
 		return sum, err
 	}
 	if !repo.IsCommit(ctx, gs.Tip) {
@@ -422,16 +343,16 @@ func (c *Controller) collectGit(ctx context.Context, m *Machine, o CollectOption
 
 // fetchPack streams the VM's pack into the host repository; a failed
 // import (too large, malformed) ends the VM's session at once.
-func (c *Controller) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
-	return c.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack the commits",
+func (ws Workspaces) fetchPack(ctx context.Context, m *Machine, repo workspace.Repo, tip, start string, max int64) error {
+	return ws.readGuestStream(ctx, m, workspace.PackScript(workspace.GuestDir, tip, start), "pack the commits",
 		func(r io.Reader) error { return repo.Import(ctx, r, workspace.PackLimits(max)) })
 }
 
 // readGuestStream runs script on m and hands its stdout to read. Once read
 // returns, the rest of the stream is bounded by finishStream. read's error
 // wins over the guest's.
-func (c *Controller) readGuestStream(ctx context.Context, m *Machine, script, what string, read func(io.Reader) error) error {
-	r, err := c.guestRunner(ctx, m)
+func (ws Workspaces) readGuestStream(ctx context.Context, m *Machine, script, what string, read func(io.Reader) error) error {
+	r, err := ws.c.Guests().guestRunner(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -485,12 +406,12 @@ var ErrTrailing = errors.New("the VM kept sending after the end of its stream")
 
 // collectFiles copies /workspace into a fresh results folder (rsync mode):
 // a tar stream unpacked under an os.Root, then swapped in.
-func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
+func (ws Workspaces) collectFiles(ctx context.Context, m *Machine, o CollectOptions) (workspace.Summary, error) {
 	w := m.Workspace
 	sum := workspace.Summary{Machine: m.Name}
 	parent := o.Into
 	if parent == "" {
-		parent = c.Layout.ResultsDir(c.Fleet)
+		parent = ws.c.Layout.ResultsDir(ws.c.Fleet)
 	}
 	parent, err := filepath.Abs(parent)
 	if err != nil {
@@ -509,7 +430,7 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 	}
 	defer os.RemoveAll(tmp)
 	var n int
-	err = c.readGuestStream(ctx, m, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, "tar",
+	err = ws.readGuestStream(ctx, m, "tar -C "+workspace.GuestDir+" -cf - . && touch ~/"+syncedMarker, "tar",
 		func(r io.Reader) (err error) { n, err = workspace.Untar(r, tmp, o.MaxBytes, o.MaxEntries); return err })
 	if err != nil {
 		return sum, err
@@ -522,7 +443,7 @@ func (c *Controller) collectFiles(ctx context.Context, m *Machine, o CollectOpti
 	}
 	sum.Into = dest
 	w.Collected = &Collected{Into: dest, At: time.Now().UTC()}
-	c.say("%s: %d files into %s", m.Name, n, dest)
+	ws.c.say("%s: %d files into %s", m.Name, n, dest)
 	return sum, nil
 }
 

@@ -266,7 +266,7 @@ func warmImage(cmd *cobra.Command, g *globals, img images.Image, cpus, mem int, 
 	if err != nil {
 		return images.Template{}, false, err
 	}
-	return c.Template(cmd.Context(), fleet.StoredImage(img, img.Disk), cpus, mem, rec)
+	return c.Templates().Template(cmd.Context(), fleet.StoredImage(img, img.Disk), cpus, mem, rec)
 }
 
 func newImageWarmCmd(g *globals) *cobra.Command {

@@ -318,7 +318,7 @@ escaped; into a pipe or a file the output is as the command wrote it.`,
 			// as it is.
 			stdout, flushOut := forPerson(cmd.OutOrStdout())
 			stderr, flushErr := forPerson(cmd.ErrOrStderr())
-			res := c.Exec(cmd.Context(), ms, argv, os.Stdin, stdout, stderr, all || len(ms) > 1)
+			res := c.Sessions().Exec(cmd.Context(), ms, argv, os.Stdin, stdout, stderr, all || len(ms) > 1)
 			flushOut()
 			flushErr()
 			for _, r := range res {

@@ -60,9 +60,9 @@ func newNetChangeCmd(g *globals, verb string) *cobra.Command {
 			defer c.Close()
 			var ms []*fleet.Machine
 			if verb == "allow" {
-				ms, err = c.AllowHost(cmd.Context(), names, all, pattern)
+				ms, err = c.Net().AllowHost(cmd.Context(), names, all, pattern)
 			} else {
-				ms, err = c.ChangePolicy(cmd.Context(), names, all, func(p egress.Policy) (egress.Policy, error) { return p.WithDenied(pattern) })
+				ms, err = c.Net().ChangePolicy(cmd.Context(), names, all, func(p egress.Policy) (egress.Policy, error) { return p.WithDenied(pattern) })
 			}
 			if err != nil {
 				return err
@@ -209,7 +209,7 @@ error shape, saying the budget is reached; nothing goes upstream.`,
 			if err := machineArgs(names, all); err != nil {
 				return err
 			}
-			ms, budgets, err := c.ChangeBudget(cmd.Context(), names, all, change.Apply)
+			ms, budgets, err := c.Net().ChangeBudget(cmd.Context(), names, all, change.Apply)
 			if err != nil {
 				return err
 			}

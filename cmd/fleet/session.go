@@ -106,7 +106,7 @@ func startSessions(ctx context.Context, c *fleet.Controller, ms []*fleet.Machine
 		g.Go(func() error {
 			r := req
 			r.Task = tasks[i]
-			errs[i] = c.StartSession(ctx, m, r)
+			errs[i] = c.Sessions().StartSession(ctx, m, r)
 			return nil
 		})
 	}
@@ -151,7 +151,7 @@ session's environment only: not the disk, a command line or a log.`,
 			defer c.Close()
 			// The cap is in place before the agent's first call.
 			if !budget.IsZero() {
-				if _, _, err := c.ChangeBudget(cmd.Context(), args, false, fleet.SetBudget(budget)); err != nil {
+				if _, _, err := c.Net().ChangeBudget(cmd.Context(), args, false, fleet.SetBudget(budget)); err != nil {
 					return err
 				}
 			}
@@ -201,14 +201,14 @@ func newAttachCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			st, err := c.SessionStatus(cmd.Context(), ms[0])
+			st, err := c.Sessions().SessionStatus(cmd.Context(), ms[0])
 			if err != nil {
 				return err
 			}
 			if !st.State.Live() {
 				return fmt.Errorf("%s has no running agent (state: %s); start one with: fleet run %s --task TEXT", ms[0].Name, st.State, ms[0].Name)
 			}
-			cl, err := c.Connect(cmd.Context(), ms[0])
+			cl, err := c.Guests().Connect(cmd.Context(), ms[0])
 			if err != nil {
 				return err
 			}
@@ -246,7 +246,7 @@ rendered line is). A line longer than 1 MiB is cut and marked, except with
 				out, flush = forPerson(out)
 			}
 			defer flush()
-			return c.Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, out)
+			return c.Sessions().Logs(cmd.Context(), ms, follow, raw, all || len(ms) > 1, out)
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "every machine, lines prefixed with its name")
@@ -300,7 +300,7 @@ notify command with the event as JSON on stdin (as fleet top does).`,
 					n.Notify(cockpit.AgentEvent(time.Now(), c.Fleet, m.Name, st))
 				}
 			}
-			res := c.Wait(ctx, ms, 2*time.Second, changed)
+			res := c.Sessions().Wait(ctx, ms, 2*time.Second, changed)
 			if asJSON {
 				if err := printJSON(cmd, res); err != nil {
 					return err
@@ -340,7 +340,7 @@ func newKillCmd(g *globals) *cobra.Command {
 			}
 			var errs []error
 			for _, m := range ms {
-				if err := c.KillSession(cmd.Context(), m); err != nil {
+				if err := c.Sessions().KillSession(cmd.Context(), m); err != nil {
 					errs = append(errs, err)
 					continue
 				}

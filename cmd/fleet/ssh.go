@@ -38,7 +38,7 @@ func newSSHCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := c.Connect(cmd.Context(), ms[0])
+			cl, err := c.Guests().Connect(cmd.Context(), ms[0])
 			if err != nil {
 				return err
 			}

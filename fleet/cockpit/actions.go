@@ -60,7 +60,7 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 		if err != nil {
 			return "", err
 		}
-		if err := c.KillSession(ctx, m); err != nil {
+		if err := c.Sessions().KillSession(ctx, m); err != nil {
 			return "", err
 		}
 		fmt.Fprintf(out, "%s: agent stopped\n", m.Name)
@@ -97,7 +97,7 @@ func startTask(ctx context.Context, c *fleet.Controller, machine, task string) e
 		return err
 	}
 	req.Task = []byte(task)
-	return c.StartSession(ctx, m, req)
+	return c.Sessions().StartSession(ctx, m, req)
 }
 
 func one(c *fleet.Controller, name string) (*fleet.Machine, error) {
@@ -119,7 +119,7 @@ func (a *ControllerActions) Allow(fleetName, machine, pattern string) error {
 		return err
 	}
 	defer c.Close()
-	_, err = c.AllowHost(a.Ctx, []string{machine}, false, pattern)
+	_, err = c.Net().AllowHost(a.Ctx, []string{machine}, false, pattern)
 	return err
 }
 
@@ -136,7 +136,7 @@ func (a *ControllerActions) Command(fleetName, machine, action string) tea.ExecC
 			if err != nil {
 				return err
 			}
-			return c.Logs(ctx, []*fleet.Machine{m}, false, false, false, w)
+			return c.Sessions().Logs(ctx, []*fleet.Machine{m}, false, false, false, w)
 		})
 	case "diff":
 		return a.paged(fleetName, func(ctx context.Context, c *fleet.Controller, w io.Writer) error {

@@ -109,7 +109,7 @@ func (f *Feed) follow(ctx context.Context, c *fleet.Controller, ms []fleet.Machi
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c.WatchAgent(wctx, m, func(st session.Status, err error) {
+				c.Sessions().WatchAgent(wctx, m, func(st session.Status, err error) {
 					if wctx.Err() == nil {
 						f.Send(AgentMsg{At: time.Now(), Fleet: c.Fleet, Machine: m.Name, Status: st, Err: err})
 					}
