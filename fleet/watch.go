@@ -23,10 +23,10 @@ func (ses Sessions) WatchAgent(ctx context.Context, m *Machine, fn func(session.
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			fn(session.Status{}, err)
-			ses.c.Guests().sshPool().Drop(m.Name)
-		}
+		// A watch never ends well: the guest went away or the
+		// connection broke. Say so, drop the connection and dial again.
+		fn(session.Status{}, err)
+		ses.c.Guests().sshPool().Drop(m.Name)
 		select {
 		case <-ctx.Done():
 			return

@@ -122,7 +122,7 @@ func TestQMPPathStaysShort(t *testing.T) {
 	if p := qmpPath(long); len(p) > 104 {
 		t.Fatalf("socket path too long: %d", len(p))
 	}
-	if qmpPath(long) != qmpPath(long) {
+	if first, again := qmpPath(long), qmpPath(long); first != again {
 		t.Fatal("short path must be stable")
 	}
 	if p := qmpPath("/short"); p != "/short/qmp.sock" {
