@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/agentfleet/agentfleet/internal/vm"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/vm"
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	guestcmd "github.com/agentfleet/agentfleet/internal/guest" // builder has a type guest
@@ -47,15 +49,18 @@ func (s *StepVerify) Run(ctx context.Context, state multistep.StateBag) multiste
 	r := guestcmd.OverSSH(g.spec.Name, g.client)
 	_ = r.Run(ctx, guestcmd.Cmd{Step: "wait for the boot", Script: "systemctl is-system-running --wait"})
 	for _, c := range cfg.Recipe.Checks {
-		out := bounded.NewBuffer(bounded.Answer) // stdout and stderr, as a person reads them
+		// stdout and stderr, as a person reads them: the first line says
+		// what passed, the last lines why it failed.
+		head, tail := bounded.NewBuffer(bounded.Line), bounded.NewTail(bounded.Stderr)
+		out := io.MultiWriter(head, tail)
 		err := r.Run(ctx, guestcmd.Cmd{Step: c.What, Script: c.Command, Stdout: out, Stderr: out})
 		if code := guestcmd.ExitCode(err); code > 0 {
-			return halt(state, fmt.Errorf("verify: %s failed (exit %d): %s; the image was not promoted", c.What, code, termsafe.Text(strings.TrimSpace(lastLines(out.String(), 8)))))
+			return halt(state, fmt.Errorf("verify: %s failed (exit %d): %s; the image was not promoted", c.What, code, termsafe.Text(strings.TrimSpace(lastLines(string(tail.Bytes()), 8)))))
 		}
 		if err != nil {
 			return halt(state, fmt.Errorf("verify: %w", err))
 		}
-		cfg.say("verify: %-34s ok %s", c.What, termsafe.Line(firstLine(out.String())))
+		cfg.say("verify: %-34s ok %s", c.What, termsafe.Line(firstLine(head.String())))
 	}
 	if cfg.CacheDir != "" {
 		cacheDisk(cfg, state, disk)

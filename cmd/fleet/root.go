@@ -26,6 +26,9 @@ type globals struct {
 	accel     string
 	provider  string
 	debug     bool
+	// logTo, if set, is where log lines go instead of stderr (fleet top's
+	// actions: nothing may write past its screen).
+	logTo io.Writer
 }
 
 func newRootCmd() *cobra.Command {
@@ -74,7 +77,11 @@ func (g *globals) logger() hclog.Logger {
 	if g.debug {
 		lvl = hclog.Debug
 	}
-	return hclog.New(&hclog.LoggerOptions{Name: "fleet", Level: lvl, Output: os.Stderr})
+	var out io.Writer = os.Stderr
+	if g.logTo != nil {
+		out = g.logTo
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "fleet", Level: lvl, Output: out})
 }
 
 func (g *globals) layout() (fleet.Layout, error) {

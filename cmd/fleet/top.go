@@ -135,7 +135,8 @@ runs fleet.hcl's notify command with the event as JSON on stdin.`,
 			if allFleets {
 				title = fmt.Sprintf("fleet top · %d fleets", len(cs))
 			}
-			ui := &cockpit.UI{Model: cockpit.NewModel(), Actions: g.topActions(cmd), Notifier: n, Title: title}
+			acts := g.topActions(cmd)
+			ui := &cockpit.UI{Model: cockpit.NewModel(), Actions: acts, Notifier: n, Title: title}
 			p := tea.NewProgram(ui, tea.WithAltScreen(), tea.WithContext(cmd.Context()))
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -146,6 +147,12 @@ runs fleet.hcl's notify command with the event as JSON on stdin.`,
 			_, err = p.Run()
 			cancel()
 			wg.Wait()
+			// An action started from a key (a start, a stop) finishes
+			// even when the cockpit quits, as the command would.
+			if n := acts.Running(); n > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "waiting for %d action(s) started in fleet top to finish...\n", n)
+			}
+			acts.Wait()
 			n.Wait()
 			if errors.Is(err, tea.ErrProgramKilled) && cmd.Context().Err() != nil {
 				return nil
@@ -174,6 +181,7 @@ func (g *globals) topActions(cmd *cobra.Command) *cockpit.ControllerActions {
 		Open: func(fleetName string, progress io.Writer) (*fleet.Controller, error) {
 			one := *g
 			one.fleetName = fleetName
+			one.logTo = progress // the driver's warnings too
 			c, err := one.controller(cmd)
 			if err != nil {
 				return nil, err

@@ -25,6 +25,12 @@ func TestTopActionsOpenTheNamedFleet(t *testing.T) {
 	if c.Fleet != "other" || c.Progress != &progress || c.BeforeBoot != nil || c.Driver == nil {
 		t.Errorf("controller for fleet %q, progress %v, before boot set %v, driver %v", c.Fleet, c.Progress, c.BeforeBoot != nil, c.Driver)
 	}
+	// The driver's warnings (a guest killed after its grace) go to the
+	// action's progress, not over the screen.
+	c.Log.Warn("guest did not power off in time")
+	if !bytes.Contains(progress.Bytes(), []byte("guest did not power off in time")) {
+		t.Errorf("a log line did not go to the action's progress: %q", progress.String())
+	}
 	if g.fleetName != "here" {
 		t.Errorf("opening another fleet changed the command's own to %q", g.fleetName)
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
@@ -35,7 +36,17 @@ type ControllerActions struct {
 	Summaries func(w io.Writer, sums []workspace.Summary)
 	// Timeout bounds an action in the background (default 10 minutes).
 	Timeout time.Duration
+
+	running sync.WaitGroup
+	count   atomic.Int32
 }
+
+// Running is how many background actions have not finished.
+func (a *ControllerActions) Running() int { return int(a.count.Load()) }
+
+// Wait waits for every background action to finish: one started from a
+// key goes on when the cockpit quits, as the command would have.
+func (a *ControllerActions) Wait() { a.running.Wait() }
 
 // Run runs kill, start, suspend, stop or run (a new task) and returns its
 // last line of progress.
@@ -44,7 +55,13 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 	if timeout <= 0 {
 		timeout = 10 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(a.Ctx, timeout)
+	a.running.Add(1)
+	a.count.Add(1)
+	defer func() { a.count.Add(-1); a.running.Done() }()
+	// Quitting the cockpit does not cut a start or a stop in half (a
+	// QEMU running that the state file does not know of); the timeout
+	// still bounds it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(a.Ctx), timeout)
 	defer cancel()
 	// Only the last line is shown: keep the end of what it said.
 	out := bounded.NewTail(bounded.Stderr)

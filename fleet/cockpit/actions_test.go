@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
@@ -72,6 +73,42 @@ func TestBackgroundActionsCallTheController(t *testing.T) {
 	}
 	if *opened < 8 {
 		t.Errorf("%d controllers opened for 8 actions: they must not share one's progress", *opened)
+	}
+}
+
+// Quitting the cockpit while a key's action runs neither cuts it in half
+// (a stop the state file never records) nor leaves it behind: Wait
+// waits for it.
+func TestQuittingLetsARunningActionFinish(t *testing.T) {
+	d := &fakeDriver{stopping: make(chan struct{}, 1), release: make(chan struct{})}
+	acts, _, _ := actionsOn(t, d, "p-1")
+	ctx, quit := context.WithCancel(context.Background())
+	acts.Ctx = ctx
+	done := make(chan error, 1)
+	go func() { _, err := acts.Run("p", "p-1", "stop", ""); done <- err }()
+	<-d.stopping
+	if acts.Running() != 1 {
+		t.Fatalf("%d actions running, want 1", acts.Running())
+	}
+	quit()
+	waited := make(chan struct{})
+	go func() { acts.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		t.Fatal("Wait returned while the stop was still running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(d.release)
+	<-waited
+	if err := <-done; err != nil {
+		t.Fatalf("the stop was cut off by quitting: %v", err)
+	}
+	c, _ := acts.Open("p", io.Discard)
+	if s, _ := c.Store().Load(); s.Find("p-1").Desired != fleet.WantStopped {
+		t.Error("the stop finished but was not recorded")
+	}
+	if acts.Running() != 0 {
+		t.Errorf("%d actions still counted as running", acts.Running())
 	}
 }
 

@@ -18,6 +18,9 @@ type fakeDriver struct {
 	mu      sync.Mutex
 	calls   []string
 	stopErr error
+	// stopping, if set, is told when Stop starts, and Stop then waits for
+	// release (or its context).
+	stopping, release chan struct{}
 }
 
 func (d *fakeDriver) Name() string                  { return "fake" }
@@ -26,7 +29,15 @@ func (d *fakeDriver) Status(context.Context, vm.Spec) (vm.Status, error) {
 	return vm.Status{Power: vm.PowerOff}, nil
 }
 
-func (d *fakeDriver) Stop(_ context.Context, s vm.Spec, _ time.Duration) error {
+func (d *fakeDriver) Stop(ctx context.Context, s vm.Spec, _ time.Duration) error {
+	if d.stopping != nil {
+		d.stopping <- struct{}{}
+		select {
+		case <-d.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.calls = append(d.calls, "stop "+s.Name)

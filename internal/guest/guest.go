@@ -23,7 +23,8 @@ type Cmd struct {
 	// Step is a short label for what the command does ("unpack the
 	// workspace"), said in its error.
 	Step string
-	// Script is a shell command line; "" with a PTY is a login shell.
+	// Script is a shell command line; "" is a login shell (reading stdin
+	// when there is no PTY).
 	Script string
 	Stdin  io.Reader
 	// Stdout gets the command's output (nil discards it).

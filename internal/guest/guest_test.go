@@ -27,6 +27,7 @@ import (
 type session struct {
 	ch      ssh.Channel
 	cmd     string // "" for a shell
+	request string // "exec" or "shell"
 	pty     bool
 	resized chan [2]uint32
 	signals chan string
@@ -98,6 +99,7 @@ func serve(nc net.Conn, cfg *ssh.ServerConfig, handle func(s *session)) {
 				case "signal":
 					s.signals <- string(r.Payload[4:])
 				case "exec", "shell":
+					s.request = r.Type
 					if r.Type == "exec" {
 						s.cmd = string(r.Payload[4:])
 					}
@@ -379,6 +381,23 @@ func TestPTYShellAndResize(t *testing.T) {
 	}
 	if ExitCode(err) != 4 {
 		t.Fatalf("the shell's exit: %v", err)
+	}
+}
+
+// With no command and no terminal (fleet ssh VM < script.sh) the guest
+// gets a shell that reads stdin, as OpenSSH gives it, not an empty exec.
+func TestNoCommandIsAShellWithoutATerminal(t *testing.T) {
+	got := make(chan string, 1)
+	r := OverSSH("m-1", startGuest(t, func(s *session) {
+		in, _ := io.ReadAll(s.ch)
+		got <- fmt.Sprintf("%s pty=%v stdin=%q", s.request, s.pty, in)
+		s.exit(0)
+	}))
+	if err := r.Run(context.Background(), Cmd{Step: "shell", Stdin: strings.NewReader("echo hi\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if want := `shell pty=false stdin="echo hi\n"`; <-got != want {
+		t.Fatalf("the guest got something else than a shell reading stdin")
 	}
 }
 

@@ -36,7 +36,9 @@ func (t sshTransport) Run(ctx context.Context, c Cmd) (int, error) {
 			return -1, fmt.Errorf("ask for a terminal: %w", err)
 		}
 	}
-	if c.Script == "" && c.PTY != nil {
+	if c.Script == "" {
+		// No command: the login shell, reading stdin with or without a
+		// terminal (fleet ssh VM < script.sh), as OpenSSH does.
 		err = s.Shell()
 	} else {
 		err = s.Start(c.Script)

@@ -24,8 +24,10 @@
 //     logger and the proxies write theirs (the controller stops the
 //     proxies before Delete).
 //  3. Delete removes the folder whole. Nothing but the files named here is
-//     ever put in it, and nothing of the machine lives outside it (sockets
-//     too long for a path go to the temp dir, named after the folder).
+//     put in it, except by the hypervisor itself (VirtualBox keeps its VM
+//     folder, <name>/ with its .vbox, Logs/ and Snapshots/, under it), and
+//     nothing of the machine lives outside it (sockets too long for a
+//     path go to the temp dir, named after the folder).
 package layout
 
 // Every file of a machine's folder (vm.Spec.Dir, Paths.MachineDir).

@@ -149,7 +149,7 @@ func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string
 			out, _ := base64.StdEncoding.DecodeString(st.OutData)
 			errOut, _ := base64.StdEncoding.DecodeString(st.ErrData)
 			if st.ExitCode != 0 {
-				return string(out), fmt.Errorf("%s: guest script exited %d: %s", s.Name, st.ExitCode, tail(string(errOut)+string(out)))
+				return string(out), &ScriptExit{Code: st.ExitCode, msg: fmt.Sprintf("%s: guest script exited %d: %s", s.Name, st.ExitCode, tail(string(errOut)+string(out)))}
 			}
 			return string(out), nil
 		}
@@ -167,3 +167,15 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// ScriptExit is a guest-agent script that ran and exited non-zero (not a
+// channel that failed): its ExitCode is what the guest runner reports.
+type ScriptExit struct {
+	Code int
+	msg  string
+}
+
+func (e *ScriptExit) Error() string { return e.msg }
+
+// ExitCode is the script's exit status.
+func (e *ScriptExit) ExitCode() int { return e.Code }

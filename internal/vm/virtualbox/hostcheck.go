@@ -39,7 +39,7 @@ func checkVersion(v string, force bool) error {
 	case major < 7:
 		return fmt.Errorf("VirtualBox %s is %w: this driver needs 7.0 or later", v, errTooOld)
 	case m[0] == "7.2.4" && !force:
-		return fmt.Errorf("VirtualBox %s is a %w: idle VMs burn 100%% CPU (fixed in 7.2.6); upgrade, or pass --force to use it anyway", v, errBroken)
+		return fmt.Errorf("VirtualBox %s is a %w: idle VMs burn 100%% CPU (fixed in 7.2.6); upgrade, or pass --force to spawn or up to use it anyway", v, errBroken)
 	}
 	return nil
 }
