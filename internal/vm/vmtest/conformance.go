@@ -343,8 +343,8 @@ func runMachine(t *testing.T, h Harness) {
 
 // runSnapshots goes on with the running machine: suspend ends its
 // process and leaves saved state, start resumes it (one restore, no boot)
-// and uses the state up, discard drops saved state so start boots the
-// disk, save state writes a whole file and ends the process.
+// and uses the state up, discard leaves nothing saved, save state writes
+// a whole file and ends the process.
 func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
 	status func(*testing.T, vm.Power) vm.Status, start func(*testing.T) vm.Runtime) {
 	ctx := context.Background()
@@ -365,19 +365,20 @@ func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
 			t.Errorf("still suspended after resuming: a later start would go back in time")
 		}
 	})
+	// Discarding real saved state, then booting the disk, costs another
+	// cold boot (a minute under emulation): the e2e suspend test does it
+	// through fleet (a damaged state). Here: nothing left to discard after
+	// a resume, and discarding is no error on a running machine.
 	st.run(t, "discard", func(t *testing.T) {
-		suspend(t)
-		if err := sn.DiscardSuspended(s); err != nil {
-			t.Fatalf("discard: %v", err)
+		for i := 0; i < 2; i++ {
+			if err := sn.DiscardSuspended(s); err != nil {
+				t.Fatalf("discard after resume: %v", err)
+			}
 		}
 		if sn.Suspended(s) {
 			t.Fatalf("suspended after discard")
 		}
-		if err := sn.DiscardSuspended(s); err != nil {
-			t.Errorf("discarding twice: %v", err)
-		}
-		status(t, vm.PowerOff)
-		start(t) // from the disk
+		status(t, vm.PowerOn)
 	})
 	st.run(t, "save state", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "conformance-state")
