@@ -70,6 +70,13 @@ func TestFleetLifecycle(t *testing.T) {
 		if r.code != 7 {
 			t.Fatalf("exit code %d, want 7", r.code)
 		}
+		// fleet ssh VM with a script on stdin and no terminal: a shell
+		// reads it, as with OpenSSH.
+		sh := exec.Command(fleetBin, "ssh", "e2e-1", "--name", "e2e")
+		sh.Env, sh.Stdin = fleetEnv(), strings.NewReader("echo piped-$((6*7))\nexit 5\n")
+		if out, err := sh.Output(); sh.ProcessState == nil || sh.ProcessState.ExitCode() != 5 || !strings.Contains(string(out), "piped-42") {
+			t.Fatalf("fleet ssh with a script on stdin: %q %v", out, err)
+		}
 		arg := `it's "$(rm -rf /)" ; ` + "`x` ü"
 		out := mustFleet(t, 2*time.Minute, "exec", "e2e-1", "--name", "e2e", "--", "printf", "%s", arg)
 		if out != arg {
