@@ -109,7 +109,21 @@ func (c *Controller) lockSelected(ctx context.Context, names []string, all bool)
 	return unlock, s, ms, nil
 }
 
-// MachineNames resolves a user's machine argument (or --all) to records.
+// Machine is the named machine's record, read from the state file (no
+// lock: for a look, not a change).
+func (c *Controller) Machine(name string) (*Machine, error) {
+	s, err := c.Store().Load()
+	if err != nil {
+		return nil, err
+	}
+	ms, err := c.Select(s, []string{name}, false)
+	if err != nil {
+		return nil, err
+	}
+	return ms[0], nil
+}
+
+// Select resolves a user's machine argument (or --all) to records.
 func (c *Controller) Select(s *State, names []string, all bool) ([]*Machine, error) {
 	if all {
 		if len(s.Machines) == 0 {

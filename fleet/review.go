@@ -17,15 +17,10 @@ import (
 
 // gitMachine is the named machine, if it was spawned in git mode.
 func (c *Controller) gitMachine(name string) (*Machine, error) {
-	s, err := c.Store().Load()
+	m, err := c.Machine(name)
 	if err != nil {
 		return nil, err
 	}
-	ms, err := c.Select(s, []string{name}, false)
-	if err != nil {
-		return nil, err
-	}
-	m := ms[0]
 	if m.Workspace == nil || m.Workspace.Mode != SyncGit {
 		return nil, fmt.Errorf("%s was not spawned with --sync git: diff and apply work on git branches", name)
 	}

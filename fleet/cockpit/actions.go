@@ -73,7 +73,7 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 	names := []string{machine}
 	switch action {
 	case "kill":
-		m, err := one(c, machine)
+		m, err := c.Machine(machine)
 		if err != nil {
 			return "", err
 		}
@@ -101,7 +101,7 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 // startTask is fleet run MACHINE --task TASK: the agent fleet.hcl names
 // (else the default), after its setup.
 func startTask(ctx context.Context, c *fleet.Controller, machine, task string) error {
-	m, err := one(c, machine)
+	m, err := c.Machine(machine)
 	if err != nil {
 		return err
 	}
@@ -115,18 +115,6 @@ func startTask(ctx context.Context, c *fleet.Controller, machine, task string) e
 	}
 	req.Task = []byte(task)
 	return c.Sessions().StartSession(ctx, m, req)
-}
-
-func one(c *fleet.Controller, name string) (*fleet.Machine, error) {
-	s, err := c.Store().Load()
-	if err != nil {
-		return nil, err
-	}
-	ms, err := c.Select(s, []string{name}, false)
-	if err != nil {
-		return nil, err
-	}
-	return ms[0], nil
 }
 
 // Allow is fleet net allow PATTERN MACHINE.
@@ -149,7 +137,7 @@ func (a *ControllerActions) Command(fleetName, machine, action string) tea.ExecC
 		return ProcessCommand(a.Attach(fleetName, machine))
 	case "logs":
 		return a.paged(fleetName, func(ctx context.Context, c *fleet.Controller, w io.Writer) error {
-			m, err := one(c, machine)
+			m, err := c.Machine(machine)
 			if err != nil {
 				return err
 			}

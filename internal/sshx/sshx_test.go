@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/guest"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -250,34 +251,12 @@ func TestPoolConcurrentGetsShareALiveConnection(t *testing.T) {
 	}
 }
 
-// runCmd runs one command on c for these tests (fleet runs guest
-// commands through internal/guest).
+// runCmd runs one command on c as fleet does, through internal/guest,
+// and gives its exit status (-1 and the error if it could not run).
 func runCmd(ctx context.Context, c *ssh.Client, command string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	s, err := c.NewSession()
-	if err != nil {
-		return -1, fmt.Errorf("open ssh session: %w", err)
-	}
-	defer s.Close()
-	s.Stdin, s.Stdout, s.Stderr = stdin, stdout, stderr
-	done := make(chan error, 1)
-	go func() { done <- s.Run(command) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = s.Signal(ssh.SIGKILL)
-		s.Close()
-		return -1, ctx.Err()
-	}
-	if err == nil {
-		return 0, nil
-	}
-	var ee *ssh.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitStatus(), nil
-	}
-	var missing *ssh.ExitMissingError
-	if errors.As(err, &missing) {
-		return -1, fmt.Errorf("remote command ended without an exit status (connection lost?)")
+	err := guest.New("test", guest.SSH(c)).Run(ctx, guest.Cmd{Step: "run", Script: command, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	if code := guest.ExitCode(err); code >= 0 {
+		return code, nil
 	}
 	return -1, err
 }
