@@ -45,6 +45,8 @@ type Machine struct {
 	StartedAt  time.Time  `json:"started_at,omitempty"`
 	Workspace  *Workspace `json:"workspace,omitempty"`
 	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
+	// ForkOf names the machine this one was forked from (fleet fork).
+	ForkOf string `json:"fork_of,omitempty"`
 }
 
 // State is a fleet's state file.

@@ -52,6 +52,10 @@ const credentialsFile = layout.CredentialsFile
 type credentialsConfig struct {
 	Token    string `json:"token"`
 	Upstream string `json:"upstream"`
+	// Inherited are the tokens of the machines this one was forked from:
+	// the processes that ran at the fork hold them, and this machine's
+	// own proxy (the only one its guest reaches) takes them as its own.
+	Inherited []string `json:"inherited,omitempty"`
 }
 
 // Normalized is normalize for callers outside a spawn (fleet image warm).
@@ -153,11 +157,17 @@ func saveSpend(dir string, c egress.SpendConfig) error {
 	return WriteFileAtomic(filepath.Join(dir, egress.SpendFile), b, 0o600)
 }
 
+// guestNetworkEnvKeys are every variable guestNetworkFiles puts in
+// /etc/environment.
+var guestNetworkEnvKeys = []string{"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
+	"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"}
+
 // guestNetworkFiles configures the guest at first boot to use the proxies:
 // every tool that honours HTTP(S)_PROXY through /etc/environment (read by
 // PAM for every SSH session), sudo keeping those variables, apt, and the
 // Docker daemon (the image's drop-in reads /etc/fleet/proxy.env). None of
 // this is a control: the guest has no other route, whatever it configures.
+
 func guestNetworkFiles(ip string, n *Network, token string) []vm.File {
 	var env, proxyEnv strings.Builder
 	var files []vm.File
@@ -318,12 +328,56 @@ func (nt Net) resolveCredential(ctx context.Context, command string) (egress.Cre
 // LoadCredentialsConfig reads a machine's token and upstream (for the
 // credential proxy process).
 func LoadCredentialsConfig(dir string) (token, upstream string, err error) {
+	c, err := loadCredentials(dir)
+	return c.Token, c.Upstream, err
+}
+
+func loadCredentials(dir string) (credentialsConfig, error) {
 	var c credentialsConfig
 	b, err := os.ReadFile(filepath.Join(dir, credentialsFile))
 	if err == nil {
 		err = json.Unmarshal(b, &c)
 	}
-	return c.Token, c.Upstream, err
+	return c, err
+}
+
+// writeForkNetworkFiles gives a fork's child the network of its source as
+// it stands now (policy, limits, budget and prices, upstream) with its own
+// token and its own count from zero; the source's token is inherited.
+func writeForkNetworkFiles(src, dst *Machine, token string) error {
+	if err := os.MkdirAll(dst.Dir, 0o700); err != nil {
+		return err
+	}
+	if p, err := egress.LoadPolicy(src.Dir); err == nil {
+		if err := egress.SavePolicy(dst.Dir, p); err != nil {
+			return err
+		}
+	} else if !os.IsNotExist(err) {
+		return fmt.Errorf("read %s's egress policy: %w", src.Name, err)
+	}
+	if _, err := os.Stat(filepath.Join(src.Dir, proxyLimitsFile)); err == nil {
+		if err := saveProxyLimits(dst.Dir, loadProxyLimits(src.Dir)); err != nil {
+			return err
+		}
+	}
+	c, err := loadCredentials(src.Dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s's credential settings: %w", src.Name, err)
+	}
+	c.Inherited = append(append([]string(nil), c.Inherited...), c.Token)
+	c.Token = token
+	b, _ := json.Marshal(c)
+	if err := WriteFileAtomic(filepath.Join(dst.Dir, credentialsFile), b, 0o600); err != nil {
+		return err
+	}
+	spend, err := egress.LoadSpendConfig(src.Dir)
+	if err != nil {
+		return fmt.Errorf("read %s's budget: %w", src.Name, err)
+	}
+	return saveSpend(dst.Dir, spend)
 }
 
 // ChangePolicy applies change to the egress policy of the named machines

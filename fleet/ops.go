@@ -347,6 +347,8 @@ func (c *Controller) Destroy(ctx context.Context, names []string, all bool, o De
 		errs = append(errs, err)
 	} else if err := c.writeKnownHosts(s); err != nil {
 		errs = append(errs, err)
+	} else {
+		errs = append(errs, pruneForkCaptures(c.Layout, c.Fleet, s))
 	}
 	unlock()
 	if empty && errors.Join(errs...) == nil {

@@ -250,6 +250,9 @@ type ProfileBlock struct {
 	Name    string   `hcl:"name,label"`
 	Command []string `hcl:"command"`
 	Task    string   `hcl:"task,optional"`
+	// Continue: the arguments that continue the last conversation (fleet
+	// fork --task).
+	Continue []string `hcl:"continue,optional"`
 }
 
 // Profile returns the named agent profile ("" means the project's agent
@@ -264,7 +267,7 @@ func (p Project) Profile(name string) (session.Profile, error) {
 			if task == "" {
 				task = session.TaskStdin
 			}
-			prof := session.Profile{Name: b.Name, Command: b.Command, Task: task}
+			prof := session.Profile{Name: b.Name, Command: b.Command, Task: task, Continue: b.Continue}
 			return prof, prof.Validate()
 		}
 	}

@@ -70,13 +70,14 @@ func ProxyHandlers(dir string) (map[byte]func(context.Context, net.Conn), *egres
 		}
 		handlers[egress.KindEgress] = p.ServeConn
 	}
-	if token, upstream, err := LoadCredentialsConfig(dir); err == nil {
-		u, err := url.Parse(upstream)
+	if cc, err := loadCredentials(dir); err == nil {
+		u, err := url.Parse(cc.Upstream)
 		if err != nil {
 			return nil, nil, fmt.Errorf("credential upstream: %w", err)
 		}
 		p := &egress.CredProxy{
-			Token:      token,
+			Token:      cc.Token,
+			Inherited:  cc.Inherited,
 			Credential: ParseCredentialEnv(os.Getenv(CredentialEnv)),
 			Upstream:   u,
 			Transport:  http.DefaultTransport,

@@ -142,7 +142,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			if tpl != nil {
 				t2 := time.Now()
-				if err := c.Templates().identify(gctx, spec, seed); err != nil {
+				if err := c.Templates().identify(gctx, spec, seed, false); err != nil {
 					return Named(m.Name, fmt.Errorf("restored from the warm template, but: %w", err))
 				}
 				c.say("%s: restored from the warm template in %s (restore %s, identity %s; ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond),

@@ -198,12 +198,17 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 
 // identify gives a clone restored from a template its own identity, over
 // the guest agent, before anything reaches it over the network.
-func (tp Templates) identify(ctx context.Context, spec vm.Spec, seed vm.Seed) error {
+//
+// A fork's child (fork) also forgets its source's network settings.
+func (tp Templates) identify(ctx context.Context, spec vm.Spec, seed vm.Seed, fork bool) error {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	// One guest process sets the clock, then the rest (the clock first:
 	// the template's stood still while it was saved).
 	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
+	if fork {
+		r.Fork, r.ForgetEnv = true, guestNetworkEnvKeys
+	}
 	agent, err := tp.guestAgent(spec)
 	if err != nil {
 		return fmt.Errorf("give it its identity: %w", err)

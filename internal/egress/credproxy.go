@@ -51,7 +51,10 @@ func CredentialFromEnv(getenv func(string) string) (Credential, bool) {
 // its per-VM token (as a bearer token or x-api-key); the proxy checks it,
 // puts the real credential in its place and forwards to Upstream.
 type CredProxy struct {
-	Token      string
+	Token string
+	// Inherited tokens are taken as Token (a fork's child: the agent that
+	// ran at the fork holds its source's token).
+	Inherited  []string
 	Credential Credential // zero when the host had none
 	Upstream   *url.URL
 	Transport  http.RoundTripper
@@ -526,7 +529,13 @@ func (p *CredProxy) tokenOK(r *http.Request) bool {
 	if a := r.Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
 		got = strings.TrimPrefix(a, "Bearer ")
 	}
-	return p.Token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(p.Token)) == 1
+	ok := 0
+	for _, t := range append([]string{p.Token}, p.Inherited...) {
+		if t != "" {
+			ok |= subtle.ConstantTimeCompare([]byte(got), []byte(t))
+		}
+	}
+	return ok == 1
 }
 
 func (p *CredProxy) refuse(w http.ResponseWriter, e Entry, why string) {

@@ -435,3 +435,23 @@ func TestAnnouncedBodiesAreHeldBeforeTheyAreAllocated(t *testing.T) {
 		t.Fatalf("%d bytes still held after every call ended", n)
 	}
 }
+
+// A fork's child takes its own token and the one its source's running
+// agent holds; no other, and an empty inherited token matches nothing.
+func TestCredentialProxyTakesInheritedTokensOnly(t *testing.T) {
+	r := newCredRig(t, Credential{Kind: APIKey, Value: "sk-ant-real"})
+	r.proxy.Token, r.proxy.Inherited = "child-token", []string{"", "source-token"}
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{{"child-token", 200}, {"source-token", 200}, {"", 401}, {"fleet-token-1", 401}, {"source-tokenX", 401}, {"child-tokensource-token", 401}} {
+		code, body := r.post(t, "Authorization", "Bearer "+tc.token)
+		if code != tc.want {
+			t.Errorf("token %q: %d %q, want %d", tc.token, code, body, tc.want)
+		}
+	}
+	r.proxy.Token, r.proxy.Inherited = "", []string{""}
+	if code, _ := r.post(t, "Authorization", "Bearer "); code != 401 {
+		t.Errorf("no token at all: %d, want 401", code)
+	}
+}

@@ -56,6 +56,9 @@ func (l Paths) RolledBackDir(fleet string) string {
 	return filepath.Join(l.FleetDir(fleet), RolledBackFolder)
 }
 
+// ForksDir holds the fleet's fork captures, one folder each.
+func (l Paths) ForksDir(fleet string) string { return filepath.Join(l.FleetDir(fleet), ForksFolder) }
+
 func (l Paths) MachineDir(fleet, vm string) string {
 	return filepath.Join(l.MachinesDir(fleet), vm)
 }

@@ -87,6 +87,7 @@ const (
 	ResultsFolder    = "results"       // collected results: the user's, kept by destroy
 	MachinesFolder   = "machines"      // one machine folder per machine
 	RolledBackFolder = "rolled-back"   // serial consoles (<vm>.serial.log) of machines a failed spawn removed
+	ForksFolder      = "forks"         // forks/<id>: a running machine captured by fleet fork (a template's files), kept while a child's disk links to it
 )
 
 // The image store (FLEET_HOME/images), written by images/.

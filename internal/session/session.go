@@ -39,6 +39,22 @@ type Profile struct {
 	// ClaudeStream says the output is Claude Code's stream-json (rendered
 	// by Render, and read for turns and cost).
 	ClaudeStream bool
+	// Continue are the arguments that make Command continue the last
+	// conversation in /workspace instead of starting one (fleet fork
+	// --task); none: it cannot.
+	Continue []string
+}
+
+// Continuing is p continuing its last conversation, or an error when p
+// cannot.
+func (p Profile) Continuing() (Profile, error) {
+	if len(p.Continue) == 0 {
+		return p, fmt.Errorf("the %s profile cannot continue a conversation (give it continue = [...] in fleet.hcl)", p.Name)
+	}
+	q := p
+	q.Command = append(append([]string(nil), p.Command...), p.Continue...)
+	q.Continue = nil
+	return q, nil
 }
 
 // Claude is the default profile: Claude Code headless as agent in
@@ -49,6 +65,7 @@ var Claude = Profile{
 	Command:      []string{"claude", "--dangerously-skip-permissions", "-p", "--output-format", "stream-json", "--verbose"},
 	Task:         TaskStdin,
 	ClaudeStream: true,
+	Continue:     []string{"--continue"},
 }
 
 // ClaudeInteractive is Claude Code's own interface in the tmux session

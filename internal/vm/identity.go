@@ -23,6 +23,13 @@ type Restored struct {
 	MachineID string
 	Entropy   []byte    // host randomness mixed into the guest's
 	Now       time.Time // the host's time, set first (zero: left alone)
+	// Fork: a running machine's copy, not a fresh template's. Its
+	// /etc/environment loses the lines of ForgetEnv (its source's network
+	// settings) before the seed's files are appended, and Docker is not
+	// restarted (its containers run on; the proxies are at the same
+	// addresses).
+	Fork      bool
+	ForgetEnv []string
 }
 
 // IdentityProgram is the perl program, run as root in the guest, that gives
@@ -74,6 +81,10 @@ func (s Seed) identityProgram(r *Restored, root string) string {
 		field("entropy", string(r.Entropy))
 		if !r.Now.IsZero() {
 			field("time", fmt.Sprintf("%d.%09d", r.Now.Unix(), r.Now.Nanosecond()))
+		}
+		if r.Fork {
+			field("fork", "1")
+			field("forget_env", strings.Join(r.ForgetEnv, " "))
 		}
 	}
 	return identityPerl + "__DATA__\n" + d.String()
@@ -146,6 +157,12 @@ chown $uid, $gid, $ssh;
 put("$ssh/authorized_keys", $v{user_key}, '0600');
 chown $uid, $gid, "$ssh/authorized_keys";
 umask 022;
+if ($v{fork} && length $v{forget_env}) {
+    my %forget = map { $_ => 1 } split / /, $v{forget_env};
+    my @env;
+    if (open(my $f, '<', "$R/etc/environment")) { @env = grep { !(/^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=/ && $forget{$1}) } <$f>; close $f }
+    put("$R/etc/environment", join('', @env), '0644');
+}
 for my $file (@files) {
     my ($path, $data, $mode, $append) = @$file;
     (my $dir = "$R$path") =~ s{/[^/]*$}{};
@@ -169,6 +186,6 @@ if ($v{restored}) {
     my $pid = <$p>;
     close $p;
     kill('HUP', int($pid)) or die "reload sshd: $!\n";
-    if (-e "$R/run/docker.pid") { system('systemctl', 'restart', '--no-block', 'docker') == 0 or die "restart docker: $?\n" }
+    if (!$v{fork} && -e "$R/run/docker.pid") { system('systemctl', 'restart', '--no-block', 'docker') == 0 or die "restart docker: $?\n" }
 }
 `

@@ -195,3 +195,42 @@ func TestIdentityIsOnDiskBeforeTheMarkerSaysSo(t *testing.T) {
 		t.Fatalf("temporary files left: %v", leftovers)
 	}
 }
+
+// A fork's child forgets its source's network lines (only those keys,
+// exactly) before its own are appended, and leaves Docker running.
+func TestIdentityProgramForAForkReplacesTheSourcesNetworkLines(t *testing.T) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl here")
+	}
+	me, err := user.Current()
+	if err != nil || me.Uid != "0" {
+		t.Skip("RNDRESEEDCRNG needs root")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.Symlink("/dev/urandom", dir+"/dev/urandom")
+	env := "PATH=/usr/bin\nANTHROPIC_AUTH_TOKEN=source-token\nhttp_proxy=http://10.0.2.100:3128\nANTHROPIC_AUTH_TOKENX=keep\n#ANTHROPIC_AUTH_TOKEN=comment\n ANTHROPIC_AUTH_TOKEN=indented\nexport http_proxy=x\n"
+	os.WriteFile(dir+"/etc/environment", []byte(env), 0o644)
+	sshd := exec.Command("sleep", "60")
+	if err := sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sshd.Process.Kill()
+	os.WriteFile(dir+"/run/sshd.pid", []byte(strconv.Itoa(sshd.Process.Pid)+"\n"), 0o644)
+	// A docker.pid: restarting Docker would run systemctl, which fails here.
+	os.WriteFile(dir+"/run/docker.pid", []byte("1\n"), 0o644)
+	seed := Seed{Hostname: "proj-3", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey", HostKeyPrivate: "k\n", HostKeyPublic: "ssh-ed25519 AAAAhost",
+		Files: []File{{Path: "/etc/environment", Content: "ANTHROPIC_AUTH_TOKEN=child-token\n", Append: true}}}
+	r := &Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("e"), Fork: true, ForgetEnv: []string{"ANTHROPIC_AUTH_TOKEN", "http_proxy"}}
+	cmd := exec.Command("perl", "-")
+	cmd.Stdin = strings.NewReader(seed.identityProgram(r, dir))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	want := "PATH=/usr/bin\nANTHROPIC_AUTH_TOKENX=keep\n#ANTHROPIC_AUTH_TOKEN=comment\nANTHROPIC_AUTH_TOKEN=child-token\n"
+	if b, _ := os.ReadFile(dir + "/etc/environment"); string(b) != want {
+		t.Errorf("/etc/environment = %q, want %q", b, want)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // What only some drivers can do is an interface of its own beside Driver.
@@ -34,6 +35,35 @@ type Snapshotter interface {
 	// CPUs, memory, network shape): state saved under one key is only
 	// restored under the same key.
 	StateKey(ctx context.Context, s Spec) (string, error)
+}
+
+// Forker captures a running machine at one moment, as a template its
+// clones restore (fork): the machine pauses only for the capture and then
+// runs on. A driver that implements it also implements Snapshotter.
+type Forker interface {
+	// Capture pauses s, copies its disk and its RAM and device state into
+	// dir (a template's files: Template{Disk, Memory, State} under dir),
+	// and lets s go on. On failure s goes on and dir is removed.
+	Capture(ctx context.Context, s Spec, dir string) (Captured, error)
+}
+
+// Captured is what a capture measured.
+type Captured struct {
+	Template Template
+	// Paused is how long the source stood still.
+	Paused time.Duration
+	// RAMBytes is the guest RAM written to the capture (zero pages are
+	// holes).
+	RAMBytes int64
+}
+
+// Capture captures s with d, or says d cannot.
+func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error) {
+	f, ok := d.(Forker)
+	if !ok {
+		return Captured{}, fmt.Errorf("the %s driver cannot capture a running machine (%w): it restores no saved state", d.Name(), ErrNotSupported)
+	}
+	return f.Capture(ctx, s, dir)
 }
 
 // GuestAgent runs commands in a guest over a host-only channel (no

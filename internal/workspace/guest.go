@@ -107,3 +107,33 @@ func ParseState(out []byte) (GuestState, error) {
 	}
 	return s, nil
 }
+
+// ForkLabel is the message of the commit that holds a forked machine's
+// uncommitted work.
+func ForkLabel(source string) string { return "fleet fork: uncommitted work of " + source + " at the fork" }
+
+// ForkScript turns a forked machine's workspace into its own: its branch
+// is renamed to branch, uncommitted work (untracked files included)
+// becomes one labelled commit with a fixed author and date (so every
+// child of one fork makes the same commit), commits from then on are the
+// child's, and the script prints head=<the fork point>.
+func ForkScript(dir, branch, source, vm string, at int64) string {
+	return fmt.Sprintf(`set -e
+cd %[1]s
+git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+if cur=$(git symbolic-ref -q --short HEAD); then
+  [ "$cur" = %[2]s ] || git branch -M "$cur" %[2]s
+else
+  git checkout -q -B %[2]s
+fi
+if [ -n "$(git status --porcelain --untracked-files=all)" ]; then
+  git add -A
+  GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@fork.fleet GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@fork.fleet \
+  GIT_AUTHOR_DATE="@%[6]d +0000" GIT_COMMITTER_DATE="@%[6]d +0000" git commit -q --no-verify --allow-empty-message -m %[3]s
+fi
+git update-ref refs/fleet/start HEAD
+git config user.name %[4]s
+git config user.email %[5]s
+echo "head=$(git rev-parse 'HEAD^{commit}')"
+`, execx.ShellQuote(dir), execx.ShellQuote(branch), execx.ShellQuote(ForkLabel(source)), execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"), at)
+}

@@ -104,6 +104,7 @@ func (d *Driver) ValidateArch(ctx context.Context, arch vm.Arch) error {
 var (
 	_ vm.Driver         = (*Driver)(nil)
 	_ vm.Snapshotter    = (*Driver)(nil)
+	_ vm.Forker         = (*Driver)(nil)
 	_ vm.GuestAgent     = (*Driver)(nil)
 	_ vm.ArchValidator  = (*Driver)(nil)
 	_ vm.ShareValidator = (*Driver)(nil)

@@ -120,11 +120,14 @@ func (q *qgaConn) execute(cmd string, args any, out any) error {
 // guest agent, and returns its output; a non-zero exit is an error that
 // carries the output.
 func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string, error) {
+	t0 := time.Now()
 	q, err := dialQGA(ctx, s.Dir)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", s.Name, err)
 	}
 	defer q.Close()
+	d.Log.Debug("guest agent connected", "vm", s.Name, "after", time.Since(t0))
+	defer func() { d.Log.Debug("guest agent script done", "vm", s.Name, "after", time.Since(t0)) }()
 	var started struct {
 		PID int `json:"pid"`
 	}
