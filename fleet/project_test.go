@@ -65,3 +65,23 @@ func TestProjectSetupIsAStringOrAList(t *testing.T) {
 		t.Error("SetupCommands shares its slice")
 	}
 }
+
+// The prebuild key follows the project's setup and inputs: the default
+// lockfiles, or prebuild_inputs, which must name files that are there.
+func TestProjectPrebuildKey(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "package-lock.json"), []byte("{}"), 0o644)
+	p := Project{Setup: []string{"npm ci"}}
+	k1, _, inputs, err := p.PrebuildKey("tpl", dir)
+	if err != nil || !slices.Equal(inputs, []string{"package-lock.json"}) {
+		t.Fatalf("%q %v", inputs, err)
+	}
+	os.WriteFile(filepath.Join(dir, "package-lock.json"), []byte("{ }"), 0o644)
+	if k2, _, _, _ := p.PrebuildKey("tpl", dir); k2 == k1 {
+		t.Error("a changed lockfile kept the key")
+	}
+	p.PrebuildInputs = []string{"yarn.lock"}
+	if _, _, _, err := p.PrebuildKey("tpl", dir); err == nil || !strings.Contains(err.Error(), "yarn.lock") {
+		t.Errorf("a missing named input: %v", err)
+	}
+}
