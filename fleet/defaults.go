@@ -144,7 +144,7 @@ func (p Project) SessionRequest(agent string) (SessionRequest, error) {
 	if err != nil {
 		return SessionRequest{}, err
 	}
-	return SessionRequest{Profile: prof, Setup: p.Setup, Getenv: os.Getenv}, nil
+	return SessionRequest{Profile: prof, Setup: p.SetupCommands(), Getenv: os.Getenv}, nil
 }
 
 func absDir(dir string) (string, error) {

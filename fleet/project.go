@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/prebuild"
 	"github.com/agentfleet/agentfleet/internal/session"
 
-	"github.com/hashicorp/hcl/v2/hclsimple"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // ProjectFile is the optional per-project settings file.
@@ -24,7 +29,8 @@ const ProjectFile = "fleet.hcl"
 //	sync            = "rsync"                  # git | rsync | shared | none
 //	exclude         = ["node_modules", "*.log"] # rsync: on top of .gitignore
 //	shared_writable = false                    # shared: let the VM write the host folder
-//	setup = "npm ci"                          # runs in /workspace before the agent
+//	setup = ["npm ci", "pip install -r requirements.txt"] # or one string; runs in /workspace before the agent, or once in a prebuild
+//	prebuild_inputs = ["package-lock.json", "*/go.sum"] # what a prebuild is keyed by (default: the lockfiles found)
 //	agent = "aider"                           # profile spawn --task and run use (default claude)
 //	profile "aider" {
 //	  command = ["aider", "--yes", "--message-file", "{task_file}"]
@@ -54,10 +60,16 @@ const ProjectFile = "fleet.hcl"
 //	  upstream = "https://api.anthropic.com"
 //	}
 type Project struct {
-	Sync           string            `hcl:"sync,optional"`
-	Exclude        []string          `hcl:"exclude,optional"`
-	SharedWritable bool              `hcl:"shared_writable,optional"`
-	Setup          string            `hcl:"setup,optional"`
+	Sync           string   `hcl:"sync,optional"`
+	Exclude        []string `hcl:"exclude,optional"`
+	SharedWritable bool     `hcl:"shared_writable,optional"`
+	// Setup is fleet.hcl's setup, one string or a list of strings, read
+	// by LoadProject (gohcl cannot decode either form into one field);
+	// SetupCommands returns it.
+	Setup []string
+	// PrebuildInputs are the files a prebuild is keyed by (see package
+	// internal/prebuild); nil means the lockfiles found, [] means none.
+	PrebuildInputs []string          `hcl:"prebuild_inputs,optional"`
 	Agent          string            `hcl:"agent,optional"`
 	Provider       string            `hcl:"provider,optional"` // qemu (default) | virtualbox
 	Profiles       []ProfileBlock    `hcl:"profile,block"`
@@ -284,6 +296,46 @@ func (p Project) Profile(name string) (session.Profile, error) {
 	return session.Profile{}, fmt.Errorf("unknown agent profile %q (profiles: %s)", name, strings.Join(names, ", "))
 }
 
+// SetupCommands are the project's setup commands, in order: each runs
+// with sh -c in /workspace, and the first that fails stops the rest.
+func (p Project) SetupCommands() []string { return slices.Clone(p.Setup) }
+
+// setupCommands reads `setup = "cmd"` or `setup = ["cmd", ...]`. An empty
+// string is no setup; an empty command in a list is a mistake.
+func setupCommands(a *hcl.Attribute) ([]string, error) {
+	v, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		return nil, fmt.Errorf("%w", diags)
+	}
+	where := a.Range.String()
+	if v.IsNull() {
+		return nil, nil
+	}
+	if !v.IsWhollyKnown() {
+		return nil, fmt.Errorf("%s: setup must be a string or a list of strings", where)
+	}
+	if v.Type() == cty.String {
+		if s := v.AsString(); s != "" {
+			return []string{s}, nil
+		}
+		return nil, nil
+	}
+	if !v.Type().IsTupleType() && !v.Type().IsListType() {
+		return nil, fmt.Errorf("%s: setup must be a string or a list of strings, not %s", where, v.Type().FriendlyName())
+	}
+	var out []string
+	for i, e := range v.AsValueSlice() {
+		if e.IsNull() || e.Type() != cty.String {
+			return nil, fmt.Errorf("%s: setup[%d] must be a string", where, i)
+		}
+		if strings.TrimSpace(e.AsString()) == "" {
+			return nil, fmt.Errorf("%s: setup[%d] is empty", where, i)
+		}
+		out = append(out, e.AsString())
+	}
+	return out, nil
+}
+
 // FindProject reads the fleet.hcl that applies to dir, by the one rule
 // every setting follows: the nearest fleet.hcl from dir up to top, the
 // project's top-level folder (a repository's top, or dir itself outside
@@ -313,8 +365,28 @@ func LoadProject(dir string) (Project, error) {
 	if err != nil {
 		return p, err
 	}
-	if err := hclsimple.Decode(path, src, nil, &p); err != nil {
-		return p, fmt.Errorf("%w", err)
+	f, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
+	if diags.HasErrors() {
+		return p, fmt.Errorf("%w", diags)
+	}
+	// setup is taken out first: the rest decodes as before, and an
+	// attribute no field names is still an error.
+	content, rest, diags := f.Body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "setup"}}})
+	if diags.HasErrors() {
+		return p, fmt.Errorf("%w", diags)
+	}
+	if diags := gohcl.DecodeBody(rest, nil, &p); diags.HasErrors() {
+		return p, fmt.Errorf("%w", diags)
+	}
+	if a := content.Attributes["setup"]; a != nil {
+		if p.Setup, err = setupCommands(a); err != nil {
+			return p, err
+		}
+	}
+	for i, in := range p.PrebuildInputs {
+		if err := prebuild.CheckPattern(in); err != nil {
+			return p, fmt.Errorf("%s: prebuild_inputs[%d]: %w", path, i, err)
+		}
 	}
 	for _, b := range p.Profiles {
 		if _, err := p.Profile(b.Name); err != nil {

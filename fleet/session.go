@@ -27,7 +27,7 @@ func (c *Controller) Sessions() Sessions { return Sessions{c} }
 type SessionRequest struct {
 	Task    []byte
 	Profile session.Profile
-	Setup   string              // project setup command, run first ("" for none)
+	Setup   []string            // project setup commands, run first in order (none: nil)
 	Getenv  func(string) string // where credentials come from (os.Getenv)
 }
 

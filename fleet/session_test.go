@@ -3,6 +3,7 @@ package fleet
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -44,8 +45,8 @@ profile "script" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Setup != "npm ci" {
-		t.Errorf("setup %q", p.Setup)
+	if got := p.SetupCommands(); !slices.Equal(got, []string{"npm ci"}) {
+		t.Errorf("setup %q", got)
 	}
 	if prof, err := p.Profile(""); err != nil || prof.Name != "aider" || prof.Task != "file" {
 		t.Errorf("default profile: %+v %v", prof, err)

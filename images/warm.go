@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,13 +31,23 @@ const (
 	TemplateMeta   = layout.TemplateMeta
 )
 
-// TemplateMetaInfo is template.json.
+// TemplateMetaInfo is template.json, written by the controller.
 type TemplateMetaInfo struct {
 	Key       string    `json:"key"` // everything that must match to restore it
 	CPUs      int       `json:"cpus"`
 	MemoryMiB int       `json:"memory_mib"`
 	CreatedAt time.Time `json:"created_at"`
 	BootSec   float64   `json:"boot_seconds"` // what each clone no longer waits
+
+	// A prebuild's, empty in a warm template (see prebuild.go).
+	Kind         string   `json:"kind,omitempty"`          // KindPrebuild, or "" for a warm template
+	TemplateKey  string   `json:"template_key,omitempty"`  // the warm template's key it was made from
+	Project      string   `json:"project,omitempty"`       // the project folder's base name
+	Setup        []string `json:"setup,omitempty"`         // the setup commands that ran, in order
+	Inputs       []string `json:"inputs,omitempty"`        // the input files it is keyed by, relative to the project
+	InputsDigest string   `json:"inputs_digest,omitempty"` // their paths' and contents' digest (prebuild.Key)
+	Commit       string   `json:"commit,omitempty"`        // the git commit the workspace held, "" outside git
+	SetupSec     float64  `json:"setup_seconds,omitempty"` // what each spawn from it no longer waits
 }
 
 // Template is a stored template.
@@ -62,7 +73,8 @@ func TemplateDir(img Image, key string) string {
 // returned.
 func FindTemplate(img Image, key string) (Template, bool) {
 	t, err := loadTemplate(img, TemplateDir(img, key))
-	if err != nil || t.Key != key {
+	// A prebuild holds a project's files: never an anonymous template.
+	if err != nil || t.Key != key || t.Kind != "" {
 		return Template{}, false
 	}
 	return t, true
@@ -92,7 +104,15 @@ func loadTemplate(img Image, dir string) (Template, error) {
 		t.Bytes += allocated(fi)
 	}
 	if _, err := qcow2.Check(t.Disk(), qcow2.Expect{Backing: img.Disk}); err != nil {
-		return Template{}, err
+		// A prebuild's disk may instead be an overlay on the disk of the
+		// warm template it was made from, which checks its own.
+		w, ok := FindTemplate(img, t.TemplateKey)
+		if t.Kind != KindPrebuild || t.TemplateKey == "" || !ok {
+			return Template{}, err
+		}
+		if _, err := qcow2.Check(t.Disk(), qcow2.Expect{Backing: w.Disk()}); err != nil {
+			return Template{}, err
+		}
 	}
 	return t, nil
 }
@@ -106,12 +126,20 @@ func allocated(fi os.FileInfo) int64 {
 	return fi.Size()
 }
 
-// Templates lists img's templates, newest first.
-func Templates(img Image) []Template {
-	entries, _ := os.ReadDir(filepath.Join(img.Dir, layout.WarmFolder))
+// Templates lists img's warm templates, newest first.
+func Templates(img Image) []Template { return listTemplates(img, layout.WarmFolder, "") }
+
+// listTemplates lists the templates of kind in img's folder, newest
+// first; a folder being made, or one that does not pass its checks, is
+// not listed.
+func listTemplates(img Image, folder, kind string) []Template {
+	entries, _ := os.ReadDir(filepath.Join(img.Dir, folder))
 	var out []Template
 	for _, e := range entries {
-		if t, err := loadTemplate(img, filepath.Join(img.Dir, layout.WarmFolder, e.Name())); err == nil {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if t, err := loadTemplate(img, filepath.Join(img.Dir, folder, e.Name())); err == nil && t.Kind == kind {
 			out = append(out, t)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/agentfleet/agentfleet/builder"
 	"github.com/agentfleet/agentfleet/fleet"
@@ -150,10 +151,15 @@ func newImageLsCmd(g *globals) *cobra.Command {
 			type row struct {
 				images.Image
 				Templates []images.Template `json:"warm_templates"`
+				Prebuilds []images.Template `json:"prebuilds"`
 			}
 			rows := []row{}
 			for _, i := range imgs {
-				rows = append(rows, row{i, images.Templates(i)})
+				pre := images.Prebuilds(i)
+				if pre == nil {
+					pre = []images.Template{}
+				}
+				rows = append(rows, row{i, images.Templates(i), pre})
 			}
 			if asJSON {
 				return printJSON(cmd, rows)
@@ -175,6 +181,27 @@ func newImageLsCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\t%s\n", manifestCell(i.Name), manifestCell(i.Version), manifestCell(string(i.Arch)), latest, i.DiskBytes>>20,
 					manifestCell(i.Packages["claude-code"]), manifestCell(i.Packages["docker"]), manifestCell(i.Packages["node"]), i.BuiltAt.Format("2006-01-02 15:04"), dash(strings.Join(warm, " ")))
 			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			var pre [][]string
+			for _, r := range rows {
+				for _, t := range r.Prebuilds {
+					pre = append(pre, []string{manifestCell(r.Name) + "@" + manifestCell(r.Version), manifestCell(t.Project), shortKey(t.Key),
+						fmt.Sprintf("%dcpu/%dM", t.CPUs, t.MemoryMiB), fmt.Sprintf("%dM", t.Bytes>>20), age(time.Since(t.CreatedAt)), manifestCell(strings.Join(t.Setup, "; "))})
+				}
+			}
+			if len(pre) == 0 {
+				return nil
+			}
+			// Each prebuild under its image version: a table of its own,
+			// since its columns are not a version's.
+			fmt.Fprintln(cmd.OutOrStdout())
+			tw = tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PREBUILD OF\tPROJECT\tKEY\tSHAPE\tSIZE\tAGE\tSETUP")
+			for _, p := range pre {
+				fmt.Fprintln(tw, strings.Join(p, "\t"))
+			}
 			return tw.Flush()
 		},
 	}
@@ -184,17 +211,25 @@ func newImageLsCmd(g *globals) *cobra.Command {
 
 func newImagePruneCmd(g *globals) *cobra.Command {
 	var keep int
-	var asJSON bool
+	var asJSON, prebuilds bool
 	prune := &cobra.Command{
-		Use:   "prune --keep N",
-		Short: "Remove old image versions, keeping the newest N, latest, and any in use",
-		Long: `Removes all but the newest N versions of each image. The latest version
-and every version a machine still links to (in any fleet) are always kept.`,
-		Example: "  fleet image prune --keep 2\n  fleet image prune --keep 1 --json",
+		Use:   "prune --keep N | --prebuilds",
+		Short: "Remove old image versions (keeping the newest N, latest, and any in use) or unused prebuilds",
+		Long: `--keep N removes all but the newest N versions of each image, with their
+warm templates and prebuilds. The latest version and every version a
+machine still links to (in any fleet) are always kept.
+
+--prebuilds removes every prebuild no machine links to, in every version
+(the next spawn of its project makes it again, or fleet prebuild does).
+With both, prebuilds go first, then versions.
+
+--json prints the removed versions as a list; with --prebuilds, an object
+{"versions": [...], "prebuilds": [...]}.`,
+		Example: "  fleet image prune --keep 2\n  fleet image prune --keep 1 --json\n  fleet image prune --prebuilds\n  fleet image prune --keep 2 --prebuilds --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("keep") {
-				return errors.New("say how many versions to keep: --keep N")
+			if !cmd.Flags().Changed("keep") && !prebuilds {
+				return errors.New("say how many versions to keep (--keep N), or remove unused prebuilds (--prebuilds)")
 			}
 			l, err := g.layout()
 			if err != nil {
@@ -203,6 +238,9 @@ and every version a machine still links to (in any fleet) are always kept.`,
 			inUse, err := fleet.BaseImagesInUse(l)
 			if err != nil {
 				return fmt.Errorf("cannot tell which images machines use, so nothing was pruned: %w", err)
+			}
+			if prebuilds {
+				return prunePrebuilds(cmd, imageStore(l), inUse, keep, cmd.Flags().Changed("keep"), asJSON)
 			}
 			removed, err := imageStore(l).Prune(keep, inUse)
 			if asJSON {
@@ -224,8 +262,65 @@ and every version a machine still links to (in any fleet) are always kept.`,
 		},
 	}
 	prune.Flags().IntVar(&keep, "keep", 0, "versions to keep per image (at least 1)")
-	prune.Flags().BoolVar(&asJSON, "json", false, "print the removed versions as JSON")
+	prune.Flags().BoolVar(&prebuilds, "prebuilds", false, "remove every prebuild no machine links to")
+	prune.Flags().BoolVar(&asJSON, "json", false, "print what was removed as JSON")
 	return prune
+}
+
+// prunePrebuilds is prune --prebuilds: the unused prebuilds, then (with
+// --keep) the old versions.
+func prunePrebuilds(cmd *cobra.Command, store images.Store, inUse map[string]bool, keep int, versions, asJSON bool) error {
+	var out struct {
+		Versions  []images.Image          `json:"versions"`
+		Prebuilds []images.PrunedPrebuild `json:"prebuilds"`
+	}
+	var err error
+	out.Prebuilds, err = store.PrunePrebuilds(inUse)
+	if err == nil && versions {
+		out.Versions, err = store.Prune(keep, inUse)
+	}
+	if asJSON {
+		if out.Versions == nil {
+			out.Versions = []images.Image{}
+		}
+		if out.Prebuilds == nil {
+			out.Prebuilds = []images.PrunedPrebuild{}
+		}
+		if jerr := printJSON(cmd, out); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	w := cmd.OutOrStdout()
+	for _, p := range out.Prebuilds {
+		fmt.Fprintf(w, "removed prebuild %s of %s for %s (%dM)\n", shortKey(p.Key), termsafe.Line(p.Image), manifestCell(p.Project), p.Bytes>>20)
+	}
+	for _, i := range out.Versions {
+		fmt.Fprintf(w, "removed %s@%s (%dM)\n", termsafe.Line(i.Name), termsafe.Line(i.Version), i.DiskBytes>>20)
+	}
+	if err == nil && len(out.Prebuilds) == 0 {
+		fmt.Fprintln(w, "no unused prebuilds to remove")
+	}
+	if err == nil && versions && len(out.Versions) == 0 {
+		fmt.Fprintln(w, "no image versions to prune")
+	}
+	return err
+}
+
+// age is how long ago something was made, as a listing shows it: 45s,
+// 12m, 5h, 3d.
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 func dash(s string) string {

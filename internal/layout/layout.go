@@ -92,26 +92,27 @@ const (
 
 // The image store (FLEET_HOME/images), written by images/.
 const (
-	ImageDisk     = "disk.qcow2"    // a version's read-only base disk; the builder names its working disk the same
-	ManifestFile  = "manifest.json" // what a version is made of; its exports take the names it lists, none of these
-	WarmFolder    = "warm"          // a version's warm templates, one folder per key (written by fleet/ through images/)
-	LatestLink    = "latest"        // <name>/latest is amd64's promoted version, latest-<arch> another's
-	StagingPrefix = ".staging-"     // <name>/.staging-<version>: a build being added
-	PullPrefix    = ".pull-"        // <name>/.pull-<version>: a pull being added
-	PrunePrefix   = ".prune-"       // <name>/.prune-<version>: a version being removed
-	UploadsFolder = ".uploads"      // the registry push's resumable upload state, at the store's root
+	ImageDisk      = "disk.qcow2"    // a version's read-only base disk; the builder names its working disk the same
+	ManifestFile   = "manifest.json" // what a version is made of; its exports take the names it lists, none of these
+	WarmFolder     = "warm"          // a version's warm templates, one folder per key (written by fleet/ through images/)
+	PrebuildFolder = "prebuilds"     // a version's prebuilds (templates made after a project's setup ran), one owner-only folder per key (written by fleet/ through images/)
+	LatestLink     = "latest"        // <name>/latest is amd64's promoted version, latest-<arch> another's
+	StagingPrefix  = ".staging-"     // <name>/.staging-<version>: a build being added
+	PullPrefix     = ".pull-"        // <name>/.pull-<version>: a pull being added
+	PrunePrefix    = ".prune-"       // <name>/.prune-<version>: a version being removed
+	UploadsFolder  = ".uploads"      // the registry push's resumable upload state, at the store's root
 )
 
-// Every file of a warm template's folder (warm/<key>/), made by fleet/ and
-// published read-only by images/.
+// Every file of a warm template's folder (warm/<key>/) or a prebuild's
+// (prebuilds/<key>/), made by fleet/ and published read-only by images/.
 const (
-	TemplateDisk   = "disk.qcow2"    // the frozen disk, an overlay on the version's disk
+	TemplateDisk   = "disk.qcow2"    // the frozen disk, an overlay on the version's disk (a prebuild's may be on its warm template's)
 	TemplateMemory = "memory"        // the guest's RAM; clones map it copy-on-write
 	TemplateState  = "state"         // device state only
 	TemplateMeta   = "template.json" // the key and shape it was made with
 
-	TemplateStagingPrefix = ".make-" // warm/.make-<random>: a template being made
-	TemplateLockSuffix    = ".lock"  // warm/<key>.lock: held by the one maker of that key
+	TemplateStagingPrefix = ".make-" // warm/.make-<random> (or prebuilds/): a template being made
+	TemplateLockSuffix    = ".lock"  // warm/<key>.lock (or prebuilds/): held by the one maker of that key
 )
 
 // Files of the VirtualBox driver's folder (FLEET_HOME/virtualbox).

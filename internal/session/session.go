@@ -103,10 +103,11 @@ func (p Profile) Validate() error {
 // line, a file or a log).
 var Credentials = []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"}
 
-// RunScript is run.sh: go to /workspace, run the setup command, then the
-// agent with its task, all output to the log; the exit status goes to
-// the exit file last, atomically, and marks the end.
-func RunScript(p Profile, setup string) string {
+// RunScript is run.sh: go to /workspace, run the setup commands one by
+// one (each in its own sh -c; the first that fails stops the run with its
+// status), then the agent with its task, all output to the log; the exit
+// status goes to the exit file last, atomically, and marks the end.
+func RunScript(p Profile, setup []string) string {
 	words := make([]string, len(p.Command))
 	for i, a := range p.Command {
 		words[i] = execx.ShellQuote(a)
@@ -127,9 +128,12 @@ func RunScript(p Profile, setup string) string {
 	b.WriteString("date +%s >\"$d/started\"\n")
 	b.WriteString("cd /workspace 2>/dev/null || cd\n")
 	b.WriteString("run() {\n")
-	if setup != "" {
-		fmt.Fprintf(&b, "  echo '== fleet: setup: '%s\n", execx.ShellQuote(setup))
-		fmt.Fprintf(&b, "  sh -c %s </dev/null || { s=$?; echo \"== fleet: setup failed with exit status $s\"; return $s; }\n", execx.ShellQuote(setup))
+	for _, step := range setup {
+		if step == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "  echo '== fleet: setup: '%s\n", execx.ShellQuote(step))
+		fmt.Fprintf(&b, "  sh -c %s </dev/null || { s=$?; echo \"== fleet: setup failed with exit status $s\"; return $s; }\n", execx.ShellQuote(step))
 	}
 	fmt.Fprintf(&b, "  %s\n", cmd)
 	b.WriteString("}\n")

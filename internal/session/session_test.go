@@ -17,7 +17,7 @@ const nasty = "fix it: \"quotes\" 'single' $(rm -rf /) `id` $HOME \\ ; & | > < *
 
 // runLocally plays the VM: prepare (task from stdin), install run.sh,
 // then run it as tmux would, in a temporary home.
-func runLocally(t *testing.T, p Profile, setup, task string) (home string) {
+func runLocally(t *testing.T, p Profile, setup []string, task string) (home string) {
 	t.Helper()
 	home = t.TempDir()
 	env := append(os.Environ(), "HOME="+home, "PATH=/nonexistent-tmux:"+os.Getenv("PATH"))
@@ -46,7 +46,7 @@ func read(t *testing.T, home, name string) string {
 
 func TestTaskArrivesByteForByteOnStdin(t *testing.T) {
 	agent := Profile{Name: "stand-in", Command: []string{"sh", "-c", `cat > "$HOME/got"; echo working; exit 3`}, Task: TaskStdin}
-	home := runLocally(t, agent, "", nasty)
+	home := runLocally(t, agent, nil, nasty)
 	if got, _ := os.ReadFile(filepath.Join(home, "got")); string(got) != nasty {
 		t.Fatalf("task changed on the way:\n got %q\nwant %q", got, nasty)
 	}
@@ -63,7 +63,7 @@ func TestTaskArrivesByteForByteOnStdin(t *testing.T) {
 
 func TestTaskFileProfileAndSetup(t *testing.T) {
 	agent := Profile{Name: "aider", Command: []string{"sh", "-c", `cp "$1" "$HOME/got"`, "x", "{task_file}"}, Task: TaskFile}
-	home := runLocally(t, agent, "echo setting up > \"$HOME/setup-ran\"", nasty)
+	home := runLocally(t, agent, []string{"echo setting up > \"$HOME/setup-ran\""}, nasty)
 	if got, _ := os.ReadFile(filepath.Join(home, "got")); string(got) != nasty {
 		t.Fatalf("task file: %q", got)
 	}
@@ -77,7 +77,7 @@ func TestTaskFileProfileAndSetup(t *testing.T) {
 
 func TestFailedSetupStopsTheAgent(t *testing.T) {
 	agent := Profile{Name: "a", Command: []string{"touch", "agent-ran"}, Task: TaskStdin}
-	home := runLocally(t, agent, "exit 7", "task")
+	home := runLocally(t, agent, []string{"exit 7"}, "task")
 	if e := read(t, home, "exit"); e != "7\n" {
 		t.Fatalf("exit %q", e)
 	}
@@ -86,6 +86,35 @@ func TestFailedSetupStopsTheAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(home, "agent-ran")); err == nil {
 		t.Fatal("the agent ran after a failed setup")
+	}
+}
+
+// Setup commands run one by one, each its own shell (a quote or an exit
+// in one is not the next's), and the first that fails stops the rest and
+// the agent.
+func TestSetupListRunsInOrderAndStopsAtTheFirstFailure(t *testing.T) {
+	agent := Profile{Name: "a", Command: []string{"touch", "agent-ran"}, Task: TaskStdin}
+	home := runLocally(t, agent, []string{
+		`echo one >> "$HOME/steps"`,
+		`echo "two 'quoted' $(echo x)" >> "$HOME/steps"; exit 0`,
+		`echo three >> "$HOME/steps"`,
+	}, "task")
+	if got, _ := os.ReadFile(filepath.Join(home, "steps")); string(got) != "one\ntwo 'quoted' x\nthree\n" {
+		t.Fatalf("steps %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(home, "agent-ran")); err != nil || read(t, home, "exit") != "0\n" {
+		t.Fatalf("the agent did not run after setup (exit %q)", read(t, home, "exit"))
+	}
+
+	home = runLocally(t, agent, []string{`echo one >> "$HOME/steps"`, "exit 5", `echo three >> "$HOME/steps"`}, "task")
+	if got, _ := os.ReadFile(filepath.Join(home, "steps")); string(got) != "one\n" {
+		t.Fatalf("steps after a failure %q", got)
+	}
+	if e := read(t, home, "exit"); e != "5\n" || !strings.Contains(read(t, home, "log"), "setup failed with exit status 5") {
+		t.Fatalf("exit %q log %q", e, read(t, home, "log"))
+	}
+	if _, err := os.Stat(filepath.Join(home, "agent-ran")); err == nil {
+		t.Fatal("the agent ran after a failed setup step")
 	}
 }
 
