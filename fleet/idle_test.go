@@ -2,6 +2,9 @@ package fleet
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +98,31 @@ func TestIdleWatchWithoutThresholdNeverParks(t *testing.T) {
 		if w.observe(t0.Add(time.Duration(i)*time.Hour), session.Status{State: session.Succeeded}, nil) {
 			t.Fatal("parked with no idle_suspend")
 		}
+	}
+}
+
+// --idle-suspend wins over fleet.hcl's idle_suspend; "off" turns off
+// what fleet.hcl turned on; a bad value in fleet.hcl fails its load.
+func TestIdleSuspendFlagOverProject(t *testing.T) {
+	p := Project{IdleSuspend: "15m"}
+	for flag, want := range map[string]time.Duration{"": 15 * time.Minute, "1h": time.Hour, "off": 0, "0": 0} {
+		if got, err := p.IdleSuspendFor(flag); err != nil || got != want {
+			t.Errorf("flag %q over 15m: %v %v, want %v", flag, got, err, want)
+		}
+	}
+	if got, err := (Project{}).IdleSuspendFor(""); err != nil || got != 0 {
+		t.Errorf("neither: %v %v", got, err)
+	}
+	if _, err := p.IdleSuspendFor("5"); err == nil || !strings.Contains(err.Error(), "--idle-suspend") {
+		t.Errorf("bad flag: %v", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ProjectFile), []byte("idle_suspend = \"soon\"\n"), 0o644)
+	if _, err := LoadProject(dir); err == nil || !strings.Contains(err.Error(), "idle_suspend") {
+		t.Errorf("bad fleet.hcl: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, ProjectFile), []byte("idle_suspend = \"20m\"\n"), 0o644)
+	if p, err := LoadProject(dir); err != nil || p.IdleSuspend != "20m" {
+		t.Errorf("fleet.hcl 20m: %+v %v", p, err)
 	}
 }

@@ -82,13 +82,22 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot, Arch: req.Image.Arch,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
-			Network: netRec,
+			Network: netRec, IdleSuspendSec: int(req.IdleSuspend / time.Second),
 		}
 		tokens[i] = newToken()
 		seeds[i] = vm.Seed{InstanceID: id, Hostname: p.Name, User: GuestUser, AuthorizedKey: pub,
 			HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
 		if netRec != nil {
 			seeds[i].Files = guestNetworkFiles(c.Driver.Capabilities().ForwardIP, netRec, tokens[i])
+		}
+	}
+
+	if req.IdleSuspend > 0 {
+		if why := cannotPark(c, machines[0]); why != "" {
+			c.say("idle_suspend is off for these machines: %s", why)
+			for _, m := range machines {
+				m.IdleSuspendSec = 0
+			}
 		}
 	}
 
@@ -184,6 +193,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	}
 	if err := c.writeKnownHosts(cur); err != nil {
 		return machines, err
+	}
+	if machines[0].IdleSuspendSec > 0 {
+		ensureParker(c) // under the lock, after the save: see ensureParker
 	}
 	c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
 	return machines, nil
