@@ -334,12 +334,13 @@ func (l *parkLoop) run(ctx context.Context, letGo func()) error {
 			loadErrors = 0
 			ms := parkable(s)
 			unlock()
-			if len(ms) == 0 && l.done(ctx, letGo) {
-				l.say("no running machine has idle_suspend: exiting")
+			// Checked first, and said nowhere: the lock or the log would
+			// make a removed fleet folder again.
+			if !l.ours() {
 				return nil
 			}
-			if !l.ours() {
-				l.say("the fleet's folder was removed or made again: exiting")
+			if len(ms) == 0 && l.done(ctx, letGo) {
+				l.say("no running machine has idle_suspend: exiting")
 				return nil
 			}
 			l.poll(ctx, ms, machines)

@@ -334,3 +334,35 @@ func TestWithoutCredentials(t *testing.T) {
 		t.Errorf("env %q", got)
 	}
 }
+
+// ensureParker runs Self __park FLEET detached, without the model
+// credentials, and not while a parker holds the lock.
+func TestEnsureParkerStartsOneDetached(t *testing.T) {
+	l := Layout{Root: t.TempDir()}
+	os.MkdirAll(l.FleetDir("p"), 0o700)
+	out := filepath.Join(t.TempDir(), "args")
+	self := filepath.Join(t.TempDir(), "fleet")
+	os.WriteFile(self, []byte("#!/bin/sh\necho \"$@ key=${ANTHROPIC_API_KEY:-none}\" >> "+out+"\n"), 0o755)
+	t.Setenv("ANTHROPIC_API_KEY", "sk-secret")
+	c := &Controller{Layout: l, Fleet: "p", Self: self}
+	ensureParker(c)
+	var b []byte
+	for i := 0; i < 100 && len(b) == 0; i++ {
+		time.Sleep(20 * time.Millisecond)
+		b, _ = os.ReadFile(out)
+	}
+	if string(b) != ParkCommand+" p key=none\n" {
+		t.Fatalf("started %q", b)
+	}
+	unlock, ok, err := tryLock(parkerFile(c, layout.ParkerLock))
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	defer unlock()
+	os.Remove(out)
+	ensureParker(c)
+	time.Sleep(200 * time.Millisecond)
+	if _, err := os.Stat(out); err == nil {
+		t.Error("a second parker was started while one holds the lock")
+	}
+}
