@@ -177,7 +177,7 @@ func (f Forks) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) {
 			return res, err
 		}
 		r := req.Session
-		r.Task, r.Profile, r.Setup = task, prof, ""
+		r.Task, r.Profile, r.Setup = task, prof, nil
 		if err := c.Sessions().StartSession(ctx, m, r); err != nil {
 			return res, err
 		}

@@ -47,7 +47,24 @@ type Machine struct {
 	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
 	// ForkOf names the machine this one was forked from (fleet fork).
 	ForkOf string `json:"fork_of,omitempty"`
+	// Prebuild is the prebuild it was restored from (its folder): the
+	// project's setup already ran in it.
+	Prebuild string `json:"prebuild,omitempty"`
+	// IdleSuspendSec, if set, is how long its agent may wait for input or
+	// be done before the fleet's idle parker suspends the machine.
+	IdleSuspendSec int `json:"idle_suspend_sec,omitempty"`
+	// SuspendReason is why the idle parker suspended it ("" for a user's
+	// suspend, or while it runs); start and resume clear it.
+	SuspendReason string `json:"suspend_reason,omitempty"`
 }
+
+// IdleSuspend is how long m's agent may be idle before m is parked (0:
+// never).
+func (m *Machine) IdleSuspend() time.Duration { return time.Duration(m.IdleSuspendSec) * time.Second }
+
+// Parked says m is suspended because its agent was idle, not by the
+// user: commands that use it resume it without being asked.
+func (m *Machine) Parked() bool { return m.Desired == WantSuspended && m.SuspendReason != "" }
 
 // State is a fleet's state file.
 type State struct {

@@ -36,6 +36,9 @@ type MachineStatus struct {
 	Agent *session.Status `json:"agent,omitempty"`
 	// Spend is what the credential proxy counted (machines with one).
 	Spend *Spend `json:"spend,omitempty"`
+	// SuspendReason says why a suspended machine is: the idle parker's
+	// reason ("idle 15m: agent succeeded"); none for the user's suspend.
+	SuspendReason string `json:"suspend_reason,omitempty"`
 }
 
 // Status reports every machine of the fleet and its agent.
@@ -90,7 +93,7 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 		case m.Desired == WantRunning:
 			ms.State = StateDead
 		case m.Desired == WantSuspended:
-			ms.State = StateSuspended
+			ms.State, ms.SuspendReason = StateSuspended, m.SuspendReason
 		default:
 			ms.State = StateStopped
 		}
@@ -148,7 +151,10 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		}
 		return err
 	}
-	m.SSHAddr, m.PID, m.Desired = rt.SSHAddr, rt.PID, WantRunning
+	m.SSHAddr, m.PID, m.Desired, m.SuspendReason = rt.SSHAddr, rt.PID, WantRunning, ""
+	if m.IdleSuspendSec > 0 {
+		ensureParker(c)
+	}
 	if !resuming {
 		m.StartedAt = time.Now().UTC()
 	}
@@ -234,6 +240,7 @@ func (c *Controller) whileRunning(ctx context.Context, m *Machine, fn func() err
 		return fn()
 	}
 	c.say("%s: resuming it for this", m.Name)
+	reason := m.SuspendReason // parked idle, it stays parked idle
 	if err := c.startOne(ctx, m, StartOptions{}); err != nil {
 		return err
 	}
@@ -241,6 +248,7 @@ func (c *Controller) whileRunning(ctx context.Context, m *Machine, fn func() err
 	if serr := c.suspendOne(ctx, m); serr != nil {
 		return errors.Join(err, fmt.Errorf("%s: suspend it again: %w", m.Name, serr))
 	}
+	m.SuspendReason = reason
 	return err
 }
 
@@ -267,7 +275,7 @@ func (c *Controller) Stop(ctx context.Context, names []string, all bool) error {
 		if err := c.Net().stopMachine(gctx, c.spec(m, vm.Seed{})); err != nil {
 			return err
 		}
-		m.SSHAddr, m.PID, m.Desired = "", 0, WantStopped
+		m.SSHAddr, m.PID, m.Desired, m.SuspendReason = "", 0, WantStopped, ""
 		c.say("%s: stopped", m.Name)
 		return nil
 	})

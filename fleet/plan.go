@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -32,6 +33,15 @@ type SpawnRequest struct {
 	// must be the image's, and it is the consent to emulate one the host
 	// cannot accelerate.
 	Arch vm.Arch
+	// IdleSuspend, if set, parks each machine once its agent has waited
+	// for input or been done this long (fleet.hcl's idle_suspend,
+	// --idle-suspend).
+	IdleSuspend time.Duration
+	// Project is the project's fleet.hcl: with setup commands, machines
+	// restore from its prebuild (made first if there is none) unless
+	// NoPrebuild, and do not run the setup again.
+	Project    *Project
+	NoPrebuild bool
 }
 
 // WarmMode is how a spawn uses warm templates.

@@ -2,7 +2,21 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/bounded"
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/guest"
+	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/sshx"
+	"github.com/agentfleet/agentfleet/internal/termsafe"
+	"github.com/agentfleet/agentfleet/internal/workspace"
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/prebuild"
@@ -39,13 +53,222 @@ type PrebuildResult struct {
 	Template images.Template `json:"template"`
 }
 
-// Prebuild finds or makes the project's prebuild.
-//
-// LEAD: placeholder, to be replaced by the VM side (make the template
-// from a machine after bring-in and setup, publish with
-// images.PublishPrebuild). The key comes from PrebuildKey.
-func (c *Controller) Prebuild(ctx context.Context, req PrebuildRequest) (PrebuildResult, error) {
-	return PrebuildResult{}, errors.New("prebuild: not built yet")
+// Prebuild finds or makes the project's prebuild (with Force, makes it
+// again).
+func (tp Templates) Prebuild(ctx context.Context, req PrebuildRequest) (PrebuildResult, error) {
+	_, netRec, err := req.Network.normalize(tp.c.Driver)
+	if err != nil {
+		return PrebuildResult{}, err
+	}
+	wt, _, err := tp.Template(ctx, req.Image, req.CPUs, req.MemoryMiB, netRec)
+	if err != nil {
+		return PrebuildResult{}, err
+	}
+	return tp.prebuild(ctx, req, wt, req.Force)
+}
+
+// errNoSetup: the project has no setup commands, so nothing to prebuild.
+var errNoSetup = errors.New("the project has no setup commands (setup = [...] in fleet.hcl): there is nothing to prebuild")
+
+// prebuildKey is the key of req's prebuild on the warm template wt: the
+// template's key and the sync mode, the setup commands, the inputs.
+func prebuildKey(req PrebuildRequest, wt images.Template) (key, digest string, inputs []string, err error) {
+	if len(req.Project.SetupCommands()) == 0 {
+		return "", "", nil, errNoSetup
+	}
+	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
+		return "", "", nil, fmt.Errorf("a prebuild needs the project in the machine (--sync git or rsync, not %q)", req.Workspace.Mode)
+	}
+	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode), req.Workspace.Dir)
+	return "prebuild " + key, digest, inputs, err
+}
+
+// prebuild finds the prebuild of req on wt, or makes it (always with
+// remake).
+func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images.Template, remake bool) (PrebuildResult, error) {
+	key, digest, inputs, err := prebuildKey(req, wt)
+	if err != nil {
+		return PrebuildResult{}, err
+	}
+	img := imageOf(req.Image)
+	res := PrebuildResult{Image: req.Image.String(), Key: key, Inputs: inputs}
+	if t, ok := images.FindPrebuild(img, key); ok && !remake {
+		res.Template = t
+		return res, nil
+	}
+	dir := filepath.Dir(images.PrebuildDir(img, key))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return res, err
+	}
+	unlock, err := lockFile(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
+		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	if t, ok := images.FindPrebuild(img, key); ok && !remake {
+		res.Template = t
+		return res, nil
+	}
+	if remake {
+		if t, ok := images.FindPrebuild(img, key); ok {
+			if err := images.RemovePrebuild(t); err != nil {
+				return res, err
+			}
+		}
+	}
+	t, err := tp.makePrebuild(ctx, req, wt, key, digest, inputs)
+	if err != nil {
+		return res, err
+	}
+	res.Template, res.Made = t, true
+	return res, nil
+}
+
+// makePrebuild restores a machine from wt with the project's network
+// policy and no model credential, brings the project in, runs its setup
+// as the agent in /workspace, takes away the key it was reached with, and
+// captures it as the prebuild. The machine is deleted whatever happens.
+func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt images.Template, key, digest string, inputs []string) (images.Template, error) {
+	c := tp.c
+	img := imageOf(req.Image)
+	base := filepath.Join(img.Dir, layout.PrebuildFolder, layout.TemplateStagingPrefix+randomHex(6))
+	staged, vmDir := base, base+".vm"
+	netReq := req.Network
+	netReq.Credentials = CredentialsNone // setup never holds a model credential
+	netReq, netRec, err := netReq.normalize(c.Driver)
+	if err != nil {
+		return images.Template{}, err
+	}
+	hk, err := sshx.NewKeyPair("")
+	if err != nil {
+		return images.Template{}, err
+	}
+	_, pub, err := c.Guests().fleetKey(true)
+	if err != nil {
+		return images.Template{}, err
+	}
+	m := &Machine{Name: "fleet-prebuild-" + randomHex(3), Dir: vmDir, Image: req.Image.String(), BaseImage: wt.Disk(), Arch: req.Image.Arch, Boot: req.Image.Boot,
+		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, HostKey: hk.AuthorizedKey, InstanceID: randomID(), Desired: WantRunning, Network: netRec}
+	seed := vm.Seed{InstanceID: m.InstanceID, Hostname: templateHostname, User: GuestUser, AuthorizedKey: pub,
+		HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
+	if netRec != nil {
+		seed.Files = guestNetworkFiles(c.Driver.Capabilities().ForwardIP, netRec, "")
+	}
+	spec, err := c.Net().bootSpec(ctx, m, seed)
+	if err != nil {
+		return images.Template{}, err
+	}
+	spec.Template = &vm.Template{Disk: wt.Disk(), Memory: wt.Memory(), State: wt.State()}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		c.Guests().sshPool().Drop(m.Name)
+		_ = c.Net().deleteMachine(cctx, spec)
+		os.RemoveAll(staged)
+	}()
+	project := filepath.Base(req.Workspace.Dir)
+	c.say("prebuild of %s: restoring a machine, bringing the project in, running its setup (%d command(s))", project, len(req.Project.SetupCommands()))
+	t0 := time.Now()
+	if err := c.Driver.Create(ctx, spec); err != nil {
+		return images.Template{}, err
+	}
+	if netRec != nil {
+		if err := writeNetworkFiles(m, netReq, ""); err != nil {
+			return images.Template{}, err
+		}
+	}
+	rt, err := c.Net().startMachine(ctx, spec)
+	if err != nil {
+		return images.Template{}, err
+	}
+	m.SSHAddr, m.PID = rt.SSHAddr, rt.PID
+	if err := tp.identify(ctx, spec, seed, false); err != nil {
+		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+	}
+	if err := c.Guests().waitSSH(ctx, m); err != nil {
+		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+	}
+	p, err := c.Workspaces().prepareWorkspace(ctx, req.Workspace)
+	if err != nil {
+		return images.Template{}, err
+	}
+	if err := c.Workspaces().syncIn(ctx, m, p); err != nil {
+		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+	}
+	t1 := time.Now()
+	if err := tp.runSetup(ctx, m, req.Project.SetupCommands()); err != nil {
+		return images.Template{}, err
+	}
+	setupTook := time.Since(t1)
+	c.say("prebuild of %s: setup done in %s", project, setupTook.Round(100*time.Millisecond))
+	// Nothing of the fleet's stays in it: the key it was reached with.
+	if _, err := c.Guests().guestRun(ctx, m, "forget the fleet's key", "rm -f ~/.ssh/authorized_keys; sync", nil); err != nil {
+		return images.Template{}, err
+	}
+	c.Guests().sshPool().Drop(m.Name)
+	if _, err := vm.Capture(ctx, c.Driver, spec, staged); err != nil {
+		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+	}
+	meta := images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: time.Now().UTC(), BootSec: wt.BootSec,
+		Kind: images.KindPrebuild, TemplateKey: wt.Key, Project: project, Setup: req.Project.SetupCommands(), Inputs: inputs,
+		InputsDigest: digest, SetupSec: setupTook.Seconds()}
+	if p != nil && p.req.Mode == SyncGit {
+		meta.Commit = p.start
+	}
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := os.WriteFile(filepath.Join(staged, images.TemplateMeta), append(b, '\n'), 0o600); err != nil {
+		return images.Template{}, err
+	}
+	t, err := images.PublishPrebuild(img, key, staged)
+	if err != nil {
+		return images.Template{}, err
+	}
+	c.say("prebuild of %s ready in %s (%d MiB): spawns restore it and skip the setup", project, time.Since(t0).Round(time.Second), t.Bytes>>20)
+	return t, nil
+}
+
+// setupOutput is how much of a failed setup's output its error shows.
+const setupOutput = 4 << 10
+
+// runSetup runs the setup commands as the agent in /workspace, each as
+// its own step; a failure is an error with the end of its output.
+func (tp Templates) runSetup(ctx context.Context, m *Machine, cmds []string) error {
+	r, err := tp.c.Guests().guestRunner(ctx, m)
+	if err != nil {
+		return err
+	}
+	for _, cmd := range cmds {
+		out := bounded.NewTail(setupOutput)
+		err := r.Run(ctx, guest.Cmd{Step: "setup: " + cmd, Script: "cd " + workspace.GuestDir + " && exec 2>&1 && exec sh -c " + execx.ShellQuote(cmd), Stdout: out})
+		if err != nil {
+			return fmt.Errorf("prebuild: setup command %q failed (%v); its output ends:\n%s", cmd, err, termsafe.Text(strings.TrimRight(out.String(), "\n")))
+		}
+	}
+	return nil
+}
+
+// spawnPrebuild is the prebuild a spawn of req restores from instead of
+// the warm template wt, made first if there is none; nil (said why) when
+// the project has none or it cannot be made: the machines then run the
+// setup themselves.
+func (tp Templates) spawnPrebuild(ctx context.Context, req SpawnRequest, wt images.Template) *images.Template {
+	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
+		return nil
+	}
+	preq := PrebuildRequest{Image: req.Image, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Arch: req.Arch, Workspace: req.Workspace, Project: *req.Project, Network: req.Network}
+	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
+		return nil
+	}
+	res, err := tp.prebuild(ctx, preq, wt, false)
+	if err != nil {
+		tp.c.say("no prebuild, so each machine runs the setup: %v", err)
+		return nil
+	}
+	if !res.Made {
+		tp.c.say("restoring the prebuild of %s (%s old; setup skipped)", filepath.Base(req.Workspace.Dir), time.Since(res.Template.CreatedAt).Round(time.Second))
+	}
+	return &res.Template
 }
 
 // PrebuildKey is the project's prebuild key for the warm template key

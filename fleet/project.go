@@ -54,6 +54,7 @@ const ProjectFile = "fleet.hcl"
 //	  output = 15
 //	}
 //	notify = "curl -s -d @- https://ntfy.sh/my-agents" # gets each event as JSON on stdin
+//	idle_suspend = "15m"                    # suspend a machine whose agent waited or was done this long
 //	credentials {
 //	  mode     = "proxy"                      # proxy (default) | env | none
 //	  command  = "pass show anthropic"        # prints the key; run at each start
@@ -81,6 +82,30 @@ type Project struct {
 	// Notify is a host command that gets each agent event as JSON on
 	// stdin (fleet top, fleet wait --notify).
 	Notify string `hcl:"notify,optional"`
+	// IdleSuspend parks a machine whose agent has waited for input or
+	// been done this long ("15m"; "0" or "off": never, the default).
+	IdleSuspend string `hcl:"idle_suspend,optional"`
+}
+
+// IdleSuspendFor is how long an agent may idle before its machine is
+// parked: flag (--idle-suspend) if given, else fleet.hcl's idle_suspend,
+// else never (0).
+func (p Project) IdleSuspendFor(flag string) (time.Duration, error) {
+	if flag != "" {
+		d, err := ParseIdleSuspend(flag)
+		if err != nil {
+			return 0, fmt.Errorf("--idle-suspend: %w", err)
+		}
+		return d, nil
+	}
+	if p.IdleSuspend == "" {
+		return 0, nil
+	}
+	d, err := ParseIdleSuspend(p.IdleSuspend)
+	if err != nil {
+		return 0, fmt.Errorf("idle_suspend: %w", err)
+	}
+	return d, nil
 }
 
 // BudgetBlock is `budget { usd = N, tokens = N }`: each machine's cap.
@@ -399,6 +424,9 @@ func LoadProject(dir string) (Project, error) {
 		}
 	}
 	if _, err := p.Network(NetworkOverrides{}); err != nil {
+		return p, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := p.IdleSuspendFor(""); err != nil {
 		return p, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, nil

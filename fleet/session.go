@@ -40,6 +40,9 @@ func (ses Sessions) StartSession(ctx context.Context, m *Machine, r SessionReque
 	if err := r.Profile.Validate(); err != nil {
 		return err
 	}
+	if m.Prebuild != "" {
+		r.Setup = nil // it ran in the prebuild
+	}
 	if _, err := ses.c.Guests().Connect(ctx, m); err != nil {
 		return err // the machine's state, said once, before any step
 	}

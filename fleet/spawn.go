@@ -82,7 +82,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot, Arch: req.Image.Arch,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
-			Network: netRec,
+			Network: netRec, IdleSuspendSec: int(req.IdleSuspend / time.Second),
 		}
 		tokens[i] = newToken()
 		seeds[i] = vm.Seed{InstanceID: id, Hostname: p.Name, User: GuestUser, AuthorizedKey: pub,
@@ -92,7 +92,22 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 	}
 
+	if req.IdleSuspend > 0 {
+		if why := cannotPark(c, machines[0]); why != "" {
+			c.say("idle_suspend is off for these machines: %s", why)
+			for _, m := range machines {
+				m.IdleSuspendSec = 0
+			}
+		}
+	}
+
 	tpl := c.warmTemplate(ctx, req, netRec)
+	prebuilt := ""
+	if tpl != nil {
+		if pre := c.Templates().spawnPrebuild(ctx, req, *tpl); pre != nil {
+			tpl, prebuilt = pre, pre.Dir
+		}
+	}
 
 	names := make([]string, len(machines))
 	for i, m := range machines {
@@ -124,6 +139,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			if tpl != nil {
 				spec.Template = &vm.Template{Disk: tpl.Disk(), Memory: tpl.Memory(), State: tpl.State()}
 				m.BaseImage = tpl.Disk() // what its disk links to, for prune
+				m.Prebuild = prebuilt
 			}
 			if err := c.Driver.Create(gctx, spec); err != nil {
 				return err
@@ -145,7 +161,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				if err := c.Templates().identify(gctx, spec, seed, false); err != nil {
 					return Named(m.Name, fmt.Errorf("restored from the warm template, but: %w", err))
 				}
-				c.say("%s: restored from the warm template in %s (restore %s, identity %s; ssh on %s)", m.Name, time.Since(t0).Round(10*time.Millisecond),
+				c.say("%s: restored from the %s in %s (restore %s, identity %s; ssh on %s)", m.Name, map[bool]string{false: "warm template", true: "prebuild"}[prebuilt != ""], time.Since(t0).Round(10*time.Millisecond),
 					t2.Sub(t1).Round(10*time.Millisecond), time.Since(t2).Round(10*time.Millisecond), rt.SSHAddr)
 			} else {
 				c.say("%s: booting (ssh on %s)", m.Name, rt.SSHAddr)
@@ -184,6 +200,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	}
 	if err := c.writeKnownHosts(cur); err != nil {
 		return machines, err
+	}
+	if machines[0].IdleSuspendSec > 0 {
+		ensureParker(c) // under the lock, after the save: see ensureParker
 	}
 	c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
 	return machines, nil

@@ -79,13 +79,19 @@ func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err err
 
 // lockFile takes an exclusive flock on path, waiting until ctx ends.
 func lockFile(ctx context.Context, path, what string, onWait func()) (unlock func(), err error) {
+	return flockFile(ctx, path, what, syscall.LOCK_EX, onWait)
+}
+
+// flockFile takes a flock of kind how (LOCK_EX or LOCK_SH) on path,
+// waiting until ctx ends.
+func flockFile(ctx context.Context, path, what string, how int, onWait func()) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	waited := false
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
 		if err == nil {
 			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 		}

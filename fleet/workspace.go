@@ -154,7 +154,12 @@ func (ws Workspaces) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(p.repo.Pack(ctx, p.start, pw)) }()
-	err = r.Run(ctx, guest.Cmd{Step: "unpack the workspace", Script: workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), Stdin: pr})
+	script := workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name)
+	if m.Prebuild != "" {
+		// The prebuild holds the project as it was, and what setup made.
+		script = workspace.UpdateScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name)
+	}
+	err = r.Run(ctx, guest.Cmd{Step: "unpack the workspace", Script: script, Stdin: pr})
 	pr.Close()
 	return err
 }

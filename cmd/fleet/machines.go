@@ -31,6 +31,8 @@ type machineOpts struct {
 	noWarm   bool
 	cold     bool
 	arch     string
+	idle     string // --idle-suspend
+	noPre    bool   // --no-prebuild
 	net      fleet.NetworkOverrides
 }
 
@@ -41,6 +43,7 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.memory, "memory", defaultMemory, "memory per machine (e.g. 2048M, 4G)")
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
 	cmd.Flags().BoolVar(&o.noWarm, "no-warm", false, "do not make a warm template for this shape: restore from one only if it exists,\nelse boot cold (by default the first spawn of a shape makes one: one cold boot)")
+	cmd.Flags().BoolVar(&o.noPre, "no-prebuild", false, "do not restore from (or make) the project's prebuild: each machine runs fleet.hcl's setup")
 	cmd.Flags().BoolVar(&o.cold, "cold", false, "boot every machine from its disk, even where a warm template exists")
 	// --warm was the opt-in before warm clones became the default.
 	cmd.Flags().Bool("warm", true, "")
@@ -56,6 +59,7 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&o.net.CredentialCommand, "credential-command", "", "proxy: a host command that prints the key (e.g. a password manager's CLI),\nrun when machines start; default: ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN")
 	cmd.Flags().StringVar(&o.net.Upstream, "credential-upstream", "", "proxy: where API calls go (default https://api.anthropic.com)")
 	addBudgetFlags(cmd, &o.net.Budget)
+	cmd.Flags().StringVar(&o.idle, "idle-suspend", "", idleSuspendHelp+"\n(default: fleet.hcl's idle_suspend, else never)")
 }
 
 // addBudgetFlags adds --budget-usd and --budget-tokens (spawn, up, run).
@@ -97,8 +101,12 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
-	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force,
-		Image: img, Workspace: ws, Network: netReq, Warm: warm, Arch: arch}, nil
+	idle, err := proj.IdleSuspendFor(o.idle)
+	if err != nil {
+		return fleet.SpawnRequest{}, err
+	}
+	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force, Project: &proj, NoPrebuild: o.noPre,
+		Image: img, Workspace: ws, Network: netReq, Warm: warm, Arch: arch, IdleSuspend: idle}, nil
 }
 
 func newSpawnCmd(g *globals) *cobra.Command {
@@ -188,6 +196,9 @@ func newUpCmd(g *globals) *cobra.Command {
 			if len(s.Machines) > 0 {
 				m := s.Machines[0]
 				name = m.Name
+				if err := o.applyIdleSuspend(cmd, c, m); err != nil {
+					return err
+				}
 				st, err := c.Status(cmd.Context())
 				if err != nil {
 					return err
@@ -262,7 +273,11 @@ model tokens and cost the credential proxy counted, and their total.`,
 					agent = agentCell(*m.Agent, "")
 				}
 				tokens, cost := spendCells(m.Spend)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", cell(m.Name), cell(m.State), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, tokens, cost, cell(agent))
+				state := m.State
+				if m.SuspendReason != "" {
+					state += " (" + m.SuspendReason + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", cell(m.Name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
 				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
@@ -314,6 +329,11 @@ escaped; into a pipe or a file the output is as the command wrote it.`,
 			if err != nil {
 				return err
 			}
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
 			// A terminal gets the guests' output cleaned; a pipe gets it
 			// as it is.
 			stdout, flushOut := forPerson(cmd.OutOrStdout())

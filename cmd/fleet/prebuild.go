@@ -73,7 +73,7 @@ ones no machine uses.`,
 			if err != nil {
 				return err
 			}
-			res, err := c.Prebuild(cmd.Context(), fleet.PrebuildRequest{Image: img, CPUs: cpus, MemoryMiB: mem, Arch: a,
+			res, err := c.Templates().Prebuild(cmd.Context(), fleet.PrebuildRequest{Image: img, CPUs: cpus, MemoryMiB: mem, Arch: a,
 				Workspace: ws, Project: proj, Network: net, Force: force})
 			if err != nil {
 				return err

@@ -116,7 +116,7 @@ func startSessions(ctx context.Context, c *fleet.Controller, ms []*fleet.Machine
 
 func newRunCmd(g *globals) *cobra.Command {
 	var o taskOpts
-	var project string
+	var project, idle string
 	var budget egress.Budget
 	cmd := &cobra.Command{
 		Use:   "run VM --task TEXT",
@@ -144,11 +144,27 @@ session's environment only: not the disk, a command line or a log.`,
 			if err := budget.Validate(); err != nil {
 				return err
 			}
+			var idleFor time.Duration
+			if idle != "" {
+				if idleFor, err = fleet.ParseIdleSuspend(idle); err != nil {
+					return fmt.Errorf("--idle-suspend: %w", err)
+				}
+			}
 			c, ms, err := g.machines(cmd, args, false)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
+			if idle != "" {
+				if err := fleet.ParkingOf(c).SetIdleSuspend(cmd.Context(), args, false, idleFor); err != nil {
+					return err
+				}
+			}
 			// The cap is in place before the agent's first call.
 			if !budget.IsZero() {
 				if _, _, err := c.Net().ChangeBudget(cmd.Context(), args, false, fleet.SetBudget(budget)); err != nil {
@@ -160,6 +176,7 @@ session's environment only: not the disk, a command line or a log.`,
 	}
 	o.addFlags(cmd, false)
 	addBudgetFlags(cmd, &budget)
+	cmd.Flags().StringVar(&idle, "idle-suspend", "", idleSuspendHelp+"\n(default: what the machine has from spawn or up)")
 	cmd.Flags().StringVar(&project, "project", "", "folder whose fleet.hcl names profiles and setup (default: the current folder)")
 	return cmd
 }
@@ -201,6 +218,11 @@ func newAttachCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
 			st, err := c.Sessions().SessionStatus(cmd.Context(), ms[0])
 			if err != nil {
 				return err
@@ -239,6 +261,11 @@ rendered line is). A line longer than 1 MiB is cut and marked, except with
 				return err
 			}
 			defer c.Close()
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
 			// Rendered lines are clean already; --raw is cleaned for a
 			// terminal and left as written for a pipe or a file.
 			out, flush := cmd.OutOrStdout(), func() {}
@@ -338,6 +365,11 @@ func newKillCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
 			var errs []error
 			for _, m := range ms {
 				if err := c.Sessions().KillSession(cmd.Context(), m); err != nil {

@@ -38,6 +38,11 @@ func newSSHCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			release, err := keepAwake(cmd, c, ms)
+			if err != nil {
+				return err
+			}
+			defer release()
 			cl, err := c.Guests().Connect(cmd.Context(), ms[0])
 			if err != nil {
 				return err

@@ -73,10 +73,11 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 	names := []string{machine}
 	switch action {
 	case "kill":
-		m, err := c.Machine(machine)
+		m, release, err := awake(ctx, c, machine)
 		if err != nil {
 			return "", err
 		}
+		defer release()
 		if err := c.Sessions().KillSession(ctx, m); err != nil {
 			return "", err
 		}
@@ -98,13 +99,29 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 	return termsafe.Line(strings.TrimSpace(execx.Tail(out.Bytes(), 1))), nil
 }
 
+// awake is the named machine, resumed first if the idle parker
+// suspended it (a key acts on it as its command would), and kept awake
+// until release.
+func awake(ctx context.Context, c *fleet.Controller, machine string) (*fleet.Machine, func(), error) {
+	m, err := c.Machine(machine)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := fleet.ParkingOf(c).KeepAwake(ctx, []*fleet.Machine{m})
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, release, nil
+}
+
 // startTask is fleet run MACHINE --task TASK: the agent fleet.hcl names
 // (else the default), after its setup.
 func startTask(ctx context.Context, c *fleet.Controller, machine, task string) error {
-	m, err := c.Machine(machine)
+	m, release, err := awake(ctx, c, machine)
 	if err != nil {
 		return err
 	}
+	defer release()
 	proj, err := fleet.ProjectAt(ctx, "")
 	if err != nil {
 		return err
@@ -137,10 +154,11 @@ func (a *ControllerActions) Command(fleetName, machine, action string) tea.ExecC
 		return ProcessCommand(a.Attach(fleetName, machine))
 	case "logs":
 		return a.paged(fleetName, func(ctx context.Context, c *fleet.Controller, w io.Writer) error {
-			m, err := c.Machine(machine)
+			m, release, err := awake(ctx, c, machine)
 			if err != nil {
 				return err
 			}
+			defer release()
 			return c.Sessions().Logs(ctx, []*fleet.Machine{m}, false, false, false, w)
 		})
 	case "diff":

@@ -60,6 +60,7 @@ type Row struct {
 	Fleet   string
 	Name    string
 	Machine string          // the host's state: running, stopped, suspended, dead, creating, booting...
+	Parked  string          // why the idle parker suspended it ("": it did not)
 	Agent   *session.Status // nil until the first snapshot
 	AgentAt time.Time       // when the agent's state last changed
 	Err     string          // why the agent cannot be read
@@ -76,6 +77,8 @@ func (r Row) State() string {
 	switch {
 	case r.Machine == fleet.StateDead:
 		return "lost"
+	case r.Machine == fleet.StateSuspended && r.Parked != "":
+		return "parked" // its keys resume it
 	case r.Machine != fleet.StateRunning:
 		return r.Machine
 	case r.Agent == nil:
@@ -147,12 +150,12 @@ func (m *Model) machines(msg MachinesMsg) []Event {
 		seen[k] = true
 		r := m.rows[k]
 		if r == nil {
-			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Spend: ms.Spend}
+			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Parked: ms.SuspendReason, Spend: ms.Spend}
 			m.rows[k] = r
 			continue
 		}
 		was := r.Machine
-		r.Machine = ms.State
+		r.Machine, r.Parked = ms.State, ms.SuspendReason
 		wasReached := r.Spend != nil && r.Spend.Reached
 		r.Spend = ms.Spend
 		// A machine that died under a live agent lost it.

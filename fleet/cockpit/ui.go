@@ -198,7 +198,8 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	}
 	switch s {
 	case "enter":
-		if r.Agent == nil || !r.Agent.State.Live() {
+		// A parked machine is resumed by the attach (fleet attach).
+		if r.Parked == "" && (r.Agent == nil || !r.Agent.State.Live()) {
 			u.say("%s has no live agent to attach to (%s); n starts one", r.Name, r.State())
 			return u, nil
 		}

@@ -7,6 +7,7 @@
 //
 //	fleets/<fleet>/                 one folder per fleet (Paths.FleetDir)
 //	  state.json lock id_ed25519 known_hosts spawning.json
+//	  parker.lock parker.pid parker.log
 //	  results/ rolled-back/
 //	  machines/<vm>/                a machine folder (Paths.MachineDir)
 //	images/<name>/<version>/        the image store: disk.qcow2, manifest.json,
@@ -51,6 +52,7 @@ const (
 	ProxyLimitsFile = "proxy-limits.json" // connection cap and idle timeout of the proxies
 	SpendFile       = "spend.json"        // the credential proxy's budget and prices, changed by fleet net budget
 	KnownHostsFile  = "known_hosts"       // the machine's pinned host key, for rsync's OpenSSH client
+	AwakeLock       = "awake.lock"        // held shared by commands using the machine (exec, ssh, attach), exclusively by the idle parker while it suspends it
 
 	// Written by the proxies (internal/egress), a server per machine.
 	AuditFile      = "egress.log"       // every proxy decision; rotates to egress.log.1
@@ -88,6 +90,9 @@ const (
 	MachinesFolder   = "machines"      // one machine folder per machine
 	RolledBackFolder = "rolled-back"   // serial consoles (<vm>.serial.log) of machines a failed spawn removed
 	ForksFolder      = "forks"         // forks/<id>: a running machine captured by fleet fork (a template's files), kept while a child's disk links to it
+	ParkerLock       = "parker.lock"   // held while the fleet's idle parker (fleet __park) runs: at most one
+	ParkerPIDFile    = "parker.pid"    // the idle parker's pid
+	ParkerLog        = "parker.log"    // what the idle parker did and could not do; rotates to parker.log.1
 )
 
 // The image store (FLEET_HOME/images), written by images/.

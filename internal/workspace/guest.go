@@ -33,6 +33,23 @@ git config user.email %[5]s
 `, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
 }
 
+// UpdateScript brings a workspace that already holds the project (a
+// prebuild's, with what its setup made: ignored files such as
+// node_modules stay) to start: the pack on stdin, then branch checked out
+// at start, the tracked files as start has them.
+func UpdateScript(dir, branch, start, vm string) string {
+	return fmt.Sprintf(`set -e
+cd %[1]s
+git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+git index-pack --stdin >/dev/null
+git checkout -q -f -B %[2]s %[3]s
+git for-each-ref --format='%%(refname)' refs/heads/ | while read -r ref; do [ "$ref" = refs/heads/%[2]s ] || git update-ref -d "$ref"; done
+git update-ref refs/fleet/start %[3]s
+git config user.name %[4]s
+git config user.email %[5]s
+`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
+}
+
 // StateScript prints the VM's HEAD and the tree of its working tree,
 // untracked files included (staged into a private index, so the agent's
 // own index is left alone). With commit, a working tree that differs
@@ -110,7 +127,9 @@ func ParseState(out []byte) (GuestState, error) {
 
 // ForkLabel is the message of the commit that holds a forked machine's
 // uncommitted work.
-func ForkLabel(source string) string { return "fleet fork: uncommitted work of " + source + " at the fork" }
+func ForkLabel(source string) string {
+	return "fleet fork: uncommitted work of " + source + " at the fork"
+}
 
 // ForkScript turns a forked machine's workspace into its own: its branch
 // is renamed to branch, uncommitted work (untracked files included)

@@ -227,7 +227,7 @@ func TestDropZeroPagesRefusesWhatItDoesNotKnow(t *testing.T) {
 	}, "unknown configuration part")
 	bad("compressed page", func(b []byte) []byte {
 		i := bytes.Index(b, []byte{0, 0, 0, 0, 0, 0, 0x10, 0x28}) // mem@0x1000 PAGE|CONTINUE
-		b[i+6] |= 0x01                                             // + COMPRESS_PAGE (0x100)
+		b[i+6] |= 0x01                                            // + COMPRESS_PAGE (0x100)
 		return b
 	}, "flags")
 	bad("device before RAM's end", func(b []byte) []byte {
