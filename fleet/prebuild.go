@@ -80,7 +80,7 @@ func prebuildKey(req PrebuildRequest, wt images.Template) (key, digest string, i
 		return "", "", nil, fmt.Errorf("a prebuild needs the project in the machine (--sync git or rsync, not %q)", req.Workspace.Mode)
 	}
 	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode), req.Workspace.Dir)
-	return "prebuild " + key, digest, inputs, err
+	return key, digest, inputs, err
 }
 
 // prebuild finds the prebuild of req on wt, or makes it (always with
