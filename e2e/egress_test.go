@@ -427,6 +427,69 @@ credentials {
 			t.Error("the key is in the audit log")
 		}
 	})
+	// Best-of-N from a point: the conversation above goes on in each child
+	// with its own instruction (Claude Code's --continue), through the
+	// child's own proxy and token, counted as the child's.
+	t.Run("a forked Claude session continues the conversation in each child", func(t *testing.T) {
+		for len(up.bodies) > 0 {
+			<-up.bodies
+		}
+		for len(up.seen) > 0 {
+			<-up.seen
+		}
+		tasks := filepath.Join(t.TempDir(), "alternatives.txt")
+		os.WriteFile(tasks, []byte("Follow-up alpha-7.\n---\nFollow-up beta-9.\n"), 0o644)
+		r := run("eg", "fork", "eg-1", "2", "--tasks", tasks, "--project", project, "--json")
+		if r.code != 0 {
+			t.Fatalf("fork with tasks: %s", r.stderr)
+		}
+		var res struct {
+			Children []string `json:"children"`
+		}
+		if json.Unmarshal([]byte(r.stdout), &res); len(res.Children) != 2 {
+			t.Fatalf("fork --json: %q", r.stdout)
+		}
+		defer run("eg", "destroy", "--force", res.Children[0], res.Children[1])
+		if w := run("eg", append([]string{"wait", "--timeout", "4m"}, res.Children...)...); w.code != 0 {
+			t.Errorf("the children's agents: exit %d %s", w.code, w.stderr)
+		}
+		var bodies []string
+		for drained := false; !drained; {
+			select {
+			case b := <-up.bodies:
+				bodies = append(bodies, string(b))
+			default:
+				drained = true
+			}
+		}
+		for _, follow := range []string{"alpha-7", "beta-9"} {
+			found := false
+			for _, b := range bodies {
+				// The child's next request carries the earlier turns: the
+				// first task and the stub's answer to it.
+				if strings.Contains(b, follow) && strings.Contains(b, "Say hi.") && strings.Contains(b, "stub-upstream-says-hi") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no request had the follow-up %q with the earlier turns (%d requests)", follow, len(bodies))
+			}
+		}
+		var rows []struct {
+			Name  string `json:"name"`
+			Spend *struct {
+				Calls int64 `json:"calls"`
+			} `json:"spend"`
+		}
+		json.Unmarshal([]byte(run("eg", "ls", "--json").stdout), &rows)
+		for _, row := range rows {
+			for _, c := range res.Children {
+				if row.Name == c && (row.Spend == nil || row.Spend.Calls == 0) {
+					t.Errorf("%s's calls were not counted as its own: %+v", c, row.Spend)
+				}
+			}
+		}
+	})
 }
 
 // proxyServerPID is the pid of a machine's proxy server.

@@ -42,6 +42,7 @@ func TestFork(t *testing.T) {
 	must(time.Minute, "exec", "fk-1", "--", "sh", "-c", `cd /workspace && echo wip > wip.txt && echo two >> a.txt &&
 setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo "$i $(date +%s)" >> /tmp/counter; sleep 1; done' >/dev/null 2>&1 </dev/null &`)
 	time.Sleep(4 * time.Second)
+	before := strings.Count(must(time.Minute, "exec", "fk-1", "--", "cat", "/tmp/counter"), "\n")
 
 	t0 := time.Now()
 	r := run(bootDeadline, "fork", "fk-1", "3", "--json")
@@ -68,20 +69,22 @@ setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo "$i $(date +%s)" >> /tmp/c
 	}
 
 	counters := map[string][]int{}
+	lines := map[string][]string{}
 	facts := map[string]map[string]string{}
 	for _, vm := range all {
 		out := must(time.Minute, "exec", vm, "--", "sh", "-c",
 			"echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); echo hostname=$(hostname); echo machineid=$(cat /etc/machine-id); "+
 				"echo hostkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub); echo token=$(grep -h '^ANTHROPIC_AUTH_TOKEN=' /etc/environment | tail -1); "+
-				"echo lines=$(grep -c . /etc/environment); echo counter=$(cut -d' ' -f1 /tmp/counter | tr '\\n' ,)")
+				"echo lines=$(grep -c . /etc/environment); echo counter=$(tr '\\n' , < /tmp/counter)")
 		facts[vm] = map[string]string{}
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			if k, v, ok := strings.Cut(l, "="); ok {
 				facts[vm][k] = v
 			}
 		}
-		for _, f := range strings.Split(strings.Trim(facts[vm]["counter"], ","), ",") {
-			n, err := strconv.Atoi(f)
+		lines[vm] = strings.Split(strings.Trim(facts[vm]["counter"], ","), ",")
+		for _, f := range lines[vm] {
+			n, err := strconv.Atoi(strings.Fields(f)[0])
 			if err != nil {
 				t.Fatalf("%s: counter line %q", vm, f)
 			}
@@ -104,8 +107,19 @@ setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo "$i $(date +%s)" >> /tmp/c
 					break
 				}
 			}
-			if len(c) < 5 || len(c) > len(src)+10 {
-				t.Errorf("%s's counter has %d lines, the source %d", vm, len(c), len(src))
+			// Its lines (number and second) are the source's up to the
+			// moment of the fork: after the lines written before the fork
+			// began, and no later than the fork's end.
+			same := 0
+			for same < len(c) && same < len(lines["fk-1"]) && lines[vm][same] == lines["fk-1"][same] {
+				same++
+			}
+			limit := before + int(time.Since(t0).Seconds()) + 2
+			if same < before || same > limit {
+				t.Errorf("%s shares %d lines with the source; the fork began after line %d and ended by line %d", vm, same, before, limit)
+			}
+			if len(c) <= same {
+				t.Errorf("%s's counter stopped at the fork (%d lines)", vm, len(c))
 			}
 		}
 		// The source stood still for the pause, no more: no gap in its

@@ -272,17 +272,23 @@ type upstreamStub struct {
 	srv  *http.Server
 	url  string
 	seen chan http.Header
+	// bodies are the request bodies, as sent (at most 4 MiB each).
+	bodies chan []byte
 }
 
 func startUpstream(t *testing.T) *upstreamStub {
-	u := &upstreamStub{seen: make(chan http.Header, 100)}
+	u := &upstreamStub{seen: make(chan http.Header, 100), bodies: make(chan []byte, 100)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	u.url = "http://" + ln.Addr().String()
 	u.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+		select {
+		case u.bodies <- body:
+		default:
+		}
 		u.seen <- r.Header.Clone()
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"stub\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n"+

@@ -156,6 +156,14 @@ func checkNotSupported(t *testing.T, d vm.Driver) {
 		_, err := vm.Guest(d)
 		notSupported("guest agent", err)
 	}
+	if _, ok := d.(vm.Forker); !ok {
+		dir := filepath.Join(s.Dir, "conformance-capture")
+		_, err := vm.Capture(ctx, d, s, dir)
+		notSupported("capture", err)
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("a capture wrote a folder")
+		}
+	}
 	if _, ok := d.(vm.HostChecker); !ok && vm.HostChecks(ctx, d) != nil {
 		t.Errorf("host checks from a driver without any")
 	}
@@ -322,7 +330,7 @@ func runMachine(t *testing.T, h Harness) {
 		})
 	}
 	if sn, ok := d.(vm.Snapshotter); ok {
-		runSnapshots(t, &st, sn, s, status, start)
+		runSnapshots(t, &st, sn, s, status, start, func(t *testing.T, f vm.Forker) { runCapture(t, h, f, s, status, handshake) })
 	}
 	st.run(t, "delete", func(t *testing.T) {
 		if err := d.Delete(ctx, s); err != nil {
@@ -346,7 +354,7 @@ func runMachine(t *testing.T, h Harness) {
 // and uses the state up, discard leaves nothing saved, save state writes
 // a whole file and ends the process.
 func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
-	status func(*testing.T, vm.Power) vm.Status, start func(*testing.T) vm.Runtime) {
+	status func(*testing.T, vm.Power) vm.Status, start func(*testing.T) vm.Runtime, capture func(*testing.T, vm.Forker)) {
 	ctx := context.Background()
 	suspend := func(t *testing.T) {
 		t.Helper()
@@ -380,6 +388,9 @@ func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
 		}
 		status(t, vm.PowerOn)
 	})
+	if f, ok := sn.(vm.Forker); ok {
+		st.run(t, "capture", func(t *testing.T) { capture(t, f) })
+	}
 	st.run(t, "save state", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "conformance-state")
 		if err := sn.SaveState(ctx, s, path); err != nil {
@@ -393,4 +404,47 @@ func runSnapshots(t *testing.T, st *steps, sn vm.Snapshotter, s vm.Spec,
 			t.Errorf("saving state elsewhere made the machine suspended")
 		}
 	})
+}
+
+// runCapture: a capture of the running machine leaves it running (the
+// same SSH with the same key), writes a template's files, and a clone
+// restored from them answers SSH as the machine did at the capture. A
+// capture of a machine that does not run fails and leaves nothing.
+func runCapture(t *testing.T, h Harness, f vm.Forker, s vm.Spec, status func(*testing.T, vm.Power) vm.Status, handshake func(*testing.T, vm.Runtime)) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "capture")
+	c, err := f.Capture(ctx, s, dir)
+	if err != nil {
+		t.Fatalf("capture: %v", err)
+	}
+	handshake(t, status(t, vm.PowerOn).Runtime)
+	for _, p := range []string{c.Template.Disk, c.Template.Memory, c.Template.State} {
+		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 || filepath.Dir(p) != dir {
+			t.Errorf("capture file %s: %v", p, err)
+		}
+	}
+	if c.Paused <= 0 {
+		t.Errorf("the capture reports no pause")
+	}
+	clone := s
+	clone.Name, clone.Dir, clone.Template = "conf-fork", filepath.Join(t.TempDir(), "clone"), &c.Template
+	t.Cleanup(func() { h.Driver.Delete(context.Background(), clone) })
+	if err := h.Driver.Create(ctx, clone); err != nil {
+		t.Fatalf("create a clone of the capture: %v", err)
+	}
+	rt, err := h.Driver.Start(ctx, clone)
+	if err != nil {
+		t.Fatalf("restore the capture: %v", err)
+	}
+	handshake(t, rt)
+	if err := h.Driver.Delete(ctx, clone); err != nil {
+		t.Errorf("delete the clone: %v", err)
+	}
+	stopped := vm.Spec{Name: "conf-none", Dir: t.TempDir()}
+	if _, err := f.Capture(ctx, stopped, filepath.Join(stopped.Dir, "capture")); err == nil {
+		t.Errorf("a capture of a machine that does not run passed")
+	}
+	if _, err := os.Stat(filepath.Join(stopped.Dir, "capture")); err == nil {
+		t.Errorf("a failed capture left its folder")
+	}
 }

@@ -1,0 +1,178 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// smapsKiB sums fields of a process's smaps_rollup (kB).
+func smapsKiB(pid int, fields ...string) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	total := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		for _, want := range fields {
+			if len(f) >= 2 && f[0] == want+":" {
+				n, _ := strconv.Atoi(f[1])
+				total += n
+			}
+		}
+	}
+	return total
+}
+
+// uniqueKiB is what a process holds that no other does.
+func uniqueKiB(pid int) int { return smapsKiB(pid, "Private_Clean", "Private_Dirty") }
+
+// fleetMem is a fleet's QEMU processes' host memory: PSS in all, and
+// unique memory per machine.
+func fleetMem(t *testing.T, name string) (pssKiB int, unique []int) {
+	for _, r := range ls(t, name) {
+		if r.PID > 0 {
+			pssKiB += smapsKiB(r.PID, "Pss")
+			unique = append(unique, uniqueKiB(r.PID))
+		}
+	}
+	return pssKiB, unique
+}
+
+func meanKiB(v []int) int {
+	if len(v) == 0 {
+		return 0
+	}
+	s := 0
+	for _, x := range v {
+		s += x
+	}
+	return s / len(v)
+}
+
+// benchFork measures, side by side: fork 4 of a running 2 GiB machine
+// (the source's pause, all children SSH-ready, their host memory against
+// the one machine's); spawn 4 from a prebuild against spawn 4 that runs
+// the same setup, to the agent's first command with its dependencies; and
+// 16 idle warm clones of 2 GiB, then the same 16 each running Claude Code
+// against a stub API: unique memory per clone, the total, the template's
+// shared part.
+func benchFork(t *testing.T, add func(what, value, target string)) {
+	destroy := func(name string) { fleet(t, 10*time.Minute, "destroy", "--all", "--force", "--name", name) }
+
+	// 1. Fork.
+	defer destroy("bfk")
+	mustFleet(t, 2*bootDeadline, "spawn", "1", "--name", "bfk", "--sync", "none")
+	mustFleet(t, time.Minute, "exec", "bfk-1", "--name", "bfk", "--", "sh", "-c",
+		`setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i >> /tmp/counter; sleep 1; done' >/dev/null 2>&1 </dev/null &`)
+	time.Sleep(10 * time.Second)
+	onePSS, oneUnique := fleetMem(t, "bfk")
+	var res struct {
+		Children []string `json:"children"`
+		PausedMS int64    `json:"paused_ms"`
+		ReadyMS  int64    `json:"ready_ms"`
+	}
+	t0 := time.Now()
+	out := mustFleet(t, 2*bootDeadline, "fork", "bfk-1", "4", "--name", "bfk", "--json")
+	took := time.Since(t0)
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Children) != 4 {
+		t.Fatalf("fork --json: %v %q", err, out)
+	}
+	add("fork 4 of a running 2 GiB machine: source's pause", fmt.Sprintf("%d ms", res.PausedMS), "<= 3s under TCG")
+	add("fork 4: all 4 children SSH-ready", fmt.Sprintf("%.1f s (command %.1f s)", float64(res.ReadyMS)/1000, took.Seconds()), "<= 10s under TCG")
+	time.Sleep(10 * time.Second)
+	allPSS, _ := fleetMem(t, "bfk")
+	kids := allPSS - onePSS // the source's share changed too; this is what the fork added
+	add("host memory: 4 fork children / 1 machine (PSS)", fmt.Sprintf("%.2f (%d vs %d MiB; the source alone held %d MiB unique)", float64(kids)/float64(onePSS), kids>>10, onePSS>>10, meanKiB(oneUnique)>>10), "<= 1.5")
+	destroy("bfk")
+
+	// 2. Prebuild against the same setup in every machine.
+	repo := t.TempDir()
+	os.WriteFile(filepath.Join(repo, "package.json"), []byte(`{"name":"p","version":"1.0.0","dependencies":{"is-number":"7.0.0"}}`), 0o644)
+	os.WriteFile(filepath.Join(repo, "package-lock.json"), []byte(prebuildLock), 0o644)
+	os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("node_modules/\n"), 0o644)
+	os.WriteFile(filepath.Join(repo, "fleet.hcl"), []byte(`setup = ["npm ci --no-audit --no-fund"]
+egress {
+  allow = ["registry.npmjs.org"]
+}
+profile "first" {
+  command = ["sh", "-c", "test -f node_modules/is-number/index.js"]
+}
+`), 0o644)
+	sh(t, repo, `git init -q -b main && git add -A && git commit -q -m first`)
+	mustFleet(t, 2*bootDeadline, "prebuild", "--project", repo)
+	spawn4 := func(name string, extra ...string) time.Duration {
+		defer destroy(name)
+		t0 := time.Now()
+		mustFleet(t, 2*bootDeadline, append([]string{"spawn", "4", "--name", name, "--project", repo, "--task", "x", "--agent", "first"}, extra...)...)
+		if r := fleet(t, 10*time.Minute, "wait", "--all", "--name", name); r.code != 0 {
+			t.Fatalf("%s: the agents' first command failed: %s", name, r.stderr)
+		}
+		return time.Since(t0)
+	}
+	pre := spawn4("bpb")
+	setup := spawn4("bps", "--no-prebuild")
+	add("spawn 4 from a prebuild / spawn 4 + setup (to the agent's first command, deps installed)", fmt.Sprintf("%.2f (%s vs %s)", pre.Seconds()/setup.Seconds(), pre.Round(100*time.Millisecond), setup.Round(100*time.Millisecond)), "<= 0.1")
+
+	// 3. Density: 16 idle warm clones of 2 GiB on this host.
+	up := startUpstream(t)
+	proj := t.TempDir()
+	os.WriteFile(filepath.Join(proj, "fleet.hcl"), []byte(fmt.Sprintf("credentials {\n  upstream = %q\n}\n", up.url)), 0o644)
+	defer destroy("bds")
+	key := []string{"ANTHROPIC_API_KEY=sk-ant-bench-" + strings.Repeat("z", 16)}
+	if r := fleetWithEnv(t, 4*bootDeadline, key, "spawn", "16", "--name", "bds", "--sync", "none", "--force", "--project", proj); r.code != 0 {
+		t.Fatalf("spawn 16: %s", r.stderr)
+	}
+	time.Sleep(30 * time.Second)
+	pss, unique := fleetMem(t, "bds")
+	tpl := templateShared(t, "bds")
+	add("16 idle warm clones of 2 GiB: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; template RAM shared %d MiB)", meanKiB(unique)>>10, pss>>10, tpl>>10), "<= 64 MiB")
+	// The same 16, each running Claude Code (its TUI, waiting after its
+	// answer) against the stub API.
+	var names []string
+	for i := 1; i <= 16; i++ {
+		names = append(names, fmt.Sprintf("bds-%d", i))
+	}
+	for _, n := range names {
+		if r := fleetWithEnv(t, 5*time.Minute, key, "run", n, "--name", "bds", "--agent", "claude-interactive", "--task", "Say hi.", "--project", proj); r.code != 0 {
+			t.Fatalf("run claude on %s: %s", n, r.stderr)
+		}
+	}
+	time.Sleep(3 * time.Minute) // node starting under emulation, 16 at once on 2 cores
+	pss, unique = fleetMem(t, "bds")
+	add("16 warm clones running Claude Code: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB)", meanKiB(unique)>>10, pss>>10), "")
+}
+
+// templateShared is the template RAM file's pages the fleet's machines
+// map, counted once (the Rss of that mapping in the first machine that
+// maps the most of it is a lower bound; their sum of Pss is exact).
+func templateShared(t *testing.T, name string) int {
+	total := 0
+	for _, r := range ls(t, name) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", r.PID))
+		if err != nil {
+			continue
+		}
+		in := false
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 6 && strings.Contains(f[0], "-") {
+				in = strings.HasSuffix(l, "/memory")
+				continue
+			}
+			if in && len(f) >= 2 && f[0] == "Pss:" {
+				n, _ := strconv.Atoi(f[1])
+				total += n
+			}
+		}
+	}
+	return total
+}
