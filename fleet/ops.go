@@ -39,6 +39,11 @@ type MachineStatus struct {
 	// SuspendReason says why a suspended machine is: the idle parker's
 	// reason ("idle 15m: agent succeeded"); none for the user's suspend.
 	SuspendReason string `json:"suspend_reason,omitempty"`
+	// Memory is a running machine's host memory: its own and what it
+	// shares with the RAM file it was restored from.
+	Memory *vm.HostMemory `json:"memory,omitempty"`
+	// ForkOf names the machine it was forked from.
+	ForkOf string `json:"fork_of,omitempty"`
 }
 
 // Status reports every machine of the fleet and its agent.
@@ -75,7 +80,7 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 	}
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
-		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), Arch: m.Arch.Or(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), Arch: m.Arch.Or(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB, ForkOf: m.ForkOf}
 		if ms.Spend, err = MachineSpend(m); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
@@ -87,6 +92,9 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
 		case ds.Power == vm.PowerOn:
 			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
+			if hm, err := vm.HostMemoryOf(c.Driver, c.spec(m, vm.Seed{})); err == nil {
+				ms.Memory = &hm
+			}
 			if !m.StartedAt.IsZero() {
 				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
 			}

@@ -256,7 +256,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tTOKENS\tCOST\tAGENT")
+			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tHOST MEM\tTOKENS\tCOST\tAGENT")
 			var spends []*fleet.Spend
 			for _, m := range st {
 				spends = append(spends, m.Spend)
@@ -277,10 +277,14 @@ model tokens and cost the credential proxy counted, and their total.`,
 				if m.SuspendReason != "" {
 					state += " (" + m.SuspendReason + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", cell(m.Name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, tokens, cost, cell(agent))
+				name := m.Name
+				if m.ForkOf != "" {
+					name += " (fork of " + m.ForkOf + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, hostMemCell(m.Memory), tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
-				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
+				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
 			}
 			return tw.Flush()
 		},
@@ -458,3 +462,12 @@ func spendCells(s *fleet.Spend) (tokens, cost string) {
 // state, a phase): one line, no raw control bytes, and no tab to shift
 // the columns.
 func cell(s string) string { return termsafe.Line(s) }
+
+// hostMemCell is a running machine's host memory: its own + what it
+// shares with its template's RAM ("61M+188M"), "-" when unknown.
+func hostMemCell(m *vm.HostMemory) string {
+	if m == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%dM+%dM", m.Unique>>20, m.SharedTemplate>>20)
+}

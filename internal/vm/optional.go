@@ -66,6 +66,35 @@ func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error
 	return f.Capture(ctx, s, dir)
 }
 
+// MemoryReporter reads what a running machine's hypervisor process holds
+// of the host's memory.
+type MemoryReporter interface {
+	HostMemory(s Spec) (HostMemory, error)
+}
+
+// HostMemory is a running machine's host memory, in bytes.
+type HostMemory struct {
+	// Unique is held by this machine alone (its private pages: the
+	// hypervisor's own memory and the guest RAM it wrote).
+	Unique int64 `json:"unique_bytes"`
+	// Shared is its pages that other processes map too; SharedTemplate
+	// the part of them that is the RAM file it was restored from.
+	Shared         int64 `json:"shared_bytes"`
+	SharedTemplate int64 `json:"template_shared_bytes"`
+	// GuestWritten is the guest RAM it wrote since it was restored (its
+	// copies of the RAM file's pages), part of Unique.
+	GuestWritten int64 `json:"guest_written_bytes"`
+}
+
+// HostMemoryOf reads s's host memory with d, or says d cannot.
+func HostMemoryOf(d Driver, s Spec) (HostMemory, error) {
+	r, ok := d.(MemoryReporter)
+	if !ok {
+		return HostMemory{}, fmt.Errorf("the %s driver cannot read a machine's host memory: %w", d.Name(), ErrNotSupported)
+	}
+	return r.HostMemory(s)
+}
+
 // GuestAgent runs commands in a guest over a host-only channel (no
 // network), for identity after a restore.
 type GuestAgent interface {

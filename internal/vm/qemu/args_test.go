@@ -262,3 +262,17 @@ func TestDriverAcceleratesOnlyTheHostsArchitecture(t *testing.T) {
 		t.Error("wrong emulator per architecture")
 	}
 }
+
+// The RAM file is read back from the command line SystemArgs makes, a
+// comma in its path included.
+func TestRAMFileOfReadsWhatSystemArgsWrote(t *testing.T) {
+	for _, path := range []string{"/h/warm/ab/memory", "/h/with,comma,,s/memory", "/h/sp ace/memory"} {
+		args := SystemArgs(MachineArgs{Name: "m", CPUs: 1, MemoryMiB: 512, MemoryFile: path, Arch: "amd64"})
+		if got := ramFileOf([]byte(strings.Join(args, "\x00"))); got != path {
+			t.Errorf("%q: read back %q", path, got)
+		}
+	}
+	if got := ramFileOf([]byte(strings.Join(SystemArgs(MachineArgs{Name: "m", CPUs: 1, MemoryMiB: 512}), "\x00"))); got != "" {
+		t.Errorf("anonymous RAM: %q", got)
+	}
+}
