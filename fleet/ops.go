@@ -39,6 +39,8 @@ type MachineStatus struct {
 	// SuspendReason says why a suspended machine is: the idle parker's
 	// reason ("idle 15m: agent succeeded"); none for the user's suspend.
 	SuspendReason string `json:"suspend_reason,omitempty"`
+	// ForkOf names the machine this one was forked from (fleet fork).
+	ForkOf string `json:"fork_of,omitempty"`
 }
 
 // Status reports every machine of the fleet and its agent.
@@ -76,6 +78,7 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
 		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), Arch: m.Arch.Or(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB}
+		ms.ForkOf = m.ForkOf
 		if ms.Spend, err = MachineSpend(m); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
