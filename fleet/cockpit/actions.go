@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,8 +49,8 @@ func (a *ControllerActions) Running() int { return int(a.count.Load()) }
 // key goes on when the cockpit quits, as the command would have.
 func (a *ControllerActions) Wait() { a.running.Wait() }
 
-// Run runs kill, start, suspend, stop or run (a new task) and returns its
-// last line of progress.
+// Run runs kill, start, suspend, stop, run (a new task, arg) or fork
+// (into arg children) and returns its last line of progress.
 func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string, error) {
 	timeout := a.Timeout
 	if timeout <= 0 {
@@ -90,6 +91,8 @@ func (a *ControllerActions) Run(fleetName, machine, action, arg string) (string,
 		err = c.Stop(ctx, names, false)
 	case "run":
 		err = startTask(ctx, c, machine, arg)
+	case "fork":
+		err = fork(ctx, c, machine, arg, out)
 	default:
 		err = fmt.Errorf("fleet top has no action %q", action)
 	}
@@ -132,6 +135,43 @@ func startTask(ctx context.Context, c *fleet.Controller, machine, task string) e
 	}
 	req.Task = []byte(task)
 	return c.Sessions().StartSession(ctx, m, req)
+}
+
+// fork is fleet fork MACHINE N: the children run on what it ran.
+func fork(ctx context.Context, c *fleet.Controller, machine, count string, out io.Writer) error {
+	n, err := forkCount(count)
+	if err != nil {
+		return err
+	}
+	m, release, err := awake(ctx, c, machine)
+	if err != nil {
+		return err
+	}
+	defer release()
+	res, err := c.Forks().Fork(ctx, fleet.ForkRequest{Source: m.Name, Count: n})
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(res.Children))
+	for i, ch := range res.Children {
+		names[i] = ch.Name
+	}
+	fmt.Fprintf(out, "%s: forked into %s (paused %s)\n", m.Name, strings.Join(names, ", "), res.Paused.Round(time.Millisecond))
+	return nil
+}
+
+// forkCount is the number of children typed, as fleet fork takes it.
+func forkCount(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("the number of children must be a whole number, got %q", s)
+	case n < 1:
+		return 0, fmt.Errorf("the number of children must be at least 1, got %d", n)
+	case n > fleet.MaxMachines:
+		return 0, fmt.Errorf("%d children is too many: a fleet holds at most %d machines", n, fleet.MaxMachines)
+	}
+	return n, nil
 }
 
 // Allow is fleet net allow PATTERN MACHINE.

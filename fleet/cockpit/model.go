@@ -61,6 +61,8 @@ type Row struct {
 	Name    string
 	Machine string          // the host's state: running, stopped, suspended, dead, creating, booting...
 	Parked  string          // why the idle parker suspended it ("": it did not)
+	ForkOf  string          // the machine it was forked from ("": none)
+	Tree    string          // its fork tree's prefix in the rows ("└ "; "" at the top level)
 	Agent   *session.Status // nil until the first snapshot
 	AgentAt time.Time       // when the agent's state last changed
 	Err     string          // why the agent cannot be read
@@ -150,12 +152,12 @@ func (m *Model) machines(msg MachinesMsg) []Event {
 		seen[k] = true
 		r := m.rows[k]
 		if r == nil {
-			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Parked: ms.SuspendReason, Spend: ms.Spend}
+			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Parked: ms.SuspendReason, Spend: ms.Spend, ForkOf: ms.ForkOf}
 			m.rows[k] = r
 			continue
 		}
 		was := r.Machine
-		r.Machine, r.Parked = ms.State, ms.SuspendReason
+		r.Machine, r.Parked, r.ForkOf = ms.State, ms.SuspendReason, ms.ForkOf
 		wasReached := r.Spend != nil && r.Spend.Reached
 		r.Spend = ms.Spend
 		// A machine that died under a live agent lost it.
@@ -265,8 +267,9 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 	return []Event{ev}
 }
 
-// Rows are the machines in name order, those matching filter only
-// (a substring of the name or the state; "" matches all).
+// Rows are the machines in name order, each fork right after the
+// machine it was forked from, those matching filter only (a substring
+// of the name or the state; "" matches all).
 func (m *Model) Rows(filter string) []Row {
 	var out []Row
 	for _, r := range m.rows {
@@ -280,7 +283,7 @@ func (m *Model) Rows(filter string) []Row {
 		}
 		return natLess(out[i].Name, out[j].Name)
 	})
-	return out
+	return forkTree(out)
 }
 
 // Snapshot is the current state of every machine as events, for fleet

@@ -21,7 +21,8 @@ type Actions interface {
 	// (attach, logs and diff in a pager, collect, apply).
 	Command(fleetName, machine, action string) tea.ExecCommand
 	// Run runs an action in the background (kill, suspend, start, stop,
-	// run with a task) and returns the last line it said.
+	// run with a task, fork with a count) and returns the last line it
+	// said.
 	Run(fleetName, machine, action string, arg string) (string, error)
 	// Allow is fleet net allow PATTERN MACHINE.
 	Allow(fleetName, machine, pattern string) error
@@ -33,6 +34,7 @@ const (
 	normal mode = iota
 	filtering
 	tasking
+	forking // asking how many children
 	helping
 )
 
@@ -135,7 +137,7 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case helping:
 		u.mode = normal
 		return u, nil
-	case filtering, tasking:
+	case filtering, tasking, forking:
 		switch s {
 		case "esc", "ctrl+c":
 			if u.mode == filtering {
@@ -145,8 +147,11 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		case "enter":
 			m := u.mode
 			u.mode = normal
-			if m == tasking {
+			switch m {
+			case tasking:
 				return u, u.startTask(strings.TrimSpace(u.input))
+			case forking:
+				return u, u.startFork(strings.TrimSpace(u.input))
 			}
 		case "backspace":
 			if r := []rune(u.input); len(r) > 0 {
@@ -228,6 +233,14 @@ func (u *UI) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		}
 		u.mode, u.input = tasking, ""
 		return u, nil
+	case "f":
+		// A parked machine is resumed by the fork, as by the other keys.
+		if r.Machine != fleet.StateRunning && r.Parked == "" {
+			u.say("%s is %s: only a running machine can be forked (s starts it)", r.Name, r.State())
+			return u, nil
+		}
+		u.mode, u.input = forking, ""
+		return u, nil
 	case "e":
 		rr, f, found := u.shownRefusal()
 		if !found {
@@ -287,6 +300,22 @@ func (u *UI) startTask(task string) tea.Cmd {
 	return u.background(r, "run", task)
 }
 
+// startFork forks the selected machine into the count typed (none: 1).
+func (u *UI) startFork(count string) tea.Cmd {
+	r, _, ok := u.selected()
+	if !ok {
+		return nil
+	}
+	if count == "" {
+		count = "1"
+	}
+	if _, err := forkCount(count); err != nil {
+		u.say("%s: %v", r.Name, err)
+		return nil
+	}
+	return u.background(r, "fork", count)
+}
+
 // View draws the screen: exactly the terminal's height, no line wider
 // than it.
 func (u *UI) View() string {
@@ -317,7 +346,7 @@ func (u *UI) View() string {
 			if key(r.Fleet, r.Name) == key(sel.Fleet, sel.Name) {
 				mark = "> "
 			}
-			line := columns(mark, r.Name, stateCell(r), elapsed(r), turns(r), tokens(r), cost(r), gitCell(r))
+			line := columns(mark, r.Tree+r.Name, stateCell(r), elapsed(r), turns(r), tokens(r), cost(r), gitCell(r))
 			if mark == "> " {
 				line = "\x1b[7m" + ansi.Truncate(line, w, "") + "\x1b[0m"
 			}
@@ -344,6 +373,7 @@ var helpLines = []string{
 	"  c      collect: its commits as fleet/<machine>",
 	"  a      collect, show flagged paths, then apply (merge) if you say y",
 	"  k      kill the agent                   n  a new task on an idle machine",
+	"  f      fork: N children go on from this moment (asks N; enter: 1)",
 	"  s      suspend (or resume)              S  stop the machine",
 	"  e      allow the host it was refused, for this machine (fleet net allow)",
 	"  /      filter by name or state          up/down  select",
@@ -386,6 +416,9 @@ func (u *UI) notice() string {
 	case tasking:
 		r, _, _ := u.selected()
 		return "task for " + safe(r.Name) + ": " + safe(u.input) + "█"
+	case forking:
+		r, _, _ := u.selected()
+		return "fork " + safe(r.Name) + " into how many (enter: 1): " + safe(u.input) + "█"
 	}
 	// What the user just did comes first, then a refusal to answer.
 	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second {
@@ -431,10 +464,10 @@ func (u *UI) shownRefusal() (Row, Refusal, bool) {
 }
 
 func (u *UI) keys() string {
-	if u.mode == filtering || u.mode == tasking {
+	if u.mode == filtering || u.mode == tasking || u.mode == forking {
 		return "enter done · esc cancel"
 	}
-	return "enter attach · l logs · d diff · c collect · a apply · k kill · s suspend · n new · e allow · / filter · ? help · q quit"
+	return "enter attach · l logs · d diff · c collect · a apply · k kill · s suspend · n new · f fork · e allow · / filter · ? help · q quit"
 }
 
 // columns lays out a row. Every cell is cleaned (termsafe.Line): the
