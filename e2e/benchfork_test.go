@@ -149,6 +149,20 @@ profile "first" {
 	time.Sleep(3 * time.Minute) // node starting under emulation, 16 at once on 2 cores
 	pss, unique = fleetMem(t, "bds")
 	add("16 warm clones running Claude Code: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB)", meanKiB(unique)>>10, pss>>10), "")
+	destroy("bds")
+
+	// The same 16 idle, with TCG's translation cache bounded (QEMU asks
+	// huge pages for it, so what a clone once filled stays resident).
+	for _, mib := range []int{64} {
+		env := append([]string{fmt.Sprintf("FLEET_TCG_TB_MIB=%d", mib)}, key...)
+		if r := fleetWithEnv(t, 4*bootDeadline, env, "spawn", "16", "--name", "bds", "--sync", "none", "--force", "--project", proj); r.code != 0 {
+			t.Fatalf("spawn 16 (tb-size %d): %s", mib, r.stderr)
+		}
+		time.Sleep(30 * time.Second)
+		pss, unique := fleetMem(t, "bds")
+		add(fmt.Sprintf("16 idle warm clones, translation cache %d MiB: unique memory per clone", mib), fmt.Sprintf("%d MiB (total PSS %d MiB)", meanKiB(unique)>>10, pss>>10), "<= 64 MiB")
+		destroy("bds")
+	}
 }
 
 // templateShared is the template RAM file's pages the fleet's machines

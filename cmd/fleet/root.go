@@ -178,6 +178,9 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
 		}
+		if n, err := strconv.Atoi(os.Getenv("FLEET_TCG_TB_MIB")); err == nil && n > 0 {
+			d.TCGCacheMiB = n // bench knob: a bounded translation cache
+		}
 		c.Driver = d
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), string(d.Accel)) }
 	case "virtualbox":

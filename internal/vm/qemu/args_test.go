@@ -276,3 +276,18 @@ func TestRAMFileOfReadsWhatSystemArgsWrote(t *testing.T) {
 		t.Errorf("anonymous RAM: %q", got)
 	}
 }
+
+func TestTranslationCacheBoundOnlyUnderTCG(t *testing.T) {
+	for _, tc := range []struct {
+		accel Accel
+		mib   int
+		want  string
+	}{{AccelTCG, 0, "tcg"}, {AccelTCG, 64, "tcg,tb-size=64"}, {AccelKVM, 64, "kvm"}, {AccelHVF, 64, "hvf"}} {
+		args := SystemArgs(MachineArgs{Name: "m", Arch: vm.AMD64, Accel: tc.accel, TBSizeMiB: tc.mib, CPUs: 1, MemoryMiB: 512})
+		for i, a := range args {
+			if a == "-accel" && args[i+1] != tc.want {
+				t.Errorf("%s %d: -accel %s, want %s", tc.accel, tc.mib, args[i+1], tc.want)
+			}
+		}
+	}
+}

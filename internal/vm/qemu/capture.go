@@ -124,7 +124,7 @@ func (d *Driver) startReceiver(ctx context.Context, s vm.Spec, dir, memFile, str
 		Name: s.Name + "-capture", Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: seed, QMPSocket: r.qmp, GuestAgentSocket: qgaPath(dir),
 		SerialLog: filepath.Join(dir, SerialFile), PIDFile: filepath.Join(dir, PIDFile),
-		Restrict: s.Network.Restrict, Incoming: true, MemoryFile: memFile, MemoryShared: memFile != "",
+		Restrict: s.Network.Restrict, Incoming: true, MemoryFile: memFile, MemoryShared: true,
 	}
 	for _, f := range s.Network.Forwards {
 		// The guest never runs here, so no forward is ever used.

@@ -51,7 +51,10 @@ type Driver struct {
 	// capped and rotated. Unset (the builder's own machines), a console
 	// is a plain file.
 	ConsoleCommand []string
-	Log            hclog.Logger
+	// TCGCacheMiB bounds each TCG machine's translation cache (0: QEMU's
+	// default). It changes no saved state: templates stay valid.
+	TCGCacheMiB int
+	Log         hclog.Logger
 }
 
 // New returns a driver with the given accelerator ("" picks the fastest).
@@ -192,7 +195,8 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
 	ma := MachineArgs{
-		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		TBSizeMiB: d.TCGCacheMiB,
+		Name:      s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
