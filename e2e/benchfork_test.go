@@ -134,7 +134,7 @@ profile "first" {
 	time.Sleep(30 * time.Second)
 	pss, unique := fleetMem(t, "bds")
 	tpl := templateShared(t, "bds")
-	add("16 idle warm clones of 2 GiB: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; template RAM shared %d MiB)", meanKiB(unique)>>10, pss>>10, tpl>>10), "<= 64 MiB")
+	add("16 idle warm clones of 2 GiB: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; PSS of the template RAM file mapping, guest-written pages included, %d MiB)", meanKiB(unique)>>10, pss>>10, tpl>>10), "<= 64 MiB")
 	// The same 16, each running Claude Code (its TUI, waiting after its
 	// answer) against the stub API.
 	var names []string
