@@ -61,7 +61,32 @@ func (d *Driver) HostChecks(ctx context.Context) []vm.HostCheck {
 	} else {
 		out = append(out, vm.HostCheck{Name: "arm64 firmware", Status: vm.CheckOK, Detail: fw})
 	}
+	if runtime.GOOS == "linux" {
+		out = append(out, ksmCheck(ksmRunFile))
+	}
 	return out
+}
+
+// ksmRunFile is the kernel's same-page merging switch.
+const ksmRunFile = "/sys/kernel/mm/ksm/run"
+
+// ksmCheck says whether the kernel merges identical guest pages across
+// machines (QEMU marks guest RAM mergeable by default). It is opt-in: the
+// scanning costs CPU, and merged pages let one guest time another's
+// writes, so it is off unless turned on.
+func ksmCheck(path string) vm.HostCheck {
+	c := vm.HostCheck{Name: "page merging (KSM)", Status: vm.CheckOK}
+	b, err := os.ReadFile(path)
+	switch {
+	case err != nil:
+		c.Detail = "not in this kernel"
+	case strings.TrimSpace(string(b)) == "1":
+		c.Detail = "on: identical guest pages are merged across machines"
+	default:
+		c.Detail = "off (opt-in: merges identical guest pages across machines for more idle agents per host, at a CPU cost and a timing side channel between guests)"
+		c.Hint = "echo 1 > " + path
+	}
+	return c
 }
 
 // version is the first line bin --version prints.

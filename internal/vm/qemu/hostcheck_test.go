@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -64,5 +65,22 @@ func TestCapabilitiesCarryTheFacts(t *testing.T) {
 	}
 	if kvm.ShareTag != shareTag || !strings.Contains(strings.Join(SystemArgs(MachineArgs{VirtiofsSocket: "/s"}), " "), "tag="+kvm.ShareTag) {
 		t.Errorf("the tag fleet mounts is not the one QEMU is given: %q", kvm.ShareTag)
+	}
+}
+
+func TestKSMCheckSaysHowToTurnItOn(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ content, detail, hint string }{
+		{"0\n", "off (opt-in", "echo 1 > "}, {"1\n", "on:", ""}, {"2\n", "off (opt-in", "echo 1 > "}, {"", "not in this kernel", ""},
+	} {
+		p := dir + "/run"
+		os.Remove(p)
+		if tc.content != "" {
+			os.WriteFile(p, []byte(tc.content), 0o644)
+		}
+		c := ksmCheck(p)
+		if c.Status != vm.CheckOK || !strings.Contains(c.Detail, tc.detail) || !strings.HasPrefix(c.Hint, tc.hint) || (tc.hint == "") != (c.Hint == "") {
+			t.Errorf("%q: %+v", tc.content, c)
+		}
 	}
 }
