@@ -57,6 +57,36 @@ type ShareValidator interface {
 	ValidateShare(s *Share) error
 }
 
+// MemoryReporter reads how much host memory a running machine's
+// hypervisor process holds, and how much of it is shared.
+type MemoryReporter interface {
+	// HostMemory answers for a running machine; for any other it is an
+	// error.
+	HostMemory(s Spec) (HostMemory, error)
+}
+
+// HostMemory is a running machine's resident host memory in bytes.
+// Unique and Shared together are all of it; the rest break them down.
+type HostMemory struct {
+	// Unique is what this machine alone holds: freed when it stops.
+	Unique uint64 `json:"unique_bytes"`
+	// Shared is what other processes map too (the template's RAM, the
+	// hypervisor's program and libraries).
+	Shared uint64 `json:"shared_bytes"`
+	// TemplateShared is the part of Shared that is the warm template's
+	// RAM, shared copy-on-write with the template's other clones.
+	TemplateShared uint64 `json:"template_shared_bytes"`
+	// GuestWritten is the template RAM the guest wrote since its restore:
+	// its own copies, part of Unique.
+	GuestWritten uint64 `json:"guest_written_bytes"`
+	// Hypervisor is the hypervisor's own anonymous memory (its heap; under
+	// emulation mostly the translation cache), part of Unique.
+	Hypervisor uint64 `json:"hypervisor_bytes"`
+	// Swapped is this machine's share of its pages in swap, in neither
+	// Unique nor Shared.
+	Swapped uint64 `json:"swapped_bytes,omitempty"`
+}
+
 // HostChecker reports what the driver needs of this host (its programs,
 // their versions, firmware, accelerator) for `fleet doctor`.
 type HostChecker interface {
@@ -95,6 +125,15 @@ func Guest(d Driver) (GuestAgent, error) {
 		return g, nil
 	}
 	return nil, fmt.Errorf("the %s driver has no guest channel: %w", d.Name(), ErrNotSupported)
+}
+
+// HostMemoryOf is the host memory of s, running on d
+// (MemoryReporter.HostMemory).
+func HostMemoryOf(d Driver, s Spec) (HostMemory, error) {
+	if mr, ok := d.(MemoryReporter); ok {
+		return mr.HostMemory(s)
+	}
+	return HostMemory{}, fmt.Errorf("the %s driver cannot measure a machine's host memory: %w", d.Name(), ErrNotSupported)
 }
 
 // Suspend suspends s on d (Snapshotter.Suspend).
