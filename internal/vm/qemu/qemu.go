@@ -52,6 +52,8 @@ type Driver struct {
 	// is a plain file.
 	ConsoleCommand []string
 	Log            hclog.Logger
+	// procRoot is where processes are read ("" is /proc): a test's fake.
+	procRoot string
 }
 
 // New returns a driver with the given accelerator ("" picks the fastest).
@@ -107,6 +109,7 @@ var (
 	_ vm.GuestAgent     = (*Driver)(nil)
 	_ vm.ArchValidator  = (*Driver)(nil)
 	_ vm.ShareValidator = (*Driver)(nil)
+	_ vm.MemoryReporter = (*Driver)(nil)
 )
 
 func (d *Driver) Name() string { return "qemu" }
