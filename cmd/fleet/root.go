@@ -175,6 +175,11 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 			return fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
 		}
 		d := qemu.New(execx.Local{}, accel, c.Log)
+		tb, err := qemu.ParseTCGCache(os.Getenv(qemu.TCGCacheEnv))
+		if err != nil {
+			return err
+		}
+		d.TCGCacheMiB = tb
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
 		}

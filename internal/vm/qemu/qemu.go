@@ -52,6 +52,11 @@ type Driver struct {
 	// is a plain file.
 	ConsoleCommand []string
 	Log            hclog.Logger
+	// TCGCacheMiB, if not 0, sizes TCG's translation cache for guests
+	// under emulation (MachineArgs.TBSizeMiB); 0 is QEMU's default. Set
+	// from TCGCacheEnv so benches can weigh memory against speed; the
+	// default stays QEMU's until they have.
+	TCGCacheMiB int
 	// procRoot is where processes are read ("" is /proc): a test's fake.
 	procRoot string
 }
@@ -194,7 +199,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
 	ma := MachineArgs{
-		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
