@@ -36,6 +36,9 @@ type MachineStatus struct {
 	Agent *session.Status `json:"agent,omitempty"`
 	// Spend is what the credential proxy counted (machines with one).
 	Spend *Spend `json:"spend,omitempty"`
+	// Memory is the host memory its hypervisor process holds (machines
+	// whose process runs, on drivers that can say).
+	Memory *vm.HostMemory `json:"memory,omitempty"`
 }
 
 // Status reports every machine of the fleet and its agent.
@@ -82,7 +85,9 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		case ds.Power == vm.PowerOn && ds.Paused != "":
 			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
+			ms.Memory, _ = c.Guests().HostMemory(m)
 		case ds.Power == vm.PowerOn:
+			ms.Memory, _ = c.Guests().HostMemory(m)
 			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
 			if !m.StartedAt.IsZero() {
 				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
