@@ -225,8 +225,10 @@ func newLsCmd(g *globals) *cobra.Command {
 		Short: "List the fleet's machines: state, image, address, uptime",
 		Long: `One row per machine: its state, where it listens, and its agent (running,
 waiting for input, succeeded, failed with its exit status, lost), with the
-model tokens and cost the credential proxy counted, and their total.`,
-		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'\n  fleet ls --json | jq '[.[].spend.cost_usd // 0] | add'",
+model tokens and cost the credential proxy counted, and their total.
+HOST MEM is a running machine's host memory: its own + what it shares
+(for a warm clone, mostly its template's RAM); --json breaks it down.`,
+		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'\n  fleet ls --json | jq '[.[].spend.cost_usd // 0] | add'\n  fleet ls --json | jq '[.[].memory.unique_bytes // 0] | add'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.controller(cmd)
@@ -245,7 +247,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tTOKENS\tCOST\tAGENT")
+			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tHOST MEM\tTOKENS\tCOST\tAGENT")
 			var spends []*fleet.Spend
 			for _, m := range st {
 				spends = append(spends, m.Spend)
@@ -262,10 +264,10 @@ model tokens and cost the credential proxy counted, and their total.`,
 					agent = agentCell(*m.Agent, "")
 				}
 				tokens, cost := spendCells(m.Spend)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", cell(m.Name), cell(m.State), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, tokens, cost, cell(agent))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(m.Name), cell(m.State), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, cockpit.HostMem(m.Memory), tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
-				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
+				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
 			}
 			return tw.Flush()
 		},
