@@ -79,9 +79,9 @@ type Usage struct {
 	Anon     Counts
 	Mappings int
 	files    map[string]Counts // by path, " (deleted)" dropped
-	// rwAnon are the read-write (not executable) private anonymous
-	// mappings by size in bytes:
-	// how a guest's RAM in anonymous memory is told from the rest.
+	// rwAnon are the read-write, not executable, private anonymous
+	// mappings by size in bytes: how a guest's RAM in anonymous memory
+	// is told from the rest (TCG's cache is executable).
 	rwAnon map[uint64][]Counts
 }
 
