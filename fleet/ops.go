@@ -39,8 +39,8 @@ type MachineStatus struct {
 	// SuspendReason says why a suspended machine is: the idle parker's
 	// reason ("idle 15m: agent succeeded"); none for the user's suspend.
 	SuspendReason string `json:"suspend_reason,omitempty"`
-	// Memory is a running machine's host memory: its own and what it
-	// shares with the RAM file it was restored from.
+	// Memory is the host memory its hypervisor process holds (machines
+	// whose process runs, on drivers that can say).
 	Memory *vm.HostMemory `json:"memory,omitempty"`
 	// ForkOf names the machine it was forked from.
 	ForkOf string `json:"fork_of,omitempty"`
@@ -90,11 +90,10 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		case ds.Power == vm.PowerOn && ds.Paused != "":
 			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
+			ms.Memory, _ = c.Guests().HostMemory(m)
 		case ds.Power == vm.PowerOn:
+			ms.Memory, _ = c.Guests().HostMemory(m)
 			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
-			if hm, err := vm.HostMemoryOf(c.Driver, c.spec(m, vm.Seed{})); err == nil {
-				ms.Memory = &hm
-			}
 			if !m.StartedAt.IsZero() {
 				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
 			}

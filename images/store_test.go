@@ -327,3 +327,15 @@ func TestOldManifestsAreAMD64(t *testing.T) {
 		t.Fatalf("%+v %v", img, err)
 	}
 }
+
+func TestTemplateOfDisk(t *testing.T) {
+	tpl := Template{Dir: filepath.Join("/h", "images", "ubuntu", "7", "warm", "0b1c")}
+	if got, ok := TemplateOfDisk(tpl.Disk()); !ok || got.Memory() != tpl.Memory() {
+		t.Errorf("a template's disk: %+v %v", got, ok)
+	}
+	for _, disk := range []string{"/h/images/ubuntu/7/disk.qcow2", "/h/warm/k/other.qcow2", "", "disk.qcow2", "/"} {
+		if _, ok := TemplateOfDisk(disk); ok {
+			t.Errorf("%q taken for a template's disk", disk)
+		}
+	}
+}

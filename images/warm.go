@@ -62,6 +62,17 @@ func (t Template) Disk() string   { return filepath.Join(t.Dir, TemplateDisk) }
 func (t Template) Memory() string { return filepath.Join(t.Dir, TemplateMemory) }
 func (t Template) State() string  { return filepath.Join(t.Dir, TemplateState) }
 
+// TemplateOfDisk is the template whose frozen disk is disk
+// (<version>/warm/<key>/disk.qcow2), if it is one: what a warm clone's
+// disk links to.
+func TemplateOfDisk(disk string) (Template, bool) {
+	dir := filepath.Dir(disk)
+	if filepath.Base(disk) != TemplateDisk || filepath.Base(filepath.Dir(dir)) != layout.WarmFolder {
+		return Template{}, false
+	}
+	return Template{Dir: dir}, true
+}
+
 // TemplateDir is where the template for key lives in img.
 func TemplateDir(img Image, key string) string {
 	h := sha256.Sum256([]byte(key))

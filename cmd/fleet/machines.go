@@ -236,8 +236,10 @@ func newLsCmd(g *globals) *cobra.Command {
 		Short: "List the fleet's machines: state, image, address, uptime",
 		Long: `One row per machine: its state, where it listens, and its agent (running,
 waiting for input, succeeded, failed with its exit status, lost), with the
-model tokens and cost the credential proxy counted, and their total.`,
-		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'\n  fleet ls --json | jq '[.[].spend.cost_usd // 0] | add'",
+model tokens and cost the credential proxy counted, and their total.
+HOST MEM is a running machine's host memory: its own + what it shares
+(for a warm clone, mostly its template's RAM); --json breaks it down.`,
+		Example: "  fleet ls\n  fleet ls --json | jq -r '.[] | select(.state==\"dead\") | .name'\n  fleet ls --json | jq '[.[].spend.cost_usd // 0] | add'\n  fleet ls --json | jq '[.[].memory.unique_bytes // 0] | add'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.controller(cmd)
@@ -281,7 +283,7 @@ model tokens and cost the credential proxy counted, and their total.`,
 				if m.ForkOf != "" {
 					name += " (fork of " + m.ForkOf + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, hostMemCell(m.Memory), tokens, cost, cell(agent))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, cockpit.HostMem(m.Memory), tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
 				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))
@@ -462,12 +464,3 @@ func spendCells(s *fleet.Spend) (tokens, cost string) {
 // state, a phase): one line, no raw control bytes, and no tab to shift
 // the columns.
 func cell(s string) string { return termsafe.Line(s) }
-
-// hostMemCell is a running machine's host memory: its own + what it
-// shares with its template's RAM ("61M+188M"), "-" when unknown.
-func hostMemCell(m *vm.HostMemory) string {
-	if m == nil {
-		return "-"
-	}
-	return fmt.Sprintf("%dM+%dM", m.Unique>>20, m.SharedTemplate>>20)
-}

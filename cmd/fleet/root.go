@@ -175,11 +175,13 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 			return fmt.Errorf("unknown accelerator %q (use kvm, hvf or tcg)", g.accel)
 		}
 		d := qemu.New(execx.Local{}, accel, c.Log)
+		tb, err := qemu.ParseTCGCache(os.Getenv(qemu.TCGCacheEnv))
+		if err != nil {
+			return err
+		}
+		d.TCGCacheMiB = tb
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
-		}
-		if n, err := strconv.Atoi(os.Getenv("FLEET_TCG_TB_MIB")); err == nil && n > 0 {
-			d.TCGCacheMiB = n // bench knob: a bounded translation cache
 		}
 		c.Driver = d
 		c.BeforeBoot = func() { warnTCG(cmd.ErrOrStderr(), string(d.Accel)) }

@@ -15,6 +15,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // MachinesMsg is the host's view of the fleets' machines (no SSH).
@@ -67,6 +68,8 @@ type Row struct {
 	AgentAt time.Time       // when the agent's state last changed
 	Err     string          // why the agent cannot be read
 	Spend   *fleet.Spend
+	// Memory is the host memory its hypervisor holds, while it runs.
+	Memory *vm.HostMemory
 	// Refusals, newest first, at most maxRefusals.
 	Refusals []Refusal
 }
@@ -152,14 +155,14 @@ func (m *Model) machines(msg MachinesMsg) []Event {
 		seen[k] = true
 		r := m.rows[k]
 		if r == nil {
-			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Parked: ms.SuspendReason, Spend: ms.Spend, ForkOf: ms.ForkOf}
+			r = &Row{Fleet: msg.Fleet, Name: ms.Name, Machine: ms.State, Parked: ms.SuspendReason, Spend: ms.Spend, ForkOf: ms.ForkOf, Memory: ms.Memory}
 			m.rows[k] = r
 			continue
 		}
 		was := r.Machine
 		r.Machine, r.Parked, r.ForkOf = ms.State, ms.SuspendReason, ms.ForkOf
 		wasReached := r.Spend != nil && r.Spend.Reached
-		r.Spend = ms.Spend
+		r.Spend, r.Memory = ms.Spend, ms.Memory
 		// A machine that died under a live agent lost it.
 		if ms.State == fleet.StateDead && was != fleet.StateDead && r.Agent != nil && r.Agent.State.Live() {
 			r.Agent = &session.Status{State: session.Lost}

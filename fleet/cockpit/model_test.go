@@ -15,6 +15,7 @@ import (
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -100,6 +101,25 @@ func TestMachineDeathLosesItsAgent(t *testing.T) {
 	m.Apply(machines("suspended"))
 	if got := states(m); got != "p-1=suspended" {
 		t.Fatalf("a destroyed machine's row stays, or suspended shows wrong: %s", got)
+	}
+}
+
+// A row's host memory is the last reading, gone once the machine stops.
+func TestRowsCarryHostMemory(t *testing.T) {
+	m := NewModel()
+	mem := &vm.HostMemory{Unique: 61 << 20, Shared: 188 << 20}
+	m.Apply(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{{Name: "p-1", State: "running", Memory: mem}}})
+	if r := m.Rows("")[0]; r.Memory == nil || *r.Memory != *mem {
+		t.Fatalf("first reading: %+v", r.Memory)
+	}
+	more := &vm.HostMemory{Unique: 70 << 20, Shared: 188 << 20}
+	m.Apply(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{{Name: "p-1", State: "running", Memory: more}}})
+	if r := m.Rows("")[0]; r.Memory == nil || r.Memory.Unique != 70<<20 {
+		t.Fatalf("next reading: %+v", r.Memory)
+	}
+	m.Apply(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{{Name: "p-1", State: "suspended"}}})
+	if r := m.Rows("")[0]; r.Memory != nil {
+		t.Fatalf("a suspended machine holds %+v", r.Memory)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/termsafe"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
 )
@@ -331,7 +332,7 @@ func (u *UI) View() string {
 		lines = append(lines, "")
 		lines = append(lines, helpLines...)
 	} else {
-		lines = append(lines, "\x1b[1m"+columns("  ", "MACHINE", "STATE", "TIME", "TURNS", "TOKENS", "COST", "GIT")+"\x1b[0m")
+		lines = append(lines, "\x1b[1m"+columns("  ", "MACHINE", "STATE", "TIME", "TURNS", "TOKENS", "COST", "GIT", "MEM")+"\x1b[0m")
 		sel, si, _ := u.selected()
 		// Two lines a machine; the window keeps the selection in view.
 		per := 2
@@ -346,7 +347,7 @@ func (u *UI) View() string {
 			if key(r.Fleet, r.Name) == key(sel.Fleet, sel.Name) {
 				mark = "> "
 			}
-			line := columns(mark, r.Tree+r.Name, stateCell(r), elapsed(r), turns(r), tokens(r), cost(r), gitCell(r))
+			line := columns(mark, r.Tree+r.Name, stateCell(r), elapsed(r), turns(r), tokens(r), cost(r), gitCell(r), HostMem(r.Memory))
 			if mark == "> " {
 				line = "\x1b[7m" + ansi.Truncate(line, w, "") + "\x1b[0m"
 			}
@@ -385,7 +386,12 @@ var helpLines = []string{
 func (u *UI) header(rows []Row) string {
 	counts := map[string]int{}
 	var spends []*fleet.Spend
+	var own uint64
+	measured := false
 	for _, r := range rows {
+		if r.Memory != nil {
+			own, measured = own+r.Memory.Unique, true
+		}
 		st := r.State()
 		if strings.HasPrefix(st, "failed") {
 			st = "failed"
@@ -402,6 +408,11 @@ func (u *UI) header(rows []Row) string {
 	t := fleet.TotalSpend(spends)
 	if t.Calls > 0 {
 		parts = append(parts, HumanTokens(t.Tokens())+" tokens", Dollars(t.CostUSD))
+	}
+	if measured {
+		// Shared pages are the same pages across machines: only the
+		// machines' own memory adds up.
+		parts = append(parts, HumanBytes(own)+" host memory of their own")
 	}
 	if u.filter != "" {
 		parts = append(parts, "filter: "+u.filter)
@@ -473,8 +484,9 @@ func (u *UI) keys() string {
 // columns lays out a row. Every cell is cleaned (termsafe.Line): the
 // model's strings came from guests and their audit logs, and whatever
 // reached it, nothing drawn can move the cursor or erase a line.
-func columns(mark, name, state, t, turns, tokens, cost, git string) string {
-	return fmt.Sprintf("%s%-14s %-17s %7s %5s %8s %-15s %s", mark, cut(safe(name), 14), cut(safe(state), 17), safe(t), safe(turns), safe(tokens), cut(safe(cost), 15), safe(git))
+// MEM comes last: 80 columns fit the rest, a wider terminal shows it.
+func columns(mark, name, state, t, turns, tokens, cost, git, mem string) string {
+	return fmt.Sprintf("%s%-14s %-17s %7s %5s %8s %-15s %-7s %s", mark, cut(safe(name), 14), cut(safe(state), 17), safe(t), safe(turns), safe(tokens), cut(safe(cost), 15), cut(safe(git), 7), cut(safe(mem), 11))
 }
 
 // safe is guest text on its way to the screen.
@@ -544,6 +556,27 @@ func detail(r Row) string {
 		return "waiting: " + r.Agent.Message
 	}
 	return r.Agent.LastLine
+}
+
+// HostMem is a machine's host memory in a few characters: its own, then
+// what it shares ("61M+188M"); "-" when not measured.
+func HostMem(m *vm.HostMemory) string {
+	if m == nil {
+		return "-"
+	}
+	return HumanBytes(m.Unique) + "+" + HumanBytes(m.Shared)
+}
+
+// HumanBytes is a size in a few characters (61M, 1.2G, 24G).
+func HumanBytes(b uint64) string {
+	const mib, gib = 1 << 20, 1 << 30
+	switch {
+	case b >= 10*gib:
+		return fmt.Sprintf("%.0fG", float64(b)/gib)
+	case b >= gib:
+		return fmt.Sprintf("%.1fG", float64(b)/gib)
+	}
+	return fmt.Sprintf("%dM", (b+mib/2)/mib)
 }
 
 // HumanTokens is a token count in a few characters (12.3k, 4.5M).

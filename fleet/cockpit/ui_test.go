@@ -10,6 +10,7 @@ import (
 	"github.com/agentfleet/agentfleet/fleet"
 	"github.com/agentfleet/agentfleet/internal/egress"
 	"github.com/agentfleet/agentfleet/internal/session"
+	"github.com/agentfleet/agentfleet/internal/vm"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/x/ansi"
 )
@@ -66,7 +67,8 @@ func newUI(w, h int) (*UI, *fakeActions) {
 	u.Update(tea.WindowSizeMsg{Width: w, Height: h})
 	one := 1
 	u.Update(MachinesMsg{At: t0, Fleet: "p", Machines: []fleet.MachineStatus{
-		{Name: "p-1", State: "running", Spend: &fleet.Spend{Usage: egress.Usage{Calls: 2, InputTokens: 12000, OutputTokens: 345, CostUSD: 0.0412}}},
+		{Name: "p-1", State: "running", Spend: &fleet.Spend{Usage: egress.Usage{Calls: 2, InputTokens: 12000, OutputTokens: 345, CostUSD: 0.0412}},
+			Memory: &vm.HostMemory{Unique: 61 << 20, Shared: 188 << 20}},
 		{Name: "p-2", State: "running", Spend: &fleet.Spend{Reached: true}},
 		{Name: "p-3", State: "suspended"},
 	}})
@@ -98,6 +100,13 @@ func TestViewFitsAndShowsTheRows(t *testing.T) {
 			for _, want := range []string{"p-1", "working Bash", "1m20s", "12k", "$0.04", "1c 1f", "→ Bash go test", "p-2", "failed (2)", "budget reached", "p-3", "suspended", "3 machines · 1 working · 1 failed"} {
 				if !strings.Contains(s, want) {
 					t.Errorf("80x24 lacks %q:\n%s", want, s)
+				}
+			}
+		}
+		if size[0] == 120 {
+			for _, want := range []string{"MEM", "61M+188M", "61M host memory of their own"} {
+				if !strings.Contains(s, want) {
+					t.Errorf("120x40 lacks %q:\n%s", want, s)
 				}
 			}
 		}
@@ -235,5 +244,17 @@ func TestAnotherMachinesRefusalIsOfferedToo(t *testing.T) {
 	u.Update(press(u, "e")())
 	if len(acts.allows) != 1 || acts.allows[0] != "p-2 npmjs.org" {
 		t.Fatalf("e allowed %v, want p-2's host for p-2", acts.allows)
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for b, want := range map[uint64]string{0: "0M", 1: "0M", 600 << 10: "1M", 164 << 20: "164M", 1023 << 20: "1023M",
+		1 << 30: "1.0G", 1536 << 20: "1.5G", 24 << 30: "24G", 1<<64 - 1: "17179869184G"} {
+		if got := HumanBytes(b); got != want {
+			t.Errorf("%d: %q, want %q", b, got, want)
+		}
+	}
+	if HostMem(nil) != "-" || HostMem(&vm.HostMemory{Unique: 61 << 20, Shared: 1 << 30}) != "61M+1.0G" {
+		t.Errorf("host mem: %q", HostMem(&vm.HostMemory{Unique: 61 << 20, Shared: 1 << 30}))
 	}
 }

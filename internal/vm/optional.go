@@ -66,35 +66,6 @@ func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error
 	return f.Capture(ctx, s, dir)
 }
 
-// MemoryReporter reads what a running machine's hypervisor process holds
-// of the host's memory.
-type MemoryReporter interface {
-	HostMemory(s Spec) (HostMemory, error)
-}
-
-// HostMemory is a running machine's host memory, in bytes.
-type HostMemory struct {
-	// Unique is held by this machine alone (its private pages: the
-	// hypervisor's own memory and the guest RAM it wrote).
-	Unique int64 `json:"unique_bytes"`
-	// Shared is its pages that other processes map too; SharedTemplate
-	// the part of them that is the RAM file it was restored from.
-	Shared         int64 `json:"shared_bytes"`
-	SharedTemplate int64 `json:"template_shared_bytes"`
-	// GuestWritten is the guest RAM it wrote since it was restored (its
-	// copies of the RAM file's pages), part of Unique.
-	GuestWritten int64 `json:"guest_written_bytes"`
-}
-
-// HostMemoryOf reads s's host memory with d, or says d cannot.
-func HostMemoryOf(d Driver, s Spec) (HostMemory, error) {
-	r, ok := d.(MemoryReporter)
-	if !ok {
-		return HostMemory{}, fmt.Errorf("the %s driver cannot read a machine's host memory: %w", d.Name(), ErrNotSupported)
-	}
-	return r.HostMemory(s)
-}
-
 // GuestAgent runs commands in a guest over a host-only channel (no
 // network), for identity after a restore.
 type GuestAgent interface {
@@ -114,6 +85,36 @@ type ArchValidator interface {
 // what a share needs on this host before anything is made.
 type ShareValidator interface {
 	ValidateShare(s *Share) error
+}
+
+// MemoryReporter reads how much host memory a running machine's
+// hypervisor process holds, and how much of it is shared.
+type MemoryReporter interface {
+	// HostMemory answers for a running machine; for any other it is an
+	// error.
+	HostMemory(s Spec) (HostMemory, error)
+}
+
+// HostMemory is a running machine's resident host memory in bytes.
+// Unique and Shared together are all of it; the rest break them down.
+type HostMemory struct {
+	// Unique is what this machine alone holds: freed when it stops.
+	Unique uint64 `json:"unique_bytes"`
+	// Shared is what other processes map too (the template's RAM, the
+	// hypervisor's program and libraries).
+	Shared uint64 `json:"shared_bytes"`
+	// TemplateShared is the part of Shared that is the warm template's
+	// RAM, shared copy-on-write with the template's other clones.
+	TemplateShared uint64 `json:"template_shared_bytes"`
+	// GuestWritten is the template RAM the guest wrote since its restore:
+	// its own copies, part of Unique.
+	GuestWritten uint64 `json:"guest_written_bytes"`
+	// Hypervisor is the hypervisor's own anonymous memory (its heap; under
+	// emulation mostly the translation cache), part of Unique.
+	Hypervisor uint64 `json:"hypervisor_bytes"`
+	// Swapped is this machine's share of its pages in swap, in neither
+	// Unique nor Shared.
+	Swapped uint64 `json:"swapped_bytes,omitempty"`
 }
 
 // HostChecker reports what the driver needs of this host (its programs,
@@ -154,6 +155,15 @@ func Guest(d Driver) (GuestAgent, error) {
 		return g, nil
 	}
 	return nil, fmt.Errorf("the %s driver has no guest channel: %w", d.Name(), ErrNotSupported)
+}
+
+// HostMemoryOf is the host memory of s, running on d
+// (MemoryReporter.HostMemory).
+func HostMemoryOf(d Driver, s Spec) (HostMemory, error) {
+	if mr, ok := d.(MemoryReporter); ok {
+		return mr.HostMemory(s)
+	}
+	return HostMemory{}, fmt.Errorf("the %s driver cannot measure a machine's host memory: %w", d.Name(), ErrNotSupported)
 }
 
 // Suspend suspends s on d (Snapshotter.Suspend).

@@ -41,6 +41,10 @@ func (f *full) GuestRun(_ context.Context, s Spec, script string) (string, error
 	f.calls = append(f.calls, "run "+s.Name+" "+script)
 	return "out", f.err
 }
+func (f *full) HostMemory(s Spec) (HostMemory, error) {
+	f.calls = append(f.calls, "memory "+s.Name)
+	return HostMemory{Unique: 1}, f.err
+}
 func (f *full) HostChecks(context.Context) []HostCheck {
 	return []HostCheck{{Name: "x", Status: CheckOK}}
 }
@@ -50,7 +54,8 @@ func TestHelpersSayNotSupportedNamingTheDriver(t *testing.T) {
 	_, kerr := StateKey(ctx, d, s)
 	_, serr := Snapshots(d)
 	_, gerr := Guest(d)
-	for name, err := range map[string]error{"suspend": Suspend(ctx, d, s), "save": SaveState(ctx, d, s, "/x"), "key": kerr, "snapshots": serr, "guest": gerr} {
+	_, merr := HostMemoryOf(d, s)
+	for name, err := range map[string]error{"memory": merr, "suspend": Suspend(ctx, d, s), "save": SaveState(ctx, d, s, "/x"), "key": kerr, "snapshots": serr, "guest": gerr} {
 		if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "the bare driver") {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -67,11 +72,13 @@ func TestHelpersHandOnToTheDriver(t *testing.T) {
 	k, kerr := StateKey(ctx, f, s)
 	g, gerr := Guest(f)
 	out, rerr := g.GuestRun(ctx, s, "echo hi")
+	mem, merr := HostMemoryOf(f, s)
 	if Suspend(ctx, f, s) != nil || !Suspended(f, s) || DiscardSuspended(f, s) != nil || SaveState(ctx, f, s, "/p") != nil ||
-		k != "k" || kerr != nil || out != "out" || rerr != nil || gerr != nil || len(HostChecks(ctx, f)) != 1 {
+		k != "k" || kerr != nil || out != "out" || rerr != nil || gerr != nil || len(HostChecks(ctx, f)) != 1 ||
+		mem.Unique != 1 || merr != nil {
 		t.Fatal("a helper changed the driver's answer")
 	}
-	want := "key m|run m echo hi|suspend m|suspended m|discard m|save m /p"
+	want := "key m|run m echo hi|memory m|suspend m|suspended m|discard m|save m /p"
 	if got := strings.Join(f.calls, "|"); got != want {
 		t.Errorf("calls %s, want %s", got, want)
 	}

@@ -22,9 +22,17 @@ type MachineArgs struct {
 	Name string
 	// Arch picks the board: q35 for amd64, virt with UEFI Firmware (the
 	// code flash, read-only) for arm64.
-	Arch      vm.Arch
-	Firmware  string
-	Accel     Accel
+	Arch     vm.Arch
+	Firmware string
+	Accel    Accel
+	// TBSizeMiB, if not 0, is the size of TCG's translation cache
+	// (-accel tcg,tb-size=): what QEMU holds for itself under emulation,
+	// most of a warm clone's own memory. 0 keeps QEMU's default (in
+	// QEMU 7.2, 1 GiB, or an eighth of a smaller host's RAM; resident as
+	// the guest runs new code). A smaller cache fills sooner, and a full
+	// one is flushed and translated again: memory bought with speed.
+	// Other accelerators have no such cache and ignore it.
+	TBSizeMiB int
 	CPUs      int
 	MemoryMiB int
 	Disk      string // qcow2 overlay
@@ -67,11 +75,6 @@ type MachineArgs struct {
 	// Kernel, Initrd and Append start a kernel directly (-kernel) instead
 	// of the disk's boot loader.
 	Kernel, Initrd, Append string
-	// TBSizeMiB, if set, bounds TCG's translation cache (QEMU's tb-size;
-	// its default is 1 GiB, which QEMU asks transparent huge pages for,
-	// so an idle clone keeps whatever it once filled). Ignored under an
-	// accelerator.
-	TBSizeMiB int
 }
 
 // ForwardIP is where the guest reaches Forwards: an otherwise unused address
@@ -162,6 +165,14 @@ func SystemArgs(m MachineArgs) []string {
 	return args
 }
 
+// accelArg is the accelerator and, under TCG, its cache size.
+func accelArg(m MachineArgs) string {
+	if m.Accel == AccelTCG && m.TBSizeMiB > 0 {
+		return fmt.Sprintf("%s,tb-size=%d", m.Accel, m.TBSizeMiB)
+	}
+	return string(m.Accel)
+}
+
 // machineType is the board: q35 on x86; on arm64 the generic virt board,
 // with the newest interrupt controller the accelerator offers (GICv2, the
 // default, stops at 8 CPUs). HVF keeps QEMU's default, which is what it
@@ -230,11 +241,3 @@ func serialArg(m MachineArgs) string {
 	return "file:" + m.SerialLog
 }
 
-// accelArg is -accel's value: the accelerator, and under TCG the
-// translation cache's bound if one is set.
-func accelArg(m MachineArgs) string {
-	if m.Accel == AccelTCG && m.TBSizeMiB > 0 {
-		return fmt.Sprintf("tcg,tb-size=%d", m.TBSizeMiB)
-	}
-	return string(m.Accel)
-}

@@ -30,6 +30,10 @@ func TestSystemArgs(t *testing.T) {
 		{"tcg uses max cpu", func(m *MachineArgs) { m.Accel = AccelTCG }, "-cpu", []string{"max"}},
 		{"kvm uses host cpu", func(m *MachineArgs) { m.Accel = AccelKVM }, "-cpu", []string{"host"}},
 		{"accel passed", func(m *MachineArgs) { m.Accel = AccelHVF }, "-accel", []string{"hvf"}},
+		{"tcg keeps its default cache", func(m *MachineArgs) {}, "-accel", []string{"tcg"}},
+		{"tcg with a smaller cache", func(m *MachineArgs) { m.TBSizeMiB = 64 }, "-accel", []string{"tcg,tb-size=64"}},
+		{"kvm has no translation cache", func(m *MachineArgs) { m.Accel, m.TBSizeMiB = AccelKVM, 64 }, "-accel", []string{"kvm"}},
+		{"hvf has none either", func(m *MachineArgs) { m.Accel, m.TBSizeMiB = AccelHVF, 64 }, "-accel", []string{"hvf"}},
 		{"cpus and memory", func(m *MachineArgs) { m.CPUs, m.MemoryMiB = 4, 4096 }, "-m", []string{"4096M"}},
 		{"ssh port 0 lets qemu choose", func(m *MachineArgs) {}, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"}},
 		{"explicit ssh port", func(m *MachineArgs) { m.SSHHostPort = 2222 }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"}},
@@ -263,31 +267,21 @@ func TestDriverAcceleratesOnlyTheHostsArchitecture(t *testing.T) {
 	}
 }
 
-// The RAM file is read back from the command line SystemArgs makes, a
-// comma in its path included.
-func TestRAMFileOfReadsWhatSystemArgsWrote(t *testing.T) {
-	for _, path := range []string{"/h/warm/ab/memory", "/h/with,comma,,s/memory", "/h/sp ace/memory"} {
-		args := SystemArgs(MachineArgs{Name: "m", CPUs: 1, MemoryMiB: 512, MemoryFile: path, Arch: "amd64"})
-		if got := ramFileOf([]byte(strings.Join(args, "\x00"))); got != path {
-			t.Errorf("%q: read back %q", path, got)
+func TestParseTCGCache(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"", 0, true}, {" 64 ", 64, true}, {"1", 1, true}, {"2048", 2048, true},
+		{"0", 0, false}, {"-1", 0, false}, {"2049", 0, false}, {"64M", 0, false}, {"1e3", 0, false}, {"99999999999999999999", 0, false},
+	} {
+		got, err := ParseTCGCache(c.in)
+		if got != c.want || (err == nil) != c.ok {
+			t.Errorf("%q: %d %v", c.in, got, err)
 		}
-	}
-	if got := ramFileOf([]byte(strings.Join(SystemArgs(MachineArgs{Name: "m", CPUs: 1, MemoryMiB: 512}), "\x00"))); got != "" {
-		t.Errorf("anonymous RAM: %q", got)
-	}
-}
-
-func TestTranslationCacheBoundOnlyUnderTCG(t *testing.T) {
-	for _, tc := range []struct {
-		accel Accel
-		mib   int
-		want  string
-	}{{AccelTCG, 0, "tcg"}, {AccelTCG, 64, "tcg,tb-size=64"}, {AccelKVM, 64, "kvm"}, {AccelHVF, 64, "hvf"}} {
-		args := SystemArgs(MachineArgs{Name: "m", Arch: vm.AMD64, Accel: tc.accel, TBSizeMiB: tc.mib, CPUs: 1, MemoryMiB: 512})
-		for i, a := range args {
-			if a == "-accel" && args[i+1] != tc.want {
-				t.Errorf("%s %d: -accel %s, want %s", tc.accel, tc.mib, args[i+1], tc.want)
-			}
+		if err != nil && !strings.Contains(err.Error(), TCGCacheEnv) {
+			t.Errorf("%q: the error does not name the variable: %v", c.in, err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -382,4 +384,34 @@ func cacheWhole(ctx context.Context, path string) error {
 			return err
 		}
 	}
+}
+
+// ramFileOf reads the RAM backend's file from a QEMU command line (NUL
+// separated): mem-path= of memory-backend-file, its commas doubled.
+func ramFileOf(cmdline []byte) string {
+	for _, arg := range bytes.Split(cmdline, []byte{0}) {
+		a := string(arg)
+		if !strings.HasPrefix(a, "memory-backend-file,") {
+			continue
+		}
+		_, rest, ok := strings.Cut(a, ",mem-path=")
+		if !ok {
+			return ""
+		}
+		// Up to the first single comma (a doubled one is a comma in the path).
+		var b strings.Builder
+		for i := 0; i < len(rest); i++ {
+			if rest[i] == ',' {
+				if i+1 < len(rest) && rest[i+1] == ',' {
+					b.WriteByte(',')
+					i++
+					continue
+				}
+				break
+			}
+			b.WriteByte(rest[i])
+		}
+		return b.String()
+	}
+	return ""
 }

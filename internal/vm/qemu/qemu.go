@@ -51,10 +51,14 @@ type Driver struct {
 	// capped and rotated. Unset (the builder's own machines), a console
 	// is a plain file.
 	ConsoleCommand []string
-	// TCGCacheMiB bounds each TCG machine's translation cache (0: QEMU's
-	// default). It changes no saved state: templates stay valid.
+	Log            hclog.Logger
+	// TCGCacheMiB, if not 0, sizes TCG's translation cache for guests
+	// under emulation (MachineArgs.TBSizeMiB); 0 is QEMU's default. Set
+	// from TCGCacheEnv so benches can weigh memory against speed; the
+	// default stays QEMU's until they have.
 	TCGCacheMiB int
-	Log         hclog.Logger
+	// procRoot is where processes are read ("" is /proc): a test's fake.
+	procRoot string
 }
 
 // New returns a driver with the given accelerator ("" picks the fastest).
@@ -111,6 +115,7 @@ var (
 	_ vm.GuestAgent     = (*Driver)(nil)
 	_ vm.ArchValidator  = (*Driver)(nil)
 	_ vm.ShareValidator = (*Driver)(nil)
+	_ vm.MemoryReporter = (*Driver)(nil)
 )
 
 func (d *Driver) Name() string { return "qemu" }
@@ -195,8 +200,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
 	ma := MachineArgs{
-		TBSizeMiB: d.TCGCacheMiB,
-		Name:      s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,

@@ -164,6 +164,10 @@ func checkNotSupported(t *testing.T, d vm.Driver) {
 			t.Errorf("a capture wrote a folder")
 		}
 	}
+	if _, ok := d.(vm.MemoryReporter); !ok {
+		_, err := vm.HostMemoryOf(d, s)
+		notSupported("host memory", err)
+	}
 	if _, ok := d.(vm.HostChecker); !ok && vm.HostChecks(ctx, d) != nil {
 		t.Errorf("host checks from a driver without any")
 	}
@@ -316,6 +320,17 @@ func runMachine(t *testing.T, h Harness) {
 		status(t, vm.PowerOff)
 		start(t)
 	})
+	if mr, ok := d.(vm.MemoryReporter); ok {
+		st.run(t, "host memory", func(t *testing.T) {
+			m, err := mr.HostMemory(s)
+			if err != nil || m.Unique == 0 || m.Unique+m.Shared > uint64(s.MemoryMiB+4096)<<20 {
+				t.Errorf("a running machine's host memory: %+v %v", m, err)
+			}
+			if m.GuestWritten > m.Unique || m.Hypervisor > m.Unique || m.TemplateShared > m.Shared {
+				t.Errorf("a part is larger than its whole: %+v", m)
+			}
+		})
+	}
 	if g, ok := d.(vm.GuestAgent); ok && h.GuestAgent {
 		st.run(t, "guest agent", func(t *testing.T) {
 			gctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
