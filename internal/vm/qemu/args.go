@@ -240,4 +240,3 @@ func serialArg(m MachineArgs) string {
 	}
 	return "file:" + m.SerialLog
 }
-
