@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/workspace"
@@ -128,6 +129,11 @@ func (f Forks) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) {
 		return res, err
 	}
 	at := time.Now().UTC()
+	// Prune keeps what the captured disk links to while the capture lives.
+	if err := os.WriteFile(filepath.Join(capDir, layout.ForkBackingFile), []byte(src.BaseImage+"\n"), 0o600); err != nil {
+		os.RemoveAll(capDir)
+		return res, err
+	}
 	res.Paused, res.Capture, res.RAMBytes = captured.Paused, capDir, captured.RAMBytes
 	c.say("%s: captured (paused %s, %d MiB of RAM); it runs on", src.Name, captured.Paused.Round(time.Millisecond), captured.RAMBytes>>20)
 
@@ -211,7 +217,7 @@ func (f Forks) child(ctx context.Context, src *Machine, p PlannedMachine, tpl vm
 	}
 	if w := src.Workspace; w != nil {
 		cp := *w
-		cp.Collected, cp.PendingAtStop = nil, nil
+		cp.Collected, cp.PendingAtStop, cp.ForkPoint = nil, nil, ""
 		if cp.Mode == SyncGit {
 			cp.Branch = workspace.BranchPrefix + m.Name
 		}
@@ -280,35 +286,35 @@ func (f Forks) workspace(ctx context.Context, src, m *Machine, at time.Time) (st
 	return head, nil
 }
 
-// forkBranches brings the fork point into the host repository (from the
-// first child: the commit is the same in every one) and starts each
-// child's branch there, so its diff is what it did after the fork.
+// branches brings each child's fork point into the host repository and
+// starts the child's branch there; its diff is what it did after the
+// fork. A fork point must descend from the source's start: the source's
+// work before the fork stays in what collect, flagged files and apply
+// count (Start is the source's).
 func (f Forks) branches(ctx context.Context, src *Machine, children []*Machine, heads []string) error {
 	c := f.c
 	w := src.Workspace
 	if w == nil || w.Mode != SyncGit {
 		return nil
 	}
-	for i, h := range heads {
-		if h != heads[0] {
-			return fmt.Errorf("%s and %s report different fork points (%s, %s)", children[0].Name, children[i].Name, short(heads[0]), short(h))
-		}
-	}
 	repo := workspace.Repo{Runner: c.runner(), Dir: w.Source}
-	point := heads[0]
-	if !repo.IsCommit(ctx, point) {
-		if err := c.Workspaces().fetchPack(ctx, children[0], repo, point, w.Start, DefaultMaxCollect); err != nil {
-			return fmt.Errorf("bring the fork point to the host: %w", err)
-		}
+	for i, m := range children {
+		point := heads[i]
 		if !repo.IsCommit(ctx, point) {
-			return fmt.Errorf("%s's pack did not contain the fork point %s", children[0].Name, short(point))
+			if err := c.Workspaces().fetchPack(ctx, m, repo, point, w.Start, DefaultMaxCollect); err != nil {
+				return fmt.Errorf("%s: bring the fork point to the host: %w", m.Name, err)
+			}
+			if !repo.IsCommit(ctx, point) {
+				return fmt.Errorf("%s's pack did not contain its fork point %s", m.Name, short(point))
+			}
 		}
-	}
-	for _, m := range children {
+		if !repo.IsAncestor(ctx, w.Start, point) {
+			return fmt.Errorf("%s's fork point %s does not descend from %s's start %s", m.Name, short(point), src.Name, short(w.Start))
+		}
 		if err := repo.SetBranch(ctx, m.Workspace.Branch, point); err != nil {
 			return err
 		}
-		m.Workspace.Start = point
+		m.Workspace.ForkPoint = point
 	}
 	return nil
 }
@@ -321,17 +327,16 @@ func pruneForkCaptures(l Layout, fleet string, s *State) error {
 	if err != nil {
 		return nil
 	}
+	used := map[string]bool{}
+	for _, m := range s.Machines {
+		for _, d := range diskChain(m.BaseImage) {
+			used[filepath.Dir(d)] = true
+		}
+	}
 	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
-		used := false
-		for _, m := range s.Machines {
-			if filepath.Dir(m.BaseImage) == p {
-				used = true
-				break
-			}
-		}
-		if !used {
+		if !used[p] {
 			if err := os.RemoveAll(p); err != nil {
 				errs = append(errs, err)
 			}

@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
 )
 
 // BaseImagesInUse returns the base disks that machines of any fleet under
@@ -27,8 +31,25 @@ func BaseImagesInUse(l Layout) (map[string]bool, error) {
 			return nil, fmt.Errorf("fleet %s: %w", e.Name(), err)
 		}
 		for _, m := range st.Machines {
-			inUse[m.BaseImage] = true
+			for _, d := range diskChain(m.BaseImage) {
+				inUse[d] = true
+			}
 		}
 	}
 	return inUse, nil
+}
+
+// diskChain is base and, for a fork's capture, every disk under it: the
+// captured disk links to its source's, which may be another capture's.
+func diskChain(base string) []string {
+	chain := []string{base}
+	for i := 0; i < 64; i++ {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(base), layout.ForkBackingFile))
+		if err != nil || filepath.Base(filepath.Dir(filepath.Dir(base))) != layout.ForksFolder {
+			break
+		}
+		base = strings.TrimSpace(string(b))
+		chain = append(chain, base)
+	}
+	return chain
 }

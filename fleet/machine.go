@@ -118,13 +118,17 @@ func ParseSyncMode(s string) (SyncMode, error) {
 
 // Workspace is a machine's project record.
 type Workspace struct {
-	Mode     SyncMode `json:"mode"`
-	Source   string   `json:"source"`          // host folder (a repository's top level in git mode)
-	Base     string   `json:"base,omitempty"`  // host HEAD at spawn (git)
-	Start    string   `json:"start,omitempty"` // commit the VM's branch started from (git)
-	Branch   string   `json:"branch,omitempty"`
-	Excludes []string `json:"excludes,omitempty"` // rsync
-	Writable bool     `json:"writable,omitempty"` // shared
+	Mode   SyncMode `json:"mode"`
+	Source string   `json:"source"`          // host folder (a repository's top level in git mode)
+	Base   string   `json:"base,omitempty"`  // host HEAD at spawn (git)
+	Start  string   `json:"start,omitempty"` // commit the VM's branch started from (git)
+	// ForkPoint is where a fork's child started: its diff shows what it
+	// did after it; Start stays its source's, so flagged files, collect
+	// and apply count the source's work before the fork too.
+	ForkPoint string   `json:"fork_point,omitempty"`
+	Branch    string   `json:"branch,omitempty"`
+	Excludes  []string `json:"excludes,omitempty"` // rsync
+	Writable  bool     `json:"writable,omitempty"` // shared
 
 	Collected *Collected `json:"collected,omitempty"`
 	// PendingAtStop is what a graceful stop saw: whether the VM had work

@@ -79,7 +79,13 @@ func prebuildKey(req PrebuildRequest, wt images.Template) (key, digest string, i
 	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
 		return "", "", nil, fmt.Errorf("a prebuild needs the project in the machine (--sync git or rsync, not %q)", req.Workspace.Mode)
 	}
-	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode), req.Workspace.Dir)
+	// The project's own folder is in the key: another project with the
+	// same setup and lockfile must never restore this one's files.
+	dir, err := filepath.Abs(req.Workspace.Dir)
+	if err != nil {
+		return "", "", nil, err
+	}
+	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode)+" project="+dir, req.Workspace.Dir)
 	return key, digest, inputs, err
 }
 
@@ -112,6 +118,13 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 	}
 	if remake {
 		if t, ok := images.FindPrebuild(img, key); ok {
+			inUse, err := BaseImagesInUse(tp.c.Layout)
+			if err != nil {
+				return res, fmt.Errorf("cannot tell which machines use the prebuild, so it is kept: %w", err)
+			}
+			if inUse[t.Disk()] {
+				return res, fmt.Errorf("the prebuild of %s is in use by machines restored from it: destroy them before remaking it", filepath.Base(req.Workspace.Dir))
+			}
 			if err := images.RemovePrebuild(t); err != nil {
 				return res, err
 			}

@@ -48,7 +48,11 @@ func (c *Controller) Diff(ctx context.Context, name string, stat bool, out io.Wr
 		return fmt.Errorf("%s: nothing collected yet and the machine is not running", m.Name)
 	}
 	repo := workspace.Repo{Runner: c.runner(), Dir: m.Workspace.Source}
-	return repo.Diff(ctx, m.Workspace.Start, m.Workspace.Collected.Tip, stat, out)
+	from := m.Workspace.Start
+	if m.Workspace.ForkPoint != "" {
+		from = m.Workspace.ForkPoint // a fork's child: what it did after the fork
+	}
+	return repo.Diff(ctx, from, m.Workspace.Collected.Tip, stat, out)
 }
 
 // Apply merges the named machine's collected branch into the branch

@@ -90,6 +90,7 @@ const (
 	MachinesFolder   = "machines"      // one machine folder per machine
 	RolledBackFolder = "rolled-back"   // serial consoles (<vm>.serial.log) of machines a failed spawn removed
 	ForksFolder      = "forks"         // forks/<id>: a running machine captured by fleet fork (a template's files), kept while a child's disk links to it
+	ForkBackingFile  = "backing"       // forks/<id>/backing: the disk the captured disk links to (the source's), so prune keeps the whole chain
 	ParkerLock       = "parker.lock"   // held while the fleet's idle parker (fleet __park) runs: at most one
 	ParkerPIDFile    = "parker.pid"    // the idle parker's pid
 	ParkerLog        = "parker.log"    // what the idle parker did and could not do; rotates to parker.log.1

@@ -263,6 +263,15 @@ func (g Repo) IsCommit(ctx context.Context, id string) bool {
 	return err == nil && t == "commit"
 }
 
+// IsAncestor says whether commit a is an ancestor of (or is) commit b.
+func (g Repo) IsAncestor(ctx context.Context, a, b string) bool {
+	if !IsObjectID(a) || !IsObjectID(b) {
+		return false
+	}
+	_, err := g.git(ctx, nil, nil, "merge-base", "--is-ancestor", a, b)
+	return err == nil
+}
+
 // TreeOf returns commit's tree, or "".
 func (g Repo) TreeOf(ctx context.Context, commit string) string {
 	out, err := g.git(ctx, nil, nil, "rev-parse", "--verify", "-q", commit+"^{tree}")

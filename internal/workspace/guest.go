@@ -133,9 +133,10 @@ func ForkLabel(source string) string {
 
 // ForkScript turns a forked machine's workspace into its own: its branch
 // is renamed to branch, uncommitted work (untracked files included)
-// becomes one labelled commit with a fixed author and date (so every
-// child of one fork makes the same commit), commits from then on are the
-// child's, and the script prints head=<the fork point>.
+// becomes one labelled commit with a fixed author and date (so children
+// of one fork that have done nothing yet make the same commit), built in
+// a private index so an agent running meanwhile keeps its own; the
+// branch and HEAD move to it, and the script prints head=<the fork point>.
 func ForkScript(dir, branch, source, vm string, at int64) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
@@ -145,14 +146,23 @@ if cur=$(git symbolic-ref -q --short HEAD); then
 else
   git checkout -q -B %[2]s
 fi
-if [ -n "$(git status --porcelain --untracked-files=all)" ]; then
-  git add -A
-  GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@fork.fleet GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@fork.fleet \
-  GIT_AUTHOR_DATE="@%[6]d +0000" GIT_COMMITTER_DATE="@%[6]d +0000" git commit -q --no-verify --allow-empty-message -m %[3]s
+head=$(git rev-parse 'HEAD^{commit}')
+idx=$(mktemp -u)
+trap 'rm -f "$idx"' EXIT
+if [ -f .git/index ]; then cp .git/index "$idx"; fi
+GIT_INDEX_FILE=$idx git add -A
+tree=$(GIT_INDEX_FILE=$idx git write-tree)
+if [ "$tree" != "$(git rev-parse "$head^{tree}")" ]; then
+  head=$(GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@fork.fleet GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@fork.fleet \
+    GIT_AUTHOR_DATE="@%[6]d +0000" GIT_COMMITTER_DATE="@%[6]d +0000" git commit-tree "$tree" -p "$head" -m %[3]s)
+  git update-ref refs/heads/%[2]s "$head"
+  # The agent's index now matches the commit that holds its work (its
+  # files are untouched); if its own git holds the lock, it keeps its index.
+  if [ ! -e .git/index.lock ] && GIT_INDEX_FILE=$idx git read-tree "$head"; then cp "$idx" .git/index; fi
 fi
-git update-ref refs/fleet/start HEAD
+git update-ref refs/fleet/start "$head"
 git config user.name %[4]s
 git config user.email %[5]s
-echo "head=$(git rev-parse 'HEAD^{commit}')"
+echo "head=$head"
 `, execx.ShellQuote(dir), execx.ShellQuote(branch), execx.ShellQuote(ForkLabel(source)), execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"), at)
 }

@@ -100,6 +100,12 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 	}
 	recv.end(d)
 	d.Log.Debug("capture: device state saved", "vm", s.Name)
+	// It holds the source's RAM (its keys, its token): its owner's only.
+	for _, f := range []string{tpl.Disk, tpl.Memory, tpl.State} {
+		if err := os.Chmod(f, 0o600); err != nil {
+			return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
+		}
+	}
 	if err := os.RemoveAll(recv.dir); err != nil {
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
@@ -172,7 +178,7 @@ func (d *Driver) startReceiver(ctx context.Context, s vm.Spec, dir, memFile, str
 // saveStream is the pause: stop s, copy its disk to diskCopy, migrate its
 // RAM and devices to stream (less the RAM's zero pages), continue s. It
 // returns how long s stood still. s goes on whatever happens.
-func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream string) (time.Duration, error) {
+func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream string) (paused time.Duration, err error) {
 	sock := socketPath(filepath.Dir(stream), "migrate", ".mig")
 	_ = os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
@@ -202,14 +208,28 @@ func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream str
 	}()
 	sq := qmpPath(s.Dir)
 	t0 := time.Now()
+	// From the stop on, whatever happens (a reply lost, a failed step), the
+	// source runs again before this returns, or the error says it does not.
+	defer func() {
+		if rerr := ensureRunning(context.WithoutCancel(ctx), sq); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("%s did not run again after the capture: %w (fleet start %s)", s.Name, rerr, s.Name))
+		}
+	}()
 	// stop drains and flushes every disk: the copy is what the guest saw.
 	if err := qmpRun(ctx, sq, "stop", nil); err != nil {
 		return 0, err
 	}
 	fail := func(err error) (time.Duration, error) {
 		ln.Close()
+		// The filter's own error says more than the broken pipe.
+		select {
+		case ferr := <-filtered:
+			if ferr != nil {
+				err = fmt.Errorf("%w (the stream: %v)", err, ferr)
+			}
+		default:
+		}
 		_ = qmpRun(context.WithoutCancel(ctx), sq, "migrate_cancel", nil)
-		_ = qmpRun(context.WithoutCancel(ctx), sq, "cont", nil)
 		return 0, err
 	}
 	if err := copyFile(filepath.Join(s.Dir, DiskFile), diskCopy); err != nil {
@@ -414,4 +434,30 @@ func ramFileOf(cmdline []byte) string {
 		return b.String()
 	}
 	return ""
+}
+
+// ensureRunning makes a machine whose guest was stopped run again: it
+// asks QEMU its state and continues it until it runs, for up to 10 s
+// (QEMU's monitor takes one client at a time, and fleet ls may hold it).
+func ensureRunning(ctx context.Context, sock string) error {
+	var last error
+	for i := 0; i < 40; i++ {
+		q, err := dialQMP(ctx, sock)
+		if err == nil {
+			st, serr := q.status()
+			if serr == nil && st == "running" {
+				q.Close()
+				return nil
+			}
+			if serr == nil {
+				_, err = q.execute("cont", nil)
+			} else {
+				err = serr
+			}
+			q.Close()
+		}
+		last = err
+		time.Sleep(250 * time.Millisecond)
+	}
+	return last
 }
