@@ -235,6 +235,9 @@ func (f Forks) child(ctx context.Context, src *Machine, p PlannedMachine, tpl vm
 		return nil, err
 	}
 	spec.Template = &tpl
+	// It runs its source's processes at once: off the network until it
+	// has its own identity.
+	spec.Offline = true
 	if err := c.Driver.Create(ctx, spec); err != nil {
 		return nil, err
 	}
@@ -252,6 +255,9 @@ func (f Forks) child(ctx context.Context, src *Machine, p PlannedMachine, tpl vm
 	t2 := time.Now()
 	if err := c.Templates().identify(ctx, spec, seed, true); err != nil {
 		return nil, Named(m.Name, fmt.Errorf("restored from the fork, but: %w", err))
+	}
+	if err := vm.SetLink(ctx, c.Driver, spec, true); err != nil {
+		return nil, Named(m.Name, err)
 	}
 	if err := c.Guests().waitSSH(ctx, m); err != nil {
 		return nil, err

@@ -66,6 +66,21 @@ func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error
 	return f.Capture(ctx, s, dir)
 }
 
+// LinkSetter brings a running machine's network link up or down (a
+// machine restored Offline).
+type LinkSetter interface {
+	SetLink(ctx context.Context, s Spec, up bool) error
+}
+
+// SetLink sets s's network link with d, or says d cannot.
+func SetLink(ctx context.Context, d Driver, s Spec, up bool) error {
+	l, ok := d.(LinkSetter)
+	if !ok {
+		return fmt.Errorf("the %s driver cannot set a machine's network link: %w", d.Name(), ErrNotSupported)
+	}
+	return l.SetLink(ctx, s, up)
+}
+
 // GuestAgent runs commands in a guest over a host-only channel (no
 // network), for identity after a restore.
 type GuestAgent interface {

@@ -50,6 +50,11 @@ type Spec struct {
 	// seconds under emulation). Drivers that cannot do that boot the
 	// disk's own boot loader, which starts the same kernel.
 	Boot *DirectBoot
+	// Offline, on a restore from Template, starts the guest with its
+	// network link down: a fork's child runs its source's processes at
+	// once, and must not reach the network before it has its own
+	// identity (a LinkSetter brings the link up).
+	Offline bool
 }
 
 // DirectBoot is a kernel, its initrd and its command line, taken from the

@@ -138,7 +138,7 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, 
 	}
 	q.Close()
 	if err == nil {
-		err = waitRunning(ctx, s.Dir, pid)
+		err = waitRunning(ctx, s.Dir, pid, s.Offline && !own)
 	}
 	if err != nil {
 		d.kill(pid)
@@ -186,7 +186,7 @@ func waitMigration(ctx context.Context, dir string) error {
 // continues the guest: the state was saved from a stopped guest, and QEMU
 // restores it stopped. QEMU exits when the state cannot be loaded; that is
 // reported as such.
-func waitRunning(ctx context.Context, dir string, pid int) error {
+func waitRunning(ctx context.Context, dir string, pid int, offline bool) error {
 	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
 	defer cancel()
 	for {
@@ -203,6 +203,12 @@ func waitRunning(ctx context.Context, dir string, pid int) error {
 				return err
 			}
 			defer q.Close()
+			if offline {
+				// Down before the guest runs a single instruction.
+				if _, err := q.execute("set_link", map[string]any{"name": "net0", "up": false}); err != nil {
+					return fmt.Errorf("take the network link down: %w", err)
+				}
+			}
 			if _, err := q.execute("cont", nil); err != nil {
 				return err
 			}
@@ -314,4 +320,15 @@ func boardAlias(help, board string) string {
 		}
 	}
 	return board
+}
+
+var _ vm.LinkSetter = (*Driver)(nil)
+
+// SetLink brings the machine's network link up or down (QMP set_link on
+// its one NIC's backend).
+func (d *Driver) SetLink(ctx context.Context, s vm.Spec, up bool) error {
+	if err := qmpRun(ctx, qmpPath(s.Dir), "set_link", map[string]any{"name": "net0", "up": up}); err != nil {
+		return fmt.Errorf("%s: set its network link: %w", s.Name, err)
+	}
+	return nil
 }
