@@ -15,19 +15,9 @@ import (
 
 // smapsKiB sums fields of a process's smaps_rollup (kB).
 func smapsKiB(pid int, fields ...string) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0
-	}
 	total := 0
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		for _, want := range fields {
-			if len(f) >= 2 && f[0] == want+":" {
-				n, _ := strconv.Atoi(f[1])
-				total += n
-			}
-		}
+	for _, f := range fields {
+		total += procKiB(pid, "smaps_rollup", f+":")
 	}
 	return total
 }
@@ -40,7 +30,7 @@ func uniqueKiB(pid int) int { return smapsKiB(pid, "Private_Clean", "Private_Dir
 func fleetMem(t *testing.T, name string) (pssKiB int, unique []int) {
 	for _, r := range ls(t, name) {
 		if r.PID > 0 {
-			pssKiB += smapsKiB(r.PID, "Pss")
+			pssKiB += pssKiB(r.PID)
 			unique = append(unique, uniqueKiB(r.PID))
 		}
 	}
@@ -92,10 +82,10 @@ func benchFork(t *testing.T, add func(what, value, target string)) {
 	rows := ls(t, "bfk")
 	kids, kidsUnique := 0, []int{}
 	for _, c := range res.Children {
-		kids += smapsKiB(rows[c].PID, "Pss")
+		kids += pssKiB(rows[c].PID)
 		kidsUnique = append(kidsUnique, uniqueKiB(rows[c].PID))
 	}
-	srcAfter := smapsKiB(rows["bfk-1"].PID, "Pss")
+	srcAfter := pssKiB(rows["bfk-1"].PID)
 	add("host memory: 4 fork children / 1 machine (PSS)", fmt.Sprintf("%.2f (%d vs %d MiB; unique per child %d MiB, the source's before %d MiB; the source's PSS after the fork %d MiB)",
 		float64(kids)/float64(onePSS), kids>>10, onePSS>>10, meanKiB(kidsUnique)>>10, meanKiB(oneUnique)>>10, srcAfter>>10), "<= 1.5")
 	destroy("bfk")

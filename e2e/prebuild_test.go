@@ -3,11 +3,8 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,20 +90,7 @@ profile "probe" {
 	if fi, err := os.Stat(first.Template.Dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("the prebuild's folder is %v (%v), want owner-only", fi.Mode().Perm(), err)
 	}
-	sums := func() string {
-		var b strings.Builder
-		for _, f := range []string{"disk.qcow2", "memory", "state", "template.json"} {
-			h := sha256.New()
-			fh, err := os.Open(filepath.Join(first.Template.Dir, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(h, fh)
-			fh.Close()
-			b.WriteString(f + "=" + hex.EncodeToString(h.Sum(nil)) + " ")
-		}
-		return b.String()
-	}
+	sums := func() string { return templateSums(t, first.Template.Dir) }
 	before := sums()
 	if again := prebuild(); again.Made || again.Key != first.Key {
 		t.Errorf("a second prebuild of the same inputs was made again: %+v", again)

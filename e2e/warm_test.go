@@ -39,20 +39,7 @@ func TestWarmClones(t *testing.T) {
 		t.Errorf("image build did not warm the default shape: %s", r.stderr)
 	}
 	tplDir := strings.TrimSpace(r.stdout)
-	sums := func() string {
-		var b strings.Builder
-		for _, f := range []string{"disk.qcow2", "memory", "state", "template.json"} {
-			h := sha256.New()
-			fh, err := os.Open(filepath.Join(tplDir, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(h, fh)
-			fh.Close()
-			b.WriteString(f + "=" + hex.EncodeToString(h.Sum(nil)) + " ")
-		}
-		return b.String()
-	}
+	sums := func() string { return templateSums(t, tplDir) }
 	before := sums()
 
 	t0 := time.Now()
@@ -174,4 +161,22 @@ func TestWarmClones(t *testing.T) {
 			t.Errorf("no reason for the cold boot:\n%s", r.stderr)
 		}
 	})
+}
+
+// templateSums is the SHA-256 of each file of a template's folder (a warm
+// template's, a prebuild's): a clone must never change them.
+func templateSums(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, f := range []string{"disk.qcow2", "memory", "state", "template.json"} {
+		h := sha256.New()
+		fh, err := os.Open(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(h, fh)
+		fh.Close()
+		b.WriteString(f + "=" + hex.EncodeToString(h.Sum(nil)) + " ")
+	}
+	return b.String()
 }
