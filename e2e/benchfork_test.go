@@ -27,14 +27,14 @@ func uniqueKiB(pid int) int { return smapsKiB(pid, "Private_Clean", "Private_Dir
 
 // fleetMem is a fleet's QEMU processes' host memory: PSS in all, and
 // unique memory per machine.
-func fleetMem(t *testing.T, name string) (pssKiB int, unique []int) {
+func fleetMem(t *testing.T, name string) (pss int, unique []int) {
 	for _, r := range ls(t, name) {
 		if r.PID > 0 {
-			pssKiB += pssKiB(r.PID)
+			pss += pssKiB(r.PID)
 			unique = append(unique, uniqueKiB(r.PID))
 		}
 	}
-	return pssKiB, unique
+	return pss, unique
 }
 
 func meanKiB(v []int) int {
