@@ -44,6 +44,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	fleetHome = filepath.Join(dir, "home")
+	if noImage() {
+		fmt.Println("e2e: FLEET_E2E_NO_IMAGE=1: no image built, only the tests that boot no VM run")
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
 	// The arm64 image bakes beside the amd64 one and the tests that come
 	// first: both bakes are mostly one process at a time.
 	startARM64Bake(dir)
@@ -154,7 +160,22 @@ func requireE2E(t *testing.T) {
 	if os.Getenv("FLEET_E2E") != "1" {
 		t.Skip("set FLEET_E2E=1 to boot real VMs")
 	}
+	if noImage() {
+		t.Skip("FLEET_E2E_NO_IMAGE=1: no image to boot")
+	}
 }
+
+// requireE2EHost is requireE2E for the tests that boot no VM (the Slurm
+// harness's own): they run under FLEET_E2E_NO_IMAGE=1 too.
+func requireE2EHost(t *testing.T) {
+	if os.Getenv("FLEET_E2E") != "1" {
+		t.Skip("set FLEET_E2E=1 to run the e2e tests")
+	}
+}
+
+// noImage says the run skips the image build (minutes) because only tests
+// that boot no VM are wanted.
+func noImage() bool { return os.Getenv("FLEET_E2E_NO_IMAGE") == "1" }
 
 // dumpConsoles prints the serial console tail of every machine when a test
 // failed: under TCG that is usually the only clue.

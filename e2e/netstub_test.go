@@ -43,11 +43,20 @@ const (
 var stubRanges = []string{"203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"}
 
 // pickStubRange takes the first documentation range that shadows nothing of
-// the host's: none of its addresses or routes, and not the package mirror
-// (a mirror resolving into the range would become unreachable while the
-// stub network is up).
+// the host's (see takenPrefixes).
 func pickStubRange(t *testing.T) netip.Prefix {
 	t.Helper()
+	if p, ok := firstFreeRange(stubRanges, takenPrefixes()); ok {
+		return p
+	}
+	t.Skip("every documentation range overlaps this host's addresses, routes or mirror")
+	return netip.Prefix{}
+}
+
+// takenPrefixes are what a test network must not shadow: the host's
+// addresses and routes, and the package mirror (a mirror resolving into the
+// test network's range would become unreachable while it is up).
+func takenPrefixes() []netip.Prefix {
 	var taken []netip.Prefix
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
@@ -87,7 +96,13 @@ func pickStubRange(t *testing.T) netip.Prefix {
 			}
 		}
 	}
-	for _, r := range stubRanges {
+	return taken
+}
+
+// firstFreeRange is the first of candidates that overlaps none of taken
+// (a default route, /0, shadows nothing).
+func firstFreeRange(candidates []string, taken []netip.Prefix) (netip.Prefix, bool) {
+	for _, r := range candidates {
 		p := netip.MustParsePrefix(r)
 		free := true
 		for _, x := range taken {
@@ -96,11 +111,10 @@ func pickStubRange(t *testing.T) netip.Prefix {
 			}
 		}
 		if free {
-			return p
+			return p, true
 		}
 	}
-	t.Skip("every documentation range overlaps this host's addresses, routes or mirror")
-	return netip.Prefix{}
+	return netip.Prefix{}, false
 }
 
 // mirrorHosts are the hosts of the package sources in /etc/apt.
