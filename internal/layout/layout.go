@@ -45,6 +45,7 @@ const (
 	VirtiofsdLog   = "virtiofsd.log"   // virtiofsd's own log
 	SuspendFile    = "suspend.state"   // RAM and device state of a suspended machine
 	VirtualBoxRec  = "virtualbox.json" // the VirtualBox VM's name and SSH port
+	SlurmJobFile   = "slurm-job.json"  // the Slurm driver's job id, node and SSH address (controller side)
 
 	// Written by the controller (fleet/), after Create.
 	PolicyFile      = "egress.json"       // the egress policy, changed by fleet net allow|deny
@@ -61,6 +62,15 @@ const (
 	ProxyPIDFile   = "proxy.pid"        // the proxy server's pid
 	ProxyErrorsLog = "proxy-errors.log" // what the shims and the server could not tell the guest
 	UsageFile      = "usage.json"       // tokens and cost the credential proxy counted
+)
+
+// ProxyFiles are the controller's files the proxies read: a driver whose
+// machines run on another host copies them there (and again when the
+// controller changes one). ProxyOutputs are what the proxies write, which
+// it copies back before the controller reads them.
+var (
+	ProxyFiles   = []string{PolicyFile, CredentialsFile, ProxyLimitsFile, SpendFile}
+	ProxyOutputs = []string{AuditFile, UsageFile, ProxyErrorsLog}
 )
 
 // Folders of FLEET_HOME.
@@ -94,6 +104,7 @@ const (
 	ParkerLock       = "parker.lock"   // held while the fleet's idle parker (fleet __park) runs: at most one
 	ParkerPIDFile    = "parker.pid"    // the idle parker's pid
 	ParkerLog        = "parker.log"    // what the idle parker did and could not do; rotates to parker.log.1
+	QueueLog         = "queue.log"     // what the background start of machines queued at spawn (Slurm) did
 )
 
 // The image store (FLEET_HOME/images), written by images/.
@@ -119,6 +130,15 @@ const (
 
 	TemplateStagingPrefix = ".make-" // warm/.make-<random> (or prebuilds/): a template being made
 	TemplateLockSuffix    = ".lock"  // warm/<key>.lock (or prebuilds/): held by the one maker of that key
+)
+
+// A Slurm node's folder (slurm node_dir, default /var/tmp/agentfleet),
+// written by the job's fleet process (internal/vm/slurm): u<uid>/ per
+// user, owner-only, holding
+const (
+	NodeImagesFolder = "images"   // u<uid>/images/sha256-<digest>: image files copied to the node, checked by digest
+	NodeJobPrefix    = "job-"     // u<uid>/job-<id>/: one job's machine folder, removed when the job ends
+	NodeControlFile  = "ctl.sock" // job-<id>/ctl.sock: where srun's relay reaches the job's process
 )
 
 // Files of the VirtualBox driver's folder (FLEET_HOME/virtualbox).

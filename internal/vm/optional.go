@@ -232,3 +232,66 @@ func HostChecks(ctx context.Context, d Driver) []HostCheck {
 	}
 	return nil
 }
+
+// Scheduled is a driver whose machines are jobs of a batch scheduler
+// (Slurm): the scheduler places, queues and ends them, and this says what
+// it decided. Start of such a machine returns an error wrapping ErrQueued
+// while its job waits longer than Spec.QueueWait.
+type Scheduled interface {
+	Placement(ctx context.Context, s Spec) (Placement, error)
+}
+
+// Placement is where a scheduler put a machine, in its own words.
+type Placement struct {
+	Job    string `json:"job,omitempty"`       // the scheduler's job id ("": none submitted)
+	Node   string `json:"node,omitempty"`      // where it runs ("" while queued)
+	State  string `json:"job_state,omitempty"` // the scheduler's word, e.g. RUNNING, PENDING, TIMEOUT
+	Reason string `json:"reason,omitempty"`    // why it waits or ended, e.g. Resources
+	// Queued: the job waits to run. Ended: the scheduler ended it, and
+	// Phrase says why ("time limit reached", "cancelled outside fleet").
+	Queued bool   `json:"queued,omitempty"`
+	Ended  bool   `json:"ended,omitempty"`
+	Phrase string `json:"phrase,omitempty"`
+}
+
+// ErrQueued is wrapped by Start's error for a machine whose job still
+// waits in a scheduler's queue: it was submitted, not refused.
+var ErrQueued = errors.New("queued")
+
+// PlacementOf is d's placement of s; ok is false for drivers that run
+// machines on this host.
+func PlacementOf(ctx context.Context, d Driver, s Spec) (p Placement, ok bool, err error) {
+	sd, ok := d.(Scheduled)
+	if !ok {
+		return Placement{}, false, nil
+	}
+	p, err = sd.Placement(ctx, s)
+	return p, true, err
+}
+
+// RemoteFolder is a driver whose machines run on another host, where a
+// copy of the machine folder's proxy files lives: the controller pushes
+// the files it changes there (policy, budget) and pulls those the
+// proxies write (audit log, meter) before it reads them.
+type RemoteFolder interface {
+	PushFiles(ctx context.Context, s Spec, names []string) error
+	PullFiles(ctx context.Context, s Spec, names []string) error
+}
+
+// PushFiles copies s.Dir's named files to where s runs; a no-op for a
+// machine on this host.
+func PushFiles(ctx context.Context, d Driver, s Spec, names ...string) error {
+	if rf, ok := d.(RemoteFolder); ok {
+		return rf.PushFiles(ctx, s, names)
+	}
+	return nil
+}
+
+// PullFiles copies the named files of where s runs into s.Dir; a no-op
+// for a machine on this host.
+func PullFiles(ctx context.Context, d Driver, s Spec, names ...string) error {
+	if rf, ok := d.(RemoteFolder); ok {
+		return rf.PullFiles(ctx, s, names)
+	}
+	return nil
+}

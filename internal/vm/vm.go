@@ -55,6 +55,12 @@ type Spec struct {
 	// once, and must not reach the network before it has its own
 	// identity (a LinkSetter brings the link up).
 	Offline bool
+	// BaseImageSHA256 is BaseImage's digest, when known: a driver that
+	// copies the image to another host checks the copy against it.
+	BaseImageSHA256 string
+	// QueueWait bounds how long Start waits for a batch scheduler to run
+	// a queued machine before it returns ErrQueued (0: as long as ctx).
+	QueueWait time.Duration
 }
 
 // DirectBoot is a kernel, its initrd and its command line, taken from the
