@@ -1,0 +1,535 @@
+package slurm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
+	slurmcli "github.com/agentfleet/agentfleet/internal/slurm"
+	"github.com/agentfleet/agentfleet/internal/vm"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Driver runs machines as Slurm jobs. It is the controller's side: every
+// call is a Slurm command (sbatch, squeue, scontrol, scancel, srun) run
+// through Runner on this host.
+type Driver struct {
+	Runner   execx.Runner
+	Settings slurmcli.Settings
+	// Self is the fleet binary's path on the nodes (the job execs it).
+	Self string
+	// NodeRoot is the node-local folder for machines and images ("":
+	// DefaultNodeRoot); %n is the node's name.
+	NodeRoot string
+	// Node are the facts of the driver the nodes run (QEMU): the guest
+	// sees the same forward address, image format and boot times.
+	Node vm.Capabilities
+	// Poll is how often a waiting Start asks squeue (0: a second).
+	Poll time.Duration
+	Log  hclog.Logger
+}
+
+// Name implements vm.Driver.
+func (d *Driver) Name() string { return "slurm" }
+
+// Capabilities are the node driver's, less what a job cannot do: no
+// shared folders (the project is on this host), no snapshots (a job's
+// state lives on its node and goes with it), no guest agent channel.
+func (d *Driver) Capabilities() vm.Capabilities {
+	c := d.Node
+	c.Snapshots, c.SharedFolders = false, false
+	c.ShareFS, c.ShareTag, c.ShareMountOptions = "", "", ""
+	c.LinkedClones = true
+	if c.ImageFormat == "" {
+		c.ImageFormat = "qcow2"
+	}
+	// Emulated nodes boot slowly, and a cold node copies its image first.
+	c.BootTimeout = max(c.BootTimeout, 5*time.Minute)
+	c.EmulatedBootTimeout = max(c.EmulatedBootTimeout, c.BootTimeout)
+	c.Arches = []vm.Arch{vm.AMD64}
+	// Whether a node has KVM is the node's to say, at start.
+	c.Accelerated = true
+	return c
+}
+
+// Validate checks the settings and that slurmctld answers.
+func (d *Driver) Validate(ctx context.Context) error {
+	if err := d.Settings.Validate(); err != nil {
+		return err
+	}
+	if d.Self == "" || !filepath.IsAbs(d.Self) {
+		return fmt.Errorf("slurm: the fleet binary's path on the nodes must be absolute, got %q", d.Self)
+	}
+	if _, err := d.slurm(ctx, "sinfo", "--noheader", "--format=%P"); err != nil {
+		return fmt.Errorf("slurm: the cluster does not answer (is slurmctld up, and SLURM_CONF right?): %w", err)
+	}
+	return nil
+}
+
+// job is what the controller keeps of a machine's job, in its folder.
+type job struct {
+	ID string `json:"id"`
+	// Root and Self are the node folder and fleet binary it was
+	// submitted with: later commands reach it the same way.
+	Root     string `json:"root"`
+	Self     string `json:"self"`
+	Node     string `json:"node,omitempty"`
+	NodeAddr string `json:"node_addr,omitempty"`
+	SSHAddr  string `json:"ssh_addr,omitempty"` // set once the machine started on the node
+	Accel    string `json:"accel,omitempty"`
+	// Cancelled: fleet itself ended the job (destroy), so its end is
+	// not a loss.
+	Cancelled bool `json:"cancelled,omitempty"`
+}
+
+func jobPath(s vm.Spec) string { return filepath.Join(s.Dir, layout.SlurmJobFile) }
+
+func loadJob(s vm.Spec) (job, bool, error) {
+	b, err := os.ReadFile(jobPath(s))
+	if errors.Is(err, os.ErrNotExist) {
+		return job{}, false, nil
+	}
+	if err != nil {
+		return job{}, false, err
+	}
+	var j job
+	if err := json.Unmarshal(b, &j); err != nil || !jobIDRe.MatchString(j.ID) {
+		return job{}, false, fmt.Errorf("%s is damaged: remove the machine with fleet destroy --force", jobPath(s))
+	}
+	return j, true, nil
+}
+
+func saveJob(s vm.Spec, j job) error {
+	b, _ := json.Marshal(j)
+	tmp := jobPath(s) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, jobPath(s))
+}
+
+// Create checks what a job can run and makes the machine's folder here;
+// everything else is made on the node when the job runs.
+func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
+	switch {
+	case s.Share != nil:
+		return errors.New("slurm: a machine on a cluster node cannot share a folder of this host: use --sync git or rsync")
+	case s.Template != nil || s.MemoryFile != "":
+		return errors.New("slurm: machines boot their image on the node (no warm templates yet)")
+	case s.BaseImageSHA256 == "":
+		return fmt.Errorf("slurm: %s has no digest to check its copies on the nodes against", s.BaseImage)
+	}
+	return os.MkdirAll(s.Dir, 0o700)
+}
+
+// script is the job: it only execs the node process. Nothing in it is
+// secret, since Slurm keeps it (scontrol write batch_script, the state
+// folder).
+func (d *Driver) root() string {
+	if d.NodeRoot == "" {
+		return DefaultNodeRoot
+	}
+	return d.NodeRoot
+}
+
+func (d *Driver) script() string {
+	root := d.root()
+	return "#!/bin/sh\n# an agentfleet machine: the fleet binary boots it on this node and removes it when the job ends\nexec " +
+		execx.ShellQuote(d.Self) + " " + NodeCommand + " run --root " + execx.ShellQuote(root) + "\n"
+}
+
+// Start submits s's job if it has none running or queued, waits for it to
+// run (up to s.QueueWait, else ErrQueued) and starts the machine in it.
+func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	j, ok, err := loadJob(s)
+	if err != nil {
+		return vm.Runtime{}, err
+	}
+	if ok {
+		info, err := d.query(ctx, j.ID)
+		if err != nil {
+			return vm.Runtime{}, err
+		}
+		if info.State.Running() && j.SSHAddr != "" {
+			return vm.Runtime{SSHAddr: j.SSHAddr}, nil
+		}
+		if info.State.Ended() {
+			ok = false // a new job
+		}
+	}
+	if !ok {
+		id, err := d.submit(ctx, s)
+		if err != nil {
+			return vm.Runtime{}, err
+		}
+		j = job{ID: id, Root: d.root(), Self: d.Self}
+		if err := saveJob(s, j); err != nil {
+			_ = d.cancel(context.Background(), id)
+			return vm.Runtime{}, err
+		}
+	}
+	info, err := d.waitRunning(ctx, j.ID, s.QueueWait)
+	if err != nil {
+		return vm.Runtime{}, err
+	}
+	j.Node = info.Node
+	nodeArgs, err := slurmcli.ScontrolNodeArgs(info.Node)
+	if err != nil {
+		return vm.Runtime{}, err
+	}
+	out, err := d.slurm(ctx, "scontrol", nodeArgs...)
+	if err != nil {
+		return vm.Runtime{}, err
+	}
+	if j.NodeAddr, err = slurmcli.ParseNodeAddr(string(out)); err != nil {
+		return vm.Runtime{}, fmt.Errorf("node %s: %w", info.Node, err)
+	}
+	req, err := d.startRequest(s, j.NodeAddr)
+	if err != nil {
+		return vm.Runtime{}, err
+	}
+	rep, err := d.call(ctx, j, req)
+	if err != nil {
+		return vm.Runtime{}, fmt.Errorf("start %s on node %s (job %s): %w", s.Name, j.Node, j.ID, err)
+	}
+	j.SSHAddr, j.Accel = rep.SSHAddr, rep.Accel
+	if j.Accel == "tcg" && d.Log != nil {
+		d.Log.Warn("node has no hardware acceleration: the machine runs emulated, many times slower", "node", j.Node, "vm", s.Name)
+	}
+	if err := saveJob(s, j); err != nil {
+		return vm.Runtime{}, err
+	}
+	return vm.Runtime{SSHAddr: j.SSHAddr}, nil
+}
+
+func (d *Driver) submit(ctx context.Context, s vm.Spec) (string, error) {
+	args, err := slurmcli.SbatchArgs(d.Settings, slurmcli.Job{Name: "fleet-" + s.Name, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Comment: "agentfleet machine " + s.Name})
+	if err != nil {
+		return "", err
+	}
+	out, err := d.Runner.Run(ctx, execx.Cmd{Name: "sbatch", Args: args, Stdin: strings.NewReader(d.script()), Env: scrubbedEnv()})
+	if err != nil {
+		return "", fmt.Errorf("slurm: submit %s: %w", s.Name, err)
+	}
+	return slurmcli.ParseSbatch(string(out))
+}
+
+// scrubbedEnv blanks, for the Slurm commands fleet runs, every variable
+// that may hold a model credential: --export=NONE keeps the user's
+// environment out of the job, and this keeps it out of the commands too.
+func scrubbedEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "ANTHROPIC_API_KEY" || k == "CLAUDE_CODE_OAUTH_TOKEN" || k == "ANTHROPIC_AUTH_TOKEN" || k == "FLEET_UPSTREAM_CREDENTIAL" {
+			out = append(out, k+"=")
+		}
+	}
+	return out
+}
+
+func (d *Driver) waitRunning(ctx context.Context, id string, wait time.Duration) (slurmcli.JobInfo, error) {
+	poll := d.Poll
+	if poll <= 0 {
+		poll = time.Second
+	}
+	var deadline <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		deadline = t.C
+	}
+	for {
+		info, err := d.query(ctx, id)
+		if err != nil {
+			return info, err
+		}
+		switch {
+		case info.State.Running() && info.Node != "":
+			return info, nil
+		case !info.State.Queued() && !info.State.Held():
+			return info, fmt.Errorf("slurm job %s %s before the machine started", id, info.Phrase())
+		}
+		select {
+		case <-ctx.Done():
+			return info, ctx.Err()
+		case <-deadline:
+			return info, fmt.Errorf("slurm job %s is %w (%s)", id, vm.ErrQueued, orNone(info.Reason))
+		case <-time.After(poll):
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no reason given"
+	}
+	return s
+}
+
+// query is what Slurm says of one job: squeue while it knows the job,
+// else sacct (with accounting), else the job is gone.
+func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error) {
+	out, err := d.slurm(ctx, "squeue", slurmcli.SqueueArgs([]string{id})...)
+	if err == nil {
+		jobs, perr := slurmcli.ParseSqueue(string(out))
+		if perr != nil {
+			return slurmcli.JobInfo{}, perr
+		}
+		for _, j := range jobs {
+			if j.ID == id {
+				return j, nil
+			}
+		}
+	}
+	if out, err := d.slurm(ctx, "sacct", slurmcli.SacctArgs([]string{id})...); err == nil {
+		if jobs, err := slurmcli.ParseSacct(string(out)); err == nil {
+			for _, j := range jobs {
+				if j.ID == id {
+					return j, nil
+				}
+			}
+		}
+	}
+	if err != nil {
+		return slurmcli.JobInfo{}, fmt.Errorf("slurm: ask about job %s: %w", id, err)
+	}
+	// Neither knows it: purged after MinJobAge, without accounting.
+	return slurmcli.JobInfo{ID: id, State: slurmcli.Completed, Reason: "no longer known to Slurm"}, nil
+}
+
+func (d *Driver) slurm(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return d.Runner.Run(ctx, execx.Cmd{Name: name, Args: args, Env: scrubbedEnv()})
+}
+
+// startRequest is s for the node: its spec with the secrets it needs,
+// the proxy files of its folder, and the digests of what it boots.
+func (d *Driver) startRequest(s vm.Spec, nodeAddr string) (request, error) {
+	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr}
+	req.Images = append(req.Images, imageFile{Path: s.BaseImage, SHA256: s.BaseImageSHA256})
+	if s.Boot != nil {
+		for _, p := range []string{s.Boot.Kernel, s.Boot.Initrd} {
+			if p == "" {
+				continue
+			}
+			sum, err := fileSHA256(p)
+			if err != nil {
+				return req, err
+			}
+			req.Images = append(req.Images, imageFile{Path: p, SHA256: sum})
+		}
+	}
+	files, err := readFolderFiles(s.Dir, layout.ProxyFiles)
+	if err != nil {
+		return req, err
+	}
+	req.Files = files
+	return req, nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func readFolderFiles(dir string, names []string) ([]nodeFile, error) {
+	var out []nodeFile
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, nodeFile{Name: n, Data: b})
+	}
+	return out, nil
+}
+
+// call sends req to the job's node process through srun, inside the job.
+func (d *Driver) call(ctx context.Context, j job, req request) (reply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return reply{}, err
+	}
+	var stdout bytes.Buffer
+	_, err = d.Runner.Run(ctx, execx.Cmd{Name: "srun", Args: []string{"--jobid=" + j.ID, "--overlap", "--nodes=1", "--ntasks=1",
+		"--export=NONE", "--quiet", j.Self, NodeCommand, "call", "--root", j.Root, "--job", j.ID},
+		Stdin: bytes.NewReader(body), Stdout: &stdout, Env: scrubbedEnv()})
+	if err != nil {
+		return reply{}, err
+	}
+	var rep reply
+	if err := json.NewDecoder(io.LimitReader(&stdout, maxReply)).Decode(&rep); err != nil {
+		return reply{}, fmt.Errorf("the node's answer is not fleet's: %w", err)
+	}
+	if rep.Error != "" {
+		return rep, errors.New(rep.Error)
+	}
+	return rep, nil
+}
+
+// Stop refuses: a machine's disk lives on its node inside its job, and
+// ending the job removes it.
+func (d *Driver) Stop(ctx context.Context, s vm.Spec, grace time.Duration) error {
+	return errors.New("slurm: a machine's disk lives on its node and goes with its job, so it cannot stop and start again: collect its work, then destroy it")
+}
+
+// Status is on while the job runs and its machine has started.
+func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
+	j, ok, err := loadJob(s)
+	if err != nil || !ok {
+		return vm.Status{Power: vm.PowerOff}, err
+	}
+	info, err := d.query(ctx, j.ID)
+	if err != nil {
+		return vm.Status{}, err
+	}
+	if info.State.Running() && j.SSHAddr != "" {
+		return vm.Status{Power: vm.PowerOn, Runtime: vm.Runtime{SSHAddr: j.SSHAddr}}, nil
+	}
+	return vm.Status{Power: vm.PowerOff}, nil
+}
+
+// Placement implements vm.Scheduled.
+func (d *Driver) Placement(ctx context.Context, s vm.Spec) (vm.Placement, error) {
+	j, ok, err := loadJob(s)
+	if err != nil || !ok {
+		return vm.Placement{}, err
+	}
+	info, err := d.query(ctx, j.ID)
+	if err != nil {
+		return vm.Placement{}, err
+	}
+	p := vm.Placement{Job: j.ID, Node: info.Node, State: string(info.State), Reason: info.Reason,
+		Queued: info.State.Queued(), Ended: info.State.Ended(), Phrase: info.Phrase()}
+	if p.Node == "" {
+		p.Node = j.Node
+	}
+	if p.Ended && info.State == slurmcli.Cancelled && !j.Cancelled {
+		p.Phrase = "cancelled outside fleet (scancel)"
+	}
+	return p, nil
+}
+
+// Delete ends the job: the node process removes the machine, its proxy
+// and its folder when asked (or on scancel's signal), and the job ends.
+func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
+	j, ok, err := loadJob(s)
+	if err != nil || !ok {
+		return err
+	}
+	info, err := d.query(ctx, j.ID)
+	if err != nil {
+		return err
+	}
+	if !info.State.Ended() {
+		j.Cancelled = true
+		_ = saveJob(s, j)
+		if info.State.Running() && j.SSHAddr != "" {
+			// Asked first, so the node's cleanup is not cut short.
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			_, _ = d.call(cctx, j, request{Op: "stop"})
+			cancel()
+		}
+		if err := d.cancel(ctx, j.ID); err != nil {
+			return err
+		}
+		if err := d.waitEnded(ctx, j.ID, 2*time.Minute); err != nil {
+			return err
+		}
+	}
+	return os.Remove(jobPath(s))
+}
+
+func (d *Driver) cancel(ctx context.Context, id string) error {
+	_, err := d.slurm(ctx, "scancel", slurmcli.ScancelArgs(id)...)
+	return err
+}
+
+func (d *Driver) waitEnded(ctx context.Context, id string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		info, err := d.query(ctx, id)
+		if err != nil {
+			return err
+		}
+		if info.State.Ended() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("slurm job %s is still %s %s after scancel", id, strings.ToLower(string(info.State)), limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// PushFiles implements vm.RemoteFolder: the named files of s.Dir reach
+// the node's copy of the folder, where its proxies read them.
+func (d *Driver) PushFiles(ctx context.Context, s vm.Spec, names []string) error {
+	j, ok, err := loadJob(s)
+	if err != nil || !ok || j.SSHAddr == "" {
+		return err
+	}
+	files, err := readFolderFiles(s.Dir, names)
+	if err != nil {
+		return err
+	}
+	_, err = d.call(ctx, j, request{Op: "push", Files: files})
+	return err
+}
+
+// PullFiles implements vm.RemoteFolder: the node's copies of the named
+// files (what its proxies wrote) replace s.Dir's.
+func (d *Driver) PullFiles(ctx context.Context, s vm.Spec, names []string) error {
+	j, ok, err := loadJob(s)
+	if err != nil || !ok || j.SSHAddr == "" {
+		return err
+	}
+	rep, err := d.call(ctx, j, request{Op: "pull", Names: names})
+	if err != nil {
+		return err
+	}
+	asked := map[string]bool{}
+	for _, n := range names {
+		asked[n] = true
+	}
+	for _, f := range rep.Files {
+		if !asked[f.Name] || checkFileName(f.Name) != nil {
+			return fmt.Errorf("the node sent a file named %q", f.Name)
+		}
+		tmp := filepath.Join(s.Dir, "."+f.Name+".pull")
+		if err := os.WriteFile(tmp, f.Data, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(s.Dir, f.Name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}

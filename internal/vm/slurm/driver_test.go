@@ -1,0 +1,304 @@
+package slurm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/layout"
+	slurmcli "github.com/agentfleet/agentfleet/internal/slurm"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// fakeSlurm answers the Slurm commands the driver runs, as 22.05 prints
+// them, and records each command with its standard input.
+type fakeSlurm struct {
+	mu      sync.Mutex
+	state   string // the job's squeue state
+	reason  string
+	node    string
+	calls   []execx.Cmd
+	stdins  []string
+	replies []reply // srun's answers, in order
+	// pendingFor makes squeue say PENDING this many times first.
+	pendingFor int
+}
+
+func (f *fakeSlurm) Run(ctx context.Context, c execx.Cmd) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in := ""
+	if c.Stdin != nil {
+		b, _ := io.ReadAll(c.Stdin)
+		in = string(b)
+	}
+	f.calls, f.stdins = append(f.calls, c), append(f.stdins, in)
+	switch c.Name {
+	case "sinfo":
+		return []byte("fleet\n"), nil
+	case "sbatch":
+		f.state = "PENDING"
+		return []byte("42\n"), nil
+	case "squeue":
+		if f.state == "" {
+			return []byte(""), nil
+		}
+		st, node := f.state, f.node
+		if f.pendingFor > 0 {
+			f.pendingFor--
+			st, node = "PENDING", ""
+		} else if st == "PENDING" {
+			st = "RUNNING"
+			f.state = st
+		}
+		reason := f.reason
+		if st == "RUNNING" {
+			reason, node = "None", f.node
+		}
+		return []byte(fmt.Sprintf("42|%s|%s|%s\n", st, reason, node)), nil
+	case "sacct":
+		return []byte("Slurm accounting storage is disabled\n"), &execx.RunError{Cmd: c, ExitCode: 1, Err: errors.New("exit status 1")}
+	case "scontrol":
+		return []byte("NodeName=" + f.node + " Arch=x86_64 CoresPerSocket=1 NodeAddr=10.9.0.11 NodeHostName=" + f.node + " State=IDLE\n"), nil
+	case "srun":
+		if len(f.replies) == 0 {
+			return nil, errors.New("no reply scripted")
+		}
+		r := f.replies[0]
+		f.replies = f.replies[1:]
+		b, _ := json.Marshal(r)
+		if c.Stdout != nil {
+			c.Stdout.Write(b)
+		}
+		return b, nil
+	case "scancel":
+		f.state = "CANCELLED"
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unexpected command %s", c.Name)
+}
+
+func (f *fakeSlurm) named(name string) []int {
+	var out []int
+	for i, c := range f.calls {
+		if c.Name == name {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func newTestDriver(t *testing.T, f *fakeSlurm) (*Driver, vm.Spec) {
+	t.Helper()
+	dir := t.TempDir()
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	os.WriteFile(img, []byte("disk"), 0o644)
+	d := &Driver{Runner: f, Self: "/opt/fleet/bin/fleet", NodeRoot: "/scratch/fleet/%n", Poll: time.Millisecond,
+		Node: vm.Capabilities{ForwardIP: "10.0.2.100", ImageFormat: "qcow2", BootTimeout: time.Minute}}
+	s := vm.Spec{Name: "p-1", Dir: dir, BaseImage: img, BaseImageSHA256: strings.Repeat("ab", 32), CPUs: 2, MemoryMiB: 2048,
+		Seed:    vm.Seed{HostKeyPrivate: "-----BEGIN OPENSSH PRIVATE KEY-----secret-host-key"},
+		Network: vm.Network{Env: []string{"FLEET_UPSTREAM_CREDENTIAL=api_key:sk-ant-test-secret"}}}
+	if err := d.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	return d, s
+}
+
+func TestStartSubmitsAJobWhoseScriptAndArgumentsHoldNoSecret(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:40022", Accel: "kvm"}}}
+	d, s := newTestDriver(t, f)
+	os.WriteFile(filepath.Join(s.Dir, layout.CredentialsFile), []byte(`{"token":"fleet-tok"}`), 0o600)
+	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-in-the-users-shell")
+	rt, err := d.Start(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt.SSHAddr != "10.9.0.11:40022" {
+		t.Fatalf("runtime %+v", rt)
+	}
+	sb := f.calls[f.named("sbatch")[0]]
+	want := []string{"--parsable", "--job-name=fleet-p-1", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=2560M", "--export=NONE",
+		"--output=/dev/null", "--error=/dev/null", "--chdir=/", "--comment=agentfleet machine p-1"}
+	if strings.Join(sb.Args, " ") != strings.Join(want, " ") {
+		t.Errorf("sbatch %q\nwant   %q", sb.Args, want)
+	}
+	script := f.stdins[f.named("sbatch")[0]]
+	if !strings.Contains(script, "exec /opt/fleet/bin/fleet __slurm-node run --root /scratch/fleet/%n\n") {
+		t.Errorf("script:\n%s", script)
+	}
+	// Every Slurm command: no secret in its arguments or its script, and
+	// the user's key blanked in its environment.
+	for i, c := range f.calls {
+		all := c.String() + f.stdins[i]
+		if c.Name != "srun" && (strings.Contains(all, "secret") || strings.Contains(all, "sk-ant")) {
+			t.Errorf("%s carries a secret: %s", c.Name, all)
+		}
+		if !contains(c.Env, "ANTHROPIC_API_KEY=") {
+			t.Errorf("%s runs with the user's key in its environment: %v", c.Name, c.Env)
+		}
+	}
+	// The start request, on srun's stdin only, carries what the node needs.
+	i := f.named("srun")[0]
+	call := f.calls[i]
+	if got := strings.Join(call.Args, " "); got != "--jobid=42 --overlap --nodes=1 --ntasks=1 --export=NONE --quiet /opt/fleet/bin/fleet __slurm-node call --root /scratch/fleet/%n --job 42" {
+		t.Errorf("srun %s", got)
+	}
+	var req request
+	if err := json.Unmarshal([]byte(f.stdins[i]), &req); err != nil {
+		t.Fatal(err)
+	}
+	if req.Op != "start" || req.ForwardHost != "10.9.0.11" || !contains(req.Spec.Network.Env, "FLEET_UPSTREAM_CREDENTIAL=api_key:sk-ant-test-secret") ||
+		len(req.Images) != 1 || req.Images[0].SHA256 != s.BaseImageSHA256 || len(req.Files) != 1 || req.Files[0].Name != layout.CredentialsFile {
+		t.Errorf("start request: %+v", req)
+	}
+	// The record lets later commands reach the job the same way.
+	j, ok, err := loadJob(s)
+	if err != nil || !ok || j.ID != "42" || j.Node != "n1" || j.SSHAddr != rt.SSHAddr || j.Root != "/scratch/fleet/%n" {
+		t.Fatalf("job record %+v %v %v", j, ok, err)
+	}
+	if st, err := d.Status(context.Background(), s); err != nil || st.Power != vm.PowerOn || st.Runtime.SSHAddr != rt.SSHAddr {
+		t.Errorf("status %+v %v", st, err)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStartOfAQueuedJobReturnsErrQueuedWithSlurmsReason(t *testing.T) {
+	f := &fakeSlurm{node: "n2", reason: "Resources", pendingFor: 1 << 30}
+	d, s := newTestDriver(t, f)
+	s.QueueWait = 20 * time.Millisecond
+	_, err := d.Start(context.Background(), s)
+	if !errors.Is(err, vm.ErrQueued) || !strings.Contains(err.Error(), "Resources") {
+		t.Fatalf("err %v", err)
+	}
+	p, err := d.Placement(context.Background(), s)
+	if err != nil || !p.Queued || p.Job != "42" || p.Reason != "Resources" || p.State != "PENDING" {
+		t.Fatalf("placement %+v %v", p, err)
+	}
+	if st, _ := d.Status(context.Background(), s); st.Power != vm.PowerOff {
+		t.Errorf("a queued machine is %s", st.Power)
+	}
+	// A second start does not submit again: it waits for the same job.
+	f.pendingFor = 0
+	f.replies = []reply{{SSHAddr: "10.9.0.11:2222"}}
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.named("sbatch")); n != 1 {
+		t.Errorf("%d submissions", n)
+	}
+}
+
+func TestAJobEndedOutsideFleetIsLostWithWhy(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222"}}}
+	d, s := newTestDriver(t, f)
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ state, phrase string }{
+		{"CANCELLED", "cancelled outside fleet (scancel)"},
+		{"TIMEOUT", "time limit"},
+		{"PREEMPTED", "preempted"},
+		{"NODE_FAIL", "node"},
+	} {
+		f.state = tc.state
+		p, err := d.Placement(context.Background(), s)
+		if err != nil || !p.Ended || !strings.Contains(p.Phrase, tc.phrase) {
+			t.Errorf("%s: %+v %v", tc.state, p, err)
+		}
+		if st, _ := d.Status(context.Background(), s); st.Power != vm.PowerOff {
+			t.Errorf("%s: power %s", tc.state, st.Power)
+		}
+	}
+}
+
+func TestDeleteAsksTheNodeThenCancelsAndForgetsTheJob(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222"}, {}}}
+	d, s := newTestDriver(t, f)
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Delete(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	var stop request
+	json.Unmarshal([]byte(f.stdins[f.named("srun")[1]]), &stop)
+	if stop.Op != "stop" || len(f.named("scancel")) != 1 {
+		t.Errorf("delete ran %v", f.calls)
+	}
+	if _, ok, _ := loadJob(s); ok {
+		t.Error("the job record outlived delete")
+	}
+	// A machine that never had a job deletes as nothing.
+	if err := d.Delete(context.Background(), vm.Spec{Dir: t.TempDir()}); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestStopRefusesAndSaysWhy(t *testing.T) {
+	d := &Driver{}
+	if err := d.Stop(context.Background(), vm.Spec{}, time.Second); err == nil || !strings.Contains(err.Error(), "destroy") {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+func TestCreateRefusesWhatAJobCannotRun(t *testing.T) {
+	d := &Driver{}
+	base := vm.Spec{Dir: t.TempDir(), BaseImage: "/x", BaseImageSHA256: strings.Repeat("0", 64)}
+	for name, s := range map[string]vm.Spec{
+		"shared folder": func() vm.Spec { x := base; x.Share = &vm.Share{HostDir: "/p"}; return x }(),
+		"warm template": func() vm.Spec { x := base; x.Template = &vm.Template{}; return x }(),
+		"no digest":     func() vm.Spec { x := base; x.BaseImageSHA256 = ""; return x }(),
+	} {
+		if err := d.Create(context.Background(), s); err == nil {
+			t.Errorf("%s: created", name)
+		}
+	}
+}
+
+func TestPullWritesOnlyTheFilesAsked(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222"},
+		{Files: []nodeFile{{Name: layout.UsageFile, Data: []byte("{}")}, {Name: "credentials.json", Data: []byte("planted")}}}}}
+	d, s := newTestDriver(t, f)
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PullFiles(context.Background(), s, []string{layout.UsageFile}); err == nil {
+		t.Fatal("a node's unasked-for file was taken")
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, "credentials.json")); err == nil {
+		t.Error("the planted file was written")
+	}
+}
+
+func TestSlurmPackageNamesEveryStateTheDriverSees(t *testing.T) {
+	// Every state squeue can print maps to exactly one of queued, running,
+	// held, ending or ended: the driver's branches cover them all.
+	for _, st := range slurmcli.States() {
+		n := 0
+		for _, b := range []bool{st.Queued(), st.Running(), st.Held(), st.Ending(), st.Ended()} {
+			if b {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s is in %d classes", st, n)
+		}
+	}
+}

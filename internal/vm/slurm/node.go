@@ -1,0 +1,476 @@
+package slurm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// NodeDriver builds the node's own driver for one machine: forwardHost is
+// the node address the controller reaches, where the guest's SSH must be
+// forwarded. It also says the accelerator the node uses ("tcg" means
+// emulated, and the controller warns).
+type NodeDriver func(forwardHost string) (d vm.Driver, accel string)
+
+// NodeMain is `fleet __slurm-node run|call`: run is a job's one process
+// (the job script execs it), call relays one request from srun's stdin to
+// it. It returns the exit status.
+func NodeMain(args []string, newDriver NodeDriver) int {
+	if len(args) < 1 || (args[0] != "run" && args[0] != "call") {
+		fmt.Fprintln(os.Stderr, "usage: fleet "+NodeCommand+" run|call --root DIR [--job ID] (started by Slurm; see fleet spawn --provider slurm)")
+		return 2
+	}
+	fs := flag.NewFlagSet(NodeCommand, flag.ContinueOnError)
+	root := fs.String("root", "", "node-local folder of fleet's machines and images")
+	job := fs.String("job", os.Getenv("SLURM_JOB_ID"), "the job")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if !jobIDRe.MatchString(*job) {
+		fmt.Fprintf(os.Stderr, "fleet %s: no Slurm job id (got %q)\n", NodeCommand, *job)
+		return 2
+	}
+	user, err := userFolder(expandRoot(*root))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fleet %s: %v\n", NodeCommand, err)
+		return 1
+	}
+	dir := filepath.Join(user, layout.NodeJobPrefix+*job)
+	if args[0] == "call" {
+		if err := call(dir, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "fleet %s call: %v\n", NodeCommand, err)
+			return 1
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	n := &node{dir: dir, user: user, newDriver: newDriver, done: make(chan string, 1)}
+	why, err := n.run(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fleet %s run: %v\n", NodeCommand, err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "fleet %s run: %s\n", NodeCommand, why)
+	return 0
+}
+
+var jobIDRe = regexp.MustCompile(`^[0-9]{1,12}$`)
+
+// expandRoot replaces %n with the node's name, as slurm.conf does: a test
+// cluster's nodes share one file system, a real one has a folder per node.
+func expandRoot(root string) string {
+	if root == "" {
+		root = DefaultNodeRoot
+	}
+	return strings.ReplaceAll(root, "%n", os.Getenv("SLURMD_NODENAME"))
+}
+
+// DefaultNodeRoot is where nodes keep fleet's machines and images.
+const DefaultNodeRoot = "/var/tmp/agentfleet"
+
+// userFolder is this user's own folder under root: owner-only, made by
+// this user. Root is shared by every user of the node (sticky, like
+// /tmp); another user's folder, or a link planted in our name, is refused.
+func userFolder(root string) (string, error) {
+	if !filepath.IsAbs(root) {
+		return "", fmt.Errorf("node folder %q is not absolute", root)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(root); err == nil && st.Mode().Perm() != 0o777 {
+		// Made just now by us, or before: others must be able to add
+		// their own folders, but not remove ours.
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) == os.Getuid() {
+			_ = os.Chmod(root, 0o777|os.ModeSticky)
+		}
+	}
+	uid := os.Getuid()
+	dir := filepath.Join(root, fmt.Sprintf("u%d", uid))
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return "", err
+	}
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || sys == nil || int(sys.Uid) != uid {
+		return "", fmt.Errorf("%s is not a folder of this user's: refusing it (someone else made it)", dir)
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+const ctlSocket = layout.NodeControlFile
+
+// node is a job's process: one machine.
+type node struct {
+	dir, user string
+	newDriver NodeDriver
+
+	mu      sync.Mutex // one request at a time
+	driver  vm.Driver
+	spec    vm.Spec
+	started bool
+	done    chan string // why the job ends
+}
+
+func (n *node) run(ctx context.Context) (string, error) {
+	_ = os.RemoveAll(n.dir) // a folder left by a job of the same id (a restarted cluster)
+	if err := os.Mkdir(n.dir, 0o700); err != nil {
+		return "", err
+	}
+	defer n.cleanup()
+	sock := filepath.Join(n.dir, ctlSocket)
+	if len(sock) > 100 {
+		return "", fmt.Errorf("node folder %s is too long for a unix socket: choose a shorter slurm node_dir", n.dir)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	go n.accept(ctx, ln)
+	go n.watch(ctx)
+	select {
+	case <-ctx.Done():
+		return "ended by a signal", nil
+	case why := <-n.done:
+		return why, nil
+	}
+}
+
+func (n *node) accept(ctx context.Context, ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Minute))
+			rep := n.handle(ctx, c)
+			b, _ := json.Marshal(rep)
+			_, _ = c.Write(b)
+		}()
+	}
+}
+
+// watch ends the job when the machine's hypervisor is gone (the guest
+// powered off or crashed): the job is the machine's lifetime.
+func (n *node) watch(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		d, s, started := n.driver, n.spec, n.started
+		n.mu.Unlock()
+		if !started {
+			continue
+		}
+		if st, err := d.Status(ctx, s); err == nil && st.Power == vm.PowerOff {
+			n.end("the machine's hypervisor exited")
+			return
+		}
+	}
+}
+
+func (n *node) end(why string) {
+	select {
+	case n.done <- why:
+	default:
+	}
+}
+
+// cleanup leaves nothing of the machine on the node: its hypervisor, its
+// proxy server and its folder. Images stay in the user's store.
+func (n *node) cleanup() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.driver != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = n.driver.Delete(ctx, n.spec)
+		cancel()
+	}
+	egress.StopServer(n.dir)
+	_ = os.RemoveAll(n.dir)
+}
+
+func (n *node) handle(ctx context.Context, c net.Conn) reply {
+	var req request
+	if err := json.NewDecoder(io.LimitReader(c, maxRequest)).Decode(&req); err != nil {
+		return reply{Error: "bad request: " + err.Error()}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch req.Op {
+	case "start":
+		rep, err := n.start(ctx, req)
+		if err != nil {
+			return reply{Error: err.Error()}
+		}
+		return rep
+	case "push":
+		if err := n.writeFiles(req.Files); err != nil {
+			return reply{Error: err.Error()}
+		}
+		return reply{}
+	case "pull":
+		files, err := n.readFiles(req.Names)
+		if err != nil {
+			return reply{Error: err.Error()}
+		}
+		return reply{Files: files}
+	case "stop":
+		n.end("stopped by fleet")
+		return reply{}
+	}
+	return reply{Error: fmt.Sprintf("unknown request %q", req.Op)}
+}
+
+func (n *node) start(ctx context.Context, req request) (reply, error) {
+	if n.started {
+		return reply{}, errors.New("this job's machine has started already")
+	}
+	s := req.Spec
+	if s.Share != nil || s.Template != nil || s.MemoryFile != "" {
+		return reply{}, errors.New("a Slurm machine boots its image: no shared folder, warm template or memory file")
+	}
+	if net.ParseIP(req.ForwardHost) == nil {
+		return reply{}, fmt.Errorf("forward address %q is not an IP address", req.ForwardHost)
+	}
+	local := map[string]string{}
+	for _, im := range req.Images {
+		p, err := fetchImage(filepath.Join(n.user, layout.NodeImagesFolder), im)
+		if err != nil {
+			return reply{}, err
+		}
+		local[im.Path] = p
+	}
+	mapped := func(p string) (string, error) {
+		if l, ok := local[p]; ok {
+			return l, nil
+		}
+		return "", fmt.Errorf("%s came without a digest: refusing to boot it", p)
+	}
+	var err error
+	if s.BaseImage, err = mapped(s.BaseImage); err != nil {
+		return reply{}, err
+	}
+	if s.Boot != nil {
+		b := *s.Boot
+		if b.Kernel, err = mapped(b.Kernel); err != nil {
+			return reply{}, err
+		}
+		if b.Initrd != "" {
+			if b.Initrd, err = mapped(b.Initrd); err != nil {
+				return reply{}, err
+			}
+		}
+		s.Boot = &b
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return reply{}, err
+	}
+	// The forwards are this binary's proxies for the controller's machine
+	// folder: here they serve this job's folder.
+	for i, f := range s.Network.Forwards {
+		cmd := append([]string(nil), f.Command...)
+		if len(cmd) > 0 {
+			cmd[0] = self
+		}
+		for j := range cmd {
+			if cmd[j] == s.Dir {
+				cmd[j] = n.dir
+			}
+		}
+		s.Network.Forwards[i].Command = cmd
+	}
+	s.Dir = n.dir
+	if err := n.writeFiles(req.Files); err != nil {
+		return reply{}, err
+	}
+	d, accel := n.newDriver(req.ForwardHost)
+	if err := d.Create(ctx, s); err != nil {
+		return reply{}, err
+	}
+	n.driver, n.spec = d, s
+	rt, err := d.Start(ctx, s)
+	if err != nil {
+		return reply{}, err
+	}
+	n.started = true
+	return reply{SSHAddr: rt.SSHAddr, Accel: accel}, nil
+}
+
+// fileNameRe is a proxy file's base name in a machine folder.
+var fileNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+
+func checkFileName(name string) error {
+	if len(name) > maxNameSize || !fileNameRe.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("file name %q is not a machine folder's", name)
+	}
+	return nil
+}
+
+func (n *node) writeFiles(files []nodeFile) error {
+	if len(files) > maxFiles {
+		return fmt.Errorf("%d files: at most %d", len(files), maxFiles)
+	}
+	for _, f := range files {
+		if err := checkFileName(f.Name); err != nil {
+			return err
+		}
+		if len(f.Data) > maxFile {
+			return fmt.Errorf("%s is %d bytes: at most %d", f.Name, len(f.Data), maxFile)
+		}
+		tmp := filepath.Join(n.dir, "."+f.Name+".tmp")
+		if err := os.WriteFile(tmp, f.Data, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(n.dir, f.Name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *node) readFiles(names []string) ([]nodeFile, error) {
+	if len(names) > maxFiles {
+		return nil, fmt.Errorf("%d files: at most %d", len(names), maxFiles)
+	}
+	var out []nodeFile
+	for _, name := range names {
+		if err := checkFileName(name); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(n.dir, name), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			return nil, fmt.Errorf("%s is not a regular file", name)
+		}
+		// The newest part of a log is what a reader wants.
+		if st.Size() > maxFile {
+			_, _ = f.Seek(st.Size()-maxFile, io.SeekStart)
+		}
+		b, err := io.ReadAll(io.LimitReader(f, maxFile))
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, nodeFile{Name: name, Data: b})
+	}
+	return out, nil
+}
+
+var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// fetchImage is im in this user's node store, copied from its shared path
+// and checked against its digest the first time. A file whose content
+// does not match is never kept.
+func fetchImage(store string, im imageFile) (string, error) {
+	if !sha256Re.MatchString(im.SHA256) {
+		return "", fmt.Errorf("%s: digest %q is not a sha256", im.Path, im.SHA256)
+	}
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(store, "sha256-"+im.SHA256)
+	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() {
+		return dst, nil
+	}
+	src, err := os.OpenFile(im.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return "", fmt.Errorf("the image file %s is not on this node's shared path: %w", im.Path, err)
+	}
+	defer src.Close()
+	if st, err := src.Stat(); err != nil || !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", im.Path)
+	}
+	tmp, err := os.CreateTemp(store, ".fetch-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(tmp, h), src); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("copy %s to the node: %w", im.Path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != im.SHA256 {
+		return "", fmt.Errorf("%s on this node is sha256 %s, not %s as the fleet's image says: not used", im.Path, got[:12], im.SHA256[:12])
+	}
+	if err := os.Chmod(tmp.Name(), 0o400); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return "", err
+	}
+	return dst, nil
+}
+
+// call relays one request from in to the job's process and its reply to
+// out. The process may still be starting: its socket is waited for.
+func call(dir string, in io.Reader, out io.Writer) error {
+	sock := filepath.Join(dir, ctlSocket)
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the job's fleet process does not answer at %s: %w", sock, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	defer conn.Close()
+	if _, err := io.Copy(conn, io.LimitReader(in, maxRequest)); err != nil {
+		return err
+	}
+	if uc, ok := conn.(*net.UnixConn); ok {
+		_ = uc.CloseWrite()
+	}
+	_, err = io.Copy(out, io.LimitReader(conn, maxReply))
+	return err
+}

@@ -1,0 +1,237 @@
+package slurm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// recordingDriver is the node's driver in these tests: it records the
+// spec it is given and runs nothing.
+type recordingDriver struct {
+	mu      sync.Mutex
+	created []vm.Spec
+	deleted int
+	off     bool
+}
+
+func (r *recordingDriver) Name() string                       { return "fake" }
+func (r *recordingDriver) Capabilities() vm.Capabilities      { return vm.Capabilities{} }
+func (r *recordingDriver) Validate(ctx context.Context) error { return nil }
+func (r *recordingDriver) Create(ctx context.Context, s vm.Spec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.created = append(r.created, s)
+	return nil
+}
+func (r *recordingDriver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	return vm.Runtime{SSHAddr: "10.9.0.11:40000"}, nil
+}
+func (r *recordingDriver) Stop(ctx context.Context, s vm.Spec, grace time.Duration) error { return nil }
+func (r *recordingDriver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.off {
+		return vm.Status{Power: vm.PowerOff}, nil
+	}
+	return vm.Status{Power: vm.PowerOn}, nil
+}
+func (r *recordingDriver) Delete(ctx context.Context, s vm.Spec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.deleted++
+	return nil
+}
+
+func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+
+func ask(t *testing.T, dir string, req request) reply {
+	t.Helper()
+	body, _ := json.Marshal(req)
+	var out bytes.Buffer
+	if err := call(dir, bytes.NewReader(body), &out); err != nil {
+		t.Fatal(err)
+	}
+	var rep reply
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("reply %q: %v", out.String(), err)
+	}
+	return rep
+}
+
+// A job's process, end to end on one host: it copies the image into the
+// node's store and checks it, boots the spec rewritten for its own
+// folder, takes a policy push, answers a pull, and leaves nothing of the
+// machine when it is stopped.
+func TestNodeProcessStartsTheMachineInItsOwnFolderAndLeavesNothing(t *testing.T) {
+	root := t.TempDir()
+	user, err := userFolder(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := []byte("the image's disk")
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	os.WriteFile(img, disk, 0o644)
+	rd := &recordingDriver{}
+	n := &node{dir: filepath.Join(user, layout.NodeJobPrefix+"7"), user: user, done: make(chan string, 1),
+		newDriver: func(host string) (vm.Driver, string) { return rd, "tcg" }}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ended := make(chan string, 1)
+	go func() { why, _ := n.run(ctx); ended <- why }()
+
+	spec := vm.Spec{Name: "p-1", Dir: "/home/u/.local/share/agentfleet/fleets/p/machines/p-1", BaseImage: img,
+		Network: vm.Network{Forwards: []vm.Forward{{GuestPort: 3128, Command: []string{"/usr/bin/fleet", "__proxy", "egress", "/home/u/.local/share/agentfleet/fleets/p/machines/p-1"}}}}}
+	rep := ask(t, n.dir, request{Op: "start", Spec: spec, ForwardHost: "10.9.0.11",
+		Images: []imageFile{{Path: img, SHA256: sum(disk)}},
+		Files:  []nodeFile{{Name: layout.PolicyFile, Data: []byte(`{"mode":"allowlist"}`)}}})
+	if rep.Error != "" || rep.SSHAddr != "10.9.0.11:40000" || rep.Accel != "tcg" {
+		t.Fatalf("start: %+v", rep)
+	}
+	got := rd.created[0]
+	self, _ := os.Executable()
+	if got.Dir != n.dir || got.BaseImage != filepath.Join(user, layout.NodeImagesFolder, "sha256-"+sum(disk)) ||
+		strings.Join(got.Network.Forwards[0].Command, " ") != self+" __proxy egress "+n.dir {
+		t.Fatalf("spec on the node: %+v", got)
+	}
+	if rep := ask(t, n.dir, request{Op: "start", Spec: spec}); !strings.Contains(rep.Error, "started already") {
+		t.Errorf("a second start: %+v", rep)
+	}
+	if rep := ask(t, n.dir, request{Op: "push", Files: []nodeFile{{Name: layout.PolicyFile, Data: []byte("v2")}}}); rep.Error != "" {
+		t.Fatal(rep.Error)
+	}
+	if b, _ := os.ReadFile(filepath.Join(n.dir, layout.PolicyFile)); string(b) != "v2" {
+		t.Errorf("policy on the node: %q", b)
+	}
+	os.WriteFile(filepath.Join(n.dir, layout.AuditFile), []byte("audit line\n"), 0o600)
+	if rep := ask(t, n.dir, request{Op: "pull", Names: []string{layout.AuditFile, layout.UsageFile}}); rep.Error != "" || len(rep.Files) != 1 || string(rep.Files[0].Data) != "audit line\n" {
+		t.Errorf("pull: %+v", rep)
+	}
+	for _, bad := range []string{"../x", ".hidden", "a/b", "", strings.Repeat("a", 100), "ctl.sock\x00"} {
+		if rep := ask(t, n.dir, request{Op: "push", Files: []nodeFile{{Name: bad, Data: []byte("x")}}}); rep.Error == "" {
+			t.Errorf("push of %q was taken", bad)
+		}
+	}
+	if rep := ask(t, n.dir, request{Op: "stop"}); rep.Error != "" {
+		t.Fatal(rep.Error)
+	}
+	select {
+	case why := <-ended:
+		if why != "stopped by fleet" {
+			t.Errorf("ended: %q", why)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the job's process did not end")
+	}
+	if _, err := os.Stat(n.dir); !os.IsNotExist(err) {
+		t.Errorf("the machine folder is left: %v", err)
+	}
+	if rd.deleted != 1 {
+		t.Errorf("the machine was deleted %d times", rd.deleted)
+	}
+	// The image stays in the user's store for the next job.
+	if _, err := os.Stat(got.BaseImage); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestNodeProcessEndsWhenTheHypervisorDoes(t *testing.T) {
+	user, _ := userFolder(t.TempDir())
+	img := filepath.Join(t.TempDir(), "d")
+	os.WriteFile(img, []byte("d"), 0o644)
+	rd := &recordingDriver{}
+	n := &node{dir: filepath.Join(user, "job-8"), user: user, done: make(chan string, 1),
+		newDriver: func(string) (vm.Driver, string) { return rd, "kvm" }}
+	ended := make(chan string, 1)
+	go func() { why, _ := n.run(context.Background()); ended <- why }()
+	ask(t, n.dir, request{Op: "start", Spec: vm.Spec{Dir: "/c", BaseImage: img}, ForwardHost: "10.0.0.1", Images: []imageFile{{Path: img, SHA256: sum([]byte("d"))}}})
+	rd.mu.Lock()
+	rd.off = true
+	rd.mu.Unlock()
+	select {
+	case why := <-ended:
+		if !strings.Contains(why, "hypervisor exited") {
+			t.Errorf("ended: %q", why)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the job outlived its machine")
+	}
+}
+
+func TestStartRefusesWhatTheNodeCannotCheck(t *testing.T) {
+	user, _ := userFolder(t.TempDir())
+	img := filepath.Join(t.TempDir(), "d")
+	os.WriteFile(img, []byte("the real disk"), 0o644)
+	for name, req := range map[string]request{
+		"a digest that does not match": {Spec: vm.Spec{BaseImage: img}, ForwardHost: "10.0.0.1", Images: []imageFile{{Path: img, SHA256: sum([]byte("another disk"))}}},
+		"an image without a digest":    {Spec: vm.Spec{BaseImage: img}, ForwardHost: "10.0.0.1"},
+		"a digest that is not sha256":  {Spec: vm.Spec{BaseImage: img}, ForwardHost: "10.0.0.1", Images: []imageFile{{Path: img, SHA256: "../../etc"}}},
+		"a shared folder":              {Spec: vm.Spec{BaseImage: img, Share: &vm.Share{HostDir: "/"}}, ForwardHost: "10.0.0.1"},
+		"a forward address that is not an IP": {Spec: vm.Spec{BaseImage: img}, ForwardHost: "0.0.0.0 -x",
+			Images: []imageFile{{Path: img, SHA256: sum([]byte("the real disk"))}}},
+		"a kernel without a digest": {Spec: vm.Spec{BaseImage: img, Boot: &vm.DirectBoot{Kernel: "/boot/vmlinuz"}}, ForwardHost: "10.0.0.1",
+			Images: []imageFile{{Path: img, SHA256: sum([]byte("the real disk"))}}},
+	} {
+		rd := &recordingDriver{}
+		n := &node{dir: t.TempDir(), user: user, newDriver: func(string) (vm.Driver, string) { return rd, "kvm" }}
+		if _, err := n.start(context.Background(), req); err == nil {
+			t.Errorf("%s: started", name)
+		}
+		if len(rd.created) != 0 {
+			t.Errorf("%s: a machine was created", name)
+		}
+	}
+	// Nothing that failed its check is kept in the store: only the real
+	// disk, copied for the case that failed on its kernel.
+	left, _ := filepath.Glob(filepath.Join(user, layout.NodeImagesFolder, "*"))
+	if len(left) != 1 || filepath.Base(left[0]) != "sha256-"+sum([]byte("the real disk")) {
+		t.Errorf("store holds %v", left)
+	}
+}
+
+func TestUserFolderRefusesOneSomeoneElsePlanted(t *testing.T) {
+	root := t.TempDir()
+	// A link in our name, planted before our first job.
+	target := t.TempDir()
+	if err := os.Symlink(target, filepath.Join(root, "u"+strconv.Itoa(os.Getuid()))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := userFolder(root); err == nil {
+		t.Fatal("a planted link was taken as the user's folder")
+	}
+	if _, err := userFolder("relative/path"); err == nil {
+		t.Fatal("a relative node folder was taken")
+	}
+	// Our own folder, made too open, is closed again.
+	root2 := t.TempDir()
+	os.Mkdir(filepath.Join(root2, "u"+strconv.Itoa(os.Getuid())), 0o777)
+	dir, err := userFolder(root2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("mode %v", st.Mode().Perm())
+	}
+}
+
+func TestExpandRootNamesTheNode(t *testing.T) {
+	t.Setenv("SLURMD_NODENAME", "gpu07")
+	if got := expandRoot("/scratch/%n/fleet"); got != "/scratch/gpu07/fleet" {
+		t.Errorf("got %s", got)
+	}
+	if got := expandRoot(""); got != DefaultNodeRoot {
+		t.Errorf("default %s", got)
+	}
+}

@@ -1,0 +1,66 @@
+// Package slurm is the driver that runs each machine as one Slurm job on a
+// cluster node. The controller side (Driver) submits the job, follows it
+// through squeue and reaches it only through Slurm: `srun --jobid J
+// --overlap` runs `fleet __slurm-node call` inside the running job, which
+// relays one request to the job's own process (`fleet __slurm-node run`,
+// NodeMain) over a unix socket in its owner-only folder on the node. That
+// process boots the machine there with the node's QEMU driver, runs its
+// proxies beside it, and removes everything when the job ends.
+//
+// The secrets a machine needs (its host key, the model credential for
+// the credential proxy) travel only in the start request, on srun's
+// standard input: never in the job script, the job's environment or a
+// file, all of which Slurm keeps (slurmctld saves a batch job's script
+// and environment in its state folder).
+package slurm
+
+import (
+	"github.com/agentfleet/agentfleet/internal/vm"
+)
+
+// NodeCommand is the fleet binary's hidden subcommand on a node.
+const NodeCommand = "__slurm-node"
+
+// request is one message from the controller to a job's node process.
+type request struct {
+	Op string `json:"op"` // start, push, pull, stop
+	// start
+	Spec        vm.Spec     `json:"spec,omitempty"`
+	ForwardHost string      `json:"forward_host,omitempty"` // the node address the controller reaches
+	Files       []nodeFile  `json:"files,omitempty"`        // start and push: proxy files for the machine folder
+	Images      []imageFile `json:"images,omitempty"`       // start: host paths the spec names, with digests
+	// pull
+	Names []string `json:"names,omitempty"`
+}
+
+// nodeFile is one file of the machine folder, by its base name.
+type nodeFile struct {
+	Name string `json:"name"`
+	Data []byte `json:"data"`
+}
+
+// imageFile is a read-only file the machine boots from (disk, kernel,
+// initrd): at Path on a path every node shares, checked against SHA256
+// when copied into the node's store.
+type imageFile struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+}
+
+// reply is the node process's answer.
+type reply struct {
+	Error   string     `json:"error,omitempty"`
+	SSHAddr string     `json:"ssh_addr,omitempty"`
+	Accel   string     `json:"accel,omitempty"`
+	Files   []nodeFile `json:"files,omitempty"`
+}
+
+// Limits on what crosses the channel: a request carries small proxy files
+// and a spec, never a disk.
+const (
+	maxRequest  = 8 << 20
+	maxFile     = 2 << 20
+	maxFiles    = 32
+	maxReply    = 8 << 20
+	maxNameSize = 64
+)
