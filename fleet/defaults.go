@@ -83,7 +83,11 @@ func SpawnImage(store images.Store, ref string, arch vm.Arch, d vm.Driver) (Imag
 // StoredImage is what the controller needs of a stored image, booting
 // disk (the qcow2, or the driver's own export of it).
 func StoredImage(img images.Image, disk string) ImageRef {
-	return ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot(), Arch: img.Arch}
+	r := ImageRef{Name: img.Name, Version: img.Version, Disk: disk, Recipe: img.Recipe, Boot: img.DirectBoot(), Arch: img.Arch}
+	if disk == img.Disk {
+		r.DiskSHA256 = img.DiskSHA256
+	}
+	return r
 }
 
 // ProjectAt is the fleet.hcl of the project folder dir ("" for the

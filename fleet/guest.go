@@ -57,6 +57,17 @@ func (g Guests) availability(ctx context.Context, m *Machine) error {
 	if err != nil {
 		return fmt.Errorf("%s: ask %s for its state: %w", m.Name, g.c.Driver.Name(), err)
 	}
+	if st.Power == vm.PowerOff {
+		// A scheduler's word is better than "its process exited".
+		if p, ok, err := vm.PlacementOf(sctx, g.c.Driver, g.c.spec(m, vm.Seed{})); ok && err == nil {
+			switch {
+			case p.Queued:
+				return &UnavailableError{m.Name, StateQueued, "its job " + p.Job + " waits in the queue (" + orNoReason(p.Reason) + ")", "fleet start " + m.Name + " waits for it"}
+			case p.Ended && m.Desired == WantRunning:
+				return &UnavailableError{m.Name, StateLost, "its job " + p.Job + " " + p.Phrase + ", and its disk went with it", "remove it with: fleet destroy " + m.Name}
+			}
+		}
+	}
 	return g.unavailable(m, st)
 }
 

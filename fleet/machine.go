@@ -28,6 +28,9 @@ type Machine struct {
 	Index     int    `json:"index"`
 	Image     string `json:"image"`      // name@version
 	BaseImage string `json:"base_image"` // path of the disk the clone links to
+	// BaseImageSHA256 is the image disk's digest, which a driver copying
+	// it to a node checks the copy against.
+	BaseImageSHA256 string `json:"base_image_sha256,omitempty"`
 	// Boot is the image's kernel, started directly, if it has one.
 	Boot *vm.DirectBoot `json:"boot,omitempty"`
 	// Arch is the guest's architecture; "" in state from before it was
@@ -56,6 +59,9 @@ type Machine struct {
 	// SuspendReason is why the idle parker suspended it ("" for a user's
 	// suspend, or while it runs); start and resume clear it.
 	SuspendReason string `json:"suspend_reason,omitempty"`
+	// Queued: its job waited in the scheduler's queue when spawn ended;
+	// the start that finds it running brings the project in (queue.go).
+	Queued bool `json:"queued,omitempty"`
 }
 
 // IdleSuspend is how long m's agent may be idle before m is parked (0:
@@ -183,6 +189,9 @@ const (
 	StateStopped   = "stopped"
 	StateDead      = "dead"      // should run, but its hypervisor process is gone
 	StateSuspended = "suspended" // its memory saved to disk, no process
+	// On a batch scheduler (Slurm), with the scheduler's reason after it:
+	StateQueued = "queued" // its job waits to run: "queued (Resources)"
+	StateLost   = "lost"   // the scheduler ended its job (time limit, preemption, scancel): "lost: time limit reached"
 )
 
 // StatePaused is a machine whose hypervisor runs but whose guest does not.
@@ -190,3 +199,11 @@ const StatePaused = "paused"
 
 // GuestUser is the unprivileged login (with passwordless sudo) in every VM.
 const GuestUser = "agent"
+
+// orNoReason is a scheduler's reason as shown ("" is none given).
+func orNoReason(r string) string {
+	if r == "" {
+		return "no reason given"
+	}
+	return r
+}

@@ -411,6 +411,10 @@ func (nt Net) ChangePolicy(ctx context.Context, names []string, all bool, change
 		if err := egress.SavePolicy(m.Dir, next[i]); err != nil {
 			return nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
+		// A machine on another host reads its own copy.
+		if err := vm.PushFiles(ctx, nt.c.Driver, nt.c.spec(m, vm.Seed{}), layout.PolicyFile); err != nil {
+			return nil, fmt.Errorf("%s: the policy is saved here but did not reach its node: %w", m.Name, err)
+		}
 	}
 	return ms, nil
 }

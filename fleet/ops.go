@@ -44,6 +44,9 @@ type MachineStatus struct {
 	Memory *vm.HostMemory `json:"memory,omitempty"`
 	// ForkOf names the machine it was forked from.
 	ForkOf string `json:"fork_of,omitempty"`
+	// Placement is where a batch scheduler (Slurm) put it: job, node,
+	// the job's state and reason.
+	Placement *vm.Placement `json:"placement,omitempty"`
 }
 
 // Status reports every machine of the fleet and its agent.
@@ -84,7 +87,17 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 		if ms.Spend, err = MachineSpend(m); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
-		ds, err := c.Driver.Status(ctx, c.spec(m, vm.Seed{}))
+		spec := c.spec(m, vm.Seed{})
+		ds, err := c.Driver.Status(ctx, spec)
+		if err == nil && ds.Power == vm.PowerOn && ms.Spend != nil {
+			// The proxies count on the machine's own host.
+			if perr := vm.PullFiles(ctx, c.Driver, spec, layout.UsageFile); perr == nil {
+				ms.Spend, _ = MachineSpend(m)
+			}
+		}
+		if p, ok, perr := vm.PlacementOf(ctx, c.Driver, spec); ok && perr == nil && p.Job != "" {
+			ms.Placement = &p
+		}
 		switch {
 		case err != nil:
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
@@ -97,6 +110,12 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 			if !m.StartedAt.IsZero() {
 				ms.UptimeSec = int64(time.Since(m.StartedAt).Seconds())
 			}
+		case ms.Placement != nil && ms.Placement.Queued:
+			ms.State = StateQueued + " (" + orNoReason(ms.Placement.Reason) + ")"
+		case ms.Placement != nil && ms.Placement.Ended && m.Desired == WantRunning:
+			ms.State = StateLost + ": " + ms.Placement.Phrase
+		case ms.Placement != nil && m.Queued:
+			ms.State = "starting" // its job runs; the background start brings it up
 		case m.Desired == WantRunning:
 			ms.State = StateDead
 		case m.Desired == WantSuspended:
@@ -125,6 +144,10 @@ type StartOptions struct {
 // Start boots stopped or dead machines, resumes suspended ones, continues
 // paused ones, and waits for SSH.
 func (c *Controller) Start(ctx context.Context, names []string, all bool, o StartOptions) error {
+	// A queued machine is waited for first, without the lock.
+	if err := awaitScheduled(ctx, c, names, all); err != nil {
+		return err
+	}
 	var warn sync.Once // once the machines are known to exist
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
 		if c.BeforeBoot != nil {
@@ -181,6 +204,9 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		if err := c.setClock(ctx, m); err != nil {
 			return err // it names the machine and the step
 		}
+	}
+	if err := bringInQueued(ctx, c, m); err != nil {
+		return err
 	}
 	if m.Workspace != nil && m.Workspace.Mode == SyncShared && !resuming {
 		if err := c.Workspaces().mountShared(ctx, m); err != nil {
@@ -438,8 +464,8 @@ func (c *Controller) guardWork(ctx context.Context, ms []*Machine, o DestroyOpti
 	var refused []string
 	for _, m := range ms {
 		w := m.Workspace
-		if w == nil || (w.Mode != SyncGit && w.Mode != SyncRsync) {
-			continue
+		if w == nil || (w.Mode != SyncGit && w.Mode != SyncRsync) || m.Queued {
+			continue // a queued machine never ran: no work
 		}
 		if o.Collect {
 			if _, err := c.Workspaces().collectOne(ctx, m, o.CollectOptions); err != nil {

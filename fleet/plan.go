@@ -42,6 +42,10 @@ type SpawnRequest struct {
 	// NoPrebuild, and do not run the setup again.
 	Project    *Project
 	NoPrebuild bool
+	// WaitQueued: on a batch scheduler, spawn waits for the machines
+	// still queued after queueGrace, instead of leaving them to start
+	// when the scheduler runs them.
+	WaitQueued bool
 }
 
 // WarmMode is how a spawn uses warm templates.
@@ -62,6 +66,7 @@ const (
 type ImageRef struct {
 	Name, Version string
 	Disk          string // path to the read-only base disk
+	DiskSHA256    string // its digest, for drivers that copy it elsewhere ("" for an export)
 	Recipe        string // what it was baked with: whether it can be warmed
 	Boot          *vm.DirectBoot
 	Arch          vm.Arch // the guest's architecture ("" is amd64)

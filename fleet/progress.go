@@ -24,6 +24,7 @@ const spawningFile = layout.SpawningFile
 const (
 	PhaseCreating = "creating"
 	PhaseBooting  = "booting"
+	PhaseQueued   = "queued"
 	PhaseSyncing  = "syncing"
 	PhaseStarting = "starting agent"
 )

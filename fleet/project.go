@@ -25,7 +25,12 @@ const ProjectFile = "fleet.hcl"
 // Project is fleet.hcl: settings a project keeps beside its code, so
 // everyone who spawns agents on it gets the same workspace rules.
 //
-//	provider        = "virtualbox"             # qemu (default) | virtualbox
+//	provider        = "virtualbox"             # qemu (default) | virtualbox | slurm
+//	slurm {                                  # provider "slurm": each machine is one job
+//	  partition  = "agents"
+//	  time_limit = "4:00:00"
+//	  node_dir   = "/var/tmp/agentfleet"       # node-local machines and images
+//	}
 //	sync            = "rsync"                  # git | rsync | shared | none
 //	exclude         = ["node_modules", "*.log"] # rsync: on top of .gitignore
 //	shared_writable = false                    # shared: let the VM write the host folder
@@ -72,7 +77,7 @@ type Project struct {
 	// internal/prebuild); nil means the lockfiles found, [] means none.
 	PrebuildInputs []string          `hcl:"prebuild_inputs,optional"`
 	Agent          string            `hcl:"agent,optional"`
-	Provider       string            `hcl:"provider,optional"` // qemu (default) | virtualbox
+	Provider       string            `hcl:"provider,optional"` // qemu (default) | virtualbox | slurm
 	Profiles       []ProfileBlock    `hcl:"profile,block"`
 	Egress         *EgressBlock      `hcl:"egress,block"`
 	Presets        []PresetBlock     `hcl:"preset,block"`
@@ -85,6 +90,25 @@ type Project struct {
 	// IdleSuspend parks a machine whose agent has waited for input or
 	// been done this long ("15m"; "0" or "off": never, the default).
 	IdleSuspend string `hcl:"idle_suspend,optional"`
+	// Slurm is how machines become jobs with provider = "slurm".
+	Slurm *SlurmBlock `hcl:"slurm,block"`
+}
+
+// SlurmBlock is `slurm { ... }`: the sbatch options of each machine's job,
+// and where fleet lives on the nodes.
+type SlurmBlock struct {
+	Partition  string   `hcl:"partition,optional"`
+	Account    string   `hcl:"account,optional"`
+	QOS        string   `hcl:"qos,optional"`
+	TimeLimit  string   `hcl:"time_limit,optional"` // Slurm's --time: "90", "4:00:00", "1-0"
+	Constraint string   `hcl:"constraint,optional"`
+	ExtraArgs  []string `hcl:"extra_args,optional"` // more sbatch options, "--opt=value"
+	// MemoryOverheadMiB is added to each job's memory for the hypervisor.
+	MemoryOverheadMiB int `hcl:"memory_overhead_mib,optional"`
+	// NodeDir is the node-local folder for machines and images (%n: the
+	// node's name); FleetBinary the fleet binary's path on the nodes.
+	NodeDir     string `hcl:"node_dir,optional"`
+	FleetBinary string `hcl:"fleet_binary,optional"`
 }
 
 // IdleSuspendFor is how long an agent may idle before its machine is

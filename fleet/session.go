@@ -194,7 +194,7 @@ func (ses Sessions) Wait(ctx context.Context, ms []*Machine, every time.Duration
 				// waited on. A paused or suspended one goes on once the
 				// machine is started again.
 				var ue *UnavailableError
-				if errors.As(err, &ue) && ue.State != StatePaused && ue.State != StateSuspended {
+				if errors.As(err, &ue) && ue.State != StatePaused && ue.State != StateSuspended && ue.State != StateQueued {
 					out[i].Status, out[i].Why = session.Status{State: session.Lost}, err.Error()
 					if changed != nil {
 						changed(m, out[i].Status, false)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,10 +23,12 @@ import (
 // made is removed again (newest first) and the state file is untouched.
 func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, error) {
 	st := c.Store()
-	unlock, err := c.lock(ctx)
+	unlockOnce, err := c.lock(ctx)
 	if err != nil {
 		return nil, err
 	}
+	var unlocked sync.Once
+	unlock := func() { unlocked.Do(unlockOnce) }
 	defer unlock()
 	cur, err := st.Load()
 	if err != nil {
@@ -46,7 +49,8 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			return nil, err
 		}
 	}
-	if !req.Force {
+	// A scheduler's machines run on its nodes, sized by it.
+	if _, scheduled := c.Driver.(vm.Scheduled); !req.Force && !scheduled {
 		if err := CheckMemory(req.Count, req.MemoryMiB); err != nil {
 			return nil, err
 		}
@@ -79,7 +83,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 		id := randomID()
 		machines[i] = &Machine{
-			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, Boot: req.Image.Boot, Arch: req.Image.Arch,
+			Name: p.Name, Index: p.Index, Image: req.Image.String(), BaseImage: req.Image.Disk, BaseImageSHA256: req.Image.DiskSHA256, Boot: req.Image.Boot, Arch: req.Image.Arch,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Dir: p.Dir, HostKey: hk.AuthorizedKey,
 			InstanceID: id, Desired: WantRunning, CreatedAt: time.Now().UTC(), Workspace: ws.record(p.Name),
 			Network: netRec, IdleSuspendSec: int(req.IdleSuspend / time.Second),
@@ -151,8 +155,13 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			}
 			c.say("%s: cloned %s in %s", m.Name, req.Image, time.Since(t0).Round(time.Millisecond))
 			t1 := time.Now()
+			spec.QueueWait = queueGrace
 			rt, err := c.Net().startMachine(gctx, spec)
-			if err != nil {
+			if queued, err := queuedStart(m, err); queued {
+				c.say("%s: queued: %v", m.Name, errors.Unwrap(err))
+				progress.set(m.Name, PhaseQueued)
+				return nil
+			} else if err != nil {
 				return err
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
@@ -204,8 +213,53 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	if machines[0].IdleSuspendSec > 0 {
 		ensureParker(c) // under the lock, after the save: see ensureParker
 	}
+	var queued []string
+	for _, m := range machines {
+		if m.Queued {
+			queued = append(queued, m.Name)
+		}
+	}
+	if len(queued) == 0 {
+		c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
+		return machines, nil
+	}
+	c.say("%d machine(s) started in %s, %d still queued: %s", len(machines)-len(queued), time.Since(start).Round(100*time.Millisecond), len(queued), strings.Join(queued, " "))
+	unlock() // the queue may take hours: other commands go on meanwhile
+	if !req.WaitQueued {
+		logPath, err := startWhenScheduled(c, queued)
+		if err != nil {
+			return machines, fmt.Errorf("start the queued machines later: %w (fleet start %s does it)", err, strings.Join(queued, " "))
+		}
+		c.say("they start when Slurm runs them (log: %s); fleet ls shows why they wait", logPath)
+		for _, m := range machines {
+			if m.Queued && sessionFor(req, machines, m) != nil {
+				c.say("%s: its task starts only with fleet run once it runs", m.Name)
+			}
+		}
+		return machines, nil
+	}
+	if err := c.Start(ctx, queued, false, StartOptions{}); err != nil {
+		return machines, err
+	}
+	for _, m := range machines {
+		if r := sessionFor(req, machines, m); m.Queued && r != nil {
+			if err := c.Sessions().StartSession(ctx, m, *r); err != nil {
+				return machines, err
+			}
+		}
+	}
 	c.say("%d machine(s) ready in %s", len(machines), time.Since(start).Round(100*time.Millisecond))
 	return machines, nil
+}
+
+// sessionFor is the session req asks for on m, one of machines.
+func sessionFor(req SpawnRequest, machines []*Machine, m *Machine) *SessionRequest {
+	for i, x := range machines {
+		if x == m && i < len(req.Sessions) {
+			return &req.Sessions[i]
+		}
+	}
+	return nil
 }
 
 // warmTemplate is the template a warm spawn restores from, or nil with a

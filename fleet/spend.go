@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // Spend is what a machine's agents used through the credential proxy,
@@ -76,6 +78,9 @@ func (nt Net) ChangeBudget(ctx context.Context, names []string, all bool, change
 	for i, m := range ms {
 		if err := saveSpend(m.Dir, cfgs[i]); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
+		}
+		if err := vm.PushFiles(ctx, nt.c.Driver, nt.c.spec(m, vm.Seed{}), layout.SpendFile); err != nil {
+			return nil, nil, fmt.Errorf("%s: the budget is saved here but did not reach its node: %w", m.Name, err)
 		}
 		out[i] = cfgs[i].Budget
 	}

@@ -113,6 +113,23 @@ func (p *preparedWorkspace) record(vm string) *Workspace {
 	return w
 }
 
+// fromRecord is the prepared workspace a machine's record describes: the
+// start its siblings got, for a machine that could only start later.
+func (ws Workspaces) fromRecord(ctx context.Context, w *Workspace) (*preparedWorkspace, error) {
+	p := &preparedWorkspace{req: WorkspaceRequest{Mode: w.Mode, Dir: w.Source, Excludes: w.Excludes, Writable: w.Writable}}
+	switch w.Mode {
+	case SyncGit:
+		repo, err := workspace.Open(ctx, ws.c.runner(), w.Source)
+		if err != nil {
+			return nil, err
+		}
+		p.repo, p.base, p.start = repo, w.Base, w.Start
+	case SyncNone, "":
+		return nil, nil
+	}
+	return p, nil
+}
+
 // BringIn brings a project into a running machine's empty /workspace, as
 // spawn does (the machine's record is not changed).
 func (ws Workspaces) BringIn(ctx context.Context, m *Machine, req WorkspaceRequest) error {

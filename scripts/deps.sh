@@ -6,10 +6,13 @@
 # registry the image push and pull tests start on loopback, and for arm64
 # images: qemu-system-arm with its UEFI firmware (qemu-efi-aarch64) to boot
 # them, qemu-user-static with binfmt-support and arch-test to bake them in a
-# chroot on an amd64 host, dosfstools and mtools for their EFI system partition.
+# chroot on an amd64 host, dosfstools and mtools for their EFI system partition;
+# and Slurm (slurmctld, slurmd, its clients) with munge, for the e2e cluster
+# the slurm provider's tests start on this host.
 set -euo pipefail
 need=(qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs mount util-linux git rsync openssh-client procps iproute2 tmux less docker-registry
-  qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support arch-test dosfstools mtools)
+  qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support arch-test dosfstools mtools
+  slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

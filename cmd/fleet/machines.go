@@ -33,6 +33,7 @@ type machineOpts struct {
 	arch     string
 	idle     string // --idle-suspend
 	noPre    bool   // --no-prebuild
+	waitQ    bool   // --wait-queued
 	net      fleet.NetworkOverrides
 }
 
@@ -44,6 +45,7 @@ func (o *machineOpts) addFlags(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&o.force, "force", false, "spawn even if the host lacks free memory for all machines, or on VirtualBox 7.2.4")
 	cmd.Flags().BoolVar(&o.noWarm, "no-warm", false, "do not make a warm template for this shape: restore from one only if it exists,\nelse boot cold (by default the first spawn of a shape makes one: one cold boot)")
 	cmd.Flags().BoolVar(&o.noPre, "no-prebuild", false, "do not restore from (or make) the project's prebuild: each machine runs fleet.hcl's setup")
+	cmd.Flags().BoolVar(&o.waitQ, "wait-queued", true, "slurm: wait for machines whose jobs are still queued after 15 s; with =false\nthey start in the background when Slurm runs them (fleet ls shows why they wait)")
 	cmd.Flags().BoolVar(&o.cold, "cold", false, "boot every machine from its disk, even where a warm template exists")
 	// --warm was the opt-in before warm clones became the default.
 	cmd.Flags().Bool("warm", true, "")
@@ -105,7 +107,7 @@ func (o *machineOpts) request(cmd *cobra.Command, g *globals, c *fleet.Controlle
 	if err != nil {
 		return fleet.SpawnRequest{}, err
 	}
-	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force, Project: &proj, NoPrebuild: o.noPre,
+	return fleet.SpawnRequest{Fleet: c.Fleet, Count: count, CPUs: o.cpus, MemoryMiB: mem, Force: o.force, Project: &proj, NoPrebuild: o.noPre, WaitQueued: o.waitQ,
 		Image: img, Workspace: ws, Network: netReq, Warm: warm, Arch: arch, IdleSuspend: idle}, nil
 }
 
@@ -126,8 +128,13 @@ memory, network) instead of booted: seconds instead of a boot. The first
 spawn of a shape makes the template (one cold boot); fleet image build makes
 the default one. Each clone gets its own randomness, machine-id, hostname,
 host key and tokens over a host-only channel before it uses the network.
---sync shared and VirtualBox boot cold, and say why.`,
+--sync shared and VirtualBox boot cold, and say why.
+
+With --provider slurm (or fleet.hcl's provider = "slurm"), each machine is
+one Slurm job on a cluster node, booted there from its image; Slurm places
+and queues them, and fleet ls shows each job, its node and why it waits.`,
 		Example: `  fleet spawn 4
+  fleet spawn 32 --provider slurm --wait-queued=false
   fleet spawn 4 --task 'Make the failing tests in ./parser pass'
   fleet spawn 3 --tasks tasks.txt && fleet wait
   fleet spawn 2 --image debian-12 --cpus 2 --memory 4G
@@ -258,7 +265,16 @@ HOST MEM is a running machine's host memory: its own + what it shares
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\tIMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tHOST MEM\tTOKENS\tCOST\tAGENT")
+			// Machines of a batch scheduler add its job and node.
+			scheduled := false
+			for _, m := range st {
+				scheduled = scheduled || m.Placement != nil
+			}
+			jobHead := ""
+			if scheduled {
+				jobHead = "JOB\tNODE\t"
+			}
+			fmt.Fprintln(tw, "NAME\tSTATE\tPROVIDER\t"+jobHead+"IMAGE\tADDRESS\tUPTIME\tCPUS\tMEMORY\tHOST MEM\tTOKENS\tCOST\tAGENT")
 			var spends []*fleet.Spend
 			for _, m := range st {
 				spends = append(spends, m.Spend)
@@ -283,7 +299,18 @@ HOST MEM is a running machine's host memory: its own + what it shares
 				if m.ForkOf != "" {
 					name += " (fork of " + m.ForkOf + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(name), cell(state), cell(m.Provider), cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, cockpit.HostMem(m.Memory), tokens, cost, cell(agent))
+				provider := cell(m.Provider)
+				if scheduled {
+					job, node := "-", "-"
+					if p := m.Placement; p != nil {
+						job = p.Job + " " + strings.ToLower(p.State)
+						if p.Node != "" {
+							node = p.Node
+						}
+					}
+					provider += "\t" + cell(job) + "\t" + cell(node)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", cell(name), cell(state), provider, cell(m.Image), cell(addr), up, m.CPUs, m.MemoryMiB, cockpit.HostMem(m.Memory), tokens, cost, cell(agent))
 			}
 			if total := fleet.TotalSpend(spends); total.Calls > 0 {
 				fmt.Fprintf(tw, "TOTAL\t\t\t\t\t\t\t\t\t%s\t%s\t\n", cockpit.HumanTokens(total.Tokens()), cockpit.Dollars(total.CostUSD))

@@ -14,8 +14,10 @@ import (
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/layout"
+	"github.com/agentfleet/agentfleet/internal/slurm"
 	"github.com/agentfleet/agentfleet/internal/vm"
 	"github.com/agentfleet/agentfleet/internal/vm/qemu"
+	slurmvm "github.com/agentfleet/agentfleet/internal/vm/slurm"
 	"github.com/agentfleet/agentfleet/internal/vm/virtualbox"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -54,7 +56,7 @@ State, images and caches live under FLEET_HOME (default ~/.local/share/agentflee
 	})
 	root.PersistentFlags().StringVar(&g.fleetName, "name", "", "fleet name (default: the current folder's name)")
 	root.PersistentFlags().StringVar(&g.accel, "accel", os.Getenv("FLEET_ACCEL"), "QEMU accelerator: kvm, hvf or tcg (default: detect; env FLEET_ACCEL)")
-	root.PersistentFlags().StringVar(&g.provider, "provider", os.Getenv("FLEET_PROVIDER"), "hypervisor for a new fleet: qemu (default) or virtualbox (env FLEET_PROVIDER;\nfleet.hcl's provider); an existing fleet keeps its own")
+	root.PersistentFlags().StringVar(&g.provider, "provider", os.Getenv("FLEET_PROVIDER"), "hypervisor for a new fleet: qemu (default), virtualbox, or slurm (each machine\na job on a cluster node; env FLEET_PROVIDER; fleet.hcl's provider); an existing fleet keeps its own")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "print debug logs")
 	// The Packer SDK's communicators log through the standard logger
 	// (main discards it); --debug shows it with the rest.
@@ -192,10 +194,66 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 			vb.Force = true
 		}
 		c.Driver, c.BeforeBoot = vb, nil
+	case "slurm":
+		project := ""
+		if f := cmd.Flags().Lookup("project"); f != nil {
+			project = f.Value.String()
+		}
+		proj, err := projectSettings(cmd.Context(), project)
+		if err != nil {
+			return err
+		}
+		d, err := slurmDriver(proj.Slurm, c.Log)
+		if err != nil {
+			return err
+		}
+		c.Driver, c.BeforeBoot = d, nil
 	default:
-		return fmt.Errorf("unknown provider %q (use qemu or virtualbox)", provider)
+		return fmt.Errorf("unknown provider %q (use qemu, virtualbox or slurm)", provider)
 	}
 	return nil
+}
+
+// slurmDriver is the Slurm driver for fleet.hcl's slurm block (nil: the
+// defaults). Its nodes run QEMU, the driver whose facts it reports.
+func slurmDriver(b *fleet.SlurmBlock, log hclog.Logger) (*slurmvm.Driver, error) {
+	if b == nil {
+		b = &fleet.SlurmBlock{}
+	}
+	self := b.FleetBinary
+	if self == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		self = exe
+	}
+	d := &slurmvm.Driver{Runner: execx.Local{}, Self: self, NodeRoot: b.NodeDir, Log: log,
+		Node: qemu.New(execx.Local{}, qemu.AccelKVM, nil).Capabilities(),
+		Settings: slurm.Settings{Partition: b.Partition, Account: b.Account, QOS: b.QOS, TimeLimit: b.TimeLimit,
+			Constraint: b.Constraint, ExtraArgs: b.ExtraArgs, MemoryOverheadMiB: b.MemoryOverheadMiB}}
+	if err := d.Settings.Validate(); err != nil {
+		return nil, fmt.Errorf("fleet.hcl slurm: %w", err)
+	}
+	return d, nil
+}
+
+// slurmNodeMain is a job's process on a cluster node: it boots its machine
+// with the node's QEMU, forwarded on the node's address.
+func slurmNodeMain(args []string) int {
+	return slurmvm.NodeMain(args, func(forwardHost string) (vm.Driver, string) {
+		d := qemu.New(execx.Local{}, "", hclog.NewNullLogger())
+		d.ForwardHost = forwardHost
+		if self, err := os.Executable(); err == nil {
+			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
+		}
+		if d.Accel == qemu.AccelTCG {
+			// The job's memory holds the guest and an overhead: bound
+			// the translation cache to fit in it.
+			d.TCGCacheMiB = 256
+		}
+		return d, string(d.Accel)
+	})
 }
 
 // hostDrivers are every driver this host could run, built to ask about
@@ -208,6 +266,7 @@ func hostDrivers(r execx.Runner, home string) []vm.Driver {
 // they start by running this binary with the command's name first.
 var driverCommands = map[string]func(args []string) int{
 	qemu.ConsoleCommand: qemu.RunConsoleCommand,
+	slurmvm.NodeCommand: slurmNodeMain,
 }
 
 // warnTCG says once, in one line, that there is no hardware acceleration
