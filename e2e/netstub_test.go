@@ -290,9 +290,13 @@ type upstreamStub struct {
 	bodies chan []byte
 }
 
-func startUpstream(t *testing.T) *upstreamStub {
+func startUpstream(t *testing.T) *upstreamStub { return startUpstreamAt(t, "127.0.0.1:0") }
+
+// startUpstreamAt is startUpstream listening at addr (a Slurm node's
+// proxy reaches the host at its bridge address).
+func startUpstreamAt(t *testing.T, addr string) *upstreamStub {
 	u := &upstreamStub{seen: make(chan http.Header, 100), bodies: make(chan []byte, 100)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

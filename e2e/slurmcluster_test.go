@@ -362,7 +362,7 @@ SlurmdTimeout=30
 SlurmctldTimeout=30
 MessageTimeout=10
 TCPTimeout=2
-KillWait=2
+KillWait=15
 InactiveLimit=0
 Waittime=0
 # A test's batch jobs start at once, not up to 3 s after submission.

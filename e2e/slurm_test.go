@@ -1,0 +1,250 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// slurmRow is fleet ls --json's view of a Slurm machine.
+type slurmRow struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Address   string `json:"address"`
+	Placement *struct {
+		Job    string `json:"job"`
+		Node   string `json:"node"`
+		State  string `json:"job_state"`
+		Reason string `json:"reason"`
+		Phrase string `json:"phrase"`
+	} `json:"placement"`
+}
+
+// TestSlurm runs a fleet on a real Slurm cluster: slurmctld on this host
+// and two slurmd nodes in network namespaces of their own, each fitting
+// one machine. Machines are jobs, booted by the fleet binary on their
+// node; the controller reaches them at the node's address with their
+// pinned keys, and Slurm alone decides where and when they run.
+func TestSlurm(t *testing.T) {
+	requireE2E(t)
+	t.Parallel()
+	t.Cleanup(func() { dumpConsoles(t) })
+	cl := startSlurmCluster(t, 2, 1, 3072)
+	nodeRoot := filepath.Join(cl.Dir, "nodes")
+	up := startUpstreamAt(t, cl.BridgeIP+":0")
+	const secret = "sk-ant-slurm-e2e-a9f3c1d7e5b2"
+
+	repo := t.TempDir()
+	sh(t, repo, fmt.Sprintf(`git init -q -b main && cat > agent.sh <<'SH'
+code=$(sed -n 's/^exit=\([0-9]*\).*/\1/p' | head -n 1)
+echo "$(hostname)" >> work.txt && git add -A && git commit -qm "agent work on $(hostname)"
+exit ${code:-0}
+SH
+cat > fleet.hcl <<'HCL'
+provider = "slurm"
+agent = "standin"
+profile "standin" {
+  command = ["sh", "agent.sh"]
+}
+slurm {
+  node_dir   = "%s/%%n"
+  time_limit = "60"
+}
+HCL
+git add -A && git commit -qm first`, nodeRoot))
+	env := append([]string{"ANTHROPIC_API_KEY=" + secret}, cl.Env...)
+	run := func(timeout time.Duration, args ...string) result {
+		t.Helper()
+		return fleetIn(t, "sl", timeout, env, args...)
+	}
+	rows := func() map[string]slurmRow {
+		t.Helper()
+		r := run(time.Minute, "ls", "--json")
+		var list []slurmRow
+		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+			t.Fatalf("ls --json: %v\n%s", err, r.stdout)
+		}
+		out := map[string]slurmRow{}
+		for _, x := range list {
+			out[x.Name] = x
+		}
+		return out
+	}
+	waitFor := func(what string, limit time.Duration, ok func(map[string]slurmRow) bool) map[string]slurmRow {
+		t.Helper()
+		deadline := time.Now().Add(limit)
+		for {
+			rs := rows()
+			if ok(rs) {
+				return rs
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within %s: %+v", what, limit, rs)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+	defer run(5*time.Minute, "destroy", "--all", "--force")
+
+	r := run(bootDeadline+5*time.Minute, "spawn", "2", "--project", repo, "--cpus", "1", "--memory", "1024",
+		"--credential-upstream", up.url)
+	if r.code != 0 {
+		t.Fatalf("spawn 2 --provider slurm: %s", r.stderr)
+	}
+
+	var jobs map[string]string // machine -> job
+	t.Run("each machine is a job of its own on a node of its own", func(t *testing.T) {
+		rs := rows()
+		jobs = map[string]string{}
+		nodes := map[string]bool{}
+		for _, n := range []string{"sl-1", "sl-2"} {
+			m := rs[n]
+			if m.State != "running" || m.Placement == nil || m.Placement.State != "RUNNING" {
+				t.Fatalf("%s: %+v", n, m)
+			}
+			jobs[n] = m.Placement.Job
+			nodes[m.Placement.Node] = true
+			// squeue says the same.
+			sq := strings.TrimSpace(cl.run(t, "squeue", "--noheader", "--jobs="+m.Placement.Job, "--format=%N %T %j"))
+			if sq != m.Placement.Node+" RUNNING fleet-"+n {
+				t.Errorf("squeue for %s: %q, fleet ls: %+v", n, sq, m.Placement)
+			}
+			var addr string
+			for _, node := range cl.Nodes {
+				if node.Name == m.Placement.Node {
+					addr = node.Addr
+				}
+			}
+			if !strings.HasPrefix(m.Address, addr+":") {
+				t.Errorf("%s answers at %s, not at its node %s's address %s", n, m.Address, m.Placement.Node, addr)
+			}
+		}
+		if len(nodes) != 2 {
+			t.Fatalf("both machines on one node: %v", nodes)
+		}
+		if out := run(time.Minute, "ls"); !strings.Contains(out.stdout, "JOB") || !strings.Contains(out.stdout, jobs["sl-1"]+" running") {
+			t.Errorf("ls does not show the jobs:\n%s", out.stdout)
+		}
+	})
+
+	t.Run("exec reaches the guest with its pinned key, and the project is in it", func(t *testing.T) {
+		for _, n := range []string{"sl-1", "sl-2"} {
+			out := run(2*time.Minute, "exec", n, "--", "sh", "-c", "hostname && git -C /workspace branch --show-current")
+			if out.code != 0 || !strings.Contains(out.stdout, n+"\nfleet/"+n) {
+				t.Fatalf("exec %s: %d %q %s", n, out.code, out.stdout, out.stderr)
+			}
+		}
+		known, err := os.ReadFile(filepath.Join(fleetHome, "fleets", "sl", "known_hosts"))
+		if err != nil || strings.Count(string(known), "ssh-ed25519") != 2 {
+			t.Fatalf("pinned keys: %v %s", err, known)
+		}
+	})
+
+	t.Run("the credential proxy on the node holds the key the guest never sees", func(t *testing.T) {
+		out := run(2*time.Minute, "exec", "sl-1", "--", "sh", "-c",
+			`. /etc/environment; env | grep -c sk-ant- ; curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $ANTHROPIC_AUTH_TOKEN" -H 'content-type: application/json' -d '{"model":"stub","max_tokens":1,"messages":[]}' "$ANTHROPIC_BASE_URL/v1/messages"`)
+		if !strings.HasPrefix(out.stdout, "0\n") || !strings.HasSuffix(strings.TrimSpace(out.stdout), "200") {
+			t.Fatalf("guest call through the proxy: %q %s", out.stdout, out.stderr)
+		}
+		select {
+		case h := <-up.seen:
+			if h.Get("x-api-key") != secret {
+				t.Fatalf("upstream got key %q", h.Get("x-api-key"))
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the upstream saw no call")
+		}
+	})
+
+	t.Run("a policy change reaches the node's proxy", func(t *testing.T) {
+		if r := run(time.Minute, "net", "allow", "sl-2", "slurm-e2e.example"); r.code != 0 {
+			t.Fatalf("net allow: %s", r.stderr)
+		}
+		rs := rows()
+		pol, err := os.ReadFile(filepath.Join(nodeRoot, rs["sl-2"].Placement.Node, fmt.Sprintf("u%d", os.Getuid()), "job-"+jobs["sl-2"], "egress.json"))
+		if err != nil || !strings.Contains(string(pol), "slurm-e2e.example") {
+			t.Fatalf("the node's policy: %v %s", err, pol)
+		}
+	})
+
+	t.Run("a stand-in agent's exit code reaches wait, and its commit comes back as fleet/<vm>", func(t *testing.T) {
+		if r := run(2*time.Minute, "run", "sl-1", "--task", "exit=3", "--project", repo); r.code != 0 {
+			t.Fatalf("run: %s", r.stderr)
+		}
+		w := run(5*time.Minute, "wait", "sl-1", "--timeout", "4m")
+		if w.code != 1 || !strings.Contains(w.stdout, "failed (exit 3)") {
+			t.Fatalf("wait: %d %s %s", w.code, w.stdout, w.stderr)
+		}
+		if r := run(5*time.Minute, "collect", "sl-1", "sl-2"); r.code != 0 {
+			t.Fatalf("collect: %s", r.stderr)
+		}
+		if got := strings.TrimSpace(sh(t, repo, "git log -1 --format=%s fleet/sl-1")); got != "agent work on sl-1" {
+			t.Fatalf("fleet/sl-1 is at %q", got)
+		}
+	})
+
+	t.Run("a third machine waits in Slurm's queue, and starts when a node frees", func(t *testing.T) {
+		r := run(5*time.Minute, "spawn", "1", "--project", repo, "--cpus", "1", "--memory", "1024", "--wait-queued=false",
+			"--credential-upstream", up.url)
+		if r.code != 0 || !strings.Contains(r.stderr, "1 still queued") {
+			t.Fatalf("spawn into a full cluster: %d %s", r.code, r.stderr)
+		}
+		m := rows()["sl-3"]
+		if m.State != "queued (Resources)" || m.Placement == nil || m.Placement.State != "PENDING" {
+			t.Fatalf("sl-3: %+v", m)
+		}
+		if r := run(5*time.Minute, "destroy", "sl-2"); r.code != 0 {
+			t.Fatalf("destroy sl-2 (collected): %s", r.stderr)
+		}
+		waitFor("sl-3 running", bootDeadline+3*time.Minute, func(rs map[string]slurmRow) bool { return rs["sl-3"].State == "running" })
+		out := run(2*time.Minute, "exec", "sl-3", "--", "sh", "-c", "hostname && git -C /workspace log -1 --format=%s")
+		if out.code != 0 || out.stdout != "sl-3\nfirst\n" {
+			t.Fatalf("exec sl-3: %d %q %s", out.code, out.stdout, out.stderr)
+		}
+	})
+
+	t.Run("a job scancel ends from outside makes its machine lost, and wait fails", func(t *testing.T) {
+		cl.run(t, "scancel", jobs["sl-1"])
+		rs := waitFor("sl-1 lost", 2*time.Minute, func(rs map[string]slurmRow) bool { return strings.HasPrefix(rs["sl-1"].State, "lost") })
+		if !strings.Contains(rs["sl-1"].State, "cancelled outside fleet") {
+			t.Errorf("sl-1: %q", rs["sl-1"].State)
+		}
+		if w := run(2*time.Minute, "wait", "sl-1", "--timeout", "1m"); w.code == 0 {
+			t.Fatalf("wait on a lost machine exited 0: %s", w.stdout)
+		}
+	})
+
+	t.Run("the key is in no Slurm record, state file or node file", func(t *testing.T) {
+		for _, id := range jobs {
+			if out := cl.run(t, "scontrol", "show", "job", "-dd", id); strings.Contains(out, secret) {
+				t.Errorf("scontrol show job %s has the key", id)
+			}
+		}
+		if hits := cl.grepAll(secret, nodeRoot, filepath.Join(fleetHome, "fleets", "sl")); len(hits) > 0 {
+			t.Errorf("the key is in %v", hits)
+		}
+	})
+
+	t.Run("destroy leaves no job, no QEMU and no machine files on either node", func(t *testing.T) {
+		if r := run(5*time.Minute, "destroy", "--all", "--force"); r.code != 0 {
+			t.Fatalf("destroy: %s", r.stderr)
+		}
+		if out := strings.TrimSpace(cl.run(t, "squeue", "--noheader", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING")); out != "" {
+			t.Errorf("jobs left: %s", out)
+		}
+		left, _ := filepath.Glob(filepath.Join(nodeRoot, "*", "u*", "job-*"))
+		if len(left) > 0 {
+			t.Errorf("machine folders left on the nodes: %v", left)
+		}
+		if out, _ := exec.Command("pgrep", "-af", nodeRoot).Output(); strings.TrimSpace(string(out)) != "" {
+			t.Errorf("processes left on the nodes:\n%s", out)
+		}
+	})
+}
