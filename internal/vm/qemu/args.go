@@ -53,10 +53,6 @@ type MachineArgs struct {
 	// chosen port is read back over QMP. That avoids the race of picking a
 	// port in Go and handing it to QEMU while another spawn does the same.
 	SSHHostPort int
-	// SSHHostAddr is the host address the SSH forward binds ("" is
-	// 127.0.0.1): a cluster node binds the address the controller reaches
-	// it at.
-	SSHHostAddr string
 	// VirtiofsSocket, if set, is a virtiofsd socket shared as tag
 	// shareTag; vhost-user needs the guest RAM in shared memory.
 	VirtiofsSocket string
@@ -96,11 +92,7 @@ type Forward struct {
 // netdevArgs is the user-mode network: SSH forwarded from a host port on
 // loopback and, when restricted, nothing else but the forwards.
 func netdevArgs(m MachineArgs) string {
-	addr := m.SSHHostAddr
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	s := fmt.Sprintf("user,id=net0,hostfwd=tcp:%s:%d-:22", addr, m.SSHHostPort)
+	s := fmt.Sprintf("user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", m.SSHHostPort)
 	if m.Restrict {
 		s += ",restrict=on,ipv6=off"
 	}

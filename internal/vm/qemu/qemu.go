@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,11 +57,6 @@ type Driver struct {
 	// from TCGCacheEnv so benches can weigh memory against speed; the
 	// default stays QEMU's until they have.
 	TCGCacheMiB int
-	// ForwardHost is the host address guests' SSH is forwarded on ("" is
-	// 127.0.0.1, reachable from this host only). A cluster node's
-	// machines forward on the node's address, which the controller
-	// reaches; the pinned host key and the fleet's key guard the port.
-	ForwardHost string
 	// procRoot is where processes are read ("" is /proc): a test's fake.
 	procRoot string
 }
@@ -206,8 +200,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
 	ma := MachineArgs{
-		SSHHostAddr: d.ForwardHost,
-		Name:        s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
 		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
 		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
 		Restrict: s.Network.Restrict,
@@ -287,7 +280,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		d.kill(pid)
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
-	return vm.Runtime{SSHAddr: net.JoinHostPort(d.forwardHost(), strconv.Itoa(port)), PID: pid}, nil
+	return vm.Runtime{SSHAddr: fmt.Sprintf("127.0.0.1:%d", port), PID: pid}, nil
 }
 
 // Status checks the QEMU process and asks it over QMP for its state.
@@ -305,7 +298,7 @@ func (d *Driver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
 	defer q.Close()
 	rt := vm.Runtime{PID: pid}
 	if port, err := q.sshPort(); err == nil {
-		rt.SSHAddr = net.JoinHostPort(d.forwardHost(), strconv.Itoa(port))
+		rt.SSHAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	st := vm.Status{Power: vm.PowerOn, Runtime: rt}
 	if run, err := q.status(); err == nil {
@@ -440,12 +433,4 @@ func shellJoin(argv []string) string {
 		q[i] = execx.ShellQuote(a)
 	}
 	return strings.Join(q, " ")
-}
-
-// forwardHost is the address guests' SSH forwards bind.
-func (d *Driver) forwardHost() string {
-	if d.ForwardHost == "" {
-		return "127.0.0.1"
-	}
-	return d.ForwardHost
 }

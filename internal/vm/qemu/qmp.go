@@ -105,7 +105,7 @@ func (q *qmpConn) status() (string, error) {
 // hostFwdRe matches the SSH forward in "info usernet", e.g.
 //
 //	TCP[HOST_FORWARD]  12       127.0.0.1 35323       10.0.2.15    22
-var hostFwdRe = regexp.MustCompile(`TCP\[HOST_FORWARD\]\s+\d+\s+[0-9.]+\s+(\d+)\s+\S+\s+22\b`)
+var hostFwdRe = regexp.MustCompile(`TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b`)
 
 // parseHostFwdPort extracts the host port forwarded to guest port 22.
 func parseHostFwdPort(usernet string) (int, bool) {
