@@ -157,12 +157,12 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 			t1 := time.Now()
 			spec.QueueWait = queueGrace
 			rt, err := c.Net().startMachine(gctx, spec)
-			if queued, err := queuedStart(m, err); queued {
-				c.say("%s: queued: %v", m.Name, errors.Unwrap(err))
+			if queued, qerr := queuedStart(m, err); queued {
+				c.say("%s: %v", m.Name, err)
 				progress.set(m.Name, PhaseQueued)
 				return nil
-			} else if err != nil {
-				return err
+			} else if qerr != nil {
+				return qerr
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
 			if tpl != nil {

@@ -239,11 +239,10 @@ func slurmDriver(b *fleet.SlurmBlock, log hclog.Logger) (*slurmvm.Driver, error)
 }
 
 // slurmNodeMain is a job's process on a cluster node: it boots its machine
-// with the node's QEMU, forwarded on the node's address.
+// with the node's QEMU.
 func slurmNodeMain(args []string) int {
-	return slurmvm.NodeMain(args, func(forwardHost string) (vm.Driver, string) {
+	return slurmvm.NodeMain(args, func() (vm.Driver, string) {
 		d := qemu.New(execx.Local{}, "", hclog.NewNullLogger())
-		d.ForwardHost = forwardHost
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
 		}

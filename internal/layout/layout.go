@@ -46,6 +46,7 @@ const (
 	SuspendFile    = "suspend.state"   // RAM and device state of a suspended machine
 	VirtualBoxRec  = "virtualbox.json" // the VirtualBox VM's name and SSH port
 	SlurmJobFile   = "slurm-job.json"  // the Slurm driver's job id, node and SSH address (controller side)
+	SlurmSeedFile  = "slurm-seed.json" // the identity seed Create was given, for the node when the job runs (as seed.iso is, owner-only)
 
 	// Written by the controller (fleet/), after Create.
 	PolicyFile      = "egress.json"       // the egress policy, changed by fleet net allow|deny

@@ -54,8 +54,9 @@ func (d *Driver) Capabilities() vm.Capabilities {
 	if c.ImageFormat == "" {
 		c.ImageFormat = "qcow2"
 	}
-	// Emulated nodes boot slowly, and a cold node copies its image first.
-	c.BootTimeout = max(c.BootTimeout, 5*time.Minute)
+	// Whether a node emulates is known only once the job runs: allow for
+	// it, and for a node's first copy of the image.
+	c.BootTimeout = max(c.BootTimeout, c.EmulatedBootTimeout, 5*time.Minute)
 	c.EmulatedBootTimeout = max(c.EmulatedBootTimeout, c.BootTimeout)
 	c.Arches = []vm.Arch{vm.AMD64}
 	// Whether a node has KVM is the node's to say, at start.
@@ -112,11 +113,7 @@ func loadJob(s vm.Spec) (job, bool, error) {
 
 func saveJob(s vm.Spec, j job) error {
 	b, _ := json.Marshal(j)
-	tmp := jobPath(s) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, jobPath(s))
+	return writeOwnerOnly(jobPath(s), b)
 }
 
 // Create checks what a job can run and makes the machine's folder here;
@@ -130,7 +127,34 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
 	case s.BaseImageSHA256 == "":
 		return fmt.Errorf("slurm: %s has no digest to check its copies on the nodes against", s.BaseImage)
 	}
-	return os.MkdirAll(s.Dir, 0o700)
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	// The seed goes to the node when the job runs, which may be a later
+	// command's start (a queued machine): kept as the seed disk would be.
+	b, err := json.Marshal(s.Seed)
+	if err != nil {
+		return err
+	}
+	return writeOwnerOnly(filepath.Join(s.Dir, layout.SlurmSeedFile), b)
+}
+
+func writeOwnerOnly(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// createdSeed is the seed Create kept.
+func createdSeed(s vm.Spec) (vm.Seed, error) {
+	var seed vm.Seed
+	b, err := os.ReadFile(filepath.Join(s.Dir, layout.SlurmSeedFile))
+	if err != nil {
+		return seed, fmt.Errorf("slurm: %s was not created here: %w", s.Name, err)
+	}
+	return seed, json.Unmarshal(b, &seed)
 }
 
 // script is the job: it only execs the node process. Nothing in it is
@@ -317,6 +341,11 @@ func (d *Driver) slurm(ctx context.Context, name string, args ...string) ([]byte
 // startRequest is s for the node: its spec with the secrets it needs,
 // the proxy files of its folder, and the digests of what it boots.
 func (d *Driver) startRequest(s vm.Spec, nodeAddr string) (request, error) {
+	seed, err := createdSeed(s)
+	if err != nil {
+		return request{}, err
+	}
+	s.Seed = seed // a later start passes none
 	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr}
 	req.Images = append(req.Images, imageFile{Path: s.BaseImage, SHA256: s.BaseImageSHA256})
 	if s.Boot != nil {
@@ -437,8 +466,11 @@ func (d *Driver) Placement(ctx context.Context, s vm.Spec) (vm.Placement, error)
 // and its folder when asked (or on scancel's signal), and the job ends.
 func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 	j, ok, err := loadJob(s)
-	if err != nil || !ok {
+	if err != nil {
 		return err
+	}
+	if !ok {
+		return os.RemoveAll(s.Dir) // never submitted
 	}
 	info, err := d.query(ctx, j.ID)
 	if err != nil {
@@ -460,7 +492,8 @@ func (d *Driver) Delete(ctx context.Context, s vm.Spec) error {
 			return err
 		}
 	}
-	return os.Remove(jobPath(s))
+	// Everything Create made here: the record, the seed, the proxy files.
+	return os.RemoveAll(s.Dir)
 }
 
 func (d *Driver) cancel(ctx context.Context, id string) error {

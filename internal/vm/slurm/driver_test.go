@@ -160,6 +160,9 @@ func TestStartSubmitsAJobWhoseScriptAndArgumentsHoldNoSecret(t *testing.T) {
 		len(req.Images) != 1 || req.Images[0].SHA256 != s.BaseImageSHA256 || len(req.Files) != 1 || req.Files[0].Name != layout.CredentialsFile {
 		t.Errorf("start request: %+v", req)
 	}
+	if req.Spec.Seed.HostKeyPrivate != s.Seed.HostKeyPrivate {
+		t.Errorf("the seed did not reach the node: %+v", req.Spec.Seed)
+	}
 	// The record lets later commands reach the job the same way.
 	j, ok, err := loadJob(s)
 	if err != nil || !ok || j.ID != "42" || j.Node != "n1" || j.SSHAddr != rt.SSHAddr || j.Root != "/scratch/fleet/%n" {
@@ -197,8 +200,15 @@ func TestStartOfAQueuedJobReturnsErrQueuedWithSlurmsReason(t *testing.T) {
 	// A second start does not submit again: it waits for the same job.
 	f.pendingFor = 0
 	f.replies = []reply{{SSHAddr: "10.9.0.11:2222"}}
-	if _, err := d.Start(context.Background(), s); err != nil {
+	later := s
+	later.Seed = vm.Seed{} // a later fleet start knows no seed
+	if _, err := d.Start(context.Background(), later); err != nil {
 		t.Fatal(err)
+	}
+	var req request
+	json.Unmarshal([]byte(f.stdins[f.named("srun")[0]]), &req)
+	if req.Spec.Seed.HostKeyPrivate != s.Seed.HostKeyPrivate {
+		t.Errorf("a queued machine's start lost its seed: %+v", req.Spec.Seed)
 	}
 	if n := len(f.named("sbatch")); n != 1 {
 		t.Errorf("%d submissions", n)
@@ -242,8 +252,8 @@ func TestDeleteAsksTheNodeThenCancelsAndForgetsTheJob(t *testing.T) {
 	if stop.Op != "stop" || len(f.named("scancel")) != 1 {
 		t.Errorf("delete ran %v", f.calls)
 	}
-	if _, ok, _ := loadJob(s); ok {
-		t.Error("the job record outlived delete")
+	if _, err := os.Stat(s.Dir); !os.IsNotExist(err) {
+		t.Error("the machine folder outlived delete")
 	}
 	// A machine that never had a job deletes as nothing.
 	if err := d.Delete(context.Background(), vm.Spec{Dir: t.TempDir()}); err != nil {

@@ -24,11 +24,10 @@ import (
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
-// NodeDriver builds the node's own driver for one machine: forwardHost is
-// the node address the controller reaches, where the guest's SSH must be
-// forwarded. It also says the accelerator the node uses ("tcg" means
-// emulated, and the controller warns).
-type NodeDriver func(forwardHost string) (d vm.Driver, accel string)
+// NodeDriver builds the node's own driver: QEMU, forwarding the guest's
+// SSH on the node's loopback. It also says the accelerator the node uses
+// ("tcg" means emulated, and the controller warns).
+type NodeDriver func() (d vm.Driver, accel string)
 
 // NodeMain is `fleet __slurm-node run|call`: run is a job's one process
 // (the job script execs it), call relays one request from srun's stdin to
@@ -136,6 +135,7 @@ type node struct {
 	driver  vm.Driver
 	spec    vm.Spec
 	started bool
+	relay   net.Listener // the node address's SSH relay
 	done    chan string // why the job ends
 }
 
@@ -216,6 +216,9 @@ func (n *node) end(why string) {
 func (n *node) cleanup() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.relay != nil {
+		n.relay.Close()
+	}
 	if n.driver != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_ = n.driver.Delete(ctx, n.spec)
@@ -320,7 +323,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	if err := n.writeFiles(req.Files); err != nil {
 		return reply{}, err
 	}
-	d, accel := n.newDriver(req.ForwardHost)
+	d, accel := n.newDriver()
 	if err := d.Create(ctx, s); err != nil {
 		return reply{}, err
 	}
@@ -330,7 +333,57 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		return reply{}, err
 	}
 	n.started = true
-	return reply{SSHAddr: rt.SSHAddr, Accel: accel}, nil
+	// The guest's SSH is on the node's loopback, where the user network
+	// shows connections as its own gateway's; one from the node's address
+	// would keep its source, which a guest without a default route (a
+	// restricted one) cannot answer. The job relays the node's address.
+	ln, err := net.Listen("tcp", net.JoinHostPort(req.ForwardHost, "0"))
+	if err != nil {
+		return reply{}, fmt.Errorf("listen on the node's address %s: %w", req.ForwardHost, err)
+	}
+	go relay(ln, rt.SSHAddr)
+	n.relay = ln
+	return reply{SSHAddr: ln.Addr().String(), Accel: accel}, nil
+}
+
+// maxRelayConns bounds the SSH connections one machine's relay holds.
+const maxRelayConns = 64
+
+// relay copies each connection to ln to target until ln is closed.
+func relay(ln net.Listener, target string) {
+	slots := make(chan struct{}, maxRelayConns)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			c.Close() // full: the controller retries
+			continue
+		}
+		go func() {
+			defer func() { <-slots }()
+			defer c.Close()
+			g, err := net.DialTimeout("tcp", target, 10*time.Second)
+			if err != nil {
+				return
+			}
+			defer g.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(g, c); closeWrite(g); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(c, g); closeWrite(c); done <- struct{}{} }()
+			<-done
+			<-done
+		}()
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
 }
 
 // fileNameRe is a proxy file's base name in a machine folder.

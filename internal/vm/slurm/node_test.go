@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +27,7 @@ type recordingDriver struct {
 	created []vm.Spec
 	deleted int
 	off     bool
+	sshAddr string // where the guest's SSH "listens"
 }
 
 func (r *recordingDriver) Name() string                       { return "fake" }
@@ -37,7 +40,10 @@ func (r *recordingDriver) Create(ctx context.Context, s vm.Spec) error {
 	return nil
 }
 func (r *recordingDriver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
-	return vm.Runtime{SSHAddr: "10.9.0.11:40000"}, nil
+	if r.sshAddr == "" {
+		return vm.Runtime{SSHAddr: "127.0.0.1:1"}, nil
+	}
+	return vm.Runtime{SSHAddr: r.sshAddr}, nil
 }
 func (r *recordingDriver) Stop(ctx context.Context, s vm.Spec, grace time.Duration) error { return nil }
 func (r *recordingDriver) Status(ctx context.Context, s vm.Spec) (vm.Status, error) {
@@ -84,9 +90,24 @@ func TestNodeProcessStartsTheMachineInItsOwnFolderAndLeavesNothing(t *testing.T)
 	disk := []byte("the image's disk")
 	img := filepath.Join(t.TempDir(), "disk.qcow2")
 	os.WriteFile(img, disk, 0o644)
-	rd := &recordingDriver{}
+	// The guest's sshd, on loopback as QEMU forwards it: an echo.
+	guest, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	go func() {
+		for {
+			c, err := guest.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	rd := &recordingDriver{sshAddr: guest.Addr().String()}
 	n := &node{dir: filepath.Join(user, layout.NodeJobPrefix+"7"), user: user, done: make(chan string, 1),
-		newDriver: func(host string) (vm.Driver, string) { return rd, "tcg" }}
+		newDriver: func() (vm.Driver, string) { return rd, "tcg" }}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ended := make(chan string, 1)
@@ -94,12 +115,23 @@ func TestNodeProcessStartsTheMachineInItsOwnFolderAndLeavesNothing(t *testing.T)
 
 	spec := vm.Spec{Name: "p-1", Dir: "/home/u/.local/share/agentfleet/fleets/p/machines/p-1", BaseImage: img,
 		Network: vm.Network{Forwards: []vm.Forward{{GuestPort: 3128, Command: []string{"/usr/bin/fleet", "__proxy", "egress", "/home/u/.local/share/agentfleet/fleets/p/machines/p-1"}}}}}
-	rep := ask(t, n.dir, request{Op: "start", Spec: spec, ForwardHost: "10.9.0.11",
+	rep := ask(t, n.dir, request{Op: "start", Spec: spec, ForwardHost: "127.0.0.1",
 		Images: []imageFile{{Path: img, SHA256: sum(disk)}},
 		Files:  []nodeFile{{Name: layout.PolicyFile, Data: []byte(`{"mode":"allowlist"}`)}}})
-	if rep.Error != "" || rep.SSHAddr != "10.9.0.11:40000" || rep.Accel != "tcg" {
+	if rep.Error != "" || !strings.HasPrefix(rep.SSHAddr, "127.0.0.1:") || rep.SSHAddr == guest.Addr().String() || rep.Accel != "tcg" {
 		t.Fatalf("start: %+v", rep)
 	}
+	// The node address's relay reaches the guest's SSH.
+	c, err := net.DialTimeout("tcp", rep.SSHAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "SSH-2.0-probe\n")
+	c.(*net.TCPConn).CloseWrite()
+	if b, _ := io.ReadAll(c); string(b) != "SSH-2.0-probe\n" {
+		t.Fatalf("through the relay: %q", b)
+	}
+	c.Close()
 	got := rd.created[0]
 	self, _ := os.Executable()
 	if got.Dir != n.dir || got.BaseImage != filepath.Join(user, layout.NodeImagesFolder, "sha256-"+sum(disk)) ||
@@ -138,6 +170,9 @@ func TestNodeProcessStartsTheMachineInItsOwnFolderAndLeavesNothing(t *testing.T)
 	if _, err := os.Stat(n.dir); !os.IsNotExist(err) {
 		t.Errorf("the machine folder is left: %v", err)
 	}
+	if _, err := net.DialTimeout("tcp", rep.SSHAddr, time.Second); err == nil {
+		t.Error("the relay outlived the job")
+	}
 	if rd.deleted != 1 {
 		t.Errorf("the machine was deleted %d times", rd.deleted)
 	}
@@ -153,10 +188,10 @@ func TestNodeProcessEndsWhenTheHypervisorDoes(t *testing.T) {
 	os.WriteFile(img, []byte("d"), 0o644)
 	rd := &recordingDriver{}
 	n := &node{dir: filepath.Join(user, "job-8"), user: user, done: make(chan string, 1),
-		newDriver: func(string) (vm.Driver, string) { return rd, "kvm" }}
+		newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
 	ended := make(chan string, 1)
 	go func() { why, _ := n.run(context.Background()); ended <- why }()
-	ask(t, n.dir, request{Op: "start", Spec: vm.Spec{Dir: "/c", BaseImage: img}, ForwardHost: "10.0.0.1", Images: []imageFile{{Path: img, SHA256: sum([]byte("d"))}}})
+	ask(t, n.dir, request{Op: "start", Spec: vm.Spec{Dir: "/c", BaseImage: img}, ForwardHost: "127.0.0.1", Images: []imageFile{{Path: img, SHA256: sum([]byte("d"))}}})
 	rd.mu.Lock()
 	rd.off = true
 	rd.mu.Unlock()
@@ -185,7 +220,7 @@ func TestStartRefusesWhatTheNodeCannotCheck(t *testing.T) {
 			Images: []imageFile{{Path: img, SHA256: sum([]byte("the real disk"))}}},
 	} {
 		rd := &recordingDriver{}
-		n := &node{dir: t.TempDir(), user: user, newDriver: func(string) (vm.Driver, string) { return rd, "kvm" }}
+		n := &node{dir: t.TempDir(), user: user, newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
 		if _, err := n.start(context.Background(), req); err == nil {
 			t.Errorf("%s: started", name)
 		}
