@@ -136,7 +136,7 @@ type node struct {
 	spec    vm.Spec
 	started bool
 	relay   net.Listener // the node address's SSH relay
-	done    chan string // why the job ends
+	done    chan string  // why the job ends
 }
 
 func (n *node) run(ctx context.Context) (string, error) {
