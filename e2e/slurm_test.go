@@ -164,11 +164,11 @@ git add -A && git commit -qm first`, nodeRoot))
 	})
 
 	t.Run("a policy change reaches the node's proxy", func(t *testing.T) {
-		if r := run(time.Minute, "net", "allow", "sl-2", "slurm-e2e.example"); r.code != 0 {
+		if r := run(time.Minute, "net", "allow", "slurm-e2e.example", "sl-2"); r.code != 0 {
 			t.Fatalf("net allow: %s", r.stderr)
 		}
 		rs := rows()
-		pol, err := os.ReadFile(filepath.Join(nodeRoot, rs["sl-2"].Placement.Node, fmt.Sprintf("u%d", os.Getuid()), "job-"+jobs["sl-2"], "egress.json"))
+		pol, err := os.ReadFile(filepath.Join(nodeRoot, fmt.Sprintf("%s-u%d", rs["sl-2"].Placement.Node, os.Getuid()), "job-"+jobs["sl-2"], "egress.json"))
 		if err != nil || !strings.Contains(string(pol), "slurm-e2e.example") {
 			t.Fatalf("the node's policy: %v %s", err, pol)
 		}
@@ -239,7 +239,7 @@ git add -A && git commit -qm first`, nodeRoot))
 		if out := strings.TrimSpace(cl.run(t, "squeue", "--noheader", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING")); out != "" {
 			t.Errorf("jobs left: %s", out)
 		}
-		left, _ := filepath.Glob(filepath.Join(nodeRoot, "*", "u*", "job-*"))
+		left, _ := filepath.Glob(filepath.Join(nodeRoot, "*-u*", "job-*"))
 		if len(left) > 0 {
 			t.Errorf("machine folders left on the nodes: %v", left)
 		}

@@ -190,8 +190,9 @@ const (
 	StateDead      = "dead"      // should run, but its hypervisor process is gone
 	StateSuspended = "suspended" // its memory saved to disk, no process
 	// On a batch scheduler (Slurm), with the scheduler's reason after it:
-	StateQueued = "queued" // its job waits to run: "queued (Resources)"
-	StateLost   = "lost"   // the scheduler ended its job (time limit, preemption, scancel): "lost: time limit reached"
+	StateQueued   = "queued"   // its job waits to run: "queued (Resources)"
+	StateStarting = "starting" // its job runs; the start that waited for it brings it up
+	StateLost     = "lost"     // the scheduler ended its job (time limit, preemption, scancel): "lost: time limit reached"
 )
 
 // StatePaused is a machine whose hypervisor runs but whose guest does not.

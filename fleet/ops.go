@@ -104,6 +104,8 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 		case ds.Power == vm.PowerOn && ds.Paused != "":
 			ms.State, ms.Address, ms.PID = StatePaused+": "+ds.Paused, ds.Runtime.SSHAddr, ds.Runtime.PID
 			ms.Memory, _ = c.Guests().HostMemory(m)
+		case ds.Power == vm.PowerOn && m.Queued:
+			ms.State, ms.Address = StateStarting, ds.Runtime.SSHAddr // queued at spawn: its start is bringing it up
 		case ds.Power == vm.PowerOn:
 			ms.Memory, _ = c.Guests().HostMemory(m)
 			ms.State, ms.Address, ms.PID = StateRunning, ds.Runtime.SSHAddr, ds.Runtime.PID
@@ -115,7 +117,7 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 		case ms.Placement != nil && ms.Placement.Ended && m.Desired == WantRunning:
 			ms.State = StateLost + ": " + ms.Placement.Phrase
 		case ms.Placement != nil && m.Queued:
-			ms.State = "starting" // its job runs; the background start brings it up
+			ms.State = StateStarting // its job runs; the background start brings it up
 		case m.Desired == WantRunning:
 			ms.State = StateDead
 		case m.Desired == WantSuspended:
@@ -144,6 +146,18 @@ type StartOptions struct {
 // Start boots stopped or dead machines, resumes suspended ones, continues
 // paused ones, and waits for SSH.
 func (c *Controller) Start(ctx context.Context, names []string, all bool, o StartOptions) error {
+	if _, scheduled := c.Driver.(vm.Scheduled); scheduled && !all && len(names) > 1 {
+		// Each as soon as its own job runs: one still queued, ended or
+		// destroyed holds up none of the others.
+		errs := make([]error, len(names))
+		var wg sync.WaitGroup
+		for i, n := range names {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = c.Start(ctx, []string{n}, false, o) }()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
 	// A queued machine is waited for first, without the lock.
 	if err := awaitScheduled(ctx, c, names, all); err != nil {
 		return err
@@ -229,6 +243,9 @@ func (c *Controller) setClock(ctx context.Context, m *Machine) error {
 // they were, agents and all.
 func (c *Controller) Suspend(ctx context.Context, names []string, all bool) error {
 	if !c.Driver.Capabilities().Snapshots {
+		if _, scheduled := c.Driver.(vm.Scheduled); scheduled {
+			return fmt.Errorf("the %s driver cannot suspend machines: a machine's memory and disk live on its node inside its job and go with it; collect its work, then destroy it", c.Driver.Name())
+		}
 		return fmt.Errorf("the %s driver cannot suspend machines: use fleet stop", c.Driver.Name())
 	}
 	return c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {

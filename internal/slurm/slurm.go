@@ -208,6 +208,8 @@ var refusedOptions = []refusedOption{
 	{"array", "a machine is one job"},
 	{"wait", "fleet never waits on sbatch"},
 	{"hold", "a held job never starts"},
+	{"requeue", "a requeued machine comes back empty: fleet submits with --no-requeue"},
+	{"no-requeue", "fleet sets it itself"},
 	{"test-only", "fleet needs a job id"},
 	{"quiet", "it hides the job id fleet reads"},
 	{"clusters", "fleet's squeue and scancel ask the default cluster"},
@@ -327,6 +329,10 @@ func SbatchArgs(s Settings, j Job) ([]string, error) {
 		"--cpus-per-task=" + strconv.Itoa(j.CPUs),
 		"--mem=" + strconv.Itoa(j.MemoryMiB+s.overheadMiB()) + "M",
 		"--export=NONE",
+		// A requeued job is a new machine on maybe another node, with none
+		// of the first one's disk: fleet counts the job's end as the
+		// machine's loss instead.
+		"--no-requeue",
 		"--output=/dev/null",
 		"--error=/dev/null",
 		"--chdir=/",

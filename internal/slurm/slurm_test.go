@@ -11,7 +11,7 @@ func fixed(name string, cpus, memMiB string) []string {
 	return []string{
 		"--parsable", "--job-name=" + name, "--nodes=1", "--ntasks=1",
 		"--cpus-per-task=" + cpus, "--mem=" + memMiB + "M",
-		"--export=NONE", "--output=/dev/null", "--error=/dev/null", "--chdir=/",
+		"--export=NONE", "--no-requeue", "--output=/dev/null", "--error=/dev/null", "--chdir=/",
 	}
 }
 
@@ -63,10 +63,10 @@ func TestSbatchArgs(t *testing.T) {
 			append(fixed("j", "2", "2560"), "--gres=gpu:1", "--exclusive", "--dependency=afterok:12", "--prefer=tmpl")},
 		{"everything, in order", Settings{
 			Partition: "p", Account: "a", QOS: "q", Constraint: "c", TimeLimit: "90",
-			ExtraArgs: []string{"--requeue"}, MemoryOverheadMiB: 256,
+			ExtraArgs: []string{"--exclusive"}, MemoryOverheadMiB: 256,
 		}, Job{Name: "fleet-all-9", CPUs: 8, MemoryMiB: 16384, Comment: "c1"},
 			append(fixed("fleet-all-9", "8", "16640"),
-				"--partition=p", "--account=a", "--qos=q", "--time=90", "--constraint=c", "--comment=c1", "--requeue")},
+				"--partition=p", "--account=a", "--qos=q", "--time=90", "--constraint=c", "--comment=c1", "--exclusive")},
 	}
 	for _, c := range cases {
 		got, err := SbatchArgs(c.s, c.j)
@@ -136,7 +136,7 @@ func TestValidate(t *testing.T) {
 		{Partition: strings.Repeat("p", 256)},
 		{ExtraArgs: []string{"--exclusive", "--gres=gpu:a100:1", "--mail-type=END,FAIL", "--dependency=afterany:1",
 			"--time-min=10", "--nodelist=n1", "--exclude=n2", "--prefer=ssd", "--wait-all-nodes=1",
-			"--mem-bind=local", "--ntasks-per-core=1", "--requeue", "--time-"}},
+			"--mem-bind=local", "--ntasks-per-core=1", "--time-"}},
 		{ExtraArgs: []string{"--begin=now+1hour", "--mail-user=ünï@example.org"}},
 	}
 	for _, s := range good {
@@ -230,6 +230,7 @@ func TestValidateExtraArgs(t *testing.T) {
 		"--get-user-env":         "--get-user-env is refused",
 		"--wait":                 "--wait is refused",
 		"--hold":                 "--hold is refused",
+		"--requeue":              "--requeue is refused",
 		"--quiet":                "hides the job id",
 		"--test-only":            "--test-only is refused",
 		"--clusters=other":       "default cluster",
@@ -301,9 +302,9 @@ func TestNoAllowedOptionIsRefusedByAbbreviation(t *testing.T) {
 		"distribution", "exclude", "exclusive", "extra-node-info", "gpu-bind", "gpu-freq", "gpus",
 		"gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "ignore-pbs",
 		"kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem-bind", "mincpus",
-		"network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist", "ntasks-per-core",
+		"network", "nice", "no-kill", "nodefile", "nodelist", "ntasks-per-core",
 		"ntasks-per-socket", "open-mode", "overcommit", "oversubscribe", "power", "prefer", "priority",
-		"profile", "propagate", "reboot", "requeue", "reservation", "signal", "sockets-per-node",
+		"profile", "propagate", "reboot", "reservation", "signal", "sockets-per-node",
 		"spread-job", "switches", "thread-spec", "threads-per-core", "time-min", "tmp", "use-min-nodes",
 		"verbose", "wait-all-nodes", "wckey",
 	}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -219,6 +221,9 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if j.NodeAddr, err = slurmcli.ParseNodeAddr(string(out)); err != nil {
 		return vm.Runtime{}, fmt.Errorf("node %s: %w", info.Node, err)
 	}
+	if j.NodeAddr, err = resolveNode(ctx, j.NodeAddr); err != nil {
+		return vm.Runtime{}, fmt.Errorf("node %s: %w", info.Node, err)
+	}
 	req, err := d.startRequest(s, j.NodeAddr)
 	if err != nil {
 		return vm.Runtime{}, err
@@ -226,6 +231,9 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	rep, err := d.call(ctx, j, req)
 	if err != nil {
 		return vm.Runtime{}, fmt.Errorf("start %s on node %s (job %s): %w", s.Name, j.Node, j.ID, err)
+	}
+	if host, port, err := net.SplitHostPort(rep.SSHAddr); err != nil || host != j.NodeAddr || port == "" || strings.Trim(port, "0123456789") != "" {
+		return vm.Runtime{}, fmt.Errorf("start %s: node %s answered an SSH address %q that is not its own", s.Name, j.Node, rep.SSHAddr)
 	}
 	j.SSHAddr, j.Accel = rep.SSHAddr, rep.Accel
 	if j.Accel == "tcg" && d.Log != nil {
@@ -235,6 +243,24 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		return vm.Runtime{}, err
 	}
 	return vm.Runtime{SSHAddr: j.SSHAddr}, nil
+}
+
+// resolveNode is a node's NodeAddr as one IP address (most clusters name
+// nodes by host name), which the node's relay listens on.
+func resolveNode(ctx context.Context, addr string) (string, error) {
+	if ip, err := netip.ParseAddr(addr); err == nil {
+		return ip.String(), nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", addr)
+	if err != nil || len(ips) == 0 {
+		return "", fmt.Errorf("its NodeAddr %s does not resolve: %v", addr, err)
+	}
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			return ip.Unmap().String(), nil
+		}
+	}
+	return ips[0].String(), nil
 }
 
 func (d *Driver) submit(ctx context.Context, s vm.Spec) (string, error) {
@@ -318,8 +344,10 @@ func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error)
 			}
 		}
 	}
-	if out, err := d.slurm(ctx, "sacct", slurmcli.SacctArgs([]string{id})...); err == nil {
-		if jobs, err := slurmcli.ParseSacct(string(out)); err == nil {
+	unknown := err == nil || slurmcli.UnknownJob(string(out)) // squeue has it no more
+	sout, serr := d.slurm(ctx, "sacct", slurmcli.SacctArgs([]string{id})...)
+	if serr == nil {
+		if jobs, perr := slurmcli.ParseSacct(string(sout)); perr == nil {
 			for _, j := range jobs {
 				if j.ID == id {
 					return j, nil
@@ -327,10 +355,11 @@ func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error)
 			}
 		}
 	}
-	if err != nil {
+	if !unknown {
 		return slurmcli.JobInfo{}, fmt.Errorf("slurm: ask about job %s: %w", id, err)
 	}
-	// Neither knows it: purged after MinJobAge, without accounting.
+	// Neither knows it: purged after MinJobAge, without accounting (or
+	// accounting has no row): it ended.
 	return slurmcli.JobInfo{ID: id, State: slurmcli.Completed, Reason: "no longer known to Slurm"}, nil
 }
 
@@ -414,6 +443,9 @@ func (d *Driver) call(ctx context.Context, j job, req request) (reply, error) {
 		return reply{}, fmt.Errorf("the node's answer is not fleet's: %w", err)
 	}
 	if rep.Error != "" {
+		if len(rep.Error) > 1024 {
+			rep.Error = rep.Error[:1024] + "..."
+		}
 		return rep, errors.New(rep.Error)
 	}
 	return rep, nil
@@ -508,7 +540,8 @@ func (d *Driver) waitEnded(ctx context.Context, id string, limit time.Duration) 
 		if err != nil {
 			return err
 		}
-		if info.State.Ended() {
+		// Ending (COMPLETING on a node that is gone) is done for fleet.
+		if info.State.Ended() || info.State.Ending() {
 			return nil
 		}
 		if time.Now().After(deadline) {

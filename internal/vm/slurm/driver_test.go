@@ -126,7 +126,7 @@ func TestStartSubmitsAJobWhoseScriptAndArgumentsHoldNoSecret(t *testing.T) {
 		t.Fatalf("runtime %+v", rt)
 	}
 	sb := f.calls[f.named("sbatch")[0]]
-	want := []string{"--parsable", "--job-name=fleet-p-1", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=2560M", "--export=NONE",
+	want := []string{"--parsable", "--job-name=fleet-p-1", "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=2560M", "--export=NONE", "--no-requeue",
 		"--output=/dev/null", "--error=/dev/null", "--chdir=/", "--comment=agentfleet machine p-1"}
 	if strings.Join(sb.Args, " ") != strings.Join(want, " ") {
 		t.Errorf("sbatch %q\nwant   %q", sb.Args, want)

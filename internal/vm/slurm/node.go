@@ -60,6 +60,16 @@ func NodeMain(args []string, newDriver NodeDriver) int {
 		}
 		return 0
 	}
+	// The job may have the user's login environment (sbatch loads it for
+	// --export=NONE): no credential from it reaches QEMU or the proxies,
+	// which get only the start request's. No core dump may write one.
+	for _, k := range []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "FLEET_UPSTREAM_CREDENTIAL"} {
+		_ = os.Unsetenv(k)
+	}
+	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{})
+	// QEMU daemonizes: as the subreaper it stays this process's child,
+	// which Slurm's process tracking then ends with the job.
+	becomeSubreaper()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	n := &node{dir: dir, user: user, newDriver: newDriver, done: make(chan string, 1)}
@@ -86,25 +96,21 @@ func expandRoot(root string) string {
 // DefaultNodeRoot is where nodes keep fleet's machines and images.
 const DefaultNodeRoot = "/var/tmp/agentfleet"
 
-// userFolder is this user's own folder under root: owner-only, made by
-// this user. Root is shared by every user of the node (sticky, like
-// /tmp); another user's folder, or a link planted in our name, is refused.
+// userFolder is this user's own folder for root: root+"-u<uid>", made
+// owner-only by this user. No other user may be able to rename or replace
+// it or any folder above it, or they could stand in for the job's socket
+// or image store: every ancestor must be owned by root or this user and,
+// if others may write it, sticky (as /var/tmp is). A link, or a folder
+// someone else made, is refused.
 func userFolder(root string) (string, error) {
 	if !filepath.IsAbs(root) {
 		return "", fmt.Errorf("node folder %q is not absolute", root)
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	uid := os.Getuid()
+	dir := filepath.Clean(root) + fmt.Sprintf("-u%d", uid)
+	if err := safeAncestors(filepath.Dir(dir), uid); err != nil {
 		return "", err
 	}
-	if st, err := os.Stat(root); err == nil && st.Mode().Perm() != 0o777 {
-		// Made just now by us, or before: others must be able to add
-		// their own folders, but not remove ours.
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) == os.Getuid() {
-			_ = os.Chmod(root, 0o777|os.ModeSticky)
-		}
-	}
-	uid := os.Getuid()
-	dir := filepath.Join(root, fmt.Sprintf("u%d", uid))
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", err
 	}
@@ -124,7 +130,36 @@ func userFolder(root string) (string, error) {
 	return dir, nil
 }
 
+// safeAncestors makes dir (with MkdirAll) and checks it and every folder
+// above it.
+func safeAncestors(dir string, uid int) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for p := dir; ; p = filepath.Dir(p) {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		sys, _ := st.Sys().(*syscall.Stat_t)
+		switch {
+		case !st.IsDir() || sys == nil:
+			return fmt.Errorf("node folder: %s is not a folder (a link?)", p)
+		case sys.Uid != 0 && int(sys.Uid) != uid:
+			return fmt.Errorf("node folder: %s belongs to another user, who could replace what fleet keeps under it: choose another slurm node_dir", p)
+		case st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0:
+			return fmt.Errorf("node folder: others may write %s and it is not sticky: choose another slurm node_dir", p)
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
 const ctlSocket = layout.NodeControlFile
+
+// startWait is how long a running job waits for fleet's start request.
+var startWait = 15 * time.Minute
 
 // node is a job's process: one machine.
 type node struct {
@@ -156,11 +191,24 @@ func (n *node) run(ctx context.Context) (string, error) {
 	defer ln.Close()
 	go n.accept(ctx, ln)
 	go n.watch(ctx)
-	select {
-	case <-ctx.Done():
-		return "ended by a signal", nil
-	case why := <-n.done:
-		return why, nil
+	// A job whose start never comes (the fleet command that would send
+	// it died) gives its allocation back instead of idling to its limit.
+	noStart := time.NewTimer(startWait)
+	defer noStart.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return "ended by a signal", nil
+		case why := <-n.done:
+			return why, nil
+		case <-noStart.C:
+			n.mu.Lock()
+			started := n.started
+			n.mu.Unlock()
+			if !started {
+				return "no start request from fleet in " + startWait.String(), nil
+			}
+		}
 	}
 }
 

@@ -240,7 +240,7 @@ func TestUserFolderRefusesOneSomeoneElsePlanted(t *testing.T) {
 	root := t.TempDir()
 	// A link in our name, planted before our first job.
 	target := t.TempDir()
-	if err := os.Symlink(target, filepath.Join(root, "u"+strconv.Itoa(os.Getuid()))); err != nil {
+	if err := os.Symlink(target, root+"-u"+strconv.Itoa(os.Getuid())); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := userFolder(root); err == nil {
@@ -251,13 +251,37 @@ func TestUserFolderRefusesOneSomeoneElsePlanted(t *testing.T) {
 	}
 	// Our own folder, made too open, is closed again.
 	root2 := t.TempDir()
-	os.Mkdir(filepath.Join(root2, "u"+strconv.Itoa(os.Getuid())), 0o777)
+	os.Mkdir(root2+"-u"+strconv.Itoa(os.Getuid()), 0o777)
 	dir, err := userFolder(root2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
 		t.Errorf("mode %v", st.Mode().Perm())
+	}
+}
+
+func TestUserFolderRefusesAFolderAboveItOthersCouldReplace(t *testing.T) {
+	// Others may write it, and it is not sticky: they could rename ours.
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	if _, err := userFolder(filepath.Join(open, "fleet")); err == nil || !strings.Contains(err.Error(), "not sticky") {
+		t.Fatalf("a non-sticky shared parent: %v", err)
+	}
+	// Sticky, like /var/tmp: fine.
+	os.Chmod(open, 0o777|os.ModeSticky)
+	if _, err := userFolder(filepath.Join(open, "fleet")); err != nil {
+		t.Fatal(err)
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to make a folder of another user's")
+	}
+	theirs := filepath.Join(t.TempDir(), "theirs")
+	os.Mkdir(theirs, 0o755)
+	os.Chown(theirs, 12345, 12345)
+	if _, err := userFolder(filepath.Join(theirs, "fleet")); err == nil || !strings.Contains(err.Error(), "another user") {
+		t.Fatalf("a parent of another user's: %v", err)
 	}
 }
 
