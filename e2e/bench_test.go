@@ -67,6 +67,11 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
+	if os.Getenv("FLEET_BENCH_ONLY") == "slurm" {
+		benchSlurm(t, add)
+		printRows(rows)
+		return
+	}
 	if os.Getenv("FLEET_BENCH_ONLY") == "fork" {
 		benchFork(t, add)
 		printRows(rows)
@@ -178,6 +183,7 @@ func TestBench(t *testing.T) {
 	benchAgents(t, add)
 	benchWarm(t, add)
 	benchFork(t, add)
+	benchSlurm(t, add)
 	benchBoot(t, add)
 	t.Run("proxy", func(t *testing.T) { benchProxy(t, add) }) // its stub network goes when it ends
 	t.Run("egress", func(t *testing.T) { benchEgress(t, add) })

@@ -540,11 +540,13 @@ func (d *Driver) waitEnded(ctx context.Context, id string, limit time.Duration) 
 		if err != nil {
 			return err
 		}
-		// Ending (COMPLETING on a node that is gone) is done for fleet.
-		if info.State.Ended() || info.State.Ending() {
+		if info.State.Ended() {
 			return nil
 		}
 		if time.Now().After(deadline) {
+			if info.State.Ending() {
+				return nil // COMPLETING on a node that is gone: nothing more to wait for
+			}
 			return fmt.Errorf("slurm job %s is still %s %s after scancel", id, strings.ToLower(string(info.State)), limit)
 		}
 		select {

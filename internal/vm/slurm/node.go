@@ -67,9 +67,6 @@ func NodeMain(args []string, newDriver NodeDriver) int {
 		_ = os.Unsetenv(k)
 	}
 	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{})
-	// QEMU daemonizes: as the subreaper it stays this process's child,
-	// which Slurm's process tracking then ends with the job.
-	becomeSubreaper()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	n := &node{dir: dir, user: user, newDriver: newDriver, done: make(chan string, 1)}
