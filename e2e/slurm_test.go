@@ -34,7 +34,8 @@ type slurmRow struct {
 // pinned keys, and Slurm alone decides where and when they run.
 func TestSlurm(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	// Not parallel: its two cold boots on the nodes would take the other
+	// tests' cores and break their timing checks; alone it takes ~4 min.
 	t.Cleanup(func() { dumpConsoles(t) })
 	cl := startSlurmCluster(t, 2, 1, 3072)
 	nodeRoot := filepath.Join(cl.Dir, "nodes")
