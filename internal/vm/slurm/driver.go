@@ -283,8 +283,10 @@ func scrubbedEnv() []string {
 	var out []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "ANTHROPIC_API_KEY" || k == "CLAUDE_CODE_OAUTH_TOKEN" || k == "ANTHROPIC_AUTH_TOKEN" || k == "FLEET_UPSTREAM_CREDENTIAL" {
-			out = append(out, k+"=")
+		for _, c := range credentialVars {
+			if k == c {
+				out = append(out, k+"=")
+			}
 		}
 	}
 	return out

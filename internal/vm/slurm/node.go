@@ -63,7 +63,7 @@ func NodeMain(args []string, newDriver NodeDriver) int {
 	// The job may have the user's login environment (sbatch loads it for
 	// --export=NONE): no credential from it reaches QEMU or the proxies,
 	// which get only the start request's. No core dump may write one.
-	for _, k := range []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "FLEET_UPSTREAM_CREDENTIAL"} {
+	for _, k := range credentialVars {
 		_ = os.Unsetenv(k)
 	}
 	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{})

@@ -64,3 +64,7 @@ const (
 	maxReply    = 8 << 20
 	maxNameSize = 64
 )
+
+// credentialVars are the variables that may hold a model credential: kept
+// out of every Slurm command fleet runs, and dropped by the job's process.
+var credentialVars = []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "FLEET_UPSTREAM_CREDENTIAL"}
