@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,15 @@ import (
 // tmpfs: a spawn that fills it fails fast with the reason and leaves
 // nothing; a running machine that fills it shows as paused, answers at
 // once, and continues with fleet start once there is space.
+// fillRoom is the tmpfs a running machine fills: a cold boot's overlay
+// and logs take a few MiB of it, and the guest's write of fillMiB cannot
+// fit in the rest. Small, because every MiB the guest writes is slow under
+// TCG (1,500 MiB took minutes).
+const (
+	fillRoom = "300m"
+	fillMiB  = 450
+)
+
 func TestDiskFull(t *testing.T) {
 	requireE2E(t)
 	t.Parallel()
@@ -72,11 +82,11 @@ func TestDiskFull(t *testing.T) {
 	})
 
 	t.Run("a running machine that fills the disk is paused, then continues", func(t *testing.T) {
-		remount("1g")
+		remount(fillRoom)
 		if r := run(bootDeadline, spawn...); r.code != 0 {
 			t.Fatalf("spawn with room: %s", r.stderr)
 		}
-		run(time.Minute, "exec", "full-1", "--", "sh", "-c", "nohup dd if=/dev/zero of=/var/tmp/fill bs=1M count=1500 conv=fsync >/dev/null 2>&1 &")
+		run(time.Minute, "exec", "full-1", "--", "sh", "-c", "nohup dd if=/dev/zero of=/var/tmp/fill bs=1M count="+strconv.Itoa(fillMiB)+" conv=fsync >/dev/null 2>&1 &")
 		state := func() string {
 			var rows []struct {
 				Name, State string
@@ -108,12 +118,12 @@ func TestDiskFull(t *testing.T) {
 		if s := state(); s != "running" {
 			t.Errorf("after start: %q", s)
 		}
-		// The write that stopped it went on: dd finishes its 1500 MiB.
+		// The write that stopped it went on: dd finishes its fillMiB.
 		deadline = time.Now().Add(8 * time.Minute)
 		for {
 			out := run(time.Minute, "exec", "full-1", "--", "sh", "-c", "pgrep -x dd >/dev/null && echo busy; stat -c %s /var/tmp/fill").stdout
 			if !strings.Contains(out, "busy") {
-				if !strings.Contains(out, "1572864000") {
+				if !strings.Contains(out, strconv.Itoa(fillMiB<<20)) {
 					t.Errorf("the guest's write did not complete: %s", out)
 				}
 				break
