@@ -16,7 +16,7 @@ const module = "github.com/agentfleet/agentfleet"
 
 // The drivers: only the CLI's root.go, where it builds them, and their own
 // tests and e2e may name them.
-var drivers = []string{"internal/vm/qemu", "internal/vm/virtualbox"}
+var drivers = []string{"internal/vm/qemu", "internal/vm/virtualbox", "internal/vm/slurm"}
 
 // pkg is one package of the module as its non-test files import it.
 type pkg struct {
