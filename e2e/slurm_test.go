@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +99,13 @@ git add -A && git commit -qm first`, nodeRoot))
 		"--credential-upstream", up.url)
 	if r.code != 0 {
 		t.Fatalf("spawn 2 --provider slurm: %s", r.stderr)
+	}
+	// Each node made its own warm template (one cold boot there), and
+	// its machine was restored from it.
+	for _, n := range []string{"sl-1", "sl-2"} {
+		if !regexp.MustCompile(n + `: on n\d: from this node's warm template \(made now in .*\), restored and given its identity in`).MatchString(r.stderr) {
+			t.Errorf("spawn does not say %s was restored from its node's new template:\n%s", n, r.stderr)
+		}
 	}
 
 	var jobs map[string]string // machine -> job
@@ -209,6 +217,11 @@ git add -A && git commit -qm first`, nodeRoot))
 		if out.code != 0 || out.stdout != "sl-3\nfirst\n" {
 			t.Fatalf("exec sl-3: %d %q %s", out.code, out.stdout, out.stderr)
 		}
+		// Its node had a template already: restored, no boot.
+		log, _ := os.ReadFile(filepath.Join(fleetHome, "fleets", "sl", "queue.log"))
+		if !regexp.MustCompile(`sl-3: on n\d: from this node's warm template, restored and given its identity in`).Match(log) {
+			t.Errorf("sl-3 was not restored from its node's template:\n%s", log)
+		}
 	})
 
 	t.Run("a job scancel ends from outside makes its machine lost, and wait fails", func(t *testing.T) {
@@ -246,6 +259,12 @@ git add -A && git commit -qm first`, nodeRoot))
 		}
 		if out, _ := exec.Command("pgrep", "-af", nodeRoot).Output(); strings.TrimSpace(string(out)) != "" {
 			t.Errorf("processes left on the nodes:\n%s", out)
+		}
+		// What the nodes keep for the next job: the image and the warm
+		// templates, in the user's owner-only folder.
+		tpls, _ := filepath.Glob(filepath.Join(nodeRoot, "*-u*", "templates", "*", "warm", "*", "memory"))
+		if len(tpls) != 2 {
+			t.Errorf("want one warm template on each node, found %v", tpls)
 		}
 	})
 }

@@ -50,6 +50,10 @@ type Machine struct {
 	Network    *Network   `json:"network,omitempty"` // nil: open, as before egress control
 	// ForkOf names the machine this one was forked from (fleet fork).
 	ForkOf string `json:"fork_of,omitempty"`
+	// HostWarm is whether its driver restores it from a warm template on
+	// the host it lands on (a Slurm node's), kept for a queued machine's
+	// later start.
+	HostWarm vm.HostWarm `json:"host_warm,omitempty"`
 	// Prebuild is the prebuild it was restored from (its folder): the
 	// project's setup already ran in it.
 	Prebuild string `json:"prebuild,omitempty"`

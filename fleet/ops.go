@@ -196,6 +196,9 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		return err
 	}
 	m.SSHAddr, m.PID, m.Desired, m.SuspendReason = rt.SSHAddr, rt.PID, WantRunning, ""
+	if rt.Note != "" {
+		c.say("%s: %s", m.Name, rt.Note)
+	}
 	if m.IdleSuspendSec > 0 {
 		ensureParker(c)
 	}

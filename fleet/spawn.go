@@ -105,7 +105,15 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 	}
 
-	tpl := c.warmTemplate(ctx, req, netRec)
+	var tpl *images.Template
+	if vm.WarmsOnHost(c.Driver) {
+		hw := c.Templates().hostWarm(req)
+		for _, m := range machines {
+			m.HostWarm = hw
+		}
+	} else {
+		tpl = c.warmTemplate(ctx, req, netRec)
+	}
 	prebuilt := ""
 	if tpl != nil {
 		if pre := c.Templates().spawnPrebuild(ctx, req, *tpl); pre != nil {
@@ -165,6 +173,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return qerr
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
+			if rt.Note != "" {
+				c.say("%s: %s", m.Name, rt.Note)
+			}
 			if tpl != nil {
 				t2 := time.Now()
 				if err := c.Templates().identify(gctx, spec, seed, false); err != nil {

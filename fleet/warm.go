@@ -108,9 +108,39 @@ func (tp Templates) template(ctx context.Context, img ImageRef, cpus, mem int, n
 // makeTemplate boots one anonymous machine of img, waits until it is
 // ready, takes away its key, and saves it.
 func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, cpus, mem int, n *Network) (images.Template, error) {
-	staged := filepath.Join(imageOf(img).Dir, layout.WarmFolder, layout.TemplateStagingPrefix+randomHex(6))
-	spec, err := tp.templateSpec("fleet-warm-"+randomHex(4), staged, img, cpus, mem, n)
+	iimg := imageOf(img)
+	iimg.Name = img.Name
+	shape, err := tp.templateSpec(templateMachineName(), stagingDir(iimg), img, cpus, mem, n)
 	if err != nil {
+		return images.Template{}, err
+	}
+	tp.c.say("making a warm template of %s (%d CPUs, %d MiB): one cold boot, then every clone restores it", img, cpus, mem)
+	t0 := time.Now()
+	t, err := buildTemplate(ctx, tp.c.Driver, iimg, key, shape, tp.c.Guests().bootTimeout(img.Arch))
+	if err != nil {
+		return t, err
+	}
+	tp.c.say("warm template of %s ready in %s (%d MiB)", img, time.Since(t0).Round(time.Second), t.Bytes>>20)
+	return t, nil
+}
+
+// templateMachineName and stagingDir name a template being made, and the
+// folder it is made in under img's warm/.
+func templateMachineName() string { return "fleet-warm-" + randomHex(4) }
+
+func stagingDir(img images.Image) string {
+	return filepath.Join(img.Dir, layout.WarmFolder, layout.TemplateStagingPrefix+randomHex(6))
+}
+
+// buildTemplate boots one anonymous machine of shape (everything the
+// state key reads; its Name and Dir from templateMachineName and
+// stagingDir) with d, waits until it is ready, takes away its key, saves
+// it and publishes it as img's template for key. Whatever fails, nothing
+// half-made stays. It is the one maker of templates: the controller's
+// and a cluster node's.
+func buildTemplate(ctx context.Context, d vm.Driver, img images.Image, key string, shape vm.Spec, bootTimeout time.Duration) (images.Template, error) {
+	spec, staged := shape, shape.Dir
+	if err := os.MkdirAll(filepath.Dir(staged), 0o755); err != nil {
 		return images.Template{}, err
 	}
 	spec.MemoryFile = filepath.Join(staged, images.TemplateMemory)
@@ -124,21 +154,20 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 	}
 	spec.Seed = vm.Seed{InstanceID: randomID(), Hostname: templateHostname, User: GuestUser, AuthorizedKey: user.AuthorizedKey,
 		HostKeyPrivate: string(host.PrivatePEM), HostKeyPublic: host.AuthorizedKey}
-	// Whatever fails below, nothing half-made stays.
 	ok := false
 	defer func() {
 		if !ok {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
-			_ = tp.c.Driver.Delete(cctx, spec)
+			_ = d.Delete(cctx, spec)
+			_ = os.RemoveAll(staged)
 		}
 	}()
-	tp.c.say("making a warm template of %s (%d CPUs, %d MiB): one cold boot, then every clone restores it", img, cpus, mem)
 	t0 := time.Now()
-	if err := tp.c.Driver.Create(ctx, spec); err != nil {
+	if err := d.Create(ctx, spec); err != nil {
 		return images.Template{}, err
 	}
-	rt, err := tp.c.Driver.Start(ctx, spec)
+	rt, err := d.Start(ctx, spec)
 	if err != nil {
 		return images.Template{}, err
 	}
@@ -150,7 +179,7 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 	if err != nil {
 		return images.Template{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, tp.c.Guests().bootTimeout(img.Arch))
+	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	cl, err := sshx.WaitReady(wctx, sshx.Target{Addr: rt.SSHAddr, User: GuestUser, Signer: signer, HostKey: hk}, sshx.DefaultBackoff)
 	if err != nil {
@@ -166,7 +195,7 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 	}
 	bootTook := time.Since(t0)
 	// The identity channel must work, or no clone could be given one.
-	agent, err := tp.guestAgent(spec)
+	agent, err := guestAgentOf(d, spec)
 	if err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
@@ -174,25 +203,28 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 	err = agent.Run(gctx, guest.Cmd{Step: "check the guest agent", Script: "true"})
 	gcancel()
 	if err != nil {
-		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, img.Name)
+		name := img.Name
+		if name == "" {
+			name = "IMAGE"
+		}
+		return images.Template{}, fmt.Errorf("warm template: %w (rebuild the image for warm clones: fleet image build %s)", err, name)
 	}
 	time.Sleep(time.Second) // the SSH session ends in the guest too
-	if err := vm.SaveState(ctx, tp.c.Driver, spec, filepath.Join(staged, images.TemplateState)); err != nil {
+	if err := vm.SaveState(ctx, d, spec, filepath.Join(staged, images.TemplateState)); err != nil {
 		return images.Template{}, fmt.Errorf("warm template: %w", err)
 	}
 	for _, f := range []string{layout.SeedFile, layout.SerialFile} {
 		_ = os.Remove(filepath.Join(staged, f))
 	}
-	meta, _ := json.MarshalIndent(images.TemplateMetaInfo{Key: key, CPUs: cpus, MemoryMiB: mem, CreatedAt: time.Now().UTC(), BootSec: bootTook.Seconds()}, "", "  ")
+	meta, _ := json.MarshalIndent(images.TemplateMetaInfo{Key: key, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, CreatedAt: time.Now().UTC(), BootSec: bootTook.Seconds()}, "", "  ")
 	if err := os.WriteFile(filepath.Join(staged, images.TemplateMeta), append(meta, '\n'), 0o644); err != nil {
 		return images.Template{}, err
 	}
-	t, err := images.PublishTemplate(imageOf(img), key, staged)
+	t, err := images.PublishTemplate(img, key, staged)
 	if err != nil {
 		return images.Template{}, err
 	}
 	ok = true
-	tp.c.say("warm template of %s ready in %s (%d MiB)", img, time.Since(t0).Round(time.Second), t.Bytes>>20)
 	return t, nil
 }
 
@@ -201,6 +233,11 @@ func (tp Templates) makeTemplate(ctx context.Context, img ImageRef, key string, 
 //
 // A fork's child (fork) also forgets its source's network settings.
 func (tp Templates) identify(ctx context.Context, spec vm.Spec, seed vm.Seed, fork bool) error {
+	return identifyWith(ctx, tp.c.Driver, spec, seed, fork)
+}
+
+// identifyWith is identify through driver d (a cluster node's own).
+func identifyWith(ctx context.Context, d vm.Driver, spec vm.Spec, seed vm.Seed, fork bool) error {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	// One guest process sets the clock, then the rest (the clock first:
@@ -209,17 +246,17 @@ func (tp Templates) identify(ctx context.Context, spec vm.Spec, seed vm.Seed, fo
 	if fork {
 		r.Fork, r.ForgetEnv = true, guestNetworkEnvKeys
 	}
-	agent, err := tp.guestAgent(spec)
+	agent, err := guestAgentOf(d, spec)
 	if err != nil {
 		return fmt.Errorf("give it its identity: %w", err)
 	}
 	return agent.Run(ictx, guest.Cmd{Step: "give it its identity", Script: seed.IdentityScript(r)})
 }
 
-// guestAgent is the runner over the driver's host-only channel into
-// spec's machine, for a driver that has one.
-func (tp Templates) guestAgent(spec vm.Spec) (*guest.Runner, error) {
-	a, err := vm.Guest(tp.c.Driver)
+// guestAgentOf is the runner over d's host-only channel into spec's
+// machine, for a driver that has one.
+func guestAgentOf(d vm.Driver, spec vm.Spec) (*guest.Runner, error) {
+	a, err := vm.Guest(d)
 	if err != nil {
 		return nil, err
 	}

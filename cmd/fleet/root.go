@@ -238,8 +238,9 @@ func slurmDriver(b *fleet.SlurmBlock, log hclog.Logger) (*slurmvm.Driver, error)
 	return d, nil
 }
 
-// slurmNodeMain is a job's process on a cluster node: it boots its machine
-// with the node's QEMU.
+// slurmNodeMain is a job's process on a cluster node: it starts its
+// machine with the node's QEMU, restored from the node's own warm template
+// when the controller asks for one.
 func slurmNodeMain(args []string) int {
 	return slurmvm.NodeMain(args, func() (vm.Driver, string) {
 		d := qemu.New(execx.Local{}, "", hclog.NewNullLogger())
@@ -252,7 +253,7 @@ func slurmNodeMain(args []string) int {
 			d.TCGCacheMiB = 256
 		}
 		return d, string(d.Accel)
-	})
+	}, fleet.NodeTemplates{})
 }
 
 // hostDrivers are every driver this host could run, built to ask about

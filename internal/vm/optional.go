@@ -269,6 +269,22 @@ func PlacementOf(ctx context.Context, d Driver, s Spec) (p Placement, ok bool, e
 	return p, true, err
 }
 
+// HostWarmer is a driver whose machines run on other hosts that keep warm
+// templates of their own (a cluster's nodes): its Start honours
+// Spec.HostWarm, and a machine it restores there has its Seed's identity
+// (randomness, machine-id, hostname, host key, network settings) before
+// Start returns.
+type HostWarmer interface {
+	WarmsOnHost() bool
+}
+
+// WarmsOnHost says whether d restores machines from templates on their
+// hosts.
+func WarmsOnHost(d Driver) bool {
+	h, ok := d.(HostWarmer)
+	return ok && h.WarmsOnHost()
+}
+
 // RemoteFolder is a driver whose machines run on another host, where a
 // copy of the machine folder's proxy files lives: the controller pushes
 // the files it changes there (policy, budget) and pulls those the

@@ -61,7 +61,21 @@ type Spec struct {
 	// QueueWait bounds how long Start waits for a batch scheduler to run
 	// a queued machine before it returns ErrQueued (0: as long as ctx).
 	QueueWait time.Duration
+	// HostWarm asks a HostWarmer (a driver whose machines run on other
+	// hosts) to restore the machine from a warm template kept on the
+	// host it lands on, instead of booting its image. Others ignore it.
+	HostWarm HostWarm
 }
+
+// HostWarm is whether a machine on another host is restored from that
+// host's own warm template of its shape.
+type HostWarm int
+
+const (
+	HostWarmOff      HostWarm = iota // boot the image
+	HostWarmExisting                 // restore from the host's template if it has one, else boot
+	HostWarmMake                     // restore, making the host's template first if it has none
+)
 
 // DirectBoot is a kernel, its initrd and its command line, taken from the
 // image when it was baked.
@@ -108,6 +122,10 @@ type Share struct {
 type Runtime struct {
 	SSHAddr string // host:port forwarded to the guest's sshd
 	PID     int    // hypervisor process, 0 if not applicable
+	// Note is how the machine came up when the user should hear it and
+	// the controller cannot tell (a node's warm restore, or why it
+	// booted instead), "" otherwise.
+	Note string
 }
 
 // Status is a driver's view of a machine.

@@ -125,7 +125,7 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) error {
 	case s.Share != nil:
 		return errors.New("slurm: a machine on a cluster node cannot share a folder of this host: use --sync git or rsync")
 	case s.Template != nil || s.MemoryFile != "":
-		return errors.New("slurm: machines boot their image on the node (no warm templates yet)")
+		return errors.New("slurm: a machine's warm template is its node's own (Spec.HostWarm), never one of this host")
 	case s.BaseImageSHA256 == "":
 		return fmt.Errorf("slurm: %s has no digest to check its copies on the nodes against", s.BaseImage)
 	}
@@ -242,7 +242,25 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if err := saveJob(s, j); err != nil {
 		return vm.Runtime{}, err
 	}
-	return vm.Runtime{SSHAddr: j.SSHAddr}, nil
+	note := ""
+	if rep.Note != "" {
+		note = "on " + j.Node + ": " + firstLine(rep.Note, 300)
+	}
+	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note}, nil
+}
+
+// WarmsOnHost implements vm.HostWarmer: a job's process restores its
+// machine from its node's own warm template (Spec.HostWarm).
+func (d *Driver) WarmsOnHost() bool { return true }
+
+// firstLine is s's first line, cut to n bytes: what a node says is shown
+// to the user as one line.
+func firstLine(s string, n int) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return s
 }
 
 // resolveNode is a node's NodeAddr as one IP address (most clusters name

@@ -29,10 +29,21 @@ import (
 // ("tcg" means emulated, and the controller warns).
 type NodeDriver func() (d vm.Driver, accel string)
 
+// NodeWarm keeps warm templates in this user's node store: Template finds
+// the one for machines of s's shape (s as the node boots it: its images
+// in the store), making it first when mayMake and there is none; Identify
+// gives a machine restored from one its Seed's identity over the node
+// driver's guest agent. fleet's own template maker implements it
+// (cmd/fleet wires it in); nil boots every machine.
+type NodeWarm interface {
+	Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error)
+	Identify(ctx context.Context, d vm.Driver, s vm.Spec) error
+}
+
 // NodeMain is `fleet __slurm-node run|call`: run is a job's one process
 // (the job script execs it), call relays one request from srun's stdin to
 // it. It returns the exit status.
-func NodeMain(args []string, newDriver NodeDriver) int {
+func NodeMain(args []string, newDriver NodeDriver, warm NodeWarm) int {
 	if len(args) < 1 || (args[0] != "run" && args[0] != "call") {
 		fmt.Fprintln(os.Stderr, "usage: fleet "+NodeCommand+" run|call --root DIR [--job ID] (started by Slurm; see fleet spawn --provider slurm)")
 		return 2
@@ -69,7 +80,7 @@ func NodeMain(args []string, newDriver NodeDriver) int {
 	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
-	n := &node{dir: dir, user: user, newDriver: newDriver, done: make(chan string, 1)}
+	n := &node{dir: dir, user: user, newDriver: newDriver, warm: warm, done: make(chan string, 1)}
 	why, err := n.run(ctx)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleet %s run: %v\n", NodeCommand, err)
@@ -162,6 +173,7 @@ var startWait = 15 * time.Minute
 type node struct {
 	dir, user string
 	newDriver NodeDriver
+	warm      NodeWarm
 
 	mu      sync.Mutex // one request at a time
 	driver  vm.Driver
@@ -311,7 +323,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	s := req.Spec
 	if s.Share != nil || s.Template != nil || s.MemoryFile != "" {
-		return reply{}, errors.New("a Slurm machine boots its image: no shared folder, warm template or memory file")
+		return reply{}, errors.New("a Slurm machine starts from its image on the node: the controller sends no shared folder, template or memory file")
 	}
 	if net.ParseIP(req.ForwardHost) == nil {
 		return reply{}, fmt.Errorf("forward address %q is not an IP address", req.ForwardHost)
@@ -369,13 +381,21 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		return reply{}, err
 	}
 	d, accel := n.newDriver()
+	restored, note := n.warmStart(ctx, d, &s)
 	if err := d.Create(ctx, s); err != nil {
 		return reply{}, err
 	}
 	n.driver, n.spec = d, s
+	t0 := time.Now()
 	rt, err := d.Start(ctx, s)
 	if err != nil {
 		return reply{}, err
+	}
+	if restored {
+		if err := n.warm.Identify(ctx, d, s); err != nil {
+			return reply{}, fmt.Errorf("restored from this node's warm template, but: %w", err)
+		}
+		note += fmt.Sprintf(", restored and given its identity in %s", time.Since(t0).Round(10*time.Millisecond))
 	}
 	n.started = true
 	// The guest's SSH is on the node's loopback, where the user network
@@ -388,7 +408,30 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	go relay(ln, rt.SSHAddr)
 	n.relay = ln
-	return reply{SSHAddr: ln.Addr().String(), Accel: accel}, nil
+	return reply{SSHAddr: ln.Addr().String(), Accel: accel, Note: note}, nil
+}
+
+// warmStart points s at this node's warm template of its shape when the
+// controller asked for one (making it first if it may), and says how the
+// machine starts: restored, or booted and why.
+func (n *node) warmStart(ctx context.Context, d vm.Driver, s *vm.Spec) (restored bool, note string) {
+	if s.HostWarm == vm.HostWarmOff {
+		return false, ""
+	}
+	if n.warm == nil {
+		return false, "booted: this fleet binary keeps no warm templates on nodes"
+	}
+	t0 := time.Now()
+	t, err := n.warm.Template(ctx, d, filepath.Join(n.user, layout.NodeTemplatesFolder), *s, s.HostWarm == vm.HostWarmMake)
+	if err != nil {
+		return false, "booted: no warm template on this node: " + err.Error()
+	}
+	s.Template = &t
+	note = "from this node's warm template"
+	if took := time.Since(t0); took > 5*time.Second {
+		note += fmt.Sprintf(" (made now in %s: one cold boot, then each machine of this shape restores it)", took.Round(time.Second))
+	}
+	return true, note
 }
 
 // maxRelayConns bounds the SSH connections one machine's relay holds.

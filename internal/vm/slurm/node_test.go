@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -292,5 +293,94 @@ func TestExpandRootNamesTheNode(t *testing.T) {
 	}
 	if got := expandRoot(""); got != DefaultNodeRoot {
 		t.Errorf("default %s", got)
+	}
+}
+
+// fakeWarm is a node's template store in these tests.
+type fakeWarm struct {
+	mu          sync.Mutex
+	asked       []bool // mayMake of each Template call
+	store       string
+	tplErr      error
+	identifyErr error
+	identified  []string // hostnames given
+}
+
+func (f *fakeWarm) Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked, f.store = append(f.asked, mayMake), store
+	if f.tplErr != nil {
+		return vm.Template{}, f.tplErr
+	}
+	return vm.Template{Disk: filepath.Join(store, "t", "disk.qcow2"), Memory: filepath.Join(store, "t", "memory"), State: filepath.Join(store, "t", "state")}, nil
+}
+
+func (f *fakeWarm) Identify(ctx context.Context, d vm.Driver, s vm.Spec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.identified = append(f.identified, s.Seed.Hostname)
+	return f.identifyErr
+}
+
+// The controller's HostWarm decides: off boots, existing and make ask
+// the node's store (make may build), and a restored machine gets its
+// seed's identity before the start is answered. A store that has no
+// template boots the machine and says why; an identity that fails fails
+// the start.
+func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
+	user, _ := userFolder(t.TempDir())
+	disk := []byte("the image's disk")
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	os.WriteFile(img, disk, 0o644)
+	start := func(hw vm.HostWarm, w NodeWarm) (*recordingDriver, reply, error) {
+		rd := &recordingDriver{}
+		n := &node{dir: t.TempDir(), user: user, warm: w, newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
+		rep, err := n.start(context.Background(), request{Spec: vm.Spec{Name: "p-1", BaseImage: img, BaseImageSHA256: sum(disk), HostWarm: hw,
+			Seed: vm.Seed{Hostname: "p-1"}}, ForwardHost: "127.0.0.1", Images: []imageFile{{Path: img, SHA256: sum(disk)}}})
+		if n.relay != nil {
+			n.relay.Close()
+		}
+		return rd, rep, err
+	}
+
+	w := &fakeWarm{}
+	rd, rep, err := start(vm.HostWarmOff, w)
+	if err != nil || len(w.asked) != 0 || rd.created[0].Template != nil || rep.Note != "" {
+		t.Fatalf("off: err %v, asked %v, template %v, note %q", err, w.asked, rd.created[0].Template, rep.Note)
+	}
+
+	for _, hw := range []vm.HostWarm{vm.HostWarmExisting, vm.HostWarmMake} {
+		w := &fakeWarm{}
+		rd, rep, err := start(hw, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(w.asked) != 1 || w.asked[0] != (hw == vm.HostWarmMake) || w.store != filepath.Join(user, layout.NodeTemplatesFolder) {
+			t.Errorf("%d: asked %v in %s", hw, w.asked, w.store)
+		}
+		if tp := rd.created[0].Template; tp == nil || !strings.HasPrefix(tp.Disk, w.store) {
+			t.Errorf("%d: created with template %v", hw, tp)
+		}
+		if len(w.identified) != 1 || w.identified[0] != "p-1" || !strings.Contains(rep.Note, "warm template") {
+			t.Errorf("%d: identified %v, note %q", hw, w.identified, rep.Note)
+		}
+	}
+
+	w = &fakeWarm{tplErr: errors.New("none of this shape yet")}
+	rd, rep, err = start(vm.HostWarmExisting, w)
+	if err != nil || rd.created[0].Template != nil || len(w.identified) != 0 || !strings.Contains(rep.Note, "booted: no warm template on this node: none of this shape yet") {
+		t.Fatalf("no template: err %v, template %v, identified %v, note %q", err, rd.created[0].Template, w.identified, rep.Note)
+	}
+
+	w = &fakeWarm{identifyErr: errors.New("guest agent: no answer")}
+	if _, _, err := start(vm.HostWarmMake, w); err == nil || !strings.Contains(err.Error(), "guest agent: no answer") {
+		t.Fatalf("a failed identity: %v", err)
+	}
+
+	// A fleet binary without a store boots, and says so.
+	rd, rep, err = start(vm.HostWarmMake, nil)
+	if err != nil || rd.created[0].Template != nil || !strings.Contains(rep.Note, "booted") {
+		t.Fatalf("no store: err %v, note %q", err, rep.Note)
 	}
 }

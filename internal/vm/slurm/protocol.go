@@ -52,6 +52,7 @@ type reply struct {
 	Error   string     `json:"error,omitempty"`
 	SSHAddr string     `json:"ssh_addr,omitempty"`
 	Accel   string     `json:"accel,omitempty"`
+	Note    string     `json:"note,omitempty"` // start: restored from the node's template, or why it booted
 	Files   []nodeFile `json:"files,omitempty"`
 }
 
