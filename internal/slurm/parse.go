@@ -39,6 +39,12 @@ func SqueueArgs(ids []string) []string {
 	return []string{"--noheader", "--states=all", "--jobs=" + jobList(ids), "--format=" + SqueueFormat}
 }
 
+// SqueueUserArgs lists every job of the user with this uid, in every
+// state squeue still knows, in SqueueFormat: one call for a whole fleet.
+func SqueueUserArgs(uid int) []string {
+	return []string{"--noheader", "--states=all", "--user=" + strconv.Itoa(uid), "--format=" + SqueueFormat}
+}
+
 // SacctFormat is sacct's --format for ParseSacct.
 const SacctFormat = "JobID,State,NodeList,ExitCode,Reason"
 

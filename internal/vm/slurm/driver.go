@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
@@ -37,9 +38,52 @@ type Driver struct {
 	// Node are the facts of the driver the nodes run (QEMU): the guest
 	// sees the same forward address, image format and boot times.
 	Node vm.Capabilities
-	// Poll is how often a waiting Start asks squeue (0: a second).
+	// Poll is how often a waiting Start asks squeue (0: a second), and
+	// how long one squeue answer for all the user's jobs is reused.
 	Poll time.Duration
 	Log  hclog.Logger
+
+	jobs jobsCache
+}
+
+// jobsCache is one squeue answer for all of this user's jobs, shared by
+// the questions asked within its life: fleet ls asks about each machine,
+// and each of spawn's starts polls its job, so 500 machines cost one
+// squeue a second, not 500 (slurmctld answers every one).
+type jobsCache struct {
+	mu   sync.Mutex
+	at   time.Time
+	jobs map[string]slurmcli.JobInfo
+	ok   bool
+}
+
+// cachedJob is id's line in the user's squeue answer, asked again once
+// the answer is older than the poll interval; ok is false when squeue did
+// not answer or no longer lists id (then the caller asks about id alone).
+func (d *Driver) cachedJob(ctx context.Context, id string) (slurmcli.JobInfo, bool) {
+	c := &d.jobs
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) >= d.poll() {
+		c.at, c.ok, c.jobs = time.Now(), false, nil
+		if out, err := d.slurm(ctx, "squeue", slurmcli.SqueueUserArgs(os.Getuid())...); err == nil {
+			if list, err := slurmcli.ParseSqueue(string(out)); err == nil {
+				c.jobs, c.ok = map[string]slurmcli.JobInfo{}, true
+				for _, j := range list {
+					c.jobs[j.ID] = j
+				}
+			}
+		}
+	}
+	j, found := c.jobs[id]
+	return j, c.ok && found
+}
+
+func (d *Driver) poll() time.Duration {
+	if d.Poll <= 0 || d.Poll > time.Second {
+		return time.Second
+	}
+	return d.Poll
 }
 
 // Name implements vm.Driver.
@@ -315,6 +359,7 @@ func (d *Driver) waitRunning(ctx context.Context, id string, wait time.Duration)
 	if poll <= 0 {
 		poll = time.Second
 	}
+
 	var deadline <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -352,6 +397,9 @@ func orNone(s string) string {
 // query is what Slurm says of one job: squeue while it knows the job,
 // else sacct (with accounting), else the job is gone.
 func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error) {
+	if j, ok := d.cachedJob(ctx, id); ok {
+		return j, nil
+	}
 	out, err := d.slurm(ctx, "squeue", slurmcli.SqueueArgs([]string{id})...)
 	if err == nil {
 		jobs, perr := slurmcli.ParseSqueue(string(out))

@@ -228,6 +228,7 @@ func TestAJobEndedOutsideFleetIsLostWithWhy(t *testing.T) {
 		{"NODE_FAIL", "node"},
 	} {
 		f.state = tc.state
+		time.Sleep(2 * d.Poll) // one squeue answer serves a poll interval
 		p, err := d.Placement(context.Background(), s)
 		if err != nil || !p.Ended || !strings.Contains(p.Phrase, tc.phrase) {
 			t.Errorf("%s: %+v %v", tc.state, p, err)
@@ -310,5 +311,48 @@ func TestSlurmPackageNamesEveryStateTheDriverSees(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s is in %d classes", st, n)
 		}
+	}
+}
+
+// Many questions within a poll interval cost one squeue for all the
+// user's jobs (fleet ls of 500 machines is not 500 calls to slurmctld);
+// a job that answer lacks is asked about alone.
+func TestOneSqueueAnswersForAllMachinesWithinAPoll(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222"}}}
+	d, s := newTestDriver(t, f)
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	d.Poll = time.Hour // capped at a second
+	d.jobs.at = time.Time{} // Start's last answer is old
+	before := len(f.named("squeue"))
+	for i := 0; i < 20; i++ {
+		if st, err := d.Status(context.Background(), s); err != nil || st.Power != vm.PowerOn {
+			t.Fatalf("status %+v %v", st, err)
+		}
+		if _, err := d.Placement(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := f.named("squeue")[before:]
+	if len(calls) != 1 || !strings.Contains(f.calls[calls[0]].String(), fmt.Sprintf("--user=%d", os.Getuid())) {
+		t.Fatalf("%d squeue calls for 40 questions", len(calls))
+	}
+	// A machine whose job the user's list lacks (another job id) is asked
+	// about by its id.
+	other := s
+	other.Dir = t.TempDir()
+	saveJob(other, job{ID: "77", Root: "/r", Self: "/f"})
+	n := len(f.calls)
+	d.Placement(context.Background(), other)
+	alone := false
+	for _, c := range f.calls[n:] {
+		alone = alone || (c.Name == "squeue" && contains(c.Args, "--jobs=77"))
+	}
+	if !alone {
+		t.Errorf("job 77 was not asked about alone: %v", f.calls[n:])
+	}
+	if d.poll() != time.Second {
+		t.Errorf("poll %s", d.poll())
 	}
 }
