@@ -284,6 +284,10 @@ func TestWorkspaceShared(t *testing.T) {
 	if !strings.Contains(r.stderr, "read-only") {
 		t.Errorf("the risk was not stated at spawn: %s", r.stderr)
 	}
+	// A live share cannot be saved and restored: a cold boot, and why.
+	if !strings.Contains(r.stderr, "cold boot instead of a warm restore: --sync shared") || strings.Contains(r.stderr, "restored from the warm template") {
+		t.Errorf("no reason for the cold boot:\n%s", r.stderr)
+	}
 	sh(t, src, "echo v2 > app.txt")
 	out := mustFleet(t, 2*time.Minute, "exec", "sh-1", "--name", "sh", "--", "sh", "-c",
 		"cat /workspace/app.txt; echo x > /workspace/out/a.txt && echo WROTE; sudo touch /workspace/root.txt && echo ROOT-WROTE; true")
