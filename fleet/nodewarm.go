@@ -2,11 +2,15 @@ package fleet
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
+	"time"
 
 	"github.com/agentfleet/agentfleet/images"
 	"github.com/agentfleet/agentfleet/internal/layout"
@@ -47,29 +51,32 @@ var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // Template is the template for machines of s's shape in store, made
 // first (one cold boot, one maker per key) if there is none and mayMake.
 // s is the machine as the node starts it: BaseImage the node's checked
-// copy, BaseImageSHA256 its digest.
+// copy (named by its digest), its forwards serving the job's folder.
 func (NodeTemplates) Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error) {
-	if !sha256Re.MatchString(s.BaseImageSHA256) {
-		return vm.Template{}, fmt.Errorf("the image has no sha256 digest (got %q)", s.BaseImageSHA256)
+	if !sha256Re.MatchString(s.BaseImageSHA256) || filepath.Base(s.BaseImage) != "sha256-"+s.BaseImageSHA256 {
+		return vm.Template{}, fmt.Errorf("the image copy %s is not named by its sha256 digest %q", s.BaseImage, s.BaseImageSHA256)
 	}
 	if !d.Capabilities().Snapshots {
 		return vm.Template{}, fmt.Errorf("the node's %s driver cannot save machine state", d.Name())
 	}
-	shape := vm.Spec{Name: "probe", BaseImage: s.BaseImage, BaseImageSHA256: s.BaseImageSHA256, Arch: s.Arch, CPUs: s.CPUs,
-		MemoryMiB: s.MemoryMiB, Network: s.Network, Boot: s.Boot}
+	img := images.Image{Dir: filepath.Join(store, s.BaseImageSHA256[:16]), Disk: s.BaseImage}
+	shape := nodeTemplateShape(s, "probe", "")
 	key, err := vm.StateKey(ctx, d, shape)
 	if err != nil {
 		return vm.Template{}, err
 	}
-	key = "image=sha256:" + s.BaseImageSHA256 + " " + key
-	img := images.Image{Dir: filepath.Join(store, s.BaseImageSHA256[:32]), Disk: s.BaseImage}
+	// The node's name: a node_dir that several nodes share (no %n) must
+	// not hand one node's saved CPU state to another's.
+	host, _ := os.Hostname()
+	key = "image=sha256:" + s.BaseImageSHA256 + " node=" + host + " boot=" + bootKey(s.Boot) + " " + key
 	if t, ok := images.FindTemplate(img, key); ok {
 		return vmTemplate(t), nil
 	}
 	if !mayMake {
 		return vm.Template{}, errors.New("none of this shape yet, and --no-warm makes none")
 	}
-	if err := os.MkdirAll(filepath.Join(img.Dir, layout.WarmFolder), 0o700); err != nil {
+	warm := filepath.Join(img.Dir, layout.WarmFolder)
+	if err := os.MkdirAll(warm, 0o700); err != nil {
 		return vm.Template{}, err
 	}
 	// Jobs of this user starting together on one node make it once.
@@ -81,12 +88,64 @@ func (NodeTemplates) Template(ctx context.Context, d vm.Driver, store string, s 
 	if t, ok := images.FindTemplate(img, key); ok {
 		return vmTemplate(t), nil
 	}
-	shape.Name, shape.Dir = templateMachineName(), stagingDir(img)
-	t, err := buildTemplate(ctx, d, img, key, shape, d.Capabilities().BootTimeoutFor(s.Arch))
+	sweepStaging(warm, time.Hour)
+	staged := stagingDir(img)
+	t, err := buildTemplate(ctx, d, img, key, nodeTemplateShape(s, templateMachineName(), staged), d.Capabilities().BootTimeoutFor(s.Arch))
 	if err != nil {
 		return vm.Template{}, err
 	}
 	return vmTemplate(t), nil
+}
+
+// nodeTemplateShape is the template machine for s: its shape, in dir,
+// with its proxies serving dir (as the controller's template's do) and
+// no credential in its environment.
+func nodeTemplateShape(s vm.Spec, name, dir string) vm.Spec {
+	n := vm.Network{Restrict: s.Network.Restrict}
+	for _, f := range s.Network.Forwards {
+		cmd := append([]string(nil), f.Command...)
+		for i := range cmd {
+			if cmd[i] == s.Dir && dir != "" {
+				cmd[i] = dir
+			}
+		}
+		n.Forwards = append(n.Forwards, vm.Forward{GuestPort: f.GuestPort, Command: cmd})
+	}
+	return vm.Spec{Name: name, Dir: dir, BaseImage: s.BaseImage, BaseImageSHA256: s.BaseImageSHA256, Arch: s.Arch, CPUs: s.CPUs,
+		MemoryMiB: s.MemoryMiB, Network: n, Boot: s.Boot}
+}
+
+// bootKey names a directly started kernel by its files (the node names
+// its copies by digest) and its command line.
+func bootKey(b *vm.DirectBoot) string {
+	if b == nil {
+		return "firmware"
+	}
+	h := sha256.Sum256([]byte(filepath.Base(b.Kernel) + "\x00" + filepath.Base(b.Initrd) + "\x00" + b.Cmdline))
+	return hex.EncodeToString(h[:8])
+}
+
+// sweepStaging removes templates whose making stopped more than age ago
+// (a job killed outright mid-make leaves one, a guest's RAM in size).
+func sweepStaging(warm string, age time.Duration) {
+	entries, _ := os.ReadDir(warm)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), layout.TemplateStagingPrefix) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
+			_ = os.RemoveAll(filepath.Join(warm, e.Name()))
+		}
+	}
+}
+
+// Forget removes t, a template of a node store that did not restore.
+func (NodeTemplates) Forget(ctx context.Context, t vm.Template) error {
+	dir := filepath.Dir(t.Disk)
+	if filepath.Base(filepath.Dir(dir)) != layout.WarmFolder {
+		return fmt.Errorf("%s is not a template folder", dir)
+	}
+	return os.RemoveAll(dir)
 }
 
 // Identify gives s, restored from a node's template, its Seed's identity.

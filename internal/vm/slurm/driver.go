@@ -49,34 +49,74 @@ type Driver struct {
 // jobsCache is one squeue answer for all of this user's jobs, shared by
 // the questions asked within its life: fleet ls asks about each machine,
 // and each of spawn's starts polls its job, so 500 machines cost one
-// squeue a second, not 500 (slurmctld answers every one).
+// squeue a second, not 500 (slurmctld answers every one). One refresh
+// runs at a time; the questions asked meanwhile wait for its answer.
 type jobsCache struct {
-	mu   sync.Mutex
-	at   time.Time
-	jobs map[string]slurmcli.JobInfo
-	ok   bool
+	mu       sync.Mutex
+	at       time.Time // when the answer came
+	jobs     map[string]slurmcli.JobInfo
+	ok       bool
+	inFlight chan struct{} // closed when the running refresh ends
 }
 
 // cachedJob is id's line in the user's squeue answer, asked again once
 // the answer is older than the poll interval; ok is false when squeue did
-// not answer or no longer lists id (then the caller asks about id alone).
+// not answer or does not list id (then the caller asks about id alone).
 func (d *Driver) cachedJob(ctx context.Context, id string) (slurmcli.JobInfo, bool) {
 	c := &d.jobs
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.at) >= d.poll() {
-		c.at, c.ok, c.jobs = time.Now(), false, nil
-		if out, err := d.slurm(ctx, "squeue", slurmcli.SqueueUserArgs(os.Getuid())...); err == nil {
-			if list, err := slurmcli.ParseSqueue(string(out)); err == nil {
-				c.jobs, c.ok = map[string]slurmcli.JobInfo{}, true
-				for _, j := range list {
-					c.jobs[j.ID] = j
-				}
+	for {
+		c.mu.Lock()
+		if !c.at.IsZero() && time.Since(c.at) < d.poll() {
+			j, found := c.jobs[id]
+			ok := c.ok && found
+			c.mu.Unlock()
+			return j, ok
+		}
+		if wait := c.inFlight; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return slurmcli.JobInfo{}, false
 			}
 		}
+		done := make(chan struct{})
+		c.inFlight = done
+		c.mu.Unlock()
+
+		jobs, ok := d.userJobs(ctx)
+		c.mu.Lock()
+		if ctx.Err() == nil { // a cancelled question leaves the old answer
+			c.at, c.jobs, c.ok = time.Now(), jobs, ok
+		}
+		c.inFlight = nil
+		close(done)
+		c.mu.Unlock()
+		if ctx.Err() != nil {
+			return slurmcli.JobInfo{}, false
+		}
 	}
-	j, found := c.jobs[id]
-	return j, c.ok && found
+}
+
+// userJobs is squeue's list of this user's jobs. The list holds whatever
+// else the user runs (array, heterogeneous and multi-node jobs, whose
+// lines fleet's parser refuses): a line that does not parse is left out,
+// and a job of fleet's it would have been is asked about alone.
+func (d *Driver) userJobs(ctx context.Context) (map[string]slurmcli.JobInfo, bool) {
+	out, err := d.slurm(ctx, "squeue", slurmcli.SqueueUserArgs(os.Getuid())...)
+	if err != nil || len(out) > slurmcli.MaxOutput {
+		return nil, false
+	}
+	jobs := map[string]slurmcli.JobInfo{}
+	for _, line := range strings.Split(string(out), "\n") {
+		list, err := slurmcli.ParseSqueue(line)
+		if err != nil || len(list) != 1 {
+			continue
+		}
+		jobs[list[0].ID] = list[0]
+	}
+	return jobs, true
 }
 
 func (d *Driver) poll() time.Duration {

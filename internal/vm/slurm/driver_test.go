@@ -356,3 +356,61 @@ func TestOneSqueueAnswersForAllMachinesWithinAPoll(t *testing.T) {
 		t.Errorf("poll %s", d.poll())
 	}
 }
+
+// squeueRunner answers the user-wide squeue with out, slowly, counting.
+type squeueRunner struct {
+	mu    sync.Mutex
+	calls int
+	out   string
+	delay time.Duration
+}
+
+func (r *squeueRunner) Run(ctx context.Context, c execx.Cmd) ([]byte, error) {
+	r.mu.Lock()
+	r.calls++
+	r.mu.Unlock()
+	time.Sleep(r.delay)
+	if c.Name == "squeue" && contains(c.Args, fmt.Sprintf("--user=%d", os.Getuid())) {
+		return []byte(r.out), nil
+	}
+	return nil, errors.New("not scripted")
+}
+
+// The user's other jobs (an array task, a heterogeneous component, a
+// multi-node job) do not spoil the shared answer, and questions asked
+// while one squeue runs wait for it instead of each asking again.
+func TestTheSharedSqueueAnswerSurvivesOtherJobsAndConcurrentQuestions(t *testing.T) {
+	r := &squeueRunner{delay: 50 * time.Millisecond, out: "123_4|RUNNING|None|n3\n900+0|PENDING|Priority|\n77|RUNNING|None|n[1-4]\n42|RUNNING|None|n1\n43|PENDING|Resources|\n"}
+	d := &Driver{Runner: r, Poll: time.Second}
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if j, ok := d.cachedJob(context.Background(), "42"); !ok || j.Node != "n1" || !j.State.Running() {
+				t.Errorf("42: %+v %v", j, ok)
+			}
+		}()
+	}
+	wg.Wait()
+	if j, ok := d.cachedJob(context.Background(), "43"); !ok || j.Reason != "Resources" {
+		t.Errorf("43: %+v %v", j, ok)
+	}
+	if _, ok := d.cachedJob(context.Background(), "5"); ok {
+		t.Error("a job the list lacks was answered from it")
+	}
+	if r.calls != 1 {
+		t.Errorf("%d squeue calls for 18 questions within a second", r.calls)
+	}
+	// A question whose context ends while it waits gives up at once.
+	d.jobs.at = time.Time{}
+	r.delay = 300 * time.Millisecond
+	go d.cachedJob(context.Background(), "42")
+	time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	if _, ok := d.cachedJob(ctx, "42"); ok || time.Since(t0) > 200*time.Millisecond {
+		t.Errorf("a cancelled question waited %s (ok %v)", time.Since(t0), ok)
+	}
+}

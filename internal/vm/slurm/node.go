@@ -33,11 +33,13 @@ type NodeDriver func() (d vm.Driver, accel string)
 // the one for machines of s's shape (s as the node boots it: its images
 // in the store), making it first when mayMake and there is none; Identify
 // gives a machine restored from one its Seed's identity over the node
-// driver's guest agent. fleet's own template maker implements it
+// driver's guest agent; Forget removes one that did not restore. fleet's own template maker implements it
 // (cmd/fleet wires it in); nil boots every machine.
 type NodeWarm interface {
 	Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error)
 	Identify(ctx context.Context, d vm.Driver, s vm.Spec) error
+	// Forget removes a template that failed to restore.
+	Forget(ctx context.Context, t vm.Template) error
 }
 
 // NodeMain is `fleet __slurm-node run|call`: run is a job's one process
@@ -78,6 +80,9 @@ func NodeMain(args []string, newDriver NodeDriver, warm NodeWarm) int {
 		_ = os.Unsetenv(k)
 	}
 	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{})
+	// What the job makes is this user's alone, wherever the hypervisor
+	// puts it (a control socket moved to TMPDIR when its path is long).
+	syscall.Umask(0o077)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	n := &node{dir: dir, user: user, newDriver: newDriver, warm: warm, done: make(chan string, 1)}
@@ -382,17 +387,24 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	d, accel := n.newDriver()
 	restored, note := n.warmStart(ctx, d, &s)
-	if err := d.Create(ctx, s); err != nil {
-		return reply{}, err
-	}
-	n.driver, n.spec = d, s
 	t0 := time.Now()
-	rt, err := d.Start(ctx, s)
+	rt, err := n.create(ctx, d, s)
+	if err != nil && restored {
+		// A template that does not restore (a QEMU that changed under the
+		// same key, a damaged file) is removed, and the machine boots.
+		tpl := *s.Template
+		ferr := n.warm.Forget(ctx, tpl)
+		s.Template, restored = nil, false
+		note = fmt.Sprintf("booted: this node's warm template did not restore (%v); it was removed (%v)", firstLine(err.Error(), 200), ferr)
+		rt, err = n.create(ctx, d, s)
+	}
 	if err != nil {
 		return reply{}, err
 	}
 	if restored {
 		if err := n.warm.Identify(ctx, d, s); err != nil {
+			// It must never answer as the template: it goes.
+			n.dropMachine(ctx)
 			return reply{}, fmt.Errorf("restored from this node's warm template, but: %w", err)
 		}
 		note += fmt.Sprintf(", restored and given its identity in %s", time.Since(t0).Round(10*time.Millisecond))
@@ -409,6 +421,33 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	go relay(ln, rt.SSHAddr)
 	n.relay = ln
 	return reply{SSHAddr: ln.Addr().String(), Accel: accel, Note: note}, nil
+}
+
+// create makes and starts s with d, as the job's machine; on failure
+// nothing of it stays.
+func (n *node) create(ctx context.Context, d vm.Driver, s vm.Spec) (vm.Runtime, error) {
+	n.driver, n.spec = d, s
+	err := d.Create(ctx, s)
+	var rt vm.Runtime
+	if err == nil {
+		rt, err = d.Start(ctx, s)
+	}
+	if err != nil {
+		n.dropMachine(ctx)
+	}
+	return rt, err
+}
+
+// dropMachine deletes the machine being started, so that cleanup and a
+// later start find none.
+func (n *node) dropMachine(ctx context.Context) {
+	if n.driver == nil {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	_ = n.driver.Delete(cctx, n.spec)
+	n.driver, n.spec = nil, vm.Spec{}
 }
 
 // warmStart points s at this node's warm template of its shape when the

@@ -29,6 +29,8 @@ type recordingDriver struct {
 	deleted int
 	off     bool
 	sshAddr string // where the guest's SSH "listens"
+	// failRestore: a Start from a template fails.
+	failRestore bool
 }
 
 func (r *recordingDriver) Name() string                       { return "fake" }
@@ -41,6 +43,9 @@ func (r *recordingDriver) Create(ctx context.Context, s vm.Spec) error {
 	return nil
 }
 func (r *recordingDriver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
+	if r.failRestore && s.Template != nil {
+		return vm.Runtime{}, errors.New("QEMU exited before it could load the saved state")
+	}
 	if r.sshAddr == "" {
 		return vm.Runtime{SSHAddr: "127.0.0.1:1"}, nil
 	}
@@ -304,6 +309,14 @@ type fakeWarm struct {
 	tplErr      error
 	identifyErr error
 	identified  []string // hostnames given
+	forgot      []vm.Template
+}
+
+func (f *fakeWarm) Forget(ctx context.Context, t vm.Template) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgot = append(f.forgot, t)
+	return nil
 }
 
 func (f *fakeWarm) Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error) {
@@ -373,9 +386,26 @@ func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
 		t.Fatalf("no template: err %v, template %v, identified %v, note %q", err, rd.created[0].Template, w.identified, rep.Note)
 	}
 
+	// A failed identity fails the start, and the machine that would
+	// have answered as the template is deleted.
 	w = &fakeWarm{identifyErr: errors.New("guest agent: no answer")}
-	if _, _, err := start(vm.HostWarmMake, w); err == nil || !strings.Contains(err.Error(), "guest agent: no answer") {
-		t.Fatalf("a failed identity: %v", err)
+	if rd, _, err := start(vm.HostWarmMake, w); err == nil || !strings.Contains(err.Error(), "guest agent: no answer") || rd.deleted != 1 {
+		t.Fatalf("a failed identity: %v (deleted %d)", err, rd.deleted)
+	}
+
+	// A template that does not restore is forgotten, and the machine
+	// boots its image instead.
+	w = &fakeWarm{}
+	rd = &recordingDriver{failRestore: true}
+	n := &node{dir: t.TempDir(), user: user, warm: w, newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
+	rep, err = n.start(context.Background(), request{Spec: vm.Spec{Name: "p-1", BaseImage: img, BaseImageSHA256: sum(disk), HostWarm: vm.HostWarmMake},
+		ForwardHost: "127.0.0.1", Images: []imageFile{{Path: img, SHA256: sum(disk)}}})
+	if n.relay != nil {
+		n.relay.Close()
+	}
+	if err != nil || len(w.forgot) != 1 || len(rd.created) != 2 || rd.created[1].Template != nil || rd.deleted != 1 ||
+		!strings.Contains(rep.Note, "did not restore") {
+		t.Fatalf("a template that does not restore: err %v, forgot %v, created %d, deleted %d, note %q", err, w.forgot, len(rd.created), rd.deleted, rep.Note)
 	}
 
 	// A fleet binary without a store boots, and says so.
