@@ -323,7 +323,7 @@ func TestOneSqueueAnswersForAllMachinesWithinAPoll(t *testing.T) {
 	if _, err := d.Start(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
-	d.Poll = time.Hour // capped at a second
+	d.Poll = time.Hour      // capped at a second
 	d.jobs.at = time.Time{} // Start's last answer is old
 	before := len(f.named("squeue"))
 	for i := 0; i < 20; i++ {
