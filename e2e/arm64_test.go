@@ -97,7 +97,7 @@ func startARM64Bake(dir string) {
 // untouched; its disk is cached by recipe hash like the amd64 one.
 func TestARM64Guest(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	t.Parallel() // its VM slot once the bake is done: waiting holds none
 	if arm64Bake.done == nil {
 		t.Skip("the arm64 bake was not started")
 	}
@@ -107,6 +107,7 @@ func TestARM64Guest(t *testing.T) {
 	case <-time.After(50 * time.Minute):
 		t.Fatal("the arm64 bake has not finished in 50 minutes")
 	}
+	takeSlot(t)
 	b, _ := os.ReadFile(arm64Bake.log)
 	if arm64Bake.err != nil {
 		t.Fatalf("arm64 bake: %v\n%s", arm64Bake.err, tail(string(b), 80))

@@ -190,7 +190,7 @@ type spendRow struct {
 // counted and capped by the credential proxy.
 func TestCockpit(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	startStubNet(t)
 	api := startUsageStub(t)

@@ -22,7 +22,7 @@ import (
 // state) on one machine, three cold boots and one restore.
 func TestQEMUDriverConformance(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	img, err := images.Store{Root: filepath.Join(fleetHome, "images")}.Resolve("debian-12")
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 // new host key back yet) and `fleet start` waited out its timeout.
 func TestWarmCloneSurvivesAKill(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	run := func(timeout time.Duration, args ...string) result {
 		return fleetIn(t, "crash", timeout, nil, args...)

@@ -28,7 +28,7 @@ const (
 
 func TestDiskFull(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	home := t.TempDir()
 	remount := func(size string) {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,6 +32,10 @@ func TestMain(m *testing.M) {
 		fmt.Println("e2e: skipped (set FLEET_E2E=1 to boot real VMs)")
 		os.Exit(m.Run())
 	}
+	// Every parallel test starts at once and waits for a VM slot, which
+	// takeSlot hands out longest test first (Go's own limit would pick).
+	flag.Parse()
+	_ = flag.Set("test.parallel", "64")
 	dir, err := os.MkdirTemp("", "fleet-e2e-")
 	if err != nil {
 		panic(err)

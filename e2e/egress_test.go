@@ -104,7 +104,7 @@ const floodConns = 400
 
 func TestEgress(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	startStubNet(t)
 	up := startUpstream(t)

@@ -22,7 +22,7 @@ import (
 // commit); a file written in one child is in no other machine.
 func TestFork(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	sh(t, repo, `git init -q -b main && echo one > a.txt && git add -A && git commit -q -m first`)

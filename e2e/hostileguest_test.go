@@ -39,7 +39,7 @@ func fleetQuiet(t *testing.T, timeout time.Duration, args ...string) (stdout []b
 // no forged status reads as success.
 func TestHostileGuestOutput(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	sh(t, repo, `git init -q -b main && cat > agent.sh <<'SH'

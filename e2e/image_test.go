@@ -110,6 +110,7 @@ func TestBakedImageManifest(t *testing.T) {
 // Then --if-changed is a no-op, and a Ctrl-C'd bake leaves nothing behind.
 func TestImageFromCloudSourceOverSSH(t *testing.T) {
 	requireE2E(t)
+	parallelVM(t) // its own FLEET_HOME and cache; mostly one guest at a time
 	home, cache := t.TempDir(), t.TempDir()
 	env := []string{"FLEET_HOME=" + home, "FLEET_CACHE=" + cache}
 	src, sums := serveCloudImage(t, latestDisk(t), "")

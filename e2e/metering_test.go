@@ -82,7 +82,7 @@ curl -sS -m 120 -o /dev/null -w '%{http_code}\n' -H 'Accept-Encoding: gzip' \
 // reservation, and what fleet counts is what the upstream served.
 func TestMeteringHoldsUnderConcurrentCalls(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	api := startMeterStub(t)
 	project := t.TempDir()

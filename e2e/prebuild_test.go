@@ -37,7 +37,7 @@ const prebuildLock = `{
 // output.
 func TestPrebuild(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	os.WriteFile(filepath.Join(repo, "package.json"), []byte(`{"name":"p","version":"1.0.0","dependencies":{"is-number":"7.0.0"}}`), 0o644)

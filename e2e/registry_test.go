@@ -25,7 +25,7 @@ import (
 // pull does nothing; a corrupted blob promotes nothing.
 func TestImageThroughARegistry(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	reg := registrytest.Start(t, "fleet", "e2e-pass")
 	ref := reg.Addr + "/agentfleet/debian-12"
 	login := []string{"DOCKER_CONFIG=" + reg.DockerConfig}
@@ -97,7 +97,7 @@ func TestImageThroughARegistry(t *testing.T) {
 // planted in a store by hand is refused by spawn before anything boots.
 func TestPullRefusesADiskThatNamesAHostFile(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	reg := registrytest.Start(t, "", "")
 	ref := reg.Addr + "/agentfleet/debian-12"
 	if r := fleet(t, 10*time.Minute, "image", "push", "debian-12", ref); r.code != 0 {

@@ -20,7 +20,7 @@ const nastyTask = "exit=0 \"double\" 'single' $(touch /tmp/pwned) `id` $HOME \\b
 // code its task names) and then the real Claude Code CLI.
 func TestAgentSessions(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	sh(t, repo, `git init -q -b main && cat > agent.sh <<'SH'

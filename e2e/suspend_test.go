@@ -20,7 +20,7 @@ import (
 // restore leaves nothing half-made.
 func TestSuspendResume(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	project := t.TempDir()
 	os.WriteFile(filepath.Join(project, "fleet.hcl"), []byte(`

@@ -22,7 +22,7 @@ import (
 // template whose key no longer matches is not used.
 func TestWarmClones(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	run := func(timeout time.Duration, args ...string) result {
 		return fleetIn(t, "wc", timeout, nil, args...)

@@ -68,7 +68,7 @@ type summary struct {
 // off; destroy protects uncollected work; apply merges.
 func TestWorkspaceGit(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo := t.TempDir()
 	sh(t, repo, `git init -q -b main && printf 'package main\n' > main.go && printf 'secret.env\n' > .gitignore &&
@@ -212,7 +212,7 @@ echo 'half done' > wip.txt`)
 // collect copies results into a separate folder and never over the source.
 func TestWorkspaceRsync(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	src := t.TempDir()
 	sh(t, src, `mkdir -p lib node_modules/dep && echo 'print(1)' > app.py && echo 'x = 1' > lib/util.py &&
@@ -271,7 +271,7 @@ printf 'exclude = ["node_modules"]\n' > fleet.hcl`)
 // the host at once.
 func TestWorkspaceShared(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	src := t.TempDir()
 	sh(t, src, "chmod 0755 . && echo v1 > app.txt && mkdir out && chmod 0777 out")
@@ -365,7 +365,7 @@ func bombPack(t *testing.T) []byte {
 // is git's own bytes, and the bomb is refused leaving nothing behind.
 func TestWorkspaceHostileAgent(t *testing.T) {
 	requireE2E(t)
-	t.Parallel()
+	parallelVM(t)
 	t.Cleanup(func() { dumpConsoles(t) })
 	repo, marks := t.TempDir(), t.TempDir()
 	sh(t, repo, `git init -q -b main && printf 'package main\n' > main.go && mkdir .githooks &&
