@@ -377,19 +377,26 @@ credentials {
 		waitEvent("the refusal event", func(ev map[string]any) bool {
 			return ev["kind"] == "egress_denied" && ev["machine"] == "ck-2" && ev["host"] == "denied.test"
 		})
-		// fleet events says the same for scripts.
-		out := run("events", "--json").stdout
+		// fleet events says the same for scripts. Each machine's agent is
+		// asked over SSH, which a loaded host may answer late: a few tries.
 		var denied, succeeded bool
-		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-			var ev map[string]any
-			if err := json.Unmarshal([]byte(l), &ev); err != nil {
-				t.Fatalf("fleet events --json printed %q: %v", l, err)
+		var ev result
+		for try := 0; try < 10 && !(denied && succeeded); try++ {
+			if try > 0 {
+				time.Sleep(3 * time.Second)
 			}
-			denied = denied || (ev["machine"] == "ck-2" && ev["kind"] == "egress_denied" && ev["host"] == "denied.test" && ev["port"] == float64(stubHTTP))
-			succeeded = succeeded || (ev["machine"] == "ck-1" && ev["kind"] == "agent" && ev["state"] == "succeeded" && ev["exit_code"] == float64(0))
+			ev = run("events", "--json")
+			for _, l := range strings.Split(strings.TrimSpace(ev.stdout), "\n") {
+				var e map[string]any
+				if err := json.Unmarshal([]byte(l), &e); err != nil {
+					t.Fatalf("fleet events --json printed %q: %v", l, err)
+				}
+				denied = denied || (e["machine"] == "ck-2" && e["kind"] == "egress_denied" && e["host"] == "denied.test" && e["port"] == float64(stubHTTP))
+				succeeded = succeeded || (e["machine"] == "ck-1" && e["kind"] == "agent" && e["state"] == "succeeded" && e["exit_code"] == float64(0))
+			}
 		}
 		if !denied || !succeeded {
-			t.Errorf("fleet events --json:\n%s", out)
+			t.Errorf("fleet events --json (exit %d):\n%s\n%s", ev.code, ev.stdout, ev.stderr)
 		}
 	})
 
