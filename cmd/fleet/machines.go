@@ -131,7 +131,8 @@ host key and tokens over a host-only channel before it uses the network.
 --sync shared and VirtualBox boot cold, and say why.
 
 With --provider slurm (or fleet.hcl's provider = "slurm"), each machine is
-one Slurm job on a cluster node, booted there from its image; Slurm places
+one Slurm job on a cluster node, restored there from that node's own warm
+template (a node makes it on first use: one cold boot there); Slurm places
 and queues them, and fleet ls shows each job, its node and why it waits.`,
 		Example: `  fleet spawn 4
   fleet spawn 32 --provider slurm --wait-queued=false
