@@ -167,6 +167,30 @@ func selfSigned() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// removeDeadStubNets removes the stub networks of e2e runs killed before
+// their cleanups ran: each holds a documentation range that this run's
+// stub network would otherwise not find free. A live run's namespace
+// always runs its sites' process; a dead one's runs nothing.
+func removeDeadStubNets(t *testing.T) {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "fleete2e") {
+			continue
+		}
+		id, err := strconv.Atoi(strings.TrimPrefix(f[0], "fleete2e"))
+		if err != nil {
+			continue
+		}
+		if pids, _ := exec.Command("ip", "netns", "pids", f[0]).Output(); strings.TrimSpace(string(pids)) != "" {
+			continue
+		}
+		t.Logf("removing the stub network %s of a run that is gone", f[0])
+		exec.Command("ip", "netns", "del", f[0]).Run()
+		exec.Command("ip", "link", "del", fmt.Sprintf("fe2e%dh", id)).Run()
+	}
+}
+
 var (
 	stubMu    sync.Mutex
 	stubUsers int
@@ -197,6 +221,7 @@ func startStubNet(t *testing.T) {
 }
 
 func makeStubNet(t *testing.T, cleanup func(func())) {
+	removeDeadStubNets(t)
 	r := pickStubRange(t)
 	base := r.Addr().As4()
 	stubHostIP = netip.AddrFrom4([4]byte{base[0], base[1], base[2], 1}).String()
