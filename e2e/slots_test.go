@@ -85,7 +85,12 @@ func takeSlot(t *testing.T) {
 	}
 	vmSlots.handOut()
 	vmSlots.mu.Unlock()
+	t0 := time.Now()
 	<-w.ready
+	// Go's duration for the test counts this wait too.
+	if waited := time.Since(t0); waited > 5*time.Second {
+		t.Logf("waited %s for a VM slot", waited.Round(time.Second))
+	}
 	// Registered first, so it runs after every cleanup the test adds
 	// (its machines are gone before the next test starts).
 	t.Cleanup(func() {
