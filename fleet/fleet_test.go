@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestPlanNamesAndContinuesNumbering(t *testing.T) {
@@ -168,5 +169,19 @@ func TestBaseImagesInUseAcrossFleetsAndRefusesCorruptState(t *testing.T) {
 	os.WriteFile(l.StateFile("b"), []byte("{torn"), 0o600)
 	if _, err := BaseImagesInUse(l); err == nil {
 		t.Fatal("a corrupt state file must stop a prune, not hide a machine's base")
+	}
+}
+
+// A guest that ran the clock's command seconds late lags by that much;
+// one that is on time, ahead, or says nothing a clock would, does not.
+func TestClockLag(t *testing.T) {
+	now := time.Unix(1796229730, 500_000_000)
+	for in, want := range map[string]int64{
+		"1796229722.100000000\n": 8, "1796229730.400000000": 0, "1796229731.0": 0,
+		"": 0, "not a time": 0, "-5": 0, "12.5": 0,
+	} {
+		if got := clockLag(in, now); got != want {
+			t.Errorf("clockLag(%q) = %d, want %d", in, got, want)
+		}
 	}
 }

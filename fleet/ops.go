@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -235,10 +236,37 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 }
 
 // setClock sets the guest's clock to the host's.
+//
+// The time sent ages while the guest starts the command (seconds for a
+// session and sudo on a loaded host): the guest says what its clock reads
+// once set, and a lag of seconds is then added to its own clock, which a
+// second slow start cannot age.
 func (c *Controller) setClock(ctx context.Context, m *Machine) error {
 	now := time.Now()
-	_, err := c.Guests().guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null", now.Unix(), now.Nanosecond()), nil)
+	out, err := c.Guests().guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n date -u -s @%d.%09d >/dev/null && date +%%s.%%N", now.Unix(), now.Nanosecond()), nil)
+	if err != nil {
+		return err
+	}
+	lag := clockLag(string(out), time.Now())
+	if lag < 2 {
+		return nil
+	}
+	_, err = c.Guests().guestRun(ctx, m, "set the clock after resume", fmt.Sprintf("sudo -n sh -c 'date -u -s @$(( $(date +%%s) + %d )) >/dev/null'", lag), nil)
 	return err
+}
+
+// clockLag is how many whole seconds a guest clock that read guest (date
+// +%s.%N) lags the host's at now; 0 if it is not a time, or not behind.
+func clockLag(guest string, now time.Time) int64 {
+	f, err := strconv.ParseFloat(strings.TrimSpace(guest), 64)
+	if err != nil || f <= 0 {
+		return 0
+	}
+	lag := now.Sub(time.Unix(0, int64(f*1e9))).Seconds()
+	if lag < 0 || lag > 24*3600 {
+		return 0 // ahead, or not a clock this command set
+	}
+	return int64(lag)
 }
 
 // Suspend saves running machines' memory to their folders and ends their
