@@ -12,7 +12,8 @@ import (
 func (g Guests) HostMemory(m *Machine) (*vm.HostMemory, error) {
 	s := g.c.spec(m, vm.Seed{})
 	if t, ok := images.TemplateOfDisk(m.BaseImage); ok {
-		s.Template = &vm.Template{Disk: t.Disk(), Memory: t.Memory(), State: t.State()}
+		tv := t.VM()
+		s.Template = &tv
 	}
 	hm, err := vm.HostMemoryOf(g.c.Driver, s)
 	if err != nil {

@@ -27,25 +27,6 @@ import (
 // QEMU version or accelerator makes its own).
 type NodeTemplates struct{}
 
-// hostWarm is how a HostWarmer driver's machines start: from the warm
-// template of the host each lands on, or booted (said, with why).
-func (tp Templates) hostWarm(req SpawnRequest) vm.HostWarm {
-	c := tp.c
-	switch {
-	case req.Warm == WarmNever:
-		c.say("cold boot: --cold")
-		return vm.HostWarmOff
-	case !provision.CanWarm(req.Image.Recipe):
-		c.say("cold boot instead of a warm restore: %s (recipe %s) has no guest agent to give a restored clone its identity", req.Image, req.Image.Recipe)
-		return vm.HostWarmOff
-	case req.Warm == WarmExisting:
-		c.say("each machine restores its node's warm template of this shape if the node has one (--no-warm: a node without one boots the machine)")
-		return vm.HostWarmExisting
-	}
-	c.say("each machine restores its node's warm template of this shape; a node without one makes it first (one cold boot there)")
-	return vm.HostWarmMake
-}
-
 var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // Template is the template for machines of s's shape in store, made
@@ -69,32 +50,18 @@ func (NodeTemplates) Template(ctx context.Context, d vm.Driver, store string, s 
 	// not hand one node's saved CPU state to another's.
 	host, _ := os.Hostname()
 	key = "image=sha256:" + s.BaseImageSHA256 + " node=" + host + " boot=" + bootKey(s.Boot) + " " + key
-	if t, ok := images.FindTemplate(img, key); ok {
-		return vmTemplate(t), nil
-	}
-	if !mayMake {
+	// Jobs of this user starting together on one node make it once.
+	t, _, err := findOrMake(ctx, img, key, mayMake, 0o700, "this node's warm template", nil, func() (images.Template, error) {
+		sweepStaging(filepath.Join(img.Dir, layout.WarmFolder), time.Hour)
+		return buildTemplate(ctx, d, img, key, nodeTemplateShape(s, templateMachineName(), stagingDir(img)), d.Capabilities().BootTimeoutFor(s.Arch))
+	})
+	if errors.Is(err, errNoTemplate) {
 		return vm.Template{}, errors.New("none of this shape yet, and --no-warm makes none")
 	}
-	warm := filepath.Join(img.Dir, layout.WarmFolder)
-	if err := os.MkdirAll(warm, 0o700); err != nil {
-		return vm.Template{}, err
-	}
-	// Jobs of this user starting together on one node make it once.
-	unlock, err := lockFile(ctx, images.TemplateDir(img, key)+layout.TemplateLockSuffix, "this node's warm template", nil)
 	if err != nil {
 		return vm.Template{}, err
 	}
-	defer unlock()
-	if t, ok := images.FindTemplate(img, key); ok {
-		return vmTemplate(t), nil
-	}
-	sweepStaging(warm, time.Hour)
-	staged := stagingDir(img)
-	t, err := buildTemplate(ctx, d, img, key, nodeTemplateShape(s, templateMachineName(), staged), d.Capabilities().BootTimeoutFor(s.Arch))
-	if err != nil {
-		return vm.Template{}, err
-	}
-	return vmTemplate(t), nil
+	return t.VM(), nil
 }
 
 // nodeTemplateShape is the template machine for s: its shape, in dir,
@@ -153,6 +120,21 @@ func (NodeTemplates) Identify(ctx context.Context, d vm.Driver, s vm.Spec) error
 	return identifyWith(ctx, d, s, s.Seed, false)
 }
 
-func vmTemplate(t images.Template) vm.Template {
-	return vm.Template{Disk: t.Disk(), Memory: t.Memory(), State: t.State()}
+// hostWarm is how a HostWarmer driver's machines start: from the warm
+// template of the host each lands on, or booted (said, with why).
+func (tp Templates) hostWarm(req SpawnRequest) vm.HostWarm {
+	c := tp.c
+	switch {
+	case req.Warm == WarmNever:
+		c.say("cold boot: --cold")
+		return vm.HostWarmOff
+	case !provision.CanWarm(req.Image.Recipe):
+		c.say("cold boot instead of a warm restore: %s (recipe %s) has no guest agent to give a restored clone its identity", req.Image, req.Image.Recipe)
+		return vm.HostWarmOff
+	case req.Warm == WarmExisting:
+		c.say("each machine restores its node's warm template of this shape if the node has one (--no-warm: a node without one boots the machine)")
+		return vm.HostWarmExisting
+	}
+	c.say("each machine restores its node's warm template of this shape; a node without one makes it first (one cold boot there)")
+	return vm.HostWarmMake
 }

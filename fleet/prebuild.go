@@ -172,7 +172,8 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt im
 	if err != nil {
 		return images.Template{}, err
 	}
-	spec.Template = &vm.Template{Disk: wt.Disk(), Memory: wt.Memory(), State: wt.State()}
+	tv := wt.VM()
+	spec.Template = &tv
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()

@@ -149,7 +149,8 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return err
 			}
 			if tpl != nil {
-				spec.Template = &vm.Template{Disk: tpl.Disk(), Memory: tpl.Memory(), State: tpl.State()}
+				tv := tpl.VM()
+				spec.Template = &tv
 				m.BaseImage = tpl.Disk() // what its disk links to, for prune
 				m.Prebuild = prebuilt
 			}

@@ -80,28 +80,35 @@ func (tp Templates) template(ctx context.Context, img ImageRef, cpus, mem int, n
 		return t, false, err
 	}
 	key = "image=" + img.String() + " " + key
-	iimg := imageOf(img)
-	if t, ok := images.FindTemplate(iimg, key); ok {
+	return findOrMake(ctx, imageOf(img), key, mayMake, 0o755, "the warm template of "+img.String(),
+		func() { tp.c.say("waiting for another fleet command making this warm template of %s...", img) },
+		func() (images.Template, error) { return tp.makeTemplate(ctx, img, key, cpus, mem, n) })
+}
+
+// findOrMake is img's template for key: found, or, with mayMake, made by
+// make under the key's lock (one maker per key; templates of other shapes
+// are made meanwhile), looked for again once the lock is held. With
+// neither it is errNoTemplate. The controller's and a node's templates
+// are found and made this one way; perm is the warm folder's mode.
+func findOrMake(ctx context.Context, img images.Image, key string, mayMake bool, perm os.FileMode, what string, onWait func(), make func() (images.Template, error)) (t images.Template, made bool, err error) {
+	if t, ok := images.FindTemplate(img, key); ok {
 		return t, false, nil
 	}
 	if !mayMake {
 		return t, false, errNoTemplate
 	}
-	warmDir := filepath.Join(iimg.Dir, layout.WarmFolder)
-	if err := os.MkdirAll(warmDir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(img.Dir, layout.WarmFolder), perm); err != nil {
 		return t, false, err
 	}
-	// One maker per key: templates of other shapes are made meanwhile.
-	unlock, err := lockFile(ctx, images.TemplateDir(iimg, key)+layout.TemplateLockSuffix, "the warm template of "+img.String(),
-		func() { tp.c.say("waiting for another fleet command making this warm template of %s...", img) })
+	unlock, err := lockFile(ctx, images.TemplateDir(img, key)+layout.TemplateLockSuffix, what, onWait)
 	if err != nil {
 		return t, false, err
 	}
 	defer unlock()
-	if t, ok := images.FindTemplate(iimg, key); ok {
+	if t, ok := images.FindTemplate(img, key); ok {
 		return t, false, nil
 	}
-	t, err = tp.makeTemplate(ctx, img, key, cpus, mem, n)
+	t, err = make()
 	return t, err == nil, err
 }
 

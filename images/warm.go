@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/qcow2"
+	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
 // A warm template is one machine of an image version, booted to ready and
@@ -61,6 +62,11 @@ type Template struct {
 func (t Template) Disk() string   { return filepath.Join(t.Dir, TemplateDisk) }
 func (t Template) Memory() string { return filepath.Join(t.Dir, TemplateMemory) }
 func (t Template) State() string  { return filepath.Join(t.Dir, TemplateState) }
+
+// VM is t as a driver restores it.
+func (t Template) VM() vm.Template {
+	return vm.Template{Disk: t.Disk(), Memory: t.Memory(), State: t.State()}
+}
 
 // TemplateOfDisk is the template whose frozen disk is disk
 // (<version>/warm/<key>/disk.qcow2), if it is one: what a warm clone's
