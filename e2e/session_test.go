@@ -49,8 +49,11 @@ git add -A && git commit -qm first`)
 	defer fleet(t, 5*time.Minute, "destroy", "--all", "--force", "--name", "ag")
 
 	// --credentials env: these subtests are about forwarding the host's key
-	// into the session (the credential proxy has its own test).
-	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--project", repo, "--tasks", tasks, "--credentials", "env", "--no-warm")
+	// into the session (the credential proxy has its own test). That shape
+	// has no template yet: one is made (one cold boot) and both machines
+	// restore it, cheaper than two cold boots. --no-prebuild: each machine
+	// runs the setup itself (TestPrebuild has the prebuilds).
+	r := fleet(t, bootDeadline, "spawn", "2", "--name", "ag", "--project", repo, "--tasks", tasks, "--credentials", "env", "--no-prebuild")
 	if r.code != 0 {
 		t.Fatalf("spawn --tasks: %s", r.stderr)
 	}

@@ -136,6 +136,22 @@ if [ -d /etc/initramfs-tools ]; then
   for m in virtio_pci virtio_blk virtio_scsi ahci ata_piix sd_mod nvme ext4 crc32c_generic; do
     grep -qx "$m" /etc/initramfs-tools/modules 2>/dev/null || echo "$m" >> /etc/initramfs-tools/modules
   done
-  update-initramfs -u -k all >/dev/null 2>&1
+  # What the initrd is made from: its configuration, its hooks, the
+  # kernels and their modules. A source that is itself a fleet image has
+  # the same inputs as when its initrd was made, and rebuilding it costs a
+  # minute under emulation; the stamp also names each initrd, so one
+  # replaced or removed since is made again.
+  inputs() {
+    find /etc/initramfs-tools /usr/share/initramfs-tools \( -type f -o -type l \) -printf '%p %s %T@ %l\n' 2>/dev/null
+    find /boot -maxdepth 1 \( -type f -o -type l \) -printf '%p %s %T@ %l\n'
+    for k in /lib/modules/*; do [ -f "$k/modules.dep" ] && sha256sum "$k/modules.dep"; done
+  }
+  stamp=/var/lib/agentfleet/fast-boot-initrd.sha256
+  if [ -f "$stamp" ] && [ "$(inputs | LC_ALL=C sort | sha256sum)" = "$(cat "$stamp")" ]; then
+    echo "initrd: unchanged since it was made (same configuration, hooks, kernels and modules)"
+  else
+    update-initramfs -u -k all >/dev/null 2>&1
+    inputs | LC_ALL=C sort | sha256sum > "$stamp"
+  fi
   ls -l /boot/initrd.img-* | awk '{print "initrd:", $5, $NF}'
 fi
