@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentfleet/agentfleet/internal/filelock"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/session"
 )
@@ -142,5 +143,5 @@ func holdAwake(ctx context.Context, m *Machine) (release func(), err error) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, awakeTimeout)
 	defer cancel()
-	return flockFile(wctx, awakeLockPath(m), m.Name+"'s awake lock", syscall.LOCK_SH, nil)
+	return filelock.Shared(wctx, awakeLockPath(m), m.Name+"'s awake lock", nil)
 }

@@ -9,8 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
-	"time"
+
+	"github.com/agentfleet/agentfleet/internal/filelock"
 )
 
 // CorruptStateError names a state file that cannot be read back.
@@ -79,37 +79,7 @@ func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err err
 
 // lockFile takes an exclusive flock on path, waiting until ctx ends.
 func lockFile(ctx context.Context, path, what string, onWait func()) (unlock func(), err error) {
-	return flockFile(ctx, path, what, syscall.LOCK_EX, onWait)
-}
-
-// flockFile takes a flock of kind how (LOCK_EX or LOCK_SH) on path,
-// waiting until ctx ends.
-func flockFile(ctx context.Context, path, what string, how int, onWait func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	waited := false
-	for {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		if err == nil {
-			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", what, err)
-		}
-		if !waited && onWait != nil {
-			onWait()
-			waited = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for the lock on %s: %w", what, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return filelock.Exclusive(ctx, path, what, onWait)
 }
 
 // Update runs fn on the current state under the lock and saves the result
