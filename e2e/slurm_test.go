@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentfleet/agentfleet/internal/registrytest"
 )
 
 // slurmRow is fleet ls --json's view of a Slurm machine.
@@ -38,8 +40,16 @@ func TestSlurm(t *testing.T) {
 	// Not parallel: its two cold boots on the nodes would take the other
 	// tests' cores and break their timing checks; alone it takes ~4 min.
 	t.Cleanup(func() { dumpConsoles(t) })
-	cl := startSlurmCluster(t, 2, 1, 3072)
+	// n2 has no shared storage: the controller's image folder is not
+	// there, so n2 pulls the image from the fleet's registry by digest.
+	images := filepath.Join(fleetHome, "images")
+	cl := startSlurmClusterHiding(t, 2, 1, 3072, map[int][]string{1: {images}})
 	nodeRoot := filepath.Join(cl.Dir, "nodes")
+	reg := registrytest.StartAt(t, cl.BridgeIP, "", "")
+	ref := reg.Addr + "/agentfleet/debian-12"
+	if r := fleet(t, 10*time.Minute, "image", "push", "debian-12", ref, "--plain-http"); r.code != 0 {
+		t.Fatalf("image push to the cluster's registry: %s", r.stderr)
+	}
 	up := startUpstreamAt(t, cl.BridgeIP+":0")
 	const secret = "sk-ant-slurm-e2e-a9f3c1d7e5b2"
 
@@ -58,9 +68,11 @@ profile "standin" {
 slurm {
   node_dir   = "%s/%%n"
   time_limit = "60"
+  image_registry = "%s"
+  image_registry_plain_http = true
 }
 HCL
-git add -A && git commit -qm first`, nodeRoot))
+git add -A && git commit -qm first`, nodeRoot, ref))
 	env := append([]string{"ANTHROPIC_API_KEY=" + secret}, cl.Env...)
 	run := func(timeout time.Duration, args ...string) result {
 		t.Helper()
@@ -106,6 +118,14 @@ git add -A && git commit -qm first`, nodeRoot))
 		if !regexp.MustCompile(n + `: on n\d: from this node's warm template \(made now in .*\), restored and given its identity in`).MatchString(r.stderr) {
 			t.Errorf("spawn does not say %s was restored from its node's new template:\n%s", n, r.stderr)
 		}
+	}
+	// n1 copied the image from the shared path; n2, which has none, pulled
+	// each file from the registry.
+	if !regexp.MustCompile(`: on n1: .*image files disk\.qcow2 \([1-9]\d* MiB\) copied from the shared path`).MatchString(r.stderr) {
+		t.Errorf("spawn does not say n1 copied the image from the shared path:\n%s", r.stderr)
+	}
+	if !regexp.MustCompile(`: on n2: .*image files disk\.qcow2 \([1-9]\d* MiB\) pulled from ` + regexp.QuoteMeta(ref) + ` in .*, vmlinuz \(\d+ MiB\) pulled from `).MatchString(r.stderr) {
+		t.Errorf("spawn does not say n2 pulled the image from the registry:\n%s", r.stderr)
 	}
 
 	var jobs map[string]string // machine -> job

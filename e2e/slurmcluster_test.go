@@ -71,6 +71,15 @@ var (
 // slurmctld is not installed and CI is not set (in CI it fails instead).
 func startSlurmCluster(t *testing.T, n, cpus, memMiB int) *slurmCluster {
 	t.Helper()
+	return startSlurmClusterHiding(t, n, cpus, memMiB, nil)
+}
+
+// startSlurmClusterHiding is startSlurmCluster with folders of this host
+// that some nodes do not have: node i's slurmd (and so its jobs) runs in
+// a mount namespace of its own with an empty tmpfs over each of hidden[i],
+// as a node without the controller's shared storage.
+func startSlurmClusterHiding(t *testing.T, n, cpus, memMiB int, hidden map[int][]string) *slurmCluster {
+	t.Helper()
 	start := time.Now()
 	requireSlurmTools(t)
 	if n < 1 || n > 200 || cpus < 1 || memMiB < 1 {
@@ -111,8 +120,16 @@ func startSlurmCluster(t *testing.T, n, cpus, memMiB int) *slurmCluster {
 	c.waitFor(t, 30*time.Second, "slurmctld to answer", func() bool {
 		return c.try("scontrol", "ping") == nil
 	})
-	for _, nd := range c.Nodes {
-		d := c.startDaemon(t, "slurmd-"+nd.Name, "nsenter", "--net=/var/run/netns/"+nd.Netns, "slurmd", "-D", "-f", c.Conf, "-N", nd.Name)
+	for i, nd := range c.Nodes {
+		args := []string{"--net=/var/run/netns/" + nd.Netns, "slurmd", "-D", "-f", c.Conf, "-N", nd.Name}
+		if dirs := hidden[i]; len(dirs) > 0 {
+			// unshare, sh and slurmd each exec the next: the daemon's
+			// process is slurmd's.
+			args = append([]string{"--net=/var/run/netns/" + nd.Netns, "unshare", "--mount", "--propagation", "private", "sh", "-euc",
+				`conf=$1 name=$2; shift 2; for d; do mount -t tmpfs -o size=1m,mode=0755 fleet-hidden "$d"; done; exec slurmd -D -f "$conf" -N "$name"`,
+				"sh", c.Conf, nd.Name}, dirs...)
+		}
+		d := c.startDaemon(t, "slurmd-"+nd.Name, append([]string{"nsenter"}, args...)...)
 		c.slurmd = append(c.slurmd, d)
 		t.Cleanup(func() { d.stop(t) })
 	}

@@ -109,6 +109,12 @@ type SlurmBlock struct {
 	// node's name); FleetBinary the fleet binary's path on the nodes.
 	NodeDir     string `hcl:"node_dir,optional"`
 	FleetBinary string `hcl:"fleet_binary,optional"`
+	// ImageRegistry is the repository `fleet image push` sent the images
+	// to (host[:port]/repository): a node without the image on a shared
+	// path pulls its files from there by digest. Plain HTTP is spoken to
+	// loopback, or with ImageRegistryPlainHTTP.
+	ImageRegistry          string `hcl:"image_registry,optional"`
+	ImageRegistryPlainHTTP bool   `hcl:"image_registry_plain_http,optional"`
 }
 
 // IdleSuspendFor is how long an agent may idle before its machine is

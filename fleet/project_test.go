@@ -85,3 +85,22 @@ func TestProjectPrebuildKey(t *testing.T) {
 		t.Errorf("a missing named input: %v", err)
 	}
 }
+
+// The slurm block's image_registry settings are read from fleet.hcl.
+func TestProjectSlurmImageRegistry(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "fleet.hcl"), []byte(`provider = "slurm"
+slurm {
+  partition = "batch"
+  image_registry = "10.1.2.3:5000/fleet/debian-12"
+  image_registry_plain_http = true
+}
+`), 0o644)
+	p, err := LoadProject(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Slurm == nil || p.Slurm.ImageRegistry != "10.1.2.3:5000/fleet/debian-12" || !p.Slurm.ImageRegistryPlainHTTP || p.Slurm.Partition != "batch" {
+		t.Fatalf("slurm block: %+v", p.Slurm)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
@@ -569,6 +570,34 @@ func (r *Remote) fetchFile(ctx context.Context, d ocispec.Descriptor, dst string
 		return fmt.Errorf("its content does not match its digest %s (%d bytes received of %d): nothing is promoted", d.Digest, n, d.Size)
 	}
 	return nil
+}
+
+// OpenBlob streams the blob of sha256 sum (size bytes) from ref's
+// repository (host[:port]/repository): each file of an image pushed there
+// is a blob under its own digest, so a node can pull a disk, kernel or
+// initrd by the digest the controller sends. The reader stops one byte
+// past size; the caller checks the digest as it reads.
+func OpenBlob(ctx context.Context, ref string, plainHTTP bool, sum string, size int64) (io.ReadCloser, error) {
+	if _, err := hex.DecodeString(sum); err != nil || len(sum) != 64 {
+		return nil, fmt.Errorf("blob digest %q is not a sha256", sum)
+	}
+	r, err := OpenRemote(ref, plainHTTP, "")
+	if err != nil {
+		return nil, err
+	}
+	d := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.NewDigestFromEncoded(digest.SHA256, sum), Size: size}
+	rc, err := r.repo.Blobs().Fetch(ctx, d)
+	if err != nil {
+		var er *errcode.ErrorResponse
+		if errors.Is(err, errdef.ErrNotFound) || (errors.As(err, &er) && er.StatusCode == http.StatusNotFound) {
+			return nil, fmt.Errorf("%s has no blob %s: push the image there first (fleet image push IMAGE %s)", ref, d.Digest, ref)
+		}
+		return nil, r.loginHint(err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(rc, size+1), rc}, nil
 }
 
 type progressWriter struct {

@@ -1,6 +1,7 @@
 package images
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -425,5 +427,46 @@ func TestPullRefusesAHostileManifest(t *testing.T) {
 				t.Fatal("the victim changed")
 			}
 		})
+	}
+}
+
+// A node pulls each file of a pushed image by its digest alone: the bytes
+// are the file's; a digest the registry lacks says to push.
+func TestOpenBlobGivesAPushedFileByItsDigest(t *testing.T) {
+	reg := registrytest.Start(t, "", "")
+	_, img := storedImage(t, "20261201-030000", 200<<10)
+	ctx := context.Background()
+	ref := reg.Addr + "/fleet/debian-12"
+	if _, err := open(t, ref).Push(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(img.Disk)
+	rc, err := OpenBlob(ctx, ref, false, img.DiskSHA256, int64(len(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("blob: %d bytes (want %d), %v", len(got), len(want), err)
+	}
+	// A size below the blob's: the reader stops one byte past it, so the
+	// caller sees a longer file than it was told.
+	rc, err = OpenBlob(ctx, ref, false, img.DiskSHA256, 10)
+	if err == nil {
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if len(b) > 11 {
+			t.Errorf("read %d bytes of a blob said to be 10", len(b))
+		}
+	}
+	missing := strings.Repeat("ab", 32)
+	if _, err := OpenBlob(ctx, ref, false, missing, 5); err == nil || !strings.Contains(err.Error(), "has no blob sha256:"+missing) || !strings.Contains(err.Error(), "fleet image push") {
+		t.Errorf("a blob the registry lacks: %v", err)
+	}
+	for _, bad := range []string{"", "../../etc/passwd", strings.Repeat("g", 64)} {
+		if _, err := OpenBlob(ctx, ref, false, bad, 5); err == nil || !strings.Contains(err.Error(), "not a sha256") {
+			t.Errorf("digest %q: %v", bad, err)
+		}
 	}
 }

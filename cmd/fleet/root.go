@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -235,6 +237,14 @@ func slurmDriver(b *fleet.SlurmBlock, log hclog.Logger) (*slurmvm.Driver, error)
 	if err := d.Settings.Validate(); err != nil {
 		return nil, fmt.Errorf("fleet.hcl slurm: %w", err)
 	}
+	if b.ImageRegistry != "" {
+		if _, err := images.OpenRemote(b.ImageRegistry, b.ImageRegistryPlainHTTP, ""); err != nil {
+			return nil, fmt.Errorf("fleet.hcl slurm image_registry: %w", err)
+		}
+		d.Registry = &slurmvm.ImageRegistry{Ref: b.ImageRegistry, PlainHTTP: b.ImageRegistryPlainHTTP}
+	} else if b.ImageRegistryPlainHTTP {
+		return nil, errors.New("fleet.hcl slurm: image_registry_plain_http without an image_registry")
+	}
 	return d, nil
 }
 
@@ -253,7 +263,9 @@ func slurmNodeMain(args []string) int {
 			d.TCGCacheMiB = 256
 		}
 		return d, string(d.Accel)
-	}, fleet.NodeTemplates{})
+	}, fleet.NodeTemplates{}, func(ctx context.Context, reg slurmvm.ImageRegistry, sum string, size int64) (io.ReadCloser, error) {
+		return images.OpenBlob(ctx, reg.Ref, reg.PlainHTTP, sum, size)
+	})
 }
 
 // hostDrivers are every driver this host could run, built to ask about

@@ -137,10 +137,11 @@ const (
 // written by the job's fleet process (internal/vm/slurm): u<uid>/ per
 // user, owner-only, holding
 const (
-	NodeImagesFolder    = "images"    // u<uid>/images/sha256-<digest>: image files copied to the node, checked by digest
-	NodeJobPrefix       = "job-"      // u<uid>/job-<id>/: one job's machine folder, removed when the job ends
-	NodeTemplatesFolder = "templates" // u<uid>/templates/<disk digest>/warm/<key>/: warm templates made on the node, kept across jobs
-	NodeControlFile     = "ctl.sock"  // job-<id>/ctl.sock: where srun's relay reaches the job's process
+	NodeImagesFolder    = "images"      // u<uid>/images/sha256-<digest>: image files copied to the node, checked by digest
+	NodeImageLocks      = "image-locks" // u<uid>/image-locks/sha256-<digest>: held while a job copies that file in
+	NodeJobPrefix       = "job-"        // u<uid>/job-<id>/: one job's machine folder, removed when the job ends
+	NodeTemplatesFolder = "templates"   // u<uid>/templates/<disk digest>/warm/<key>/: warm templates made on the node, kept across jobs
+	NodeControlFile     = "ctl.sock"    // job-<id>/ctl.sock: where srun's relay reaches the job's process
 )
 
 // Files of the VirtualBox driver's folder (FLEET_HOME/virtualbox).

@@ -22,22 +22,29 @@ const Binary = "docker-registry"
 
 // Registry is one running registry.
 type Registry struct {
-	Addr    string // 127.0.0.1:port
+	Addr    string // host:port (127.0.0.1 unless StartAt says)
 	Storage string // its blob storage root
 	// DockerConfig is a folder with a config.json holding the login (set
 	// DOCKER_CONFIG to it); "" without auth.
 	DockerConfig string
 }
 
-// Start runs a registry until the test ends; the test is skipped where
-// the program is not installed.
+// Start runs a registry on loopback until the test ends; the test is
+// skipped where the program is not installed.
 func Start(t testing.TB, user, password string) *Registry {
+	t.Helper()
+	return StartAt(t, "127.0.0.1", user, password)
+}
+
+// StartAt is Start listening on host (an address of this machine that
+// others reach, such as a test network's bridge).
+func StartAt(t testing.TB, host, user, password string) *Registry {
 	t.Helper()
 	if _, err := exec.LookPath(Binary); err != nil {
 		t.Skipf("%s is not installed (apt-get install docker-registry)", Binary)
 	}
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

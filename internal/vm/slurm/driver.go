@@ -42,6 +42,9 @@ type Driver struct {
 	// how long one squeue answer for all the user's jobs is reused.
 	Poll time.Duration
 	Log  hclog.Logger
+	// Registry, if set, is where a node pulls an image file that is not
+	// on its shared path (fleet.hcl's slurm image_registry).
+	Registry *ImageRegistry
 
 	jobs jobsCache
 }
@@ -483,18 +486,22 @@ func (d *Driver) startRequest(s vm.Spec, nodeAddr string) (request, error) {
 		return request{}, err
 	}
 	s.Seed = seed // a later start passes none
-	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr}
-	req.Images = append(req.Images, imageFile{Path: s.BaseImage, SHA256: s.BaseImageSHA256})
+	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr, Registry: d.Registry}
+	disk, err := os.Stat(s.BaseImage)
+	if err != nil {
+		return req, err
+	}
+	req.Images = append(req.Images, imageFile{Path: s.BaseImage, SHA256: s.BaseImageSHA256, Size: disk.Size()})
 	if s.Boot != nil {
 		for _, p := range []string{s.Boot.Kernel, s.Boot.Initrd} {
 			if p == "" {
 				continue
 			}
-			sum, err := fileSHA256(p)
+			sum, size, err := fileSHA256(p)
 			if err != nil {
 				return req, err
 			}
-			req.Images = append(req.Images, imageFile{Path: p, SHA256: sum})
+			req.Images = append(req.Images, imageFile{Path: p, SHA256: sum, Size: size})
 		}
 	}
 	files, err := readFolderFiles(s.Dir, layout.ProxyFiles)
@@ -505,17 +512,18 @@ func (d *Driver) startRequest(s vm.Spec, nodeAddr string) (request, error) {
 	return req, nil
 }
 
-func fileSHA256(p string) (string, error) {
+func fileSHA256(p string) (string, int64, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 func readFolderFiles(dir string, names []string) ([]nodeFile, error) {

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/filelock"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -45,7 +47,7 @@ type NodeWarm interface {
 // NodeMain is `fleet __slurm-node run|call`: run is a job's one process
 // (the job script execs it), call relays one request from srun's stdin to
 // it. It returns the exit status.
-func NodeMain(args []string, newDriver NodeDriver, warm NodeWarm) int {
+func NodeMain(args []string, newDriver NodeDriver, warm NodeWarm, blobs BlobOpener) int {
 	if len(args) < 1 || (args[0] != "run" && args[0] != "call") {
 		fmt.Fprintln(os.Stderr, "usage: fleet "+NodeCommand+" run|call --root DIR [--job ID] (started by Slurm; see fleet spawn --provider slurm)")
 		return 2
@@ -85,7 +87,7 @@ func NodeMain(args []string, newDriver NodeDriver, warm NodeWarm) int {
 	syscall.Umask(0o077)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
-	n := &node{dir: dir, user: user, newDriver: newDriver, warm: warm, done: make(chan string, 1)}
+	n := &node{dir: dir, user: user, newDriver: newDriver, warm: warm, blobs: blobs, done: make(chan string, 1)}
 	why, err := n.run(ctx)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleet %s run: %v\n", NodeCommand, err)
@@ -179,6 +181,7 @@ type node struct {
 	dir, user string
 	newDriver NodeDriver
 	warm      NodeWarm
+	blobs     BlobOpener // nil: images come from shared paths only
 
 	mu      sync.Mutex // one request at a time
 	driver  vm.Driver
@@ -334,12 +337,16 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		return reply{}, fmt.Errorf("forward address %q is not an IP address", req.ForwardHost)
 	}
 	local := map[string]string{}
+	var fetched []string // what this start copied into the store, and from where
 	for _, im := range req.Images {
-		p, err := fetchImage(filepath.Join(n.user, layout.NodeImagesFolder), im)
+		p, how, err := n.fetchImage(ctx, filepath.Join(n.user, layout.NodeImagesFolder), im, req.Registry)
 		if err != nil {
 			return reply{}, err
 		}
 		local[im.Path] = p
+		if how != "" {
+			fetched = append(fetched, how)
+		}
 	}
 	mapped := func(p string) (string, error) {
 		if l, ok := local[p]; ok {
@@ -408,6 +415,12 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 			return reply{}, fmt.Errorf("restored from this node's warm template, but: %w", err)
 		}
 		note += fmt.Sprintf(", restored and given its identity in %s", time.Since(t0).Round(10*time.Millisecond))
+	}
+	if len(fetched) > 0 {
+		if note != "" {
+			note += "; "
+		}
+		note += "image files " + strings.Join(fetched, ", ")
 	}
 	n.started = true
 	// The guest's SSH is on the node's loopback, where the user network
@@ -582,51 +595,104 @@ func (n *node) readFiles(names []string) ([]nodeFile, error) {
 
 var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// fetchImage is im in this user's node store, copied from its shared path
-// and checked against its digest the first time. A file whose content
-// does not match is never kept.
-func fetchImage(store string, im imageFile) (string, error) {
+// fetchImage is im in this user's node store, copied the first time from
+// its shared path or, where the node has no such file, pulled from the
+// fleet's registry by its digest. Either way its content is checked
+// against the digest and size the controller sent as it is copied, and a
+// file that does not match is never kept. Jobs fetching the same file on
+// one node copy it once.
+func (n *node) fetchImage(ctx context.Context, store string, im imageFile, reg *ImageRegistry) (path, how string, err error) {
 	if !sha256Re.MatchString(im.SHA256) {
-		return "", fmt.Errorf("%s: digest %q is not a sha256", im.Path, im.SHA256)
+		return "", "", fmt.Errorf("%s: digest %q is not a sha256", im.Path, im.SHA256)
 	}
 	if err := os.MkdirAll(store, 0o700); err != nil {
-		return "", err
+		return "", "", err
 	}
 	dst := filepath.Join(store, "sha256-"+im.SHA256)
-	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() {
-		return dst, nil
+	have := func() bool { st, err := os.Lstat(dst); return err == nil && st.Mode().IsRegular() }
+	if have() {
+		return dst, "", nil
 	}
-	src, err := os.OpenFile(im.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	locks := filepath.Join(filepath.Dir(store), layout.NodeImageLocks)
+	if err := os.MkdirAll(locks, 0o700); err != nil {
+		return "", "", err
+	}
+	unlock, err := filelock.Exclusive(ctx, filepath.Join(locks, "sha256-"+im.SHA256), "the node's copy of "+filepath.Base(im.Path), nil)
 	if err != nil {
-		return "", fmt.Errorf("the image file %s is not on this node's shared path: %w", im.Path, err)
+		return "", "", err
+	}
+	defer unlock()
+	if have() { // another job on this node copied it meanwhile
+		return dst, "", nil
+	}
+	t0 := time.Now()
+	src, from, err := n.openImage(ctx, im, reg)
+	if err != nil {
+		return "", "", err
 	}
 	defer src.Close()
-	if st, err := src.Stat(); err != nil || !st.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file", im.Path)
-	}
 	tmp, err := os.CreateTemp(store, ".fetch-*")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), src); err != nil {
+	// One byte past the size the controller sent shows a longer file (a
+	// controller of an older fleet sends no size).
+	var in io.Reader = src
+	if im.Size > 0 {
+		in = io.LimitReader(src, im.Size+1)
+	}
+	copied, err := io.Copy(io.MultiWriter(tmp, h), in)
+	if err != nil {
 		tmp.Close()
-		return "", fmt.Errorf("copy %s to the node: %w", im.Path, err)
+		return "", "", fmt.Errorf("copy %s to the node (%s): %w", im.Path, from, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return "", err
+		return "", "", err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != im.SHA256 {
-		return "", fmt.Errorf("%s on this node is sha256 %s, not %s as the fleet's image says: not used", im.Path, got[:12], im.SHA256[:12])
+	if got := hex.EncodeToString(h.Sum(nil)); got != im.SHA256 || (im.Size > 0 && copied != im.Size) {
+		return "", "", fmt.Errorf("%s (%s) is sha256 %s (%d bytes), not %s (%d bytes) as the fleet's image says: not used", im.Path, from, got[:12], copied, im.SHA256[:12], im.Size)
 	}
 	if err := os.Chmod(tmp.Name(), 0o400); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return dst, nil
+	return dst, fmt.Sprintf("%s (%d MiB) %s in %s", filepath.Base(im.Path), copied>>20, from, time.Since(t0).Round(100*time.Millisecond)), nil
+}
+
+// openImage opens im on the node's shared path, or where the node has no
+// such file and the fleet names a registry, its blob there; from says
+// which, for errors.
+func (n *node) openImage(ctx context.Context, im imageFile, reg *ImageRegistry) (rc io.ReadCloser, from string, err error) {
+	f, err := os.OpenFile(im.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err == nil {
+		st, serr := f.Stat()
+		if serr != nil || !st.Mode().IsRegular() {
+			f.Close()
+			return nil, "", fmt.Errorf("%s is not a regular file", im.Path)
+		}
+		return f, "copied from the shared path", nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) || reg == nil {
+		if reg == nil {
+			return nil, "", fmt.Errorf("the image file %s is not on this node's shared path (%w), and fleet.hcl's slurm block names no image_registry to pull it from", im.Path, err)
+		}
+		return nil, "", fmt.Errorf("the image file %s on this node's shared path: %w", im.Path, err)
+	}
+	if n.blobs == nil {
+		return nil, "", fmt.Errorf("the image file %s is not on this node's shared path, and this fleet binary cannot pull from a registry", im.Path)
+	}
+	if im.Size <= 0 {
+		return nil, "", fmt.Errorf("%s: no size to pull it by", im.Path)
+	}
+	rc, err = n.blobs(ctx, *reg, im.SHA256, im.Size)
+	if err != nil {
+		return nil, "", fmt.Errorf("the image file %s is not on this node's shared path, and pulling it from %s failed: %w", im.Path, reg.Ref, err)
+	}
+	return rc, "pulled from " + reg.Ref, nil
 }
 
 // call relays one request from in to the job's process and its reply to

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -359,7 +360,8 @@ func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
 
 	w := &fakeWarm{}
 	rd, rep, err := start(vm.HostWarmOff, w)
-	if err != nil || len(w.asked) != 0 || rd.created[0].Template != nil || rep.Note != "" {
+	// The first start on this node copies the image in, and says so.
+	if err != nil || len(w.asked) != 0 || rd.created[0].Template != nil || !strings.HasPrefix(rep.Note, "image files disk.qcow2 (0 MiB) copied from the shared path in ") {
 		t.Fatalf("off: err %v, asked %v, template %v, note %q", err, w.asked, rd.created[0].Template, rep.Note)
 	}
 
@@ -412,5 +414,93 @@ func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
 	rd, rep, err = start(vm.HostWarmMake, nil)
 	if err != nil || rd.created[0].Template != nil || !strings.Contains(rep.Note, "booted") {
 		t.Fatalf("no store: err %v, note %q", err, rep.Note)
+	}
+}
+
+// A node without the image on its shared path pulls each file from the
+// fleet's registry by its digest, once for the jobs starting together,
+// and keeps nothing the registry got wrong.
+func TestStartPullsAnImageTheNodeLacksFromTheRegistry(t *testing.T) {
+	disk := []byte("the real disk, pushed")
+	missing := filepath.Join(t.TempDir(), "not-on-this-node", "disk.qcow2")
+	reg := &ImageRegistry{Ref: "registry.example:5000/fleet/debian-12"}
+	var mu sync.Mutex
+	opened := 0
+	serve := func(content []byte) BlobOpener {
+		return func(ctx context.Context, r ImageRegistry, digest string, size int64) (io.ReadCloser, error) {
+			mu.Lock()
+			opened++
+			mu.Unlock()
+			if r != *reg || digest != sum(disk) || size != int64(len(disk)) {
+				return nil, fmt.Errorf("asked for %+v %s %d", r, digest, size)
+			}
+			time.Sleep(50 * time.Millisecond) // long enough for the other job to wait
+			return io.NopCloser(bytes.NewReader(content)), nil
+		}
+	}
+	req := request{Op: "start", Spec: vm.Spec{Dir: "/c", BaseImage: missing}, ForwardHost: "127.0.0.1", Registry: reg,
+		Images: []imageFile{{Path: missing, SHA256: sum(disk), Size: int64(len(disk))}}}
+
+	t.Run("two jobs on one node pull it once", func(t *testing.T) {
+		user, _ := userFolder(t.TempDir())
+		opened = 0
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rd := &recordingDriver{}
+				n := &node{dir: t.TempDir(), user: user, blobs: serve(disk), newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
+				_, errs[i] = n.start(context.Background(), req)
+				if errs[i] == nil && rd.created[0].BaseImage != filepath.Join(user, layout.NodeImagesFolder, "sha256-"+sum(disk)) {
+					errs[i] = fmt.Errorf("booted %s", rd.created[0].BaseImage)
+				}
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if opened != 1 {
+			t.Errorf("the registry was asked %d times", opened)
+		}
+		if b, _ := os.ReadFile(filepath.Join(user, layout.NodeImagesFolder, "sha256-"+sum(disk))); !bytes.Equal(b, disk) {
+			t.Errorf("stored %q", b)
+		}
+	})
+
+	for name, tc := range map[string]struct {
+		blobs BlobOpener
+		reg   *ImageRegistry
+		want  string
+	}{
+		"a registry that serves other bytes": {serve([]byte("the real disk, swapped")), reg, "not used"},
+		"a registry that serves more bytes":  {serve(append(append([]byte{}, disk...), "and more"...)), reg, "not used"},
+		"a registry that serves fewer bytes": {serve(disk[:5]), reg, "not used"},
+		"a registry that fails": {func(context.Context, ImageRegistry, string, int64) (io.ReadCloser, error) {
+			return nil, errors.New("registry.example:5000 has no blob")
+		}, reg, "pulling it from registry.example:5000/fleet/debian-12 failed: registry.example:5000 has no blob"},
+		"no registry named": {serve(disk), nil, "names no image_registry"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			user, _ := userFolder(t.TempDir())
+			rd := &recordingDriver{}
+			n := &node{dir: t.TempDir(), user: user, blobs: tc.blobs, newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
+			r := req
+			r.Registry = tc.reg
+			_, err := n.start(context.Background(), r)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start: %v, want %q", err, tc.want)
+			}
+			if len(rd.created) != 0 {
+				t.Error("a machine was created")
+			}
+			if left, _ := filepath.Glob(filepath.Join(user, layout.NodeImagesFolder, "*")); len(left) != 0 {
+				t.Errorf("the store keeps %v", left)
+			}
+		})
 	}
 }

@@ -15,6 +15,9 @@
 package slurm
 
 import (
+	"context"
+	"io"
+
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -29,6 +32,9 @@ type request struct {
 	ForwardHost string      `json:"forward_host,omitempty"` // the node address the controller reaches
 	Files       []nodeFile  `json:"files,omitempty"`        // start and push: proxy files for the machine folder
 	Images      []imageFile `json:"images,omitempty"`       // start: host paths the spec names, with digests
+	// Registry is where an image file not on the node's shared path is
+	// pulled from, by its digest (nil: shared paths only).
+	Registry *ImageRegistry `json:"registry,omitempty"`
 	// pull
 	Names []string `json:"names,omitempty"`
 }
@@ -40,12 +46,27 @@ type nodeFile struct {
 }
 
 // imageFile is a read-only file the machine boots from (disk, kernel,
-// initrd): at Path on a path every node shares, checked against SHA256
-// when copied into the node's store.
+// initrd): at Path on a path every node shares, or the blob of its digest
+// in the fleet's registry, checked against SHA256 and Size when copied
+// into the node's store.
 type imageFile struct {
 	Path   string `json:"path"`
 	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
 }
+
+// ImageRegistry is the OCI repository `fleet image push` sent the fleet's
+// images to (host[:port]/repository): each of an image's files is a blob
+// there under its own sha256.
+type ImageRegistry struct {
+	Ref       string `json:"ref"`
+	PlainHTTP bool   `json:"plain_http,omitempty"`
+}
+
+// BlobOpener streams the blob of digest sum (size bytes) from reg; the
+// node checks the digest as it copies. The CLI hands in the images
+// package's (internal packages never import it).
+type BlobOpener func(ctx context.Context, reg ImageRegistry, sum string, size int64) (io.ReadCloser, error)
 
 // reply is the node process's answer.
 type reply struct {
