@@ -220,8 +220,9 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 	})
 
 	t.Run("a third machine waits in Slurm's queue, and starts when a node frees", func(t *testing.T) {
+		// Its task waits with it: the agent starts once the machine runs.
 		r := run(5*time.Minute, "spawn", "1", "--project", repo, "--cpus", "1", "--memory", "1024", "--wait-queued=false",
-			"--credential-upstream", up.url)
+			"--credential-upstream", up.url, "--task", "exit=0 queued")
 		if r.code != 0 || !strings.Contains(r.stderr, "1 still queued") {
 			t.Fatalf("spawn into a full cluster: %d %s", r.code, r.stderr)
 		}
@@ -233,12 +234,27 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 			t.Fatalf("destroy sl-2 (collected): %s", r.stderr)
 		}
 		waitFor("sl-3 running", bootDeadline+3*time.Minute, func(rs map[string]slurmRow) bool { return rs["sl-3"].State == "running" })
-		out := run(2*time.Minute, "exec", "sl-3", "--", "sh", "-c", "hostname && git -C /workspace log -1 --format=%s")
-		if out.code != 0 || out.stdout != "sl-3\nfirst\n" {
-			t.Fatalf("exec sl-3: %d %q %s", out.code, out.stdout, out.stderr)
+		// The background start says ready once the project is in and the
+		// agent started.
+		queueLog := filepath.Join(fleetHome, "fleets", "sl", "queue.log")
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(time.Second) {
+			if b, _ := os.ReadFile(queueLog); strings.Contains(string(b), "sl-3: ready") {
+				break
+			}
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(queueLog)
+				t.Fatalf("sl-3 runs, but its background start never said ready:\n%s", b)
+			}
+		}
+		if w := run(3*time.Minute, "wait", "sl-3", "--timeout", "2m"); w.code != 0 {
+			t.Fatalf("wait for sl-3's queued task: %d %s %s", w.code, w.stdout, w.stderr)
+		}
+		out := run(2*time.Minute, "exec", "sl-3", "--", "sh", "-c", "hostname && git -C /workspace log -2 --format=%s")
+		if out.code != 0 || out.stdout != "sl-3\nagent work on sl-3\nfirst\n" {
+			t.Fatalf("exec sl-3 (its agent's commit on the project): %d %q %s", out.code, out.stdout, out.stderr)
 		}
 		// Its node had a template already: restored, no boot.
-		log, _ := os.ReadFile(filepath.Join(fleetHome, "fleets", "sl", "queue.log"))
+		log, _ := os.ReadFile(queueLog)
 		if !regexp.MustCompile(`sl-3: on n\d: from this node's warm template, restored and given its identity in`).Match(log) {
 			t.Errorf("sl-3 was not restored from its node's template:\n%s", log)
 		}

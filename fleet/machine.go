@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/egress"
+	"github.com/agentfleet/agentfleet/internal/session"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
 
@@ -66,6 +67,19 @@ type Machine struct {
 	// Queued: its job waited in the scheduler's queue when spawn ended;
 	// the start that finds it running brings the project in (queue.go).
 	Queued bool `json:"queued,omitempty"`
+	// QueuedTask is the agent session spawn --task asked for on a machine
+	// it left queued (--wait-queued=false): the start that brings the
+	// project in starts it, then clears it.
+	QueuedTask *QueuedTask `json:"queued_task,omitempty"`
+}
+
+// QueuedTask is a SessionRequest kept in the state file until its machine
+// runs: the task and how to run it, never a credential (the session reads
+// those from its own environment when it starts).
+type QueuedTask struct {
+	Task    []byte          `json:"task"`
+	Profile session.Profile `json:"profile"`
+	Setup   []string        `json:"setup,omitempty"`
 }
 
 // IdleSuspend is how long m's agent may be idle before m is parked (0:

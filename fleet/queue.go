@@ -82,12 +82,9 @@ func queuedStart(m *Machine, err error) (queued bool, _ error) {
 
 // bringInQueued brings the project into a machine that was queued at
 // spawn, from its workspace record (the same start commit as its
-// siblings').
+// siblings'), and starts the agent spawn --task asked for on it.
 func bringInQueued(ctx context.Context, c *Controller, m *Machine) error {
-	if !m.Queued {
-		return nil
-	}
-	if w := m.Workspace; w != nil {
+	if w := m.Workspace; w != nil && m.Queued {
 		p, err := c.Workspaces().fromRecord(ctx, w)
 		if err != nil {
 			return Named(m.Name, err)
@@ -97,6 +94,14 @@ func bringInQueued(ctx context.Context, c *Controller, m *Machine) error {
 		}
 	}
 	m.Queued = false
+	// Kept until it starts: a start that fails here tries it again.
+	if q := m.QueuedTask; q != nil {
+		r := SessionRequest{Task: q.Task, Profile: q.Profile, Setup: q.Setup, Getenv: os.Getenv}
+		if err := c.Sessions().StartSession(ctx, m, r); err != nil {
+			return err
+		}
+		m.QueuedTask = nil
+	}
 	return nil
 }
 

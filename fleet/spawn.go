@@ -213,6 +213,13 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		c.rollback(created)
 		return nil, err
 	}
+	if !req.WaitQueued {
+		for _, m := range machines {
+			if r := sessionFor(req, machines, m); m.Queued && r != nil {
+				m.QueuedTask = &QueuedTask{Task: r.Task, Profile: r.Profile, Setup: r.Setup}
+			}
+		}
+	}
 	cur.Driver = c.Driver.Name()
 	cur.Machines = append(cur.Machines, machines...)
 	if err := st.Save(cur); err != nil {
@@ -244,8 +251,8 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		}
 		c.say("they start when Slurm runs them (log: %s); fleet ls shows why they wait", logPath)
 		for _, m := range machines {
-			if m.Queued && sessionFor(req, machines, m) != nil {
-				c.say("%s: its task starts only with fleet run once it runs", m.Name)
+			if m.QueuedTask != nil {
+				c.say("%s: its agent starts with its task once it runs", m.Name)
 			}
 		}
 		return machines, nil
