@@ -83,11 +83,13 @@ func OpenRemote(ref string, plainHTTP bool, stateDir string) (*Remote, error) {
 	client := &auth.Client{Client: http.DefaultClient, Cache: auth.NewCache(), Credential: credentials.Credential(store)}
 	client.SetUserAgent("agentfleet")
 	repo.Client = client
-	repo.PlainHTTP = plainHTTP || isLoopback(r.Registry)
+	repo.PlainHTTP = plainHTTP || IsLoopback(r.Registry)
 	return &Remote{Ref: r, repo: repo, client: client, plainHTTP: repo.PlainHTTP, StateDir: stateDir}, nil
 }
 
-func isLoopback(hostport string) bool {
+// IsLoopback reports whether a registry's host[:port] is this machine's
+// loopback (localhost or a loopback IP).
+func IsLoopback(hostport string) bool {
 	h := hostport
 	if host, _, err := net.SplitHostPort(hostport); err == nil {
 		h = host

@@ -238,8 +238,13 @@ func slurmDriver(b *fleet.SlurmBlock, log hclog.Logger) (*slurmvm.Driver, error)
 		return nil, fmt.Errorf("fleet.hcl slurm: %w", err)
 	}
 	if b.ImageRegistry != "" {
-		if _, err := images.OpenRemote(b.ImageRegistry, b.ImageRegistryPlainHTTP, ""); err != nil {
+		r, err := images.OpenRemote(b.ImageRegistry, b.ImageRegistryPlainHTTP, "")
+		if err != nil {
 			return nil, fmt.Errorf("fleet.hcl slurm image_registry: %w", err)
+		}
+		// On a node, loopback is the node's own: another user's port there.
+		if images.IsLoopback(r.Ref.Registry) {
+			return nil, fmt.Errorf("fleet.hcl slurm image_registry %s is a loopback address: the nodes pull from it, so name an address they reach", r.Ref.Registry)
 		}
 		d.Registry = &slurmvm.ImageRegistry{Ref: b.ImageRegistry, PlainHTTP: b.ImageRegistryPlainHTTP}
 	} else if b.ImageRegistryPlainHTTP {

@@ -27,6 +27,9 @@ func TestSlurmImageRegistryFromFleetHCL(t *testing.T) {
 		{fleet.SlurmBlock{ImageRegistry: "not a reference"}, "image_registry"},
 		{fleet.SlurmBlock{ImageRegistry: "host:5000"}, "image_registry"},
 		{fleet.SlurmBlock{ImageRegistryPlainHTTP: true}, "without an image_registry"},
+		{fleet.SlurmBlock{ImageRegistry: "localhost:5000/fleet/debian-12"}, "loopback"},
+		{fleet.SlurmBlock{ImageRegistry: "127.0.0.1:5000/fleet/debian-12"}, "loopback"},
+		{fleet.SlurmBlock{ImageRegistry: "[::1]:5000/fleet/debian-12"}, "loopback"},
 	} {
 		if _, err := slurmDriver(&tc.b, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v", tc.b, err)

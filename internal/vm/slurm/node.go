@@ -626,27 +626,45 @@ func (n *node) fetchImage(ctx context.Context, store string, im imageFile, reg *
 		return dst, "", nil
 	}
 	t0 := time.Now()
-	src, from, err := n.openImage(ctx, im, reg)
+	// A source that stops sending (a stalled registry, a hung shared file
+	// system) ends the copy instead of holding the job and the lock.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stalled := time.AfterFunc(copyStall, cancel)
+	defer stalled.Stop()
+	src, from, err := n.openImage(cctx, im, reg)
 	if err != nil {
 		return "", "", err
 	}
 	defer src.Close()
-	tmp, err := os.CreateTemp(store, ".fetch-*")
+	// One name per digest, taken under its lock: a copy a killed job left
+	// is overwritten, never piles up beside the next.
+	tmpName := filepath.Join(store, ".fetch-sha256-"+im.SHA256)
+	tmp, err := os.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return "", "", err
 	}
-	defer os.Remove(tmp.Name())
+	defer os.Remove(tmpName)
 	h := sha256.New()
 	// One byte past the size the controller sent shows a longer file (a
 	// controller of an older fleet sends no size).
-	var in io.Reader = src
+	var in io.Reader = &progressReader{r: src, onData: func() { stalled.Reset(copyStall) }}
 	if im.Size > 0 {
-		in = io.LimitReader(src, im.Size+1)
+		in = io.LimitReader(in, im.Size+1)
 	}
 	copied, err := io.Copy(io.MultiWriter(tmp, h), in)
 	if err != nil {
 		tmp.Close()
+		if cctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("nothing came for %s: %w", copyStall, err)
+		}
 		return "", "", fmt.Errorf("copy %s to the node (%s): %w", im.Path, from, err)
+	}
+	// On disk before its name says it is checked: a later job trusts the
+	// name alone, and a crash must not leave it short.
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", "", err
 	}
 	if err := tmp.Close(); err != nil {
 		return "", "", err
@@ -654,13 +672,35 @@ func (n *node) fetchImage(ctx context.Context, store string, im imageFile, reg *
 	if got := hex.EncodeToString(h.Sum(nil)); got != im.SHA256 || (im.Size > 0 && copied != im.Size) {
 		return "", "", fmt.Errorf("%s (%s) is sha256 %s (%d bytes), not %s (%d bytes) as the fleet's image says: not used", im.Path, from, got[:12], copied, im.SHA256[:12], im.Size)
 	}
-	if err := os.Chmod(tmp.Name(), 0o400); err != nil {
+	if err := os.Chmod(tmpName, 0o400); err != nil {
 		return "", "", err
 	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	if err := os.Rename(tmpName, dst); err != nil {
 		return "", "", err
+	}
+	if d, err := os.Open(store); err == nil {
+		_ = d.Sync() // the rename itself
+		d.Close()
 	}
 	return dst, fmt.Sprintf("%s (%d MiB) %s in %s", filepath.Base(im.Path), copied>>20, from, time.Since(t0).Round(100*time.Millisecond)), nil
+}
+
+// copyStall is how long a copy into the node's store may go without a
+// byte before it is given up.
+var copyStall = time.Minute
+
+// progressReader calls onData after each read that returned bytes.
+type progressReader struct {
+	r      io.Reader
+	onData func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.onData()
+	}
+	return n, err
 }
 
 // openImage opens im on the node's shared path, or where the node has no

@@ -421,6 +421,9 @@ func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
 // fleet's registry by its digest, once for the jobs starting together,
 // and keeps nothing the registry got wrong.
 func TestStartPullsAnImageTheNodeLacksFromTheRegistry(t *testing.T) {
+	old := copyStall
+	copyStall = 200 * time.Millisecond
+	defer func() { copyStall = old }()
 	disk := []byte("the real disk, pushed")
 	missing := filepath.Join(t.TempDir(), "not-on-this-node", "disk.qcow2")
 	reg := &ImageRegistry{Ref: "registry.example:5000/fleet/debian-12"}
@@ -484,6 +487,9 @@ func TestStartPullsAnImageTheNodeLacksFromTheRegistry(t *testing.T) {
 			return nil, errors.New("registry.example:5000 has no blob")
 		}, reg, "pulling it from registry.example:5000/fleet/debian-12 failed: registry.example:5000 has no blob"},
 		"no registry named": {serve(disk), nil, "names no image_registry"},
+		"a registry that stops sending": {func(ctx context.Context, _ ImageRegistry, _ string, _ int64) (io.ReadCloser, error) {
+			return io.NopCloser(io.MultiReader(bytes.NewReader(disk[:4]), &blockUntil{ctx})), nil
+		}, reg, "nothing came for 200ms"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			user, _ := userFolder(t.TempDir())
@@ -503,4 +509,12 @@ func TestStartPullsAnImageTheNodeLacksFromTheRegistry(t *testing.T) {
 			}
 		})
 	}
+}
+
+// blockUntil reads nothing until its context ends, as a stalled registry.
+type blockUntil struct{ ctx context.Context }
+
+func (b *blockUntil) Read([]byte) (int, error) {
+	<-b.ctx.Done()
+	return 0, b.ctx.Err()
 }
