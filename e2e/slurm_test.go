@@ -190,6 +190,11 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 		case <-time.After(30 * time.Second):
 			t.Fatal("the upstream saw no call")
 		}
+		// The node's proxy logged the call; net log brings it here.
+		nl := run(time.Minute, "net", "log", "sl-1", "--json")
+		if nl.code != 0 || !strings.Contains(nl.stdout, `"proxy":"credentials"`) || !strings.Contains(nl.stdout, `"path":"/v1/messages"`) {
+			t.Fatalf("net log of a node's machine: %d %q %s", nl.code, nl.stdout, nl.stderr)
+		}
 	})
 
 	t.Run("a policy change reaches the node's proxy", func(t *testing.T) {

@@ -462,3 +462,17 @@ func loadProxyLimits(dir string) ProxyLimits {
 	}
 	return l
 }
+
+// PullAudit brings m's audit log here from where m runs, for a machine on
+// another host (a Slurm node): the node's proxies write it there. A no-op
+// for a machine on this host; remote says whether m is elsewhere (then a
+// follower pulls again as it polls).
+func (nt Net) PullAudit(ctx context.Context, m *Machine) (remote bool, err error) {
+	if _, ok := nt.c.Driver.(vm.RemoteFolder); !ok {
+		return false, nil
+	}
+	if err := vm.PullFiles(ctx, nt.c.Driver, nt.c.spec(m, vm.Seed{}), layout.AuditFile); err != nil {
+		return true, Named(m.Name, fmt.Errorf("pull the audit log from its node: %w", err))
+	}
+	return true, nil
+}

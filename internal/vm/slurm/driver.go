@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
@@ -689,31 +690,118 @@ func (d *Driver) PushFiles(ctx context.Context, s vm.Spec, names []string) error
 }
 
 // PullFiles implements vm.RemoteFolder: the node's copies of the named
-// files (what its proxies wrote) replace s.Dir's.
+// files (what its proxies wrote) replace s.Dir's; an append-only log
+// (the audit log) is brought up to date from where s.Dir's copy ends, in
+// rounds of at most maxFile bytes, so the whole of it is here.
 func (d *Driver) PullFiles(ctx context.Context, s vm.Spec, names []string) error {
 	j, ok, err := loadJob(s)
 	if err != nil || !ok || j.SSHAddr == "" {
 		return err
 	}
-	rep, err := d.call(ctx, j, request{Op: "pull", Names: names})
+	var whole []string
+	for _, n := range names {
+		if appendOnly[n] {
+			if err := d.pullLog(ctx, j, s.Dir, n); err != nil {
+				return err
+			}
+		} else {
+			whole = append(whole, n)
+		}
+	}
+	if len(whole) == 0 {
+		return nil
+	}
+	rep, err := d.call(ctx, j, request{Op: "pull", Names: whole})
 	if err != nil {
 		return err
 	}
 	asked := map[string]bool{}
-	for _, n := range names {
+	for _, n := range whole {
 		asked[n] = true
 	}
 	for _, f := range rep.Files {
 		if !asked[f.Name] || checkFileName(f.Name) != nil {
 			return fmt.Errorf("the node sent a file named %q", f.Name)
 		}
-		tmp := filepath.Join(s.Dir, "."+f.Name+".pull")
-		if err := os.WriteFile(tmp, f.Data, 0o600); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, filepath.Join(s.Dir, f.Name)); err != nil {
+		if err := replaceFile(filepath.Join(s.Dir, f.Name), f.Data); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// appendOnly are the proxy files only ever appended to (and rotated).
+var appendOnly = map[string]bool{layout.AuditFile: true}
+
+// maxLogRounds bounds one pull of a log: 16 rounds of maxFile.
+const maxLogRounds = 16
+
+// pullLog brings dir's copy of the node's log name up to date. Which node
+// file the copy is of (its inode) is kept beside it; a rotated log (a new
+// inode) replaces the copy from its start.
+func (d *Driver) pullLog(ctx context.Context, j job, dir, name string) error {
+	local := filepath.Join(dir, name)
+	marker := filepath.Join(dir, "."+name+".pulled")
+	for round := 0; round < maxLogRounds; round++ {
+		var have pullFrom
+		if b, err := os.ReadFile(marker); err == nil {
+			_ = json.Unmarshal(b, &have)
+			if st, err := os.Stat(local); err == nil {
+				have.Offset = st.Size()
+			} else {
+				have = pullFrom{}
+			}
+		}
+		rep, err := d.call(ctx, j, request{Op: "pull", Names: []string{name}, From: map[string]pullFrom{name: have}})
+		if err != nil {
+			return err
+		}
+		if len(rep.Files) == 0 {
+			return nil // the node has none yet
+		}
+		f := rep.Files[0]
+		if len(rep.Files) != 1 || f.Name != name || f.Offset < 0 || f.Size < f.Offset+int64(len(f.Data)) {
+			return fmt.Errorf("the node sent %d files for %s (%q at %d of %d)", len(rep.Files), name, f.Name, f.Offset, f.Size)
+		}
+		switch {
+		case f.Ino == have.Ino && f.Offset == have.Offset && have.Offset > 0:
+			if err := appendFile(local, f.Data); err != nil {
+				return err
+			}
+		case f.Offset == 0:
+			if err := replaceFile(local, f.Data); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("the node sent %s from byte %d, not %d", name, f.Offset, have.Offset)
+		}
+		b, _ := json.Marshal(pullFrom{Ino: f.Ino})
+		if err := replaceFile(marker, b); err != nil {
+			return err
+		}
+		if f.Offset+int64(len(f.Data)) >= f.Size {
+			return nil
+		}
+	}
+	return nil // the rest comes with the next pull
+}
+
+func replaceFile(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".pull")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func appendFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

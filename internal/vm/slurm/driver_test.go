@@ -1,6 +1,7 @@
 package slurm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -413,4 +414,83 @@ func TestTheSharedSqueueAnswerSurvivesOtherJobsAndConcurrentQuestions(t *testing
 	if _, ok := d.cachedJob(ctx, "42"); ok || time.Since(t0) > 200*time.Millisecond {
 		t.Errorf("a cancelled question waited %s (ok %v)", time.Since(t0), ok)
 	}
+}
+
+// nodeRunner answers srun with a real node process's pull, on a folder
+// standing in for the job's on the node.
+type nodeRunner struct {
+	fakeSlurm
+	n     *node
+	pulls int
+}
+
+func (r *nodeRunner) Run(ctx context.Context, c execx.Cmd) ([]byte, error) {
+	if c.Name != "srun" || !contains(c.Args, "call") {
+		return r.fakeSlurm.Run(ctx, c)
+	}
+	var req request
+	if err := json.NewDecoder(c.Stdin).Decode(&req); err != nil {
+		return nil, err
+	}
+	if req.Op != "pull" {
+		return r.fakeSlurm.Run(ctx, execx.Cmd{Name: "srun", Stdout: c.Stdout})
+	}
+	r.pulls++
+	files, err := r.n.readFiles(req.Names, req.From)
+	rep := reply{Files: files}
+	if err != nil {
+		rep = reply{Error: err.Error()}
+	}
+	b, _ := json.Marshal(rep)
+	c.Stdout.Write(b)
+	return b, nil
+}
+
+// The audit log comes over whole, however long, a new part at a time as
+// it grows, and from its start again once the node rotated it.
+func TestPullBringsTheWholeAuditLogAPartAtATime(t *testing.T) {
+	nodeDir := t.TempDir()
+	r := &nodeRunner{fakeSlurm: fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222"}}}, n: &node{dir: nodeDir}}
+	d, s := newTestDriver(t, &r.fakeSlurm)
+	d.Runner = r
+	if _, err := d.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	nodeLog, local := filepath.Join(nodeDir, layout.AuditFile), filepath.Join(s.Dir, layout.AuditFile)
+	grow := func(n int, c byte) {
+		f, _ := os.OpenFile(nodeLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		f.Write(bytes.Repeat([]byte{c}, n))
+		f.Close()
+	}
+	same := func(what string) {
+		t.Helper()
+		if err := d.PullFiles(context.Background(), s, []string{layout.AuditFile}); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		want, _ := os.ReadFile(nodeLog)
+		got, _ := os.ReadFile(local)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: the copy is %d bytes, the node's log %d", what, len(got), len(want))
+		}
+	}
+	if err := d.PullFiles(context.Background(), s, []string{layout.AuditFile}); err != nil {
+		t.Fatalf("no log on the node yet: %v", err)
+	}
+	grow(100, 'a')
+	same("a short log")
+	before := r.pulls
+	grow(5*maxFile+17, 'b') // more than one pull carries
+	same("a log past the pull size")
+	if rounds := r.pulls - before; rounds != 6 {
+		t.Errorf("%d srun calls for a 5 MiB+ log, want 6 rounds of at most %d bytes", rounds, maxFile)
+	}
+	grow(10, 'c')
+	before = r.pulls
+	same("ten bytes more")
+	if r.pulls-before != 1 {
+		t.Errorf("the ten new bytes took %d calls", r.pulls-before)
+	}
+	os.Rename(nodeLog, nodeLog+".1") // the node's proxy rotated its log
+	grow(42, 'd')
+	same("after the node rotated its log")
 }

@@ -313,7 +313,7 @@ func (n *node) handle(ctx context.Context, c net.Conn) reply {
 		}
 		return reply{}
 	case "pull":
-		files, err := n.readFiles(req.Names)
+		files, err := n.readFiles(req.Names, req.From)
 		if err != nil {
 			return reply{Error: err.Error()}
 		}
@@ -558,7 +558,7 @@ func (n *node) writeFiles(files []nodeFile) error {
 	return nil
 }
 
-func (n *node) readFiles(names []string) ([]nodeFile, error) {
+func (n *node) readFiles(names []string, from map[string]pullFrom) ([]nodeFile, error) {
 	if len(names) > maxFiles {
 		return nil, fmt.Errorf("%d files: at most %d", len(names), maxFiles)
 	}
@@ -579,18 +579,35 @@ func (n *node) readFiles(names []string) ([]nodeFile, error) {
 			f.Close()
 			return nil, fmt.Errorf("%s is not a regular file", name)
 		}
-		// The newest part of a log is what a reader wants.
-		if st.Size() > maxFile {
-			_, _ = f.Seek(st.Size()-maxFile, io.SeekStart)
+		size, ino := st.Size(), inode(st)
+		// Without an offset, the newest part of a log is what a reader
+		// wants; with one, the bytes after what the controller has of this
+		// same file (another inode, or a shorter file: it was rotated, so
+		// from its start).
+		start := max(size-maxFile, 0)
+		if want, ok := from[name]; ok {
+			start = want.Offset
+			if want.Ino != ino || start < 0 || start > size {
+				start = 0
+			}
 		}
-		b, err := io.ReadAll(io.LimitReader(f, maxFile))
+		_, _ = f.Seek(start, io.SeekStart)
+		b, err := io.ReadAll(io.LimitReader(f, min(size-start, maxFile)))
 		f.Close()
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, nodeFile{Name: name, Data: b})
+		out = append(out, nodeFile{Name: name, Data: b, Offset: start, Size: size, Ino: ino})
 	}
 	return out, nil
+}
+
+// inode is st's inode number (0 where the platform has none).
+func inode(st os.FileInfo) uint64 {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Ino
+	}
+	return 0
 }
 
 var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)

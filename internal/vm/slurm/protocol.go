@@ -37,12 +37,27 @@ type request struct {
 	Registry *ImageRegistry `json:"registry,omitempty"`
 	// pull
 	Names []string `json:"names,omitempty"`
+	// From asks for a file's bytes from an offset on, for a log the
+	// controller keeps a copy of: what it has of the file named by inode
+	// (From[name].Ino), so a rotated log is sent from its start.
+	From map[string]pullFrom `json:"from,omitempty"`
+}
+
+// pullFrom is where the controller's copy of a node's log ends.
+type pullFrom struct {
+	Ino    uint64 `json:"ino"`
+	Offset int64  `json:"offset"`
 }
 
 // nodeFile is one file of the machine folder, by its base name.
 type nodeFile struct {
 	Name string `json:"name"`
 	Data []byte `json:"data"`
+	// pull: where Data starts in the node's file, the file's size and its
+	// inode (a log rotated on the node is another inode).
+	Offset int64  `json:"offset,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	Ino    uint64 `json:"ino,omitempty"`
 }
 
 // imageFile is a read-only file the machine boots from (disk, kernel,
