@@ -132,7 +132,9 @@ fi
 # and NVMe, and ext4; nothing else.
 if [ -d /etc/initramfs-tools ]; then
   mkdir -p /etc/initramfs-tools/conf.d
-  echo MODULES=list > /etc/initramfs-tools/conf.d/90-agentfleet.conf
+  # Written only when it differs: its time is one of the initrd's inputs.
+  conf=/etc/initramfs-tools/conf.d/90-agentfleet.conf
+  [ "$(cat "$conf" 2>/dev/null)" = MODULES=list ] || echo MODULES=list > "$conf"
   for m in virtio_pci virtio_blk virtio_scsi ahci ata_piix sd_mod nvme ext4 crc32c_generic; do
     grep -qx "$m" /etc/initramfs-tools/modules 2>/dev/null || echo "$m" >> /etc/initramfs-tools/modules
   done
