@@ -141,7 +141,9 @@ func TestBootstrapSmallInitrdOnlyWhereFastBootRebuildsIt(t *testing.T) {
 			t.Errorf("%s: small initrd hook %v, want %v", tt.recipe, got, tt.hook)
 		}
 	}
-	if !strings.Contains(smallInitrdHook, "MODULES=list") || !strings.Contains(string(mustScript(t, "85-fast-boot.sh")), "echo MODULES=list > /etc/initramfs-tools/conf.d/90-agentfleet.conf") {
+	const conf = "/etc/initramfs-tools/conf.d/90-agentfleet.conf"
+	if script := string(mustScript(t, "85-fast-boot.sh")); !strings.Contains(smallInitrdHook, `echo MODULES=list > "$1`+conf+`"`) ||
+		!strings.Contains(script, "conf="+conf+"\n") || !strings.Contains(script, `echo MODULES=list > "$conf"`) {
 		t.Error("the hook and the fast-boot script no longer write the same setting")
 	}
 }
