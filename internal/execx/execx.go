@@ -17,9 +17,12 @@ import (
 
 // Cmd describes one external command. Name is looked up in PATH.
 type Cmd struct {
-	Name   string
-	Args   []string
-	Env    []string // extra KEY=VALUE pairs added to the inherited environment
+	Name string
+	Args []string
+	Env  []string // extra KEY=VALUE pairs added to the inherited environment
+	// Unset is a filter on the inherited environment: a variable it
+	// returns true for is not passed on (Env is added after it).
+	Unset  func(name string) bool
 	Dir    string
 	Stdin  io.Reader
 	Stdout io.Writer // optional live copy of stdout (output is captured regardless)
@@ -92,8 +95,14 @@ func (Local) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	}
 	cmd := exec.CommandContext(ctx, path, c.Args...)
 	cmd.Dir = c.Dir
-	if len(c.Env) > 0 {
-		cmd.Env = append(cmd.Environ(), c.Env...)
+	if len(c.Env) > 0 || c.Unset != nil {
+		var env []string
+		for _, kv := range cmd.Environ() {
+			if name, _, _ := strings.Cut(kv, "="); c.Unset == nil || !c.Unset(name) {
+				env = append(env, kv)
+			}
+		}
+		cmd.Env = append(env, c.Env...)
 	}
 	cmd.Stdin = c.Stdin
 	var out lockedBuffer

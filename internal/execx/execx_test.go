@@ -62,3 +62,19 @@ func TestShellJoinRoundTrips(t *testing.T) {
 		t.Fatalf("got %q want %q", out, want)
 	}
 }
+
+// Unset keeps named variables of this process's environment from the
+// command; Env still reaches it.
+func TestUnsetFiltersTheInheritedEnvironment(t *testing.T) {
+	t.Setenv("FLEET_TEST_DROP_ME", "1")
+	t.Setenv("FLEET_TEST_KEEP_ME", "2")
+	out, err := Local{}.Run(context.Background(), Cmd{Name: "env", Env: []string{"FLEET_TEST_ADDED=3"},
+		Unset: func(name string) bool { return name == "FLEET_TEST_DROP_ME" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := string(out)
+	if strings.Contains(env, "FLEET_TEST_DROP_ME") || !strings.Contains(env, "FLEET_TEST_KEEP_ME=2") || !strings.Contains(env, "FLEET_TEST_ADDED=3") {
+		t.Fatalf("environment:\n%s", env)
+	}
+}

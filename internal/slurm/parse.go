@@ -73,7 +73,7 @@ func ScontrolNodeArgs(node string) ([]string, error) {
 
 // ScancelArgs cancels one job. An id that is not a job id is sent as 0,
 // which scancel refuses (a bare scancel with filters from the
-// environment could reach other jobs; run it in CommandEnv).
+// environment could reach other jobs; the driver runs it without them, OptionVar).
 func ScancelArgs(id string) []string {
 	if ValidateJobID(id) != nil {
 		id = noJob

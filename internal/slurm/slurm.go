@@ -311,7 +311,7 @@ func (j Job) Validate() error {
 // stdin. The job is one task on one node with the machine's CPUs and its
 // memory plus the hypervisor's overhead. --export=NONE because slurmctld
 // saves a batch job's environment in its state directory: nothing of the
-// user's may go there (run sbatch in CommandEnv, since sbatch still
+// user's may go there (the driver runs sbatch without what OptionVar names, since sbatch still
 // copies SLURM_* variables). Slurm writes no output file and the job
 // starts in /.
 func SbatchArgs(s Settings, j Job) ([]string, error) {
@@ -422,19 +422,25 @@ var slurmEnvPrefixes = []string{"SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE
 func CommandEnv(environ []string) []string {
 	out := make([]string, 0, len(environ))
 	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
-		drop := false
-		for _, p := range slurmEnvPrefixes {
-			if strings.HasPrefix(strings.ToUpper(name), p) && name != "SLURM_CONF" {
-				drop = true
-				break
-			}
-		}
-		if !drop {
+		if name, _, _ := strings.Cut(kv, "="); !OptionVar(name) {
 			out = append(out, kv)
 		}
 	}
 	return out
+}
+
+// OptionVar says whether the variable name is one CommandEnv leaves out:
+// one Slurm's commands read as options or pass into a job (not SLURM_CONF).
+func OptionVar(name string) bool {
+	if name == "SLURM_CONF" {
+		return false
+	}
+	for _, p := range slurmEnvPrefixes {
+		if strings.HasPrefix(strings.ToUpper(name), p) {
+			return true
+		}
+	}
+	return false
 }
 
 // quote is %q of at most 64 bytes of s, for error messages.

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -173,12 +174,16 @@ type job struct {
 	ID string `json:"id"`
 	// Root and Self are the node folder and fleet binary it was
 	// submitted with: later commands reach it the same way.
-	Root     string `json:"root"`
-	Self     string `json:"self"`
-	Node     string `json:"node,omitempty"`
-	NodeAddr string `json:"node_addr,omitempty"`
-	SSHAddr  string `json:"ssh_addr,omitempty"` // set once the machine started on the node
-	Accel    string `json:"accel,omitempty"`
+	Root string `json:"root"`
+	Self string `json:"self"`
+	// Registry is where its node pulls image files it lacks, as fleet.hcl
+	// said at submit: a later start (a queued machine's, in the
+	// background, from another folder) asks the same.
+	Registry *ImageRegistry `json:"registry,omitempty"`
+	Node     string         `json:"node,omitempty"`
+	NodeAddr string         `json:"node_addr,omitempty"`
+	SSHAddr  string         `json:"ssh_addr,omitempty"` // set once the machine started on the node
+	Accel    string         `json:"accel,omitempty"`
 	// Cancelled: fleet itself ended the job (destroy), so its end is
 	// not a loss.
 	Cancelled bool `json:"cancelled,omitempty"`
@@ -287,7 +292,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		if err != nil {
 			return vm.Runtime{}, err
 		}
-		j = job{ID: id, Root: d.root(), Self: d.Self}
+		j = job{ID: id, Root: d.root(), Self: d.Self, Registry: d.Registry}
 		if err := saveJob(s, j); err != nil {
 			_ = d.cancel(context.Background(), id)
 			return vm.Runtime{}, err
@@ -312,7 +317,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if j.NodeAddr, err = resolveNode(ctx, j.NodeAddr); err != nil {
 		return vm.Runtime{}, fmt.Errorf("node %s: %w", info.Node, err)
 	}
-	req, err := d.startRequest(s, j.NodeAddr)
+	req, err := d.startRequest(s, j.NodeAddr, j.Registry)
 	if err != nil {
 		return vm.Runtime{}, err
 	}
@@ -375,11 +380,18 @@ func (d *Driver) submit(ctx context.Context, s vm.Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := d.Runner.Run(ctx, execx.Cmd{Name: "sbatch", Args: args, Stdin: strings.NewReader(d.script()), Env: scrubbedEnv()})
+	out, err := d.Runner.Run(ctx, execx.Cmd{Name: "sbatch", Args: args, Stdin: strings.NewReader(d.script()), Env: scrubbedEnv(), Unset: unsetForSlurm})
 	if err != nil {
 		return "", fmt.Errorf("slurm: submit %s: %w", s.Name, err)
 	}
 	return slurmcli.ParseSbatch(string(out))
+}
+
+// unsetForSlurm keeps from the Slurm commands fleet runs the variables
+// they would read as options (SBATCH_PARTITION, SQUEUE_FORMAT...) or copy
+// into a job, and every variable that may hold a model credential.
+func unsetForSlurm(name string) bool {
+	return slurmcli.OptionVar(name) || slices.Contains(credentialVars, name)
 }
 
 // scrubbedEnv blanks, for the Slurm commands fleet runs, every variable
@@ -476,18 +488,18 @@ func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error)
 }
 
 func (d *Driver) slurm(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return d.Runner.Run(ctx, execx.Cmd{Name: name, Args: args, Env: scrubbedEnv()})
+	return d.Runner.Run(ctx, execx.Cmd{Name: name, Args: args, Env: scrubbedEnv(), Unset: unsetForSlurm})
 }
 
 // startRequest is s for the node: its spec with the secrets it needs,
 // the proxy files of its folder, and the digests of what it boots.
-func (d *Driver) startRequest(s vm.Spec, nodeAddr string) (request, error) {
+func (d *Driver) startRequest(s vm.Spec, nodeAddr string, reg *ImageRegistry) (request, error) {
 	seed, err := createdSeed(s)
 	if err != nil {
 		return request{}, err
 	}
 	s.Seed = seed // a later start passes none
-	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr, Registry: d.Registry}
+	req := request{Op: "start", Spec: s, ForwardHost: nodeAddr, Registry: reg}
 	disk, err := os.Stat(s.BaseImage)
 	if err != nil {
 		return req, err
@@ -551,7 +563,7 @@ func (d *Driver) call(ctx context.Context, j job, req request) (reply, error) {
 	var stdout bytes.Buffer
 	_, err = d.Runner.Run(ctx, execx.Cmd{Name: "srun", Args: []string{"--jobid=" + j.ID, "--overlap", "--nodes=1", "--ntasks=1",
 		"--export=NONE", "--quiet", j.Self, NodeCommand, "call", "--root", j.Root, "--job", j.ID},
-		Stdin: bytes.NewReader(body), Stdout: &stdout, Env: scrubbedEnv()})
+		Stdin: bytes.NewReader(body), Stdout: &stdout, Env: scrubbedEnv(), Unset: unsetForSlurm})
 	if err != nil {
 		return reply{}, err
 	}

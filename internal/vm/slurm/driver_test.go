@@ -143,8 +143,13 @@ func TestStartSubmitsAJobWhoseScriptAndArgumentsHoldNoSecret(t *testing.T) {
 		if c.Name != "srun" && (strings.Contains(all, "secret") || strings.Contains(all, "sk-ant")) {
 			t.Errorf("%s carries a secret: %s", c.Name, all)
 		}
-		if !contains(c.Env, "ANTHROPIC_API_KEY=") {
+		if !contains(c.Env, "ANTHROPIC_API_KEY=") || c.Unset == nil || !c.Unset("ANTHROPIC_API_KEY") {
 			t.Errorf("%s runs with the user's key in its environment: %v", c.Name, c.Env)
+		}
+		// Nor the user's Slurm option variables, which would change what
+		// fleet asks for; the cluster's configuration path stays.
+		if c.Unset == nil || !c.Unset("SBATCH_PARTITION") || !c.Unset("SQUEUE_FORMAT") || !c.Unset("SLURM_JOB_ID") || c.Unset("SLURM_CONF") || c.Unset("PATH") {
+			t.Errorf("%s inherits Slurm's option variables", c.Name)
 		}
 	}
 	// The start request, on srun's stdin only, carries what the node needs.
@@ -187,6 +192,8 @@ func TestStartOfAQueuedJobReturnsErrQueuedWithSlurmsReason(t *testing.T) {
 	f := &fakeSlurm{node: "n2", reason: "Resources", pendingFor: 1 << 30}
 	d, s := newTestDriver(t, f)
 	s.QueueWait = 20 * time.Millisecond
+	reg := &ImageRegistry{Ref: "10.9.0.1:5000/fleet/debian-12", PlainHTTP: true}
+	d.Registry = reg
 	_, err := d.Start(context.Background(), s)
 	if !errors.Is(err, vm.ErrQueued) || !strings.Contains(err.Error(), "Resources") {
 		t.Fatalf("err %v", err)
@@ -199,6 +206,9 @@ func TestStartOfAQueuedJobReturnsErrQueuedWithSlurmsReason(t *testing.T) {
 		t.Errorf("a queued machine is %s", st.Power)
 	}
 	// A second start does not submit again: it waits for the same job.
+	// It may run elsewhere (the background start, in another folder,
+	// reads no fleet.hcl): the node pulls from the registry of the submit.
+	d.Registry = nil
 	f.pendingFor = 0
 	f.replies = []reply{{SSHAddr: "10.9.0.11:2222"}}
 	later := s
@@ -208,6 +218,9 @@ func TestStartOfAQueuedJobReturnsErrQueuedWithSlurmsReason(t *testing.T) {
 	}
 	var req request
 	json.Unmarshal([]byte(f.stdins[f.named("srun")[0]]), &req)
+	if req.Registry == nil || *req.Registry != *reg {
+		t.Errorf("a queued machine's start lost its registry: %+v", req.Registry)
+	}
 	if req.Spec.Seed.HostKeyPrivate != s.Seed.HostKeyPrivate {
 		t.Errorf("a queued machine's start lost its seed: %+v", req.Spec.Seed)
 	}

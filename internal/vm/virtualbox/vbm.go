@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/filelock"
 )
 
 // Error is a VBoxManage failure, whether or not it set its exit status:
@@ -128,26 +128,7 @@ func (v *vbm) lock(ctx context.Context) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(v.lockPath), 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(v.lockPath, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", v.lockPath, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return filelock.Exclusive(ctx, v.lockPath, "VirtualBox's registry lock "+v.lockPath, nil)
 }
 
 // parseMachineReadable reads `key="value"` and `key=value` lines.
