@@ -61,7 +61,8 @@ func TestBench(t *testing.T) {
 		fmt.Printf("bench: %s | %s | %s\n", what, value, target)
 	}
 	// FLEET_BENCH_ONLY=egress runs just the proxy and egress rows (each still
-	// measured side by side).
+	// measured side by side); =fork the fork, prebuild and density rows,
+	// =density only the density rows.
 	if os.Getenv("FLEET_BENCH_ONLY") == "warm" {
 		benchWarm(t, add)
 		printRows(rows)
@@ -72,7 +73,7 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
-	if os.Getenv("FLEET_BENCH_ONLY") == "fork" {
+	if b := os.Getenv("FLEET_BENCH_ONLY"); b == "fork" || b == "density" {
 		benchFork(t, add)
 		printRows(rows)
 		return
