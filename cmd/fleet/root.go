@@ -184,9 +184,6 @@ func (g *globals) setDriver(cmd *cobra.Command, c *fleet.Controller, provider st
 			return err
 		}
 		d.TCGCacheMiB = tb
-		if d.NoHugePages, err = qemu.ParseHugePages(os.Getenv(qemu.HugePagesEnv)); err != nil {
-			return err
-		}
 		if self, err := os.Executable(); err == nil {
 			d.ConsoleCommand = []string{self, qemu.ConsoleCommand}
 		}

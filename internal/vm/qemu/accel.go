@@ -72,19 +72,3 @@ func ParseTCGCache(v string) (int, error) {
 	}
 	return n, nil
 }
-
-// HugePagesEnv, set to "off", starts QEMU without transparent huge pages
-// (Driver.NoHugePages), for measuring what that saves and costs.
-const HugePagesEnv = "FLEET_QEMU_THP"
-
-// ParseHugePages reads a HugePagesEnv value: "" or "on" is QEMU's default,
-// "off" turns them off.
-func ParseHugePages(v string) (off bool, err error) {
-	switch strings.TrimSpace(v) {
-	case "", "on":
-		return false, nil
-	case "off":
-		return true, nil
-	}
-	return false, fmt.Errorf("%s=%q: want on or off", HugePagesEnv, v)
-}

@@ -158,9 +158,6 @@ func (d *Driver) startReceiver(ctx context.Context, s vm.Spec, dir, memFile, str
 	if s.Boot != nil {
 		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
 	}
-	if err := d.beforeLaunch(); err != nil {
-		return nil, err
-	}
 	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.binary(s.Arch), Args: SystemArgs(ma)}); err != nil {
 		return nil, fmt.Errorf("start the receiver: %w", err)
 	}

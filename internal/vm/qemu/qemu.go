@@ -57,11 +57,6 @@ type Driver struct {
 	// from TCGCacheEnv so benches can weigh memory against speed; the
 	// default stays QEMU's until they have.
 	TCGCacheMiB int
-	// NoHugePages starts QEMU without transparent huge pages (HugePagesEnv):
-	// QEMU asks them for TCG's translation cache, which then holds whole
-	// 2 MiB pages of what a clone once translated. In 4 KiB pages it holds
-	// what it filled.
-	NoHugePages bool
 	// procRoot is where processes are read ("" is /proc): a test's fake.
 	procRoot string
 }
@@ -250,9 +245,6 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	}
 	args := SystemArgs(ma)
 	d.Log.Debug("starting", "vm", s.Name, "arch", s.Arch.Or(), "accel", ma.Accel)
-	if err := d.beforeLaunch(); err != nil {
-		return vm.Runtime{}, err
-	}
 	// -daemonize: the command returns once the guest is set up; QEMU's
 	// errors (bad disk, no accelerator) arrive here before it detaches.
 	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.binary(s.Arch), Args: args, Env: s.Network.Env}); err != nil {
@@ -441,14 +433,4 @@ func shellJoin(argv []string) string {
 		q[i] = execx.ShellQuote(a)
 	}
 	return strings.Join(q, " ")
-}
-
-// beforeLaunch sets up this process for the QEMU it starts next.
-func (d *Driver) beforeLaunch() error {
-	if d.NoHugePages {
-		if err := disableHugePages(); err != nil {
-			return fmt.Errorf("turn transparent huge pages off for QEMU (%s=off): %w", HugePagesEnv, err)
-		}
-	}
-	return nil
 }
