@@ -465,14 +465,31 @@ func loadProxyLimits(dir string) ProxyLimits {
 
 // PullAudit brings m's audit log here from where m runs, for a machine on
 // another host (a Slurm node): the node's proxies write it there. A no-op
-// for a machine on this host; remote says whether m is elsewhere (then a
-// follower pulls again as it polls).
-func (nt Net) PullAudit(ctx context.Context, m *Machine) (remote bool, err error) {
+// for a machine on this host. With follow it keeps pulling, every 2 s,
+// until stop (always set) is called; err is the first pull's.
+func (nt Net) PullAudit(ctx context.Context, m *Machine, follow bool) (stop func(), err error) {
 	if _, ok := nt.c.Driver.(vm.RemoteFolder); !ok {
-		return false, nil
+		return func() {}, nil
 	}
-	if err := vm.PullFiles(ctx, nt.c.Driver, nt.c.spec(m, vm.Seed{}), layout.AuditFile); err != nil {
-		return true, Named(m.Name, fmt.Errorf("pull the audit log from its node: %w", err))
+	pull := func(ctx context.Context) error {
+		return vm.PullFiles(ctx, nt.c.Driver, nt.c.spec(m, vm.Seed{}), layout.AuditFile)
 	}
-	return true, nil
+	if err = pull(ctx); err != nil {
+		err = Named(m.Name, fmt.Errorf("pull the audit log from its node: %w", err))
+	}
+	if !follow {
+		return func() {}, err
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+				_ = pull(fctx) // the node may be gone: what was pulled stays
+			}
+		}
+	}()
+	return cancel, err
 }

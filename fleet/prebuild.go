@@ -12,6 +12,7 @@ import (
 
 	"github.com/agentfleet/agentfleet/internal/bounded"
 	"github.com/agentfleet/agentfleet/internal/execx"
+	"github.com/agentfleet/agentfleet/internal/filelock"
 	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
@@ -106,7 +107,7 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return res, err
 	}
-	unlock, err := lockFile(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
+	unlock, err := filelock.Exclusive(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
 		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
 	if err != nil {
 		return res, err

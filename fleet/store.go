@@ -74,12 +74,7 @@ func (st Store) Lock(ctx context.Context, onWait func()) (unlock func(), err err
 	if err := os.MkdirAll(st.Layout.FleetDir(st.Fleet), 0o700); err != nil {
 		return nil, err
 	}
-	return lockFile(ctx, st.Layout.LockFile(st.Fleet), "fleet "+st.Fleet, onWait)
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx ends.
-func lockFile(ctx context.Context, path, what string, onWait func()) (unlock func(), err error) {
-	return filelock.Exclusive(ctx, path, what, onWait)
+	return filelock.Exclusive(ctx, st.Layout.LockFile(st.Fleet), "fleet "+st.Fleet, onWait)
 }
 
 // Update runs fn on the current state under the lock and saves the result

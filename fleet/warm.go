@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentfleet/agentfleet/images"
+	"github.com/agentfleet/agentfleet/internal/filelock"
 	"github.com/agentfleet/agentfleet/internal/guest"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/sshx"
@@ -100,7 +101,7 @@ func findOrMake(ctx context.Context, img images.Image, key string, mayMake bool,
 	if err := os.MkdirAll(filepath.Join(img.Dir, layout.WarmFolder), perm); err != nil {
 		return t, false, err
 	}
-	unlock, err := lockFile(ctx, images.TemplateDir(img, key)+layout.TemplateLockSuffix, what, onWait)
+	unlock, err := filelock.Exclusive(ctx, images.TemplateDir(img, key)+layout.TemplateLockSuffix, what, onWait)
 	if err != nil {
 		return t, false, err
 	}

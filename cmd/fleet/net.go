@@ -147,27 +147,12 @@ func newNetLogCmd(g *globals) *cobra.Command {
 			defer flush()
 			// A machine on a Slurm node: its proxies log there. What was
 			// pulled before is shown if the node cannot be reached now.
-			ctx := cmd.Context()
-			remote, err := c.Net().PullAudit(ctx, ms[0])
+			stop, err := c.Net().PullAudit(cmd.Context(), ms[0], follow)
+			defer stop()
 			if err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "fleet: %v; showing the log as last pulled\n", err)
 			}
-			if remote && follow {
-				fctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				go func() {
-					for {
-						select {
-						case <-fctx.Done():
-							return
-						case <-time.After(2 * time.Second):
-							_, _ = c.Net().PullAudit(fctx, ms[0])
-						}
-					}
-				}()
-				ctx = fctx
-			}
-			return tailAudit(ctx, ms[0].Dir, follow, asJSON, out)
+			return tailAudit(cmd.Context(), ms[0].Dir, follow, asJSON, out)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new decisions until interrupted")

@@ -380,7 +380,7 @@ func (d *Driver) submit(ctx context.Context, s vm.Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := d.Runner.Run(ctx, execx.Cmd{Name: "sbatch", Args: args, Stdin: strings.NewReader(d.script()), Env: scrubbedEnv(), Unset: unsetForSlurm})
+	out, err := d.Runner.Run(ctx, execx.Cmd{Name: "sbatch", Args: args, Stdin: strings.NewReader(d.script()), Unset: unsetForSlurm})
 	if err != nil {
 		return "", fmt.Errorf("slurm: submit %s: %w", s.Name, err)
 	}
@@ -389,25 +389,11 @@ func (d *Driver) submit(ctx context.Context, s vm.Spec) (string, error) {
 
 // unsetForSlurm keeps from the Slurm commands fleet runs the variables
 // they would read as options (SBATCH_PARTITION, SQUEUE_FORMAT...) or copy
-// into a job, and every variable that may hold a model credential.
+// into a job, and every variable that may hold a model credential:
+// --export=NONE keeps the user's environment out of the job, and this
+// keeps it out of the commands too.
 func unsetForSlurm(name string) bool {
 	return slurmcli.OptionVar(name) || slices.Contains(credentialVars, name)
-}
-
-// scrubbedEnv blanks, for the Slurm commands fleet runs, every variable
-// that may hold a model credential: --export=NONE keeps the user's
-// environment out of the job, and this keeps it out of the commands too.
-func scrubbedEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		for _, c := range credentialVars {
-			if k == c {
-				out = append(out, k+"=")
-			}
-		}
-	}
-	return out
 }
 
 func (d *Driver) waitRunning(ctx context.Context, id string, wait time.Duration) (slurmcli.JobInfo, error) {
@@ -488,7 +474,7 @@ func (d *Driver) query(ctx context.Context, id string) (slurmcli.JobInfo, error)
 }
 
 func (d *Driver) slurm(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return d.Runner.Run(ctx, execx.Cmd{Name: name, Args: args, Env: scrubbedEnv(), Unset: unsetForSlurm})
+	return d.Runner.Run(ctx, execx.Cmd{Name: name, Args: args, Unset: unsetForSlurm})
 }
 
 // startRequest is s for the node: its spec with the secrets it needs,
@@ -563,7 +549,7 @@ func (d *Driver) call(ctx context.Context, j job, req request) (reply, error) {
 	var stdout bytes.Buffer
 	_, err = d.Runner.Run(ctx, execx.Cmd{Name: "srun", Args: []string{"--jobid=" + j.ID, "--overlap", "--nodes=1", "--ntasks=1",
 		"--export=NONE", "--quiet", j.Self, NodeCommand, "call", "--root", j.Root, "--job", j.ID},
-		Stdin: bytes.NewReader(body), Stdout: &stdout, Env: scrubbedEnv(), Unset: unsetForSlurm})
+		Stdin: bytes.NewReader(body), Stdout: &stdout, Unset: unsetForSlurm})
 	if err != nil {
 		return reply{}, err
 	}
