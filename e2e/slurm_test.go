@@ -62,6 +62,7 @@ SH
 cat > fleet.hcl <<'HCL'
 provider = "slurm"
 agent = "standin"
+setup = ["hostname >> $HOME/setup-ran"]
 profile "standin" {
   command = ["sh", "agent.sh"]
 }
@@ -112,12 +113,39 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 	if r.code != 0 {
 		t.Fatalf("spawn 2 --provider slurm: %s", r.stderr)
 	}
-	// Each node made its own warm template (one cold boot there), and
-	// its machine was restored from it.
+	// The project has a setup: spawn first made its prebuild, with a job
+	// of its own, on the node Slurm gave it (which made its warm template
+	// for it). The machine that landed there restored the prebuild and
+	// skips the setup; the other node made its own template, and its
+	// machine runs the setup.
+	pm := regexp.MustCompile(`prebuild of \S+ ready in \S+, on (n\d): saved as this node's prebuild of the project \(\d+ MiB\)`).FindStringSubmatch(r.stderr)
+	if pm == nil {
+		t.Fatalf("spawn does not say where it made the prebuild:\n%s", r.stderr)
+	}
+	preNode := pm[1]
+	if !regexp.MustCompile(`prebuild of \S+: on ` + preNode + `: from this node's warm template \(made now in `).MatchString(r.stderr) {
+		t.Errorf("the prebuild's job did not make %s's warm template:\n%s", preNode, r.stderr)
+	}
+	prebuilt := map[string]bool{} // machine -> restored from the prebuild
 	for _, n := range []string{"sl-1", "sl-2"} {
-		if !regexp.MustCompile(n + `: on n\d: from this node's warm template \(made now in .*\), restored and given its identity in`).MatchString(r.stderr) {
-			t.Errorf("spawn does not say %s was restored from its node's new template:\n%s", n, r.stderr)
+		onPre := regexp.MustCompile(n + `: on ` + preNode + `: from this node's prebuild of the project \(setup skipped\), restored and given its identity in`).MatchString(r.stderr)
+		made := regexp.MustCompile(n + `: on n\d: from this node's warm template \(made now in .*\), restored and given its identity in \S+; no prebuild of this project on this node, so the machine runs the setup`).MatchString(r.stderr)
+		if onPre == made {
+			t.Errorf("spawn does not say %s restored either the prebuild or its node's new template:\n%s", n, r.stderr)
 		}
+		prebuilt[n] = onPre
+	}
+	if prebuilt["sl-1"] == prebuilt["sl-2"] {
+		t.Fatalf("want one machine from the prebuild, got %v", prebuilt)
+	}
+	// What setup wrote: the prebuild's run only, where it was restored.
+	setupRan := func(n string) string {
+		t.Helper()
+		out := run(2*time.Minute, "exec", n, "--", "sh", "-c", "cat ~/setup-ran 2>/dev/null; true")
+		if out.code != 0 {
+			t.Fatalf("exec %s: %s", n, out.stderr)
+		}
+		return out.stdout
 	}
 	// n1 copied the image from the shared path; n2, which has none, pulled
 	// each file from the registry.
@@ -165,6 +193,10 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 
 	t.Run("exec reaches the guest with its pinned key, and the project is in it", func(t *testing.T) {
 		for _, n := range []string{"sl-1", "sl-2"} {
+			want := map[bool]string{true: "fleet-template\n", false: ""}[prebuilt[n]]
+			if got := setupRan(n); got != want {
+				t.Errorf("%s (from the prebuild: %v) holds setup runs %q, want %q", n, prebuilt[n], got, want)
+			}
 			out := run(2*time.Minute, "exec", n, "--", "sh", "-c", "hostname && git -C /workspace branch --show-current")
 			if out.code != 0 || !strings.Contains(out.stdout, n+"\nfleet/"+n) {
 				t.Fatalf("exec %s: %d %q %s", n, out.code, out.stdout, out.stderr)
@@ -222,6 +254,12 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 		if got := strings.TrimSpace(sh(t, repo, "git log -1 --format=%s fleet/sl-1")); got != "agent work on sl-1" {
 			t.Fatalf("fleet/sl-1 is at %q", got)
 		}
+		// The agent ran after the setup, unless its machine came from the
+		// prebuild, where the setup had run already.
+		want := map[bool]string{true: "fleet-template\n", false: "sl-1\n"}[prebuilt["sl-1"]]
+		if got := setupRan("sl-1"); got != want {
+			t.Errorf("sl-1 (from the prebuild: %v) after its agent holds setup runs %q, want %q", prebuilt["sl-1"], got, want)
+		}
 	})
 
 	t.Run("a third machine waits in Slurm's queue, and starts when a node frees", func(t *testing.T) {
@@ -258,10 +296,19 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 		if out.code != 0 || out.stdout != "sl-3\nagent work on sl-3\nfirst\n" {
 			t.Fatalf("exec sl-3 (its agent's commit on the project): %d %q %s", out.code, out.stdout, out.stderr)
 		}
-		// Its node had a template already: restored, no boot.
+		// Its node had a template already: restored, no boot; from the
+		// prebuild if it landed where that is (sl-2's node was freed).
 		log, _ := os.ReadFile(queueLog)
-		if !regexp.MustCompile(`sl-3: on n\d: from this node's warm template, restored and given its identity in`).Match(log) {
-			t.Errorf("sl-3 was not restored from its node's template:\n%s", log)
+		want := `sl-3: on n\d: from this node's warm template, restored and given its identity in \S+; no prebuild of this project on this node, so the machine runs the setup`
+		if prebuilt["sl-2"] {
+			want = `sl-3: on ` + preNode + `: from this node's prebuild of the project \(setup skipped\), restored and given its identity in`
+		}
+		if !regexp.MustCompile(want).Match(log) {
+			t.Errorf("sl-3 was not restored as its node allows (%s):\n%s", want, log)
+		}
+		wantRan := map[bool]string{true: "fleet-template\n", false: "sl-3\n"}[prebuilt["sl-2"]]
+		if got := setupRan("sl-3"); got != wantRan {
+			t.Errorf("sl-3 holds setup runs %q, want %q", got, wantRan)
 		}
 	})
 
@@ -306,6 +353,10 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 		tpls, _ := filepath.Glob(filepath.Join(nodeRoot, "*-u*", "templates", "*", "warm", "*", "memory"))
 		if len(tpls) != 2 {
 			t.Errorf("want one warm template on each node, found %v", tpls)
+		}
+		pres, _ := filepath.Glob(filepath.Join(nodeRoot, "*-u*", "templates", "*", "prebuilds", "*", "memory"))
+		if len(pres) != 1 || !strings.HasPrefix(pres[0], filepath.Join(nodeRoot, preNode+"-u")) {
+			t.Errorf("want the prebuild on %s alone, found %v", preNode, pres)
 		}
 	})
 }

@@ -80,7 +80,7 @@ func (c *Controller) Close() {
 // spec turns a machine record into a driver spec.
 func (c *Controller) spec(m *Machine, seed vm.Seed) vm.Spec {
 	s := vm.Spec{Name: m.Name, Dir: m.Dir, BaseImage: m.BaseImage, BaseImageSHA256: m.BaseImageSHA256, Arch: m.Arch, CPUs: m.CPUs, MemoryMiB: m.MemoryMiB, Seed: seed, Boot: m.Boot,
-		HostWarm: m.HostWarm}
+		HostWarm: m.HostWarm, HostPrebuild: m.HostPrebuild}
 	if w := m.Workspace; w != nil && w.Mode == SyncShared {
 		s.Share = &vm.Share{HostDir: w.Source, Writable: w.Writable}
 	}

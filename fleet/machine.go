@@ -55,9 +55,14 @@ type Machine struct {
 	// the host it lands on (a Slurm node's), kept for a queued machine's
 	// later start.
 	HostWarm vm.HostWarm `json:"host_warm,omitempty"`
-	// Prebuild is the prebuild it was restored from (its folder): the
-	// project's setup already ran in it.
+	// Prebuild is the prebuild it was restored from (its folder, or
+	// hostPrebuildMark and the key's hash for one on the host it runs on):
+	// the project's setup already ran in it.
 	Prebuild string `json:"prebuild,omitempty"`
+	// HostPrebuild is the key of the project's prebuild its driver
+	// restores it from where the host it lands on holds one (with
+	// HostWarm), kept for a queued machine's later start.
+	HostPrebuild string `json:"host_prebuild,omitempty"`
 	// IdleSuspendSec, if set, is how long its agent may wait for input or
 	// be done before the fleet's idle parker suspends the machine.
 	IdleSuspendSec int `json:"idle_suspend_sec,omitempty"`

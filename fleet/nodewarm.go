@@ -34,22 +34,10 @@ var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // s is the machine as the node starts it: BaseImage the node's checked
 // copy (named by its digest), its forwards serving the job's folder.
 func (NodeTemplates) Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error) {
-	if !sha256Re.MatchString(s.BaseImageSHA256) || filepath.Base(s.BaseImage) != "sha256-"+s.BaseImageSHA256 {
-		return vm.Template{}, fmt.Errorf("the image copy %s is not named by its sha256 digest %q", s.BaseImage, s.BaseImageSHA256)
-	}
-	if !d.Capabilities().Snapshots {
-		return vm.Template{}, fmt.Errorf("the node's %s driver cannot save machine state", d.Name())
-	}
-	img := images.Image{Dir: filepath.Join(store, s.BaseImageSHA256[:16]), Disk: s.BaseImage}
-	shape := nodeTemplateShape(s, "probe", "")
-	key, err := vm.StateKey(ctx, d, shape)
+	img, key, err := nodeTemplateKey(ctx, d, store, s)
 	if err != nil {
 		return vm.Template{}, err
 	}
-	// The node's name: a node_dir that several nodes share (no %n) must
-	// not hand one node's saved CPU state to another's.
-	host, _ := os.Hostname()
-	key = "image=sha256:" + s.BaseImageSHA256 + " node=" + host + " boot=" + bootKey(s.Boot) + " " + key
 	// Jobs of this user starting together on one node make it once.
 	t, _, err := findOrMake(ctx, img, key, mayMake, 0o700, "this node's warm template", nil, func() (images.Template, error) {
 		sweepStaging(filepath.Join(img.Dir, layout.WarmFolder), time.Hour)
@@ -62,6 +50,78 @@ func (NodeTemplates) Template(ctx context.Context, d vm.Driver, store string, s 
 		return vm.Template{}, err
 	}
 	return t.VM(), nil
+}
+
+// nodeTemplateKey is the store folder of s's image on this node and the
+// key of its warm template of s's shape.
+func nodeTemplateKey(ctx context.Context, d vm.Driver, store string, s vm.Spec) (images.Image, string, error) {
+	if !sha256Re.MatchString(s.BaseImageSHA256) || filepath.Base(s.BaseImage) != "sha256-"+s.BaseImageSHA256 {
+		return images.Image{}, "", fmt.Errorf("the image copy %s is not named by its sha256 digest %q", s.BaseImage, s.BaseImageSHA256)
+	}
+	if !d.Capabilities().Snapshots {
+		return images.Image{}, "", fmt.Errorf("the node's %s driver cannot save machine state", d.Name())
+	}
+	img := images.Image{Dir: filepath.Join(store, s.BaseImageSHA256[:16]), Disk: s.BaseImage}
+	shape := nodeTemplateShape(s, "probe", "")
+	key, err := vm.StateKey(ctx, d, shape)
+	if err != nil {
+		return images.Image{}, "", err
+	}
+	// The node's name: a node_dir that several nodes share (no %n) must
+	// not hand one node's saved CPU state to another's.
+	host, _ := os.Hostname()
+	return img, "image=sha256:" + s.BaseImageSHA256 + " node=" + host + " boot=" + bootKey(s.Boot) + " " + key, nil
+}
+
+// nodePrebuildKey is the key of the controller's prebuild key on this
+// node's warm template of key tkey: a prebuild restores only where the
+// template it was made from would.
+func nodePrebuildKey(tkey, key string) string { return tkey + " prebuild=" + key }
+
+// errNoPrebuild: the node holds no prebuild of the key asked for.
+var errNoPrebuild = errors.New("no prebuild of this project on this node")
+
+// Prebuild is this node's prebuild of s.HostPrebuild for machines of s's
+// shape, checked as the controller's are; it never makes one.
+func (NodeTemplates) Prebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec) (vm.Template, error) {
+	img, tkey, err := nodeTemplateKey(ctx, d, store, s)
+	if err != nil {
+		return vm.Template{}, err
+	}
+	t, ok := images.FindPrebuild(img, nodePrebuildKey(tkey, s.HostPrebuild))
+	if !ok {
+		return vm.Template{}, errNoPrebuild
+	}
+	return t.VM(), nil
+}
+
+// SavePrebuild captures s, the job's running machine restored from this
+// node's warm template after the controller brought the project in, ran
+// its setup and took its key away, as the prebuild of key; it returns
+// the prebuild's size on disk.
+func (NodeTemplates) SavePrebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec, key string, info vm.PrebuildInfo) (int64, error) {
+	if s.Template == nil {
+		return 0, errors.New("the machine was not restored from this node's warm template, so no prebuild of it restores")
+	}
+	img, tkey, err := nodeTemplateKey(ctx, d, store, s)
+	if err != nil {
+		return 0, err
+	}
+	meta := images.TemplateMetaInfo{Key: nodePrebuildKey(tkey, key), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CreatedAt: time.Now().UTC(),
+		Kind: images.KindPrebuild, TemplateKey: tkey, Project: info.Project, Setup: info.Setup, Inputs: info.Inputs,
+		InputsDigest: info.InputsDigest, SetupSec: info.SetupSec, Commit: info.Commit}
+	sweepStaging(filepath.Join(img.Dir, layout.PrebuildFolder), time.Hour)
+	// Asked again (fleet prebuild --force): the new one replaces it.
+	if old, ok := images.FindPrebuild(img, meta.Key); ok {
+		if err := images.RemovePrebuild(old); err != nil {
+			return 0, err
+		}
+	}
+	t, err := capturePrebuild(ctx, d, img, s, meta)
+	if err != nil {
+		return 0, err
+	}
+	return t.Bytes, nil
 }
 
 // nodeTemplateShape is the template machine for s: its shape, in dir,
@@ -106,10 +166,11 @@ func sweepStaging(warm string, age time.Duration) {
 	}
 }
 
-// Forget removes t, a template of a node store that did not restore.
+// Forget removes t, a template or prebuild of a node store that did not
+// restore.
 func (NodeTemplates) Forget(ctx context.Context, t vm.Template) error {
 	dir := filepath.Dir(t.Disk)
-	if filepath.Base(filepath.Dir(dir)) != layout.WarmFolder {
+	if f := filepath.Base(filepath.Dir(dir)); f != layout.WarmFolder && f != layout.PrebuildFolder {
 		return fmt.Errorf("%s is not a template folder", dir)
 	}
 	return os.RemoveAll(dir)

@@ -166,3 +166,51 @@ func TestSweepStagingRemovesOnlyStaleMakes(t *testing.T) {
 		}
 	}
 }
+
+// A node's prebuild is found only for the key asked for on this node's
+// own template key, checked like the controller's; a machine that was not
+// restored from the node's template is never saved as one.
+func TestNodePrebuildsAreFoundOnlyByTheirKeyOnThisNodesTemplate(t *testing.T) {
+	store := t.TempDir()
+	digest := strings.Repeat("ab", 32)
+	disk := filepath.Join(t.TempDir(), "sha256-"+digest)
+	os.WriteFile(disk, []byte("image"), 0o644)
+	s := vm.Spec{Name: "p-1", BaseImage: disk, BaseImageSHA256: digest, CPUs: 1, MemoryMiB: 1024, HostPrebuild: "setup=npm ci inputs=abc"}
+	nt := NodeTemplates{}
+	ctx := context.Background()
+	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil || !strings.Contains(err.Error(), "no prebuild of this project on this node") {
+		t.Fatalf("an empty store: %v", err)
+	}
+	img := images.Image{Dir: filepath.Join(store, digest[:16]), Disk: disk}
+	host, _ := os.Hostname()
+	tkey := "image=sha256:" + digest + " node=" + host + " boot=firmware k"
+	publish := func(key string) {
+		t.Helper()
+		staged := restage(t, img, disk, key)
+		os.WriteFile(filepath.Join(staged, images.TemplateMeta), []byte(`{"key":"`+key+`","kind":"prebuild","template_key":"`+tkey+`"}`), 0o600)
+		if _, err := images.PublishPrebuild(img, key, staged); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another project's, and this project's made on another node.
+	publish(nodePrebuildKey(tkey, "setup=npm ci inputs=other"))
+	publish(nodePrebuildKey(strings.Replace(tkey, host, "othernode", 1), s.HostPrebuild))
+	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
+		t.Fatal("another project's or node's prebuild was used")
+	}
+	publish(nodePrebuildKey(tkey, s.HostPrebuild))
+	p, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s)
+	if err != nil || !strings.HasPrefix(p.Disk, filepath.Join(img.Dir, layout.PrebuildFolder)) {
+		t.Fatalf("its own: %+v %v", p, err)
+	}
+	// Forget takes a prebuild that did not restore, too.
+	if err := nt.Forget(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
+		t.Fatal("a forgotten prebuild was found")
+	}
+	if _, err := nt.SavePrebuild(ctx, snapDriver{t: t}, store, s, "k2", vm.PrebuildInfo{}); err == nil || !strings.Contains(err.Error(), "not restored from this node's warm template") {
+		t.Fatalf("a booted machine saved: %v", err)
+	}
+}

@@ -197,6 +197,9 @@ func (c *Controller) startOne(ctx context.Context, m *Machine, o StartOptions) e
 		return err
 	}
 	m.SSHAddr, m.PID, m.Desired, m.SuspendReason = rt.SSHAddr, rt.PID, WantRunning, ""
+	if !resuming {
+		m.Prebuild = hostPrebuilt(m, rt, m.Prebuild)
+	}
 	if rt.Note != "" {
 		c.say("%s: %s", m.Name, rt.Note)
 	}

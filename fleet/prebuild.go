@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,9 @@ type PrebuildRequest struct {
 	Network NetworkRequest
 	// Force remakes the prebuild even if one exists for its key.
 	Force bool
+	// QueueWait bounds how long a batch scheduler may keep the prebuild's
+	// machine queued (0: as long as the context).
+	QueueWait time.Duration
 }
 
 // PrebuildResult is the prebuild found or made.
@@ -52,6 +57,9 @@ type PrebuildResult struct {
 	Inputs   []string        `json:"inputs"` // relative to the project
 	Made     bool            `json:"made"`   // false: one for this key was there
 	Template images.Template `json:"template"`
+	// Host is where a driver whose machines run on other hosts made it
+	// (Template then has no folder here).
+	Host string `json:"host,omitempty"`
 }
 
 // Prebuild finds or makes the project's prebuild (with Force, makes it
@@ -60,6 +68,9 @@ func (tp Templates) Prebuild(ctx context.Context, req PrebuildRequest) (Prebuild
 	_, netRec, err := req.Network.normalize(tp.c.Driver)
 	if err != nil {
 		return PrebuildResult{}, err
+	}
+	if vm.WarmsOnHost(tp.c.Driver) {
+		return tp.hostPrebuild(ctx, req, req.Force)
 	}
 	wt, _, err := tp.Template(ctx, req.Image, req.CPUs, req.MemoryMiB, netRec)
 	if err != nil {
@@ -131,7 +142,7 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 			}
 		}
 	}
-	t, err := tp.makePrebuild(ctx, req, wt, key, digest, inputs)
+	t, _, err := tp.makePrebuild(ctx, req, &wt, key, digest, inputs)
 	if err != nil {
 		return res, err
 	}
@@ -139,31 +150,116 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 	return res, nil
 }
 
+// hostPrebuildBase stands for the warm template key in the key of a
+// prebuild kept on the hosts a driver's machines run on: each host adds
+// its own template's key (its QEMU, the machine's shape) to it.
+func hostPrebuildBase(req PrebuildRequest) string {
+	return fmt.Sprintf("on-host image=%s sha256=%s cpus=%d memory=%d", req.Image, req.Image.DiskSHA256, req.CPUs, req.MemoryMiB)
+}
+
+// hostPrebuildRecord is what this host knows of a prebuild made on
+// another: when, and where, as the driver said.
+type hostPrebuildRecord struct {
+	Key       string    `json:"key"`
+	Where     string    `json:"where"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func hostPrebuildRecordPath(img images.Image, key string) string {
+	return images.PrebuildDir(img, key) + layout.HostPrebuildRecordSuffix
+}
+
+func loadHostPrebuildRecord(img images.Image, key string) (hostPrebuildRecord, bool) {
+	var r hostPrebuildRecord
+	b, err := os.ReadFile(hostPrebuildRecordPath(img, key))
+	if err != nil || json.Unmarshal(b, &r) != nil || r.Key != key {
+		return hostPrebuildRecord{}, false
+	}
+	return r, true
+}
+
+// hostPrebuild is prebuild for a driver whose machines run on other
+// hosts (vm.HostPrebuilder): made there by a machine of its own, and
+// remembered here, so a spawn makes it once. A host that lost it, or one
+// it was never made on, restores the warm template and the machine runs
+// the setup.
+func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remake bool) (PrebuildResult, error) {
+	key, digest, inputs, err := prebuildKey(req, images.Template{TemplateMetaInfo: images.TemplateMetaInfo{Key: hostPrebuildBase(req)}})
+	if err != nil {
+		return PrebuildResult{}, err
+	}
+	img := imageOf(req.Image)
+	res := PrebuildResult{Image: req.Image.String(), Key: key, Inputs: inputs}
+	found := func() bool {
+		r, ok := loadHostPrebuildRecord(img, key)
+		if ok && !remake {
+			res.Host = r.Where
+			res.Template.TemplateMetaInfo = images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: r.CreatedAt, Kind: images.KindPrebuild}
+		}
+		return ok && !remake
+	}
+	if found() {
+		return res, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(images.PrebuildDir(img, key)), 0o700); err != nil {
+		return res, err
+	}
+	unlock, err := filelock.Exclusive(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
+		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	if found() {
+		return res, nil
+	}
+	t, where, err := tp.makePrebuild(ctx, req, nil, key, digest, inputs)
+	if err != nil {
+		return res, err
+	}
+	b, _ := json.Marshal(hostPrebuildRecord{Key: key, Where: where, CreatedAt: t.CreatedAt})
+	if err := WriteFileAtomic(hostPrebuildRecordPath(img, key), append(b, '\n'), 0o600); err != nil {
+		return res, err
+	}
+	res.Template, res.Host, res.Made = t, where, true
+	return res, nil
+}
+
 // makePrebuild restores a machine from wt with the project's network
 // policy and no model credential, brings the project in, runs its setup
 // as the agent in /workspace, takes away the key it was reached with, and
 // captures it as the prebuild. The machine is deleted whatever happens.
-func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt images.Template, key, digest string, inputs []string) (images.Template, error) {
+//
+// wt nil: the driver's machines run on other hosts (vm.HostPrebuilder),
+// and the machine is restored from the warm template of the host it
+// lands on and saved there as that host's prebuild; the result then has
+// no folder here, and Host says where it is.
+func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *images.Template, key, digest string, inputs []string) (images.Template, string, error) {
 	c := tp.c
 	img := imageOf(req.Image)
-	base := filepath.Join(img.Dir, layout.PrebuildFolder, layout.TemplateStagingPrefix+randomHex(6))
-	staged, vmDir := base, base+".vm"
+	vmDir := filepath.Join(img.Dir, layout.PrebuildFolder, layout.TemplateStagingPrefix+randomHex(6)) + ".vm"
 	netReq := req.Network
 	netReq.Credentials = CredentialsNone // setup never holds a model credential
 	netReq, netRec, err := netReq.normalize(c.Driver)
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	hk, err := sshx.NewKeyPair("")
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	_, pub, err := c.Guests().fleetKey(true)
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
-	m := &Machine{Name: "fleet-prebuild-" + randomHex(3), Dir: vmDir, Image: req.Image.String(), BaseImage: wt.Disk(), Arch: req.Image.Arch, Boot: req.Image.Boot,
-		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, HostKey: hk.AuthorizedKey, InstanceID: randomID(), Desired: WantRunning, Network: netRec}
+	m := &Machine{Name: "fleet-prebuild-" + randomHex(3), Dir: vmDir, Image: req.Image.String(), BaseImage: req.Image.Disk, BaseImageSHA256: req.Image.DiskSHA256,
+		Arch: req.Image.Arch, Boot: req.Image.Boot, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, HostKey: hk.AuthorizedKey, InstanceID: randomID(),
+		Desired: WantRunning, Network: netRec}
+	if wt != nil {
+		m.BaseImage = wt.Disk()
+	} else {
+		m.HostWarm = vm.HostWarmMake
+	}
 	seed := vm.Seed{InstanceID: m.InstanceID, Hostname: templateHostname, User: GuestUser, AuthorizedKey: pub,
 		HostKeyPrivate: string(hk.PrivatePEM), HostKeyPublic: hk.AuthorizedKey}
 	if netRec != nil {
@@ -171,76 +267,110 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt im
 	}
 	spec, err := c.Net().bootSpec(ctx, m, seed)
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
-	tv := wt.VM()
-	spec.Template = &tv
+	if wt != nil {
+		tv := wt.VM()
+		spec.Template = &tv
+	}
+	spec.QueueWait = req.QueueWait
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		c.Guests().sshPool().Drop(m.Name)
 		_ = c.Net().deleteMachine(cctx, spec)
-		os.RemoveAll(staged)
+		os.RemoveAll(vmDir)
 	}()
 	project := filepath.Base(req.Workspace.Dir)
 	c.say("prebuild of %s: restoring a machine, bringing the project in, running its setup (%d command(s))", project, len(req.Project.SetupCommands()))
 	t0 := time.Now()
 	if err := c.Driver.Create(ctx, spec); err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	if netRec != nil {
 		if err := writeNetworkFiles(m, netReq, ""); err != nil {
-			return images.Template{}, err
+			return images.Template{}, "", err
 		}
 	}
 	rt, err := c.Net().startMachine(ctx, spec)
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	m.SSHAddr, m.PID = rt.SSHAddr, rt.PID
-	if err := tp.identify(ctx, spec, seed, false); err != nil {
-		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+	if rt.Note != "" {
+		c.say("prebuild of %s: %s", project, rt.Note)
+	}
+	if wt != nil {
+		if err := tp.identify(ctx, spec, seed, false); err != nil {
+			return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
+		}
 	}
 	if err := c.Guests().waitSSH(ctx, m); err != nil {
-		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 	}
 	p, err := c.Workspaces().prepareWorkspace(ctx, req.Workspace)
 	if err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	if err := c.Workspaces().syncIn(ctx, m, p); err != nil {
-		return images.Template{}, fmt.Errorf("prebuild: %w", err)
+		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 	}
 	t1 := time.Now()
 	if err := tp.runSetup(ctx, m, req.Project.SetupCommands()); err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	setupTook := time.Since(t1)
 	c.say("prebuild of %s: setup done in %s", project, setupTook.Round(100*time.Millisecond))
 	// Nothing of the fleet's stays in it: the key it was reached with.
 	if _, err := c.Guests().guestRun(ctx, m, "forget the fleet's key", "rm -f ~/.ssh/authorized_keys; sync", nil); err != nil {
-		return images.Template{}, err
+		return images.Template{}, "", err
 	}
 	c.Guests().sshPool().Drop(m.Name)
-	if _, err := vm.Capture(ctx, c.Driver, spec, staged); err != nil {
-		return images.Template{}, fmt.Errorf("prebuild: %w", err)
-	}
-	meta := images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: time.Now().UTC(), BootSec: wt.BootSec,
-		Kind: images.KindPrebuild, TemplateKey: wt.Key, Project: project, Setup: req.Project.SetupCommands(), Inputs: inputs,
-		InputsDigest: digest, SetupSec: setupTook.Seconds()}
+	info := vm.PrebuildInfo{Project: project, Setup: req.Project.SetupCommands(), Inputs: inputs, InputsDigest: digest, SetupSec: setupTook.Seconds()}
 	if p != nil && p.req.Mode == SyncGit {
-		meta.Commit = p.start
+		info.Commit = p.start
+	}
+	if wt == nil {
+		where, err := vm.SaveHostPrebuild(ctx, c.Driver, spec, key, info)
+		if err != nil {
+			return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
+		}
+		c.say("prebuild of %s ready in %s, %s: machines landing there restore it and skip the setup", project, time.Since(t0).Round(time.Second), where)
+		return images.Template{TemplateMetaInfo: prebuildMeta(key, req, info, "", 0)}, where, nil
+	}
+	t, err := capturePrebuild(ctx, c.Driver, img, spec, prebuildMeta(key, req, info, wt.Key, wt.BootSec))
+	if err != nil {
+		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
+	}
+	c.say("prebuild of %s ready in %s (%d MiB): spawns restore it and skip the setup", project, time.Since(t0).Round(time.Second), t.Bytes>>20)
+	return t, "", nil
+}
+
+// prebuildMeta is what a prebuild of key records, made on the warm
+// template of templateKey.
+func prebuildMeta(key string, req PrebuildRequest, info vm.PrebuildInfo, templateKey string, bootSec float64) images.TemplateMetaInfo {
+	return images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: time.Now().UTC(), BootSec: bootSec,
+		Kind: images.KindPrebuild, TemplateKey: templateKey, Project: info.Project, Setup: info.Setup, Inputs: info.Inputs,
+		InputsDigest: info.InputsDigest, SetupSec: info.SetupSec, Commit: info.Commit}
+}
+
+// capturePrebuild captures spec's running machine with d as img's
+// prebuild of meta.Key: in a staging folder of img's prebuilds, then
+// published. The machine runs on; its caller deletes it.
+func capturePrebuild(ctx context.Context, d vm.Driver, img images.Image, spec vm.Spec, meta images.TemplateMetaInfo) (images.Template, error) {
+	staged := filepath.Join(img.Dir, layout.PrebuildFolder, layout.TemplateStagingPrefix+randomHex(6))
+	if err := os.MkdirAll(filepath.Dir(staged), 0o700); err != nil {
+		return images.Template{}, err
+	}
+	defer os.RemoveAll(staged) // published, it is no longer there
+	if _, err := vm.Capture(ctx, d, spec, staged); err != nil {
+		return images.Template{}, err
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")
 	if err := os.WriteFile(filepath.Join(staged, images.TemplateMeta), append(b, '\n'), 0o600); err != nil {
 		return images.Template{}, err
 	}
-	t, err := images.PublishPrebuild(img, key, staged)
-	if err != nil {
-		return images.Template{}, err
-	}
-	c.say("prebuild of %s ready in %s (%d MiB): spawns restore it and skip the setup", project, time.Since(t0).Round(time.Second), t.Bytes>>20)
-	return t, nil
+	return images.PublishPrebuild(img, meta.Key, staged)
 }
 
 // setupOutput is how much of a failed setup's output its error shows.
@@ -284,6 +414,48 @@ func (tp Templates) spawnPrebuild(ctx context.Context, req SpawnRequest, wt imag
 		tp.c.say("restoring the prebuild of %s (%s old; setup skipped)", filepath.Base(req.Workspace.Dir), time.Since(res.Template.CreatedAt).Round(time.Second))
 	}
 	return &res.Template
+}
+
+// hostPrebuildMark starts Machine.Prebuild for a machine restored from
+// the prebuild its host holds.
+const hostPrebuildMark = "on-host:"
+
+// hostPrebuilt is m's Prebuild after a start that returned rt: marked if
+// its host restored it from the prebuild, else was.
+func hostPrebuilt(m *Machine, rt vm.Runtime, was string) string {
+	if !rt.Prebuilt || m.HostPrebuild == "" {
+		return was
+	}
+	h := sha256.Sum256([]byte(m.HostPrebuild))
+	return hostPrebuildMark + hex.EncodeToString(h[:8])
+}
+
+// spawnHostPrebuild is the key of the prebuild a HostWarmer's machines
+// of req restore from on the hosts that hold it, made first (on one host)
+// if this host knows of none; "" (said why) when the project has none.
+func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest) string {
+	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
+		return ""
+	}
+	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
+		return ""
+	}
+	preq := PrebuildRequest{Image: req.Image, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Arch: req.Arch, Workspace: req.Workspace, Project: *req.Project, Network: req.Network}
+	// A spawn that lets queued machines wait does not itself wait long for
+	// the prebuild's job: its machines then run the setup.
+	preq.QueueWait = 2 * time.Minute
+	if req.WaitQueued {
+		preq.QueueWait = 0
+	}
+	res, err := tp.hostPrebuild(ctx, preq, false)
+	if err != nil {
+		tp.c.say("no prebuild, so each machine runs the setup: %v", err)
+		return ""
+	}
+	if !res.Made {
+		tp.c.say("machines landing where the prebuild of %s is (%s, %s old) restore it and skip the setup; elsewhere they run it", filepath.Base(req.Workspace.Dir), res.Host, time.Since(res.Template.CreatedAt).Round(time.Second))
+	}
+	return res.Key
 }
 
 // PrebuildKey is the project's prebuild key for the warm template key

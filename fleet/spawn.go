@@ -108,8 +108,12 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	var tpl *images.Template
 	if vm.WarmsOnHost(c.Driver) {
 		hw := c.Templates().hostWarm(req)
+		pre := ""
+		if hw != vm.HostWarmOff {
+			pre = c.Templates().spawnHostPrebuild(ctx, req)
+		}
 		for _, m := range machines {
-			m.HostWarm = hw
+			m.HostWarm, m.HostPrebuild = hw, pre
 		}
 	} else {
 		tpl = c.warmTemplate(ctx, req, netRec)
@@ -174,6 +178,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				return qerr
 			}
 			m.SSHAddr, m.PID, m.StartedAt = rt.SSHAddr, rt.PID, time.Now().UTC()
+			m.Prebuild = hostPrebuilt(m, rt, m.Prebuild)
 			if rt.Note != "" {
 				c.say("%s: %s", m.Name, rt.Note)
 			}

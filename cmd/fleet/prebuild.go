@@ -34,10 +34,19 @@ nothing secret is in a prebuild. It holds the project's files, so it is kept
 owner-only. A failed setup fails the prebuild with its output.
 
 fleet image ls lists prebuilds; fleet image prune --prebuilds removes the
-ones no machine uses.`,
+ones no machine uses.
+
+On a Slurm cluster (--provider slurm, or fleet.hcl's provider) the prebuild
+is made by a job of its own, on the node Slurm gives it, and kept in that
+node's store: machines that land on that node restore it and skip the
+setup; machines elsewhere restore their node's warm template and run the
+setup. spawn makes one this way first when this host knows of none; it
+prints where it is.`,
 		Example: `  cd ~/src/myproj && fleet prebuild
   fleet prebuild --project ~/src/myproj --image debian-12 --cpus 4 --memory 8G
   fleet prebuild --force --json
+
+  fleet prebuild --provider slurm --cpus 1 --memory 1G   # on a cluster node
 
   # nightly, after the image rebuild:
   30 3 * * * cd /home/me/src/myproj && fleet prebuild`,
@@ -83,6 +92,10 @@ ones no machine uses.`,
 			}
 			if !res.Made {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%s already has this project's prebuild (%s); --force remakes it\n", termsafe.Line(res.Image), shortKey(res.Key))
+			}
+			if res.Host != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), termsafe.Line(res.Host))
+				return nil
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), termsafe.Line(res.Template.Dir))
 			return nil

@@ -131,6 +131,9 @@ const (
 
 	TemplateStagingPrefix = ".make-" // warm/.make-<random> (or prebuilds/): a template being made
 	TemplateLockSuffix    = ".lock"  // warm/<key>.lock (or prebuilds/): held by the one maker of that key
+	// prebuilds/<key>.on-hosts.json: a prebuild made on another host (a
+	// Slurm node) for this version, where and when (written by fleet/)
+	HostPrebuildRecordSuffix = ".on-hosts.json"
 )
 
 // A Slurm node's folder (slurm node_dir, default /var/tmp/agentfleet),

@@ -285,6 +285,35 @@ func WarmsOnHost(d Driver) bool {
 	return ok && h.WarmsOnHost()
 }
 
+// HostPrebuilder is a HostWarmer that saves a running machine, once the
+// project came in and its setup ran, as the prebuild of key on the host
+// it runs on; later machines asking for that key (Spec.HostPrebuild)
+// and landing there restore from it. It says where it saved it.
+type HostPrebuilder interface {
+	SaveHostPrebuild(ctx context.Context, s Spec, key string, info PrebuildInfo) (where string, err error)
+}
+
+// PrebuildInfo is what a prebuild records about itself besides its key,
+// for the people listing it.
+type PrebuildInfo struct {
+	Project      string   `json:"project"`
+	Setup        []string `json:"setup"`
+	Inputs       []string `json:"inputs,omitempty"`
+	InputsDigest string   `json:"inputs_digest,omitempty"`
+	SetupSec     float64  `json:"setup_sec,omitempty"`
+	Commit       string   `json:"commit,omitempty"`
+}
+
+// SaveHostPrebuild saves s as its host's prebuild of key with d, or says
+// d cannot.
+func SaveHostPrebuild(ctx context.Context, d Driver, s Spec, key string, info PrebuildInfo) (string, error) {
+	h, ok := d.(HostPrebuilder)
+	if !ok || !WarmsOnHost(d) {
+		return "", fmt.Errorf("the %s driver keeps no prebuilds on the hosts its machines run on: %w", d.Name(), ErrNotSupported)
+	}
+	return h.SaveHostPrebuild(ctx, s, key, info)
+}
+
 // RemoteFolder is a driver whose machines run on another host, where a
 // copy of the machine folder's proxy files lives: the controller pushes
 // the files it changes there (policy, budget) and pulls those the

@@ -65,6 +65,10 @@ type Spec struct {
 	// hosts) to restore the machine from a warm template kept on the
 	// host it lands on, instead of booting its image. Others ignore it.
 	HostWarm HostWarm
+	// HostPrebuild, with HostWarm on, asks a HostWarmer to restore the
+	// machine from the project's prebuild of this key on the host it
+	// lands on, when that host holds one (Runtime.Prebuilt says so).
+	HostPrebuild string
 }
 
 // HostWarm is whether a machine on another host is restored from that
@@ -126,6 +130,9 @@ type Runtime struct {
 	// the controller cannot tell (a node's warm restore, or why it
 	// booted instead), "" otherwise.
 	Note string
+	// Prebuilt: a HostWarmer restored it from its host's prebuild of
+	// Spec.HostPrebuild, so the project's setup already ran in it.
+	Prebuilt bool
 }
 
 // Status is a driver's view of a machine.

@@ -339,7 +339,25 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if rep.Note != "" {
 		note = "on " + j.Node + ": " + firstLine(rep.Note, 300)
 	}
-	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note}, nil
+	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note, Prebuilt: rep.Prebuilt && s.HostPrebuild != ""}, nil
+}
+
+// SaveHostPrebuild implements vm.HostPrebuilder: the job's process
+// captures its running machine into its node's store as the prebuild of
+// key, where later jobs on that node asking for it restore it.
+func (d *Driver) SaveHostPrebuild(ctx context.Context, s vm.Spec, key string, info vm.PrebuildInfo) (string, error) {
+	j, ok, err := loadJob(s)
+	if err != nil {
+		return "", err
+	}
+	if !ok || j.SSHAddr == "" {
+		return "", fmt.Errorf("slurm: %s has not started, so there is nothing to save", s.Name)
+	}
+	rep, err := d.call(ctx, j, request{Op: "save-prebuild", Prebuild: &prebuildSave{Key: key, Info: info}})
+	if err != nil {
+		return "", fmt.Errorf("save the prebuild on node %s (job %s): %w", j.Node, j.ID, err)
+	}
+	return "on " + j.Node + ": " + firstLine(rep.Note, 300), nil
 }
 
 // WarmsOnHost implements vm.HostWarmer: a job's process restores its

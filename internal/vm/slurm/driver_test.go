@@ -519,3 +519,42 @@ func environOf(c execx.Cmd) []string {
 	}
 	return append(env, c.Env...)
 }
+
+// A machine's start passes the prebuild key and returns whether its node
+// restored it from that prebuild; save-prebuild goes to the job's node
+// process with the key, and says where it was saved.
+func TestPrebuildsAreAskedForAndSavedThroughTheJob(t *testing.T) {
+	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222", Prebuilt: true, Note: "from this node's prebuild of the project (setup skipped)"},
+		{Note: "saved as this node's prebuild of the project (3 MiB) in 1s"}}}
+	d, s := newTestDriver(t, f)
+	if _, err := d.SaveHostPrebuild(context.Background(), s, "k", vm.PrebuildInfo{}); err == nil {
+		t.Fatal("saved a machine that never started")
+	}
+	s.HostWarm, s.HostPrebuild = vm.HostWarmMake, "key of the prebuild"
+	rt, err := d.Start(context.Background(), s)
+	if err != nil || !rt.Prebuilt || rt.Note != "on n1: from this node's prebuild of the project (setup skipped)" {
+		t.Fatalf("start: %v %+v", err, rt)
+	}
+	var start request
+	json.Unmarshal([]byte(f.stdins[f.named("srun")[0]]), &start)
+	if start.Spec.HostPrebuild != "key of the prebuild" || start.Spec.HostWarm != vm.HostWarmMake {
+		t.Fatalf("the start request asked for %q (%d)", start.Spec.HostPrebuild, start.Spec.HostWarm)
+	}
+	where, err := vm.SaveHostPrebuild(context.Background(), d, s, "k2", vm.PrebuildInfo{Project: "p", Setup: []string{"npm ci"}})
+	if err != nil || where != "on n1: saved as this node's prebuild of the project (3 MiB) in 1s" {
+		t.Fatalf("save: %v %q", err, where)
+	}
+	var save request
+	json.Unmarshal([]byte(f.stdins[f.named("srun")[1]]), &save)
+	if save.Op != "save-prebuild" || save.Prebuild == nil || save.Prebuild.Key != "k2" || save.Prebuild.Info.Project != "p" {
+		t.Fatalf("save request %+v", save)
+	}
+	// A node that says prebuilt when none was asked for is not believed.
+	f.replies = []reply{{SSHAddr: "10.9.0.11:2222", Prebuilt: true}}
+	os.Remove(jobPath(s))
+	s.HostPrebuild = ""
+	f.state = ""
+	if rt, err := d.Start(context.Background(), s); err != nil || rt.Prebuilt {
+		t.Fatalf("unasked prebuilt: %v %+v", err, rt)
+	}
+}

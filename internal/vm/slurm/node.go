@@ -40,8 +40,14 @@ type NodeDriver func() (d vm.Driver, accel string)
 type NodeWarm interface {
 	Template(ctx context.Context, d vm.Driver, store string, s vm.Spec, mayMake bool) (vm.Template, error)
 	Identify(ctx context.Context, d vm.Driver, s vm.Spec) error
-	// Forget removes a template that failed to restore.
+	// Forget removes a template or prebuild that failed to restore.
 	Forget(ctx context.Context, t vm.Template) error
+	// Prebuild finds the node's prebuild of s.HostPrebuild for machines
+	// of s's shape (never makes one); SavePrebuild captures the running
+	// machine s, restored from the node's template, as the prebuild of
+	// key, and returns its size on disk.
+	Prebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec) (vm.Template, error)
+	SavePrebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec, key string, info vm.PrebuildInfo) (int64, error)
 }
 
 // NodeMain is `fleet __slurm-node run|call`: run is a job's one process
@@ -318,6 +324,12 @@ func (n *node) handle(ctx context.Context, c net.Conn) reply {
 			return reply{Error: err.Error()}
 		}
 		return reply{Files: files}
+	case "save-prebuild":
+		note, err := n.savePrebuild(ctx, req.Prebuild)
+		if err != nil {
+			return reply{Error: err.Error()}
+		}
+		return reply{Note: note}
 	case "stop":
 		n.end("stopped by fleet")
 		return reply{}
@@ -393,7 +405,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		return reply{}, err
 	}
 	d, accel := n.newDriver()
-	restored, note := n.warmStart(ctx, d, &s)
+	restored, prebuilt, note, setupNote := n.warmStart(ctx, d, &s)
 	t0 := time.Now()
 	rt, err := n.create(ctx, d, s)
 	if err != nil && restored {
@@ -401,8 +413,9 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		// same key, a damaged file) is removed, and the machine boots.
 		tpl := *s.Template
 		ferr := n.warm.Forget(ctx, tpl)
-		s.Template, restored = nil, false
-		note = fmt.Sprintf("booted: this node's warm template did not restore (%v); it was removed (%v)", firstLine(err.Error(), 200), ferr)
+		what := map[bool]string{false: "warm template", true: "prebuild of the project"}[prebuilt]
+		s.Template, restored, prebuilt = nil, false, false
+		note = fmt.Sprintf("booted: this node's %s did not restore (%v); it was removed (%v)", what, firstLine(err.Error(), 200), ferr)
 		rt, err = n.create(ctx, d, s)
 	}
 	if err != nil {
@@ -416,6 +429,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		}
 		note += fmt.Sprintf(", restored and given its identity in %s", time.Since(t0).Round(10*time.Millisecond))
 	}
+	note += setupNote
 	if len(fetched) > 0 {
 		if note != "" {
 			note += "; "
@@ -433,7 +447,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	go relay(ln, rt.SSHAddr)
 	n.relay = ln
-	return reply{SSHAddr: ln.Addr().String(), Accel: accel, Note: note}, nil
+	return reply{SSHAddr: ln.Addr().String(), Accel: accel, Note: note, Prebuilt: prebuilt}, nil
 }
 
 // create makes and starts s with d, as the job's machine; on failure
@@ -466,24 +480,66 @@ func (n *node) dropMachine(ctx context.Context) {
 // warmStart points s at this node's warm template of its shape when the
 // controller asked for one (making it first if it may), and says how the
 // machine starts: restored, or booted and why.
-func (n *node) warmStart(ctx context.Context, d vm.Driver, s *vm.Spec) (restored bool, note string) {
+//
+// Asked for the project's prebuild (s.HostPrebuild), it restores that
+// instead where the node holds it (prebuilt), else says the machine runs
+// the setup.
+func (n *node) warmStart(ctx context.Context, d vm.Driver, s *vm.Spec) (restored, prebuilt bool, note, setupNote string) {
 	if s.HostWarm == vm.HostWarmOff {
-		return false, ""
+		return false, false, "", ""
 	}
 	if n.warm == nil {
-		return false, "booted: this fleet binary keeps no warm templates on nodes"
+		return false, false, "booted: this fleet binary keeps no warm templates on nodes", ""
+	}
+	store := filepath.Join(n.user, layout.NodeTemplatesFolder)
+	if s.HostPrebuild != "" {
+		if len(s.HostPrebuild) > maxKeySize {
+			return false, false, "booted: the prebuild key asked for is too long", ""
+		}
+		t, err := n.warm.Prebuild(ctx, d, store, *s)
+		if err == nil {
+			s.Template = &t
+			return true, true, "from this node's prebuild of the project (setup skipped)", ""
+		}
+		setupNote = "; " + firstLine(err.Error(), 200) + ", so the machine runs the setup"
 	}
 	t0 := time.Now()
-	t, err := n.warm.Template(ctx, d, filepath.Join(n.user, layout.NodeTemplatesFolder), *s, s.HostWarm == vm.HostWarmMake)
+	t, err := n.warm.Template(ctx, d, store, *s, s.HostWarm == vm.HostWarmMake)
 	if err != nil {
-		return false, "booted: no warm template on this node: " + err.Error()
+		return false, false, "booted: no warm template on this node: " + err.Error(), setupNote
 	}
 	s.Template = &t
 	note = "from this node's warm template"
 	if took := time.Since(t0); took > 5*time.Second {
 		note += fmt.Sprintf(" (made now in %s: one cold boot, then each machine of this shape restores it)", took.Round(time.Second))
 	}
-	return true, note
+	return true, false, note, setupNote
+}
+
+// savePrebuild saves the job's running machine as this node's prebuild
+// of p.Key. Only a machine restored from the node's warm template is
+// saved: its disk is an overlay on a file the node checked.
+func (n *node) savePrebuild(ctx context.Context, p *prebuildSave) (string, error) {
+	switch {
+	case p == nil || p.Key == "":
+		return "", errors.New("save-prebuild without a key")
+	case len(p.Key) > maxKeySize:
+		return "", errors.New("the prebuild key is too long")
+	case !n.started || n.driver == nil:
+		return "", errors.New("this job's machine has not started")
+	case n.warm == nil:
+		return "", errors.New("this fleet binary keeps no prebuilds on nodes")
+	case n.spec.Template == nil:
+		return "", errors.New("this job's machine was booted, not restored from this node's warm template, so no prebuild of it would restore")
+	}
+	s := n.spec
+	s.HostPrebuild = ""
+	t0 := time.Now()
+	size, err := n.warm.SavePrebuild(ctx, n.driver, filepath.Join(n.user, layout.NodeTemplatesFolder), s, p.Key, p.Info)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("saved as this node's prebuild of the project (%d MiB) in %s", size>>20, time.Since(t0).Round(100*time.Millisecond)), nil
 }
 
 // maxRelayConns bounds the SSH connections one machine's relay holds.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -311,6 +312,29 @@ type fakeWarm struct {
 	identifyErr error
 	identified  []string // hostnames given
 	forgot      []vm.Template
+	prebuilds   map[string]bool // keys the node holds
+	saved       []string        // keys SavePrebuild was asked for
+	savedSpec   vm.Spec
+}
+
+func (f *fakeWarm) Prebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec) (vm.Template, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.prebuilds[s.HostPrebuild] {
+		return vm.Template{}, errors.New("no prebuild of this project on this node")
+	}
+	return vm.Template{Disk: filepath.Join(store, "p", "disk.qcow2"), Memory: filepath.Join(store, "p", "memory"), State: filepath.Join(store, "p", "state")}, nil
+}
+
+func (f *fakeWarm) SavePrebuild(ctx context.Context, d vm.Driver, store string, s vm.Spec, key string, info vm.PrebuildInfo) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.saved, f.savedSpec = append(f.saved, key), s
+	if f.prebuilds == nil {
+		f.prebuilds = map[string]bool{}
+	}
+	f.prebuilds[key] = true
+	return 3 << 20, nil
 }
 
 func (f *fakeWarm) Forget(ctx context.Context, t vm.Template) error {
@@ -414,6 +438,71 @@ func TestNodeStartRestoresFromTheNodesTemplateWhenAsked(t *testing.T) {
 	rd, rep, err = start(vm.HostWarmMake, nil)
 	if err != nil || rd.created[0].Template != nil || !strings.Contains(rep.Note, "booted") {
 		t.Fatalf("no store: err %v, note %q", err, rep.Note)
+	}
+}
+
+// A start asking for the project's prebuild restores it where the node
+// holds one, and says so (the controller then skips the setup); a node
+// without it restores the warm template and says the machine runs the
+// setup. save-prebuild saves only a started machine restored from the
+// node's template, with a key of bounded size.
+func TestNodeRestoresTheProjectsPrebuildWhereItHoldsOne(t *testing.T) {
+	user, _ := userFolder(t.TempDir())
+	disk := []byte("the image's disk")
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	os.WriteFile(img, disk, 0o644)
+	w := &fakeWarm{}
+	start := func(hw vm.HostWarm, key string) (*node, *recordingDriver, reply, error) {
+		rd := &recordingDriver{}
+		n := &node{dir: t.TempDir(), user: user, warm: w, newDriver: func() (vm.Driver, string) { return rd, "kvm" }}
+		rep, err := n.start(context.Background(), request{Spec: vm.Spec{Name: "p-1", BaseImage: img, BaseImageSHA256: sum(disk), HostWarm: hw, HostPrebuild: key,
+			Seed: vm.Seed{Hostname: "p-1"}}, ForwardHost: "127.0.0.1", Images: []imageFile{{Path: img, SHA256: sum(disk)}}})
+		if n.relay != nil {
+			n.relay.Close()
+		}
+		return n, rd, rep, err
+	}
+	save := func(n *node, p *prebuildSave) (string, error) { return n.savePrebuild(context.Background(), p) }
+
+	// None yet: the warm template, and the setup runs in the machine.
+	n, rd, rep, err := start(vm.HostWarmMake, "k1")
+	if err != nil || rep.Prebuilt || !strings.HasPrefix(rd.created[0].Template.Disk, filepath.Join(user, layout.NodeTemplatesFolder, "t")) ||
+		!regexp.MustCompile(`^from this node's warm template, restored and given its identity in \S+; no prebuild of this project on this node, so the machine runs the setup`).MatchString(rep.Note) {
+		t.Fatalf("no prebuild: %v %+v %q", err, rd.created[0].Template, rep.Note)
+	}
+	// The controller set it up: saved under its key, from the spec the
+	// node restored.
+	for _, bad := range []*prebuildSave{nil, {Key: ""}, {Key: strings.Repeat("k", maxKeySize+1)}} {
+		if _, err := save(n, bad); err == nil {
+			t.Errorf("save-prebuild %+v was taken", bad)
+		}
+	}
+	note, err := save(n, &prebuildSave{Key: "k1", Info: vm.PrebuildInfo{Project: "p", Setup: []string{"npm ci"}}})
+	if err != nil || !strings.HasPrefix(note, "saved as this node's prebuild of the project (3 MiB) in ") || len(w.saved) != 1 ||
+		w.savedSpec.Template == nil || w.savedSpec.HostPrebuild != "" {
+		t.Fatalf("save: %v %q %v %+v", err, note, w.saved, w.savedSpec)
+	}
+	// The next start asking for it restores it, identified as itself.
+	_, rd, rep, err = start(vm.HostWarmExisting, "k1")
+	if err != nil || !rep.Prebuilt || !strings.HasPrefix(rd.created[0].Template.Disk, filepath.Join(user, layout.NodeTemplatesFolder, "p")) ||
+		!strings.HasPrefix(rep.Note, "from this node's prebuild of the project (setup skipped), restored and given its identity in ") || w.identified[len(w.identified)-1] != "p-1" {
+		t.Fatalf("prebuilt: %v %+v %q", err, rd.created[0].Template, rep.Note)
+	}
+	// Another key, or HostWarm off, does not.
+	if _, _, rep, err := start(vm.HostWarmExisting, "k2"); err != nil || rep.Prebuilt {
+		t.Fatalf("another key: %v %+v", err, rep)
+	}
+	if _, rd, rep, err := start(vm.HostWarmOff, "k1"); err != nil || rep.Prebuilt || rd.created[0].Template != nil {
+		t.Fatalf("cold: %v %+v", err, rep)
+	}
+	// A booted machine, or one not started, is never saved.
+	booted, _, _, _ := start(vm.HostWarmOff, "")
+	if _, err := save(booted, &prebuildSave{Key: "k3"}); err == nil || !strings.Contains(err.Error(), "booted") {
+		t.Fatalf("a booted machine saved: %v", err)
+	}
+	idle := &node{dir: t.TempDir(), user: user, warm: w}
+	if _, err := save(idle, &prebuildSave{Key: "k3"}); err == nil || !strings.Contains(err.Error(), "has not started") {
+		t.Fatalf("a job without a machine saved: %v", err)
 	}
 }
 

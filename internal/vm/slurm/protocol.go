@@ -26,7 +26,7 @@ const NodeCommand = "__slurm-node"
 
 // request is one message from the controller to a job's node process.
 type request struct {
-	Op string `json:"op"` // start, push, pull, stop
+	Op string `json:"op"` // start, push, pull, save-prebuild, stop
 	// start
 	Spec        vm.Spec     `json:"spec,omitempty"`
 	ForwardHost string      `json:"forward_host,omitempty"` // the node address the controller reaches
@@ -41,6 +41,16 @@ type request struct {
 	// controller keeps a copy of: what it has of the file named by inode
 	// (From[name].Ino), so a rotated log is sent from its start.
 	From map[string]pullFrom `json:"from,omitempty"`
+	// save-prebuild
+	Prebuild *prebuildSave `json:"prebuild,omitempty"`
+}
+
+// prebuildSave asks the node to save its running machine, restored from
+// the node's warm template and set up by the controller, as the
+// project's prebuild of Key there.
+type prebuildSave struct {
+	Key  string          `json:"key"`
+	Info vm.PrebuildInfo `json:"info"`
 }
 
 // pullFrom is where the controller's copy of a node's log ends.
@@ -85,11 +95,14 @@ type BlobOpener func(ctx context.Context, reg ImageRegistry, sum string, size in
 
 // reply is the node process's answer.
 type reply struct {
-	Error   string     `json:"error,omitempty"`
-	SSHAddr string     `json:"ssh_addr,omitempty"`
-	Accel   string     `json:"accel,omitempty"`
-	Note    string     `json:"note,omitempty"` // start: restored from the node's template, or why it booted
-	Files   []nodeFile `json:"files,omitempty"`
+	Error   string `json:"error,omitempty"`
+	SSHAddr string `json:"ssh_addr,omitempty"`
+	Accel   string `json:"accel,omitempty"`
+	Note    string `json:"note,omitempty"` // start: restored from the node's template, or why it booted
+	// Prebuilt: start restored it from the node's prebuild of
+	// Spec.HostPrebuild (the project's setup ran in it).
+	Prebuilt bool       `json:"prebuilt,omitempty"`
+	Files    []nodeFile `json:"files,omitempty"`
 }
 
 // Limits on what crosses the channel: a request carries small proxy files
@@ -100,6 +113,7 @@ const (
 	maxFiles    = 32
 	maxReply    = 8 << 20
 	maxNameSize = 64
+	maxKeySize  = 16 << 10 // a prebuild key: template key, setup commands' digest, inputs
 )
 
 // credentialVars are the variables that may hold a model credential: kept
