@@ -272,6 +272,20 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 	if wt != nil {
 		tv := wt.VM()
 		spec.Template = &tv
+	} else {
+		// Its host restores it from the warm template the machines will
+		// restore: of their network's shape, the credential proxy's
+		// forward too. That proxy gets no credential and no config here,
+		// so it answers nothing.
+		_, shapeRec, err := req.Network.normalize(c.Driver)
+		if err != nil {
+			return images.Template{}, "", err
+		}
+		shaped := *m
+		shaped.Network = shapeRec
+		if spec.Network, err = c.Net().networkShape(&shaped); err != nil {
+			return images.Template{}, "", err
+		}
 	}
 	spec.QueueWait = req.QueueWait
 	defer func() {

@@ -337,7 +337,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	}
 	note := ""
 	if rep.Note != "" {
-		note = "on " + j.Node + ": " + firstLine(rep.Note, 300)
+		note = "on " + j.Node + ": " + firstLine(rep.Note, 600)
 	}
 	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note, Prebuilt: rep.Prebuilt && s.HostPrebuild != ""}, nil
 }
