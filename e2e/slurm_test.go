@@ -227,6 +227,11 @@ git add -A && git commit -qm first`, nodeRoot, ref))
 		if nl.code != 0 || !strings.Contains(nl.stdout, `"proxy":"credentials"`) || !strings.Contains(nl.stdout, `"path":"/v1/messages"`) {
 			t.Fatalf("net log of a node's machine: %d %q %s", nl.code, nl.stdout, nl.stderr)
 		}
+		// The node's proxy counted it; net budget brings the count here.
+		nb := run(time.Minute, "net", "budget", "sl-1", "--json")
+		if nb.code != 0 || !regexp.MustCompile(`"calls": 1\b`).MatchString(nb.stdout) {
+			t.Fatalf("net budget of a node's machine: %d %q %s", nb.code, nb.stdout, nb.stderr)
+		}
 	})
 
 	t.Run("a policy change reaches the node's proxy", func(t *testing.T) {

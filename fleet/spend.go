@@ -54,6 +54,27 @@ func TotalSpend(ss []*Spend) egress.Usage {
 // ChangeBudget applies change to the budget of the named machines (or
 // all). Every new budget is computed and checked before any is written;
 // the proxy reads it on the agent's next call.
+// Spend is m's spend as its credential proxy counted it (nil: it has
+// none), brought here first from where m runs when that is another host
+// (a Slurm node's proxies count there).
+func (nt Net) Spend(ctx context.Context, m *Machine) (*Spend, error) {
+	sp, err := MachineSpend(m)
+	if err != nil || sp == nil {
+		return sp, err
+	}
+	if _, remote := nt.c.Driver.(vm.RemoteFolder); !remote {
+		return sp, nil
+	}
+	spec := nt.c.spec(m, vm.Seed{})
+	if ds, err := nt.c.Driver.Status(ctx, spec); err != nil || ds.Power != vm.PowerOn {
+		return sp, nil // what it counted before it ended is here
+	}
+	if err := vm.PullFiles(ctx, nt.c.Driver, spec, layout.UsageFile); err != nil {
+		return sp, nil
+	}
+	return MachineSpend(m)
+}
+
 func (nt Net) ChangeBudget(ctx context.Context, names []string, all bool, change BudgetChanger) ([]*Machine, []egress.Budget, error) {
 	unlock, _, ms, err := nt.c.lockSelected(ctx, names, all)
 	if err != nil {

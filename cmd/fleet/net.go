@@ -263,7 +263,7 @@ func showBudgets(cmd *cobra.Command, c *fleet.Controller, names []string, all, a
 	rows := []row{}
 	var spends []*fleet.Spend
 	for _, m := range ms {
-		sp, err := fleet.MachineSpend(m)
+		sp, err := c.Net().Spend(cmd.Context(), m)
 		if err != nil {
 			return fmt.Errorf("%s: %w", m.Name, err)
 		}
