@@ -74,9 +74,13 @@ func nodeTemplateKey(ctx context.Context, d vm.Driver, store string, s vm.Spec) 
 }
 
 // nodePrebuildKey is the key of the controller's prebuild key on this
-// node's warm template of key tkey: a prebuild restores only where the
-// template it was made from would.
-func nodePrebuildKey(tkey, key string) string { return tkey + " prebuild=" + key }
+// node's warm template t of key tkey: a prebuild restores only where the
+// template it was made from would, and only on that very template (one
+// removed after a failed restore and made again is another: its disk,
+// which the prebuild's overlays, is new).
+func nodePrebuildKey(tkey string, t images.Template, key string) string {
+	return tkey + " template-made=" + t.CreatedAt.UTC().Format(time.RFC3339Nano) + " prebuild=" + key
+}
 
 // errNoPrebuild: the node holds no prebuild of the key asked for.
 var errNoPrebuild = errors.New("no prebuild of this project on this node")
@@ -88,7 +92,11 @@ func (NodeTemplates) Prebuild(ctx context.Context, d vm.Driver, store string, s 
 	if err != nil {
 		return vm.Template{}, err
 	}
-	t, ok := images.FindPrebuild(img, nodePrebuildKey(tkey, s.HostPrebuild))
+	wt, ok := images.FindTemplate(img, tkey)
+	if !ok {
+		return vm.Template{}, errNoPrebuild // none without its template
+	}
+	t, ok := images.FindPrebuild(img, nodePrebuildKey(tkey, wt, s.HostPrebuild))
 	if !ok {
 		return vm.Template{}, errNoPrebuild
 	}
@@ -107,7 +115,11 @@ func (NodeTemplates) SavePrebuild(ctx context.Context, d vm.Driver, store string
 	if err != nil {
 		return 0, err
 	}
-	meta := images.TemplateMetaInfo{Key: nodePrebuildKey(tkey, key), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CreatedAt: time.Now().UTC(),
+	wt, ok := images.FindTemplate(img, tkey)
+	if !ok || wt.Disk() != s.Template.Disk {
+		return 0, errors.New("the machine was not restored from this node's current warm template of its shape")
+	}
+	meta := images.TemplateMetaInfo{Key: nodePrebuildKey(tkey, wt, key), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CreatedAt: time.Now().UTC(),
 		Kind: images.KindPrebuild, TemplateKey: tkey, Project: info.Project, Setup: info.Setup, Inputs: info.Inputs,
 		InputsDigest: info.InputsDigest, SetupSec: info.SetupSec, Commit: info.Commit}
 	sweepStaging(filepath.Join(img.Dir, layout.PrebuildFolder), time.Hour)

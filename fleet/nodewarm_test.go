@@ -184,6 +184,13 @@ func TestNodePrebuildsAreFoundOnlyByTheirKeyOnThisNodesTemplate(t *testing.T) {
 	img := images.Image{Dir: filepath.Join(store, digest[:16]), Disk: disk}
 	host, _ := os.Hostname()
 	tkey := "image=sha256:" + digest + " node=" + host + " boot=firmware k"
+	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
+		t.Fatal("a prebuild without its warm template was found")
+	}
+	wt, err := images.PublishTemplate(img, tkey, restage(t, img, disk, tkey))
+	if err != nil {
+		t.Fatal(err)
+	}
 	publish := func(key string) {
 		t.Helper()
 		staged := restage(t, img, disk, key)
@@ -193,22 +200,36 @@ func TestNodePrebuildsAreFoundOnlyByTheirKeyOnThisNodesTemplate(t *testing.T) {
 		}
 	}
 	// Another project's, and this project's made on another node.
-	publish(nodePrebuildKey(tkey, "setup=npm ci inputs=other"))
-	publish(nodePrebuildKey(strings.Replace(tkey, host, "othernode", 1), s.HostPrebuild))
+	publish(nodePrebuildKey(tkey, wt, "setup=npm ci inputs=other"))
+	publish(nodePrebuildKey(strings.Replace(tkey, host, "othernode", 1), wt, s.HostPrebuild))
 	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
 		t.Fatal("another project's or node's prebuild was used")
 	}
-	publish(nodePrebuildKey(tkey, s.HostPrebuild))
+	publish(nodePrebuildKey(tkey, wt, s.HostPrebuild))
 	p, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s)
 	if err != nil || !strings.HasPrefix(p.Disk, filepath.Join(img.Dir, layout.PrebuildFolder)) {
 		t.Fatalf("its own: %+v %v", p, err)
+	}
+	// Its template removed and made again (a failed restore): the old
+	// prebuild overlays a disk that is gone, and is not used.
+	if err := nt.Forget(ctx, wt.VM()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	staged := restage(t, img, disk, tkey)
+	os.WriteFile(filepath.Join(staged, images.TemplateMeta), []byte(`{"key":"`+tkey+`","created_at":"`+time.Now().UTC().Format(time.RFC3339Nano)+`"}`), 0o600)
+	if _, err := images.PublishTemplate(img, tkey, staged); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
+		t.Fatal("a prebuild of a removed template was used on its remade one")
 	}
 	// Forget takes a prebuild that did not restore, too.
 	if err := nt.Forget(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nt.Prebuild(ctx, snapDriver{t: t}, store, s); err == nil {
-		t.Fatal("a forgotten prebuild was found")
+	if _, err := os.Stat(filepath.Dir(p.Disk)); !os.IsNotExist(err) {
+		t.Fatal("a forgotten prebuild is still there")
 	}
 	if _, err := nt.SavePrebuild(ctx, snapDriver{t: t}, store, s, "k2", vm.PrebuildInfo{}); err == nil || !strings.Contains(err.Error(), "not restored from this node's warm template") {
 		t.Fatalf("a booted machine saved: %v", err)

@@ -58,8 +58,10 @@ type PrebuildResult struct {
 	Made     bool            `json:"made"`   // false: one for this key was there
 	Template images.Template `json:"template"`
 	// Host is where a driver whose machines run on other hosts made it
-	// (Template then has no folder here).
-	Host string `json:"host,omitempty"`
+	// (Template then has no folder here), NodeKey the key it is kept
+	// under there.
+	Host    string `json:"host,omitempty"`
+	NodeKey string `json:"node_key,omitempty"`
 }
 
 // Prebuild finds or makes the project's prebuild (with Force, makes it
@@ -70,7 +72,7 @@ func (tp Templates) Prebuild(ctx context.Context, req PrebuildRequest) (Prebuild
 		return PrebuildResult{}, err
 	}
 	if vm.WarmsOnHost(tp.c.Driver) {
-		return tp.hostPrebuild(ctx, req, req.Force)
+		return tp.hostPrebuild(ctx, req, req.Force, true)
 	}
 	wt, _, err := tp.Template(ctx, req.Image, req.CPUs, req.MemoryMiB, netRec)
 	if err != nil {
@@ -153,15 +155,23 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 // hostPrebuildBase stands for the warm template key in the key of a
 // prebuild kept on the hosts a driver's machines run on: each host adds
 // its own template's key (its QEMU, the machine's shape) to it.
-func hostPrebuildBase(req PrebuildRequest) string {
-	return fmt.Sprintf("on-host image=%s sha256=%s cpus=%d memory=%d", req.Image, req.Image.DiskSHA256, req.CPUs, req.MemoryMiB)
+func hostPrebuildBase(req PrebuildRequest, n *Network) string {
+	net := "open"
+	if n != nil {
+		net = fmt.Sprintf("egress=%s credentials=%s", n.Egress, n.Credentials)
+	}
+	return fmt.Sprintf("on-host image=%s sha256=%s cpus=%d memory=%d network=%s", req.Image, req.Image.DiskSHA256, req.CPUs, req.MemoryMiB, net)
 }
 
 // hostPrebuildRecord is what this host knows of a prebuild made on
 // another: when, and where, as the driver said.
 type hostPrebuildRecord struct {
-	Key       string    `json:"key"`
-	Where     string    `json:"where"`
+	Key string `json:"key"`
+	// NodeKey is the key the host saved it under: Key and this make's own
+	// id, so that a remade prebuild (--force), which may land on another
+	// host, leaves every older copy unmatched.
+	NodeKey   string    `json:"node_key"`
+	Host      string    `json:"host"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -172,7 +182,7 @@ func hostPrebuildRecordPath(img images.Image, key string) string {
 func loadHostPrebuildRecord(img images.Image, key string) (hostPrebuildRecord, bool) {
 	var r hostPrebuildRecord
 	b, err := os.ReadFile(hostPrebuildRecordPath(img, key))
-	if err != nil || json.Unmarshal(b, &r) != nil || r.Key != key {
+	if err != nil || json.Unmarshal(b, &r) != nil || r.Key != key || !strings.HasPrefix(r.NodeKey, key+" made=") {
 		return hostPrebuildRecord{}, false
 	}
 	return r, true
@@ -183,8 +193,12 @@ func loadHostPrebuildRecord(img images.Image, key string) (hostPrebuildRecord, b
 // remembered here, so a spawn makes it once. A host that lost it, or one
 // it was never made on, restores the warm template and the machine runs
 // the setup.
-func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remake bool) (PrebuildResult, error) {
-	key, digest, inputs, err := prebuildKey(req, images.Template{TemplateMetaInfo: images.TemplateMetaInfo{Key: hostPrebuildBase(req)}})
+func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remake, mayMake bool) (PrebuildResult, error) {
+	_, netRec, err := req.Network.normalize(tp.c.Driver)
+	if err != nil {
+		return PrebuildResult{}, err
+	}
+	key, digest, inputs, err := prebuildKey(req, images.Template{TemplateMetaInfo: images.TemplateMetaInfo{Key: hostPrebuildBase(req, netRec)}})
 	if err != nil {
 		return PrebuildResult{}, err
 	}
@@ -193,13 +207,16 @@ func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remak
 	found := func() bool {
 		r, ok := loadHostPrebuildRecord(img, key)
 		if ok && !remake {
-			res.Host = r.Where
+			res.Host, res.NodeKey = r.Host, r.NodeKey
 			res.Template.TemplateMetaInfo = images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: r.CreatedAt, Kind: images.KindPrebuild}
 		}
 		return ok && !remake
 	}
 	if found() {
 		return res, nil
+	}
+	if !mayMake {
+		return res, errors.New("none made yet, and --no-warm makes none")
 	}
 	if err := os.MkdirAll(filepath.Dir(images.PrebuildDir(img, key)), 0o700); err != nil {
 		return res, err
@@ -213,15 +230,16 @@ func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remak
 	if found() {
 		return res, nil
 	}
-	t, where, err := tp.makePrebuild(ctx, req, nil, key, digest, inputs)
+	nodeKey := key + " made=" + randomHex(8)
+	t, host, err := tp.makePrebuild(ctx, req, nil, nodeKey, digest, inputs)
 	if err != nil {
 		return res, err
 	}
-	b, _ := json.Marshal(hostPrebuildRecord{Key: key, Where: where, CreatedAt: t.CreatedAt})
+	b, _ := json.Marshal(hostPrebuildRecord{Key: key, NodeKey: nodeKey, Host: host, CreatedAt: t.CreatedAt})
 	if err := WriteFileAtomic(hostPrebuildRecordPath(img, key), append(b, '\n'), 0o600); err != nil {
 		return res, err
 	}
-	res.Template, res.Host, res.Made = t, where, true
+	res.Template, res.Host, res.NodeKey, res.Made = t, host, nodeKey, true
 	return res, nil
 }
 
@@ -292,7 +310,11 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		c.Guests().sshPool().Drop(m.Name)
-		_ = c.Net().deleteMachine(cctx, spec)
+		if err := c.Net().deleteMachine(cctx, spec); err != nil {
+			// Its folder (a scheduler's job record) is kept, to find it by.
+			c.say("prebuild: its machine was not removed (%v); its folder %s says what is left", err, vmDir)
+			return
+		}
 		os.RemoveAll(vmDir)
 	}()
 	project := filepath.Base(req.Workspace.Dir)
@@ -345,12 +367,12 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 		info.Commit = p.start
 	}
 	if wt == nil {
-		where, err := vm.SaveHostPrebuild(ctx, c.Driver, spec, key, info)
+		host, note, err := vm.SaveHostPrebuild(ctx, c.Driver, spec, key, info)
 		if err != nil {
 			return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 		}
-		c.say("prebuild of %s ready in %s, %s: machines landing there restore it and skip the setup", project, time.Since(t0).Round(time.Second), where)
-		return images.Template{TemplateMetaInfo: prebuildMeta(key, req, info, "", 0)}, where, nil
+		c.say("prebuild of %s ready in %s, on %s: %s; machines landing there restore it and skip the setup", project, time.Since(t0).Round(time.Second), host, note)
+		return images.Template{TemplateMetaInfo: prebuildMeta(key, req, info, "", 0)}, host, nil
 	}
 	t, err := capturePrebuild(ctx, c.Driver, img, spec, prebuildMeta(key, req, info, wt.Key, wt.BootSec))
 	if err != nil {
@@ -434,11 +456,15 @@ func (tp Templates) spawnPrebuild(ctx context.Context, req SpawnRequest, wt imag
 // the prebuild its host holds.
 const hostPrebuildMark = "on-host:"
 
-// hostPrebuilt is m's Prebuild after a start that returned rt: marked if
-// its host restored it from the prebuild, else was.
+// hostPrebuilt is m's Prebuild after a start that returned rt: for a
+// machine its host may restore from the prebuild, marked if it did (a
+// new job restored from the warm template ran no setup), else was.
 func hostPrebuilt(m *Machine, rt vm.Runtime, was string) string {
-	if !rt.Prebuilt || m.HostPrebuild == "" {
+	if m.HostPrebuild == "" {
 		return was
+	}
+	if !rt.Prebuilt {
+		return ""
 	}
 	h := sha256.Sum256([]byte(m.HostPrebuild))
 	return hostPrebuildMark + hex.EncodeToString(h[:8])
@@ -447,7 +473,7 @@ func hostPrebuilt(m *Machine, rt vm.Runtime, was string) string {
 // spawnHostPrebuild is the key of the prebuild a HostWarmer's machines
 // of req restore from on the hosts that hold it, made first (on one host)
 // if this host knows of none; "" (said why) when the project has none.
-func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest) string {
+func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest, mayMake bool) string {
 	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
 		return ""
 	}
@@ -461,15 +487,15 @@ func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest) str
 	if req.WaitQueued {
 		preq.QueueWait = 0
 	}
-	res, err := tp.hostPrebuild(ctx, preq, false)
+	res, err := tp.hostPrebuild(ctx, preq, false, mayMake)
 	if err != nil {
 		tp.c.say("no prebuild, so each machine runs the setup: %v", err)
 		return ""
 	}
 	if !res.Made {
-		tp.c.say("machines landing where the prebuild of %s is (%s, %s old) restore it and skip the setup; elsewhere they run it", filepath.Base(req.Workspace.Dir), res.Host, time.Since(res.Template.CreatedAt).Round(time.Second))
+		tp.c.say("machines landing on %s, where the prebuild of %s is (%s old), restore it and skip the setup; elsewhere they run it", res.Host, filepath.Base(req.Workspace.Dir), time.Since(res.Template.CreatedAt).Round(time.Second))
 	}
-	return res.Key
+	return res.NodeKey
 }
 
 // PrebuildKey is the project's prebuild key for the warm template key

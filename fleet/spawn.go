@@ -110,7 +110,7 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 		hw := c.Templates().hostWarm(req)
 		pre := ""
 		if hw != vm.HostWarmOff {
-			pre = c.Templates().spawnHostPrebuild(ctx, req)
+			pre = c.Templates().spawnHostPrebuild(ctx, req, hw == vm.HostWarmMake)
 		}
 		for _, m := range machines {
 			m.HostWarm, m.HostPrebuild = hw, pre

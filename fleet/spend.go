@@ -51,9 +51,6 @@ func TotalSpend(ss []*Spend) egress.Usage {
 	return t
 }
 
-// ChangeBudget applies change to the budget of the named machines (or
-// all). Every new budget is computed and checked before any is written;
-// the proxy reads it on the agent's next call.
 // Spend is m's spend as its credential proxy counted it (nil: it has
 // none), brought here first from where m runs when that is another host
 // (a Slurm node's proxies count there).
@@ -75,6 +72,9 @@ func (nt Net) Spend(ctx context.Context, m *Machine) (*Spend, error) {
 	return MachineSpend(m)
 }
 
+// ChangeBudget applies change to the budget of the named machines (or
+// all). Every new budget is computed and checked before any is written;
+// the proxy reads it on the agent's next call.
 func (nt Net) ChangeBudget(ctx context.Context, names []string, all bool, change BudgetChanger) ([]*Machine, []egress.Budget, error) {
 	unlock, _, ms, err := nt.c.lockSelected(ctx, names, all)
 	if err != nil {

@@ -288,9 +288,9 @@ func WarmsOnHost(d Driver) bool {
 // HostPrebuilder is a HostWarmer that saves a running machine, once the
 // project came in and its setup ran, as the prebuild of key on the host
 // it runs on; later machines asking for that key (Spec.HostPrebuild)
-// and landing there restore from it. It says where it saved it.
+// and landing there restore from it. It says which host, and how it went.
 type HostPrebuilder interface {
-	SaveHostPrebuild(ctx context.Context, s Spec, key string, info PrebuildInfo) (where string, err error)
+	SaveHostPrebuild(ctx context.Context, s Spec, key string, info PrebuildInfo) (host, note string, err error)
 }
 
 // PrebuildInfo is what a prebuild records about itself besides its key,
@@ -306,10 +306,10 @@ type PrebuildInfo struct {
 
 // SaveHostPrebuild saves s as its host's prebuild of key with d, or says
 // d cannot.
-func SaveHostPrebuild(ctx context.Context, d Driver, s Spec, key string, info PrebuildInfo) (string, error) {
+func SaveHostPrebuild(ctx context.Context, d Driver, s Spec, key string, info PrebuildInfo) (host, note string, err error) {
 	h, ok := d.(HostPrebuilder)
 	if !ok || !WarmsOnHost(d) {
-		return "", fmt.Errorf("the %s driver keeps no prebuilds on the hosts its machines run on: %w", d.Name(), ErrNotSupported)
+		return "", "", fmt.Errorf("the %s driver keeps no prebuilds on the hosts its machines run on: %w", d.Name(), ErrNotSupported)
 	}
 	return h.SaveHostPrebuild(ctx, s, key, info)
 }

@@ -183,7 +183,9 @@ type job struct {
 	Node     string         `json:"node,omitempty"`
 	NodeAddr string         `json:"node_addr,omitempty"`
 	SSHAddr  string         `json:"ssh_addr,omitempty"` // set once the machine started on the node
-	Accel    string         `json:"accel,omitempty"`
+	// Prebuilt: its node restored it from the project's prebuild.
+	Prebuilt bool   `json:"prebuilt,omitempty"`
+	Accel    string `json:"accel,omitempty"`
 	// Cancelled: fleet itself ended the job (destroy), so its end is
 	// not a loss.
 	Cancelled bool `json:"cancelled,omitempty"`
@@ -281,7 +283,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 			return vm.Runtime{}, err
 		}
 		if info.State.Running() && j.SSHAddr != "" {
-			return vm.Runtime{SSHAddr: j.SSHAddr}, nil
+			return vm.Runtime{SSHAddr: j.SSHAddr, Prebuilt: j.Prebuilt}, nil
 		}
 		if info.State.Ended() {
 			ok = false // a new job
@@ -328,7 +330,7 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if host, port, err := net.SplitHostPort(rep.SSHAddr); err != nil || host != j.NodeAddr || port == "" || strings.Trim(port, "0123456789") != "" {
 		return vm.Runtime{}, fmt.Errorf("start %s: node %s answered an SSH address %q that is not its own", s.Name, j.Node, rep.SSHAddr)
 	}
-	j.SSHAddr, j.Accel = rep.SSHAddr, rep.Accel
+	j.SSHAddr, j.Accel, j.Prebuilt = rep.SSHAddr, rep.Accel, rep.Prebuilt && s.HostPrebuild != ""
 	if j.Accel == "tcg" && d.Log != nil {
 		d.Log.Warn("node has no hardware acceleration: the machine runs emulated, many times slower", "node", j.Node, "vm", s.Name)
 	}
@@ -339,26 +341,28 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 	if rep.Note != "" {
 		note = "on " + j.Node + ": " + firstLine(rep.Note, 600)
 	}
-	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note, Prebuilt: rep.Prebuilt && s.HostPrebuild != ""}, nil
+	return vm.Runtime{SSHAddr: j.SSHAddr, Note: note, Prebuilt: j.Prebuilt}, nil
 }
 
 // SaveHostPrebuild implements vm.HostPrebuilder: the job's process
 // captures its running machine into its node's store as the prebuild of
 // key, where later jobs on that node asking for it restore it.
-func (d *Driver) SaveHostPrebuild(ctx context.Context, s vm.Spec, key string, info vm.PrebuildInfo) (string, error) {
+func (d *Driver) SaveHostPrebuild(ctx context.Context, s vm.Spec, key string, info vm.PrebuildInfo) (host, note string, err error) {
 	j, ok, err := loadJob(s)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if !ok || j.SSHAddr == "" {
-		return "", fmt.Errorf("slurm: %s has not started, so there is nothing to save", s.Name)
+		return "", "", fmt.Errorf("slurm: %s has not started, so there is nothing to save", s.Name)
 	}
 	rep, err := d.call(ctx, j, request{Op: "save-prebuild", Prebuild: &prebuildSave{Key: key, Info: info}})
 	if err != nil {
-		return "", fmt.Errorf("save the prebuild on node %s (job %s): %w", j.Node, j.ID, err)
+		return "", "", fmt.Errorf("save the prebuild on node %s (job %s): %w", j.Node, j.ID, err)
 	}
-	return "on " + j.Node + ": " + firstLine(rep.Note, 300), nil
+	return j.Node, firstLine(rep.Note, 300), nil
 }
+
+var _ vm.HostPrebuilder = (*Driver)(nil)
 
 // WarmsOnHost implements vm.HostWarmer: a job's process restores its
 // machine from its node's own warm template (Spec.HostWarm).

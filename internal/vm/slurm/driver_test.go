@@ -527,7 +527,7 @@ func TestPrebuildsAreAskedForAndSavedThroughTheJob(t *testing.T) {
 	f := &fakeSlurm{node: "n1", replies: []reply{{SSHAddr: "10.9.0.11:2222", Prebuilt: true, Note: "from this node's prebuild of the project (setup skipped)"},
 		{Note: "saved as this node's prebuild of the project (3 MiB) in 1s"}}}
 	d, s := newTestDriver(t, f)
-	if _, err := d.SaveHostPrebuild(context.Background(), s, "k", vm.PrebuildInfo{}); err == nil {
+	if _, _, err := d.SaveHostPrebuild(context.Background(), s, "k", vm.PrebuildInfo{}); err == nil {
 		t.Fatal("saved a machine that never started")
 	}
 	s.HostWarm, s.HostPrebuild = vm.HostWarmMake, "key of the prebuild"
@@ -540,9 +540,13 @@ func TestPrebuildsAreAskedForAndSavedThroughTheJob(t *testing.T) {
 	if start.Spec.HostPrebuild != "key of the prebuild" || start.Spec.HostWarm != vm.HostWarmMake {
 		t.Fatalf("the start request asked for %q (%d)", start.Spec.HostPrebuild, start.Spec.HostWarm)
 	}
-	where, err := vm.SaveHostPrebuild(context.Background(), d, s, "k2", vm.PrebuildInfo{Project: "p", Setup: []string{"npm ci"}})
-	if err != nil || where != "on n1: saved as this node's prebuild of the project (3 MiB) in 1s" {
-		t.Fatalf("save: %v %q", err, where)
+	host, note, err := vm.SaveHostPrebuild(context.Background(), d, s, "k2", vm.PrebuildInfo{Project: "p", Setup: []string{"npm ci"}})
+	if err != nil || host != "n1" || note != "saved as this node's prebuild of the project (3 MiB) in 1s" {
+		t.Fatalf("save: %v %q %q", err, host, note)
+	}
+	// A later start of the running job says so too.
+	if rt, err := d.Start(context.Background(), s); err != nil || !rt.Prebuilt {
+		t.Fatalf("a running job's start forgot its prebuild: %v %+v", err, rt)
 	}
 	var save request
 	json.Unmarshal([]byte(f.stdins[f.named("srun")[1]]), &save)

@@ -193,8 +193,10 @@ type node struct {
 	driver  vm.Driver
 	spec    vm.Spec
 	started bool
-	relay   net.Listener // the node address's SSH relay
-	done    chan string  // why the job ends
+	// prebuilt: its machine was restored from the node's prebuild.
+	prebuilt bool
+	relay    net.Listener // the node address's SSH relay
+	done     chan string  // why the job ends
 }
 
 func (n *node) run(ctx context.Context) (string, error) {
@@ -406,6 +408,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	d, accel := n.newDriver()
 	restored, prebuilt, note, setupNote := n.warmStart(ctx, d, &s)
+	n.prebuilt = prebuilt
 	t0 := time.Now()
 	rt, err := n.create(ctx, d, s)
 	if err != nil && restored {
@@ -492,10 +495,9 @@ func (n *node) warmStart(ctx context.Context, d vm.Driver, s *vm.Spec) (restored
 		return false, false, "booted: this fleet binary keeps no warm templates on nodes", ""
 	}
 	store := filepath.Join(n.user, layout.NodeTemplatesFolder)
-	if s.HostPrebuild != "" {
-		if len(s.HostPrebuild) > maxKeySize {
-			return false, false, "booted: the prebuild key asked for is too long", ""
-		}
+	if len(s.HostPrebuild) > maxKeySize {
+		setupNote = "; the prebuild key asked for is too long, so the machine runs the setup"
+	} else if s.HostPrebuild != "" {
 		t, err := n.warm.Prebuild(ctx, d, store, *s)
 		if err == nil {
 			s.Template = &t
@@ -531,6 +533,11 @@ func (n *node) savePrebuild(ctx context.Context, p *prebuildSave) (string, error
 		return "", errors.New("this fleet binary keeps no prebuilds on nodes")
 	case n.spec.Template == nil:
 		return "", errors.New("this job's machine was booted, not restored from this node's warm template, so no prebuild of it would restore")
+	case n.prebuilt:
+		return "", errors.New("this job's machine was restored from a prebuild, not from this node's warm template")
+	}
+	if b, _ := json.Marshal(p.Info); len(b) > maxPrebuildInfo {
+		return "", fmt.Errorf("the prebuild's description is %d bytes, more than %d", len(b), maxPrebuildInfo)
 	}
 	s := n.spec
 	s.HostPrebuild = ""

@@ -482,11 +482,19 @@ func TestNodeRestoresTheProjectsPrebuildWhereItHoldsOne(t *testing.T) {
 		w.savedSpec.Template == nil || w.savedSpec.HostPrebuild != "" {
 		t.Fatalf("save: %v %q %v %+v", err, note, w.saved, w.savedSpec)
 	}
-	// The next start asking for it restores it, identified as itself.
-	_, rd, rep, err = start(vm.HostWarmExisting, "k1")
+	// The next start asking for it restores it, identified as itself;
+	// that machine is no base for another prebuild.
+	pn, rd, rep, err := start(vm.HostWarmExisting, "k1")
+	if _, serr := save(pn, &prebuildSave{Key: "k9"}); serr == nil || !strings.Contains(serr.Error(), "restored from a prebuild") {
+		t.Errorf("a machine restored from a prebuild was saved as one: %v", serr)
+	}
 	if err != nil || !rep.Prebuilt || !strings.HasPrefix(rd.created[0].Template.Disk, filepath.Join(user, layout.NodeTemplatesFolder, "p")) ||
 		!strings.HasPrefix(rep.Note, "from this node's prebuild of the project (setup skipped), restored and given its identity in ") || w.identified[len(w.identified)-1] != "p-1" {
 		t.Fatalf("prebuilt: %v %+v %q", err, rd.created[0].Template, rep.Note)
+	}
+	// A key past the bound is not looked up: the warm template, and setup.
+	if _, _, rep, err := start(vm.HostWarmExisting, strings.Repeat("k", maxKeySize+1)); err != nil || rep.Prebuilt || !strings.Contains(rep.Note, "from this node's warm template") || !strings.Contains(rep.Note, "too long, so the machine runs the setup") {
+		t.Fatalf("a long key: %v %+v", err, rep)
 	}
 	// Another key, or HostWarm off, does not.
 	if _, _, rep, err := start(vm.HostWarmExisting, "k2"); err != nil || rep.Prebuilt {

@@ -113,7 +113,10 @@ const (
 	maxFiles    = 32
 	maxReply    = 8 << 20
 	maxNameSize = 64
-	maxKeySize  = 16 << 10 // a prebuild key: template key, setup commands' digest, inputs
+	maxKeySize  = 16 << 10 // a prebuild key (the controller's is a digest and a make's id)
+	// a prebuild's description (project, setup commands, inputs): well
+	// within what a template.json may hold
+	maxPrebuildInfo = 256 << 10
 )
 
 // credentialVars are the variables that may hold a model credential: kept
