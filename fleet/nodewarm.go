@@ -119,17 +119,10 @@ func (NodeTemplates) SavePrebuild(ctx context.Context, d vm.Driver, store string
 	if !ok || wt.Disk() != s.Template.Disk {
 		return 0, errors.New("the machine was not restored from this node's current warm template of its shape")
 	}
-	meta := images.TemplateMetaInfo{Key: nodePrebuildKey(tkey, wt, key), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CreatedAt: time.Now().UTC(),
-		Kind: images.KindPrebuild, TemplateKey: tkey, Project: info.Project, Setup: info.Setup, Inputs: info.Inputs,
-		InputsDigest: info.InputsDigest, SetupSec: info.SetupSec, Commit: info.Commit}
 	sweepStaging(filepath.Join(img.Dir, layout.PrebuildFolder), time.Hour)
-	// Asked again (fleet prebuild --force): the new one replaces it.
-	if old, ok := images.FindPrebuild(img, meta.Key); ok {
-		if err := images.RemovePrebuild(old); err != nil {
-			return 0, err
-		}
-	}
-	t, err := capturePrebuild(ctx, d, img, s, meta)
+	// Each make's key is its own (the controller adds an id), so none is
+	// there to replace.
+	t, err := capturePrebuild(ctx, d, img, s, prebuildMeta(nodePrebuildKey(tkey, wt, key), s.CPUs, s.MemoryMiB, info, tkey, wt.BootSec))
 	if err != nil {
 		return 0, err
 	}

@@ -85,17 +85,11 @@ func (c *Controller) machines(ctx context.Context) ([]MachineStatus, *State, err
 	out := make([]MachineStatus, 0, len(s.Machines))
 	for _, m := range s.Machines {
 		ms := MachineStatus{Name: m.Name, Image: m.Image, Provider: c.Driver.Name(), Arch: m.Arch.Or(), CPUs: m.CPUs, MemoryMiB: m.MemoryMiB, ForkOf: m.ForkOf}
-		if ms.Spend, err = MachineSpend(m); err != nil {
+		if ms.Spend, err = c.Net().Spend(ctx, m); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", m.Name, err)
 		}
 		spec := c.spec(m, vm.Seed{})
 		ds, err := c.Driver.Status(ctx, spec)
-		if err == nil && ds.Power == vm.PowerOn && ms.Spend != nil {
-			// The proxies count on the machine's own host.
-			if perr := vm.PullFiles(ctx, c.Driver, spec, layout.UsageFile); perr == nil {
-				ms.Spend, _ = MachineSpend(m)
-			}
-		}
 		if p, ok, perr := vm.PlacementOf(ctx, c.Driver, spec); ok && perr == nil && p.Job != "" {
 			ms.Placement = &p
 		}

@@ -116,12 +116,7 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 		res.Template = t
 		return res, nil
 	}
-	dir := filepath.Dir(images.PrebuildDir(img, key))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return res, err
-	}
-	unlock, err := filelock.Exclusive(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
-		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
+	unlock, err := tp.lockPrebuild(ctx, img, key, req)
 	if err != nil {
 		return res, err
 	}
@@ -150,6 +145,16 @@ func (tp Templates) prebuild(ctx context.Context, req PrebuildRequest, wt images
 	}
 	res.Template, res.Made = t, true
 	return res, nil
+}
+
+// lockPrebuild takes the lock of the one maker of img's prebuild of key,
+// saying so while another command holds it.
+func (tp Templates) lockPrebuild(ctx context.Context, img images.Image, key string, req PrebuildRequest) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(images.PrebuildDir(img, key)), 0o700); err != nil {
+		return nil, err
+	}
+	return filelock.Exclusive(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
+		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
 }
 
 // hostPrebuildBase stands for the warm template key in the key of a
@@ -218,11 +223,7 @@ func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remak
 	if !mayMake {
 		return res, errors.New("none made yet, and --no-warm makes none")
 	}
-	if err := os.MkdirAll(filepath.Dir(images.PrebuildDir(img, key)), 0o700); err != nil {
-		return res, err
-	}
-	unlock, err := filelock.Exclusive(ctx, images.PrebuildDir(img, key)+layout.TemplateLockSuffix, "the prebuild of "+filepath.Base(req.Workspace.Dir),
-		func() { tp.c.say("waiting for another fleet command making this prebuild...") })
+	unlock, err := tp.lockPrebuild(ctx, img, key, req)
 	if err != nil {
 		return res, err
 	}
@@ -372,9 +373,9 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 			return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 		}
 		c.say("prebuild of %s ready in %s, on %s: %s; machines landing there restore it and skip the setup", project, time.Since(t0).Round(time.Second), host, note)
-		return images.Template{TemplateMetaInfo: prebuildMeta(key, req, info, "", 0)}, host, nil
+		return images.Template{TemplateMetaInfo: prebuildMeta(key, req.CPUs, req.MemoryMiB, info, "", 0)}, host, nil
 	}
-	t, err := capturePrebuild(ctx, c.Driver, img, spec, prebuildMeta(key, req, info, wt.Key, wt.BootSec))
+	t, err := capturePrebuild(ctx, c.Driver, img, spec, prebuildMeta(key, req.CPUs, req.MemoryMiB, info, wt.Key, wt.BootSec))
 	if err != nil {
 		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 	}
@@ -384,8 +385,8 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 
 // prebuildMeta is what a prebuild of key records, made on the warm
 // template of templateKey.
-func prebuildMeta(key string, req PrebuildRequest, info vm.PrebuildInfo, templateKey string, bootSec float64) images.TemplateMetaInfo {
-	return images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: time.Now().UTC(), BootSec: bootSec,
+func prebuildMeta(key string, cpus, memoryMiB int, info vm.PrebuildInfo, templateKey string, bootSec float64) images.TemplateMetaInfo {
+	return images.TemplateMetaInfo{Key: key, CPUs: cpus, MemoryMiB: memoryMiB, CreatedAt: time.Now().UTC(), BootSec: bootSec,
 		Kind: images.KindPrebuild, TemplateKey: templateKey, Project: info.Project, Setup: info.Setup, Inputs: info.Inputs,
 		InputsDigest: info.InputsDigest, SetupSec: info.SetupSec, Commit: info.Commit}
 }
@@ -429,16 +430,26 @@ func (tp Templates) runSetup(ctx context.Context, m *Machine, cmds []string) err
 	return nil
 }
 
+// spawnPrebuildRequest is the prebuild a spawn of req restores from; ok
+// is false when it has none to ask for (no setup, --no-prebuild, or the
+// project not in the machine).
+func spawnPrebuildRequest(req SpawnRequest) (PrebuildRequest, bool) {
+	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
+		return PrebuildRequest{}, false
+	}
+	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
+		return PrebuildRequest{}, false
+	}
+	return PrebuildRequest{Image: req.Image, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Arch: req.Arch, Workspace: req.Workspace, Project: *req.Project, Network: req.Network}, true
+}
+
 // spawnPrebuild is the prebuild a spawn of req restores from instead of
 // the warm template wt, made first if there is none; nil (said why) when
 // the project has none or it cannot be made: the machines then run the
 // setup themselves.
 func (tp Templates) spawnPrebuild(ctx context.Context, req SpawnRequest, wt images.Template) *images.Template {
-	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
-		return nil
-	}
-	preq := PrebuildRequest{Image: req.Image, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Arch: req.Arch, Workspace: req.Workspace, Project: *req.Project, Network: req.Network}
-	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
+	preq, ok := spawnPrebuildRequest(req)
+	if !ok {
 		return nil
 	}
 	res, err := tp.prebuild(ctx, preq, wt, false)
@@ -474,13 +485,10 @@ func hostPrebuilt(m *Machine, rt vm.Runtime, was string) string {
 // of req restore from on the hosts that hold it, made first (on one host)
 // if this host knows of none; "" (said why) when the project has none.
 func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest, mayMake bool) string {
-	if req.Project == nil || len(req.Project.SetupCommands()) == 0 || req.NoPrebuild {
+	preq, ok := spawnPrebuildRequest(req)
+	if !ok {
 		return ""
 	}
-	if req.Workspace.Mode != SyncGit && req.Workspace.Mode != SyncRsync {
-		return ""
-	}
-	preq := PrebuildRequest{Image: req.Image, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Arch: req.Arch, Workspace: req.Workspace, Project: *req.Project, Network: req.Network}
 	// A spawn that lets queued machines wait does not itself wait long for
 	// the prebuild's job: its machines then run the setup.
 	preq.QueueWait = 2 * time.Minute

@@ -408,7 +408,6 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 	}
 	d, accel := n.newDriver()
 	restored, prebuilt, note, setupNote := n.warmStart(ctx, d, &s)
-	n.prebuilt = prebuilt
 	t0 := time.Now()
 	rt, err := n.create(ctx, d, s)
 	if err != nil && restored {
@@ -439,7 +438,7 @@ func (n *node) start(ctx context.Context, req request) (reply, error) {
 		}
 		note += "image files " + strings.Join(fetched, ", ")
 	}
-	n.started = true
+	n.started, n.prebuilt = true, prebuilt
 	// The guest's SSH is on the node's loopback, where the user network
 	// shows connections as its own gateway's; one from the node's address
 	// would keep its source, which a guest without a default route (a
