@@ -22,17 +22,16 @@ import (
 // Capture (fork) turns a running machine into a template without ending
 // it. While the source stands still its disk is copied (stop has flushed
 // it) and its RAM and devices migrate over a unix socket to this process,
-// which writes the stream to a file leaving out the guest RAM's zero
-// pages (see dropZeroPages); then the source goes on. QEMU 7.2 cannot
-// write RAM straight into a file clones could map, so a second QEMU, the
-// receiver, loads the stream with its RAM in the template's memory file
-// (shared, so the pages land in the file) and, never running the guest,
-// saves the device state alone. The result is a template like a warm
-// template: disk (an overlay on the source's backing file), memory, state.
-
-// receiverFolder is the receiver's own folder inside the capture folder,
-// removed when it is done.
-const receiverFolder = ".receiver"
+// which splits the stream as it comes (see splitRAM): the guest RAM's
+// pages go into the template's memory file, at their offsets, and the
+// rest is the template's state; then the source goes on. The result is a
+// template like a warm template, disk (an overlay on the source's backing
+// file), memory and state, except that its state was saved with
+// x-ignore-shared off, and says so (restore reads it).
+//
+// (QEMU 7.2 cannot write RAM into a file clones could map; before
+// splitRAM a second QEMU loaded the stream into such a file and saved
+// its devices again, 2.5 s of a fork.)
 
 // unlimitedBandwidth lifts QEMU's migration rate limit (32 MiB/s by
 // default), and longDowntime lets the stopped source send everything in
@@ -62,11 +61,6 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 		}
 	}()
 	tpl := vm.Template{Disk: filepath.Join(dir, layout.TemplateDisk), Memory: filepath.Join(dir, layout.TemplateMemory), State: filepath.Join(dir, layout.TemplateState)}
-	rdir := filepath.Join(dir, receiverFolder)
-	if err := os.Mkdir(rdir, 0o700); err != nil {
-		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
-	}
-	stream := filepath.Join(rdir, "stream")
 	// The migration reads every page of the guest's RAM, and a read of a
 	// hole of the RAM file it maps allocates a page: done here, before
 	// the pause, and once per template while the host keeps them cached.
@@ -79,36 +73,21 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 			d.Log.Debug("capture: RAM file cached", "vm", s.Name, "took", time.Since(t0))
 		}
 	}
-	paused, err := d.saveStream(ctx, s, tpl.Disk, stream)
+	partial := tpl.State + ".partial"
+	paused, err := d.saveSplit(ctx, s, tpl.Disk, partial, tpl.Memory)
 	if err != nil {
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
 	d.catchUpClock(ctx, s)
-	recv, err := d.startReceiver(ctx, s, rdir, tpl.Memory, stream)
-	if err != nil {
-		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
-	}
-	defer recv.end(d)
-	d.Log.Debug("capture: receiver started", "vm", s.Name)
-	if err := recv.saveDevices(ctx, tpl.State); err != nil {
-		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
-	}
-	for _, f := range []string{tpl.Disk, tpl.Memory, tpl.State} {
+	for _, f := range []string{tpl.Disk, tpl.Memory, partial} {
 		if err := syncFile(f); err != nil {
 			return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 		}
 	}
-	recv.end(d)
-	d.Log.Debug("capture: device state saved", "vm", s.Name)
-	// It holds the source's RAM (its keys, its token): its owner's only.
-	for _, f := range []string{tpl.Disk, tpl.Memory, tpl.State} {
-		if err := os.Chmod(f, 0o600); err != nil {
-			return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
-		}
-	}
-	if err := os.RemoveAll(recv.dir); err != nil {
+	if err := os.Rename(partial, tpl.State); err != nil {
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
+	d.Log.Debug("capture: saved", "vm", s.Name)
 	var ram int64
 	if fi, err := os.Stat(tpl.Memory); err == nil {
 		ram = allocatedBytes(fi)
@@ -117,69 +96,12 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 	return vm.Captured{Template: tpl, Paused: paused, RAMBytes: ram}, nil
 }
 
-// receiver is the QEMU that takes a capture's RAM into its file.
-type receiver struct {
-	dir, qmp string
-	pid      int
-}
-
-// startReceiver starts a QEMU of s's shape loading stream, its RAM backed
-// by memFile (shared). Its disks are empty files of the right
-// size: it never runs the guest, so it never reads them.
-func (d *Driver) startReceiver(ctx context.Context, s vm.Spec, dir, memFile, stream string) (*receiver, error) {
-	size, err := d.virtualSize(ctx, filepath.Join(s.Dir, DiskFile))
-	if err != nil {
-		return nil, err
-	}
-	disk := filepath.Join(dir, DiskFile)
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.ImgBin, Args: []string{"create", "-q", "-f", "qcow2", disk, fmt.Sprint(size)}}); err != nil {
-		return nil, fmt.Errorf("the receiver's disk: %w", err)
-	}
-	seed := filepath.Join(dir, SeedFile)
-	if err := os.WriteFile(seed, make([]byte, 64<<10), 0o600); err != nil {
-		return nil, err
-	}
-	r := &receiver{dir: dir, qmp: qmpPath(dir)}
-	ma := MachineArgs{
-		Name: s.Name + "-capture", Arch: s.Arch, Accel: d.accel(s.Arch), CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
-		Disk: disk, Seed: seed, QMPSocket: r.qmp, GuestAgentSocket: qgaPath(dir),
-		SerialLog: filepath.Join(dir, SerialFile), PIDFile: filepath.Join(dir, PIDFile),
-		Restrict: s.Network.Restrict, Incoming: true, MemoryFile: memFile, MemoryShared: true,
-	}
-	for _, f := range s.Network.Forwards {
-		// The guest never runs here, so no forward is ever used.
-		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: "false"})
-	}
-	if s.Arch.Or() == vm.ARM64 {
-		if ma.Firmware, err = FindFirmware(s.Arch.QEMU(), d.FirmwareDirs); err != nil {
-			return nil, err
-		}
-	}
-	if s.Boot != nil {
-		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
-	}
-	if _, err := d.Runner.Run(ctx, execx.Cmd{Name: d.binary(s.Arch), Args: SystemArgs(ma)}); err != nil {
-		return nil, fmt.Errorf("start the receiver: %w", err)
-	}
-	if r.pid, err = readPID(ma.PIDFile); err != nil {
-		return nil, fmt.Errorf("start the receiver: %w", err)
-	}
-	if err := qmpRun(ctx, r.qmp, "migrate-set-capabilities", ignoreShared(false)); err != nil {
-		r.end(d)
-		return nil, err
-	}
-	if err := qmpRun(ctx, r.qmp, "migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(stream)}); err != nil {
-		r.end(d)
-		return nil, err
-	}
-	return r, nil
-}
-
-// saveStream is the pause: stop s, copy its disk to diskCopy, migrate its
-// RAM and devices to stream (less the RAM's zero pages), continue s. It
-// returns how long s stood still. s goes on whatever happens.
-func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream string) (paused time.Duration, err error) {
-	sock := socketPath(filepath.Dir(stream), "migrate", ".mig")
+// saveSplit is the pause: stop s, copy its disk to diskCopy, migrate its
+// RAM and devices, the RAM's pages into memFile and the rest to state,
+// continue s. It returns how long s stood still. s goes on whatever
+// happens. Both files are new (their owner's only).
+func (d *Driver) saveSplit(ctx context.Context, s vm.Spec, diskCopy, state, memFile string) (paused time.Duration, err error) {
+	sock := socketPath(filepath.Dir(state), "migrate", ".mig")
 	_ = os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -187,11 +109,16 @@ func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream str
 	}
 	defer os.Remove(sock)
 	defer ln.Close()
-	out, err := os.OpenFile(stream, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return 0, err
 	}
 	defer out.Close()
+	ram, err := os.OpenFile(memFile, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer ram.Close()
 	// The source connects once; its stream is filtered into the file as
 	// it comes.
 	filtered := make(chan error, 1)
@@ -202,8 +129,8 @@ func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream str
 			return
 		}
 		defer c.Close()
-		dropped, err := dropZeroPages(c, out, "mem")
-		d.Log.Debug("capture: stream filtered", "vm", s.Name, "zero pages left out", dropped, "err", err)
+		st, err := splitRAM(c, out, ram, "mem")
+		d.Log.Debug("capture: stream split", "vm", s.Name, "pages", st.Pages, "zero pages left out", st.ZeroPages, "err", err)
 		filtered <- err
 	}()
 	sq := qmpPath(s.Dir)
@@ -262,55 +189,11 @@ func (d *Driver) saveStream(ctx context.Context, s vm.Spec, diskCopy, stream str
 	if err := qmpRun(context.WithoutCancel(ctx), sq, "cont", nil); err != nil {
 		return 0, fmt.Errorf("continue after the capture: %w", err)
 	}
-	return time.Since(t0), out.Close()
-}
-
-// saveDevices waits until r holds the state, then saves its device state
-// alone (its RAM is in its file) to path.
-func (r *receiver) saveDevices(ctx context.Context, path string) error {
-	wctx, cancel := context.WithTimeout(ctx, migrateTimeout)
-	defer cancel()
-	for {
-		if !ownsProcess(r.pid, r.dir) {
-			return errors.New("the receiver exited while loading the state")
-		}
-		st, desc, err := migrationStatus(wctx, r.dir)
-		if err == nil && st == "failed" {
-			return fmt.Errorf("the receiver could not load the state: %s", desc)
-		}
-		if err == nil && st == "completed" {
-			break
-		}
-		select {
-		case <-wctx.Done():
-			return fmt.Errorf("the receiver did not load the state: %w", wctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
+	paused = time.Since(t0)
+	if err := ram.Close(); err != nil {
+		return paused, err
 	}
-	partial := path + ".partial"
-	if err := qmpRun(ctx, r.qmp, "migrate-set-capabilities", ignoreShared(true)); err != nil {
-		return err
-	}
-	if err := qmpRun(ctx, r.qmp, "migrate", map[string]any{"uri": "exec:cat > " + execx.ShellQuote(partial)}); err != nil {
-		return err
-	}
-	if err := waitMigration(ctx, r.dir); err != nil {
-		return fmt.Errorf("save the device state: %w", err)
-	}
-	if err := syncFile(partial); err != nil {
-		return err
-	}
-	return os.Rename(partial, path)
-}
-
-// end kills the receiver (it never ran the guest) and waits for it.
-func (r *receiver) end(d *Driver) {
-	if r.pid > 0 && ownsProcess(r.pid, r.dir) {
-		d.kill(r.pid)
-		waitExit(context.Background(), r.pid, r.dir, 10*time.Second)
-	}
-	r.pid = 0
-	d.cleanupRuntime(r.dir)
+	return paused, out.Close()
 }
 
 // qmpRun runs one QMP command on its own connection (QEMU's monitor takes
@@ -385,13 +268,17 @@ func (d *Driver) catchUpClock(ctx context.Context, s vm.Spec) {
 	}
 }
 
-// cacheWhole reads a file through the page cache, holes included.
+// cacheWhole has a file in the page cache whole, holes included: by the
+// platform's fastest way (cacheMapped), else by reading it.
 func cacheWhole(ctx context.Context, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if done, err := cacheMapped(f); done || err != nil {
+		return err
+	}
 	buf := make([]byte, 4<<20)
 	for {
 		if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,23 +125,7 @@ func (d *Driver) DiscardSuspended(s vm.Spec) error {
 // removed, since its disk has moved on from it; a template's is shared and
 // kept. On failure QEMU is killed and the state file kept.
 func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, own, mappedRAM bool) error {
-	q, err := dialQMP(ctx, qmpPath(s.Dir))
-	if err != nil {
-		return err
-	}
-	if mappedRAM {
-		// The state was saved without the RAM, which this QEMU maps from
-		// the template's file; the stream's layout says so too.
-		_, err = q.execute("migrate-set-capabilities", ignoreShared(true))
-	}
-	if err == nil {
-		_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
-	}
-	q.Close()
-	if err == nil {
-		err = waitRunning(ctx, s.Dir, pid, s.Offline && !own)
-	}
-	if err != nil {
+	if err := d.loadState(ctx, s, pid, state, own, mappedRAM); err != nil {
 		d.kill(pid)
 		waitExit(context.Background(), pid, s.Dir, 10*time.Second)
 		d.cleanupRuntime(s.Dir)
@@ -150,6 +135,53 @@ func (d *Driver) restore(ctx context.Context, s vm.Spec, pid int, state string, 
 		return nil
 	}
 	return os.Remove(state)
+}
+
+// loadState has s's QEMU load state and waits until the guest runs (a
+// clone's guest stays off the network if s says so).
+//
+// A warm template's state was saved without its RAM, which this QEMU
+// maps from the template's file (x-ignore-shared on, which the loader
+// must share); a fork's capture holds a RAM section with no guest page
+// (the pages are in the file), saved with it off. The state says which.
+func (d *Driver) loadState(ctx context.Context, s vm.Spec, pid int, state string, own, mappedRAM bool) error {
+	ignore, err := stateIgnoresShared(state)
+	if err != nil {
+		return err
+	}
+	if ignore && !mappedRAM {
+		return errors.New("the saved state holds no RAM, and this machine maps none")
+	}
+	q, err := dialQMP(ctx, qmpPath(s.Dir))
+	if err != nil {
+		return err
+	}
+	if ignore {
+		_, err = q.execute("migrate-set-capabilities", ignoreShared(true))
+	}
+	if err == nil {
+		_, err = q.execute("migrate-incoming", map[string]any{"uri": "exec:cat " + execx.ShellQuote(state)})
+	}
+	q.Close()
+	if err != nil {
+		return err
+	}
+	return waitRunning(ctx, s.Dir, pid, s.Offline && !own)
+}
+
+// stateIgnoresShared reads whether a saved state was saved with
+// x-ignore-shared on.
+func stateIgnoresShared(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	caps, err := stateCapabilities(f)
+	if err != nil {
+		return false, fmt.Errorf("read the saved state %s: %w", path, err)
+	}
+	return slices.Contains(caps, "x-ignore-shared"), nil
 }
 
 // ignoreShared turns on or off leaving RAM in shared files out of the

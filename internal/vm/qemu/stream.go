@@ -2,20 +2,25 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 )
 
-// dropZeroPages copies a QEMU 7.2 migration stream (precopy, saved with no
-// capability but its defaults) from r to w, leaving out the pages of the
-// RAM block called block that it sends as zero. QEMU's loader reads every
-// such page to see if it is zero already, and a read of a hole in a
-// file-backed RAM mapping allocates and zeroes a page: for a 2 GiB guest
-// that is 2 GiB of page cache and seconds. A fresh file is zero there
-// anyway. Every other record is copied as it is; a record that followed
-// a dropped one names its block again instead of "the same block as
+// splitRAM splits a QEMU 7.2 migration stream (precopy, saved with no
+// capability but its defaults) read from r in two: the pages of the RAM
+// block called block go into ram, a fresh empty file, at their offsets
+// (it is sized to the block; the pages sent as zero stay holes), and
+// everything else goes to state. state is then a stream a QEMU whose RAM
+// maps that file loads as it is (with x-ignore-shared off, as it was
+// saved): its RAM section lists the blocks and holds the other blocks'
+// pages only. Loading it reads no guest page, where the whole stream
+// would make QEMU's loader read every page sent as zero, and a read of a
+// hole in a file-backed RAM mapping allocates and zeroes a page (2 GiB of
+// page cache and seconds for a 2 GiB guest). A record that followed a
+// left-out one names its block again instead of "the same block as
 // before". Anything this reader does not know ends the copy with an error.
 //
 // The format (migration/savevm.c, migration/ram.c): a magic and version;
@@ -26,13 +31,49 @@ import (
 // the page (PAGE), one fill byte (ZERO) or the block list (MEM_SIZE),
 // ending with EOS. Devices' FULL sections come after RAM's END and are
 // copied through untouched.
-func dropZeroPages(r io.Reader, w io.Writer, block string) (dropped int64, err error) {
-	s := &streamFilter{in: bufio.NewReaderSize(r, 1<<20), out: bufio.NewWriterSize(w, 1<<20), block: block, pageSize: 4096}
-	err = s.run()
+func splitRAM(r io.Reader, state io.Writer, ram RAMFile, block string) (SplitStats, error) {
+	s := &streamFilter{in: bufio.NewReaderSize(r, 1<<20), out: bufio.NewWriterSize(state, 1<<20), block: block, pageSize: 4096,
+		ram: &pageWriter{f: ram, buf: make([]byte, 0, 1<<20)}}
+	err := s.run()
 	if ferr := s.out.Flush(); err == nil {
 		err = ferr
 	}
-	return s.dropped, err
+	if ferr := s.ram.flush(); err == nil && ferr != nil {
+		err = fmt.Errorf("write the RAM file: %w", ferr)
+	}
+	return s.stats, err
+}
+
+// RAMFile is where splitRAM puts the guest RAM's pages (an *os.File).
+type RAMFile interface {
+	io.WriterAt
+	Truncate(size int64) error
+}
+
+// SplitStats counts what splitRAM did with the guest RAM's pages.
+type SplitStats struct {
+	Pages, ZeroPages int64 // written to the RAM file; left as holes
+}
+
+// stateCapabilities reads the migration capabilities a saved state's
+// configuration says it was saved with (QEMU 7.2 lists the ones the
+// loader must share, such as x-ignore-shared, which also changes the
+// stream's layout).
+func stateCapabilities(r io.Reader) ([]string, error) {
+	s := &streamFilter{in: bufio.NewReaderSize(r, 4096), out: bufio.NewWriterSize(io.Discard, 4096), pageSize: 4096}
+	if s.be32() != streamMagic {
+		return nil, errors.New("not a QEMU migration stream")
+	}
+	if v := s.be32(); v != streamVersion {
+		return nil, fmt.Errorf("migration stream version %d (known: %d)", v, streamVersion)
+	}
+	if typ, err := s.in.ReadByte(); err != nil || typ != secConfiguration {
+		return nil, errors.New("migration stream: no configuration at its start")
+	}
+	if err := s.configuration(); err != nil {
+		return nil, err
+	}
+	return s.caps, nil
 }
 
 const (
@@ -61,7 +102,11 @@ type streamFilter struct {
 	out      *bufio.Writer
 	block    string
 	pageSize uint64
-	dropped  int64
+	ram      *pageWriter
+	blockLen uint64   // the block's size, from the block list
+	written  []uint64 // a bit per page of it already in the RAM file
+	stats    SplitStats
+	caps     []string
 
 	ramID     uint32
 	ramSeen   bool
@@ -184,7 +229,9 @@ func (s *streamFilter) configuration() error {
 			}
 			s.put32(n)
 			for i := uint32(0); i < n; i++ {
-				s.putStr(s.str())
+				c := s.str()
+				s.caps = append(s.caps, c)
+				s.putStr(c)
 			}
 		default:
 			return fmt.Errorf("migration stream: unknown configuration part %q", name)
@@ -216,7 +263,8 @@ func (s *streamFilter) ramPayload(start bool) error {
 			s.totalSeen = true
 			s.put64(h)
 			for total := addr; total > 0; {
-				s.putStr(s.str())
+				name := s.str()
+				s.putStr(name)
 				n := s.be64()
 				if err := s.err(); err != nil {
 					return err
@@ -224,8 +272,14 @@ func (s *streamFilter) ramPayload(start bool) error {
 				if n == 0 || n > total {
 					return fmt.Errorf("migration stream: a RAM block of %d bytes in %d left", n, total)
 				}
+				if name == s.block {
+					s.blockLen = n
+				}
 				s.put64(n)
 				total -= n
+			}
+			if err := s.sizeRAM(); err != nil {
+				return err
 			}
 		case flags&ramEOS != 0:
 			s.put64(h)
@@ -239,14 +293,16 @@ func (s *streamFilter) ramPayload(start bool) error {
 			} else if s.cur == "" {
 				return errors.New("migration stream: a RAM record continues no block")
 			}
+			if s.cur == s.block {
+				if err := s.ramPage(addr, flags&ramZero != 0); err != nil {
+					return err
+				}
+				continue
+			}
 			if flags&ramZero != 0 {
 				fill, err := s.in.ReadByte()
 				if err != nil {
 					return fmt.Errorf("migration stream: %w", unexpectedEOF(err))
-				}
-				if fill == 0 && s.cur == s.block {
-					s.dropped++
-					continue
 				}
 				s.record(addr, flags)
 				s.out.WriteByte(fill)
@@ -261,6 +317,80 @@ func (s *streamFilter) ramPayload(start bool) error {
 			return err
 		}
 	}
+}
+
+// sizeRAM sizes the RAM file to the block, once the block list named it.
+func (s *streamFilter) sizeRAM() error {
+	if s.blockLen == 0 {
+		return fmt.Errorf("migration stream: no RAM block %q in its block list", s.block)
+	}
+	if s.blockLen%s.pageSize != 0 || s.blockLen > 1<<44 {
+		return fmt.Errorf("migration stream: a RAM block of %d bytes", s.blockLen)
+	}
+	if err := s.ram.f.Truncate(int64(s.blockLen)); err != nil {
+		return fmt.Errorf("size the RAM file: %w", err)
+	}
+	s.written = make([]uint64, (s.blockLen/s.pageSize+63)/64)
+	return nil
+}
+
+// ramPage puts one page of the guest RAM's block into the RAM file. A
+// page sent as zero stays a hole, unless an earlier record of this
+// stream wrote it.
+func (s *streamFilter) ramPage(addr uint64, zero bool) error {
+	if s.written == nil {
+		return errors.New("migration stream: a RAM page before the block list")
+	}
+	if addr >= s.blockLen {
+		return fmt.Errorf("migration stream: a RAM page at %#x of a %d-byte block", addr, s.blockLen)
+	}
+	i := addr / s.pageSize
+	seen := s.written[i/64]&(1<<(i%64)) != 0
+	var page []byte
+	if zero {
+		fill, err := s.in.ReadByte()
+		if err != nil {
+			return fmt.Errorf("migration stream: %w", unexpectedEOF(err))
+		}
+		if fill == 0 && !seen {
+			s.stats.ZeroPages++
+			return nil
+		}
+		page = bytes.Repeat([]byte{fill}, int(s.pageSize))
+	} else if page = s.read(int(s.pageSize)); s.rerr != nil {
+		return s.err()
+	}
+	s.written[i/64] |= 1 << (i % 64)
+	s.stats.Pages++
+	s.ram.write(int64(addr), page)
+	return s.ram.err
+}
+
+// pageWriter writes pages to a file, runs of adjacent ones in one call,
+// in the order they came (a later write of a page wins).
+type pageWriter struct {
+	f   RAMFile
+	off int64
+	buf []byte
+	err error
+}
+
+func (w *pageWriter) write(off int64, p []byte) {
+	if len(w.buf) > 0 && (off != w.off+int64(len(w.buf)) || len(w.buf)+len(p) > cap(w.buf)) {
+		w.flush()
+	}
+	if len(w.buf) == 0 {
+		w.off = off
+	}
+	w.buf = append(w.buf, p...)
+}
+
+func (w *pageWriter) flush() error {
+	if w.err == nil && len(w.buf) > 0 {
+		_, w.err = w.f.WriteAt(w.buf, w.off)
+	}
+	w.buf = w.buf[:0]
+	return w.err
 }
 
 // record writes a page record's header, naming its block unless the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 )
@@ -175,46 +176,130 @@ func parse(t *testing.T, s []byte) ([]rec, []byte) {
 	}
 }
 
-func TestDropZeroPagesLeavesOutOnlyTheGuestRAMsZeroPages(t *testing.T) {
+// memFile is an in-memory RAMFile that remembers its writes.
+type memFile struct {
+	b      []byte
+	sized  bool
+	writes int
+}
+
+func (m *memFile) Truncate(n int64) error { m.b, m.sized = make([]byte, n), true; return nil }
+func (m *memFile) WriteAt(p []byte, off int64) (int, error) {
+	if !m.sized || off+int64(len(p)) > int64(len(m.b)) {
+		return 0, fmt.Errorf("write of %d at %d past the size %d", len(p), off, len(m.b))
+	}
+	m.writes++
+	return copy(m.b[off:], p), nil
+}
+
+// page is the RAM file's page at addr: its first byte if it is filled
+// with it, else -1.
+func (m *memFile) page(addr int) int {
+	p := m.b[addr : addr+testPage]
+	if !bytes.Equal(p, bytes.Repeat(p[:1], testPage)) {
+		return -1
+	}
+	return int(p[0])
+}
+
+func TestSplitRAMPutsTheGuestRAMsPagesInItsFile(t *testing.T) {
 	in := [][]rec{
 		{{block: "mem", addr: 0, zero: true}, {block: "mem", addr: 0x1000, page: 7}, {block: "mem", addr: 0x2000, zero: true},
 			{block: "pc.bios", addr: 0, zero: true}, {block: "mem", addr: 0x3000, zero: true, fill: 9}},
-		// A section that starts with a dropped record, then one of the same block.
-		{{block: "mem", addr: 0x3000, zero: true}, {block: "mem", addr: 0x2000, page: 1}},
+		// A section that starts with a left-out record, then one of the
+		// same block; a page sent again, as zero, after it was written.
+		{{block: "mem", addr: 0x2000, page: 1}, {block: "pc.bios", addr: 0, page: 5}},
 		{{block: "mem", addr: 0x1000, zero: true}},
 	}
 	for _, pageBits := range []bool{false, true} {
 		src := build(in, pageBits)
 		var out bytes.Buffer
-		dropped, err := dropZeroPages(bytes.NewReader(src), &out, "mem")
+		ram := &memFile{}
+		st, err := splitRAM(bytes.NewReader(src), &out, ram, "mem")
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, rest := parse(t, out.Bytes())
-		want := []rec{{block: "mem", addr: 0x1000, page: 7}, {block: "pc.bios", addr: 0, zero: true}, {block: "mem", addr: 0x3000, zero: true, fill: 9}, {block: "mem", addr: 0x2000, page: 1}}
-		if fmt.Sprint(got) != fmt.Sprint(want) || dropped != 4 {
-			t.Errorf("records %v (dropped %d), want %v (4)", got, dropped, want)
+		want := []rec{{block: "pc.bios", addr: 0, zero: true}, {block: "pc.bios", addr: 0, page: 5}}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("the state's RAM records %v, want only the other block's %v", got, want)
+		}
+		if len(ram.b) != 0x4000 {
+			t.Fatalf("the RAM file is %d bytes, want the block's 0x4000", len(ram.b))
+		}
+		for addr, want := range map[int]int{0: 0, 0x1000: 0, 0x2000: 1, 0x3000: 9} {
+			if got := ram.page(addr); got != want {
+				t.Errorf("RAM page %#x holds %d, want %d", addr, got, want)
+			}
+		}
+		// Two zero pages stay holes; the page that was 7 is zeroed when
+		// sent again as zero.
+		if st.ZeroPages != 2 || st.Pages != 4 {
+			t.Errorf("stats %+v, want 4 pages written and 2 left as holes", st)
 		}
 		_, srcRest := parse(t, src)
 		if !bytes.Equal(rest, srcRest) {
 			t.Errorf("the device sections changed: %q, want %q", rest, srcRest)
+		}
+		caps, err := stateCapabilities(bytes.NewReader(out.Bytes()))
+		if err != nil || len(caps) != 0 {
+			t.Errorf("capabilities %v, %v; want none", caps, err)
+		}
+	}
+}
+
+// Adjacent pages go to the file in one write.
+func TestSplitRAMWritesRunsOfPagesTogether(t *testing.T) {
+	var recs []rec
+	for i := 0; i < 4; i++ {
+		recs = append(recs, rec{block: "mem", addr: uint64(i) * testPage, page: byte(i + 1)})
+	}
+	ram := &memFile{}
+	if _, err := splitRAM(bytes.NewReader(build([][]rec{recs}, true)), io.Discard, ram, "mem"); err != nil {
+		t.Fatal(err)
+	}
+	if ram.writes != 1 || ram.page(3*testPage) != 4 {
+		t.Errorf("%d writes (page 3 holds %d), want 1 (4)", ram.writes, ram.page(3*testPage))
+	}
+}
+
+func TestStateCapabilitiesReadsIgnoreShared(t *testing.T) {
+	var b streamBuilder
+	b.u32(streamMagic)
+	b.u32(streamVersion)
+	b.u8(secConfiguration)
+	b.u32(uint32(len("pc-q35-7.2")))
+	b.WriteString("pc-q35-7.2")
+	b.u8(secSubsection)
+	b.str("configuration/capabilities")
+	b.u32(1)
+	b.u32(1)
+	b.str("x-ignore-shared")
+	b.u8(secStart)
+	caps, err := stateCapabilities(bytes.NewReader(b.Bytes()))
+	if err != nil || fmt.Sprint(caps) != "[x-ignore-shared]" {
+		t.Fatalf("capabilities %v, %v", caps, err)
+	}
+	for _, bad := range [][]byte{nil, []byte("QEVM"), b.Bytes()[:9], append(b.Bytes()[:8:8], secStart)} {
+		if _, err := stateCapabilities(bytes.NewReader(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
 		}
 	}
 }
 
 // Every cut of the stream is an error, never a panic or a silent success;
 // so is every kind of record or section the filter does not know.
-func TestDropZeroPagesRefusesWhatItDoesNotKnow(t *testing.T) {
+func TestSplitRAMRefusesWhatItDoesNotKnow(t *testing.T) {
 	src := build([][]rec{{{block: "mem", addr: 0, zero: true}, {block: "mem", addr: 0x1000, page: 7}}}, true)
 	end := bytes.Index(src, []byte{secFull, 0, 0, 0, 3})
 	for n := 0; n < end; n += 1 + n%7*(n/512) {
-		if _, err := dropZeroPages(bytes.NewReader(src[:n]), &bytes.Buffer{}, "mem"); err == nil {
+		if _, err := splitRAM(bytes.NewReader(src[:n]), &bytes.Buffer{}, &memFile{}, "mem"); err == nil {
 			t.Fatalf("a stream cut at %d of %d passed", n, len(src))
 		}
 	}
 	bad := func(name string, edit func([]byte) []byte, want string) {
 		t.Run(name, func(t *testing.T) {
-			_, err := dropZeroPages(bytes.NewReader(edit(append([]byte(nil), src...))), &bytes.Buffer{}, "mem")
+			_, err := splitRAM(bytes.NewReader(edit(append([]byte(nil), src...))), &bytes.Buffer{}, &memFile{}, "mem")
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("err %v, want %q", err, want)
 			}
@@ -244,4 +329,12 @@ func TestDropZeroPagesRefusesWhatItDoesNotKnow(t *testing.T) {
 		b[i+6] = 0x60 // the blocks add up to less than the total
 		return b
 	}, "RAM block")
+	bad("a page past the block", func(b []byte) []byte {
+		i := bytes.Index(b, []byte{0, 0, 0, 0, 0, 0, 0x10, 0x28}) // mem@0x1000 PAGE|CONTINUE
+		b[i+5] = 0x50                                             // mem@0x501000
+		return b
+	}, "of a 16384-byte block")
+	bad("no such block", func(b []byte) []byte {
+		return bytes.Replace(b, []byte("\x03mem\x00"), []byte("\x03meh\x00"), 1)
+	}, `no RAM block "mem"`)
 }
