@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,7 +56,8 @@ func TestWarmClones(t *testing.T) {
 		out := run(time.Minute, "exec", vm, "--", "sh", "-c",
 			"echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); echo hostname=$(hostname); echo machineid=$(cat /etc/machine-id); "+
 				"echo hostkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub); echo bootid=$(cat /proc/sys/kernel/random/boot_id); "+
-				"echo reseed=$(sudo dmesg | grep -ci 'crng reseeded'); echo kernelreseed=$(sudo dmesg | grep -ci 'virtual machine fork')").stdout
+				"echo reseed=$(sudo dmesg | grep -ci 'crng reseeded'); echo kernelreseed=$(sudo dmesg | grep -ci 'virtual machine fork'); echo clock=$(date +%s)").stdout
+		hostNow := time.Now().Unix()
 		facts[vm] = map[string]string{}
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			if k, v, ok := strings.Cut(l, "="); ok {
@@ -68,6 +70,11 @@ func TestWarmClones(t *testing.T) {
 		}
 		if facts[vm]["reseed"] == "0" || facts[vm]["reseed"] == "" {
 			t.Errorf("%s: the kernel log shows no reseed", vm)
+		}
+		// The template's clock stood still since it was made, minutes ago;
+		// the identity program set the clone's to the host's.
+		if c, err := strconv.ParseInt(facts[vm]["clock"], 10, 64); err != nil || c < hostNow-15 || c > hostNow+2 {
+			t.Errorf("%s: guest clock %q, host %d", vm, facts[vm]["clock"], hostNow)
 		}
 	}
 	for _, k := range []string{"rand", "machineid", "hostkey"} {

@@ -250,7 +250,7 @@ func identifyWith(ctx context.Context, d vm.Driver, spec vm.Spec, seed vm.Seed, 
 	defer cancel()
 	// One guest process sets the clock, then the rest (the clock first:
 	// the template's stood still while it was saved).
-	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now()}
+	r := &vm.Restored{MachineID: randomHex(16), Entropy: randomBytes(64), Now: time.Now(), Arch: spec.Arch}
 	if fork {
 		r.Fork, r.ForgetEnv = true, guestNetworkEnvKeys
 	}

@@ -57,7 +57,7 @@ func testIdentityProgram(t *testing.T, restored bool) {
 		}
 		defer sshd.Process.Kill()
 		os.WriteFile(dir+"/run/sshd.pid", []byte(strconv.Itoa(sshd.Process.Pid)+"\n"), 0o644)
-		r = &Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("entropy")}
+		r = &Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("entropy"), Arch: HostArch()}
 	}
 	prog := seed.identityProgram(r, dir)
 	if !strings.HasPrefix(prog, identityPerl) {
@@ -136,7 +136,7 @@ func TestIdentityProgramSetsTheClockFirst(t *testing.T) {
 	if !strings.Contains(prog, "time "+hex.EncodeToString([]byte("1764547200.123456789"))+"\n") {
 		t.Errorf("the host's time is not in the program's data:\n%s", prog[len(identityPerl):])
 	}
-	if i, j := strings.Index(identityPerl, "'date', '-s'"), strings.Index(identityPerl, "RNDRESEEDCRNG"); i < 0 || j < i {
+	if i, j := strings.Index(identityPerl, "set_clock($v{time})"), strings.Index(identityPerl, "RNDRESEEDCRNG"); i < 0 || j < i {
 		t.Error("the clock is not set before anything else")
 	}
 	if strings.Contains(Seed{User: "agent"}.IdentityProgram(&Restored{}), "\ntime ") {
@@ -232,5 +232,22 @@ func TestIdentityProgramForAForkReplacesTheSourcesNetworkLines(t *testing.T) {
 	want := "PATH=/usr/bin\nANTHROPIC_AUTH_TOKENX=keep\n#ANTHROPIC_AUTH_TOKEN=comment\nANTHROPIC_AUTH_TOKEN=child-token\n"
 	if b, _ := os.ReadFile(dir + "/etc/environment"); string(b) != want {
 		t.Errorf("/etc/environment = %q, want %q", b, want)
+	}
+}
+
+// A restored clone's program syncs and sets the clock by the guest
+// architecture's own system calls (no exec of sync or date); at boot,
+// where nothing says the architecture, it runs the commands.
+func TestIdentityProgramUsesTheGuestsSystemCalls(t *testing.T) {
+	for arch, want := range map[Arch][2]string{AMD64: {"162", "227"}, ARM64: {"81", "112"}, "": {"162", "227"}} {
+		prog := Seed{User: "agent"}.IdentityProgram(&Restored{Arch: arch})
+		for i, k := range []string{"sys_sync", "sys_clock_settime"} {
+			if !strings.Contains(prog, "\n"+k+" "+hex.EncodeToString([]byte(want[i]))+"\n") {
+				t.Errorf("%q: no %s %s in the program's data", arch, k, want[i])
+			}
+		}
+	}
+	if strings.Contains(Seed{User: "agent"}.IdentityProgram(nil), "\nsys_sync ") {
+		t.Error("the boot program was given system call numbers")
 	}
 }

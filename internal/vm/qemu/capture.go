@@ -3,7 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agentfleet/agentfleet/internal/execx"
 	"github.com/agentfleet/agentfleet/internal/layout"
 	"github.com/agentfleet/agentfleet/internal/vm"
 )
@@ -206,22 +204,6 @@ func qmpRun(ctx context.Context, sock, cmd string, args any) error {
 	defer q.Close()
 	_, err = q.execute(cmd, args)
 	return err
-}
-
-// virtualSize is a qcow2 disk's size as the guest sees it, read while its
-// QEMU holds it (-U).
-func (d *Driver) virtualSize(ctx context.Context, disk string) (int64, error) {
-	out, err := d.Runner.Run(ctx, execx.Cmd{Name: d.ImgBin, Args: []string{"info", "-U", "--output=json", disk}})
-	if err != nil {
-		return 0, fmt.Errorf("read the disk's size: %w", err)
-	}
-	var info struct {
-		VirtualSize int64 `json:"virtual-size"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
-		return 0, fmt.Errorf("read the disk's size: qemu-img info said %.200q", out)
-	}
-	return info.VirtualSize, nil
 }
 
 // copyFile copies a file whole (in the kernel where it can: Go's io.Copy
