@@ -400,7 +400,11 @@ func capturePrebuild(ctx context.Context, d vm.Driver, img images.Image, spec vm
 		return images.Template{}, err
 	}
 	defer os.RemoveAll(staged) // published, it is no longer there
-	if _, err := vm.Capture(ctx, d, spec, staged); err != nil {
+	captured, err := vm.Capture(ctx, d, spec, staged)
+	if err != nil {
+		return images.Template{}, err
+	}
+	if err := vm.SyncTemplate(captured.Template); err != nil {
 		return images.Template{}, err
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")

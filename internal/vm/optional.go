@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -43,7 +44,11 @@ type Snapshotter interface {
 type Forker interface {
 	// Capture pauses s, copies its disk and its RAM and device state into
 	// dir (a template's files: Template{Disk, Memory, State} under dir),
-	// and lets s go on. On failure s goes on and dir is removed.
+	// and lets s go on. On failure s goes on and dir is removed. The disk
+	// is on disk when it returns; the memory and state files may still be
+	// in the host's cache only (a fork's children restore them at once and
+	// a machine that starts again boots from its disk), so a caller that
+	// keeps them for later boots syncs them (SyncTemplate).
 	Capture(ctx context.Context, s Spec, dir string) (Captured, error)
 }
 
@@ -64,6 +69,22 @@ func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error
 		return Captured{}, fmt.Errorf("the %s driver cannot capture a running machine (%w): it restores no saved state", d.Name(), ErrNotSupported)
 	}
 	return f.Capture(ctx, s, dir)
+}
+
+// SyncTemplate writes a template's memory and state files to disk.
+func SyncTemplate(t Template) error {
+	for _, path := range []string{t.Memory, t.State} {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", path, err)
+		}
+	}
+	return nil
 }
 
 // LinkSetter brings a running machine's network link up or down (a

@@ -77,10 +77,11 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
 	d.catchUpClock(ctx, s)
-	for _, f := range []string{tpl.Disk, tpl.Memory, partial} {
-		if err := syncFile(f); err != nil {
-			return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
-		}
+	// Clones' disks link to the disk copy, so it is on disk before any
+	// exists. Memory and state are synced by a caller that keeps them
+	// past this boot (see vm.Forker).
+	if err := syncFile(tpl.Disk); err != nil {
+		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
 	if err := os.Rename(partial, tpl.State); err != nil {
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
