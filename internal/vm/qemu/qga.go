@@ -138,6 +138,10 @@ func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string
 	}, &started); err != nil {
 		return "", fmt.Errorf("%s: %w", s.Name, err)
 	}
+	// Polls come quickly at first and then less often: each is work for
+	// the guest's agent (and its log) under emulation, where a clone's
+	// identity script takes about a second.
+	poll := 20 * time.Millisecond
 	for {
 		var st struct {
 			Exited   bool   `json:"exited"`
@@ -159,8 +163,9 @@ func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(2*poll, 200*time.Millisecond)
 	}
 }
 
