@@ -62,7 +62,7 @@ func TestBench(t *testing.T) {
 	}
 	// FLEET_BENCH_ONLY=egress runs just the proxy and egress rows (each still
 	// measured side by side); =fork the fork, prebuild and density rows,
-	// =density only the density rows.
+	// =density only the density rows, =fork-prebuild all but those.
 	if os.Getenv("FLEET_BENCH_ONLY") == "warm" {
 		benchWarm(t, add)
 		printRows(rows)
@@ -73,7 +73,7 @@ func TestBench(t *testing.T) {
 		printRows(rows)
 		return
 	}
-	if b := os.Getenv("FLEET_BENCH_ONLY"); b == "fork" || b == "density" {
+	if b := os.Getenv("FLEET_BENCH_ONLY"); b == "fork" || b == "density" || b == "fork-prebuild" {
 		benchFork(t, add)
 		printRows(rows)
 		return

@@ -60,7 +60,9 @@ func benchFork(t *testing.T, add func(what, value, target string)) {
 	if os.Getenv("FLEET_BENCH_ONLY") != "density" {
 		benchForkAndPrebuild(t, add, destroy)
 	}
-	benchDensity(t, add, destroy)
+	if os.Getenv("FLEET_BENCH_ONLY") != "fork-prebuild" {
+		benchDensity(t, add, destroy)
+	}
 }
 
 // benchForkAndPrebuild is the fork and prebuild rows.
