@@ -128,7 +128,7 @@ func (d *Driver) saveSplit(ctx context.Context, s vm.Spec, diskCopy, state, memF
 			return
 		}
 		defer c.Close()
-		st, err := splitRAM(c, out, ram, "mem")
+		st, err := splitRAM(c, out, ram, "mem", uint64(s.MemoryMiB)<<20)
 		d.Log.Debug("capture: stream split", "vm", s.Name, "pages", st.Pages, "zero pages left out", st.ZeroPages, "err", err)
 		filtered <- err
 	}()

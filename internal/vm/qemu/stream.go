@@ -11,8 +11,9 @@ import (
 
 // splitRAM splits a QEMU 7.2 migration stream (precopy, saved with no
 // capability but its defaults) read from r in two: the pages of the RAM
-// block called block go into ram, a fresh empty file, at their offsets
-// (it is sized to the block; the pages sent as zero stay holes), and
+// block called block, of size bytes, go into ram, a fresh empty file, at
+// their offsets (it is sized to the block; the pages sent as zero stay
+// holes), and
 // everything else goes to state. state is then a stream a QEMU whose RAM
 // maps that file loads as it is (with x-ignore-shared off, as it was
 // saved): its RAM section lists the blocks and holds the other blocks'
@@ -31,8 +32,8 @@ import (
 // the page (PAGE), one fill byte (ZERO) or the block list (MEM_SIZE),
 // ending with EOS. Devices' FULL sections come after RAM's END and are
 // copied through untouched.
-func splitRAM(r io.Reader, state io.Writer, ram RAMFile, block string) (SplitStats, error) {
-	s := &streamFilter{in: bufio.NewReaderSize(r, 1<<20), out: bufio.NewWriterSize(state, 1<<20), block: block, pageSize: 4096,
+func splitRAM(r io.Reader, state io.Writer, ram RAMFile, block string, size uint64) (SplitStats, error) {
+	s := &streamFilter{in: bufio.NewReaderSize(r, 1<<20), out: bufio.NewWriterSize(state, 1<<20), block: block, blockSize: size, pageSize: 4096,
 		ram: &pageWriter{f: ram, buf: make([]byte, 0, 1<<20)}}
 	err := s.run()
 	if ferr := s.out.Flush(); err == nil {
@@ -98,15 +99,16 @@ const (
 )
 
 type streamFilter struct {
-	in       *bufio.Reader
-	out      *bufio.Writer
-	block    string
-	pageSize uint64
-	ram      *pageWriter
-	blockLen uint64   // the block's size, from the block list
-	written  []uint64 // a bit per page of it already in the RAM file
-	stats    SplitStats
-	caps     []string
+	in        *bufio.Reader
+	out       *bufio.Writer
+	block     string
+	blockSize uint64 // what the block must be
+	pageSize  uint64
+	ram       *pageWriter
+	blockLen  uint64   // the block's size, from the block list
+	written   []uint64 // a bit per page of it already in the RAM file
+	stats     SplitStats
+	caps      []string
 
 	ramID     uint32
 	ramSeen   bool
@@ -324,8 +326,8 @@ func (s *streamFilter) sizeRAM() error {
 	if s.blockLen == 0 {
 		return fmt.Errorf("migration stream: no RAM block %q in its block list", s.block)
 	}
-	if s.blockLen%s.pageSize != 0 || s.blockLen > 1<<44 {
-		return fmt.Errorf("migration stream: a RAM block of %d bytes", s.blockLen)
+	if s.blockLen != s.blockSize || s.blockLen%s.pageSize != 0 {
+		return fmt.Errorf("migration stream: the RAM block %q is %d bytes, want %d", s.block, s.blockLen, s.blockSize)
 	}
 	if err := s.ram.f.Truncate(int64(s.blockLen)); err != nil {
 		return fmt.Errorf("size the RAM file: %w", err)

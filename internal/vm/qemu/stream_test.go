@@ -215,7 +215,7 @@ func TestSplitRAMPutsTheGuestRAMsPagesInItsFile(t *testing.T) {
 		src := build(in, pageBits)
 		var out bytes.Buffer
 		ram := &memFile{}
-		st, err := splitRAM(bytes.NewReader(src), &out, ram, "mem")
+		st, err := splitRAM(bytes.NewReader(src), &out, ram, "mem", 0x4000)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +255,7 @@ func TestSplitRAMWritesRunsOfPagesTogether(t *testing.T) {
 		recs = append(recs, rec{block: "mem", addr: uint64(i) * testPage, page: byte(i + 1)})
 	}
 	ram := &memFile{}
-	if _, err := splitRAM(bytes.NewReader(build([][]rec{recs}, true)), io.Discard, ram, "mem"); err != nil {
+	if _, err := splitRAM(bytes.NewReader(build([][]rec{recs}, true)), io.Discard, ram, "mem", 0x4000); err != nil {
 		t.Fatal(err)
 	}
 	if ram.writes != 1 || ram.page(3*testPage) != 4 {
@@ -293,13 +293,13 @@ func TestSplitRAMRefusesWhatItDoesNotKnow(t *testing.T) {
 	src := build([][]rec{{{block: "mem", addr: 0, zero: true}, {block: "mem", addr: 0x1000, page: 7}}}, true)
 	end := bytes.Index(src, []byte{secFull, 0, 0, 0, 3})
 	for n := 0; n < end; n += 1 + n%7*(n/512) {
-		if _, err := splitRAM(bytes.NewReader(src[:n]), &bytes.Buffer{}, &memFile{}, "mem"); err == nil {
+		if _, err := splitRAM(bytes.NewReader(src[:n]), &bytes.Buffer{}, &memFile{}, "mem", 0x4000); err == nil {
 			t.Fatalf("a stream cut at %d of %d passed", n, len(src))
 		}
 	}
 	bad := func(name string, edit func([]byte) []byte, want string) {
 		t.Run(name, func(t *testing.T) {
-			_, err := splitRAM(bytes.NewReader(edit(append([]byte(nil), src...))), &bytes.Buffer{}, &memFile{}, "mem")
+			_, err := splitRAM(bytes.NewReader(edit(append([]byte(nil), src...))), &bytes.Buffer{}, &memFile{}, "mem", 0x4000)
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("err %v, want %q", err, want)
 			}
@@ -334,6 +334,11 @@ func TestSplitRAMRefusesWhatItDoesNotKnow(t *testing.T) {
 		b[i+5] = 0x50                                             // mem@0x501000
 		return b
 	}, "of a 16384-byte block")
+	bad("a block of another size", func(b []byte) []byte {
+		i := bytes.Index(b, []byte("\x03mem\x00"))
+		b[i+10] = 0x50 // 0x5000 of the list's 0x5000, the other block's 0x1000 gone
+		return b
+	}, "want 16384")
 	bad("no such block", func(b []byte) []byte {
 		return bytes.Replace(b, []byte("\x03mem\x00"), []byte("\x03meh\x00"), 1)
 	}, `no RAM block "mem"`)
