@@ -94,8 +94,9 @@ type Backoff struct {
 
 // DefaultBackoff suits a guest that is still booting. An attempt against
 // the hypervisor's loopback forward before sshd listens costs a refused
-// connection, so a short cap loses less than a second once sshd is up.
-var DefaultBackoff = Backoff{Initial: 250 * time.Millisecond, Max: time.Second}
+// connection, so a short cap loses at most half a second once sshd is up
+// (a restored clone's sshd is back about a second after its restore).
+var DefaultBackoff = Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
 
 // WaitReady retries Dial until a handshake succeeds or ctx ends. A host key
 // mismatch or an authentication failure stops it at once: waiting would not
