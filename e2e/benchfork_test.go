@@ -112,14 +112,20 @@ func benchForkAndPrebuild(t *testing.T, add func(what, value, target string), de
 	} {
 		pre, setup := benchPrebuild(t, destroy, p.deps, p.lock, p.check)
 		add("spawn 4 from a prebuild / spawn 4 + setup (to the agent's first command, deps installed), "+p.what,
-			fmt.Sprintf("%.2f (%s vs %s)", pre.Seconds()/setup.Seconds(), pre.Round(100*time.Millisecond), setup.Round(100*time.Millisecond)), "<= 0.1")
+			fmt.Sprintf("%.2f (%s vs %s; to fleet wait's answer %s vs %s)", pre.first.Seconds()/setup.first.Seconds(), pre.first.Round(100*time.Millisecond), setup.first.Round(100*time.Millisecond),
+				pre.waited.Round(100*time.Millisecond), setup.waited.Round(100*time.Millisecond)), "<= 0.1")
 	}
 }
+
+// spawnTimes are one spawn 4's times: to the last agent's first command
+// done (its guest's clock, set from the host's at its restore) and to
+// fleet wait's answer that all are (which adds its own SSH rounds).
+type spawnTimes struct{ first, waited time.Duration }
 
 // benchPrebuild times spawn 4 from a prebuild of a project with deps
 // (its lockfile lock) and spawn 4 that runs the same setup, each to the
 // agent's first command, which finds check in place.
-func benchPrebuild(t *testing.T, destroy func(string), deps, lock, check string) (pre, setup time.Duration) {
+func benchPrebuild(t *testing.T, destroy func(string), deps, lock, check string) (pre, setup spawnTimes) {
 	repo := t.TempDir()
 	os.WriteFile(filepath.Join(repo, "package.json"), []byte(`{"name":"p","version":"1.0.0","dependencies":`+deps+`}`), 0o644)
 	os.WriteFile(filepath.Join(repo, "package-lock.json"), []byte(lock), 0o644)
@@ -129,19 +135,28 @@ egress {
   allow = ["registry.npmjs.org"]
 }
 profile "first" {
-  command = ["sh", "-c", "test -f %s"]
+  command = ["sh", "-c", "test -f %s && date +%%s.%%N > /tmp/first-done"]
 }
 `, check)), 0o644)
 	sh(t, repo, `git init -q -b main && git add -A && git commit -q -m first`)
 	mustFleet(t, 2*bootDeadline, "prebuild", "--project", repo)
-	spawn4 := func(name string, extra ...string) time.Duration {
+	spawn4 := func(name string, extra ...string) spawnTimes {
 		defer destroy(name)
 		t0 := time.Now()
 		mustFleet(t, 2*bootDeadline, append([]string{"spawn", "4", "--name", name, "--project", repo, "--task", "x", "--agent", "first"}, extra...)...)
 		if r := fleet(t, 10*time.Minute, "wait", "--all", "--name", name); r.code != 0 {
 			t.Fatalf("%s: the agents' first command failed: %s", name, r.stderr)
 		}
-		return time.Since(t0)
+		st := spawnTimes{waited: time.Since(t0)}
+		for i := 1; i <= 4; i++ {
+			out := strings.TrimSpace(mustFleet(t, time.Minute, "exec", fmt.Sprintf("%s-%d", name, i), "--name", name, "--", "cat", "/tmp/first-done"))
+			done, err := strconv.ParseFloat(out, 64)
+			if err != nil {
+				t.Fatalf("%s-%d: the first command's time %q", name, i, out)
+			}
+			st.first = max(st.first, time.Duration((done-float64(t0.UnixNano())/1e9)*float64(time.Second)))
+		}
+		return st
 	}
 	return spawn4("bpb"), spawn4("bps", "--no-prebuild")
 }
