@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -53,5 +54,21 @@ func TestCacheWholeCachesHoles(t *testing.T) {
 	}
 	if string(m[3<<20:3<<20+4]) != "data" {
 		t.Fatalf("the file reads %q", m[3<<20:3<<20+4])
+	}
+}
+
+// A cancelled capture stops caching, with its context's error.
+func TestCacheWholeStopsWhenCancelled(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "memory")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := cacheWhole(ctx, path); !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want the cancellation", err)
 	}
 }

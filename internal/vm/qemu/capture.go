@@ -259,7 +259,7 @@ func cacheWhole(ctx context.Context, path string) error {
 		return err
 	}
 	defer f.Close()
-	if done, err := cacheMapped(f); done || err != nil {
+	if done, err := cacheMapped(ctx, f); done || err != nil {
 		return err
 	}
 	buf := make([]byte, 4<<20)

@@ -101,12 +101,13 @@ func (d *Driver) SaveState(ctx context.Context, s vm.Spec, path string) error {
 	}
 	stopVirtiofsd(filepath.Join(s.Dir, VirtiofsSocketFile))
 	d.cleanupRuntime(s.Dir)
-	if s.MemoryFile != "" {
+	if s.MemoryFile != "" && !inMemoryFS(s.MemoryFile) {
 		// A fork's capture reads every page of a clone's RAM, and a read
 		// of a hole of the file it maps allocates and zeroes a page (4-6 s
 		// for a 2 GiB guest here): done once now, while the template is
 		// made, so a clone's fork finds the file cached. The host may drop
-		// it again; the capture then does it.
+		// it again; the capture then does it. (On tmpfs that would be
+		// memory the host cannot reclaim.)
 		t0 := time.Now()
 		if err := cacheWhole(ctx, s.MemoryFile); err != nil {
 			d.Log.Debug("template RAM file not cached", "vm", s.Name, "err", err)

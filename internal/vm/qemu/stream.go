@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // splitRAM splits a QEMU 7.2 migration stream (precopy, saved with no
@@ -129,18 +130,25 @@ func (s *streamFilter) run() error {
 	}
 	s.put32(streamMagic)
 	s.put32(streamVersion)
+	// The configuration comes first, once (it sets the page size the
+	// records are read with).
+	if typ, err := s.in.ReadByte(); err != nil || typ != secConfiguration {
+		return errors.New("migration stream: no configuration at its start")
+	}
+	s.out.WriteByte(secConfiguration)
+	if err := s.configuration(); err != nil {
+		return err
+	}
+	if slices.Contains(s.caps, "x-ignore-shared") {
+		// Its block list has another layout, and the RAM is not in it.
+		return errors.New("migration stream: saved with x-ignore-shared")
+	}
 	for {
 		typ, err := s.in.ReadByte()
 		if err != nil {
 			return fmt.Errorf("migration stream: %w", unexpectedEOF(err))
 		}
 		switch typ {
-		case secConfiguration:
-			s.out.WriteByte(typ)
-			if err := s.configuration(); err != nil {
-				return err
-			}
-			continue // the configuration has no footer
 		case secStart, secFull:
 			id := s.be32()
 			name := s.str()
@@ -179,6 +187,9 @@ func (s *streamFilter) run() error {
 				return err
 			}
 			s.ramEnded = typ == secEnd
+			if s.ramEnded && s.written == nil {
+				return errors.New("migration stream: RAM ended without its block list")
+			}
 		case secEOF:
 			if !s.ramEnded {
 				return errors.New("migration stream: it ended before RAM's end")
@@ -257,8 +268,9 @@ func (s *streamFilter) ramPayload(start bool) error {
 		if flags&^ramKnown != 0 {
 			return fmt.Errorf("migration stream: RAM record flags %#x (compression, xbzrle and RDMA are not expected)", flags)
 		}
-		switch {
-		case flags&ramMemSize != 0:
+		// One kind per record, as QEMU's loader reads them.
+		switch flags &^ ramContinue {
+		case ramMemSize:
 			if !start || s.totalSeen {
 				return errors.New("migration stream: a RAM block list outside RAM's start")
 			}
@@ -283,15 +295,14 @@ func (s *streamFilter) ramPayload(start bool) error {
 			if err := s.sizeRAM(); err != nil {
 				return err
 			}
-		case flags&ramEOS != 0:
+		case ramEOS:
 			s.put64(h)
 			return s.err()
-		case flags&(ramZero|ramPage) != 0:
-			if flags&ramZero != 0 && flags&ramPage != 0 {
-				return errors.New("migration stream: a RAM record both zero and a page")
-			}
+		case ramZero, ramPage:
 			if flags&ramContinue == 0 {
-				s.cur = s.str()
+				if s.cur = s.str(); s.cur == "" && s.rerr == nil {
+					return errors.New("migration stream: a RAM record names no block")
+				}
 			} else if s.cur == "" {
 				return errors.New("migration stream: a RAM record continues no block")
 			}

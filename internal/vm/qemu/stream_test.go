@@ -339,6 +339,52 @@ func TestSplitRAMRefusesWhatItDoesNotKnow(t *testing.T) {
 		b[i+10] = 0x50 // 0x5000 of the list's 0x5000, the other block's 0x1000 gone
 		return b
 	}, "want 16384")
+	bad("a second configuration", func(b []byte) []byte {
+		i := bytes.Index(b, []byte{secEnd, 0, 0, 0, 2})
+		conf := b[8:bytes.Index(b, []byte{secStart, 0, 0, 0, 2})]
+		return append(append(b[:i:i], conf...), b[i:]...)
+	}, "unknown section type 0x7")
+	bad("zero and a block list at once", func(b []byte) []byte {
+		i := bytes.Index(b, []byte{0, 0, 0, 0, 0, 0, 0x50, ramMemSize})
+		b[i+7] |= ramZero
+		return b
+	}, "flags 0x6")
+	bad("a page of a block named nothing", func(b []byte) []byte {
+		i := bytes.Index(b, append([]byte{0, 0, 0, 0, 0, 0, 0, ramZero, 3}, "mem"...))
+		return append(append(b[:i+8:i+8], 0), b[i+12:]...)
+	}, "names no block")
+	bad("no configuration", func(b []byte) []byte {
+		b[8] = secStart
+		return b
+	}, "no configuration")
+	bad("saved with x-ignore-shared", func(b []byte) []byte {
+		var c streamBuilder
+		c.u8(secSubsection)
+		c.str("configuration/capabilities")
+		c.u32(1)
+		c.u32(1)
+		c.str("x-ignore-shared")
+		i := bytes.Index(b, []byte{secStart, 0, 0, 0, 2})
+		return append(append(b[:i:i], c.Bytes()...), b[i:]...)
+	}, "saved with x-ignore-shared")
+	bad("no block list", func(b []byte) []byte {
+		// A RAM START and END with nothing in them, then the devices.
+		var e streamBuilder
+		e.Write(b[:bytes.Index(b, []byte{secStart, 0, 0, 0, 2})])
+		e.u8(secStart)
+		e.u32(2)
+		e.str("ram")
+		e.u32(0)
+		e.u32(4)
+		e.u64(ramEOS)
+		e.footer(2)
+		e.u8(secEnd)
+		e.u32(2)
+		e.u64(ramEOS)
+		e.footer(2)
+		e.Write(b[bytes.Index(b, []byte{secFull, 0, 0, 0, 3}):])
+		return e.Bytes()
+	}, "without its block list")
 	bad("no such block", func(b []byte) []byte {
 		return bytes.Replace(b, []byte("\x03mem\x00"), []byte("\x03meh\x00"), 1)
 	}, `no RAM block "mem"`)
