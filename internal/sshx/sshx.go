@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -50,6 +51,19 @@ func pinnedHostKey(want ssh.PublicKey) ssh.HostKeyCallback {
 
 // Dial makes one connection attempt, bounded by ctx and by handshakeTimeout.
 func Dial(ctx context.Context, t Target, handshakeTimeout time.Duration) (*ssh.Client, error) {
+	return dial(ctx, t, handshakeTimeout, handshakeTimeout)
+}
+
+// errNoBanner is a connection on which the server said nothing within
+// the banner wait.
+var errNoBanner = errors.New("no SSH banner yet")
+
+// dial is Dial, giving up early when the server's first bytes (its SSH
+// banner, sent as it accepts) do not come within bannerTimeout. Behind a
+// hypervisor's user-mode forward, TCP connects at once whatever the
+// guest does; a SYN the guest drops (its link just up) is sent again only
+// after seconds, where a new connection is answered at once.
+func dial(ctx context.Context, t Target, handshakeTimeout, bannerTimeout time.Duration) (*ssh.Client, error) {
 	if t.Signer == nil {
 		return nil, errors.New("sshx: no client key")
 	}
@@ -71,10 +85,24 @@ func Dial(ctx context.Context, t Target, handshakeTimeout time.Duration) (*ssh.C
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	c, chans, reqs, err := ssh.NewClientConn(conn, t.Addr, cfg)
+	first := make([]byte, 1)
+	bannerBy := time.Now().Add(bannerTimeout)
+	if deadline.Before(bannerBy) {
+		bannerBy = deadline
+	}
+	_ = conn.SetDeadline(bannerBy)
+	if _, err := io.ReadFull(conn, first); err != nil {
+		conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			return nil, errNoBanner
+		}
+		return nil, err
+	}
+	_ = conn.SetDeadline(deadline)
+	c, chans, reqs, err := ssh.NewClientConn(&replayConn{Conn: conn, first: first}, t.Addr, cfg)
 	if err != nil {
 		conn.Close()
 		var mm *HostKeyMismatchError
@@ -85,6 +113,21 @@ func Dial(ctx context.Context, t Target, handshakeTimeout time.Duration) (*ssh.C
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// replayConn gives back the bytes read from it before, then the rest.
+type replayConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(b, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 // Backoff controls WaitReady's retry pacing.
@@ -98,16 +141,29 @@ type Backoff struct {
 // (a restored clone's sshd is back about a second after its restore).
 var DefaultBackoff = Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond}
 
+// handshakeTimeout bounds one attempt's handshake; firstBannerWait is how
+// long WaitReady's first attempt waits for the server's first bytes.
+const (
+	handshakeTimeout = 20 * time.Second
+	firstBannerWait  = 1500 * time.Millisecond
+)
+
 // WaitReady retries Dial until a handshake succeeds or ctx ends. A host key
 // mismatch or an authentication failure stops it at once: waiting would not
 // change the answer and retrying would hide an attack or a misconfiguration.
 func WaitReady(ctx context.Context, t Target, b Backoff) (*ssh.Client, error) {
 	delay := b.Initial
+	// A banner wait that ran out doubles it: a guest under load may take
+	// seconds to answer at all.
+	banner := firstBannerWait
 	var last error
 	for attempt := 1; ; attempt++ {
-		c, err := Dial(ctx, t, 20*time.Second)
+		c, err := dial(ctx, t, handshakeTimeout, banner)
 		if err == nil {
 			return c, nil
+		}
+		if errors.Is(err, errNoBanner) {
+			banner = min(2*banner, handshakeTimeout)
 		}
 		var mm *HostKeyMismatchError
 		if errors.As(err, &mm) {

@@ -181,6 +181,40 @@ func TestLateServerIsWaitedFor(t *testing.T) {
 	c.Close()
 }
 
+// A connection the forward accepts but the guest never answers (a SYN it
+// dropped) is given up for a new one after the banner wait, not after
+// the whole handshake timeout.
+func TestWaitReadyRetriesASilentConnection(t *testing.T) {
+	host, client := newSigner(t), newSigner(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		held <- c // open, saying nothing
+		startServer(t, ln, host, client.PublicKey())
+	}()
+	defer func() {
+		if c := <-held; c != nil {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	c, err := WaitReady(ctx, Target{Addr: ln.Addr().String(), User: "agent", Signer: client, HostKey: host.PublicKey()}, Backoff{Initial: 50 * time.Millisecond, Max: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if took := time.Since(t0); took < firstBannerWait || took > firstBannerWait+3*time.Second {
+		t.Errorf("ready after %s, want about the banner wait (%s) after the silent connection", took, firstBannerWait)
+	}
+}
+
 func TestWaitReadyGivesUpAtDeadline(t *testing.T) {
 	host, client := newSigner(t), newSigner(t)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
