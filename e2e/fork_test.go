@@ -223,4 +223,19 @@ setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo "$i $(date +%s)" >> /tmp/c
 			t.Errorf("the capture is left after its last child: %v", e)
 		}
 	})
+
+	t.Run("a suspended source is refused and stays suspended", func(t *testing.T) {
+		must(3*time.Minute, "suspend", "fk-1")
+		r := run(bootDeadline, "fork", "fk-1", "1")
+		if r.code == 0 || !strings.Contains(r.stderr, "suspended") || !strings.Contains(r.stderr, "fleet resume fk-1") {
+			t.Errorf("fork of a suspended machine: exit %d: %s", r.code, r.stderr)
+		}
+		rows := ls(t, "fk")
+		if len(rows) != 1 || rows["fk-1"].State != "suspended" {
+			t.Errorf("after the refused fork: %+v", rows)
+		}
+		if e, _ := os.ReadDir(filepath.Join(fleetHome, "fleets", "fk", "forks")); len(e) != 0 {
+			t.Errorf("the refused fork left a capture: %v", e)
+		}
+	})
 }

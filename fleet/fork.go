@@ -100,7 +100,10 @@ func (f Forks) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) {
 	if w := src.Workspace; w != nil && w.Mode == SyncShared {
 		return res, fmt.Errorf("fork %s: its live shared folder (--sync shared) cannot be captured with it; spawn with --sync git or rsync to fork", src.Name)
 	}
-	if _, err := c.Guests().Connect(ctx, src); err != nil {
+	// Its hypervisor's word that it runs (a paused or suspended machine is
+	// refused); its SSH is not needed, and a handshake costs a second
+	// under emulation.
+	if err := c.Guests().availability(ctx, src); err != nil {
 		return res, fmt.Errorf("fork %s: %w", src.Name, err)
 	}
 	plan, err := Plan(cur, SpawnRequest{Fleet: c.Fleet, Count: req.Count, CPUs: src.CPUs, MemoryMiB: src.MemoryMiB}, c.Layout)
