@@ -29,7 +29,6 @@ const (
 func TestDiskFull(t *testing.T) {
 	requireE2E(t)
 	parallelVM(t)
-	t.Cleanup(func() { dumpConsoles(t) })
 	home := t.TempDir()
 	remount := func(size string) {
 		t.Helper()
@@ -52,6 +51,8 @@ func TestDiskFull(t *testing.T) {
 		run(5*time.Minute, "destroy", "--all", "--force")
 		exec.Command("umount", "-l", home).Run()
 	})
+	// Before the destroy above: the machines' consoles live on the tmpfs.
+	t.Cleanup(func() { dumpConsolesIn(t, home) })
 	// --cold: this is about what a boot writes (a warm restore writes little).
 	spawn := []string{"spawn", "1", "--memory", "1G", "--sync", "none", "--egress", "open", "--credentials", "none", "--cold"}
 	qemuLeft := func() string {

@@ -184,12 +184,15 @@ func noImage() bool { return os.Getenv("FLEET_E2E_NO_IMAGE") == "1" }
 
 // dumpConsoles prints the serial console tail of every machine when a test
 // failed: under TCG that is usually the only clue.
-func dumpConsoles(t *testing.T) {
+func dumpConsoles(t *testing.T) { dumpConsolesIn(t, fleetHome) }
+
+// dumpConsolesIn is dumpConsoles for a test's own FLEET_HOME.
+func dumpConsolesIn(t *testing.T, home string) {
 	if !t.Failed() {
 		return
 	}
-	logs, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "machines", "*", "serial.log"))
-	kept, _ := filepath.Glob(filepath.Join(fleetHome, "fleets", "*", "rolled-back", "*.serial.log"))
+	logs, _ := filepath.Glob(filepath.Join(home, "fleets", "*", "machines", "*", "serial.log"))
+	kept, _ := filepath.Glob(filepath.Join(home, "fleets", "*", "rolled-back", "*.serial.log"))
 	for _, l := range append(logs, kept...) {
 		b, _ := os.ReadFile(l)
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
