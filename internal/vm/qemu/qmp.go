@@ -12,6 +12,9 @@ import (
 )
 
 // qmpConn is a minimal QMP client: one command at a time, events skipped.
+// qmpReplyTimeout bounds one QMP connection's exchange.
+var qmpReplyTimeout = 10 * time.Second
+
 type qmpConn struct {
 	conn net.Conn
 	r    *bufio.Reader
@@ -23,7 +26,7 @@ func dialQMP(ctx context.Context, socket string) (*qmpConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect QMP %s: %w", socket, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(qmpReplyTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -32,9 +35,12 @@ func dialQMP(ctx context.Context, socket string) (*qmpConn, error) {
 	var greeting struct {
 		QMP json.RawMessage `json:"QMP"`
 	}
-	if err := q.read(&greeting); err != nil || greeting.QMP == nil {
+	if err := q.read(&greeting); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("QMP greeting on %s: %v", socket, err)
+		return nil, fmt.Errorf("QMP greeting on %s: %w", socket, err)
+	} else if greeting.QMP == nil {
+		c.Close()
+		return nil, fmt.Errorf("QMP greeting on %s: not a QMP greeting", socket)
 	}
 	if _, err := q.execute("qmp_capabilities", nil); err != nil {
 		c.Close()
