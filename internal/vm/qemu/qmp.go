@@ -11,10 +11,10 @@ import (
 	"time"
 )
 
-// qmpConn is a minimal QMP client: one command at a time, events skipped.
 // qmpReplyTimeout bounds one QMP connection's exchange.
 var qmpReplyTimeout = 10 * time.Second
 
+// qmpConn is a minimal QMP client: one command at a time, events skipped.
 type qmpConn struct {
 	conn net.Conn
 	r    *bufio.Reader

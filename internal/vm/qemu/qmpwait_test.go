@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -64,8 +63,7 @@ func shortQMPTimeout(t *testing.T) {
 // migration's end is still seen.
 func TestWaitMigrationOutlastsAMonitorThatAnswersLate(t *testing.T) {
 	shortQMPTimeout(t)
-	dir, _ := os.MkdirTemp("/tmp", "qmpw")
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := t.TempDir()
 	conns := fakeMonitor(t, dir, 3, "completed")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -82,8 +80,7 @@ func TestWaitMigrationOutlastsAMonitorThatAnswersLate(t *testing.T) {
 func TestWaitMigrationGivesUp(t *testing.T) {
 	shortQMPTimeout(t)
 	t.Run("never answers", func(t *testing.T) {
-		dir, _ := os.MkdirTemp("/tmp", "qmpw")
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := t.TempDir()
 		fakeMonitor(t, dir, 1<<30, "")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -94,8 +91,7 @@ func TestWaitMigrationGivesUp(t *testing.T) {
 		}
 	})
 	t.Run("failed", func(t *testing.T) {
-		dir, _ := os.MkdirTemp("/tmp", "qmpw")
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := t.TempDir()
 		fakeMonitor(t, dir, 0, "failed")
 		if err := waitMigration(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "failed") {
 			t.Fatalf("waitMigration: %v, want the failure", err)
