@@ -42,9 +42,9 @@ var guestSyscalls = map[Arch][2]int{AMD64: {162, 227}, ARM64: {81, 112}}
 // IdentityProgram is the perl program, run as root in the guest, that gives
 // it the seed's identity: hostname, host key, the user's key and the seed's
 // files. With r it is a restored clone: it also sets the clock, reseeds the
-// kernel's CRNG, sets a new machine-id and makes sshd (and Docker, if it
-// runs) reread what changed. Without r it runs at boot, before sshd starts
-// and where systemd makes the machine-id.
+// kernel's CRNG, sets a new machine-id and makes sshd (from OpenSSH 9.8)
+// and Docker, if it runs, reread what changed. Without r it runs at boot,
+// before sshd starts and where systemd makes the machine-id.
 //
 // Perl, because perl-base is essential on Debian and Ubuntu and one process
 // does what took the shell twenty (each exec costs a fraction of a second
@@ -145,6 +145,14 @@ sub flush_disks {
 }
 sub set_clock {
     my ($sec, $nsec) = split /\./, $_[0];
+    # The host's time was read before the guest agent connected and perl
+    # started, seconds ago on a busy host: a clock that is already at it
+    # or up to a minute past it (a fork's child, whose clock ran on from
+    # its source's) is fresher, and stepping it back makes journald rotate
+    # its files (a second of a fork child's start under emulation) and
+    # file times go backwards.
+    my $ahead = time() - $sec;
+    return if $ahead >= 0 && $ahead < 60;
     if ($v{sys_clock_settime}) {
         # CLOCK_REALTIME (0), a struct timespec of two 64-bit fields.
         syscall(int($v{sys_clock_settime}), 0, pack('q q', $sec, $nsec)) == 0 or die "set the clock: $!\n";
@@ -205,12 +213,19 @@ if (length $v{instance}) {
 }
 flush_disks();
 if ($v{restored}) {
-    # sshd rereads its host keys on SIGHUP; Docker its proxy settings on
-    # restart (only if it ever started: it is socket-activated).
-    open(my $p, '<', "$R/run/sshd.pid") or die "sshd is not running: $!\n";
-    my $pid = <$p>;
-    close $p;
-    kill('HUP', int($pid)) or die "reload sshd: $!\n";
+    # Before OpenSSH 9.8 (Debian 12, Ubuntu 24.04) every connection's sshd
+    # is a new exec that reads the host keys from disk: the listener is
+    # left alone, where a SIGHUP re-execs it and refuses connections for
+    # most of a second under emulation. From 9.8 the listener holds the
+    # keys for its sshd-session children and rereads them on SIGHUP.
+    # Docker rereads its proxy settings on restart (only if it ever
+    # started: it is socket-activated).
+    if (-e "$R/usr/lib/openssh/sshd-session") {
+        open(my $p, '<', "$R/run/sshd.pid") or die "sshd is not running: $!\n";
+        my $pid = <$p>;
+        close $p;
+        kill('HUP', int($pid)) or die "reload sshd: $!\n";
+    }
     if (!$v{fork} && -e "$R/run/docker.pid") { system('systemctl', 'restart', '--no-block', 'docker') == 0 or die "restart docker: $?\n" }
 }
 `

@@ -116,12 +116,10 @@ func testIdentityProgram(t *testing.T, restored bool) {
 		t.Error("another host key survived: the clone would serve a key nobody pinned")
 	}
 	if restored {
-		done := make(chan error, 1)
-		go func() { done <- sshd.Wait() }()
-		select {
-		case <-done: // SIGHUP ends sleep: sshd would have reread its keys
-		case <-time.After(5 * time.Second):
-			t.Error("sshd was not sent SIGHUP")
+		// OpenSSH before 9.8: each connection's sshd reads the new key; the
+		// listener is not re-executed.
+		if err := sshd.Process.Signal(syscall.Signal(0)); err != nil {
+			t.Errorf("sshd (before OpenSSH 9.8) was signalled: %v", err)
 		}
 	} else if _, err := os.Stat(dir + "/etc/machine-id"); err == nil {
 		t.Error("at boot the program wrote a machine-id (systemd makes it)")
@@ -249,5 +247,92 @@ func TestIdentityProgramUsesTheGuestsSystemCalls(t *testing.T) {
 	}
 	if strings.Contains(Seed{User: "agent"}.IdentityProgram(nil), "\nsys_sync ") {
 		t.Error("the boot program was given system call numbers")
+	}
+}
+
+// From OpenSSH 9.8 the listener holds the host keys for its sshd-session
+// children: a restored clone's program sends it SIGHUP to reread them.
+func TestIdentityProgramReloadsAnSSHDThatHoldsItsKeys(t *testing.T) {
+	me, err := user.Current()
+	if err != nil || me.Uid != "0" {
+		t.Skip("RNDRESEEDCRNG needs root")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run", "usr/lib/openssh"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.Symlink("/dev/urandom", dir+"/dev/urandom")
+	os.WriteFile(dir+"/usr/lib/openssh/sshd-session", nil, 0o755)
+	sshd := exec.Command("sleep", "60")
+	if err := sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sshd.Process.Kill()
+	os.WriteFile(dir+"/run/sshd.pid", []byte(strconv.Itoa(sshd.Process.Pid)+"\n"), 0o644)
+	seed := Seed{Hostname: "proj-4", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey", HostKeyPrivate: "k\n", HostKeyPublic: "ssh-ed25519 AAAAhost"}
+	cmd := exec.Command("perl", "-")
+	cmd.Stdin = strings.NewReader(seed.identityProgram(&Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("e")}, dir))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sshd.Wait() }()
+	select {
+	case <-done: // SIGHUP ends sleep: sshd would have reread its keys
+	case <-time.After(5 * time.Second):
+		t.Error("an OpenSSH 9.8 listener was not sent SIGHUP: it would serve the template's host key")
+	}
+	// Without the listener's pid file the program fails rather than leave
+	// the old key served.
+	os.Remove(dir + "/run/sshd.pid")
+	cmd = exec.Command("perl", "-")
+	cmd.Stdin = strings.NewReader(seed.identityProgram(&Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("e")}, dir))
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "sshd is not running") {
+		t.Errorf("no sshd pid file: %v %s", err, out)
+	}
+}
+
+// The host's time, read before the program ran, is not stepped back to
+// when the clock is already at it or up to a minute past it; older or
+// newer clocks are set. (clock_settime is swapped for getpid here, which
+// returns non-zero: a call to it makes the program fail.)
+func TestIdentityProgramDoesNotStepAFresherClockBack(t *testing.T) {
+	me, err := user.Current()
+	if err != nil || me.Uid != "0" {
+		t.Skip("RNDRESEEDCRNG needs root")
+	}
+	getpid := map[Arch]string{AMD64: "39", ARM64: "172"}[HostArch()]
+	if getpid == "" {
+		t.Skip("no getpid number for this architecture")
+	}
+	for _, c := range []struct {
+		what string
+		host time.Time
+		set  bool
+	}{
+		{"host time read 10 s before it ran", time.Now().Add(-10 * time.Second), false},
+		{"host time the same second", time.Now(), false},
+		{"a clock an hour ahead", time.Now().Add(-time.Hour), true},
+		{"a template's clock a day behind", time.Now().Add(24 * time.Hour), true},
+	} {
+		dir := t.TempDir()
+		for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
+			os.MkdirAll(filepath.Join(dir, d), 0o755)
+		}
+		os.Symlink("/dev/urandom", dir+"/dev/urandom")
+		seed := Seed{Hostname: "proj-5", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey", HostKeyPrivate: "k\n", HostKeyPublic: "ssh-ed25519 AAAAhost"}
+		prog := seed.identityProgram(&Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("e"), Now: c.host, Arch: HostArch()}, dir)
+		n := guestSyscalls[HostArch()][1]
+		old := "\nsys_clock_settime " + hex.EncodeToString([]byte(strconv.Itoa(n))) + "\n"
+		if !strings.Contains(prog, old) {
+			t.Fatal("no clock_settime number in the program's data")
+		}
+		prog = strings.Replace(prog, old, "\nsys_clock_settime "+hex.EncodeToString([]byte(getpid))+"\n", 1)
+		cmd := exec.Command("perl", "-")
+		cmd.Stdin = strings.NewReader(prog)
+		out, err := cmd.CombinedOutput()
+		if set := strings.Contains(string(out), "set the clock"); set != c.set {
+			t.Errorf("%s: clock set %v, want %v (%v %s)", c.what, set, c.set, err, out)
+		}
 	}
 }
