@@ -76,7 +76,10 @@ func (d *Driver) Capture(ctx context.Context, s vm.Spec, dir string) (vm.Capture
 	if err != nil {
 		return vm.Captured{}, fmt.Errorf("fork %s: %w", s.Name, err)
 	}
-	d.catchUpClock(ctx, s)
+	// Off the fork's path: the clock's catch-up execs hwclock in the
+	// guest (most of a second under emulation while the children start),
+	// and a source whose clock lags a second is no hazard meanwhile.
+	go d.catchUpClock(context.WithoutCancel(ctx), s)
 	// Clones' disks link to the disk copy, so it is on disk before any
 	// exists. Memory and state are synced by a caller that keeps them
 	// past this boot (see vm.Forker).
