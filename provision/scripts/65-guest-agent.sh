@@ -11,3 +11,12 @@ if ! command -v qemu-ga >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends qemu-guest-agent >/dev/null
 fi
 qemu-ga --version
+# The agent logs every command it is sent at info level, and fleet polls a
+# running script's status tens of times: journald storing those lines was
+# a large part of a restored clone's first seconds under emulation.
+# Warnings and errors are still kept.
+mkdir -p /etc/systemd/system/qemu-guest-agent.service.d
+cat > /etc/systemd/system/qemu-guest-agent.service.d/50-agentfleet.conf <<'UNIT'
+[Service]
+LogLevelMax=notice
+UNIT
