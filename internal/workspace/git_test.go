@@ -465,3 +465,74 @@ func TestImportErrorsAreClean(t *testing.T) {
 		t.Fatalf("raw control bytes in %q", err)
 	}
 }
+
+// The unpacked workspace is on the machine's branch at start, marks the
+// start, has the machine's author in its own config, and a workspace
+// that holds anything (a dotfile or a dangling link alone) is refused.
+func TestUnpackSetsBranchStartAndAuthorAndRefusesAFullFolder(t *testing.T) {
+	host := hostRepo(t)
+	g := Repo{Runner: execx.Local{}, Dir: host}
+	guest := t.TempDir()
+	_, start := syncIn(t, g, guest)
+	for args, want := range map[string]string{
+		"rev-parse refs/heads/fleet/vm-1": start,
+		"rev-parse refs/fleet/start":      start,
+		"symbolic-ref HEAD":               "refs/heads/fleet/vm-1",
+		"config user.name":                "agent on vm-1",
+		"config user.email":               "agent@vm-1.fleet",
+	} {
+		if got := strings.TrimSpace(run(t, guest, nil, "git", strings.Fields(args)...)); got != want {
+			t.Errorf("git %s = %q, want %q", args, got, want)
+		}
+	}
+	if got := gitConfigValue("a\"b\\c\nd"); got != `"a\"b\\cd"` {
+		t.Errorf("gitConfigValue = %s", got)
+	}
+	for name, make := range map[string]func(dir string){
+		"a dotfile":       func(d string) { write(t, filepath.Join(d, ".env"), "x") },
+		"a dangling link": func(d string) { os.Symlink("/nonexistent", filepath.Join(d, "l")) },
+		"a ..file":        func(d string) { write(t, filepath.Join(d, "..x"), "x") },
+	} {
+		dir := t.TempDir()
+		make(dir)
+		cmd := exec.Command("sh", "-c", UnpackScript(dir, "fleet/vm-1", start, "vm-1"))
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(string(out), "is not empty") {
+			t.Errorf("%s: %v %s", name, err, out)
+		}
+		if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
+			t.Errorf("%s: a repository was made in a full folder", name)
+		}
+	}
+}
+
+// A prebuild's workspace brought to start: the machine's branch checked
+// out there, every other branch gone, refs/fleet/start moved, files the
+// setup made (ignored ones) kept.
+func TestUpdateMovesAPrebuildsWorkspaceToStart(t *testing.T) {
+	host := hostRepo(t)
+	g := Repo{Runner: execx.Local{}, Dir: host}
+	guest := t.TempDir()
+	_, start := syncIn(t, g, guest)
+	run(t, guest, nil, "git", "branch", "other")
+	write(t, filepath.Join(guest, "secret.env"), "made by setup\n")
+	var pack bytes.Buffer
+	if err := g.Pack(context.Background(), start, &pack); err != nil {
+		t.Fatal(err)
+	}
+	run(t, guest, &pack, "sh", "-c", UpdateScript(guest, "fleet/vm-2", start, "vm-2"))
+	branches := strings.Fields(run(t, guest, nil, "git", "for-each-ref", "--format=%(refname)", "refs/heads/"))
+	if len(branches) != 1 || branches[0] != "refs/heads/fleet/vm-2" {
+		t.Errorf("branches after the update: %v", branches)
+	}
+	if got := strings.TrimSpace(run(t, guest, nil, "git", "rev-parse", "refs/fleet/start", "HEAD")); got != start+"\n"+start {
+		t.Errorf("refs/fleet/start and HEAD: %q, want %s", got, start)
+	}
+	if got := strings.TrimSpace(run(t, guest, nil, "git", "config", "user.name")); got != "agent on vm-2" {
+		t.Errorf("user.name = %q", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(guest, "secret.env")); string(b) != "made by setup\n" {
+		t.Errorf("an ignored file the setup made: %q", b)
+	}
+}

@@ -18,19 +18,27 @@ const GuestDir = "/workspace"
 
 // UnpackScript makes dir a clone on branch from a pack on stdin: the
 // objects, the branch at start, refs/fleet/start marking where the agent
-// began, and a checkout. No remote, no host hooks, no host config.
+// began, and a checkout. No remote, no host hooks, no host config. Each
+// exec is a fraction of a second in a guest under emulation, four at once
+// on a spawn: the emptiness check is the shell's, both refs are one
+// update-ref, and the author goes into the new config with printf.
 func UnpackScript(dir, branch, start, vm string) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
-if [ -n "$(ls -A)" ]; then echo "%[1]s is not empty" >&2; exit 3; fi
+for f in * .[!.]* ..?*; do if [ -e "$f" ] || [ -L "$f" ]; then echo "%[1]s is not empty" >&2; exit 3; fi; done
 git init -q -b %[2]s .
 git index-pack --stdin >/dev/null
-git update-ref refs/heads/%[2]s %[3]s
-git update-ref refs/fleet/start %[3]s
+printf 'update refs/heads/%%s %%s\nupdate refs/fleet/start %%s\n' %[2]s %[3]s %[3]s | git update-ref --stdin
 git reset -q --hard
-git config user.name %[4]s
-git config user.email %[5]s
-`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
+printf '[user]\n\tname = %%s\n\temail = %%s\n' %[4]s %[5]s >>.git/config
+`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")))
+}
+
+// gitConfigValue quotes v for a git config file: in double quotes, with
+// its backslashes and quotes escaped and line breaks dropped.
+func gitConfigValue(v string) string {
+	v = strings.NewReplacer("\\", "\\\\", `"`, `\"`, "\n", "", "\r", "").Replace(v)
+	return `"` + v + `"`
 }
 
 // UpdateScript brings a workspace that already holds the project (a
@@ -43,8 +51,8 @@ cd %[1]s
 git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
 git index-pack --stdin >/dev/null
 git checkout -q -f -B %[2]s %[3]s
-git for-each-ref --format='%%(refname)' refs/heads/ | while read -r ref; do [ "$ref" = refs/heads/%[2]s ] || git update-ref -d "$ref"; done
-git update-ref refs/fleet/start %[3]s
+# The other branches go and refs/fleet/start moves in one update-ref.
+{ git for-each-ref --format='%%(refname)' refs/heads/ | while read -r ref; do [ "$ref" = refs/heads/%[2]s ] || echo "delete $ref"; done; echo "update refs/fleet/start %[3]s"; } | git update-ref --stdin
 git config user.name %[4]s
 git config user.email %[5]s
 `, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
