@@ -204,11 +204,7 @@ func TestIdentityProgramForAForkReplacesTheSourcesNetworkLines(t *testing.T) {
 	if err != nil || me.Uid != "0" {
 		t.Skip("RNDRESEEDCRNG needs root")
 	}
-	dir := t.TempDir()
-	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
-		os.MkdirAll(filepath.Join(dir, d), 0o755)
-	}
-	os.Symlink("/dev/urandom", dir+"/dev/urandom")
+	dir := restoredRoot(t)
 	env := "PATH=/usr/bin\nANTHROPIC_AUTH_TOKEN=source-token\nhttp_proxy=http://10.0.2.100:3128\nANTHROPIC_AUTH_TOKENX=keep\n#ANTHROPIC_AUTH_TOKEN=comment\n ANTHROPIC_AUTH_TOKEN=indented\nexport http_proxy=x\n"
 	os.WriteFile(dir+"/etc/environment", []byte(env), 0o644)
 	sshd := exec.Command("sleep", "60")
@@ -257,11 +253,8 @@ func TestIdentityProgramReloadsAnSSHDThatHoldsItsKeys(t *testing.T) {
 	if err != nil || me.Uid != "0" {
 		t.Skip("RNDRESEEDCRNG needs root")
 	}
-	dir := t.TempDir()
-	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run", "usr/lib/openssh"} {
-		os.MkdirAll(filepath.Join(dir, d), 0o755)
-	}
-	os.Symlink("/dev/urandom", dir+"/dev/urandom")
+	dir := restoredRoot(t)
+	os.MkdirAll(dir+"/usr/lib/openssh", 0o755)
 	os.WriteFile(dir+"/usr/lib/openssh/sshd-session", nil, 0o755)
 	sshd := exec.Command("sleep", "60")
 	if err := sshd.Start(); err != nil {
@@ -315,11 +308,7 @@ func TestIdentityProgramDoesNotStepAFresherClockBack(t *testing.T) {
 		{"a clock an hour ahead", time.Now().Add(-time.Hour), true},
 		{"a template's clock a day behind", time.Now().Add(24 * time.Hour), true},
 	} {
-		dir := t.TempDir()
-		for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
-			os.MkdirAll(filepath.Join(dir, d), 0o755)
-		}
-		os.Symlink("/dev/urandom", dir+"/dev/urandom")
+		dir := restoredRoot(t)
 		seed := Seed{Hostname: "proj-5", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey", HostKeyPrivate: "k\n", HostKeyPublic: "ssh-ed25519 AAAAhost"}
 		prog := seed.identityProgram(&Restored{MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte("e"), Now: c.host, Arch: HostArch()}, dir)
 		n := guestSyscalls[HostArch()][1]
@@ -335,4 +324,16 @@ func TestIdentityProgramDoesNotStepAFresherClockBack(t *testing.T) {
 			t.Errorf("%s: clock set %v, want %v (%v %s)", c.what, set, c.set, err, out)
 		}
 	}
+}
+
+// restoredRoot is a folder standing in for a restored clone's root: the
+// folders the identity program writes in, and the real urandom (the
+// reseed ioctl needs it).
+func restoredRoot(t *testing.T) string {
+	dir := t.TempDir()
+	for _, d := range []string{"etc/ssh", "proc/sys/kernel", "dev", "run"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.Symlink("/dev/urandom", dir+"/dev/urandom")
+	return dir
 }

@@ -488,13 +488,13 @@ func TestUnpackSetsBranchStartAndAuthorAndRefusesAFullFolder(t *testing.T) {
 	if got := gitConfigValue("a\"b\\c\nd"); got != `"a\"b\\cd"` {
 		t.Errorf("gitConfigValue = %s", got)
 	}
-	for name, make := range map[string]func(dir string){
+	for name, fill := range map[string]func(dir string){
 		"a dotfile":       func(d string) { write(t, filepath.Join(d, ".env"), "x") },
 		"a dangling link": func(d string) { os.Symlink("/nonexistent", filepath.Join(d, "l")) },
 		"a ..file":        func(d string) { write(t, filepath.Join(d, "..x"), "x") },
 	} {
 		dir := t.TempDir()
-		make(dir)
+		fill(dir)
 		cmd := exec.Command("sh", "-c", UnpackScript(dir, "fleet/vm-1", start, "vm-1"))
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
