@@ -53,7 +53,8 @@ type UI struct {
 	selKey        string // fleet/name of the selected row
 	status        string
 	statusAt      time.Time
-	recent        []Event // newest first
+	refusedAt     time.Time // when a refusal was last announced
+	recent        []Event   // newest first
 	now           func() time.Time
 }
 
@@ -88,6 +89,9 @@ func (u *UI) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		u.width, u.height = msg.Width, msg.Height
 	case MachinesMsg, AgentMsg, DecisionMsg, AllowedMsg:
 		for _, ev := range u.Model.Apply(msg) {
+			if ev.Kind == KindEgressDenied {
+				u.refusedAt = u.clock()
+			}
 			u.recent = append([]Event{ev}, u.recent...)
 			if len(u.recent) > 20 {
 				u.recent = u.recent[:20]
@@ -431,8 +435,10 @@ func (u *UI) notice() string {
 		r, _, _ := u.selected()
 		return "fork " + safe(r.Name) + " into how many (enter: 1): " + safe(u.input) + "█"
 	}
-	// What the user just did comes first, then a refusal to answer.
-	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second {
+	// What the user just did comes first, then a refusal to answer; a
+	// refusal announced since the user's last word is newer news (a
+	// repeated one is not announced, so it cannot drown the word).
+	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second && !u.refusedAt.After(u.statusAt) {
 		return safe(u.status)
 	}
 	if r, f, found := u.shownRefusal(); found {

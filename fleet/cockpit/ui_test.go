@@ -223,6 +223,30 @@ func TestRefusalShownAndAllowedFromTheUI(t *testing.T) {
 	}
 }
 
+func TestANewRefusalIsShownOverAnEarlierWordButARepeatIsNot(t *testing.T) {
+	u, _ := newUI(80, 24)
+	deny := func(at time.Time) DecisionMsg {
+		return DecisionMsg{Fleet: "p", Machine: "p-2", Entry: egress.Entry{Time: at, Proxy: "egress", Verdict: "deny", Host: "denied.test", Port: 8080, Reason: egress.ReasonNotAllowed}}
+	}
+	u.say("back from attach")
+	testClock = t0.Add(time.Second)
+	u.Update(deny(testClock))
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-2 was refused denied.test:8080") {
+		t.Fatalf("a refusal a second after the user's word waits behind it:\n%s", s)
+	}
+	testClock = t0.Add(2 * time.Second)
+	u.say("p-1: stopped")
+	testClock = t0.Add(3 * time.Second)
+	u.Update(deny(testClock)) // the agent tries again: not news
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-1: stopped") {
+		t.Fatalf("a repeated refusal drowned the user's word:\n%s", s)
+	}
+	testClock = t0.Add(8 * time.Second) // the word has been read
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-2 was refused denied.test:8080") {
+		t.Fatalf("the refusal is not offered again:\n%s", s)
+	}
+}
+
 func TestNotableEventsReachTheNotifier(t *testing.T) {
 	u, _ := newUI(80, 24)
 	r := &recordRunner{}
