@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,32 @@ func TestNotificationsFromOneMachineAreCoalesced(t *testing.T) {
 	n.Wait() // delivers the held one too
 	if got := r.total.Load(); got != 8 {
 		t.Fatalf("after the quiet time: %d commands, want 8", got)
+	}
+}
+
+// An agent that ends right after its budget ran out is folded into the
+// budget's notification, not the other way round: the user is told what
+// stops the agent, with its end counted in the summary.
+func TestASpentBudgetOutranksTheAgentsEndWhenFolded(t *testing.T) {
+	r := &gateRunner{}
+	n := &Notifier{Command: "x", Runner: r, Quiet: time.Hour, Now: func() time.Time { return t0 }}
+	code := 0
+	n.Notify(Event{Time: t0, Fleet: "p", Machine: "p-1", Kind: KindAgent, State: "succeeded", ExitCode: &code})
+	n.Notify(Event{Time: t0, Fleet: "p", Machine: "p-1", Kind: KindBudgetReached})
+	n.Notify(Event{Time: t0, Fleet: "p", Machine: "p-1", Kind: KindAgent, State: "succeeded", ExitCode: &code})
+	n.Notify(Event{Time: t0, Fleet: "p", Machine: "p-1", Kind: KindEgressDenied, Host: "x.test", Port: 443})
+	n.Wait()
+	var kinds []string
+	for _, in := range r.stdins {
+		var ev Event
+		if err := json.Unmarshal([]byte(in), &ev); err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, fmt.Sprintf("%s+%d", ev.Kind, ev.Folded))
+	}
+	slices.Sort(kinds)
+	if got := strings.Join(kinds, " "); got != "agent+0 budget_reached+2" {
+		t.Fatalf("notify commands got %s, want the agent's end, then the budget with the two events after it folded in", got)
 	}
 }
 

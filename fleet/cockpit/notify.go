@@ -92,8 +92,7 @@ func (n *Notifier) Notify(ev Event) {
 		h.ev = &ev
 	} else {
 		h.folded++
-		// An agent's news outranks a refusal; otherwise the newest wins.
-		if ev.Kind == KindAgent || h.ev.Kind != KindAgent {
+		if rank(ev.Kind) >= rank(h.ev.Kind) {
 			h.ev = &ev
 		}
 	}
@@ -106,6 +105,20 @@ func (n *Notifier) Notify(ev Event) {
 	}
 	n.mu.Unlock()
 	n.tell(report)
+}
+
+// rank orders what a folded notification is about; of equals the newest
+// wins. A spent budget comes first: the agent is stopped until the user
+// raises it, and the agent's end that follows it is its consequence.
+// Then an agent's news, then a refusal.
+func rank(k Kind) int {
+	switch k {
+	case KindBudgetReached:
+		return 2
+	case KindAgent:
+		return 1
+	}
+	return 0
 }
 
 // flush delivers what a machine's quiet time held back.
