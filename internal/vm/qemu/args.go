@@ -73,9 +73,14 @@ type MachineArgs struct {
 	MemoryFile   string
 	MemoryShared bool
 	// Kernel, Initrd and Append start a kernel directly (-kernel) instead
-	// of the disk's boot loader.
+	// of the disk's boot loader. With Incoming on a PC they say the saved
+	// state was booted so: QEMU gets the boot ROM, not the kernel.
 	Kernel, Initrd, Append string
 }
+
+// linuxBootROM is the option ROM QEMU boots -kernel with on a PC whose
+// firmware config has DMA (every q35 board); found in QEMU's data dirs.
+const linuxBootROM = "linuxboot_dma.bin"
 
 // ForwardIP is where the guest reaches Forwards: an otherwise unused address
 // in slirp's 10.0.2.0/24.
@@ -147,7 +152,16 @@ func SystemArgs(m MachineArgs) []string {
 		"-chardev", fmt.Sprintf("socket,id=qga0,path=%s,server=on,wait=off", qemuEscape(m.GuestAgentSocket)),
 		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 	)
-	if m.Kernel != "" {
+	switch {
+	case m.Kernel != "" && m.Incoming && m.Arch.Or() == vm.AMD64:
+		// Saved state from a machine QEMU started the kernel of holds the
+		// option ROM that booted it (a RAM block the state must find),
+		// not the kernel: QEMU reads -kernel and -initrd into its heap
+		// and keeps them, 14 MiB of every clone's own memory, for a
+		// reboot. The ROM alone is enough to load the state; a reboot
+		// finds no kernel behind it and boots the disk's GRUB.
+		args = append(args, "-option-rom", linuxBootROM)
+	case m.Kernel != "":
 		args = append(args, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", m.Append)
 	}
 	if m.Paused && !m.Incoming {

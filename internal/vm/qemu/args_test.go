@@ -68,6 +68,15 @@ func TestSystemArgs(t *testing.T) {
 		{"no kernel: the disk's boot loader", func(m *MachineArgs) {}, "-kernel", nil},
 		{"a kernel started directly", func(m *MachineArgs) { m.Kernel, m.Initrd, m.Append = "/i/vmlinuz", "/i/initrd.img", "root=UUID=x ro" }, "-append", []string{"root=UUID=x ro"}},
 		{"its initrd", func(m *MachineArgs) { m.Kernel, m.Initrd, m.Append = "/i/vmlinuz", "/i/initrd.img", "root=UUID=x ro" }, "-initrd", []string{"/i/initrd.img"}},
+		{"a restore of a directly started kernel gets its boot ROM, not the kernel", func(m *MachineArgs) {
+			m.Kernel, m.Initrd, m.Append, m.Incoming = "/i/vmlinuz", "/i/initrd.img", "root=UUID=x ro", true
+		}, "-option-rom", []string{"linuxboot_dma.bin"}},
+		{"nor its initrd", func(m *MachineArgs) { m.Kernel, m.Initrd, m.Incoming = "/i/vmlinuz", "/i/initrd.img", true }, "-initrd", nil},
+		{"a restore of a disk-booted machine gets no boot ROM", func(m *MachineArgs) { m.Incoming = true }, "-option-rom", nil},
+		{"a booting machine gets no boot ROM of its own", func(m *MachineArgs) { m.Kernel, m.Initrd = "/i/vmlinuz", "/i/initrd.img" }, "-option-rom", nil},
+		{"arm64 restores keep the kernel (no option ROM boots it there)", func(m *MachineArgs) {
+			m.Arch, m.Kernel, m.Initrd, m.Incoming = vm.ARM64, "/i/vmlinuz", "/i/initrd.img", true
+		}, "-kernel", []string{"/i/vmlinuz"}},
 		{"share: socket, comma escaped", func(m *MachineArgs) { m.VirtiofsSocket = "/f/a,b/v.sock" }, "-chardev", []string{"socket,id=qga0,path=/f/proj-1/qga.sock,server=on,wait=off", "socket,id=vfs,path=/f/a,,b/v.sock"}},
 		{"guest agent port and a generation ID for restored guests", func(m *MachineArgs) {}, "-device", []string{"virtio-net-pci,netdev=net0,romfile=", "virtio-rng-pci",
 			"vmgenid,guid=auto", "virtio-serial-pci,id=vser0", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"}},
