@@ -58,14 +58,8 @@ func (ses Sessions) StartSession(ctx context.Context, m *Machine, r SessionReque
 	if st, err := ses.SessionStatus(ctx, m); err == nil && st.State.Live() {
 		return fmt.Errorf("%s: an agent is still running (fleet kill %s first, or fleet wait %s)", m.Name, m.Name, m.Name)
 	}
-	// Each error names the machine and the step.
-	if _, err := ses.c.Guests().guestRun(ctx, m, "store the task", session.PrepareScript(), bytes.NewReader(r.Task)); err != nil {
-		return err
-	}
-	if _, err := ses.c.Guests().guestRun(ctx, m, "install the session", session.InstallRunScript(), strings.NewReader(session.RunScript(r.Profile, r.Setup))); err != nil {
-		return err
-	}
-	if _, err := ses.c.Guests().guestRun(ctx, m, "start the session", session.StartScript(), bytes.NewReader(creds)); err != nil {
+	in := session.LaunchInput(r.Task, session.RunScript(r.Profile, r.Setup), creds)
+	if _, err := ses.c.Guests().guestRun(ctx, m, "start the session", session.LaunchScript(), bytes.NewReader(in)); err != nil {
 		return err
 	}
 	ses.c.say("%s: %s started", m.Name, r.Profile.Name)

@@ -146,47 +146,57 @@ func RunScript(p Profile, setup []string) string {
 	return b.String()
 }
 
-// PrepareScript empties the session folder (a new session replaces the
-// last one) and stores the task from stdin, byte for byte.
-func PrepareScript() string {
+// LaunchScript starts a session in one exec (each costs a fraction of a
+// second in a guest under emulation): it empties the session folder (a
+// new session replaces the last one), stores the task and run.sh byte
+// for byte, installs the status hook the image's agent settings call, and
+// starts run.sh in tmux. Its stdin is LaunchInput's. Credentials come
+// last, as NAME=VALUE lines: exported in this shell only, they pass into
+// the tmux server this command starts and from there into the session,
+// and are on no command line and in no file.
+func LaunchScript() string {
 	return `set -e
 tmux kill-server 2>/dev/null || true
 d=$HOME/` + Dir + `
 rm -rf "$d" && mkdir -p "$d" && chmod 700 "$d"
-cat >"$d/task"
-`
-}
-
-// InstallRunScript writes run.sh from stdin, and the status hook the
-// image's agent settings call.
-func InstallRunScript() string {
-	return `set -e
-d=$HOME/` + Dir + `
-cat >"$d/run.sh" && chmod 700 "$d/run.sh"
-cat >"$HOME/` + HookFile + `.tmp" <<'FLEET_HOOK_END'
-` + hookProgram + `FLEET_HOOK_END
-chmod 755 "$HOME/` + HookFile + `.tmp" && mv "$HOME/` + HookFile + `.tmp" "$HOME/` + HookFile + `"
-`
-}
-
-// StartScript starts the session. Credentials come on stdin as
-// NAME=VALUE lines: exported in this shell only, they pass into the tmux
-// server this command starts and from there into the session, and are on
-// no command line and in no file.
-func StartScript() string {
-	return `set -e
-while IFS= read -r kv; do
+read -r tlen rlen
+case "$tlen:$rlen" in
+  *[!0-9:]*|:*|*:) echo "fleet: the session's input has no lengths" >&2; exit 2 ;;
+esac
+# head -c reads no further than its count, so the next part stays.
+head -c "$tlen" >"$d/task"
+head -c "$rlen" >"$d/run.sh"
+[ "$(wc -c <"$d/task")" -eq "$tlen" ] && [ "$(wc -c <"$d/run.sh")" -eq "$rlen" ] || { echo "fleet: the session's input was cut short" >&2; exit 2; }
+chmod 700 "$d/run.sh"
+` + installHook + `while IFS= read -r kv; do
   case "$kv" in ANTHROPIC_API_KEY=*|CLAUDE_CODE_OAUTH_TOKEN=*) export "$kv" ;; esac
 done
-tmux new-session -d -s ` + TmuxSession + ` -x 200 -y 50 "$HOME/` + Dir + `/run.sh"
+tmux new-session -d -s ` + TmuxSession + ` -x 200 -y 50 "$d/run.sh"
 # Return once run.sh has written its pid: from then on a missing process
 # means the agent is gone.
 i=0
-while [ ! -f "$HOME/` + Dir + `/pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+while [ ! -f "$d/pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 `
 }
 
-// CredentialInput renders the credentials present in env for StartScript.
+// installHook writes the status hook, replaced whole.
+const installHook = `cat >"$HOME/` + HookFile + `.tmp" <<'FLEET_HOOK_END'
+` + hookProgram + `FLEET_HOOK_END
+chmod 755 "$HOME/` + HookFile + `.tmp" && mv "$HOME/` + HookFile + `.tmp" "$HOME/` + HookFile + `"
+`
+
+// LaunchInput is LaunchScript's stdin: the task's and run.sh's lengths on
+// a line, the two byte for byte, then CredentialInput's lines.
+func LaunchInput(task []byte, runScript string, creds []byte) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%d %d\n", len(task), len(runScript))
+	b.Write(task)
+	b.WriteString(runScript)
+	b.Write(creds)
+	return b.Bytes()
+}
+
+// CredentialInput renders the credentials present in env for LaunchInput.
 func CredentialInput(getenv func(string) string) ([]byte, error) {
 	var b bytes.Buffer
 	for _, k := range Credentials {

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,26 +16,37 @@ import (
 // nasty is a task a shell would love to misread.
 const nasty = "fix it: \"quotes\" 'single' $(rm -rf /) `id` $HOME \\ ; & | > < * ?\nline two\tünïcödé 日本\n\n"
 
-// runLocally plays the VM: prepare (task from stdin), install run.sh,
-// then run it as tmux would, in a temporary home.
+// fakeTmux is tmux as LaunchScript uses it: new-session runs the
+// command to its end (so the test reads its files after), its pane
+// output dropped.
+const fakeTmux = `#!/bin/sh
+case "$1" in
+kill-server) exit 0 ;;
+new-session) for a; do last=$a; done; "$last" >/dev/null 2>&1; exit 0 ;;
+esac
+exit 1
+`
+
+// launch plays the VM: LaunchScript with its input, in a temporary home
+// with a tmux that runs the session at once.
+func launch(t *testing.T, home string, input []byte) ([]byte, error) {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "tmux"), []byte(fakeTmux), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", LaunchScript())
+	cmd.Env = append(os.Environ(), "HOME="+home, "PATH="+bin+":"+os.Getenv("PATH"))
+	cmd.Dir, cmd.Stdin = home, bytes.NewReader(input)
+	return cmd.CombinedOutput()
+}
+
+// runLocally launches a session of p with task and waits for its end.
 func runLocally(t *testing.T, p Profile, setup []string, task string) (home string) {
 	t.Helper()
 	home = t.TempDir()
-	env := append(os.Environ(), "HOME="+home, "PATH=/nonexistent-tmux:"+os.Getenv("PATH"))
-	for _, step := range []struct {
-		script string
-		stdin  string
-	}{{PrepareScript(), task}, {InstallRunScript(), RunScript(p, setup)}} {
-		cmd := exec.Command("sh", "-c", step.script)
-		cmd.Env, cmd.Stdin = env, strings.NewReader(step.stdin)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-	}
-	cmd := exec.Command(filepath.Join(home, Dir, "run.sh"))
-	cmd.Env, cmd.Dir = env, home
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("run.sh: %v\n%s", err, out)
+	if out, err := launch(t, home, LaunchInput([]byte(task), RunScript(p, setup), nil)); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	return home
 }
@@ -58,6 +70,66 @@ func TestTaskArrivesByteForByteOnStdin(t *testing.T) {
 	}
 	if read(t, home, "started") == "" || read(t, home, "pid") == "" {
 		t.Fatal("no start time or pid")
+	}
+}
+
+// One exec starts a session: the last session's files are gone, the
+// hook is in place, and only the credential names pass into the agent's
+// environment, in no file of the session.
+func TestLaunchReplacesTheLastSessionAndPassesOnlyCredentials(t *testing.T) {
+	home := t.TempDir()
+	old := filepath.Join(home, Dir, "exit")
+	os.MkdirAll(filepath.Dir(old), 0o700)
+	os.WriteFile(old, []byte("1\n"), 0o600)
+	agent := Profile{Name: "stand-in", Command: []string{"sh", "-c", `env > "$HOME/env"`}, Task: TaskStdin}
+	creds := []byte("ANTHROPIC_API_KEY=sk-test-1\nFLEET_EVIL=1\nPATH=/evil\nCLAUDE_CODE_OAUTH_TOKEN=tok 2\n")
+	if out, err := launch(t, home, LaunchInput([]byte(nasty), RunScript(agent, nil), creds)); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	env, _ := os.ReadFile(filepath.Join(home, "env"))
+	for _, want := range []string{"ANTHROPIC_API_KEY=sk-test-1\n", "CLAUDE_CODE_OAUTH_TOKEN=tok 2\n"} {
+		if !strings.Contains(string(env), want) {
+			t.Errorf("the agent's environment lacks %q", want)
+		}
+	}
+	if strings.Contains(string(env), "FLEET_EVIL") || strings.Contains(string(env), "PATH=/evil") {
+		t.Errorf("a line that is no credential reached the agent:\n%s", env)
+	}
+	if read(t, home, "task") != nasty || read(t, home, "exit") != "0\n" {
+		t.Errorf("task %q, exit %q", read(t, home, "task"), read(t, home, "exit"))
+	}
+	files, _ := filepath.Glob(filepath.Join(home, Dir, "*"))
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.Contains(string(b), "sk-test-1") {
+			t.Errorf("%s holds the key", f)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(home, HookFile)); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the hook: %v %v", fi, err)
+	}
+}
+
+// Input that is not LaunchInput's starts nothing and says why.
+func TestLaunchRefusesInputWithoutItsLengths(t *testing.T) {
+	run := RunScript(Profile{Name: "x", Command: []string{"touch", "ran"}, Task: TaskStdin}, nil)
+	for name, in := range map[string]string{
+		"no lengths":     "fix it\n",
+		"one length":     "5\nhello",
+		"a sign":         "-5 3\nhello",
+		"cut short":      fmt.Sprintf("5 %d\nhello%s", len(run), run[:10]),
+		"nothing at all": "",
+	} {
+		home := t.TempDir()
+		out, err := launch(t, home, []byte(in))
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if _, serr := os.Stat(filepath.Join(home, "ran")); serr == nil {
+			t.Errorf("%s: the agent ran", name)
+		}
+		if name != "nothing at all" && !strings.Contains(string(out), "fleet: the session's input") {
+			t.Errorf("%s: %q", name, out)
+		}
 	}
 }
 

@@ -50,7 +50,7 @@ func snapshot(t *testing.T, home string) Status {
 
 func hook(t *testing.T, home, event, input string) {
 	t.Helper()
-	runGuest(t, home, InstallRunScript(), "#!/bin/sh\n")
+	runGuest(t, home, "set -e\n"+installHook, "")
 	runGuest(t, home, `exec "$HOME/`+HookFile+`" `+event, input)
 }
 
