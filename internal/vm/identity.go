@@ -36,6 +36,12 @@ type Restored struct {
 	Arch Arch
 }
 
+// HostTimeEnv, in a guest runner's environment, is the host's time as it
+// started the script ("SECONDS.NANOSECONDS"): a restored clone's identity
+// program sets the clock from it rather than from the older time the
+// program was made with.
+const HostTimeEnv = "FLEET_HOST_TIME"
+
 // guestSyscalls are sync(2) and clock_settime(2) on each architecture.
 var guestSyscalls = map[Arch][2]int{AMD64: {162, 227}, ARM64: {81, 112}}
 
@@ -143,22 +149,44 @@ sub flush_disks {
     if ($v{sys_sync}) { syscall(int($v{sys_sync})) == 0 or die "sync: $!\n"; return }
     system('sync') == 0 or die "sync: $?\n";
 }
+# How long ago this process started (its age by the guest's own clock
+# since boot, from /proc), 0 if unreadable.
+sub process_age {
+    open(my $s, '<', '/proc/self/stat') or return 0;
+    my $st = <$s>;
+    close $s;
+    $st =~ s/^.*\) //s or return 0;
+    my @f = split / /, $st;
+    open(my $u, '<', '/proc/uptime') or return 0;
+    my ($up) = split / /, scalar(<$u>);
+    close $u;
+    my $age = $up - $f[19] / 100;
+    return ($age > 0 && $age < 600) ? $age : 0;
+}
 sub set_clock {
     my ($sec, $nsec) = split /\./, $_[0];
-    # The host's time was read before the guest agent connected and perl
-    # started, seconds ago on a busy host: a clock that is already at it
-    # or up to a minute past it (a fork's child, whose clock ran on from
-    # its source's) is fresher, and stepping it back makes journald rotate
-    # its files (a second of a fork child's start under emulation) and
-    # file times go backwards.
+    # The host's time as the guest agent started this program, where its
+    # runner gives it (HostTimeEnv); the time in DATA was read before the
+    # agent connected, seconds earlier on a busy host. This program's own
+    # start-up is added either way.
+    my $fresh = 0;
+    if (($ENV{FLEET_HOST_TIME} // '') =~ /^([0-9]{1,12})\.([0-9]{9})$/) { ($sec, $nsec, $fresh) = ($1, $2, 1) }
+    my $ns = $nsec + int(process_age() * 1_000_000_000);
+    $sec += int($ns / 1_000_000_000);
+    $nsec = $ns - int($ns / 1_000_000_000) * 1_000_000_000;
+    # A clock at that time or just past it (a fork's child, whose clock
+    # ran on from its source's) is left: stepping it back makes journald
+    # rotate its files (a second of a fork child's start under emulation)
+    # and file times go backwards. With only DATA's older time, "just
+    # past" is up to a minute.
     my $ahead = time() - $sec;
-    return if $ahead >= 0 && $ahead < 60;
+    return if $ahead >= 0 && $ahead < ($fresh ? 2 : 60);
     if ($v{sys_clock_settime}) {
         # CLOCK_REALTIME (0), a struct timespec of two 64-bit fields.
         syscall(int($v{sys_clock_settime}), 0, pack('q q', $sec, $nsec)) == 0 or die "set the clock: $!\n";
         return;
     }
-    system('date', '-s', '@' . $_[0]) == 0 or die "set the clock: date exited $?\n";
+    system('date', '-s', sprintf('@%d.%09d', $sec, $nsec)) == 0 or die "set the clock: date exited $?\n";
 }
 if ($v{restored}) {
     # The host's time first: the template's clock stood still while saved.

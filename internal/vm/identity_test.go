@@ -2,6 +2,7 @@ package vm
 
 import (
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -298,15 +299,25 @@ func TestIdentityProgramDoesNotStepAFresherClockBack(t *testing.T) {
 	if getpid == "" {
 		t.Skip("no getpid number for this architecture")
 	}
+	if !strings.Contains(identityPerl, "$ENV{"+HostTimeEnv+"}") {
+		t.Fatalf("the program does not read %s", HostTimeEnv)
+	}
+	stamp := func(t time.Time) string { return fmt.Sprintf("%s=%d.%09d", HostTimeEnv, t.Unix(), t.Nanosecond()) }
 	for _, c := range []struct {
 		what string
 		host time.Time
+		env  string
 		set  bool
 	}{
-		{"host time read 10 s before it ran", time.Now().Add(-10 * time.Second), false},
-		{"host time the same second", time.Now(), false},
-		{"a clock an hour ahead", time.Now().Add(-time.Hour), true},
-		{"a template's clock a day behind", time.Now().Add(24 * time.Hour), true},
+		{"host time read 10 s before it ran", time.Now().Add(-10 * time.Second), "", false},
+		{"host time the same second", time.Now(), "", false},
+		{"a clock an hour ahead", time.Now().Add(-time.Hour), "", true},
+		{"a template's clock a day behind", time.Now().Add(24 * time.Hour), "", true},
+		// The runner's time at the start wins over the older one.
+		{"runner's time now, the program's a day old", time.Now().Add(-24 * time.Hour), stamp(time.Now()), false},
+		{"runner's time 10 s behind the clock", time.Now(), stamp(time.Now().Add(-10 * time.Second)), true},
+		{"runner's time a day ahead", time.Now(), stamp(time.Now().Add(24 * time.Hour)), true},
+		{"a runner's time that is not one", time.Now().Add(-10 * time.Second), HostTimeEnv + "=1;system('id')", false},
 	} {
 		dir := restoredRoot(t)
 		seed := Seed{Hostname: "proj-5", User: me.Username, AuthorizedKey: "ssh-ed25519 AAAAkey", HostKeyPrivate: "k\n", HostKeyPublic: "ssh-ed25519 AAAAhost"}
@@ -319,6 +330,9 @@ func TestIdentityProgramDoesNotStepAFresherClockBack(t *testing.T) {
 		prog = strings.Replace(prog, old, "\nsys_clock_settime "+hex.EncodeToString([]byte(getpid))+"\n", 1)
 		cmd := exec.Command("perl", "-")
 		cmd.Stdin = strings.NewReader(prog)
+		if c.env != "" {
+			cmd.Env = append(os.Environ(), c.env)
+		}
 		out, err := cmd.CombinedOutput()
 		if set := strings.Contains(string(out), "set the clock"); set != c.set {
 			t.Errorf("%s: clock set %v, want %v (%v %s)", c.what, set, c.set, err, out)

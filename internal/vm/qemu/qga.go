@@ -131,6 +131,10 @@ func (d *Driver) GuestRun(ctx context.Context, s vm.Spec, script string) (string
 	var started struct {
 		PID int `json:"pid"`
 	}
+	// The host's time as the script starts, for a clone's identity
+	// program (vm.HostTimeEnv): fresher than any the script was made with.
+	now := time.Now()
+	script = fmt.Sprintf("%s=%d.%09d; export %s\n", vm.HostTimeEnv, now.Unix(), now.Nanosecond(), vm.HostTimeEnv) + script
 	if err := q.execute("guest-exec", map[string]any{
 		"path": "/bin/sh", "arg": []string{"-s"},
 		"input-data":     base64.StdEncoding.EncodeToString([]byte(script)),
