@@ -449,6 +449,9 @@ credentials {
 		if r.code != 0 {
 			t.Fatalf("fork with tasks: %s", r.stderr)
 		}
+		if strings.Contains(r.stderr, "random generators") {
+			t.Errorf("children whose agents start afresh were said to share random state:\n%s", r.stderr)
+		}
 		var res struct {
 			Children []string `json:"children"`
 		}

@@ -49,6 +49,9 @@ setsid nohup sh -c 'i=0; while :; do i=$((i+1)); echo "$i $(date +%s)" >> /tmp/c
 	if r.code != 0 {
 		t.Fatalf("fork: %s", r.stderr)
 	}
+	if !strings.Contains(r.stderr, "keep their own random generators' state") {
+		t.Errorf("children running on were not said to share their processes' random state:\n%s", r.stderr)
+	}
 	forkAt := time.Now()
 	var res struct {
 		Source   string   `json:"source"`

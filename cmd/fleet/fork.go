@@ -8,6 +8,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// sharedRandomNote is said when children run on what their source ran.
+const sharedRandomNote = "note: the processes that run on keep their own random generators' state, the same in every child and the source until they reseed; give a task (--task, --tasks) to start each child's agent afresh"
+
 func newForkCmd(g *globals) *cobra.Command {
 	var t taskOpts
 	var project string
@@ -29,6 +32,12 @@ fork. Without a task the children keep running what VM was running. With
 --task, --task-file or --tasks each child is given a follow-up instruction
 that continues VM's conversation (Claude Code's --continue; other profiles
 need continue = [...] in fleet.hcl): best-of-N from one point.
+
+Processes that run on in the children keep their memory as it was at the
+capture, a random generator of their own (OpenSSL's in node, say)
+included: until it reseeds, it draws the same numbers in every child and
+in VM. The kernel's randomness is each child's own, so new processes draw
+fresh numbers, and so does each agent started again for a task.
 
 An API call in flight at the capture is retried by the child's agent; the
 source's own call finishes in the source. A child's calls are counted and
@@ -63,6 +72,9 @@ drivers that cannot restore saved state (VirtualBox) cannot be forked.`,
 			res, err := c.Forks().Fork(cmd.Context(), fleet.ForkRequest{Source: args[0], Count: n, Tasks: tasks, Session: sreq, Force: force})
 			if err != nil {
 				return err
+			}
+			if tasks == nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), sharedRandomNote)
 			}
 			if asJSON {
 				out := struct {
