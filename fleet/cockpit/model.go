@@ -267,7 +267,40 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 		return nil
 	}
 	m.announced[k] = e.Time
+	m.forgetAnnounced(e.Time)
 	return []Event{ev}
+}
+
+// maxAnnounced bounds the announcements kept: a guest names the hosts,
+// so a loop over new names would grow the map without end.
+const maxAnnounced = 4096
+
+// forgetAnnounced drops, once there are too many, the announcements whose
+// quiet time has passed by now (they no longer hold anything back), and
+// if that is not enough, all but the newest half.
+func (m *Model) forgetAnnounced(now time.Time) {
+	if len(m.announced) <= maxAnnounced {
+		return
+	}
+	for k, at := range m.announced {
+		if now.Sub(at) >= RefusalQuiet {
+			delete(m.announced, k)
+		}
+	}
+	if len(m.announced) <= maxAnnounced/2 {
+		return
+	}
+	ats := make([]time.Time, 0, len(m.announced))
+	for _, at := range m.announced {
+		ats = append(ats, at)
+	}
+	sort.Slice(ats, func(i, j int) bool { return ats[i].After(ats[j]) })
+	cut := ats[maxAnnounced/2-1]
+	for k, at := range m.announced {
+		if at.Before(cut) {
+			delete(m.announced, k)
+		}
+	}
 }
 
 // Rows are the machines in name order, each fork right after the

@@ -169,6 +169,34 @@ func TestRefusalsAreShownAndAnnouncedOnce(t *testing.T) {
 	}
 }
 
+// A guest looping over new names grows the cockpit's memory of what it
+// announced no further than its bound, and a retry of a recent name is
+// still held back.
+func TestAnnouncementsStayBoundedUnderAFloodOfNames(t *testing.T) {
+	m := NewModel()
+	m.Apply(machines("running"))
+	deny := func(at time.Duration, host string) []Event {
+		return m.Apply(DecisionMsg{Fleet: "p", Machine: "p-1",
+			Entry: egress.Entry{Time: t0.Add(at), Proxy: "egress", Verdict: "deny", Host: host, Port: 443, Reason: "not in the allowlist"}})
+	}
+	for i := 0; i < 50000; i++ {
+		deny(time.Duration(i)*time.Microsecond, fmt.Sprintf("n%d.test", i))
+		if len(m.announced) > maxAnnounced+1 {
+			t.Fatalf("%d announcements kept after %d names", len(m.announced), i+1)
+		}
+	}
+	if evs := deny(time.Second, "n49999.test"); len(evs) != 0 {
+		t.Fatal("a retry of the newest name was announced again")
+	}
+	// Past the quiet time the old ones go at the next flood.
+	for i := 0; i <= maxAnnounced; i++ {
+		deny(RefusalQuiet+2*time.Second+time.Duration(i)*time.Microsecond, fmt.Sprintf("m%d.test", i))
+	}
+	if len(m.announced) > maxAnnounced/2+2 {
+		t.Errorf("%d announcements kept past their quiet time", len(m.announced))
+	}
+}
+
 func TestBudgetReachedIsOneEvent(t *testing.T) {
 	m := NewModel()
 	msg := machines("running")

@@ -54,6 +54,7 @@ type UI struct {
 	status        string
 	statusAt      time.Time
 	refusedAt     time.Time // when a refusal was last announced
+	refusedKey    string    // which: refusalKey of its machine and host
 	recent        []Event   // newest first
 	now           func() time.Time
 }
@@ -90,7 +91,7 @@ func (u *UI) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case MachinesMsg, AgentMsg, DecisionMsg, AllowedMsg:
 		for _, ev := range u.Model.Apply(msg) {
 			if ev.Kind == KindEgressDenied {
-				u.refusedAt = u.clock()
+				u.refusedAt, u.refusedKey = u.clock(), refusalKey(ev.Fleet, ev.Machine, ev.Host, ev.Port)
 			}
 			u.recent = append([]Event{ev}, u.recent...)
 			if len(u.recent) > 20 {
@@ -435,13 +436,19 @@ func (u *UI) notice() string {
 		r, _, _ := u.selected()
 		return "fork " + safe(r.Name) + " into how many (enter: 1): " + safe(u.input) + "█"
 	}
-	// What the user just did comes first, then a refusal to answer; a
-	// refusal announced since the user's last word is newer news (a
-	// repeated one is not announced, so it cannot drown the word).
-	if u.status != "" && u.clock().Sub(u.statusAt) < 5*time.Second && !u.refusedAt.After(u.statusAt) {
-		return safe(u.status)
+	// What the user just did comes first, then a refusal to answer. The
+	// refusal the line would offer, announced since the user's word, is
+	// newer news once the word has been up a second: a guest trying new
+	// names cannot keep the user's words off the screen, nor another
+	// machine's refusals put an old one in front of them.
+	r, f, found := u.shownRefusal()
+	if age := u.clock().Sub(u.statusAt); u.status != "" && age < 5*time.Second {
+		news := found && u.refusedAt.After(u.statusAt) && u.refusedKey == refusalKey(r.Fleet, r.Name, f.Host, f.Port)
+		if !news || age < time.Second {
+			return safe(u.status)
+		}
 	}
-	if r, f, found := u.shownRefusal(); found {
+	if found {
 		{
 			hint := "e allows it"
 			if !f.Allowable {
@@ -458,6 +465,11 @@ func (u *UI) notice() string {
 		return e.Time.Local().Format("15:04:05") + " " + safe(e.Text())
 	}
 	return ""
+}
+
+// refusalKey names one machine's refusal of one host and port.
+func refusalKey(fleetName, machine, host string, port int) string {
+	return fmt.Sprintf("%s %s:%d", key(fleetName, machine), host, port)
 }
 
 // shownRefusal is the refusal the notice line offers to allow: the

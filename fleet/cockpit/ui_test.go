@@ -2,6 +2,7 @@ package cockpit
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -244,6 +245,38 @@ func TestANewRefusalIsShownOverAnEarlierWordButARepeatIsNot(t *testing.T) {
 	testClock = t0.Add(8 * time.Second) // the word has been read
 	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-2 was refused denied.test:8080") {
 		t.Fatalf("the refusal is not offered again:\n%s", s)
+	}
+}
+
+// A guest trying new names, each a new refusal, leaves the user's word up
+// a second; another machine's refusal does not put the selected one's
+// older refusal in front of the word.
+func TestAFloodOfNewNamesCannotKeepTheUsersWordOff(t *testing.T) {
+	u, _ := newUI(80, 24) // p-1 is selected
+	deny := func(machine, host string) {
+		u.Update(DecisionMsg{Fleet: "p", Machine: machine, Entry: egress.Entry{Time: testClock, Proxy: "egress", Verdict: "deny", Host: host, Port: 443, Reason: egress.ReasonNotAllowed}})
+	}
+	said := testClock
+	u.say("p-1: allowing old.test")
+	for i := 0; i < 6; i++ {
+		testClock = testClock.Add(150 * time.Millisecond)
+		deny("p-1", fmt.Sprintf("n%d.test", i))
+		if s := screen(t, u, 80, 24); !strings.Contains(s, "p-1: allowing old.test") {
+			t.Fatalf("a new name %s after the word replaced it:\n%s", testClock.Sub(said), s)
+		}
+	}
+	testClock = said.Add(1100 * time.Millisecond)
+	deny("p-1", "n9.test")
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-1 was refused n9.test") {
+		t.Fatalf("a new refusal a second after the word is not shown:\n%s", s)
+	}
+	// p-1's newest refusal is the one the line offers; p-2's news is not it.
+	testClock = testClock.Add(time.Second)
+	u.say("p-1: allowed n9.test")
+	testClock = testClock.Add(2 * time.Second)
+	deny("p-2", "other.test")
+	if s := screen(t, u, 80, 24); !strings.Contains(s, "p-1: allowed n9.test") {
+		t.Fatalf("p-2's refusal put p-1's older one in front of the word:\n%s", s)
 	}
 }
 
