@@ -9,7 +9,7 @@ import (
 )
 
 // sharedRandomNote is said when children run on what their source ran.
-const sharedRandomNote = "note: the processes that run on keep their own random generators' state, the same in every child and the source until they reseed; give a task (--task, --tasks) to start each child's agent afresh"
+const sharedRandomNote = "note: the processes that run on keep their own random generators' state, the same in every child and the source until they reseed; a task (--task, --tasks) starts a child's agent afresh (other processes it left running still share it)"
 
 func newForkCmd(g *globals) *cobra.Command {
 	var t taskOpts
@@ -73,7 +73,7 @@ drivers that cannot restore saved state (VirtualBox) cannot be forked.`,
 			if err != nil {
 				return err
 			}
-			if tasks == nil {
+			if len(tasks) < n { // --tasks may hold fewer: the rest run on
 				fmt.Fprintln(cmd.ErrOrStderr(), sharedRandomNote)
 			}
 			if asJSON {

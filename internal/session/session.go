@@ -166,7 +166,10 @@ esac
 # head -c reads no further than its count, so the next part stays.
 head -c "$tlen" >"$d/task"
 head -c "$rlen" >"$d/run.sh"
-[ "$(wc -c <"$d/task")" -eq "$tlen" ] && [ "$(wc -c <"$d/run.sh")" -eq "$rlen" ] || { echo "fleet: the session's input was cut short" >&2; exit 2; }
+# The end mark proves both counts were read exactly: a head that read
+# short or past its count finds something else here.
+IFS= read -r mark || true
+[ "$(wc -c <"$d/task")" -eq "$tlen" ] && [ "$(wc -c <"$d/run.sh")" -eq "$rlen" ] && [ "$mark" = ` + launchEnd + ` ] || { echo "fleet: the session's input was cut short" >&2; rm -f "$d/run.sh"; exit 2; }
 chmod 700 "$d/run.sh"
 ` + installHook + `while IFS= read -r kv; do
   case "$kv" in ANTHROPIC_API_KEY=*|CLAUDE_CODE_OAUTH_TOKEN=*) export "$kv" ;; esac
@@ -179,6 +182,9 @@ while [ ! -f "$d/pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 `
 }
 
+// launchEnd follows run.sh in LaunchInput.
+const launchEnd = "FLEET-LAUNCH-END"
+
 // installHook writes the status hook, replaced whole.
 const installHook = `cat >"$HOME/` + HookFile + `.tmp" <<'FLEET_HOOK_END'
 ` + hookProgram + `FLEET_HOOK_END
@@ -186,12 +192,14 @@ chmod 755 "$HOME/` + HookFile + `.tmp" && mv "$HOME/` + HookFile + `.tmp" "$HOME
 `
 
 // LaunchInput is LaunchScript's stdin: the task's and run.sh's lengths on
-// a line, the two byte for byte, then CredentialInput's lines.
+// a line, the two byte for byte, an end mark line, then CredentialInput's
+// lines.
 func LaunchInput(task []byte, runScript string, creds []byte) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%d %d\n", len(task), len(runScript))
 	b.Write(task)
 	b.WriteString(runScript)
+	b.WriteString(launchEnd + "\n")
 	b.Write(creds)
 	return b.Bytes()
 }

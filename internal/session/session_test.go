@@ -118,6 +118,8 @@ func TestLaunchRefusesInputWithoutItsLengths(t *testing.T) {
 		"a sign":         "-5 3\nhello",
 		"cut short":      fmt.Sprintf("5 %d\nhello%s", len(run), run[:10]),
 		"nothing at all": "",
+		"a count one short (as a head that read past it would leave)": fmt.Sprintf("5 %d\nhello%s%s\n", len(run)-1, run, launchEnd),
+		"no end mark": fmt.Sprintf("5 %d\nhello%sANTHROPIC_API_KEY=x\n", len(run), run),
 	} {
 		home := t.TempDir()
 		out, err := launch(t, home, []byte(in))
