@@ -267,7 +267,7 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 		return nil
 	}
 	m.announced[k] = e.Time
-	m.forgetAnnounced(e.Time)
+	m.forgetAnnounced(e.Time, k)
 	return []Event{ev}
 }
 
@@ -276,9 +276,9 @@ func (m *Model) decision(msg DecisionMsg) []Event {
 const maxAnnounced = 4096
 
 // forgetAnnounced drops, once there are too many, the announcements whose
-// quiet time has passed by now (they no longer hold anything back), and
-// if that is not enough, all but the newest half.
-func (m *Model) forgetAnnounced(now time.Time) {
+// quiet time has passed by now (they no longer hold anything back); if
+// that is not enough, every one but newest's.
+func (m *Model) forgetAnnounced(now time.Time, newest string) {
 	if len(m.announced) <= maxAnnounced {
 		return
 	}
@@ -287,19 +287,8 @@ func (m *Model) forgetAnnounced(now time.Time) {
 			delete(m.announced, k)
 		}
 	}
-	if len(m.announced) <= maxAnnounced/2 {
-		return
-	}
-	ats := make([]time.Time, 0, len(m.announced))
-	for _, at := range m.announced {
-		ats = append(ats, at)
-	}
-	sort.Slice(ats, func(i, j int) bool { return ats[i].After(ats[j]) })
-	cut := ats[maxAnnounced/2-1]
-	for k, at := range m.announced {
-		if at.Before(cut) {
-			delete(m.announced, k)
-		}
+	if len(m.announced) > maxAnnounced/2 {
+		m.announced = map[string]time.Time{newest: m.announced[newest]}
 	}
 }
 

@@ -166,10 +166,10 @@ esac
 # head -c reads no further than its count, so the next part stays.
 head -c "$tlen" >"$d/task"
 head -c "$rlen" >"$d/run.sh"
-# The end mark proves both counts were read exactly: a head that read
-# short or past its count finds something else here.
+# The end mark proves both counts were read exactly: input that ended
+# early, or a head that read past its count, leaves something else here.
 IFS= read -r mark || true
-[ "$(wc -c <"$d/task")" -eq "$tlen" ] && [ "$(wc -c <"$d/run.sh")" -eq "$rlen" ] && [ "$mark" = ` + launchEnd + ` ] || { echo "fleet: the session's input was cut short" >&2; rm -f "$d/run.sh"; exit 2; }
+[ "$mark" = ` + launchEnd + ` ] || { echo "fleet: the session's input was cut short" >&2; rm -f "$d/run.sh"; exit 2; }
 chmod 700 "$d/run.sh"
 ` + installHook + `while IFS= read -r kv; do
   case "$kv" in ANTHROPIC_API_KEY=*|CLAUDE_CODE_OAUTH_TOKEN=*) export "$kv" ;; esac
