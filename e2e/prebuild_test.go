@@ -110,10 +110,10 @@ profile "probe" {
 	}
 	in(3*time.Minute, "wait", "--all")
 	for _, vm := range []string{"pb-1", "pb-2"} {
-		out := in(time.Minute, "exec", vm, "--", "sh", "-c", "cd /workspace && cat node_modules/is-number/package.json | grep -c '\"version\": \"7.0.0\"'; cat later.txt; git log --format=%s | head -1; git status --porcelain; cat ~/setup-ran ~/agent-saw; echo x > /workspace/scratch-"+vm).stdout
-		want := "1\nlater\nsecond\nran\nis-number\n1\n"
+		out := in(time.Minute, "exec", vm, "--", "sh", "-c", "cd /workspace && cat node_modules/is-number/package.json | grep -c '\"version\": \"7.0.0\"'; cat later.txt; git log --format=%s | head -1; git status --porcelain; cat ~/setup-ran ~/agent-saw; git symbolic-ref HEAD; git config --local --get-all user.name; git for-each-ref --format='%(refname)' refs/heads/; echo x > /workspace/scratch-"+vm).stdout
+		want := "1\nlater\nsecond\nran\nis-number\n1\nrefs/heads/fleet/" + vm + "\nagent on " + vm + "\nrefs/heads/fleet/" + vm + "\n"
 		if out != want {
-			t.Errorf("%s: %q, want %q (node_modules in place, the new commit, a clean tree, setup run once, before the agent too)", vm, out, want)
+			t.Errorf("%s: %q, want %q (node_modules in place, the new commit, a clean tree, setup run once, before the agent too; on its own branch, the only one, with one author)", vm, out, want)
 		}
 	}
 

@@ -59,6 +59,9 @@ type Machine struct {
 	// hostPrebuildMark and the key's hash for one on the host it runs on):
 	// the project's setup already ran in it.
 	Prebuild string `json:"prebuild,omitempty"`
+	// PrebuildCommit is the commit its prebuild's workspace holds (git
+	// mode): its workspace is brought in as only what came after it.
+	PrebuildCommit string `json:"prebuild_commit,omitempty"`
 	// HostPrebuild is the key of the project's prebuild its driver
 	// restores it from where the host it lands on holds one (with
 	// HostWarm), kept for a queued machine's later start.

@@ -84,6 +84,11 @@ func (tp Templates) Prebuild(ctx context.Context, req PrebuildRequest) (Prebuild
 // errNoSetup: the project has no setup commands, so nothing to prebuild.
 var errNoSetup = errors.New("the project has no setup commands (setup = [...] in fleet.hcl): there is nothing to prebuild")
 
+// prebuildFormat is in every prebuild's key: a prebuild made by a fleet
+// that left its workspace otherwise (format 1 kept its machine's branch
+// and author, which an update now appends to) is never restored.
+const prebuildFormat = "2"
+
 // prebuildKey is the key of req's prebuild on the warm template wt: the
 // template's key and the sync mode, the setup commands, the inputs.
 func prebuildKey(req PrebuildRequest, wt images.Template) (key, digest string, inputs []string, err error) {
@@ -99,7 +104,7 @@ func prebuildKey(req PrebuildRequest, wt images.Template) (key, digest string, i
 	if err != nil {
 		return "", "", nil, err
 	}
-	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode)+" project="+dir, req.Workspace.Dir)
+	key, digest, inputs, err = req.Project.PrebuildKey(wt.Key+" sync="+string(req.Workspace.Mode)+" project="+dir+" format="+prebuildFormat, req.Workspace.Dir)
 	return key, digest, inputs, err
 }
 
@@ -359,8 +364,13 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 	setupTook := time.Since(t1)
 	c.say("prebuild of %s: setup done in %s", project, setupTook.Round(100*time.Millisecond))
 	// Nothing of the fleet's stays in it: the key it was reached with.
-	if _, err := c.Guests().guestRun(ctx, m, "forget the fleet's key", "rm -f ~/.ssh/authorized_keys; sync", nil); err != nil {
-		return images.Template{}, "", err
+	// A git workspace is left as each clone's update expects it.
+	finish := "rm -f ~/.ssh/authorized_keys; sync"
+	if p != nil && p.req.Mode == SyncGit {
+		finish = workspace.PrebuildFinishScript(workspace.GuestDir, p.start) + finish
+	}
+	if _, err := c.Guests().guestRun(ctx, m, "finish the prebuild", finish, nil); err != nil {
+		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
 	}
 	c.Guests().sshPool().Drop(m.Name)
 	info := vm.PrebuildInfo{Project: project, Setup: req.Project.SetupCommands(), Inputs: inputs, InputsDigest: digest, SetupSec: setupTook.Seconds()}

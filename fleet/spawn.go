@@ -157,6 +157,9 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 				spec.Template = &tv
 				m.BaseImage = tpl.Disk() // what its disk links to, for prune
 				m.Prebuild = prebuilt
+				if prebuilt != "" {
+					m.PrebuildCommit = tpl.Commit
+				}
 			}
 			if err := c.Driver.Create(gctx, spec); err != nil {
 				return err

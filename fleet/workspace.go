@@ -169,14 +169,35 @@ func (ws Workspaces) gitIn(ctx context.Context, m *Machine, p *preparedWorkspace
 	if err != nil {
 		return err
 	}
+	if m.Prebuild != "" {
+		return ws.gitUpdate(ctx, r, m, p)
+	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(p.repo.Pack(ctx, p.start, pw)) }()
-	script := workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name)
-	if m.Prebuild != "" {
-		// The prebuild holds the project as it was, and what setup made.
-		script = workspace.UpdateScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name)
+	err = r.Run(ctx, guest.Cmd{Step: "unpack the workspace", Script: workspace.UnpackScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name), Stdin: pr})
+	pr.Close()
+	return err
+}
+
+// gitUpdate brings a prebuild's workspace, which holds the project as it
+// was and what setup made, to p.start: only the commits since the
+// prebuild's are sent (none when it is p.start), or the whole history
+// when the host no longer has the prebuild's commit or it is unknown (a
+// prebuild on a scheduler's node).
+func (ws Workspaces) gitUpdate(ctx context.Context, r *guest.Runner, m *Machine, p *preparedWorkspace) error {
+	have := m.PrebuildCommit
+	if have != "" && !p.repo.IsCommit(ctx, have) {
+		have = ""
 	}
-	err = r.Run(ctx, guest.Cmd{Step: "unpack the workspace", Script: script, Stdin: pr})
+	script := func(pack bool) string {
+		return workspace.UpdateScript(workspace.GuestDir, workspace.BranchPrefix+m.Name, p.start, m.Name, pack)
+	}
+	if have == p.start {
+		return r.Run(ctx, guest.Cmd{Step: "update the workspace", Script: script(false)})
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(p.repo.PackSince(ctx, p.start, have, pw)) }()
+	err := r.Run(ctx, guest.Cmd{Step: "update the workspace", Script: script(true), Stdin: pr})
 	pr.Close()
 	return err
 }

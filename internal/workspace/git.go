@@ -155,9 +155,20 @@ func (g Repo) Snapshot(ctx context.Context) (base, start string, err error) {
 
 // Pack writes a pack of everything reachable from start to w.
 func (g Repo) Pack(ctx context.Context, start string, w io.Writer) error {
+	return g.PackSince(ctx, start, "", w)
+}
+
+// PackSince writes a pack of what start has that have has not (all of
+// start's history when have is ""): what a machine whose workspace holds
+// have needs to reach start.
+func (g Repo) PackSince(ctx context.Context, start, have string, w io.Writer) error {
+	revs := start + "\n"
+	if have != "" {
+		revs += "^" + have + "\n"
+	}
 	_, err := g.run(ctx, execx.Cmd{
 		Args:  []string{"pack-objects", "--revs", "--stdout", "-q"},
-		Stdin: strings.NewReader(start + "\n"), Stdout: w, StreamStdout: true,
+		Stdin: strings.NewReader(revs), Stdout: w, StreamStdout: true,
 	})
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", short(start), err)

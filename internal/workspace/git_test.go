@@ -507,32 +507,90 @@ func TestUnpackSetsBranchStartAndAuthorAndRefusesAFullFolder(t *testing.T) {
 	}
 }
 
-// A prebuild's workspace brought to start: the machine's branch checked
-// out there, every other branch gone, refs/fleet/start moved, files the
-// setup made (ignored ones) kept.
+// A prebuild's workspace brought to start: finished as a prebuild is
+// (detached, no branch, no author), then updated with nothing sent when
+// start is the prebuild's commit, or with only the commits since: the
+// machine's branch checked out there, refs/fleet/start moved, tracked
+// files as start has them, files the setup made (ignored ones) kept, and
+// one author that the agent can change.
 func TestUpdateMovesAPrebuildsWorkspaceToStart(t *testing.T) {
+	ctx := context.Background()
+	for _, later := range []bool{false, true} {
+		host := hostRepo(t)
+		g := Repo{Runner: execx.Local{}, Dir: host}
+		guest := t.TempDir()
+		_, prebuilt := syncIn(t, g, guest)
+		run(t, guest, nil, "git", "branch", "other")
+		write(t, filepath.Join(guest, "secret.env"), "made by setup\n")
+		write(t, filepath.Join(guest, "main.go"), "changed by setup\n")
+		run(t, guest, nil, "sh", "-c", PrebuildFinishScript(guest, prebuilt))
+		if heads := strings.TrimSpace(run(t, guest, nil, "git", "for-each-ref", "refs/heads/")); heads != "" {
+			t.Fatalf("a finished prebuild keeps branches: %s", heads)
+		}
+		if out, err := exec.Command("git", "-C", guest, "config", "--local", "user.name").CombinedOutput(); err == nil {
+			t.Fatalf("a finished prebuild keeps an author: %s", out)
+		}
+		start, pack := prebuilt, false
+		var stdin bytes.Buffer
+		if later {
+			// The project moved on after the prebuild: a file changed,
+			// one deleted, one added.
+			run(t, host, nil, "sh", "-c", "git add -A && git commit -q -m second && git rm -q package.json && echo new >added.txt && git add -A && git commit -q -m third")
+			var err error
+			if _, start, err = g.Snapshot(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.PackSince(ctx, start, prebuilt, &stdin); err != nil {
+				t.Fatal(err)
+			}
+			var whole bytes.Buffer
+			g.Pack(ctx, start, &whole)
+			if stdin.Len() >= whole.Len() {
+				t.Errorf("the delta pack (%d bytes) is not smaller than the whole history (%d)", stdin.Len(), whole.Len())
+			}
+			pack = true
+		}
+		run(t, guest, &stdin, "sh", "-c", UpdateScript(guest, "fleet/vm-2", start, "vm-2", pack))
+		branches := strings.Fields(run(t, guest, nil, "git", "for-each-ref", "--format=%(refname)", "refs/heads/"))
+		if len(branches) != 1 || branches[0] != "refs/heads/fleet/vm-2" {
+			t.Errorf("later=%v: branches after the update: %v", later, branches)
+		}
+		if got := strings.TrimSpace(run(t, guest, nil, "git", "rev-parse", "refs/fleet/start", "HEAD")); got != start+"\n"+start {
+			t.Errorf("later=%v: refs/fleet/start and HEAD: %q, want %s", later, got, start)
+		}
+		if got := strings.TrimSpace(run(t, guest, nil, "git", "symbolic-ref", "HEAD")); got != "refs/heads/fleet/vm-2" {
+			t.Errorf("later=%v: HEAD is %q", later, got)
+		}
+		if st := strings.TrimSpace(run(t, guest, nil, "git", "status", "--porcelain")); st != "" {
+			t.Errorf("later=%v: the tracked files differ from start: %s", later, st)
+		}
+		if g.TreeOf(ctx, start) != strings.TrimSpace(run(t, guest, nil, "git", "rev-parse", "HEAD^{tree}")) {
+			t.Errorf("later=%v: the tree is not start's", later)
+		}
+		if _, err := os.Stat(filepath.Join(guest, "package.json")); later && err == nil {
+			t.Error("a file deleted after the prebuild is still there")
+		}
+		if b, _ := os.ReadFile(filepath.Join(guest, "secret.env")); string(b) != "made by setup\n" {
+			t.Errorf("later=%v: an ignored file the setup made: %q", later, b)
+		}
+		// One author, which a plain git config can change.
+		run(t, guest, nil, "git", "config", "user.name", "someone")
+		run(t, guest, nil, "git", "config", "user.name", "agent on vm-2")
+		if got := strings.TrimSpace(run(t, guest, nil, "git", "config", "--local", "--get-all", "user.name")); got != "agent on vm-2" {
+			t.Errorf("later=%v: user.name = %q", later, got)
+		}
+	}
+}
+
+// A prebuild whose workspace lost the commit it should hold is not
+// finished: it fails rather than leave clones that cannot update.
+func TestPrebuildFinishFailsWithoutItsCommit(t *testing.T) {
 	host := hostRepo(t)
 	g := Repo{Runner: execx.Local{}, Dir: host}
 	guest := t.TempDir()
-	_, start := syncIn(t, g, guest)
-	run(t, guest, nil, "git", "branch", "other")
-	write(t, filepath.Join(guest, "secret.env"), "made by setup\n")
-	var pack bytes.Buffer
-	if err := g.Pack(context.Background(), start, &pack); err != nil {
-		t.Fatal(err)
-	}
-	run(t, guest, &pack, "sh", "-c", UpdateScript(guest, "fleet/vm-2", start, "vm-2"))
-	branches := strings.Fields(run(t, guest, nil, "git", "for-each-ref", "--format=%(refname)", "refs/heads/"))
-	if len(branches) != 1 || branches[0] != "refs/heads/fleet/vm-2" {
-		t.Errorf("branches after the update: %v", branches)
-	}
-	if got := strings.TrimSpace(run(t, guest, nil, "git", "rev-parse", "refs/fleet/start", "HEAD")); got != start+"\n"+start {
-		t.Errorf("refs/fleet/start and HEAD: %q, want %s", got, start)
-	}
-	if got := strings.TrimSpace(run(t, guest, nil, "git", "config", "user.name")); got != "agent on vm-2" {
-		t.Errorf("user.name = %q", got)
-	}
-	if b, _ := os.ReadFile(filepath.Join(guest, "secret.env")); string(b) != "made by setup\n" {
-		t.Errorf("an ignored file the setup made: %q", b)
+	syncIn(t, g, guest)
+	cmd := exec.Command("sh", "-c", PrebuildFinishScript(guest, strings.Repeat("ab", 20)))
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("finished without its commit: %s", out)
 	}
 }

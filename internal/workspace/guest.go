@@ -41,21 +41,42 @@ func gitConfigValue(v string) string {
 	return `"` + v + `"`
 }
 
-// UpdateScript brings a workspace that already holds the project (a
-// prebuild's, with what its setup made: ignored files such as
-// node_modules stay) to start: the pack on stdin, then branch checked out
-// at start, the tracked files as start has them.
-func UpdateScript(dir, branch, start, vm string) string {
+// PrebuildFinishScript leaves a prebuild's workspace as UpdateScript
+// expects it, before the prebuild is captured: HEAD detached at commit
+// (what the prebuild holds), no branch, no author. Each clone's update is
+// then a few git execs: its branch is new and its author appended, as an
+// unpack does. It fails if commit is not there.
+func PrebuildFinishScript(dir, commit string) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
 git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
-git index-pack --stdin >/dev/null
-git checkout -q -f -B %[2]s %[3]s
-# The other branches go and refs/fleet/start moves in one update-ref.
-{ git for-each-ref --format='%%(refname)' refs/heads/ | while read -r ref; do [ "$ref" = refs/heads/%[2]s ] || echo "delete $ref"; done; echo "update refs/fleet/start %[3]s"; } | git update-ref --stdin
-git config user.name %[4]s
-git config user.email %[5]s
-`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote("agent on "+vm), execx.ShellQuote("agent@"+vm+".fleet"))
+git cat-file -e %[2]s^{tree}
+printf '%%s\n' %[2]s >.git/HEAD
+git for-each-ref --format='delete %%(refname)' refs/heads/ | git update-ref --stdin
+git config --remove-section user 2>/dev/null || true
+`, execx.ShellQuote(dir), execx.ShellQuote(commit))
+}
+
+// UpdateScript brings a prebuild's workspace (PrebuildFinishScript left
+// it detached, with what its setup made: ignored files such as
+// node_modules stay) to start: the pack on stdin if pack (what start has
+// that the prebuild's commit has not; nothing to read when they are the
+// same), then branch checked out at start, the tracked files as start
+// has them, and the machine's author. Three git execs at most: each is a
+// fraction of a second in a guest under emulation, four at once.
+func UpdateScript(dir, branch, start, vm string, pack bool) string {
+	indexPack := ""
+	if pack {
+		indexPack = "git index-pack --stdin >/dev/null\n"
+	}
+	return fmt.Sprintf(`set -e
+cd %[1]s
+git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+%[6]sprintf 'update refs/heads/%%s %%s\nupdate refs/fleet/start %%s\n' %[2]s %[3]s %[3]s | git update-ref --stdin
+printf 'ref: refs/heads/%%s\n' %[2]s >.git/HEAD
+git reset -q --hard
+printf '[user]\n\tname = %%s\n\temail = %%s\n' %[4]s %[5]s >>.git/config
+`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")), indexPack)
 }
 
 // StateScript prints the VM's HEAD and the tree of its working tree,
