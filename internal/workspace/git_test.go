@@ -522,10 +522,22 @@ func TestUpdateMovesAPrebuildsWorkspaceToStart(t *testing.T) {
 		_, prebuilt := syncIn(t, g, guest)
 		run(t, guest, nil, "git", "branch", "other")
 		write(t, filepath.Join(guest, "secret.env"), "made by setup\n")
-		write(t, filepath.Join(guest, "main.go"), "changed by setup\n")
+		// A hostile setup: a tracked file changed, a tag, a replace ref
+		// that would show every clone other content for main.go, an
+		// exclude hiding every new file from collect, an attribute, and a
+		// flag hiding edits to .gitignore.
+		run(t, guest, nil, "sh", "-c", `set -e
+echo 'changed by setup' >main.go
+git tag -a -m t v1
+evil=$(echo 'package evil' | git hash-object -w --stdin)
+git replace "$(git rev-parse HEAD:main.go)" "$evil"
+echo '*' >>.git/info/exclude
+echo '* text eol=crlf' >.git/info/attributes
+git update-index --assume-unchanged .gitignore
+git config filter.x.smudge false`)
 		run(t, guest, nil, "sh", "-c", PrebuildFinishScript(guest, prebuilt))
-		if heads := strings.TrimSpace(run(t, guest, nil, "git", "for-each-ref", "refs/heads/")); heads != "" {
-			t.Fatalf("a finished prebuild keeps branches: %s", heads)
+		if refs := strings.TrimSpace(run(t, guest, nil, "git", "for-each-ref")); refs != "" {
+			t.Fatalf("a finished prebuild keeps refs: %s", refs)
 		}
 		if out, err := exec.Command("git", "-C", guest, "config", "--local", "user.name").CombinedOutput(); err == nil {
 			t.Fatalf("a finished prebuild keeps an author: %s", out)
@@ -551,10 +563,44 @@ func TestUpdateMovesAPrebuildsWorkspaceToStart(t *testing.T) {
 			pack = true
 		}
 		run(t, guest, &stdin, "sh", "-c", UpdateScript(guest, "fleet/vm-2", start, "vm-2", pack))
-		branches := strings.Fields(run(t, guest, nil, "git", "for-each-ref", "--format=%(refname)", "refs/heads/"))
-		if len(branches) != 1 || branches[0] != "refs/heads/fleet/vm-2" {
-			t.Errorf("later=%v: branches after the update: %v", later, branches)
+		if later {
+			// Run again (a retried bring-in): still one author.
+			run(t, guest, nil, "sh", "-c", UpdateScript(guest, "fleet/vm-2", start, "vm-2", false))
 		}
+		refs := strings.Fields(run(t, guest, nil, "git", "for-each-ref", "--format=%(refname)"))
+		if len(refs) != 2 || refs[0] != "refs/fleet/start" || refs[1] != "refs/heads/fleet/vm-2" {
+			t.Errorf("later=%v: refs after the update: %v", later, refs)
+		}
+		for key, want := range map[string]string{"user.name": "agent on vm-2", "user.email": "agent@vm-2.fleet"} {
+			if got := strings.TrimSpace(run(t, guest, nil, "git", "config", "--local", "--get-all", key)); got != want {
+				t.Errorf("later=%v: %s = %q, want %q once", later, key, got, want)
+			}
+		}
+		if b, _ := os.ReadFile(filepath.Join(guest, "main.go")); string(b) != strings.TrimSpace(run(t, host, nil, "git", "show", start+":main.go"))+"\n" {
+			t.Errorf("later=%v: main.go is %q, not start's", later, b)
+		}
+		// What the agent then does is seen: a new file and an edit to
+		// the file the setup flagged.
+		write(t, filepath.Join(guest, "agent-new.txt"), "x\n")
+		write(t, filepath.Join(guest, ".gitignore"), "secret.env\n# edited by the agent\n")
+		// A replace ref of the agent's own standing in for HEAD with a
+		// commit of the working tree would make the work look committed.
+		run(t, guest, nil, "sh", "-c", `git add -A && fake=$(git commit-tree -p HEAD -m fake "$(git write-tree)") && git reset -q && git replace HEAD "$fake"`)
+		st, err := ParseState([]byte(run(t, guest, nil, "sh", "-c", StateScript(guest, "vm-2", true))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := run(t, guest, nil, "git", "ls-tree", "-r", "--name-only", st.Tree)
+		if !strings.Contains(files, "agent-new.txt") {
+			t.Errorf("later=%v: a new file the agent made is not in the state's tree: %s", later, files)
+		}
+		if got := run(t, guest, nil, "git", "cat-file", "-p", st.Tree+":.gitignore"); !strings.Contains(got, "edited by the agent") {
+			t.Errorf("later=%v: the agent's edit of a file the setup flagged is not in the state's tree: %q", later, got)
+		}
+		if st.Tip == st.Head {
+			t.Errorf("later=%v: the agent's uncommitted work was taken as committed (a replace ref was followed)", later)
+		}
+		run(t, guest, nil, "sh", "-c", "git replace -d HEAD && rm agent-new.txt && git checkout -q -- .gitignore")
 		if got := strings.TrimSpace(run(t, guest, nil, "git", "rev-parse", "refs/fleet/start", "HEAD")); got != start+"\n"+start {
 			t.Errorf("later=%v: refs/fleet/start and HEAD: %q, want %s", later, got, start)
 		}
@@ -575,10 +621,6 @@ func TestUpdateMovesAPrebuildsWorkspaceToStart(t *testing.T) {
 		}
 		// One author, which a plain git config can change.
 		run(t, guest, nil, "git", "config", "user.name", "someone")
-		run(t, guest, nil, "git", "config", "user.name", "agent on vm-2")
-		if got := strings.TrimSpace(run(t, guest, nil, "git", "config", "--local", "--get-all", "user.name")); got != "agent on vm-2" {
-			t.Errorf("later=%v: user.name = %q", later, got)
-		}
 	}
 }
 

@@ -16,6 +16,12 @@ const GuestDir = "/workspace"
 // controls everything there, so their output is only ever parsed as data
 // (object names checked with IsObjectID) and never executed on the host.
 
+// guestGit is the git the scripts below run in a VM: no fsmonitor
+// program or hook of the agent's (or of a prebuild's setup) runs, and no
+// replace ref stands in for an object, so what a script reports and
+// checks out is what the objects hold.
+const guestGit = `git() { command git --no-replace-objects -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }`
+
 // UnpackScript makes dir a clone on branch from a pack on stdin: the
 // objects, the branch at start, refs/fleet/start marking where the agent
 // began, and a checkout. No remote, no host hooks, no host config. Each
@@ -43,17 +49,24 @@ func gitConfigValue(v string) string {
 
 // PrebuildFinishScript leaves a prebuild's workspace as UpdateScript
 // expects it, before the prebuild is captured: HEAD detached at commit
-// (what the prebuild holds), no branch, no author. Each clone's update is
+// (what the prebuild holds), no ref at all, the config git init makes (no
+// author), and none of the files by which the setup's commands could
+// change what every clone checks out or collects: grafts, attributes,
+// excludes, a sparse checkout, flags in the index. Each clone's update is
 // then a few git execs: its branch is new and its author appended, as an
 // unpack does. It fails if commit is not there.
 func PrebuildFinishScript(dir, commit string) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
-git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+`+guestGit+`
 git cat-file -e %[2]s^{tree}
 printf '%%s\n' %[2]s >.git/HEAD
-git for-each-ref --format='delete %%(refname)' refs/heads/ | git update-ref --stdin
-git config --remove-section user 2>/dev/null || true
+git for-each-ref --format='delete %%(refname)' | git update-ref --stdin
+printf '[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n' >.git/config
+rm -f .git/info/grafts .git/info/attributes .git/info/exclude .git/info/sparse-checkout
+# A fresh index (read-tree without --reset keeps no entry's flags).
+git read-tree %[2]s
+git update-index -q --refresh >/dev/null || true
 `, execx.ShellQuote(dir), execx.ShellQuote(commit))
 }
 
@@ -63,7 +76,9 @@ git config --remove-section user 2>/dev/null || true
 // that the prebuild's commit has not; nothing to read when they are the
 // same), then branch checked out at start, the tracked files as start
 // has them, and the machine's author. Three git execs at most: each is a
-// fraction of a second in a guest under emulation, four at once.
+// fraction of a second in a guest under emulation, four at once. An
+// author already there (an update run again, or a prebuild of an older
+// fleet's) is removed first, found by the shell alone.
 func UpdateScript(dir, branch, start, vm string, pack bool) string {
 	indexPack := ""
 	if pack {
@@ -71,10 +86,13 @@ func UpdateScript(dir, branch, start, vm string, pack bool) string {
 	}
 	return fmt.Sprintf(`set -e
 cd %[1]s
-git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+`+guestGit+`
 %[6]sprintf 'update refs/heads/%%s %%s\nupdate refs/fleet/start %%s\n' %[2]s %[3]s %[3]s | git update-ref --stdin
 printf 'ref: refs/heads/%%s\n' %[2]s >.git/HEAD
 git reset -q --hard
+author=
+while IFS= read -r line; do case $line in \[user\]*) author=1 ;; esac; done <.git/config
+[ -z "$author" ] || git config --remove-section user
 printf '[user]\n\tname = %%s\n\temail = %%s\n' %[4]s %[5]s >>.git/config
 `, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")), indexPack)
 }
@@ -92,7 +110,7 @@ func StateScript(dir, vm string, commit bool) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
 # The agent's own fsmonitor or hooks would run (and write files) here.
-git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+`+guestGit+`
 export GIT_AUTHOR_NAME=%[2]s GIT_AUTHOR_EMAIL=%[3]s GIT_COMMITTER_NAME=%[2]s GIT_COMMITTER_EMAIL=%[3]s
 head=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
 idx=$(mktemp -u)
@@ -169,7 +187,7 @@ func ForkLabel(source string) string {
 func ForkScript(dir, branch, source, vm string, at int64) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
-git() { command git -c core.fsmonitor=false -c core.hooksPath=/dev/null "$@"; }
+`+guestGit+`
 if cur=$(git symbolic-ref -q --short HEAD); then
   [ "$cur" = %[2]s ] || git branch -M "$cur" %[2]s
 else
