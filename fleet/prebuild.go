@@ -183,6 +183,8 @@ type hostPrebuildRecord struct {
 	NodeKey   string    `json:"node_key"`
 	Host      string    `json:"host"`
 	CreatedAt time.Time `json:"created_at"`
+	// Commit is the commit its workspace holds (git mode).
+	Commit string `json:"commit,omitempty"`
 }
 
 func hostPrebuildRecordPath(img images.Image, key string) string {
@@ -218,7 +220,7 @@ func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remak
 		r, ok := loadHostPrebuildRecord(img, key)
 		if ok && !remake {
 			res.Host, res.NodeKey = r.Host, r.NodeKey
-			res.Template.TemplateMetaInfo = images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: r.CreatedAt, Kind: images.KindPrebuild}
+			res.Template.TemplateMetaInfo = images.TemplateMetaInfo{Key: key, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, CreatedAt: r.CreatedAt, Kind: images.KindPrebuild, Commit: r.Commit}
 		}
 		return ok && !remake
 	}
@@ -241,7 +243,7 @@ func (tp Templates) hostPrebuild(ctx context.Context, req PrebuildRequest, remak
 	if err != nil {
 		return res, err
 	}
-	b, _ := json.Marshal(hostPrebuildRecord{Key: key, NodeKey: nodeKey, Host: host, CreatedAt: t.CreatedAt})
+	b, _ := json.Marshal(hostPrebuildRecord{Key: key, NodeKey: nodeKey, Host: host, CreatedAt: t.CreatedAt, Commit: t.Commit})
 	if err := WriteFileAtomic(hostPrebuildRecordPath(img, key), append(b, '\n'), 0o600); err != nil {
 		return res, err
 	}
@@ -498,10 +500,12 @@ func hostPrebuilt(m *Machine, rt vm.Runtime, was string) string {
 // spawnHostPrebuild is the key of the prebuild a HostWarmer's machines
 // of req restore from on the hosts that hold it, made first (on one host)
 // if this host knows of none; "" (said why) when the project has none.
-func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest, mayMake bool) string {
+// commit is what its workspace holds (git mode), the key's alone: a
+// remade prebuild has another key.
+func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest, mayMake bool) (nodeKey, commit string) {
 	preq, ok := spawnPrebuildRequest(req)
 	if !ok {
-		return ""
+		return "", ""
 	}
 	// A spawn that lets queued machines wait does not itself wait long for
 	// the prebuild's job: its machines then run the setup.
@@ -512,12 +516,12 @@ func (tp Templates) spawnHostPrebuild(ctx context.Context, req SpawnRequest, may
 	res, err := tp.hostPrebuild(ctx, preq, false, mayMake)
 	if err != nil {
 		tp.c.say("no prebuild, so each machine runs the setup: %v", err)
-		return ""
+		return "", ""
 	}
 	if !res.Made {
 		tp.c.say("machines landing on %s, where the prebuild of %s is (%s old), restore it and skip the setup; elsewhere they run it", res.Host, filepath.Base(req.Workspace.Dir), time.Since(res.Template.CreatedAt).Round(time.Second))
 	}
-	return res.NodeKey
+	return res.NodeKey, res.Template.Commit
 }
 
 // PrebuildKey is the project's prebuild key for the warm template key

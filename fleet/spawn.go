@@ -108,12 +108,14 @@ func (c *Controller) Spawn(ctx context.Context, req SpawnRequest) ([]*Machine, e
 	var tpl *images.Template
 	if vm.WarmsOnHost(c.Driver) {
 		hw := c.Templates().hostWarm(req)
-		pre := ""
+		pre, commit := "", ""
 		if hw != vm.HostWarmOff {
-			pre = c.Templates().spawnHostPrebuild(ctx, req, hw == vm.HostWarmMake)
+			pre, commit = c.Templates().spawnHostPrebuild(ctx, req, hw == vm.HostWarmMake)
 		}
 		for _, m := range machines {
-			m.HostWarm, m.HostPrebuild = hw, pre
+			// The commit counts only if its host restores the prebuild
+			// (hostPrebuilt marks Prebuild then).
+			m.HostWarm, m.HostPrebuild, m.PrebuildCommit = hw, pre, commit
 		}
 	} else {
 		tpl = c.warmTemplate(ctx, req, netRec)
