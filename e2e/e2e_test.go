@@ -103,6 +103,17 @@ func fleet(t *testing.T, timeout time.Duration, args ...string) result {
 
 func fleetWithEnv(t *testing.T, timeout time.Duration, env []string, args ...string) result {
 	t.Helper()
+	if len(args) > 0 && args[0] == "destroy" && t.Failed() {
+		// A failed test's destroy (deferred, before its cleanups) would
+		// take the consoles its cleanup prints.
+		home := fleetHome
+		for _, e := range env {
+			if v, ok := strings.CutPrefix(e, "FLEET_HOME="); ok {
+				home = v
+			}
+		}
+		dumpFleetConsoles(t, home, flagValue(args, "--name"))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, fleetBin, args...)
@@ -187,12 +198,29 @@ func noImage() bool { return os.Getenv("FLEET_E2E_NO_IMAGE") == "1" }
 func dumpConsoles(t *testing.T) { dumpConsolesIn(t, fleetHome) }
 
 // dumpConsolesIn is dumpConsoles for a test's own FLEET_HOME.
-func dumpConsolesIn(t *testing.T, home string) {
+func dumpConsolesIn(t *testing.T, home string) { dumpFleetConsoles(t, home, "") }
+
+// flagValue is the value after flag in args, "" if none.
+func flagValue(args []string, flag string) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// dumpFleetConsoles prints the console tails of the named fleet's
+// machines in home (every fleet's with name ""), if t failed.
+func dumpFleetConsoles(t *testing.T, home, name string) {
 	if !t.Failed() {
 		return
 	}
-	logs, _ := filepath.Glob(filepath.Join(home, "fleets", "*", "machines", "*", "serial.log"))
-	kept, _ := filepath.Glob(filepath.Join(home, "fleets", "*", "rolled-back", "*.serial.log"))
+	if name == "" {
+		name = "*"
+	}
+	logs, _ := filepath.Glob(filepath.Join(home, "fleets", name, "machines", "*", "serial.log"))
+	kept, _ := filepath.Glob(filepath.Join(home, "fleets", name, "rolled-back", "*.serial.log"))
 	for _, l := range append(logs, kept...) {
 		b, _ := os.ReadFile(l)
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
