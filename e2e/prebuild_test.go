@@ -43,7 +43,7 @@ func TestPrebuild(t *testing.T) {
 	os.WriteFile(filepath.Join(repo, "package.json"), []byte(`{"name":"p","version":"1.0.0","dependencies":{"is-number":"7.0.0"}}`), 0o644)
 	os.WriteFile(filepath.Join(repo, "package-lock.json"), []byte(prebuildLock), 0o644)
 	os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("node_modules/\n"), 0o644)
-	os.WriteFile(filepath.Join(repo, "fleet.hcl"), []byte(`setup = ["npm ci --no-audit --no-fund", "echo ran >> ~/setup-ran"]
+	os.WriteFile(filepath.Join(repo, "fleet.hcl"), []byte(`setup = ["npm ci --no-audit --no-fund", "echo ran >> ~/setup-ran", "touch setup-left.txt"]
 egress {
   allow = ["registry.npmjs.org"]
 }
@@ -74,6 +74,10 @@ profile "probe" {
 		r := run(bootDeadline, "prebuild", "--json", "--project", repo)
 		if r.code != 0 {
 			t.Fatalf("prebuild: %s", r.stderr)
+		}
+		// A file the setup made that git does not ignore is named.
+		if strings.Contains(r.stderr, "setup done") && !strings.Contains(r.stderr, "warning: the setup left setup-left.txt, which git does not ignore") {
+			t.Errorf("no warning about the file the setup left:\n%s", r.stderr)
 		}
 		var out prebuildOut
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Template.Dir == "" {
@@ -111,9 +115,9 @@ profile "probe" {
 	in(3*time.Minute, "wait", "--all")
 	for _, vm := range []string{"pb-1", "pb-2"} {
 		out := in(time.Minute, "exec", vm, "--", "sh", "-c", "cd /workspace && cat node_modules/is-number/package.json | grep -c '\"version\": \"7.0.0\"'; cat later.txt; git log --format=%s | head -1; git status --porcelain; cat ~/setup-ran ~/agent-saw; git symbolic-ref HEAD; git config --local --get-all user.name; git for-each-ref --format='%(refname)' refs/heads/; echo x > /workspace/scratch-"+vm).stdout
-		want := "1\nlater\nsecond\nran\nis-number\n1\nrefs/heads/fleet/" + vm + "\nagent on " + vm + "\nrefs/heads/fleet/" + vm + "\n"
+		want := "1\nlater\nsecond\n?? setup-left.txt\nran\nis-number\n1\nrefs/heads/fleet/" + vm + "\nagent on " + vm + "\nrefs/heads/fleet/" + vm + "\n"
 		if out != want {
-			t.Errorf("%s: %q, want %q (node_modules in place, the new commit, a clean tree, setup run once, before the agent too; on its own branch, the only one, with one author)", vm, out, want)
+			t.Errorf("%s: %q, want %q (node_modules in place, the new commit, a clean tree but for what setup left, setup run once, before the agent too; on its own branch, the only one, with one author)", vm, out, want)
 		}
 	}
 

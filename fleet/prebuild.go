@@ -368,11 +368,23 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 	// Nothing of the fleet's stays in it: the key it was reached with.
 	// A git workspace is left as each clone's update expects it.
 	finish := "rm -f ~/.ssh/authorized_keys; sync"
-	if p != nil && p.req.Mode == SyncGit {
+	git := p != nil && p.req.Mode == SyncGit
+	if git {
 		finish = workspace.PrebuildFinishScript(workspace.GuestDir, p.start) + finish
 	}
-	if _, err := c.Guests().guestRun(ctx, m, "finish the prebuild", finish, nil); err != nil {
+	out, err := c.Guests().guestRun(ctx, m, "finish the prebuild", finish, nil)
+	if err != nil {
 		return images.Template{}, "", fmt.Errorf("prebuild: %w", err)
+	}
+	if git {
+		if left, cut := workspace.ParseUntracked(out); len(left) > 0 {
+			them := "them"
+			if len(left) == 1 && !cut {
+				them = "it"
+			}
+			c.say("prebuild of %s: warning: the setup left %s, which git does not ignore: every agent's diff will show %s as its own change (add %s to .gitignore)",
+				project, untrackedList(left, cut), them, them)
+		}
 	}
 	c.Guests().sshPool().Drop(m.Name)
 	info := vm.PrebuildInfo{Project: project, Setup: req.Project.SetupCommands(), Inputs: inputs, InputsDigest: digest, SetupSec: setupTook.Seconds()}
@@ -393,6 +405,26 @@ func (tp Templates) makePrebuild(ctx context.Context, req PrebuildRequest, wt *i
 	}
 	c.say("prebuild of %s ready in %s (%d MiB): spawns restore it and skip the setup", project, time.Since(t0).Round(time.Second), t.Bytes>>20)
 	return t, "", nil
+}
+
+// untrackedList names the first few of paths, cleaned for the terminal.
+func untrackedList(paths []string, cut bool) string {
+	const shown = 5
+	var names []string
+	for i, p := range paths {
+		if i == shown {
+			break
+		}
+		names = append(names, termsafe.Text(p))
+	}
+	list := strings.Join(names, ", ")
+	switch more := len(paths) - len(names); {
+	case cut:
+		list += " and more"
+	case more > 0:
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
 }
 
 // prebuildMeta is what a prebuild of key records, made on the warm

@@ -636,3 +636,28 @@ func TestPrebuildFinishFailsWithoutItsCommit(t *testing.T) {
 		t.Fatalf("finished without its commit: %s", out)
 	}
 }
+
+// A finished prebuild names what the setup left that git does not
+// ignore (a folder once), and nothing that is ignored; a list cut short
+// says so.
+func TestPrebuildFinishListsWhatTheSetupLeftUnignored(t *testing.T) {
+	host := hostRepo(t)
+	g := Repo{Runner: execx.Local{}, Dir: host}
+	guest := t.TempDir()
+	_, start := syncIn(t, g, guest)
+	write(t, filepath.Join(guest, "secret.env"), "ignored\n")
+	write(t, filepath.Join(guest, ".venv", "bin", "python"), "x\n")
+	write(t, filepath.Join(guest, ".venv", "lib", "a.py"), "x\n")
+	write(t, filepath.Join(guest, "build\x1b]0;x\a.log"), "x\n")
+	left, cut := ParseUntracked([]byte(run(t, guest, nil, "sh", "-c", PrebuildFinishScript(guest, start))))
+	want := []string{".venv/", "build\x1b]0;x\a.log"}
+	if cut || strings.Join(left, "|") != strings.Join(want, "|") {
+		t.Errorf("left %q (cut %v), want %q", left, cut, want)
+	}
+	if left, cut := ParseUntracked([]byte("a\x00b\x00partial")); !cut || strings.Join(left, "|") != "a|b" {
+		t.Errorf("a cut list: %q %v", left, cut)
+	}
+	if left, cut := ParseUntracked(nil); cut || len(left) != 0 {
+		t.Errorf("nothing left: %q %v", left, cut)
+	}
+}

@@ -67,7 +67,30 @@ rm -f .git/info/grafts .git/info/attributes .git/info/exclude .git/info/sparse-c
 # A fresh index (read-tree without --reset keeps no entry's flags).
 git read-tree %[2]s
 git update-index -q --refresh >/dev/null || true
-`, execx.ShellQuote(dir), execx.ShellQuote(commit))
+# What the setup left that git does not ignore (every agent's diff would
+# show it), NUL-separated, a bounded head of it.
+git ls-files -z --others --exclude-standard --directory | head -c %[3]d
+`, execx.ShellQuote(dir), execx.ShellQuote(commit), untrackedHead)
+}
+
+// untrackedHead bounds how much of PrebuildFinishScript's list of paths
+// the guest sends.
+const untrackedHead = 16 << 10
+
+// ParseUntracked reads PrebuildFinishScript's output: the paths, raw (a
+// caller cleans them before showing them), and whether the list was cut
+// (a last path without its NUL is dropped).
+func ParseUntracked(out []byte) (paths []string, cut bool) {
+	parts := bytes.Split(out, []byte{0})
+	if last := parts[len(parts)-1]; len(last) > 0 {
+		cut = true
+	}
+	for _, p := range parts[:len(parts)-1] {
+		if len(p) > 0 {
+			paths = append(paths, string(p))
+		}
+	}
+	return paths, cut
 }
 
 // UpdateScript brings a prebuild's workspace (PrebuildFinishScript left
