@@ -415,7 +415,7 @@ func untrackedList(paths []string, cut bool) string {
 		if i == shown {
 			break
 		}
-		names = append(names, termsafe.Text(p))
+		names = append(names, termsafe.Line(p))
 	}
 	list := strings.Join(names, ", ")
 	switch more := len(paths) - len(names); {
