@@ -34,10 +34,22 @@ cd %[1]s
 for f in * .[!.]* ..?*; do if [ -e "$f" ] || [ -L "$f" ]; then echo "%[1]s is not empty" >&2; exit 3; fi; done
 git init -q -b %[2]s .
 git index-pack --stdin >/dev/null
-printf 'update refs/heads/%%s %%s\nupdate refs/fleet/start %%s\n' %[2]s %[3]s %[3]s | git update-ref --stdin
-git reset -q --hard
-printf '[user]\n\tname = %%s\n\temail = %%s\n' %[4]s %[5]s >>.git/config
-`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")))
+%[3]sgit reset -q --hard
+%[4]s`, execx.ShellQuote(dir), execx.ShellQuote(branch), setRefs(branch, start), appendAuthor(vm))
+}
+
+// setRefs is the shell line that points branch and refs/fleet/start at
+// start, in one update-ref.
+func setRefs(branch, start string) string {
+	return fmt.Sprintf("printf 'update refs/heads/%%s %%s\\nupdate refs/fleet/start %%s\\n' %s %s %s | git update-ref --stdin\n", execx.ShellQuote(branch), start, start)
+}
+
+// appendAuthor is the shell line that makes vm's agent the author in the
+// repository's own config (a config without one: printf, not an exec of
+// git config).
+func appendAuthor(vm string) string {
+	return fmt.Sprintf("printf '[user]\\n\\tname = %%s\\n\\temail = %%s\\n' %s %s >>.git/config\n",
+		execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")))
 }
 
 // gitConfigValue quotes v for a git config file: in double quotes, with
@@ -110,14 +122,12 @@ func UpdateScript(dir, branch, start, vm string, pack bool) string {
 	return fmt.Sprintf(`set -e
 cd %[1]s
 `+guestGit+`
-%[6]sprintf 'update refs/heads/%%s %%s\nupdate refs/fleet/start %%s\n' %[2]s %[3]s %[3]s | git update-ref --stdin
-printf 'ref: refs/heads/%%s\n' %[2]s >.git/HEAD
+%[3]s%[4]sprintf 'ref: refs/heads/%%s\n' %[2]s >.git/HEAD
 git reset -q --hard
 author=
 while IFS= read -r line; do case $line in \[user\]*) author=1 ;; esac; done <.git/config
 [ -z "$author" ] || git config --remove-section user
-printf '[user]\n\tname = %%s\n\temail = %%s\n' %[4]s %[5]s >>.git/config
-`, execx.ShellQuote(dir), execx.ShellQuote(branch), start, execx.ShellQuote(gitConfigValue("agent on "+vm)), execx.ShellQuote(gitConfigValue("agent@"+vm+".fleet")), indexPack)
+%[5]s`, execx.ShellQuote(dir), execx.ShellQuote(branch), indexPack, setRefs(branch, start), appendAuthor(vm))
 }
 
 // StateScript prints the VM's HEAD and the tree of its working tree,
