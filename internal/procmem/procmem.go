@@ -151,11 +151,13 @@ func ReadPID(procRoot string, pid int) (*Usage, error) {
 
 // mapping is the one being read.
 type mapping struct {
-	size   uint64
-	path   string
-	anon   bool
-	rw     bool
-	counts Counts
+	start, size uint64
+	offset      uint64 // in its file
+	path        string
+	anon        bool
+	rw          bool
+	private     bool // MAP_PRIVATE: written pages are copies of the mapper's own
+	counts      Counts
 }
 
 // Read parses smaps text. A line of a counted field that is not a
@@ -301,7 +303,11 @@ func header(line []byte) (m mapping, ok bool, err error) {
 	}
 	path := strings.TrimLeft(rest, " \t")
 	path = strings.TrimSuffix(path, " (deleted)")
-	m = mapping{size: end - start, rw: f[1] == "rw-p"}
+	off, err := strconv.ParseUint(f[2], 16, 64)
+	if err != nil || !hexDigits(f[2]) {
+		return mapping{}, false, fmt.Errorf("bad file offset %q", clip(f[2]))
+	}
+	m = mapping{start: start, size: end - start, offset: off, rw: f[1] == "rw-p", private: f[1][3] == 'p'}
 	switch {
 	case path == "", path == "[heap]", strings.HasPrefix(path, "[stack"), strings.HasPrefix(path, "[anon"):
 		m.anon = true
