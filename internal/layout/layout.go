@@ -44,6 +44,7 @@ const (
 	VirtiofsFile   = "virtiofs.sock"   // virtiofsd's socket, --sync shared
 	VirtiofsdLog   = "virtiofsd.log"   // virtiofsd's own log
 	SuspendFile    = "suspend.state"   // RAM and device state of a suspended machine
+	CompactFile    = "compact.state"   // device state and written RAM handed to a machine's next process while it is compacted, then removed
 	VirtualBoxRec  = "virtualbox.json" // the VirtualBox VM's name and SSH port
 	SlurmJobFile   = "slurm-job.json"  // the Slurm driver's job id, node and SSH address (controller side)
 	SlurmSeedFile  = "slurm-seed.json" // the identity seed Create was given, for the node when the job runs (as seed.iso is, owner-only)

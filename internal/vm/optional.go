@@ -71,6 +71,41 @@ func Capture(ctx context.Context, d Driver, s Spec, dir string) (Captured, error
 	return f.Capture(ctx, s, dir)
 }
 
+// Compactor moves a running machine into a fresh hypervisor process
+// that holds only what the machine needs now: what the old process built
+// up for itself (under emulation, the code it translated; its heap) is
+// given back, and of the guest's RAM only the pages it wrote since its
+// template are the new process's own. The machine stands still for about
+// a second and goes on where it was; its SSH port and host key stay.
+type Compactor interface {
+	// Compact moves s into a new process. It refuses (ErrBusy) while s
+	// has a TCP connection open through its user-mode network, which the
+	// move would cut. On failure s goes on in its old process.
+	Compact(ctx context.Context, s Spec) (Compacted, error)
+}
+
+// ErrBusy is wrapped by Compact's refusal of a machine with open
+// connections: try again later.
+var ErrBusy = errors.New("it has connections open")
+
+// Compacted is what a compaction measured.
+type Compacted struct {
+	PID    int           // the new process
+	Paused time.Duration // how long the machine stood still
+	// KeptBytes is the guest RAM carried over as the machine's own: the
+	// pages it had written since its template.
+	KeptBytes int64
+}
+
+// Compact compacts s with d, or says d cannot.
+func Compact(ctx context.Context, d Driver, s Spec) (Compacted, error) {
+	c, ok := d.(Compactor)
+	if !ok {
+		return Compacted{}, fmt.Errorf("the %s driver cannot compact a machine (%w): its machines' memory is the hypervisor's", d.Name(), ErrNotSupported)
+	}
+	return c.Compact(ctx, s)
+}
+
 // SyncTemplate writes a template's memory and state files to disk.
 func SyncTemplate(t Template) error {
 	for _, path := range []string{t.Memory, t.State} {

@@ -64,6 +64,13 @@ type MachineArgs struct {
 	// Incoming starts the machine waiting for saved state (-incoming
 	// defer) instead of booting.
 	Incoming bool
+	// StayPaused keeps a guest whose state was loaded stopped until a
+	// cont (-S with -incoming): a compaction's new process, which must not
+	// run the guest before its old process is out of the way.
+	StayPaused bool
+	// NoSSHForward leaves the SSH port forward out (hostfwd_add adds it
+	// later): a compaction's new process takes over the old one's port.
+	NoSSHForward bool
 	// MemoryFile, if set, backs the guest's RAM with a file. Shared, the
 	// guest writes its RAM into it (a machine becoming a warm template);
 	// private, the guest starts from the file's pages and its writes stay
@@ -97,7 +104,10 @@ type Forward struct {
 // netdevArgs is the user-mode network: SSH forwarded from a host port on
 // loopback and, when restricted, nothing else but the forwards.
 func netdevArgs(m MachineArgs) string {
-	s := fmt.Sprintf("user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", m.SSHHostPort)
+	s := "user,id=net0"
+	if !m.NoSSHForward {
+		s += fmt.Sprintf(",hostfwd=%s", sshForward(m.SSHHostPort))
+	}
 	if m.Restrict {
 		s += ",restrict=on,ipv6=off"
 	}
@@ -106,6 +116,10 @@ func netdevArgs(m MachineArgs) string {
 	}
 	return s
 }
+
+// sshForward is the SSH port forward's rule: the host's loopback port
+// (0: any free one) to the guest's 22.
+func sshForward(port int) string { return fmt.Sprintf("tcp:127.0.0.1:%d-:22", port) }
 
 // SystemArgs builds the qemu-system-x86_64 or qemu-system-aarch64
 // argument list. It is a pure function so it can be table-tested.
@@ -164,7 +178,7 @@ func SystemArgs(m MachineArgs) []string {
 	case m.Kernel != "":
 		args = append(args, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", m.Append)
 	}
-	if m.Paused && !m.Incoming {
+	if m.Paused && !m.Incoming || m.StayPaused && m.Incoming {
 		args = append(args, "-S")
 	}
 	if m.Incoming {

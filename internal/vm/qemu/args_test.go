@@ -38,6 +38,7 @@ func TestSystemArgs(t *testing.T) {
 		{"ssh port 0 lets qemu choose", func(m *MachineArgs) {}, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"}},
 		{"explicit ssh port", func(m *MachineArgs) { m.SSHHostPort = 2222 }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"}},
 		{"restricted: no route out, no IPv6", func(m *MachineArgs) { m.Restrict = true }, "-netdev", []string{"user,id=net0,hostfwd=tcp:127.0.0.1:0-:22,restrict=on,ipv6=off"}},
+		{"a compaction's new process: no SSH forward yet", func(m *MachineArgs) { m.NoSSHForward, m.Restrict = true, true }, "-netdev", []string{"user,id=net0,restrict=on,ipv6=off"}},
 		{"forwards run a command per connection, commas escaped", func(m *MachineArgs) {
 			m.Restrict = true
 			m.Forwards = []Forward{{Port: 3128, Command: "'/usr/bin/fleet' '__proxy' 'egress' '/f/a,b'"}, {Port: 3129, Command: "x"}}
@@ -172,6 +173,25 @@ func TestResumeDiffersOnlyByIncoming(t *testing.T) {
 	resumed := SystemArgs(m)
 	if !slices.Equal(resumed[:len(saved)], saved) || !slices.Equal(resumed[len(saved):], []string{"-incoming", "defer"}) {
 		t.Errorf("resumed args differ beyond -incoming:\n%q\n%q", saved, resumed)
+	}
+}
+
+// A compaction's new process loads its state and stays stopped (-S):
+// it must not run the guest while the old process may go on.
+func TestStayPausedOnlyWithIncoming(t *testing.T) {
+	m := MachineArgs{Name: "p-1", Accel: AccelTCG, CPUs: 1, MemoryMiB: 1024, Disk: "/f/disk.qcow2", Seed: "/f/seed.iso", QMPSocket: "/f/qmp.sock", SerialLog: "/f/serial.log", PIDFile: "/f/qemu.pid"}
+	for _, c := range []struct {
+		incoming, paused, stay, want bool
+	}{
+		{false, false, false, false}, {true, false, false, false}, {true, false, true, true},
+		// A restore whose console logger must listen first still runs
+		// once loaded; a boot so started is continued by the logger.
+		{true, true, false, false}, {false, true, false, true},
+	} {
+		m.Incoming, m.Paused, m.StayPaused = c.incoming, c.paused, c.stay
+		if got := slices.Contains(SystemArgs(m), "-S"); got != c.want {
+			t.Errorf("incoming %v paused %v stay %v: -S %v, want %v", c.incoming, c.paused, c.stay, got, c.want)
+		}
 	}
 }
 

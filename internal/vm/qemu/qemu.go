@@ -195,30 +195,16 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		}
 		return st.Runtime, nil
 	}
-	sock := qmpPath(s.Dir)
-	pidf := filepath.Join(s.Dir, PIDFile)
+	ma, err := d.machineArgs(s)
+	if err != nil {
+		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	sock, pidf := ma.QMPSocket, ma.PIDFile
 	_ = os.Remove(sock)
 	_ = os.Remove(pidf)
-	ma := MachineArgs{
-		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
-		Disk: disk, Seed: filepath.Join(s.Dir, SeedFile),
-		QMPSocket: sock, GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: pidf,
-		Restrict: s.Network.Restrict,
-	}
-	if len(d.ConsoleCommand) > 0 {
-		ma.ConsoleSocket = socketPath(s.Dir, layout.ConsoleSocket, ".con")
+	if ma.ConsoleSocket != "" {
 		_ = os.Remove(ma.ConsoleSocket)
 		ma.Paused = true // until the logger listens
-	}
-	if s.Arch.Or() == vm.ARM64 {
-		fw, err := FindFirmware(s.Arch.QEMU(), d.FirmwareDirs)
-		if err != nil {
-			return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
-		}
-		ma.Firmware = fw
-	}
-	if s.Boot != nil {
-		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
 	}
 	// A suspended machine resumes from its own state (RAM included); a
 	// new clone of a warm template maps the template's RAM file and loads
@@ -233,9 +219,6 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		ma.MemoryFile, ma.MemoryShared = s.MemoryFile, true
 	}
 	ma.Incoming = state != ""
-	for _, f := range s.Network.Forwards {
-		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: shellJoin(f.Command)})
-	}
 	if s.Share != nil {
 		vfs, err := d.startVirtiofsd(ctx, s)
 		if err != nil {
@@ -281,6 +264,36 @@ func (d *Driver) Start(ctx context.Context, s vm.Spec) (vm.Runtime, error) {
 		return vm.Runtime{}, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	return vm.Runtime{SSHAddr: fmt.Sprintf("127.0.0.1:%d", port), PID: pid}, nil
+}
+
+// machineArgs is s's command line as every start of it has it: its
+// files, sockets, shape and network, and the kernel it boots; what it
+// starts from (a template, its own saved state, a fresh boot) is the
+// caller's.
+func (d *Driver) machineArgs(s vm.Spec) (MachineArgs, error) {
+	ma := MachineArgs{
+		Name: s.Name, Arch: s.Arch, Accel: d.accel(s.Arch), TBSizeMiB: d.TCGCacheMiB, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
+		Disk: filepath.Join(s.Dir, DiskFile), Seed: filepath.Join(s.Dir, SeedFile),
+		QMPSocket: qmpPath(s.Dir), GuestAgentSocket: qgaPath(s.Dir), SerialLog: filepath.Join(s.Dir, SerialFile), PIDFile: filepath.Join(s.Dir, PIDFile),
+		Restrict: s.Network.Restrict,
+	}
+	if len(d.ConsoleCommand) > 0 {
+		ma.ConsoleSocket = socketPath(s.Dir, layout.ConsoleSocket, ".con")
+	}
+	if s.Arch.Or() == vm.ARM64 {
+		fw, err := FindFirmware(s.Arch.QEMU(), d.FirmwareDirs)
+		if err != nil {
+			return MachineArgs{}, err
+		}
+		ma.Firmware = fw
+	}
+	if s.Boot != nil {
+		ma.Kernel, ma.Initrd, ma.Append = s.Boot.Kernel, s.Boot.Initrd, s.Boot.Cmdline
+	}
+	for _, f := range s.Network.Forwards {
+		ma.Forwards = append(ma.Forwards, Forward{Port: f.GuestPort, Command: shellJoin(f.Command)})
+	}
+	return ma, nil
 }
 
 // Status checks the QEMU process and asks it over QMP for its state.

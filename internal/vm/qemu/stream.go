@@ -46,15 +46,33 @@ func splitRAM(r io.Reader, state io.Writer, ram RAMFile, block string, size uint
 	return s.stats, err
 }
 
+// keepRAM copies a migration stream of the same kind from r to state,
+// with of the RAM block called block (of size bytes) only the pages keep
+// names by their offset in it, zero pages included; the other blocks'
+// pages and the devices are copied whole. Loaded into a QEMU whose RAM
+// maps the file the source mapped privately, it writes just the pages the
+// source had made its own (see Compact), so the new process shares every
+// other page with the file's other mappers.
+func keepRAM(r io.Reader, state io.Writer, block string, size uint64, keep func(off uint64) bool) (SplitStats, error) {
+	s := &streamFilter{in: bufio.NewReaderSize(r, 1<<20), out: bufio.NewWriterSize(state, 1<<20), block: block, blockSize: size, pageSize: 4096, keep: keep}
+	err := s.run()
+	if ferr := s.out.Flush(); err == nil {
+		err = ferr
+	}
+	return s.stats, err
+}
+
 // RAMFile is where splitRAM puts the guest RAM's pages (an *os.File).
 type RAMFile interface {
 	io.WriterAt
 	Truncate(size int64) error
 }
 
-// SplitStats counts what splitRAM did with the guest RAM's pages.
+// SplitStats counts what splitRAM or keepRAM did with the guest RAM's
+// pages.
 type SplitStats struct {
-	Pages, ZeroPages int64 // written to the RAM file; left as holes
+	Pages, ZeroPages int64 // written to the RAM file (kept); left as holes
+	Dropped          int64 // left out by keepRAM
 }
 
 // stateCapabilities reads the migration capabilities a saved state's
@@ -105,9 +123,10 @@ type streamFilter struct {
 	block     string
 	blockSize uint64 // what the block must be
 	pageSize  uint64
-	ram       *pageWriter
-	blockLen  uint64   // the block's size, from the block list
-	written   []uint64 // a bit per page of it already in the RAM file
+	ram       *pageWriter           // splitRAM's file, or nil
+	keep      func(off uint64) bool // keepRAM's choice, or nil
+	blockLen  uint64                // the block's size, from the block list
+	written   []uint64              // a bit per page of it already in the RAM file
 	stats     SplitStats
 	caps      []string
 
@@ -340,7 +359,9 @@ func (s *streamFilter) sizeRAM() error {
 	if s.blockLen != s.blockSize || s.blockLen%s.pageSize != 0 {
 		return fmt.Errorf("migration stream: the RAM block %q is %d bytes, want %d", s.block, s.blockLen, s.blockSize)
 	}
-	if err := s.ram.f.Truncate(int64(s.blockLen)); err != nil {
+	if s.ram == nil {
+		// keepRAM: nothing to size.
+	} else if err := s.ram.f.Truncate(int64(s.blockLen)); err != nil {
 		return fmt.Errorf("size the RAM file: %w", err)
 	}
 	s.written = make([]uint64, (s.blockLen/s.pageSize+63)/64)
@@ -356,6 +377,9 @@ func (s *streamFilter) ramPage(addr uint64, zero bool) error {
 	}
 	if addr >= s.blockLen {
 		return fmt.Errorf("migration stream: a RAM page at %#x of a %d-byte block", addr, s.blockLen)
+	}
+	if s.keep != nil {
+		return s.keptPage(addr, zero)
 	}
 	i := addr / s.pageSize
 	seen := s.written[i/64]&(1<<(i%64)) != 0
@@ -377,6 +401,34 @@ func (s *streamFilter) ramPage(addr uint64, zero bool) error {
 	s.stats.Pages++
 	s.ram.write(int64(addr), page)
 	return s.ram.err
+}
+
+// keptPage copies one page record of the guest RAM's block to the state
+// if keep names it, and drops it if not.
+func (s *streamFilter) keptPage(addr uint64, zero bool) error {
+	var fill byte
+	var page []byte
+	if zero {
+		b, err := s.in.ReadByte()
+		if err != nil {
+			return fmt.Errorf("migration stream: %w", unexpectedEOF(err))
+		}
+		fill = b
+	} else if page = s.read(int(s.pageSize)); s.rerr != nil {
+		return s.err()
+	}
+	if !s.keep(addr) {
+		s.stats.Dropped++
+		return nil
+	}
+	s.stats.Pages++
+	if zero {
+		s.record(addr, ramZero)
+		return s.out.WriteByte(fill)
+	}
+	s.record(addr, ramPage)
+	_, err := s.out.Write(page)
+	return err
 }
 
 // pageWriter writes pages to a file, runs of adjacent ones in one call,

@@ -389,3 +389,45 @@ func TestSplitRAMRefusesWhatItDoesNotKnow(t *testing.T) {
 		return bytes.Replace(b, []byte("\x03mem\x00"), []byte("\x03meh\x00"), 1)
 	}, `no RAM block "mem"`)
 }
+
+// keepRAM keeps of the guest RAM's block only the pages it is told,
+// zero pages too (a kept zero page overwrites what the file holds), in
+// the order they came, and the other blocks and the devices whole.
+func TestKeepRAMKeepsOnlyTheChosenPages(t *testing.T) {
+	in := [][]rec{
+		{{block: "mem", addr: 0, page: 3}, {block: "mem", addr: 0x1000, page: 7}, {block: "pc.bios", addr: 0, zero: true},
+			{block: "mem", addr: 0x2000, zero: true}, {block: "mem", addr: 0x3000, zero: true, fill: 9}},
+		// A section that starts with a left-out record: the kept one after
+		// it names its block again.
+		{{block: "mem", addr: 0x1000, page: 8}, {block: "mem", addr: 0x2000, page: 1}, {block: "pc.bios", addr: 0, page: 5}},
+	}
+	keep := map[uint64]bool{0x2000: true, 0x3000: true}
+	src := build(in, true)
+	var out bytes.Buffer
+	st, err := keepRAM(bytes.NewReader(src), &out, "mem", 0x4000, func(off uint64) bool { return keep[off] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, rest := parse(t, out.Bytes())
+	want := []rec{{block: "pc.bios", addr: 0, zero: true}, {block: "mem", addr: 0x2000, zero: true}, {block: "mem", addr: 0x3000, zero: true, fill: 9},
+		{block: "mem", addr: 0x2000, page: 1}, {block: "pc.bios", addr: 0, page: 5}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("the state's RAM records\n%v, want\n%v", got, want)
+	}
+	if st.Pages != 3 || st.Dropped != 3 {
+		t.Errorf("stats %+v, want 3 kept and 3 dropped", st)
+	}
+	_, srcRest := parse(t, src)
+	if !bytes.Equal(rest, srcRest) {
+		t.Errorf("the device sections changed: %q, want %q", rest, srcRest)
+	}
+	// A page past the block, or one before the block list, is refused as
+	// splitRAM refuses it.
+	bad := build([][]rec{{{block: "mem", addr: 0x4000, page: 1}}}, true)
+	if _, err := keepRAM(bytes.NewReader(bad), io.Discard, "mem", 0x4000, func(uint64) bool { return true }); err == nil {
+		t.Error("a page past the block was copied")
+	}
+	if _, err := keepRAM(bytes.NewReader(src), io.Discard, "mem", 0x8000, func(uint64) bool { return true }); err == nil {
+		t.Error("a block of another size was taken")
+	}
+}
