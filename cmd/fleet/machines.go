@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -492,3 +493,41 @@ func spendCells(s *fleet.Spend) (tokens, cost string) {
 // state, a phase): one line, no raw control bytes, and no tab to shift
 // the columns.
 func cell(s string) string { return termsafe.Line(s) }
+
+func newCompactCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := lifecycleCmd(g, "compact", "Move waiting machines into fresh QEMU processes that hold a fraction of the host memory",
+		"  fleet compact myproj-2\n  fleet compact --all\n  fleet compact --all --json | jq '.[] | {name, unique_after_bytes}'",
+		func(c *fleet.Controller, cmd *cobra.Command, args []string, all bool) error {
+			res, err := fleet.ParkingOf(c).Compact(cmd.Context(), args, all)
+			if asJSON && res != nil {
+				b, jerr := json.MarshalIndent(res, "", "  ")
+				if jerr != nil {
+					return jerr
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+			}
+			return err
+		})
+	cmd.Long = `Moves each running machine into a new QEMU process, where it goes on
+where it was after standing still for about a second: processes, the
+agent's tmux session, files, its SSH port and host key. The old process
+had built up memory of its own since the machine started (under
+emulation, mostly the code it translated); the new one starts without it,
+and of the guest's memory holds only the pages the guest wrote since its
+warm template: the rest stays shared with the template's other clones.
+fleet ls shows each machine's host memory before and after.
+
+For machines that wait: an agent done or waiting for review keeps its
+place at a fraction of the memory and answers at once (fleet suspend
+frees all of it, but must resume). A machine busy again translates the
+code it runs again, at first more slowly.
+
+A machine with a connection open through its network (an SSH session,
+fleet exec, an agent's API call in flight) is left as it is, with the
+reason: the move would cut it. So are suspended and stopped machines.
+Only warm clones (fleet spawn, fleet fork) can be compacted; not machines
+booted from their disk, nor ones with a shared folder (--sync shared).`
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print each machine's result as JSON (paused_ms, unique_before_bytes, unique_after_bytes, kept_bytes, skipped)")
+	return cmd
+}

@@ -69,7 +69,7 @@ State, images and caches live under FLEET_HOME (default ~/.local/share/agentflee
 	}
 	root.AddCommand(
 		newSpawnCmd(g), newUpCmd(g), newLsCmd(g), newExecCmd(g), newSSHCmd(g), newSSHConfigCmd(g),
-		newStartCmd(g), newStopCmd(g), newSuspendCmd(g), newResumeCmd(g), newDestroyCmd(g), newCollectCmd(g), newDiffCmd(g), newApplyCmd(g),
+		newStartCmd(g), newStopCmd(g), newSuspendCmd(g), newResumeCmd(g), newCompactCmd(g), newDestroyCmd(g), newCollectCmd(g), newDiffCmd(g), newApplyCmd(g),
 		newRunCmd(g), newForkCmd(g), newAttachCmd(g), newLogsCmd(g), newWaitCmd(g), newKillCmd(g), newTopCmd(g), newEventsCmd(g),
 		newNetCmd(g), newDoctorCmd(g), newImageCmd(g), newPrebuildCmd(g), newParkCmd(g),
 	)
