@@ -97,6 +97,21 @@ func benchForkAndPrebuild(t *testing.T, add func(what, value, target string), de
 	srcAfter := pssKiB(rows["bfk-1"].PID)
 	add("host memory: 4 fork children / 1 machine (PSS)", fmt.Sprintf("%.2f (%d vs %d MiB; unique per child %d MiB, the source's before %d MiB; the source's PSS after the fork %d MiB)",
 		float64(kids)/float64(onePSS), kids>>10, onePSS>>10, meanKiB(kidsUnique)>>10, meanKiB(oneUnique)>>10, srcAfter>>10), "<= 1.5")
+	// The same children once compacted (fleet compact), against the same
+	// one machine as it ran, and against it compacted too.
+	mustFleet(t, 5*time.Minute, append([]string{"compact", "--name", "bfk"}, res.Children...)...)
+	time.Sleep(10 * time.Second)
+	rows = ls(t, "bfk")
+	kids, kidsUnique = 0, nil
+	for _, c := range res.Children {
+		kids += pssKiB(rows[c].PID)
+		kidsUnique = append(kidsUnique, uniqueKiB(rows[c].PID))
+	}
+	mustFleet(t, 5*time.Minute, "compact", "--name", "bfk", "bfk-1")
+	time.Sleep(10 * time.Second)
+	srcCompacted := pssKiB(ls(t, "bfk")["bfk-1"].PID)
+	add("host memory: 4 fork children compacted / 1 machine (PSS)", fmt.Sprintf("%.2f (%d vs %d MiB; unique per child %d MiB; / the source compacted too: %.2f, %d MiB)",
+		float64(kids)/float64(onePSS), kids>>10, onePSS>>10, meanKiB(kidsUnique)>>10, float64(kids)/float64(srcCompacted), srcCompacted>>10), "<= 1.5")
 	destroy("bfk")
 
 	// 2. Prebuild against the same setup in every machine: npm ci of one
@@ -178,6 +193,41 @@ func benchDensity(t *testing.T, add func(what, value, target string), destroy fu
 	pss, unique := fleetMem(t, "bds")
 	tpl := templateShared(t, "bds")
 	add("16 idle warm clones of 2 GiB: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; PSS of the template RAM file mapping, guest-written pages included, %d MiB)", meanKiB(unique)>>10, pss>>10, tpl>>10), "<= 64 MiB")
+	// The same 16 compacted (fleet compact --all, one at a time), 30 s on,
+	// read from their processes before anything looks at them; then again
+	// after a fleet ls, which reads each agent's state over SSH (a fresh
+	// process translates sshd and the shell again once).
+	t0 = time.Now()
+	out := mustFleet(t, 10*time.Minute, "compact", "--all", "--name", "bds", "--json")
+	compactTook := time.Since(t0)
+	var cres []struct {
+		Skipped  string `json:"skipped"`
+		PID      int    `json:"pid"`
+		PausedMS int64  `json:"paused_ms"`
+	}
+	json.Unmarshal([]byte(out), &cres)
+	var pauses []int
+	skipped := 0
+	for _, r := range cres {
+		if r.Skipped != "" {
+			skipped++
+			continue
+		}
+		pauses = append(pauses, int(r.PausedMS))
+	}
+	time.Sleep(30 * time.Second)
+	pss, unique = 0, nil
+	for _, r := range cres {
+		if r.PID > 0 {
+			pss += pssKiB(r.PID)
+			unique = append(unique, uniqueKiB(r.PID))
+		}
+	}
+	add("16 idle warm clones, compacted, 30 s on: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; compact --all took %s, each stood still %d ms on average, %d skipped)",
+		meanKiB(unique)>>10, pss>>10, compactTook.Round(100*time.Millisecond), meanKiB(pauses), skipped), "<= 64 MiB")
+	pss, unique = fleetMem(t, "bds")
+	tpl = templateShared(t, "bds")
+	add("16 idle warm clones, compacted, after a fleet ls: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; template RAM mapping %d MiB)", meanKiB(unique)>>10, pss>>10, tpl>>10), "<= 64 MiB")
 	// The same 16, each running Claude Code (its TUI, waiting after its
 	// answer) against the stub API.
 	var names []string
@@ -192,6 +242,19 @@ func benchDensity(t *testing.T, add func(what, value, target string), destroy fu
 	time.Sleep(3 * time.Minute) // node starting under emulation, 16 at once on 2 cores
 	pss, unique = fleetMem(t, "bds")
 	add("16 warm clones running Claude Code: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB)", meanKiB(unique)>>10, pss>>10), "")
+	// Those 16, their Claude Code waiting after its answer, compacted.
+	out = mustFleet(t, 10*time.Minute, "compact", "--all", "--name", "bds", "--json")
+	cres = nil
+	json.Unmarshal([]byte(out), &cres)
+	skipped = 0
+	for _, r := range cres {
+		if r.Skipped != "" {
+			skipped++
+		}
+	}
+	time.Sleep(30 * time.Second)
+	pss, unique = fleetMem(t, "bds")
+	add("16 warm clones running Claude Code, compacted while it waits: unique memory per clone", fmt.Sprintf("%d MiB (total PSS %d MiB; %d skipped)", meanKiB(unique)>>10, pss>>10, skipped), "")
 	destroy("bds")
 
 	// The same 16 idle, with TCG's translation cache bounded; spawning the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/agentfleet/agentfleet/internal/vm"
@@ -23,6 +22,7 @@ type Compacted struct {
 	// Skipped says why the machine was left as it was (running an SSH
 	// session, in use, suspended); the rest is then empty.
 	Skipped  string `json:"skipped,omitempty"`
+	PID      int    `json:"pid,omitempty"` // its new process
 	PausedMS int64  `json:"paused_ms,omitempty"`
 	// Unique host memory of its own before and just after.
 	UniqueBefore uint64 `json:"unique_before_bytes,omitempty"`
@@ -32,28 +32,42 @@ type Compacted struct {
 	KeptBytes int64 `json:"kept_bytes,omitempty"`
 }
 
-// Compact moves the selected running machines into fresh processes. A
-// machine that cannot be moved now (an open connection, a command using
-// it, suspended) is skipped with the reason, not failed.
+// Compact moves the selected running machines into fresh processes, one
+// at a time: each move reads the guest's whole RAM while the machine
+// stands still, and two at once on a small host make each stand still
+// several times as long. A machine that cannot be moved now (an open
+// connection, a command using it, suspended) is skipped with the reason,
+// not failed.
 func (p Parking) Compact(ctx context.Context, names []string, all bool) ([]Compacted, error) {
 	c := p.c
 	if _, ok := c.Driver.(vm.Compactor); !ok {
 		_, err := vm.Compact(ctx, c.Driver, vm.Spec{})
 		return nil, err
 	}
-	var mu sync.Mutex
+	unlock, s, ms, err := c.lockSelected(ctx, names, all)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	var out []Compacted
-	err := c.mutate(ctx, names, all, func(gctx context.Context, m *Machine) error {
-		r, err := p.compactOne(gctx, m)
+	var errs []error
+	for _, m := range ms {
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("%s: not compacted: %w", m.Name, ctx.Err()))
+			continue
+		}
+		r, err := p.compactOne(ctx, m)
 		if r.Skipped != "" {
 			c.say("%s: left as it is: %s", m.Name, r.Skipped)
 		}
-		mu.Lock()
 		out = append(out, r)
-		mu.Unlock()
-		return err
-	})
-	return out, err
+		errs = append(errs, err)
+	}
+	// Saved whatever happened: a machine moved has a new process.
+	if err := c.Store().Save(s); err != nil {
+		return out, err
+	}
+	return out, errors.Join(errs...)
 }
 
 // compactOne compacts m; the caller holds the fleet lock.
@@ -100,7 +114,7 @@ func (p Parking) compactOne(ctx context.Context, m *Machine) (Compacted, error) 
 	if err != nil {
 		return r, err
 	}
-	r.PausedMS, r.KeptBytes = cm.Paused.Milliseconds(), cm.KeptBytes
+	r.PID, r.PausedMS, r.KeptBytes = cm.PID, cm.Paused.Milliseconds(), cm.KeptBytes
 	if hm, err := c.Guests().HostMemory(m); err == nil {
 		r.UniqueAfter = hm.Unique
 	}

@@ -528,6 +528,6 @@ fleet exec, an agent's API call in flight) is left as it is, with the
 reason: the move would cut it. So are suspended and stopped machines.
 Only warm clones (fleet spawn, fleet fork) can be compacted; not machines
 booted from their disk, nor ones with a shared folder (--sync shared).`
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print each machine's result as JSON (paused_ms, unique_before_bytes, unique_after_bytes, kept_bytes, skipped)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print each machine's result as JSON (pid, paused_ms, unique_before_bytes, unique_after_bytes, kept_bytes, skipped)")
 	return cmd
 }
